@@ -1,0 +1,80 @@
+/**
+ * Backend selection: `tensorflow` (tfjs-node-gpu, else tfjs-node) -> `wasm` -> `cpu` for 'auto'.
+ *
+ * tfjs-node-gpu is an optional dependency: its install downloads libtensorflow and fails on machines
+ * without that download, so importing it may throw; 'auto' then falls back, an explicit request fails
+ * with instructions. The wasm backend gets the conv gradient kernels it lacks (`wasm-kernels.ts`).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { registerWasmTrainingKernels } from './wasm-kernels.ts';
+
+export type BackendRequest = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+export const BACKEND_REQUESTS: readonly BackendRequest[] = ['auto', 'tensorflow', 'wasm', 'cpu'];
+
+export interface SelectBackendOptions {
+  /** Where the choice is logged. Default: stderr. Pass `() => {}` to silence. */
+  log?: (line: string) => void;
+}
+
+async function tryTensorflow(): Promise<string | null> {
+  const reasons: string[] = [];
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    try {
+      await import(pkg);
+      if (tf.findBackend('tensorflow')) return null;
+      reasons.push(`${pkg} loaded but registered no 'tensorflow' backend`);
+    } catch (err) {
+      reasons.push(`${pkg}: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+  return reasons.join('; ');
+}
+
+async function tryWasm(): Promise<string | null> {
+  try {
+    await import('@tensorflow/tfjs-backend-wasm');
+    registerWasmTrainingKernels();
+    return null;
+  } catch (err) {
+    return `@tensorflow/tfjs-backend-wasm: ${(err as Error).message.split('\n')[0]}`;
+  }
+}
+
+const HOW_TO_INSTALL: Record<BackendName, string> = {
+  tensorflow:
+    'install it with `npm install @tensorflow/tfjs-node-gpu` on a machine with CUDA 11.2 + cuDNN 8.1 and network ' +
+    'access (its install script downloads libtensorflow), or `npm install @tensorflow/tfjs-node` for CPU',
+  wasm: 'reinstall dependencies with `npm install` (the package @tensorflow/tfjs-backend-wasm is missing or broken)',
+  cpu: 'reinstall dependencies with `npm install` (@tensorflow/tfjs is missing or broken)',
+};
+
+/**
+ * Sets the tfjs backend and returns its name. 'auto' prefers tensorflow, then wasm, then cpu; an
+ * explicit request that cannot be met throws an error saying why and how to install it.
+ */
+export async function selectBackend(request: BackendRequest = 'auto', opts: SelectBackendOptions = {}): Promise<BackendName> {
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  if (!BACKEND_REQUESTS.includes(request)) {
+    throw new Error(`backend: unknown backend '${String(request)}', expected one of ${BACKEND_REQUESTS.join(', ')}`);
+  }
+  // tfjs-backend-cpu prints a "use tfjs-node" banner on first use in Node; we log our own choice instead.
+  tf.env().set('PROD', true);
+  const order: BackendName[] = request === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [request];
+  const skipped: string[] = [];
+  for (const name of order) {
+    const failure = name === 'tensorflow' ? await tryTensorflow() : name === 'wasm' ? await tryWasm() : null;
+    if (failure === null && (await tf.setBackend(name))) {
+      await tf.ready();
+      const why = skipped.length ? ` (skipped: ${skipped.join(' | ')})` : '';
+      log(`backend: ${name}${request === 'auto' ? ' (auto)' : ''}${why}`);
+      return name;
+    }
+    const reason = failure ?? `tf.setBackend('${name}') failed`;
+    if (request !== 'auto') {
+      throw new Error(`backend '${name}' is unavailable: ${reason}. To use it, ${HOW_TO_INSTALL[name]}.`);
+    }
+    skipped.push(`${name}: ${reason}`);
+  }
+  throw new Error(`backend: no tfjs backend could be initialised (${skipped.join(' | ')})`);
+}

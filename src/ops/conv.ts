@@ -1,0 +1,200 @@
+/**
+ * 2-D convolution that trains on every tfjs backend, dilated or not.
+ *
+ * tfjs refuses gradients of dilated conv2d ("dilation rates greater than 1 are not yet supported in
+ * gradients") and the wasm backend has no Conv2DBackpropFilter kernel at all. Both gradients of a
+ * convolution are themselves convolutions (or matmuls), and a forward Conv2D is the one kernel every
+ * backend has and makes fast (XNNPACK on wasm, cuDNN on tensorflow). So:
+ *
+ * - `convInputGrad` / `convFilterGrad` express dL/dx and dL/dW with forward conv2d, matmul, pad,
+ *   reverse, transpose and slice only. They are the single implementation behind both
+ * - `conv2d` (dilated case: a `tf.customGrad` op whose backward calls them) and
+ * - the wasm `Conv2DBackpropInput` / `Conv2DBackpropFilter` kernels (`wasm-kernels.ts`), which make the
+ *   plain `tf.conv2d` gradient work (and run fast) on wasm.
+ *
+ * Layout is NHWC with HWIO filters. Padding is PyTorch-style explicit `[top, bottom, left, right]`:
+ * tfjs 'same' pads stride-2 convs on even sizes asymmetrically (more at the bottom/right), PyTorch
+ * pads both sides by the same amount, and weights imported from PyTorch only line up with the latter.
+ */
+import * as tf from '@tensorflow/tfjs';
+
+export type Pad4 = readonly [top: number, bottom: number, left: number, right: number];
+
+export interface ConvOptions {
+  /** Stride, one value or [h, w]. Default 1. */
+  stride?: number | readonly [number, number];
+  /** Dilation, one value or [h, w]. Default 1. */
+  dilation?: number | readonly [number, number];
+  /** Symmetric padding as PyTorch's `padding=p` (a number or [ph, pw]), or explicit [t, b, l, r]. Default 0. */
+  pad?: number | readonly [number, number] | Pad4;
+}
+
+export interface ConvGeometry {
+  strides: [number, number];
+  dilations: [number, number];
+  pad: Pad4;
+}
+
+function pair(v: number | readonly [number, number] | undefined, what: string): [number, number] {
+  const p: [number, number] = v === undefined ? [1, 1] : typeof v === 'number' ? [v, v] : [v[0], v[1]];
+  if (!p.every((n) => Number.isInteger(n) && n >= 1)) {
+    throw new Error(`conv2d: ${what} must be positive integers, got ${JSON.stringify(v)}`);
+  }
+  return p;
+}
+
+/** Normalises ConvOptions into explicit strides, dilations and [t, b, l, r] padding. */
+export function convGeometry(opts: ConvOptions = {}): ConvGeometry {
+  const strides = pair(opts.stride, 'stride');
+  const dilations = pair(opts.dilation, 'dilation');
+  const p = opts.pad ?? 0;
+  const pad: Pad4 =
+    typeof p === 'number' ? [p, p, p, p] : p.length === 2 ? [p[0], p[0], p[1], p[1]] : [p[0], p[1], p[2], p[3]];
+  if (!pad.every((n) => Number.isInteger(n) && n >= 0)) {
+    throw new Error(`conv2d: pad must be non-negative integers, got ${JSON.stringify(p)}`);
+  }
+  if ((strides[0] > 1 || strides[1] > 1) && (dilations[0] > 1 || dilations[1] > 1)) {
+    throw new Error(`conv2d: stride ${strides} with dilation ${dilations} is not supported (one of them must be 1)`);
+  }
+  return { strides, dilations, pad };
+}
+
+/** Output spatial size of a conv, as PyTorch computes it (floor). */
+export function convOutSize(inSize: number, kernel: number, stride: number, dilation: number, padSum: number): number {
+  return Math.floor((inSize + padSum - dilation * (kernel - 1) - 1) / stride) + 1;
+}
+
+function explicitPadding(pad: Pad4): [[number, number], [number, number], [number, number], [number, number]] {
+  return [[0, 0], [pad[0], pad[1]], [pad[2], pad[3]], [0, 0]];
+}
+
+function checkRank4(t: tf.Tensor, name: string): asserts t is tf.Tensor4D {
+  if (t.rank !== 4) throw new Error(`conv2d: ${name} must be rank 4 (${name === 'filter' ? 'HWIO' : 'NHWC'}), got shape [${t.shape}]`);
+}
+
+/**
+ * Convolution with PyTorch semantics (explicit symmetric padding, dilation) whose gradients exist on
+ * every backend. Forward is the backend's own conv2d (dilation supported natively); for dilation 1 the
+ * backward is the backend's own Conv2DBackprop* kernels (wasm's are registered by `wasm-kernels.ts`),
+ * for dilation > 1 it is `convInputGrad` / `convFilterGrad`.
+ */
+export function conv2d(x: tf.Tensor4D, filter: tf.Tensor4D, opts: ConvOptions = {}): tf.Tensor4D {
+  checkRank4(x, 'input');
+  checkRank4(filter, 'filter');
+  if (x.shape[3] !== filter.shape[2]) {
+    throw new Error(`conv2d: input has ${x.shape[3]} channels but the filter [${filter.shape}] expects ${filter.shape[2]}`);
+  }
+  const g = convGeometry(opts);
+  const pad = explicitPadding(g.pad);
+  if (g.dilations[0] === 1 && g.dilations[1] === 1) {
+    return tf.conv2d(x, filter, g.strides, pad, 'NHWC', 1);
+  }
+  const op = tf.customGrad((xi: tf.Tensor, wi: tf.Tensor, save: tf.GradSaveFunc) => {
+    const xx = xi as tf.Tensor4D;
+    const ww = wi as tf.Tensor4D;
+    save([xx, ww]);
+    return {
+      value: tf.conv2d(xx, ww, g.strides, pad, 'NHWC', g.dilations),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, sw] = saved as [tf.Tensor4D, tf.Tensor4D];
+        return [
+          convInputGrad(dy as tf.Tensor4D, sw, sx.shape, g),
+          convFilterGrad(sx, dy as tf.Tensor4D, sw.shape, g),
+        ];
+      },
+    };
+  });
+  return op(x, filter) as tf.Tensor4D;
+}
+
+/**
+ * dL/dx of a conv: insert (stride - 1) zeros between the rows/columns of dy, then correlate with the
+ * spatially flipped filter (in/out channels swapped) at the same dilation. Crops/pads so that the
+ * result has exactly `inputShape`. A 1x1 stride-1 unpadded conv is a plain matmul.
+ */
+export function convInputGrad(
+  dy: tf.Tensor4D,
+  filter: tf.Tensor4D,
+  inputShape: readonly [number, number, number, number],
+  g: ConvGeometry,
+): tf.Tensor4D {
+  return tf.tidy(() => {
+    const [n, h, w, cin] = inputShape;
+    const [kh, kw, , cout] = filter.shape;
+    const [sh, sw] = g.strides;
+    const [dh, dw] = g.dilations;
+    const [pt, , pl] = g.pad;
+    const unpadded = g.pad.every((p) => p === 0);
+    if (kh === 1 && kw === 1 && sh === 1 && sw === 1 && unpadded) {
+      const out = tf.matMul(dy.reshape([-1, cout]), filter.reshape([cin, cout]), false, true);
+      return out.reshape([n, h, w, cin]);
+    }
+    const [, ho, wo] = dy.shape;
+    let up: tf.Tensor4D = dy;
+    if (sh > 1 || sw > 1) {
+      const six = dy.reshape([n, ho, 1, wo, 1, cout]);
+      const spread = tf.pad(six, [[0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1], [0, 0]]);
+      up = spread.reshape([n, ho * sh, wo * sw, cout]);
+    }
+    // dx[i] = sum_k up[i + pt - k*d] * W[k]; with k' = K-1-k this is a correlation of `up`, shifted by
+    // P = (K-1)*d - pt, with the flipped filter. Pad (or crop) `up` to length H + (K-1)*d.
+    const top = (kh - 1) * dh - pt;
+    const left = (kw - 1) * dw - pl;
+    const bottom = h + (kh - 1) * dh - top - ho * sh;
+    const right = w + (kw - 1) * dw - left - wo * sw;
+    up = cropOrPad(up, top, bottom, left, right);
+    const flipped = tf.reverse(filter, [0, 1]).transpose([0, 1, 3, 2]) as tf.Tensor4D;
+    return tf.conv2d(up, flipped, 1, 'valid', 'NHWC', [dh, dw]);
+  });
+}
+
+/**
+ * dL/dW of a conv. A 1x1 conv is xᵀ·dy (after striding x). Otherwise it is a forward conv of the padded
+ * input, with batch and channels swapped, by dy used as the filter: the roles of stride and dilation
+ * swap too (stride of the dW conv = dilation of the conv, dilation of the dW conv = its stride).
+ */
+export function convFilterGrad(
+  x: tf.Tensor4D,
+  dy: tf.Tensor4D,
+  filterShape: readonly [number, number, number, number],
+  g: ConvGeometry,
+): tf.Tensor4D {
+  return tf.tidy(() => {
+    const [kh, kw, cin, cout] = filterShape;
+    const [, ho, wo] = dy.shape;
+    const [sh, sw] = g.strides;
+    const [dh, dw] = g.dilations;
+    const unpadded = g.pad.every((p) => p === 0);
+    if (kh === 1 && kw === 1 && unpadded) {
+      let xs: tf.Tensor4D = x;
+      if (sh > 1 || sw > 1) {
+        xs = tf.stridedSlice(x, [0, 0, 0, 0], [x.shape[0], (ho - 1) * sh + 1, (wo - 1) * sw + 1, cin], [1, sh, sw, 1]);
+      }
+      const out = tf.matMul(xs.reshape([-1, cin]), dy.reshape([-1, cout]), true, false);
+      return out.reshape([1, 1, cin, cout]);
+    }
+    const padded = tf.pad(x, explicitPadding(g.pad));
+    const xT = padded.transpose([3, 1, 2, 0]) as tf.Tensor4D; // [Cin, Hp, Wp, N]
+    const dyT = dy.transpose([1, 2, 0, 3]) as tf.Tensor4D; // [Ho, Wo, N, Cout] used as HWIO filter
+    const r = tf.conv2d(xT, dyT, [dh, dw], 'valid', 'NHWC', [sh, sw]); // [Cin, >=KH, >=KW, Cout]
+    const exact = r.shape[1] === kh && r.shape[2] === kw ? r : r.slice([0, 0, 0, 0], [cin, kh, kw, cout]);
+    return exact.transpose([1, 2, 0, 3]);
+  });
+}
+
+/** Pads (positive) or crops (negative) the two spatial axes of an NHWC tensor. */
+function cropOrPad(t: tf.Tensor4D, top: number, bottom: number, left: number, right: number): tf.Tensor4D {
+  const [n, h, w, c] = t.shape;
+  const ct = Math.max(0, -top);
+  const cb = Math.max(0, -bottom);
+  const cl = Math.max(0, -left);
+  const cr = Math.max(0, -right);
+  let out = t;
+  if (ct + cb + cl + cr > 0) out = t.slice([0, ct, cl, 0], [n, h - ct - cb, w - cl - cr, c]);
+  const pt = Math.max(0, top);
+  const pb = Math.max(0, bottom);
+  const pl = Math.max(0, left);
+  const pr = Math.max(0, right);
+  if (pt + pb + pl + pr > 0) out = tf.pad(out, [[0, 0], [pt, pb], [pl, pr], [0, 0]]);
+  return out;
+}

@@ -1,0 +1,54 @@
+/** Shared test helpers: backend set-up, seeded random tensors, numeric comparisons. */
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs';
+import { selectBackend, type BackendName } from '../src/ops/backend.ts';
+
+export async function useBackend(name: BackendName): Promise<void> {
+  await selectBackend(name, { log: () => {} });
+}
+
+/** Deterministic pseudo-random floats in [-1, 1) (mulberry32). */
+export function seededValues(n: number, seed: number): Float32Array {
+  let a = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+  }
+  return out;
+}
+
+export function randTensor<R extends tf.Rank>(shape: number[], seed: number, scale = 1): tf.Tensor<R> {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const v = seededValues(n, seed).map((x) => x * scale);
+  return tf.tensor(v, shape) as tf.Tensor<R>;
+}
+
+/** Max |a - b| relative to max(1, max |b|). */
+export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: number, what = ''): void {
+  assert.equal(actual.length, expected.length, `${what}: length ${actual.length} vs ${expected.length}`);
+  let scale = 1;
+  for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]!));
+  let worst = 0;
+  let at = -1;
+  for (let i = 0; i < expected.length; i++) {
+    const d = Math.abs(actual[i]! - expected[i]!);
+    if (!(d <= worst)) { worst = d; at = i; }
+  }
+  assert.ok(worst / scale <= tol, `${what}: max error ${worst} (relative ${worst / scale}) at ${at}: ${actual[at]} vs ${expected[at]}; tol ${tol}`);
+}
+
+/**
+ * Central finite differences of a scalar function f(values) at `x` (float64 in JS, calling a float32
+ * tfjs function), for the coordinates in `indices`.
+ */
+export function finiteDiff(f: (x: Float32Array) => number, x: Float32Array, indices: number[], eps = 1e-2): number[] {
+  return indices.map((i) => {
+    const xp = x.slice(); xp[i] = xp[i]! + eps;
+    const xm = x.slice(); xm[i] = xm[i]! - eps;
+    return (f(xp) - f(xm)) / (2 * eps);
+  });
+}
