@@ -21,10 +21,10 @@ export function seededValues(n: number, seed: number): Float32Array {
   return out;
 }
 
-export function randTensor<R extends tf.Rank>(shape: number[], seed: number, scale = 1): tf.Tensor<R> {
+export function randTensor<T extends tf.Tensor = tf.Tensor>(shape: number[], seed: number, scale = 1): T {
   const n = shape.reduce((a, b) => a * b, 1);
   const v = seededValues(n, seed).map((x) => x * scale);
-  return tf.tensor(v, shape) as tf.Tensor<R>;
+  return tf.tensor(v, shape) as T;
 }
 
 /** Max |a - b| relative to max(1, max |b|). */

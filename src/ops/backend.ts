@@ -6,6 +6,7 @@
  * with instructions. The wasm backend gets the conv gradient kernels it lacks (`wasm-kernels.ts`).
  */
 import * as tf from '@tensorflow/tfjs';
+import { registerCpuKernelFixes } from './cpu-kernels.ts';
 import { registerWasmTrainingKernels } from './wasm-kernels.ts';
 
 export type BackendRequest = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
@@ -60,6 +61,7 @@ export async function selectBackend(request: BackendRequest = 'auto', opts: Sele
   }
   // tfjs-backend-cpu prints a "use tfjs-node" banner on first use in Node; we log our own choice instead.
   tf.env().set('PROD', true);
+  registerCpuKernelFixes();
   const order: BackendName[] = request === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [request];
   const skipped: string[] = [];
   for (const name of order) {
