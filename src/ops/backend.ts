@@ -26,7 +26,8 @@ async function tryTensorflow(): Promise<string | null> {
       if (tf.findBackend('tensorflow')) return null;
       reasons.push(`${pkg} loaded but registered no 'tensorflow' backend`);
     } catch (err) {
-      reasons.push(`${pkg}: ${(err as Error).message.split('\n')[0]}`);
+      const e = err as Error & { code?: string };
+      reasons.push(e.code === 'ERR_MODULE_NOT_FOUND' ? `${pkg} is not installed` : `${pkg}: ${e.message.split('\n')[0]}`);
     }
   }
   return reasons.join('; ');

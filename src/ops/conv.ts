@@ -118,7 +118,7 @@ export function convInputGrad(
   g: ConvGeometry,
 ): tf.Tensor4D {
   return tf.tidy(() => {
-    const [n, h, w, cin] = inputShape;
+    const [n, h, w] = inputShape;
     const [kh, kw, , cout] = filter.shape;
     const [sh, sw] = g.strides;
     const [dh, dw] = g.dilations;

@@ -1,0 +1,25 @@
+/**
+ * Public API of spcl-stream: the SPCL math, the model and the training primitives that users build their
+ * own pipelines from (DESIGN.md "Contracts"). Layout is NHWC; masks are int32 with 255 = ignore;
+ * prototypes are [K, C] (row = class). `tf` is the tfjs namespace these functions use: create inputs
+ * with it so that they live on the same engine and backend.
+ */
+export * as tf from '@tensorflow/tfjs';
+
+export { selectBackend, BACKEND_REQUESTS, type BackendName, type BackendRequest, type SelectBackendOptions } from './ops/backend.ts';
+export { conv2d, convInputGrad, convFilterGrad, convGeometry, convOutSize, type ConvOptions, type ConvGeometry, type Pad4 } from './ops/conv.ts';
+export { registerWasmTrainingKernels } from './ops/wasm-kernels.ts';
+
+export { deeplabV2, BACKBONES, type BackboneName, type DeeplabConfig, type SegModel, type ForwardResult } from './ops/model/deeplab.ts';
+export { discriminator, type Discriminator, type DiscriminatorConfig } from './ops/model/discriminator.ts';
+export { RESNET101, RESNET50, RESNET_SMALL, type ResNetConfig } from './ops/model/resnet.ts';
+export { ParamStore, type Param, type ParamGroup, type ParamRole } from './ops/model/params.ts';
+export type { BnMode } from './ops/model/layers.ts';
+
+export { polyLR, SGD, Adam, gradients, type ParamGroupSpec, type OptimizerState } from './ops/optim.ts';
+
+export { segCrossEntropy, contrastiveLoss, bceWithLogits, stopGradient, normalizeFeatures, type SegCrossEntropyOptions, type ContrastiveLossOptions } from './ops/losses.ts';
+export { updatePrototypes, PrototypeAccumulator, type AbsentClassPolicy, type UpdatePrototypesOptions, type AccumulatedPrototypes } from './ops/prototypes.ts';
+export { refineSourceMask, downsampleLabels, validateMask, maskOneHot, IGNORE_LABEL } from './ops/masks.ts';
+export { ConfidenceHistogram, pseudoLabels, upperMedianIndex } from './ops/thresholds.ts';
+export { ConfusionMatrix, classCenterDistance, CITYSCAPES_CLASSES, SYNTHIA_CLASSES, TAIL_CLASSES_19, SYNTHIA_13_OF_16 } from './ops/metrics.ts';

@@ -1,0 +1,140 @@
+/**
+ * Losses: segmentation cross-entropy, the pixel-to-prototype contrastive loss and the adversarial BCE.
+ *
+ * - `segCrossEntropy`: softmax CE of logits / temperature, mean over non-255 pixels (the authors divide
+ *   source logits by 1.8, REFERENCE 8.6). Upsampling to label size is the caller's job.
+ * - `contrastiveLoss`: REFERENCE 4.1 (`PixelCLLoss`): f̂ = f / max(‖f‖₂, 1e-12) per pixel,
+ *   z = f̂·Pᵀ / τ (τ = 100 in the authors' code, P not re-normalised), CE against the mask, mean over
+ *   non-255 pixels. Gradient reaches the features only, never the prototypes.
+ * - `bceWithLogits`: the discriminator loss of the warm-up (REFERENCE 3.4), against a constant 0/1 label.
+ *
+ * Both CE losses return 0 (not NaN, unlike torch, REFERENCE 8.20) when no pixel is valid. Mask values
+ * are not range-checked here (no device sync in the hot loop): anything outside 0..K-1 counts as
+ * ignored; use `validateMask` where masks enter the system.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { maskOneHot } from './masks.ts';
+
+function shapeStr(shape: readonly number[]): string {
+  return `[${shape.join(',')}]`;
+}
+
+function checkRank(t: tf.Tensor, rank: number, fn: string, name: string, layout: string): void {
+  if (t.rank !== rank) throw new Error(`${fn}: ${name} must be rank ${rank} ${layout}, got shape ${shapeStr(t.shape)}`);
+}
+
+function checkMask(mask: tf.Tensor, ref: tf.Tensor, fn: string, maskName: string, refName: string): void {
+  checkRank(mask, 3, fn, maskName, '[B,h,w]');
+  if (mask.dtype !== 'int32') throw new Error(`${fn}: ${maskName} must be int32, got ${mask.dtype}`);
+  if (mask.shape.some((d, i) => d !== ref.shape[i])) {
+    throw new Error(`${fn}: ${maskName} ${shapeStr(mask.shape)} does not match ${refName} ${shapeStr(ref.shape)}`);
+  }
+}
+
+/**
+ * Identity whose gradient is zero: the value is used as a constant (tfjs has no `stopGradient`).
+ * Used for the prototypes in the contrastive loss and the features in the prototype update.
+ */
+export function stopGradient<T extends tf.Tensor>(x: T): T {
+  const op = tf.customGrad((...inputs: Array<tf.Tensor | tf.GradSaveFunc>) => ({
+    value: (inputs[0] as tf.Tensor).clone(),
+    gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy),
+  }));
+  return op(x) as T;
+}
+
+/**
+ * Per-pixel L2 normalisation over the last (channel) axis: f / max(‖f‖₂, 1e-12), as torch's
+ * `F.normalize` (REFERENCE 4.1 step 1). Computed as f / sqrt(max(Σf², 1e-24)) so that an all-zero
+ * feature (common after ReLU) has a zero, not NaN, gradient.
+ */
+export function normalizeFeatures<T extends tf.Tensor>(features: T): T {
+  return tf.tidy(() => features.div(tf.sqrt(tf.maximum(features.square().sum(-1, true), 1e-24))) as T);
+}
+
+/**
+ * Mean of −log softmax(logits)[label] over the pixels whose label is in 0..K-1 (0 if there are none).
+ * logits [N,K] float, onehot [N,K] float32 from `maskOneHot`.
+ */
+function maskedCrossEntropy(logits: tf.Tensor2D, onehot: tf.Tensor2D): tf.Scalar {
+  return tf.tidy(() => {
+    const nll = tf.logSoftmax(logits).neg().mul(onehot).sum(); // +0, not -0, when nothing is valid
+    const valid = onehot.sum();
+    return nll.div(tf.maximum(valid, 1)) as tf.Scalar;
+  });
+}
+
+export interface SegCrossEntropyOptions {
+  /** Logits are divided by this before the softmax. Default 1 (authors: 1.8 on source logits). */
+  temperature?: number;
+}
+
+/**
+ * Softmax cross-entropy of logits [B,h,w,K] / temperature against int32 labels [B,h,w]; mean over the
+ * pixels whose label is not 255; 0 if none. Differentiable w.r.t. logits.
+ */
+export function segCrossEntropy(logits: tf.Tensor4D, labels: tf.Tensor3D, opts: SegCrossEntropyOptions = {}): tf.Scalar {
+  const fn = 'segCrossEntropy';
+  checkRank(logits, 4, fn, 'logits', '[B,h,w,K]');
+  checkMask(labels, logits, fn, 'labels', 'logits');
+  const temperature = opts.temperature ?? 1;
+  if (!(temperature > 0)) throw new Error(`${fn}: temperature must be > 0, got ${temperature}`);
+  const k = logits.shape[3];
+  return tf.tidy(() => {
+    const z = logits.reshape([-1, k]) as tf.Tensor2D;
+    const scaled = temperature === 1 ? z : z.div(temperature) as tf.Tensor2D;
+    return maskedCrossEntropy(scaled, maskOneHot(labels.flatten(), k) as tf.Tensor2D);
+  });
+}
+
+export interface ContrastiveLossOptions {
+  /** Logits are f̂·Pᵀ divided by this. Default 100, the authors' value (REFERENCE 4.1). */
+  temperature?: number;
+}
+
+/**
+ * Pixel-to-prototype contrastive loss (REFERENCE 4.1, paper Eq. 4): features [B,h,w,C] are
+ * L2-normalised per pixel, logits = f̂·Pᵀ / temperature with prototypes [K,C] (row = class, used as
+ * constants), cross-entropy against mask [B,h,w], mean over non-255 pixels; 0 if none. With τ = 100
+ * the value sits near ln K per domain (2·ln K for source + target).
+ */
+export function contrastiveLoss(
+  features: tf.Tensor4D,
+  mask: tf.Tensor3D,
+  prototypes: tf.Tensor2D,
+  opts: ContrastiveLossOptions = {},
+): tf.Scalar {
+  const fn = 'contrastiveLoss';
+  checkRank(features, 4, fn, 'features', '[B,h,w,C]');
+  checkMask(mask, features, fn, 'mask', 'features');
+  checkRank(prototypes, 2, fn, 'prototypes', '[K,C]');
+  const c = features.shape[3];
+  if (prototypes.shape[1] !== c) {
+    throw new Error(`${fn}: prototypes ${shapeStr(prototypes.shape)} have ${prototypes.shape[1]} channels but features ${shapeStr(features.shape)} have ${c}`);
+  }
+  const temperature = opts.temperature ?? 100;
+  if (!(temperature > 0)) throw new Error(`${fn}: temperature must be > 0, got ${temperature}`);
+  const k = prototypes.shape[0];
+  return tf.tidy(() => {
+    const f = normalizeFeatures(features.reshape([-1, c]) as tf.Tensor2D);
+    // Transpose explicitly: tfjs-wasm's matMul with transposeB is several times slower.
+    const logits = tf.matMul(f, stopGradient(prototypes).transpose()).div(temperature) as tf.Tensor2D;
+    return maskedCrossEntropy(logits, maskOneHot(mask.flatten(), k) as tf.Tensor2D);
+  });
+}
+
+/**
+ * Mean binary cross-entropy of `logits` (any shape) against the constant label `target` (0 or 1), in
+ * the stable form max(x,0) − x·t + log(1 + exp(−|x|)) (torch's BCEWithLogitsLoss).
+ */
+export function bceWithLogits(logits: tf.Tensor, target: number): tf.Scalar {
+  if (target !== 0 && target !== 1) throw new Error(`bceWithLogits: target must be 0 or 1, got ${target}`);
+  if (logits.size === 0) throw new Error(`bceWithLogits: logits are empty (shape ${shapeStr(logits.shape)})`);
+  return tf.tidy(() => {
+    const x = tf.cast(logits, 'float32');
+    const pos = tf.relu(x);
+    const soft = tf.log1p(tf.exp(tf.abs(x).neg()));
+    const loss = target === 1 ? pos.sub(x).add(soft) : pos.add(soft);
+    return loss.mean() as tf.Scalar;
+  });
+}

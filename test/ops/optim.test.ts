@@ -1,0 +1,85 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs';
+import { Adam, SGD, polyLR } from '../../src/ops/optim.ts';
+import type { Param } from '../../src/ops/model/params.ts';
+import { useBackend, assertClose } from '../helpers.ts';
+
+test('poly LR: REFERENCE 2 numbers (final LR 9.97e-5 warm-up/CL, 1.99e-4 SSL) and bad input', () => {
+  assert.equal(polyLR(2.5e-4, 0, 62_500), 2.5e-4);
+  assert.ok(Math.abs(polyLR(2.5e-4, 40_000, 62_500) - 9.97e-5) < 5e-8);
+  assert.ok(Math.abs(polyLR(5e-4, 20_000, 31_250) - 1.99e-4) < 5e-7);
+  assert.equal(polyLR(1, 5, 10, 1), 0.5);
+  assert.throws(() => polyLR(1, 11, 10), /polyLR: iteration 11 outside 0..10/);
+  assert.throws(() => polyLR(1, 0, 0), /polyLR: maxIter must be > 0, got 0/);
+});
+
+function param(name: string, values: number[], group: Param['group']): Param {
+  return { name, group, role: 'weight', variable: tf.variable(tf.tensor1d(values), true, `t-${name}-${Math.random()}`) };
+}
+
+test('SGD follows PyTorch: d = g + wd*p; buf = mu*buf + d; p -= lr*mult*buf (two steps by hand)', async () => {
+  await useBackend('cpu');
+  const a = param('a', [1, -2], 'backbone');
+  const b = param('b', [0.5], 'classifier');
+  const opt = new SGD([{ params: [a], lrMult: 1 }, { params: [b], lrMult: 10 }], { momentum: 0.9, weightDecay: 0.1 });
+  const ga = [0.3, 0.4];
+  const gb = [-1];
+  // by hand, lr 0.1 then 0.05
+  let pa = [1, -2]; let pb = [0.5]; let ba = [0, 0]; let bb = [0];
+  for (const lr of [0.1, 0.05]) {
+    opt.step(new Map([['a', tf.tensor1d(ga)], ['b', tf.tensor1d(gb)]]), lr);
+    ba = ba.map((v, i) => 0.9 * v + ga[i]! + 0.1 * pa[i]!);
+    pa = pa.map((v, i) => v - lr * ba[i]!);
+    bb = bb.map((v, i) => 0.9 * v + gb[i]! + 0.1 * pb[i]!);
+    pb = pb.map((v, i) => v - lr * 10 * bb[i]!);
+  }
+  assertClose(a.variable.dataSync(), pa, 1e-6, 'a');
+  assertClose(b.variable.dataSync(), pb, 1e-6, 'b');
+  const state = opt.getState();
+  assertClose(state.slots.get('momentum:a')!.dataSync(), ba, 1e-6, 'momentum a');
+  assert.throws(() => opt.step(new Map([['a', tf.tensor1d(ga)]]), 0.1), /optimizer: no gradient for parameter 'b'/);
+  opt.dispose();
+  a.variable.dispose();
+  b.variable.dispose();
+});
+
+test('Adam follows PyTorch with betas (0.9, 0.99) and bias correction (two steps by hand)', async () => {
+  await useBackend('cpu');
+  const p = param('d', [0.2, -0.7], 'discriminator');
+  const opt = new Adam([{ params: [p], lrMult: 1 }]);
+  const grads = [[0.5, -0.1], [0.2, 0.3]];
+  let w = [0.2, -0.7]; let m = [0, 0]; let v = [0, 0];
+  grads.forEach((g, t) => {
+    opt.step(new Map([['d', tf.tensor1d(g)]]), 1e-2);
+    m = m.map((x, i) => 0.9 * x + 0.1 * g[i]!);
+    v = v.map((x, i) => 0.99 * x + 0.01 * g[i]! ** 2);
+    const c1 = 1 - 0.9 ** (t + 1);
+    const c2 = 1 - 0.99 ** (t + 1);
+    w = w.map((x, i) => x - (1e-2 / c1) * m[i]! / (Math.sqrt(v[i]!) / Math.sqrt(c2) + 1e-8));
+  });
+  assertClose(p.variable.dataSync(), w, 1e-6, 'adam');
+  opt.dispose();
+  p.variable.dispose();
+});
+
+test('optimizer state round-trips through getState/setState and allocates no tensor per step', async () => {
+  await useBackend('cpu');
+  const p = param('w', [1, 2, 3], 'backbone');
+  const opt = new SGD([{ params: [p], lrMult: 1 }]);
+  const before = tf.memory().numTensors;
+  for (let i = 0; i < 5; i++) {
+    const g = tf.tensor1d([0.1, 0.2, 0.3]);
+    opt.step(new Map([['w', g]]), 0.1);
+    g.dispose();
+  }
+  assert.equal(tf.memory().numTensors, before);
+  const copy = new SGD([{ params: [p], lrMult: 1 }]);
+  copy.setState(opt.getState());
+  assert.equal(copy.steps, 5);
+  assertClose(copy.getState().slots.get('momentum:w')!.dataSync(), opt.getState().slots.get('momentum:w')!.dataSync(), 0, 'momentum');
+  assert.throws(() => copy.setState({ kind: 'adam', step: 0, slots: new Map() }), /optimizer: state of kind 'adam' cannot load into 'sgd'/);
+  opt.dispose();
+  copy.dispose();
+  p.variable.dispose();
+});
