@@ -102,9 +102,10 @@ export function refineSourceMask(labels: tf.Tensor3D, logits: tf.Tensor4D): tf.T
 
 /**
  * Float32 one-hot [...mask.shape, K] of an int32 mask; 255 (and any value outside 0..K-1) gives an
- * all-zero row, so it drops out of every per-class sum. Built from `equal` against 0..K-1 rather than
- * `tf.oneHot`, whose float32 output is wrong on the wasm backend (tfjs 4.22 writes the int bits).
+ * all-zero row, so it drops out of every per-class sum.
  */
 export function maskOneHot(mask: tf.Tensor, numClasses: number): tf.Tensor {
-  return tf.tidy(() => tf.equal(mask.expandDims(-1), tf.range(0, numClasses, 1, 'int32')).cast('float32'));
+  // int32 oneHot then cast: wasm's float32 oneHot writes integer bit patterns (tfjs 4.22), and a
+  // broadcast `equal` against 0..K-1 is ~15x slower on wasm. Out-of-range indices give all-zero rows.
+  return tf.tidy(() => tf.oneHot(mask.flatten(), numClasses, 1, 0, 'int32').reshape([...mask.shape, numClasses]).cast('float32'));
 }
