@@ -23,3 +23,9 @@ export { updatePrototypes, PrototypeAccumulator, type AbsentClassPolicy, type Up
 export { refineSourceMask, downsampleLabels, validateMask, maskOneHot, IGNORE_LABEL } from './ops/masks.ts';
 export { ConfidenceHistogram, pseudoLabels, upperMedianIndex } from './ops/thresholds.ts';
 export { ConfusionMatrix, classCenterDistance, CITYSCAPES_CLASSES, SYNTHIA_CLASSES, TAIL_CLASSES_19, SYNTHIA_13_OF_16 } from './ops/metrics.ts';
+
+export { decodeSafetensors, encodeSafetensors } from './ops/safetensors.ts';
+export {
+  loadSafetensors, saveModelSafetensors, saveCheckpoint, loadCheckpoint, disposeCheckpoint, modelState, applyModelState,
+  type LoadOptions, type LoadReport, type CheckpointState,
+} from './io/weights.ts';

@@ -64,7 +64,10 @@ abstract class NamedOptimizer {
     const key = `${kind}:${p.name}`;
     let v = this.slots.get(key);
     if (!v) {
-      v = tf.variable(tf.zerosLike(p.variable), false);
+      // tf.variable shares the initial tensor's data and takes its own reference: free the temporary.
+      const zeros = tf.zerosLike(p.variable);
+      v = tf.variable(zeros, false);
+      zeros.dispose();
       this.slots.set(key, v);
     }
     return v;
@@ -95,7 +98,8 @@ abstract class NamedOptimizer {
     if (state.kind !== this.kind) throw new Error(`optimizer: state of kind '${state.kind}' cannot load into '${this.kind}'`);
     this.disposeSlots();
     this.steps = state.step;
-    for (const [k, t] of state.slots) this.slots.set(k, tf.variable(t.clone(), false));
+    // tf.variable takes its own reference to the data: the caller still owns (and disposes) `t`.
+    for (const [k, t] of state.slots) this.slots.set(k, tf.variable(t, false));
   }
 
   private disposeSlots(): void {

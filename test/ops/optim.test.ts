@@ -83,3 +83,19 @@ test('optimizer state round-trips through getState/setState and allocates no ten
   copy.dispose();
   p.variable.dispose();
 });
+
+test('constructing, loading state into and disposing optimisers leaves no tensor behind', async () => {
+  await useBackend('cpu');
+  const p = param('z', [1, 2], 'backbone');
+  const base = tf.memory().numTensors;
+  const sgd = new SGD([{ params: [p], lrMult: 1 }]);
+  const adam = new Adam([{ params: [p], lrMult: 1 }]);
+  // one slot per parameter for SGD (momentum), two for Adam (m, v)
+  assert.equal(tf.memory().numTensors, base + 3);
+  const other = new Adam([{ params: [p], lrMult: 1 }]);
+  other.setState(adam.getState());
+  assert.equal(tf.memory().numTensors, base + 5);
+  for (const o of [sgd, adam, other]) o.dispose();
+  assert.equal(tf.memory().numTensors, base);
+  p.variable.dispose();
+});
