@@ -85,10 +85,67 @@ export function conv2d(x: tf.Tensor4D, filter: tf.Tensor4D, opts: ConvOptions = 
     throw new Error(`conv2d: input has ${x.shape[3]} channels but the filter [${filter.shape}] expects ${filter.shape[2]}`);
   }
   const g = convGeometry(opts);
-  const pad = explicitPadding(g.pad);
   if (g.dilations[0] === 1 && g.dilations[1] === 1) {
-    return tf.conv2d(x, filter, g.strides, pad, 'NHWC', 1);
+    return tf.conv2d(x, filter, g.strides, explicitPadding(g.pad), 'NHWC', 1);
   }
+  const taps = liveTaps(x.shape, filter.shape, g);
+  if (taps) return trimmedAtrous(x, filter, g, taps);
+  return atrous(x, filter, g);
+}
+
+/** First and last filter tap (per spatial axis) that ever touch the unpadded input. */
+type TapRange = { h: [number, number]; w: [number, number] };
+
+/**
+ * With a large dilation on a small map (ASPP's dilation 24 on a 8x16 feature map), most filter taps
+ * only ever see padding. Returns the taps that touch the input, or null when all do (or none do, which
+ * is left to the plain path). Stride is 1 here (dilation > 1 requires it).
+ */
+function liveTaps(xShape: readonly number[], wShape: readonly number[], g: ConvGeometry): TapRange | null {
+  const axis = (inSize: number, k: number, d: number, before: number, after: number): [number, number] | null => {
+    const out = convOutSize(inSize, k, 1, d, before + after);
+    let first = -1;
+    let last = -1;
+    for (let t = 0; t < k; t++) {
+      const lo = t * d - before; // input row seen by output row 0
+      if (lo <= inSize - 1 && lo + out - 1 >= 0) {
+        if (first < 0) first = t;
+        last = t;
+      }
+    }
+    return first < 0 ? null : [first, last];
+  };
+  const h = axis(xShape[1]!, wShape[0]!, g.dilations[0], g.pad[0], g.pad[1]);
+  const w = axis(xShape[2]!, wShape[1]!, g.dilations[1], g.pad[2], g.pad[3]);
+  if (!h || !w) return null;
+  if (h[0] === 0 && h[1] === wShape[0]! - 1 && w[0] === 0 && w[1] === wShape[1]! - 1) return null;
+  return { h, w };
+}
+
+/**
+ * The same convolution with the dead taps sliced off the filter (the slice's gradient pads dW back
+ * with zeros) and the padding reduced by the dropped taps' reach, cropping the input where that goes
+ * negative. The output is identical, the work is (live taps / all taps) of it.
+ */
+function trimmedAtrous(x: tf.Tensor4D, filter: tf.Tensor4D, g: ConvGeometry, taps: TapRange): tf.Tensor4D {
+  const [kh, kw, cin, cout] = filter.shape;
+  const [dh, dw] = g.dilations;
+  const sub = filter.slice([taps.h[0], taps.w[0], 0, 0], [taps.h[1] - taps.h[0] + 1, taps.w[1] - taps.w[0] + 1, cin, cout]);
+  const pads = [
+    g.pad[0] - taps.h[0] * dh, g.pad[1] - (kh - 1 - taps.h[1]) * dh,
+    g.pad[2] - taps.w[0] * dw, g.pad[3] - (kw - 1 - taps.w[1]) * dw,
+  ];
+  const [ct, cb, cl, cr] = pads.map((p) => Math.max(0, -p)) as [number, number, number, number];
+  const cropped = ct + cb + cl + cr > 0
+    ? x.slice([0, ct, cl, 0], [x.shape[0], x.shape[1] - ct - cb, x.shape[2] - cl - cr, cin])
+    : x;
+  const pad = pads.map((p) => Math.max(0, p)) as [number, number, number, number];
+  return atrous(cropped, sub, { ...g, pad });
+}
+
+/** Dilated conv as a custom op: forward by the backend, backward by convInputGrad/convFilterGrad. */
+function atrous(x: tf.Tensor4D, filter: tf.Tensor4D, g: ConvGeometry): tf.Tensor4D {
+  const pad = explicitPadding(g.pad);
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [xx, ww, save] = args as [tf.Tensor4D, tf.Tensor4D, tf.GradSaveFunc];
     save([xx, ww]);
@@ -173,8 +230,9 @@ export function convFilterGrad(
       const out = tf.matMul(xs.reshape([-1, cin]).transpose(), dy.reshape([-1, cout]));
       return out.reshape([1, 1, cin, cout]);
     }
-    const padded = tf.pad(x, explicitPadding(g.pad));
-    const xT = padded.transpose([3, 1, 2, 0]) as tf.Tensor4D; // [Cin, Hp, Wp, N]
+    // Transpose before padding: the padded map can be many times larger (ASPP).
+    const [pt, pb, pl, pr] = g.pad;
+    const xT = tf.pad(x.transpose([3, 1, 2, 0]), [[0, 0], [pt, pb], [pl, pr], [0, 0]]) as tf.Tensor4D; // [Cin, Hp, Wp, N]
     const dyT = dy.transpose([1, 2, 0, 3]) as tf.Tensor4D; // [Ho, Wo, N, Cout] used as HWIO filter
     const r = tf.conv2d(xT, dyT, [dh, dw], 'valid', 'NHWC', [sh, sw]); // [Cin, >=KH, >=KW, Cout]
     const exact = r.shape[1] === kh && r.shape[2] === kw ? r : r.slice([0, 0, 0, 0], [cin, kh, kw, cout]);

@@ -52,6 +52,10 @@ const atrous: { name: string; x: number[]; w: number[]; opts: ConvOptions }[] = 
   { name: 'dilation [2,3] asym pad', x: [1, 8, 9, 2], w: [3, 2, 2, 2], opts: { dilation: [2, 3], pad: [1, 2, 3, 0] } },
   { name: 'dilation 6 pad 6 (ASPP)', x: [1, 8, 8, 2], w: [3, 3, 2, 2], opts: { dilation: 6, pad: 6 } },
   { name: 'stride 2 pad 1 (no dilation)', x: [1, 8, 7, 2], w: [3, 3, 2, 2], opts: { stride: 2, pad: 1 } },
+  // Only the centre tap ever sees the input: the filter is trimmed to 1x1.
+  { name: 'dilation 24 pad 24 on 8x16 (ASPP, one live tap)', x: [2, 8, 16, 3], w: [3, 3, 3, 2], opts: { dilation: 24, pad: 24 } },
+  // Tap 0 is dead and the trimmed padding goes negative: the input is cropped by one row/column.
+  { name: 'dilation 5 pad [4,2,4,2] (trim with crop)', x: [1, 8, 8, 2], w: [3, 3, 2, 2], opts: { dilation: 5, pad: [4, 2, 4, 2] } },
 ];
 
 for (const backend of ['wasm', 'cpu'] as const) {
