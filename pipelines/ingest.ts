@@ -1,0 +1,104 @@
+/**
+ * Dataset folders -> LMDB shards + manifest.json (src/data/ingest.ts).
+ *
+ *   node pipelines/ingest.ts --dataset gta5 --root /data/gta5 --out shards/gta5
+ *   node pipelines/ingest.ts --dataset cityscapes --root /data/cityscapes --split val --out shards/cs-val
+ */
+import { availableParallelism } from 'node:os';
+// sharp decodes on libuv's thread pool (default 4 threads): size it to the cores before any I/O.
+process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
+
+import { parseArgs } from 'node:util';
+import { DATASETS, type DatasetName, type LabelPolicy } from '../src/data/adapters.ts';
+import { ingestDataset } from '../src/data/ingest.ts';
+
+const USAGE = `usage: node pipelines/ingest.ts --dataset NAME --root DIR --out DIR [options]
+  --dataset NAME        ${DATASETS.join(' | ')}
+  --root DIR            the dataset's root folder (layouts: see README "Data")
+  --out DIR             dataset folder to write (manifest.json + shard-NNNNN.lmdb)
+  --split NAME          cityscapes split (train | val); default train
+  --classes 19|16       label space; default 19 (synthia: 16)
+  --labels MODE         required (default) | optional | none (label-free ingest of target images)
+  --shard-index I       this process's part (0-based); default 0
+  --shard-count N       number of parts (processes/machines); default 1
+  --threads N           decode workers; default: cores (${availableParallelism()})
+  --strict              exit 1 if any sample had a problem
+  -h, --help            this text
+Re-running skips records already written. Exit code: 0 ok, 1 nothing usable (or --strict and problems), 2 bad arguments.`;
+
+function usageError(message: string): never {
+  process.stderr.write(`ingest: ${message}\n\n${USAGE}\n`);
+  process.exit(2);
+}
+
+let values;
+try {
+  values = parseArgs({
+    options: {
+      dataset: { type: 'string' },
+      root: { type: 'string' },
+      out: { type: 'string' },
+      split: { type: 'string', default: 'train' },
+      classes: { type: 'string' },
+      labels: { type: 'string', default: 'required' },
+      'shard-index': { type: 'string', default: '0' },
+      'shard-count': { type: 'string', default: '1' },
+      threads: { type: 'string' },
+      strict: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  }).values;
+} catch (err) {
+  usageError((err as Error).message);
+}
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+const int = (flag: string, v: string | undefined, min: number): number | undefined => {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) usageError(`--${flag} must be an integer >= ${min}, got '${v}'`);
+  return n;
+};
+if (!values.dataset) usageError('--dataset is required');
+if (!DATASETS.includes(values.dataset as DatasetName)) usageError(`--dataset must be one of ${DATASETS.join(', ')}, got '${values.dataset}'`);
+if (!values.root) usageError('--root is required');
+if (!values.out) usageError('--out is required');
+if (values.classes !== undefined && values.classes !== '19' && values.classes !== '16') usageError(`--classes must be 19 or 16, got '${values.classes}'`);
+if (!['required', 'optional', 'none'].includes(values.labels)) usageError(`--labels must be required, optional or none, got '${values.labels}'`);
+const shardCount = int('shard-count', values['shard-count'], 1)!;
+const shardIndex = int('shard-index', values['shard-index'], 0)!;
+if (shardIndex >= shardCount) usageError(`--shard-index ${shardIndex} must be < --shard-count ${shardCount}`);
+
+const controller = new AbortController();
+process.once('SIGINT', () => {
+  process.stderr.write('\ningest: SIGINT, finishing the samples in flight (run again to resume)\n');
+  controller.abort();
+});
+
+try {
+  const s = await ingestDataset({
+    dataset: values.dataset as DatasetName,
+    root: values.root,
+    out: values.out,
+    split: values.split,
+    numClasses: values.classes === undefined ? undefined : (Number(values.classes) as 19 | 16),
+    labels: values.labels as LabelPolicy,
+    shardIndex,
+    shardCount,
+    threads: int('threads', values.threads, 1),
+    signal: controller.signal,
+  });
+  const kinds = Object.entries(s.problems).map(([k, n]) => `${k} ${n}`).join(', ');
+  console.log(`ingest: written ${s.written}, already there ${s.existing}, problems ${s.problemCount}${kinds ? ` (${kinds})` : ''}; ` +
+    `shard ${s.shard}; dataset total ${s.manifest?.count ?? 0} records${s.aborted ? '; interrupted (run again to resume)' : ''}`);
+  if (s.written + s.existing === 0) {
+    process.stderr.write(`ingest: nothing usable found under ${values.root} for dataset ${values.dataset}\n`);
+    process.exit(1);
+  }
+  if (values.strict && s.problemCount > 0) process.exit(1);
+} catch (err) {
+  process.stderr.write(`ingest: ${(err as Error).message}\n`);
+  process.exit(1);
+}
