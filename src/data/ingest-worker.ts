@@ -1,0 +1,98 @@
+/**
+ * piscina worker of `pipelines/ingest.ts`: reads one image and its label from disk, proves that both
+ * decode completely (a truncated file fails here, not during training), maps label IDs to train IDs
+ * (REFERENCE 6.2) and returns the record to store: the original image bytes, the label as an 8-bit grey
+ * PNG of train IDs, sizes, and the classes present. Bad input comes back as a named problem, never as a
+ * thrown error, so one bad file never stops an ingest.
+ */
+import { readFile } from 'node:fs/promises';
+import { workerData } from 'piscina';
+import sharp from 'sharp';
+import { decodePng, encodePng } from './png.ts';
+import type { ShardRecord } from './shards.ts';
+import { classMask } from './shards.ts';
+import { moveWith, ownBytes, type Movable } from './transfer.ts';
+
+export interface IngestWorkerData {
+  /** 65536-entry label ID -> train ID table. */
+  lut: Uint8Array;
+  /** 'single': labels must have 1 channel (grey or palette); 'first': class ID is channel 0 of many (SYNTHIA). */
+  labelChannels: 'single' | 'first';
+  /** Label maps may be at another resolution than the image, same aspect ratio (Synscapes). */
+  labelMayBeScaled: boolean;
+}
+
+export interface IngestTask {
+  key: string;
+  image: string;
+  label: string | null;
+}
+
+export type ProblemKind = 'image-unreadable' | 'label-unreadable' | 'label-missing' | 'size-mismatch' | 'label-channels' | 'image-format';
+
+export type IngestResult =
+  | { ok: true; key: string; record: ShardRecord; mask: number; classes: number[] }
+  | { ok: false; key: string; kind: ProblemKind; path: string; message: string };
+
+sharp.concurrency(1);
+const data = workerData as IngestWorkerData;
+
+async function readImage(task: IngestTask): Promise<{ bytes: Buffer; width: number; height: number; format: 'png' | 'jpeg' } | IngestResult> {
+  const problem = (kind: ProblemKind, message: string): IngestResult => ({ ok: false, key: task.key, kind, path: task.image, message: `${task.image}: ${message}` });
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(task.image);
+  } catch (err) {
+    return problem('image-unreadable', `cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  try {
+    const { info } = await sharp(bytes, { failOn: 'truncated' }).raw().toBuffer({ resolveWithObject: true });
+    const meta = await sharp(bytes).metadata();
+    if (meta.format !== 'png' && meta.format !== 'jpeg') return problem('image-format', `format ${meta.format} is not supported (png or jpeg)`);
+    return { bytes, width: info.width, height: info.height, format: meta.format };
+  } catch (err) {
+    return problem('image-unreadable', `does not decode (${(err as Error).message.split('\n')[0]})`);
+  }
+}
+
+export default async function ingest(task: IngestTask): Promise<IngestResult | Movable<IngestResult>> {
+  const img = await readImage(task);
+  if ('ok' in img) return img;
+  const record: ShardRecord = {
+    width: img.width, height: img.height, format: img.format, image: ownBytes(img.bytes),
+    label: null, labelWidth: 0, labelHeight: 0,
+  };
+  if (task.label === null) return moveWith({ ok: true, key: task.key, record, mask: 0, classes: [] }, [record.image.buffer]);
+  const problem = (kind: ProblemKind, message: string): IngestResult => ({ ok: false, key: task.key, kind, path: task.label!, message: `${task.label}: ${message}` });
+  let decoded;
+  try {
+    decoded = decodePng(await readFile(task.label), task.label);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return e.code ? problem('label-unreadable', `cannot read (${e.code})`) : problem('label-unreadable', e.message.replace(`${task.label}: `, ''));
+  }
+  const { width, height, channels } = decoded;
+  if (data.labelChannels === 'single' && channels !== 1) {
+    return problem('label-channels', `label has ${channels} channels, expected 1 (grey or palette indices)`);
+  }
+  if (width !== img.width || height !== img.height) {
+    const sameAspect = Math.abs(width / height - img.width / img.height) < 0.01 * (img.width / img.height);
+    if (!data.labelMayBeScaled || !sameAspect) {
+      return problem('size-mismatch', `label is ${width}x${height} but the image ${task.image} is ${img.width}x${img.height}`);
+    }
+  }
+  const train = new Uint8Array(width * height);
+  const present = new Uint8Array(256);
+  const src = decoded.data;
+  for (let i = 0; i < train.length; i++) {
+    const t = data.lut[src[i * channels]!]!;
+    train[i] = t;
+    present[t] = 1;
+  }
+  const classes: number[] = [];
+  for (let k = 0; k < 255; k++) if (present[k]) classes.push(k);
+  record.label = ownBytes(encodePng({ width, height, channels: 1, bitDepth: 8, data: train }));
+  record.labelWidth = width;
+  record.labelHeight = height;
+  return moveWith({ ok: true, key: task.key, record, mask: classMask(classes), classes }, [record.image.buffer, record.label.buffer]);
+}
