@@ -35,6 +35,8 @@ export type IngestResult =
   | { ok: false; key: string; kind: ProblemKind; path: string; message: string };
 
 sharp.concurrency(1);
+// libvips caches up to 50 MiB of recent operations per process; decoded inputs are never reused here.
+sharp.cache(false);
 const data = workerData as IngestWorkerData;
 
 async function readImage(task: IngestTask): Promise<{ bytes: Buffer; width: number; height: number; format: 'png' | 'jpeg' } | IngestResult> {
