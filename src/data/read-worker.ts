@@ -11,12 +11,16 @@ import { decodePng } from './png.ts';
 import { Rng } from './rng.ts';
 import { openShardReadOnly, type ShardHandle } from './shards.ts';
 import { moveWith, type Movable } from './transfer.ts';
+import { open, type Database } from 'lmdb';
+import type { PseudoLabelRecord } from './pseudo-labels.ts';
 
 export interface ReadTask {
   shard: string;
   key: string;
   spec: AugmentSpec;
   seed: number;
+  /** A pseudo-label generation (LMDB path) to take the label from instead of the record's own. */
+  pseudo?: string | null;
   /** Preallocated output buffers of the right size (moved in), or null to allocate. */
   image: Float32Array | null;
   label: Uint8Array | null;
@@ -43,6 +47,21 @@ sharp.concurrency(1);
 // libvips caches up to 50 MiB of recent operations per process; decoded inputs are never reused here.
 sharp.cache(false);
 const shards = new Map<string, ShardHandle>();
+const pseudoDbs = new Map<string, Database<PseudoLabelRecord, string>>();
+
+function pseudoOf(path: string): Database<PseudoLabelRecord, string> {
+  let db = pseudoDbs.get(path);
+  if (!db) {
+    // a new generation replaces the old ones: close what is no longer current
+    for (const [p, old] of pseudoDbs) {
+      void old.close();
+      pseudoDbs.delete(p);
+    }
+    db = open({ path, readOnly: true, compression: true, maxDbs: 2 }).openDB<PseudoLabelRecord, string>({ name: 'labels', encoding: 'msgpack' });
+    pseudoDbs.set(path, db);
+  }
+  return db;
+}
 
 function shardOf(path: string): ShardHandle {
   let h = shards.get(path);
@@ -68,7 +87,11 @@ export default async function read(task: ReadTask): Promise<Movable<ReadResult>>
     throw new Error(`${task.shard}: record '${task.key}': image decodes to ${width}x${height}x${channels}, the record says ${record.width}x${record.height}x3`);
   }
   let label: Uint8Array | null = null;
-  if (record.label) {
+  if (task.pseudo) {
+    const p = pseudoOf(task.pseudo).get(task.key);
+    if (!p) throw new Error(`${task.pseudo}: no pseudo-label for '${task.key}'`);
+    label = p.width === width && p.height === height ? p.labels : resizeNearest(p.labels, p.width, p.height, width, height);
+  } else if (record.label) {
     const png = decodePng(record.label, `${task.shard}: record '${task.key}' label`);
     if (png.channels !== 1 || png.bitDepth !== 8 || png.width !== record.labelWidth || png.height !== record.labelHeight) {
       throw new Error(`${task.shard}: record '${task.key}': label decodes to ${png.width}x${png.height}x${png.channels}@${png.bitDepth} bits, ` +

@@ -56,7 +56,7 @@ export class SampleReader {
   }
 
   /** Reads one sample of `dataset` with augmentation `spec`; deterministic for `seed`. */
-  async read(dataset: Dataset, key: string, spec: AugmentSpec, seed: number): Promise<Sample> {
+  async read(dataset: Dataset, key: string, spec: AugmentSpec, seed: number, pseudo: string | null = null): Promise<Sample> {
     const size = spec.resize ?? spec.crop ?? null;
     const keepLabel = Boolean(spec.resize) && spec.resizeLabel === false;
     let lent: { image: Float32Array; label: Uint8Array } | undefined;
@@ -68,7 +68,7 @@ export class SampleReader {
         this.allocated++;
       }
     }
-    const task: ReadTask = { shard: dataset.shardOf(key), key, spec, seed, image: lent?.image ?? null, label: lent?.label ?? null };
+    const task: ReadTask = { shard: dataset.shardOf(key), key, spec, seed, pseudo, image: lent?.image ?? null, label: lent?.label ?? null };
     const transferList = lent ? [lent.image.buffer, lent.label.buffer] : [];
     return (await this.pool.run(task, { transferList: transferList as ArrayBuffer[] })) as Sample;
   }

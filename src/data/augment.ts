@@ -1,0 +1,893 @@
+/**
+ * Augmentation kernels of the training transforms (REFERENCE 6.3), on interleaved RGB uint8 images
+ * (HWC, 3 channels) and uint8 label maps (train IDs, 255 = ignore). They run inside decode workers, so
+ * there is no tfjs here: plain loops over typed arrays, every output buffer can be passed in, and the
+ * composed `augmentSample` keeps its intermediates in per-thread scratch buffers that grow once and are
+ * reused (nothing is allocated per sample in the steady state, apart from a few small coefficient tables).
+ *
+ * Fidelity target is the authors' PIL/torchvision path, reproduced integer-for-integer:
+ * - image resizing = PIL `Image.resize(..., BICUBIC)` (`ImagingResample`: a = -0.5 kernel, support
+ *   widened by the scale factor when downscaling, 22-bit fixed-point weights, horizontal pass first
+ *   into a uint8 intermediate, then vertical);
+ * - label resizing = PIL NEAREST (`ImagingScaleAffine`: pixel-centre sampling with PIL's accumulated
+ *   source coordinate);
+ * - ColorJitter = torchvision on a PIL image: `ImageEnhance.Brightness/Contrast/Color` (`Image.blend`
+ *   in float32, truncated to uint8) and `adjust_hue` (PIL's 8-bit HSV, H shifted by
+ *   int(hue * 255) modulo 256);
+ * - RandomScale / RandomCrop / RandomHorizontalFlip = SPCL's `core/datasets/transform.py`.
+ * The tests compare resizing and jitter with PIL byte-for-byte when python3-pil is installed.
+ *
+ * Every random draw comes from the `Rng` that is passed in, in the order the reference transforms
+ * draw them (jitter order and factors, scale, crop y then x, flip), so a seed fixes the output.
+ */
+import type { Rng } from './rng.ts';
+import { IGNORE } from './labels.ts';
+
+// ---------------------------------------------------------------------------------------------------
+// Resizing
+
+/** PIL's fixed-point precision for 8-bit resampling (`PRECISION_BITS = 32 - 8 - 2`). */
+const PRECISION_BITS = 22;
+const HALF = 1 << (PRECISION_BITS - 1);
+/** Sums at or above this clip to 255 (`clip8`). */
+const CLIP_HIGH = 256 << PRECISION_BITS;
+
+/** PIL's bicubic kernel (Keys, a = -0.5), support 2. */
+function bicubicKernel(x: number): number {
+  const a = -0.5;
+  if (x < 0) x = -x;
+  if (x < 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
+  if (x < 2) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0;
+}
+
+interface Coefficients {
+  /** Per output index: first source index, number of taps. */
+  bounds: Int32Array;
+  /** Per output index: `ksize` fixed-point weights (unused taps are 0). */
+  weights: Int32Array;
+  ksize: number;
+}
+
+/**
+ * PIL's `precompute_coeffs` + `normalize_coeffs_8bpc` for the output indices first..first+count-1 of a
+ * full resize inSize -> outSize (a window of the full resize is bit-identical to resizing and cropping).
+ */
+function coefficients(inSize: number, outSize: number, first: number, count: number): Coefficients {
+  const scale = inSize / outSize;
+  const filterscale = scale < 1 ? 1 : scale;
+  const support = 2 * filterscale;
+  const ksize = Math.ceil(support) * 2 + 1;
+  const ss = 1 / filterscale;
+  const bounds = new Int32Array(count * 2);
+  const weights = new Int32Array(count * ksize);
+  const k = new Float64Array(ksize);
+  for (let i = 0; i < count; i++) {
+    const xx = first + i;
+    const center = (xx + 0.5) * scale;
+    let xmin = Math.trunc(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    let xmax = Math.trunc(center + support + 0.5);
+    if (xmax > inSize) xmax = inSize;
+    xmax -= xmin;
+    let ww = 0;
+    for (let x = 0; x < xmax; x++) {
+      const w = bicubicKernel((x + xmin - center + 0.5) * ss);
+      k[x] = w;
+      ww += w;
+    }
+    const base = i * ksize;
+    for (let x = 0; x < xmax; x++) {
+      const w = ww !== 0 ? k[x]! / ww : k[x]!;
+      weights[base + x] = w < 0 ? Math.trunc(-0.5 + w * (1 << PRECISION_BITS)) : Math.trunc(0.5 + w * (1 << PRECISION_BITS));
+    }
+    bounds[i * 2] = xmin;
+    bounds[i * 2 + 1] = xmax;
+  }
+  return { bounds, weights, ksize };
+}
+
+/** `clip8`: fixed-point sum -> uint8 (sums stay well inside int32, see PIL's 2 spare bits). */
+function clip8(v: number): number {
+  return v <= 0 ? 0 : v >= CLIP_HIGH ? 255 : v >> PRECISION_BITS;
+}
+
+// Per-thread scratch: grown on demand, never shrunk, never returned to callers.
+let tempScratch: Uint8Array = new Uint8Array(0);
+let accScratch = new Float64Array(0);
+
+function tempBuffer(n: number): Uint8Array {
+  if (tempScratch.length < n) tempScratch = new Uint8Array(Math.ceil(n * 1.25));
+  return tempScratch;
+}
+
+function accBuffer(n: number): Float64Array {
+  if (accScratch.length < n) accScratch = new Float64Array(Math.ceil(n * 1.25));
+  return accScratch;
+}
+
+function checkLength(what: string, buf: ArrayLike<number>, need: number): void {
+  if (buf.length < need) throw new RangeError(`${what}: buffer holds ${buf.length} values, needs ${need}`);
+}
+
+function checkSize(what: string, w: number, h: number): void {
+  if (!(Number.isInteger(w) && Number.isInteger(h) && w > 0 && h > 0)) {
+    throw new RangeError(`${what}: size must be positive integers, got ${w}x${h} (w x h)`);
+  }
+}
+
+/**
+ * Window [x0, x0+ow) x [y0, y0+oh) of PIL's bicubic resize of an RGB image sw x sh -> dw x dh, written
+ * into `out` with a row stride of `outStride` pixels starting at pixel `outOffset` (so a crop can land
+ * inside a padded buffer). Bit-identical to `resizeBicubic` followed by cropping.
+ */
+export function resizeBicubicWindow(
+  src: Uint8Array, sw: number, sh: number, dw: number, dh: number,
+  x0: number, y0: number, ow: number, oh: number,
+  out: Uint8Array, outStride = ow, outOffset = 0,
+): void {
+  checkSize('resizeBicubic source', sw, sh);
+  checkSize('resizeBicubic target', dw, dh);
+  if (ow <= 0 || oh <= 0) return;
+  if (x0 < 0 || y0 < 0 || x0 + ow > dw || y0 + oh > dh) {
+    throw new RangeError(`resizeBicubicWindow: window ${ow}x${oh} at (${x0}, ${y0}) is outside the ${dw}x${dh} target`);
+  }
+  checkLength('resizeBicubic source', src, sw * sh * 3);
+  checkLength('resizeBicubic output', out, (outOffset + (oh - 1) * outStride + ow) * 3);
+  // PIL skips a pass whose size does not change (it would be the identity anyway).
+  const needH = sw !== dw;
+  const needV = sh !== dh;
+
+  // Rows of the source the vertical pass reads (PIL's ybox_first / ybox_last), for this window.
+  let vert: Coefficients | null = null;
+  let rowFirst = y0;
+  let rowCount = oh;
+  if (needV) {
+    vert = coefficients(sh, dh, y0, oh);
+    rowFirst = vert.bounds[0]!;
+    rowCount = vert.bounds[(oh - 1) * 2]! + vert.bounds[(oh - 1) * 2 + 1]! - rowFirst;
+  }
+
+  // Horizontal pass into a uint8 intermediate of ow x rowCount (or read the source directly).
+  let temp: Uint8Array;
+  let tempStride: number; // pixels per row
+  let tempCol: number; // first column of the window in temp
+  if (needH) {
+    const horiz = coefficients(sw, dw, x0, ow);
+    temp = tempBuffer(ow * rowCount * 3);
+    tempStride = ow;
+    tempCol = 0;
+    const { bounds, weights, ksize } = horiz;
+    for (let y = 0; y < rowCount; y++) {
+      const srow = (rowFirst + y) * sw * 3;
+      let t = y * ow * 3;
+      for (let xx = 0; xx < ow; xx++, t += 3) {
+        const xmin = bounds[xx * 2]!;
+        const xmax = bounds[xx * 2 + 1]!;
+        const kb = xx * ksize;
+        let s0 = HALF;
+        let s1 = HALF;
+        let s2 = HALF;
+        let p = srow + xmin * 3;
+        for (let x = 0; x < xmax; x++, p += 3) {
+          const w = weights[kb + x]!;
+          s0 += src[p]! * w;
+          s1 += src[p + 1]! * w;
+          s2 += src[p + 2]! * w;
+        }
+        temp[t] = clip8(s0);
+        temp[t + 1] = clip8(s1);
+        temp[t + 2] = clip8(s2);
+      }
+    }
+  } else {
+    temp = src;
+    tempStride = sw;
+    tempCol = x0;
+  }
+  const tempRowBase = needH ? 0 : rowFirst; // row index in temp of source row rowFirst
+
+  const rowLen = ow * 3;
+  if (!needV) {
+    for (let y = 0; y < oh; y++) {
+      const from = ((tempRowBase + y) * tempStride + tempCol) * 3;
+      out.set(temp.subarray(from, from + rowLen), (outOffset + y * outStride) * 3);
+    }
+    return;
+  }
+
+  // Vertical pass: accumulate whole rows per tap (same integer sums as PIL, cache-friendly order).
+  const acc = accBuffer(rowLen);
+  const { bounds, weights, ksize } = vert!;
+  for (let yy = 0; yy < oh; yy++) {
+    const ymin = bounds[yy * 2]! - rowFirst;
+    const ymax = bounds[yy * 2 + 1]!;
+    const kb = yy * ksize;
+    acc.fill(HALF, 0, rowLen);
+    for (let y = 0; y < ymax; y++) {
+      const w = weights[kb + y]!;
+      const from = ((tempRowBase + ymin + y) * tempStride + tempCol) * 3;
+      for (let i = 0; i < rowLen; i++) acc[i] = acc[i]! + temp[from + i]! * w;
+    }
+    const o = (outOffset + yy * outStride) * 3;
+    for (let i = 0; i < rowLen; i++) out[o + i] = clip8(acc[i]!);
+  }
+}
+
+/**
+ * PIL `Image.resize((dw, dh), BICUBIC)` of an RGB image (antialiased when downscaling). Output is a
+ * new buffer unless `out` (>= dw*dh*3) is given.
+ */
+export function resizeBicubic(src: Uint8Array, sw: number, sh: number, dw: number, dh: number, out?: Uint8Array): Uint8Array {
+  checkSize('resizeBicubic target', dw, dh);
+  const dst = out ?? new Uint8Array(dw * dh * 3);
+  resizeBicubicWindow(src, sw, sh, dw, dh, 0, 0, dw, dh, dst);
+  return dst;
+}
+
+/**
+ * Source indices of PIL's nearest resize for outputs first..first+count-1: `ImagingScaleAffine`
+ * starts at scale/2 and *accumulates* the step (so it is floor((x + 0.5) * in / out) up to float
+ * accumulation, reproduced here); clamped to the image.
+ */
+function nearestTable(inSize: number, outSize: number, first: number, count: number): Int32Array {
+  const step = inSize / outSize;
+  const table = new Int32Array(count);
+  let pos = step * 0.5;
+  for (let x = 0; x < first; x++) pos += step;
+  for (let i = 0; i < count; i++) {
+    const v = Math.trunc(pos);
+    table[i] = v < 0 ? 0 : v >= inSize ? inSize - 1 : v;
+    pos += step;
+  }
+  return table;
+}
+
+/**
+ * Window of PIL's NEAREST resize sw x sh -> dw x dh (any channel count), written with a row stride of
+ * `outStride` pixels from pixel `outOffset`; see `resizeBicubicWindow`.
+ */
+export function resizeNearestWindow(
+  src: Uint8Array, sw: number, sh: number, dw: number, dh: number, channels: number,
+  x0: number, y0: number, ow: number, oh: number,
+  out: Uint8Array, outStride = ow, outOffset = 0,
+): void {
+  checkSize('resizeNearest source', sw, sh);
+  checkSize('resizeNearest target', dw, dh);
+  if (ow <= 0 || oh <= 0) return;
+  if (x0 < 0 || y0 < 0 || x0 + ow > dw || y0 + oh > dh) {
+    throw new RangeError(`resizeNearestWindow: window ${ow}x${oh} at (${x0}, ${y0}) is outside the ${dw}x${dh} target`);
+  }
+  checkLength('resizeNearest source', src, sw * sh * channels);
+  checkLength('resizeNearest output', out, (outOffset + (oh - 1) * outStride + ow) * channels);
+  const xs = nearestTable(sw, dw, x0, ow);
+  const ys = nearestTable(sh, dh, y0, oh);
+  for (let y = 0; y < oh; y++) {
+    const srow = ys[y]! * sw * channels;
+    let o = (outOffset + y * outStride) * channels;
+    if (channels === 1) {
+      for (let x = 0; x < ow; x++) out[o++] = src[srow + xs[x]!]!;
+    } else {
+      for (let x = 0; x < ow; x++) {
+        const p = srow + xs[x]! * channels;
+        for (let c = 0; c < channels; c++) out[o++] = src[p + c]!;
+      }
+    }
+  }
+}
+
+/** PIL `Image.resize((dw, dh), NEAREST)` (pixel centres), used for label maps. */
+export function resizeNearest(src: Uint8Array, sw: number, sh: number, dw: number, dh: number, channels = 1, out?: Uint8Array): Uint8Array {
+  checkSize('resizeNearest target', dw, dh);
+  const dst = out ?? new Uint8Array(dw * dh * channels);
+  resizeNearestWindow(src, sw, sh, dw, dh, channels, 0, 0, dw, dh, dst);
+  return dst;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Random scale, crop, flip (SPCL transform.py: RandomScale, RandomCrop(pad_if_needed), RandomHorizontalFlip)
+
+export interface CropResult {
+  image: Uint8Array;
+  label: Uint8Array | null;
+  /** Crop size. */
+  width: number;
+  height: number;
+}
+
+/**
+ * Resizes image (bicubic) and label (nearest) to scaledW x scaledH and cuts the cropW x cropH window
+ * whose top-left corner is (cropX, cropY) in the scaled image. Offsets may be negative and the window
+ * may extend past the scaled image: those pixels are padding (image 0, label 255). Only the pixels of
+ * the window are computed.
+ */
+export function scaleAndCrop(
+  image: Uint8Array, label: Uint8Array | null, w: number, h: number,
+  scaledW: number, scaledH: number, cropX: number, cropY: number, cropW: number, cropH: number,
+  out?: { image?: Uint8Array; label?: Uint8Array },
+): CropResult {
+  checkSize('scaleAndCrop crop', cropW, cropH);
+  const outImage = out?.image ?? new Uint8Array(cropW * cropH * 3);
+  const outLabel = label === null ? null : (out?.label ?? new Uint8Array(cropW * cropH));
+  checkLength('scaleAndCrop image output', outImage, cropW * cropH * 3);
+  if (outLabel) checkLength('scaleAndCrop label output', outLabel, cropW * cropH);
+  // Part of the window inside the scaled image, in scaled coordinates.
+  const ax = Math.max(0, cropX);
+  const ay = Math.max(0, cropY);
+  const bx = Math.min(scaledW, cropX + cropW);
+  const by = Math.min(scaledH, cropY + cropH);
+  const vw = bx - ax;
+  const vh = by - ay;
+  const covers = vw === cropW && vh === cropH;
+  if (!covers) {
+    outImage.fill(0, 0, cropW * cropH * 3);
+    outLabel?.fill(IGNORE, 0, cropW * cropH);
+  }
+  if (vw > 0 && vh > 0) {
+    const at = (ay - cropY) * cropW + (ax - cropX);
+    resizeBicubicWindow(image, w, h, scaledW, scaledH, ax, ay, vw, vh, outImage, cropW, at);
+    if (label && outLabel) resizeNearestWindow(label, w, h, scaledW, scaledH, 1, ax, ay, vw, vh, outLabel, cropW, at);
+  }
+  return { image: outImage, label: outLabel, width: cropW, height: cropH };
+}
+
+export interface ScaleCropOptions {
+  /** s ~ U[lo, hi); scaled size = floor(h*s) x floor(w*s) of the input. */
+  scaleRange: readonly [number, number];
+  /** Crop [height, width]. */
+  crop: readonly [number, number];
+}
+
+export interface ScaleCropPlacement {
+  scale: number;
+  scaledWidth: number;
+  scaledHeight: number;
+  /** Top-left of the crop in scaled-image coordinates; negative = padding on the left/top. */
+  cropX: number;
+  cropY: number;
+}
+
+/**
+ * Draws the scale and crop offsets like SPCL's RandomScale + RandomCrop(pad_if_needed=True):
+ * s = lo + (hi - lo) * U; scaled = floor(h*s) x floor(w*s). A side shorter than the crop is padded by
+ * (crop - side) on *both* sides (torchvision `F.pad(img, (dw, 0))` pads left and right, `(0, dh)` top
+ * and bottom), then offsets are uniform integers over the padded image, y first, then x (no draw
+ * when the padded image already has the crop size). Net effect: a too-small scaled image lands at a
+ * uniformly random position inside the crop, the rest being padding.
+ */
+export function drawScaleCrop(w: number, h: number, opts: ScaleCropOptions, rng: Rng): ScaleCropPlacement {
+  const [lo, hi] = opts.scaleRange;
+  const [ch, cw] = opts.crop;
+  const scale = lo + (hi - lo) * rng.next();
+  const scaledWidth = Math.floor(w * scale);
+  const scaledHeight = Math.floor(h * scale);
+  if (scaledWidth < 1 || scaledHeight < 1) {
+    throw new RangeError(`randomScaleCrop: scale ${scale} turns ${w}x${h} into an empty ${scaledWidth}x${scaledHeight} image; raise scaleRange[0] (${lo})`);
+  }
+  const padX = Math.max(0, cw - scaledWidth);
+  const padY = Math.max(0, ch - scaledHeight);
+  const paddedW = scaledWidth + 2 * padX;
+  const paddedH = scaledHeight + 2 * padY;
+  let i = 0;
+  let j = 0;
+  if (paddedW !== cw || paddedH !== ch) {
+    i = rng.int(0, paddedH - ch);
+    j = rng.int(0, paddedW - cw);
+  }
+  return { scale, scaledWidth, scaledHeight, cropX: j - padX, cropY: i - padY };
+}
+
+/** RandomScale -> RandomCrop of REFERENCE 6.3 (bicubic image, nearest label); see `drawScaleCrop`. */
+export function randomScaleCrop(
+  image: Uint8Array, label: Uint8Array | null, w: number, h: number,
+  opts: ScaleCropOptions, rng: Rng, out?: { image?: Uint8Array; label?: Uint8Array },
+): CropResult & ScaleCropPlacement {
+  const p = drawScaleCrop(w, h, opts, rng);
+  const [ch, cw] = opts.crop;
+  const r = scaleAndCrop(image, label, w, h, p.scaledWidth, p.scaledHeight, p.cropX, p.cropY, cw, ch, out);
+  return { ...r, ...p };
+}
+
+/** Mirrors an interleaved image of `channels` channels left-right, in place. */
+function flipRows(buf: Uint8Array, w: number, h: number, channels: number): void {
+  checkLength('hflip', buf, w * h * channels);
+  if (channels === 1) {
+    for (let y = 0; y < h; y++) buf.subarray(y * w, (y + 1) * w).reverse();
+    return;
+  }
+  for (let y = 0; y < h; y++) {
+    let a = y * w * channels;
+    let b = a + (w - 1) * channels;
+    for (; a < b; a += channels, b -= channels) {
+      for (let c = 0; c < channels; c++) {
+        const t = buf[a + c]!;
+        buf[a + c] = buf[b + c]!;
+        buf[b + c] = t;
+      }
+    }
+  }
+}
+
+/** Mirrors an RGB image and (optionally) its label map left-right, in place. */
+export function hflip(image: Uint8Array, label: Uint8Array | null, w: number, h: number): void {
+  flipRows(image, w, h, 3);
+  if (label) flipRows(label, w, h, 1);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// ColorJitter (torchvision on a PIL image)
+
+export interface JitterParams {
+  brightness: number;
+  contrast: number;
+  saturation: number;
+  /** At most 0.5. */
+  hue: number;
+}
+
+export type JitterOp = 'brightness' | 'contrast' | 'saturation' | 'hue';
+
+/** torchvision's op ids: randperm(4) indexes this list. */
+export const JITTER_OPS: readonly JitterOp[] = ['brightness', 'contrast', 'saturation', 'hue'];
+
+/** Drawn factors (null = op disabled because its parameter is 0, as torchvision's None) and order. */
+export interface JitterFactors {
+  brightness: number | null;
+  contrast: number | null;
+  saturation: number | null;
+  hue: number | null;
+  order: readonly JitterOp[];
+}
+
+/** ITU-R 601-2 luma as PIL's RGB -> L conversion computes it: (19595 R + 38470 G + 7471 B + 2^15) >> 16. */
+export function luma(r: number, g: number, b: number): number {
+  return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16;
+}
+
+const f32 = Math.fround;
+
+/**
+ * `Image.blend(in1, in2, alpha)` for one value: float32 `in1 + alpha * (in2 - in1)`, truncated; clipped
+ * to 0..255 when alpha is outside [0, 1] (PIL's extrapolation branch).
+ */
+function blendValue(in1: number, in2: number, alpha: number): number {
+  const t = f32(in1 + f32(alpha * (in2 - in1)));
+  if (alpha >= 0 && alpha <= 1) return Math.trunc(t);
+  return t <= 0 ? 0 : t >= 255 ? 255 : Math.trunc(t);
+}
+
+let blendScratch: Uint8Array = new Uint8Array(0);
+
+function applyBlendConstant(src: Uint8Array, dst: Uint8Array, n: number, base: number, alpha: number): void {
+  const lut = new Uint8Array(256);
+  for (let v = 0; v < 256; v++) lut[v] = blendValue(base, v, alpha);
+  for (let i = 0; i < n; i++) dst[i] = lut[src[i]!]!;
+}
+
+/** PIL `ImageEnhance.Brightness(img).enhance(f)`: blend with black. */
+export function adjustBrightness(src: Uint8Array, w: number, h: number, factor: number, out: Uint8Array = src): Uint8Array {
+  applyBlendConstant(src, out, w * h * 3, 0, f32(factor));
+  return out;
+}
+
+/** Mean of the L image, rounded as `ImageEnhance.Contrast` does: int(mean + 0.5). */
+export function meanLuma(src: Uint8Array, w: number, h: number): number {
+  const n = w * h;
+  let sum = 0;
+  for (let p = 0; p < n * 3; p += 3) sum += luma(src[p]!, src[p + 1]!, src[p + 2]!);
+  return Math.trunc(sum / n + 0.5);
+}
+
+/** PIL `ImageEnhance.Contrast(img).enhance(f)`: blend with the (integer) mean grey level. */
+export function adjustContrast(src: Uint8Array, w: number, h: number, factor: number, out: Uint8Array = src): Uint8Array {
+  applyBlendConstant(src, out, w * h * 3, meanLuma(src, w, h), f32(factor));
+  return out;
+}
+
+/** PIL `ImageEnhance.Color(img).enhance(f)` (torchvision adjust_saturation): blend with the pixel's L. */
+export function adjustSaturation(src: Uint8Array, w: number, h: number, factor: number, out: Uint8Array = src): Uint8Array {
+  const alpha = f32(factor);
+  // 64K table over (L, value): cheaper than float math per channel on megapixel images.
+  if (blendScratch.length < 65536) blendScratch = new Uint8Array(65536);
+  const lut = blendScratch;
+  for (let l = 0; l < 256; l++) for (let v = 0; v < 256; v++) lut[(l << 8) | v] = blendValue(l, v, alpha);
+  const n = w * h * 3;
+  for (let p = 0; p < n; p += 3) {
+    const r = src[p]!; const g = src[p + 1]!; const b = src[p + 2]!;
+    const l = luma(r, g, b) << 8;
+    out[p] = lut[l | r]!;
+    out[p + 1] = lut[l | g]!;
+    out[p + 2] = lut[l | b]!;
+  }
+  return out;
+}
+
+/**
+ * PIL's 8-bit HSV conversions (`rgb2hsv_row`, `hsv2rgb` in Convert.c, float32 where C uses float)
+ * folded into tables, so the hue op costs a few lookups per pixel instead of divisions:
+ * - H depends only on which channel is max (C's test order r, g, b), which of the other two is min,
+ *   the range cr = max - min and d = max - mid: `hue[case << 16 | cr << 8 | d]`;
+ * - S = trunc(float(cr / max) * 255): `sat[cr << 8 | max]`;
+ * - back to RGB, the sector and the p, q, t multipliers depend on (S, H) only; p, q, t = round(V * m).
+ * Built once per thread (~1.5 MB).
+ */
+interface HsvTables {
+  hue: Uint8Array;
+  sat: Uint8Array;
+  sector: Uint8Array;
+  pMul: Float64Array;
+  qMul: Float64Array;
+  tMul: Float64Array;
+}
+
+let hsvTables: HsvTables | null = null;
+
+/** C's `rgb2hsv_row` hue for max-minus-channel differences (dr, dg, db), range cr > 0. */
+function pilHue(dr: number, dg: number, db: number, cr: number, maxIs: 0 | 1 | 2): number {
+  const rc = f32(dr / cr);
+  const gc = f32(dg / cr);
+  const bc = f32(db / cr);
+  let h = maxIs === 0 ? f32(bc - gc) : maxIs === 1 ? f32(2 + rc - bc) : f32(4 + gc - rc);
+  h = f32((h / 6 + 1) % 1);
+  const uh = Math.trunc(h * 255);
+  return uh < 0 ? 0 : uh > 255 ? 255 : uh;
+}
+
+function buildHsvTables(): HsvTables {
+  const hue = new Uint8Array(6 << 16);
+  for (let cr = 1; cr < 256; cr++) {
+    for (let d = 0; d <= cr; d++) {
+      const at = (cr << 8) | d;
+      hue[(0 << 16) | at] = pilHue(0, cr, d, cr, 0); // r max, g min
+      hue[(1 << 16) | at] = pilHue(0, d, cr, cr, 0); // r max, b min
+      hue[(2 << 16) | at] = pilHue(cr, 0, d, cr, 1); // g max, r min
+      hue[(3 << 16) | at] = pilHue(d, 0, cr, cr, 1); // g max, b min
+      hue[(4 << 16) | at] = pilHue(cr, d, 0, cr, 2); // b max, r min
+      hue[(5 << 16) | at] = pilHue(d, cr, 0, cr, 2); // b max, g min
+    }
+  }
+  const sat = new Uint8Array(1 << 16);
+  for (let cr = 1; cr < 256; cr++) {
+    for (let max = cr; max < 256; max++) {
+      const us = Math.trunc(f32(cr / max) * 255);
+      sat[(cr << 8) | max] = us < 0 ? 0 : us > 255 ? 255 : us;
+    }
+  }
+  const sector = new Uint8Array(256);
+  const frac = new Float64Array(256);
+  for (let h = 0; h < 256; h++) {
+    const i = Math.floor((h * 6) / 255);
+    sector[h] = i % 6;
+    frac[h] = f32((h * 6) / 255 - i);
+  }
+  const pMul = new Float64Array(256);
+  const qMul = new Float64Array(1 << 16);
+  const tMul = new Float64Array(1 << 16);
+  for (let s = 0; s < 256; s++) {
+    const fs = f32(s / 255);
+    pMul[s] = 1 - fs;
+    for (let h = 0; h < 256; h++) {
+      qMul[(s << 8) | h] = 1 - f32(fs * frac[h]!);
+      tMul[(s << 8) | h] = 1 - fs * (1 - frac[h]!);
+    }
+  }
+  return { hue, sat, sector, pMul, qMul, tMul };
+}
+
+/**
+ * torchvision `adjust_hue` on a PIL image: RGB -> PIL's 8-bit HSV, H += int(hue * 255) modulo 256,
+ * HSV -> RGB. Not lossless even for hue 0: H and S are quantised to 8 bits (greys and primaries are
+ * exact).
+ */
+export function adjustHue(src: Uint8Array, w: number, h: number, hue: number, out: Uint8Array = src): Uint8Array {
+  if (!(hue >= -0.5 && hue <= 0.5)) throw new RangeError(`adjustHue: hue factor ${hue} is not in [-0.5, 0.5]`);
+  const shift = Math.trunc(hue * 255) & 255;
+  const t = (hsvTables ??= buildHsvTables());
+  const { hue: hueOf, sat: satOf, sector: sectorOf, pMul, qMul, tMul } = t;
+  const n = w * h * 3;
+  for (let p = 0; p < n; p += 3) {
+    const r = src[p]!; const g = src[p + 1]!; const b = src[p + 2]!;
+    let v: number;
+    let key: number; // case << 16 | d (cr added below)
+    let cr: number;
+    if (r >= g && r >= b) {
+      v = r;
+      if (g <= b) { cr = r - g; key = (0 << 16) | (r - b); } else { cr = r - b; key = (1 << 16) | (r - g); }
+    } else if (g >= b) {
+      v = g;
+      if (r <= b) { cr = g - r; key = (2 << 16) | (g - b); } else { cr = g - b; key = (3 << 16) | (g - r); }
+    } else {
+      v = b;
+      if (r <= g) { cr = b - r; key = (4 << 16) | (b - g); } else { cr = b - g; key = (5 << 16) | (b - r); }
+    }
+    const us = cr === 0 ? 0 : satOf[(cr << 8) | v]!;
+    if (us === 0) { // grey (or S rounded to 0): V everywhere, whatever H becomes
+      out[p] = v; out[p + 1] = v; out[p + 2] = v;
+      continue;
+    }
+    const hh = (hueOf[key | (cr << 8)]! + shift) & 255;
+    const at = (us << 8) | hh;
+    const pv = Math.round(v * pMul[us]!);
+    const qv = Math.round(v * qMul[at]!);
+    const tv = Math.round(v * tMul[at]!);
+    switch (sectorOf[hh]) {
+      case 0: out[p] = v; out[p + 1] = tv; out[p + 2] = pv; break;
+      case 1: out[p] = qv; out[p + 1] = v; out[p + 2] = pv; break;
+      case 2: out[p] = pv; out[p + 1] = v; out[p + 2] = tv; break;
+      case 3: out[p] = pv; out[p + 1] = qv; out[p + 2] = v; break;
+      case 4: out[p] = tv; out[p + 1] = pv; out[p + 2] = v; break;
+      default: out[p] = v; out[p + 1] = pv; out[p + 2] = qv; break;
+    }
+  }
+  return out;
+}
+
+/**
+ * Applies given jitter factors in the given order (the deterministic half of `colorJitter`). Reads
+ * `image`, writes `out` (default: in place); null factors are skipped.
+ */
+export function applyColorJitter(image: Uint8Array, w: number, h: number, factors: JitterFactors, out: Uint8Array = image): Uint8Array {
+  checkLength('colorJitter image', image, w * h * 3);
+  checkLength('colorJitter output', out, w * h * 3);
+  let src = image;
+  for (const op of factors.order) {
+    const f = factors[op];
+    if (f === null) continue;
+    if (op === 'brightness') adjustBrightness(src, w, h, f, out);
+    else if (op === 'contrast') adjustContrast(src, w, h, f, out);
+    else if (op === 'saturation') adjustSaturation(src, w, h, f, out);
+    else adjustHue(src, w, h, f, out);
+    src = out;
+  }
+  if (src !== out) out.set(image.subarray(0, w * h * 3));
+  return out;
+}
+
+/**
+ * Draws torchvision ColorJitter parameters: the op order (randperm(4), drawn first), then brightness,
+ * contrast, saturation factors ~ U[max(0, 1-x), 1+x] and hue ~ U[-hue, hue], each only when its
+ * parameter is non-zero.
+ */
+export function drawColorJitter(params: JitterParams, rng: Rng): JitterFactors {
+  if (!(params.hue >= 0 && params.hue <= 0.5)) throw new RangeError(`colorJitter: hue must be in [0, 0.5], got ${params.hue}`);
+  for (const k of ['brightness', 'contrast', 'saturation'] as const) {
+    if (!(params[k] >= 0)) throw new RangeError(`colorJitter: ${k} must be >= 0, got ${params[k]}`);
+  }
+  const order = rng.shuffle([...JITTER_OPS]);
+  const factor = (x: number): number | null => (x > 0 ? rng.uniform(Math.max(0, 1 - x), 1 + x) : null);
+  const brightness = factor(params.brightness);
+  const contrast = factor(params.contrast);
+  const saturation = factor(params.saturation);
+  const hue = params.hue > 0 ? rng.uniform(-params.hue, params.hue) : null;
+  return { brightness, contrast, saturation, hue, order };
+}
+
+/** torchvision ColorJitter on a uint8 RGB image (REFERENCE 2, 6.3). Writes `out` (default in place). */
+export function colorJitter(image: Uint8Array, w: number, h: number, params: JitterParams, rng: Rng, out: Uint8Array = image): JitterFactors {
+  const factors = drawColorJitter(params, rng);
+  applyColorJitter(image, w, h, factors, out);
+  return factors;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Normalisation
+
+export const IMAGENET_MEAN: readonly [number, number, number] = [0.485, 0.456, 0.406];
+export const IMAGENET_STD: readonly [number, number, number] = [0.229, 0.224, 0.225];
+
+let normLut = new Float32Array(768);
+let normKey = '';
+
+/**
+ * ToTensor + Normalize (REFERENCE 6.3): out[offset + i] = (v / 255 - mean[c]) / std[c] in float32 (the
+ * same float32 steps as torch), HWC order, i.e. one NHWC sample at element `offset`.
+ */
+export function normalizeInto(
+  image: Uint8Array, w: number, h: number, out: Float32Array, offset: number,
+  mean: readonly number[] = IMAGENET_MEAN, std: readonly number[] = IMAGENET_STD,
+): void {
+  const n = w * h * 3;
+  checkLength('normalizeInto image', image, n);
+  if (!(Number.isInteger(offset) && offset >= 0 && offset + n <= out.length)) {
+    throw new RangeError(`normalizeInto: ${w}x${h}x3 values at offset ${offset} do not fit a buffer of ${out.length}`);
+  }
+  const key = `${mean.join()}|${std.join()}`;
+  if (key !== normKey) {
+    normLut = new Float32Array(768);
+    for (let c = 0; c < 3; c++) {
+      for (let v = 0; v < 256; v++) normLut[c * 256 + v] = f32(f32(f32(v / 255) - f32(mean[c]!)) / f32(std[c]!));
+    }
+    normKey = key;
+  }
+  const lut = normLut;
+  for (let p = 0, o = offset; p < n; p += 3, o += 3) {
+    out[o] = lut[image[p]!]!;
+    out[o + 1] = lut[256 + image[p + 1]!]!;
+    out[o + 2] = lut[512 + image[p + 2]!]!;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Composed per-sample transform
+
+/** One phase's train transform (REFERENCE 6.3); sizes are [height, width]. */
+export interface AugmentSpec {
+  /** ColorJitter (source-side datasets only); null/absent = off. */
+  jitter?: JitterParams | null;
+  /** Resize to a fixed size; takes precedence over scale/crop. */
+  resize?: readonly [number, number] | null;
+  /** RandomScale range, relative to the input image. */
+  scale?: readonly [number, number] | null;
+  /** RandomCrop size (pads image 0 / label 255 when the scaled image is smaller). */
+  crop?: readonly [number, number] | null;
+  /** RandomHorizontalFlip probability (0/absent = off, no draw). */
+  flipProb?: number;
+  /** With `resize`: false keeps the label at native resolution (the test transform). Default true. */
+  resizeLabel?: boolean;
+}
+
+/**
+ * Per-phase specs of REFERENCE 6.3 at the reference resolutions (GTA5 1914x1052 -> 1280x720,
+ * Cityscapes 2048x1024). Plain data: callers running at reduced resolution derive theirs with
+ * `scaleAugmentSpec`.
+ */
+export const AUGMENT_PRESETS = {
+  /** Warm-up / CL source (GTA5): jitter + resize 720x1280. */
+  warmupSource: { jitter: { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 }, resize: [720, 1280] },
+  /** Warm-up / CL target (Cityscapes): resize 512x1024 only. */
+  warmupTarget: { resize: [512, 1024] },
+  /** Prototype initialisation over the source set: resize only. */
+  prototypeInit: { resize: [720, 1280] },
+  /** Threshold / pseudo-label pass over the target set: resize only. */
+  threshold: { resize: [512, 1024] },
+  /** SSL self-training on the target with pseudo-labels: jitter + scale 0.5-1.5 + crop 512x1024 + flip 0.5. */
+  sslTarget: {
+    jitter: { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 },
+    scale: [0.5, 1.5], crop: [512, 1024], flipProb: 0.5,
+  },
+  /** Evaluation (REFERENCE 7): image resized to 512x1024, label kept at native resolution. */
+  evaluation: { resize: [512, 1024], resizeLabel: false },
+} as const satisfies Record<string, AugmentSpec>;
+
+export type AugmentPresetName = keyof typeof AUGMENT_PRESETS;
+
+/** A spec with its resize and crop sizes multiplied by `factor` (rounded, at least 1). */
+export function scaleAugmentSpec(spec: AugmentSpec, factor: number): AugmentSpec {
+  const size = (s: readonly [number, number] | null | undefined): [number, number] | null | undefined =>
+    s ? [Math.max(1, Math.round(s[0] * factor)), Math.max(1, Math.round(s[1] * factor))] : s;
+  return { ...spec, resize: size(spec.resize), crop: size(spec.crop) };
+}
+
+export interface AugmentInput {
+  image: Uint8Array;
+  label: Uint8Array | null;
+  width: number;
+  height: number;
+}
+
+/** Batch buffers (NHWC float images, per-sample labels) and the sample's index in them. */
+export interface AugmentOutput {
+  images: Float32Array;
+  labels?: Uint8Array | Int32Array | null;
+  index: number;
+}
+
+/** What was done to one sample (for tests and logs). */
+export interface AugmentInfo {
+  width: number;
+  height: number;
+  labelWidth: number;
+  labelHeight: number;
+  /** Random scale (1 when none); the crop offsets are in the scaled image, negative = padding. */
+  scale: number;
+  scaledWidth: number;
+  scaledHeight: number;
+  cropX: number;
+  cropY: number;
+  flipped: boolean;
+  jitter: JitterFactors | null;
+}
+
+/** Output size (h, w) of a spec for an input of w x h, or null when it depends on the random scale. */
+export function augmentOutputSize(spec: AugmentSpec, w: number, h: number): readonly [number, number] | null {
+  if (spec.resize) return spec.resize;
+  if (spec.crop) return spec.crop;
+  if (spec.scale && !(spec.scale[0] === 1 && spec.scale[1] === 1)) return null;
+  return [h, w];
+}
+
+let jitterScratch: Uint8Array = new Uint8Array(0);
+let imageScratch: Uint8Array = new Uint8Array(0);
+let labelScratch: Uint8Array = new Uint8Array(0);
+
+function grow(buf: Uint8Array, n: number): Uint8Array {
+  return buf.length >= n ? buf : new Uint8Array(Math.ceil(n * 1.25));
+}
+
+/**
+ * The train transform of REFERENCE 6.3 for one sample: [ColorJitter] -> [Resize] or [RandomScale ->
+ * RandomCrop] -> [HorizontalFlip] -> ToTensor + Normalize, written into the batch buffers at sample
+ * `out.index` (images at index*H*W*3, labels at index*labelH*labelW). The input is not modified. A null
+ * input label leaves `out.labels` untouched.
+ */
+export function augmentSample(input: AugmentInput, spec: AugmentSpec, rng: Rng, out: AugmentOutput): AugmentInfo {
+  const { width: w, height: h, label } = input;
+  checkSize('augmentSample input', w, h);
+  checkLength('augmentSample image', input.image, w * h * 3);
+  if (label) checkLength('augmentSample label', label, w * h);
+
+  // 1. ColorJitter, on the full input image (contrast needs the whole image's mean).
+  let src = input.image;
+  let jitter: JitterFactors | null = null;
+  if (spec.jitter) {
+    jitterScratch = grow(jitterScratch, w * h * 3);
+    jitter = colorJitter(input.image, w, h, spec.jitter, rng, jitterScratch);
+    src = jitterScratch;
+  }
+
+  // 2. Resize, or RandomScale -> RandomCrop (only the crop window is resampled).
+  let ow: number;
+  let oh: number;
+  let labelW: number;
+  let labelH: number;
+  let outLabel: Uint8Array | null = null;
+  let placement: ScaleCropPlacement;
+  if (spec.resize) {
+    [oh, ow] = spec.resize;
+    checkSize('augmentSample resize', ow, oh);
+    imageScratch = grow(imageScratch, ow * oh * 3);
+    resizeBicubicWindow(src, w, h, ow, oh, 0, 0, ow, oh, imageScratch);
+    const resizeLabel = spec.resizeLabel ?? true;
+    [labelW, labelH] = resizeLabel ? [ow, oh] : [w, h];
+    if (label) {
+      labelScratch = grow(labelScratch, labelW * labelH);
+      if (resizeLabel) resizeNearestWindow(label, w, h, ow, oh, 1, 0, 0, ow, oh, labelScratch);
+      else labelScratch.set(label.subarray(0, w * h));
+      outLabel = labelScratch;
+    }
+    placement = { scale: 1, scaledWidth: ow, scaledHeight: oh, cropX: 0, cropY: 0 };
+  } else {
+    const scaleRange = spec.scale ?? [1, 1];
+    if (spec.crop) {
+      placement = drawScaleCrop(w, h, { scaleRange, crop: spec.crop }, rng);
+    } else if (!(scaleRange[0] === 1 && scaleRange[1] === 1)) {
+      // RandomScale alone: the output is the whole scaled image (its size varies per sample).
+      const scale = scaleRange[0] + (scaleRange[1] - scaleRange[0]) * rng.next();
+      placement = { scale, scaledWidth: Math.floor(w * scale), scaledHeight: Math.floor(h * scale), cropX: 0, cropY: 0 };
+      checkSize(`augmentSample scale ${scale}`, placement.scaledWidth, placement.scaledHeight);
+    } else {
+      placement = { scale: 1, scaledWidth: w, scaledHeight: h, cropX: 0, cropY: 0 };
+    }
+    [oh, ow] = spec.crop ?? [placement.scaledHeight, placement.scaledWidth];
+    [labelW, labelH] = [ow, oh];
+    imageScratch = grow(imageScratch, ow * oh * 3);
+    if (label) labelScratch = grow(labelScratch, ow * oh);
+    const r = scaleAndCrop(src, label, w, h, placement.scaledWidth, placement.scaledHeight,
+      placement.cropX, placement.cropY, ow, oh, { image: imageScratch, label: labelScratch });
+    outLabel = r.label;
+  }
+
+  // 3. Horizontal flip (the draw happens only when the transform is on, as in the reference list).
+  const p = spec.flipProb ?? 0;
+  const flipped = p > 0 && rng.next() < p;
+  if (flipped) {
+    flipRows(imageScratch, ow, oh, 3);
+    if (outLabel) flipRows(outLabel, labelW, labelH, 1);
+  }
+
+  // 4. Normalise into the batch; labels copied as train IDs.
+  normalizeInto(imageScratch, ow, oh, out.images, out.index * ow * oh * 3);
+  if (outLabel && out.labels) {
+    const n = labelW * labelH;
+    const at = out.index * n;
+    if (at + n > out.labels.length) {
+      throw new RangeError(`augmentSample: label ${labelW}x${labelH} of sample ${out.index} does not fit a buffer of ${out.labels.length}`);
+    }
+    out.labels.set(outLabel.subarray(0, n), at);
+  }
+  return {
+    width: ow, height: oh, labelWidth: labelW, labelHeight: labelH,
+    scale: placement.scale, scaledWidth: placement.scaledWidth, scaledHeight: placement.scaledHeight,
+    cropX: placement.cropX, cropY: placement.cropY, flipped, jitter,
+  };
+}
