@@ -44,6 +44,7 @@ export interface ReaderOptions {
 export class SampleReader {
   private readonly pool: Piscina;
   private readonly free = new Map<string, { image: Float32Array; label: Uint8Array }[]>();
+  private readonly inFlight = new Set<Promise<unknown>>();
   allocated = 0;
 
   constructor(opts: ReaderOptions = {}) {
@@ -70,7 +71,13 @@ export class SampleReader {
     }
     const task: ReadTask = { shard: dataset.shardOf(key), key, spec, seed, pseudo, image: lent?.image ?? null, label: lent?.label ?? null };
     const transferList = lent ? [lent.image.buffer, lent.label.buffer] : [];
-    return (await this.pool.run(task, { transferList: transferList as ArrayBuffer[] })) as Sample;
+    const run = this.pool.run(task, { transferList: transferList as ArrayBuffer[] }) as Promise<Sample>;
+    this.inFlight.add(run);
+    try {
+      return await run;
+    } finally {
+      this.inFlight.delete(run);
+    }
   }
 
   /** Gives a sample's buffers back for reuse (call when its batch has been copied to the device). */
@@ -83,7 +90,9 @@ export class SampleReader {
     list.push({ image: sample.image, label });
   }
 
+  /** Waits for the reads in flight (a flow that stopped early leaves some), then ends the workers. */
   async close(): Promise<void> {
+    await Promise.allSettled([...this.inFlight]);
     await this.pool.destroy();
     this.free.clear();
   }

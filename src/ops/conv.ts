@@ -185,6 +185,7 @@ export function convInputGrad(
       // A 1x1 conv by the transposed filter. (tfjs-wasm's matMul with transposeB is ~6x slower.)
       return tf.conv2d(dy, filter.transpose([0, 1, 3, 2]) as tf.Tensor4D, 1, 'valid');
     }
+    if (sh > 1 && sh === sw && dh === 1 && dw === 1) return stridedInputGrad(dy, filter, inputShape, g);
     const [, ho, wo] = dy.shape;
     let up: tf.Tensor4D = dy;
     if (sh > 1 || sw > 1) {
@@ -199,9 +200,94 @@ export function convInputGrad(
     const bottom = h + (kh - 1) * dh - top - ho * sh;
     const right = w + (kw - 1) * dw - left - wo * sw;
     up = cropOrPad(up, top, bottom, left, right);
-    const flipped = tf.reverse(filter, [0, 1]).transpose([0, 1, 3, 2]) as tf.Tensor4D;
-    return tf.conv2d(up, flipped, 1, 'valid', 'NHWC', [dh, dw]);
+    return tf.conv2d(up, flipTaps(filter), 1, 'valid', 'NHWC', [dh, dw]);
   });
+}
+
+let hostShuffle = true;
+
+/** Tests only: false forces the device-side (GPU) filter shuffles on every backend. */
+export function setHostFilterShuffle(enabled: boolean): void {
+  hostShuffle = enabled;
+}
+
+/**
+ * Builds a rearranged filter [oh, ow, cout, groups * cin] (in/out channels swapped) whose tap (u, v),
+ * channel group g, is the source tap `source(u, v, g)` of `filter` [kh, kw, cin, cout], or zeros.
+ * On wasm and cpu the weights live in host memory: the shuffle is a plain loop there (tfjs-wasm's
+ * Reverse, Gather, StridedSlice and Slice run 10-30x slower than a loop on filter-sized tensors).
+ * Elsewhere (GPU) it is built from tensor ops on the device.
+ */
+function rearrangeTaps(filter: tf.Tensor4D, oh: number, ow: number, groups: number,
+  source: (u: number, v: number, g: number) => [number, number] | null): tf.Tensor4D {
+  const [kh, kw, cin, cout] = filter.shape;
+  const backend = tf.getBackend();
+  if (hostShuffle && (backend === 'wasm' || backend === 'cpu')) {
+    const src = filter.dataSync();
+    const out = new Float32Array(oh * ow * cout * groups * cin);
+    const rowOut = groups * cin;
+    for (let u = 0; u < oh; u++) {
+      for (let v = 0; v < ow; v++) {
+        for (let g = 0; g < groups; g++) {
+          const tap = source(u, v, g);
+          if (!tap || tap[0] >= kh || tap[1] >= kw) continue;
+          const sBase = (tap[0] * kw + tap[1]) * cin * cout;
+          const oBase = (u * ow + v) * cout * rowOut + g * cin;
+          for (let c = 0; c < cin; c++) {
+            const sRow = sBase + c * cout;
+            for (let o = 0; o < cout; o++) out[oBase + o * rowOut + c] = src[sRow + o]!;
+          }
+        }
+      }
+    }
+    return tf.tensor4d(out, [oh, ow, cout, groups * cin]);
+  }
+  const rows = filter.transpose([0, 1, 3, 2]).reshape([kh * kw, cout, cin]);
+  const zeros = tf.zeros([1, cout, cin]);
+  const taps: tf.Tensor[] = [];
+  for (let u = 0; u < oh; u++) {
+    for (let v = 0; v < ow; v++) {
+      const parts: tf.Tensor[] = [];
+      for (let g = 0; g < groups; g++) {
+        const tap = source(u, v, g);
+        parts.push(tap && tap[0] < kh && tap[1] < kw ? rows.slice([tap[0] * kw + tap[1], 0, 0], [1, cout, cin]) : zeros);
+      }
+      taps.push(tf.concat(parts, 2));
+    }
+  }
+  return tf.concat(taps, 0).reshape([oh, ow, cout, groups * cin]);
+}
+
+/** The filter with both spatial axes reversed and in/out channels swapped: [kh, kw, cout, cin]. */
+function flipTaps(filter: tf.Tensor4D): tf.Tensor4D {
+  const [kh, kw] = filter.shape;
+  return rearrangeTaps(filter, kh, kw, 1, (u, v) => [kh - 1 - u, kw - 1 - v]);
+}
+
+/**
+ * dL/dx of a stride-s conv (dilation 1) without zero-stuffing: input position i' = s*q + r (padded
+ * coordinates) only receives the taps k = r + s*t, so each of the s*s phases (r_h, r_w) is a stride-1
+ * correlation of dy with its sub-filter. All phases run as ONE conv whose output channels stack them,
+ * then depth-to-space interleaves them. Same flops as the gradient itself, not s*s times more.
+ */
+function stridedInputGrad(dy: tf.Tensor4D, filter: tf.Tensor4D, inputShape: readonly [number, number, number, number], g: ConvGeometry): tf.Tensor4D {
+  const [n, h, w, cin] = inputShape;
+  const [kh, kw] = filter.shape;
+  const s = g.strides[0];
+  const th = Math.ceil(kh / s);
+  const tw = Math.ceil(kw / s);
+  // Tap (u_h, u_w) of phase (r_h, r_w) is W[r_h + s*(T_h-1-u_h), r_w + s*(T_w-1-u_w)] (flipped over t),
+  // zero past the kernel; phases stack along the output channels in depth-to-space order.
+  const sub = rearrangeTaps(filter, th, tw, s * s, (uh, uw, phase) =>
+    [Math.floor(phase / s) + s * (th - 1 - uh), (phase % s) + s * (tw - 1 - uw)]);
+  // out_r[q] = sum_t dy[q - t] F_r[t]: a correlation of dy padded by T-1 with F_r flipped over t.
+  const dyPad = tf.pad(dy, [[0, 0], [th - 1, th - 1], [tw - 1, tw - 1], [0, 0]]);
+  const stacked = tf.conv2d(dyPad as tf.Tensor4D, sub, 1, 'valid'); // [n, Q, Qw, s*s*cin]
+  const [, q, qw] = stacked.shape;
+  const full = tf.depthToSpace(stacked, s, 'NHWC'); // [n, s*Q, s*Qw, cin], padded coordinates
+  // dx[i] = full[i + pt]; positions past the end were never touched by dy (zeros).
+  const [pt, , pl] = g.pad;
+  return cropOrPad(full, -pt, h + pt - s * q, -pl, w + pl - s * qw).reshape([n, h, w, cin]);
 }
 
 /**

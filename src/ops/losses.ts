@@ -44,6 +44,15 @@ export function stopGradient<T extends tf.Tensor>(x: T): T {
 }
 
 /**
+ * A copy with no gradient-tape history, through host memory: for small tensors whose *values* feed
+ * integer ops inside a loss (the argmax of the source logits in the agreement filter, REFERENCE 4.2).
+ * tfjs would otherwise try to differentiate ArgMax/Equal on the way to the loss and fail.
+ */
+export function detach<T extends tf.Tensor>(x: T): T {
+  return tf.tensor(x.dataSync(), x.shape, x.dtype) as T;
+}
+
+/**
  * Per-pixel L2 normalisation over the last (channel) axis: f / max(‖f‖₂, 1e-12), as torch's
  * `F.normalize` (REFERENCE 4.1 step 1). Computed as f / sqrt(max(Σf², 1e-24)) so that an all-zero
  * feature (common after ReLU) has a zero, not NaN, gradient.

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { conv2d, convOutSize, type ConvOptions } from '../../src/ops/conv.ts';
+import { conv2d, convOutSize, setHostFilterShuffle, type ConvOptions } from '../../src/ops/conv.ts';
 import { useBackend, seededValues, assertClose, finiteDiff } from '../helpers.ts';
 
 type Pad = 'same' | 'valid' | [[number, number], [number, number], [number, number], [number, number]];
@@ -29,6 +29,8 @@ const cases: { name: string; x: number[]; w: number[]; stride: number; pad: Pad 
   { name: '1x1 s1', x: [2, 5, 4, 6], w: [1, 1, 6, 3], stride: 1, pad: 'valid' },
   { name: '1x1 s2', x: [2, 8, 7, 4], w: [1, 1, 4, 3], stride: 2, pad: 'valid' },
   { name: '4x4 s2 explicit 1 (discriminator)', x: [1, 10, 8, 3], w: [4, 4, 3, 2], stride: 2, pad: [[0, 0], [1, 1], [1, 1], [0, 0]] },
+  { name: '5x5 s3 explicit asym', x: [2, 11, 13, 2], w: [5, 5, 2, 3], stride: 3, pad: [[0, 0], [2, 1], [0, 2], [0, 0]] },
+  { name: '2x2 s2 valid (stride = kernel)', x: [1, 8, 6, 3], w: [2, 2, 3, 4], stride: 2, pad: 'valid' },
 ];
 
 test('wasm Conv2DBackpropFilter/Input equal the cpu backend on strides 1/2, same/valid/explicit padding', async () => {
@@ -58,9 +60,11 @@ const atrous: { name: string; x: number[]; w: number[]; opts: ConvOptions }[] = 
   { name: 'dilation 5 pad [4,2,4,2] (trim with crop)', x: [1, 8, 8, 2], w: [3, 3, 2, 2], opts: { dilation: 5, pad: [4, 2, 4, 2] } },
 ];
 
-for (const backend of ['wasm', 'cpu'] as const) {
-  test(`atrous conv2d on ${backend}: forward equals tf.conv2d(dilation), gradients match finite differences`, async () => {
+for (const [backend, hostShuffle] of [['wasm', true], ['cpu', true], ['cpu', false]] as const) {
+  const how = hostShuffle ? '' : ' with device-side filter shuffles (the GPU path)';
+  test(`atrous conv2d on ${backend}${how}: forward equals tf.conv2d(dilation), gradients match finite differences`, async () => {
     await useBackend(backend);
+    setHostFilterShuffle(hostShuffle);
     for (const c of atrous) {
       const xv = seededValues(c.x.reduce((a, b) => a * b), 3);
       const wv = seededValues(c.w.reduce((a, b) => a * b), 4);
@@ -97,8 +101,24 @@ for (const backend of ['wasm', 'cpu'] as const) {
       assertClose(xi.map((i) => gx![i]!), finiteDiff((a) => loss(a, wv), xv, xi, 0.25), 2e-3, `${c.name} dX`);
       assertClose(wi.map((i) => gw![i]!), finiteDiff((b) => loss(xv, b), wv, wi, 0.25), 2e-3, `${c.name} dW`);
     }
+    setHostFilterShuffle(true);
   });
 }
+
+test('strided input gradient with device-side filter shuffles (the GPU path) equals the cpu backend', async () => {
+  await useBackend('cpu');
+  for (const c of cases.filter((k) => k.stride > 1)) {
+    const xv = seededValues(c.x.reduce((a, b) => a * b), 1);
+    const wv = seededValues(c.w.reduce((a, b) => a * b), 2);
+    const ref = nativeGrads(c.x, c.w, xv, wv, c.stride, c.pad);
+    await useBackend('wasm');
+    setHostFilterShuffle(false);
+    const got = nativeGrads(c.x, c.w, xv, wv, c.stride, c.pad);
+    setHostFilterShuffle(true);
+    assertClose(got.gx, ref.gx, 1e-5, `${c.name} dX`);
+    await useBackend('cpu');
+  }
+});
 
 test('conv2d rejects bad shapes and options with clear messages', async () => {
   await useBackend('cpu');

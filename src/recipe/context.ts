@@ -1,0 +1,123 @@
+/**
+ * What the phases of a run share: configuration, model, prototypes, thresholds, data, the reader pool,
+ * checkpoints and event hooks (logs, metrics); and `batches`, the input chain every phase uses:
+ * read-shards -> decode-augment -> collate, bounded by its own credits.
+ */
+import { join } from 'node:path';
+import type { Observable } from 'rxjs';
+import { Credits, type StageError } from '../graph/flow.ts';
+import type { AugmentSpec } from '../data/augment.ts';
+import type { Dataset, SampleReader } from '../data/reader.ts';
+import { ClassBalancedSampler, ShuffleSampler, type Sampler } from '../data/sampler.ts';
+import type { BackendName } from '../ops/backend.ts';
+import type { SegModel } from '../ops/model/deeplab.ts';
+import { collate, type Batch } from '../stages/collate.ts';
+import { CheckpointStore } from '../stages/checkpoint.ts';
+import { decodeAugment } from '../stages/decode-augment.ts';
+import type { EvalReport } from '../stages/evaluate.ts';
+import { inOrder, readShards } from '../stages/read-shards.ts';
+import type { StepReport } from '../stages/train-step.ts';
+import { Prototypes } from '../stages/update-prototypes.ts';
+import type { PhaseName, SpclConfig } from './config.ts';
+
+export interface RunEvents {
+  log(line: string): void;
+  step?(report: StepReport): void;
+  skip?(stage: string, error: StageError): void;
+  evaluated?(phase: string, report: EvalReport): void;
+  phase?(phase: PhaseName, state: 'start' | 'end'): void;
+}
+
+export interface RunContext {
+  cfg: SpclConfig;
+  backend: BackendName;
+  model: SegModel;
+  prototypes: Prototypes;
+  thresholds: number[] | null;
+  /** Current pseudo-label generation (LMDB path). */
+  pseudo: string | null;
+  reader: SampleReader;
+  data: { source: Dataset; target: Dataset; targetVal: Dataset | null };
+  checkpoints: CheckpointStore;
+  dirs: { run: string; pseudo: string; scratch: string };
+  events: RunEvents;
+  /** Skipped samples by stage (corrupt records, missing pseudo-labels). */
+  skipped: Record<string, number>;
+  /** Seconds the trainer waited for data and seconds it computed, per phase. */
+  starvation: Record<string, { wait: number; compute: number }>;
+  /** Phases completed, and their results (checkpointed, so a resume skips them). */
+  done: PhaseName[];
+  results: PhaseResultLike[];
+}
+
+/** A finished phase as the report and checkpoints keep it. */
+export interface PhaseResultLike {
+  phase: PhaseName;
+  seconds: number;
+  iterations: number;
+  eval: EvalReport | null;
+  losses: Record<string, number>;
+}
+
+export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds' | 'pseudo' | 'checkpoints' | 'dirs' | 'skipped' | 'starvation' | 'done' | 'results'>): RunContext {
+  const run = parts.cfg.out;
+  return {
+    ...parts,
+    prototypes: new Prototypes(),
+    thresholds: null,
+    pseudo: null,
+    checkpoints: new CheckpointStore(join(run, 'checkpoints'), parts.cfg.checkpoint.keep),
+    dirs: { run, pseudo: join(run, 'pseudo-labels'), scratch: join(run, 'scratch-predictions.lmdb') },
+    skipped: {},
+    starvation: {},
+    done: [],
+    results: [],
+  };
+}
+
+export type Domain = 'source' | 'target' | 'targetVal';
+
+export interface BatchStreamOptions {
+  domain: Domain;
+  spec: AugmentSpec;
+  batchSize: number;
+  /** 'train': endless sampler (class-balanced for the source when configured); 'pass': every record once, in order. */
+  mode: 'train' | 'pass';
+  /** Stream id for per-sample seeds (differs per phase and domain). */
+  stream: number;
+  /** Draws already consumed (resume: iteration x batch size). */
+  start?: number;
+  /** Take labels from this pseudo-label generation. */
+  pseudo?: string | null;
+}
+
+/** read-shards -> decode-augment -> collate, with its own bounded credits. */
+export function batches(ctx: RunContext, opts: BatchStreamOptions): Observable<Batch> {
+  const dataset = ctx.data[opts.domain];
+  if (!dataset) throw new Error(`no ${opts.domain} dataset configured`);
+  const credits = new Credits(Math.max(ctx.cfg.data.prefetch, opts.batchSize));
+  let sampler: Sampler;
+  if (opts.mode === 'pass') {
+    sampler = inOrder(dataset.keys);
+  } else if (opts.domain === 'source' && ctx.cfg.data.classBalanced) {
+    sampler = ClassBalancedSampler.fromManifest(dataset.manifest, { seed: ctx.cfg.seed });
+  } else {
+    sampler = new ShuffleSampler(dataset.keys, { seed: ctx.cfg.seed + opts.stream });
+  }
+  const start = opts.start ?? 0;
+  for (let i = 0; i < start; i++) sampler.next(); // resume: replay the draws already consumed
+  return readShards({
+    dataset, sampler, credits, seed: ctx.cfg.seed, stream: opts.stream, start,
+    count: opts.mode === 'pass' ? dataset.keys.length : undefined,
+  }).pipe(
+    decodeAugment({
+      reader: ctx.reader, spec: opts.spec, credits, pseudo: opts.pseudo ?? null,
+      onSkip: (e) => {
+        ctx.skipped[e.stage] = (ctx.skipped[e.stage] ?? 0) + 1;
+        ctx.events.log(`skipped: ${e.message}`);
+        ctx.events.skip?.(e.stage, e);
+      },
+    }),
+    collate(opts.batchSize, { reader: ctx.reader, credits, partial: opts.mode === 'pass' }),
+  );
+}

@@ -1,0 +1,293 @@
+/**
+ * The phases of the SPCL recipe (REFERENCE 1), each composed from stages:
+ * warm-up (source CE /1.8 + output-space adversarial), prototype initialisation, thresholds +
+ * pseudo-labels, contrastive training (seg + lambda (Lcl_s + Lcl_t), prototype EMA each step), and
+ * self-training on target pseudo-labels with trainable BN. Each training phase starts a fresh optimiser
+ * and iteration counter from the current weights (as the authors' scripts do), checkpoints every
+ * `checkpoint.every` iterations and at its end, and is resumable from its last checkpoint.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { concatMap, from, lastValueFrom, map, of, take, tap, toArray, zip, type Observable } from 'rxjs';
+import type { AugmentSpec } from '../data/augment.ts';
+import { bceWithLogits, contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
+import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
+import { discriminator, type Discriminator } from '../ops/model/discriminator.ts';
+import type { Param } from '../ops/model/params.ts';
+import { Adam, SGD, polyLR, type OptimizerState } from '../ops/optim.ts';
+import { modelState, type CheckpointState } from '../io/weights.ts';
+import type { Batch } from '../stages/collate.ts';
+import { estimateThresholds } from '../stages/estimate-thresholds.ts';
+import { evaluate, type EvalReport } from '../stages/evaluate.ts';
+import { applyIfFinite, trainStep, type StepReport } from '../stages/train-step.ts';
+import { accumulatePrototypes, batchTensors } from '../stages/update-prototypes.ts';
+import { writeGeneration } from '../stages/write-pseudo-labels.ts';
+import { batches, type PhaseResultLike, type RunContext } from './context.ts';
+import type { PhaseName, TrainPhaseConfig } from './config.ts';
+
+export type PhaseResult = PhaseResultLike;
+
+/** Where a training phase resumes: iteration and optimiser states from a checkpoint. */
+export interface ResumePoint {
+  iteration: number;
+  optimizer?: OptimizerState;
+  discriminator?: Map<string, tf.Tensor>;
+  discriminatorOptimizer?: OptimizerState;
+}
+
+const JITTER = { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 };
+
+function specs(ctx: RunContext) {
+  const { source, target, eval: ev } = ctx.cfg.size;
+  return {
+    sourceTrain: { jitter: JITTER, resize: source } satisfies AugmentSpec,
+    sourcePlain: { resize: source } satisfies AugmentSpec,
+    targetPlain: { resize: target } satisfies AugmentSpec,
+    targetSsl: { jitter: JITTER, scale: [0.5, 1.5], crop: target, flipProb: 0.5 } satisfies AugmentSpec,
+    evaluation: { resize: ev, resizeLabel: false } satisfies AugmentSpec,
+  };
+}
+
+function sgd(ctx: RunContext, params: Param[]): SGD {
+  const o = ctx.cfg.optimizer;
+  return new SGD([
+    { params: params.filter((p) => p.group === 'backbone'), lrMult: 1 },
+    { params: params.filter((p) => p.group === 'classifier'), lrMult: o.classifierLrMult },
+  ], { momentum: o.momentum, weightDecay: o.weightDecay });
+}
+
+/** Loads a checkpointed optimiser state (the optimiser takes its own references; ours are freed). */
+function restoreOptimizer(opt: SGD | Adam, state: OptimizerState | undefined): void {
+  if (!state) return;
+  opt.setState(state);
+  tf.dispose([...state.slots.values()]);
+}
+
+const release = (b: Batch) => b.release();
+const releasePair = ({ s, t }: { s: Batch; t: Batch }) => {
+  s.release();
+  t.release();
+};
+
+/** Evaluation pass over the labelled target validation set (null when there is none). */
+export async function evaluatePhase(ctx: RunContext, phase: string): Promise<EvalReport | null> {
+  if (!ctx.data.targetVal) return null;
+  const report = await lastValueFrom(batches(ctx, { domain: 'targetVal', spec: specs(ctx).evaluation, batchSize: 4, mode: 'pass', stream: 900 }).pipe(
+    evaluate({ model: ctx.model, numClasses: ctx.cfg.data.numClasses, release }),
+  ));
+  ctx.events.log(`${phase}: target val mIoU ${(100 * report.miou).toFixed(2)} over ${report.images} images`);
+  ctx.events.evaluated?.(phase, report);
+  return report;
+}
+
+export function checkpointState(ctx: RunContext, phase: PhaseName, iteration: number, extra: Partial<CheckpointState> = {}): CheckpointState {
+  const ex = new Map<string, tf.Tensor>();
+  if (ctx.prototypes.ready) ex.set('prototypes', ctx.prototypes.tensor);
+  return {
+    model: modelState(ctx.model),
+    extra: ex,
+    ...extra,
+    meta: {
+      phase, iteration, done: ctx.done, results: ctx.results, bn: ctx.model.batchNorm, thresholds: ctx.thresholds, pseudo: ctx.pseudo,
+      preset: ctx.cfg.preset, seed: ctx.cfg.seed, backend: ctx.backend, savedAt: new Date().toISOString(),
+    },
+  };
+}
+
+/**
+ * Shared loop of the training phases: take `iterations - start` batches from `input`, run `step`,
+ * log, checkpoint every `checkpoint.every` and at the end.
+ */
+async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhaseConfig, start: number, input: Observable<B>,
+  step: (batch: B, iteration: number) => { losses: Record<string, number>; lr: number; skipped?: boolean },
+  releaseBatch: (b: B) => void, state: (iteration: number) => Partial<CheckpointState>): Promise<PhaseResult> {
+  const t0 = performance.now();
+  const every = ctx.cfg.checkpoint.every;
+  const starv = (ctx.starvation[phase] ??= { wait: 0, compute: 0 });
+  let last: StepReport | null = null;
+  const reports = input.pipe(
+    take(Math.max(0, pc.iterations - start)),
+    trainStep({ phase, startIteration: start, step, release: releaseBatch }),
+    tap((r) => {
+      last = r;
+      starv.wait += r.waitSeconds;
+      starv.compute += r.seconds;
+      ctx.events.step?.(r);
+      if (r.iteration % ctx.cfg.logEvery === 0 || r.iteration === pc.iterations) {
+        const terms = Object.entries(r.losses).map(([k, v]) => `${k} ${v.toFixed(4)}`).join('  ');
+        ctx.events.log(`${phase} ${r.iteration}/${pc.iterations}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms${r.skipped ? '  (update skipped: non-finite loss)' : ''}`);
+      }
+    }),
+    concatMap((r) => (every > 0 && r.iteration % every === 0 && r.iteration < pc.iterations
+      ? from(ctx.checkpoints.save(checkpointState(ctx, phase, r.iteration, state(r.iteration)), phase, r.iteration)).pipe(map(() => r))
+      : of(r))),
+    toArray(),
+  );
+  await lastValueFrom(reports);
+  await ctx.checkpoints.save(checkpointState(ctx, phase, pc.iterations, state(pc.iterations)), phase, pc.iterations);
+  const finished = last as StepReport | null;
+  const losses = Object.fromEntries(Object.entries(finished?.losses ?? {}).filter(([, v]) => Number.isFinite(v)));
+  return { phase, seconds: (performance.now() - t0) / 1000, iterations: pc.iterations, eval: null, losses };
+}
+
+/**
+ * Step 1 (REFERENCE 1): source CE on logits / 1.8 + lambda_adv * BCE(D(target softmax), source); then D.
+ * With lambdaAdv = 0 there is no discriminator: the source-only baseline.
+ */
+export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
+  const { cfg, model } = ctx;
+  const w = cfg.warmup;
+  const adversarial = w.lambdaAdv > 0;
+  ctx.model.setBatchNorm('frozen');
+  const disc: Discriminator = discriminator({ numClasses: cfg.data.numClasses, ndf: w.ndf, seed: cfg.seed + 17 });
+  const params = model.trainableParams();
+  const opt = sgd(ctx, params);
+  const dParams = [...disc.store.params.values()];
+  const dOpt = new Adam([{ params: dParams, lrMult: 1 }], { beta1: 0.9, beta2: 0.99 });
+  restoreOptimizer(opt, resume.optimizer);
+  restoreOptimizer(dOpt, resume.discriminatorOptimizer);
+  if (resume.discriminator) {
+    for (const [k, v] of resume.discriminator) disc.store.get(k).assign(v);
+    tf.dispose([...resume.discriminator.values()]);
+  }
+  const s = specs(ctx);
+  const start = resume.iteration;
+  const src = batches(ctx, { domain: 'source', spec: s.sourceTrain, batchSize: cfg.batch.source, mode: 'train', stream: 11, start: start * cfg.batch.source });
+  const tgt = batches(ctx, { domain: 'target', spec: s.targetPlain, batchSize: cfg.batch.target, mode: 'train', stream: 12, start: start * cfg.batch.target });
+  try {
+    return await train(ctx, 'warmup', w, start, zip(src, tgt).pipe(map(([a, b]) => ({ s: a, t: b }))), ({ s: sb, t: tb }, it) => {
+      const lr = polyLR(w.lr, it, w.maxIter);
+      const lrD = polyLR(w.lrD, it, w.maxIter);
+      return tf.tidy(() => {
+        const xs = batchTensors(sb);
+        const xt = batchTensors(tb).images;
+        let predS: tf.Tensor4D | null = null;
+        let predT: tf.Tensor4D | null = null;
+        const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
+          const ls = tf.image.resizeBilinear(model.forward(xs.images, { training: true }).logits, [sb.labelHeight, sb.labelWidth], true);
+          const seg = segCrossEntropy(ls, xs.labels!, { temperature: w.sourceTemperature });
+          if (!adversarial) return { total: seg, terms: { seg } };
+          const lt = tf.image.resizeBilinear(model.forward(xt, { training: true }).logits, [tb.height, tb.width], true);
+          const pt = tf.softmax(lt) as tf.Tensor4D;
+          const adv = tf.mul(bceWithLogits(disc.forward(pt), 0), w.lambdaAdv) as tf.Scalar;
+          // D sees the /1.8-tempered source prediction and the plain target one (REFERENCE 8.11), detached.
+          predS = tf.keep(tf.softmax(tf.div(ls, w.sourceTemperature)) as tf.Tensor4D);
+          predT = tf.keep(pt);
+          return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };
+        }, params, opt, lr);
+        if (!adversarial) return { losses: g.losses, lr, skipped: !g.finite };
+        const d = applyIfFinite(() => {
+          const l = tf.add(tf.mul(bceWithLogits(disc.forward(predS!), 0), 0.5), tf.mul(bceWithLogits(disc.forward(predT!), 1), 0.5)) as tf.Scalar;
+          return { total: l, terms: {} };
+        }, dParams, dOpt, lrD);
+        tf.dispose([predS!, predT!]);
+        return { losses: { ...g.losses, disc: d.losses.total! }, lr, skipped: !g.finite || !d.finite };
+      });
+    }, releasePair, () => ({ optimizer: opt.getState(), discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])), discriminatorOptimizer: dOpt.getState() }));
+  } finally {
+    opt.dispose();
+    dOpt.dispose();
+    disc.dispose();
+  }
+}
+
+/** Step 3: prototypes over the whole source set (eval mode, no augmentation, agreement filter). */
+export async function prototypesPhase(ctx: RunContext): Promise<PhaseResult> {
+  const t0 = performance.now();
+  const r = await lastValueFrom(batches(ctx, { domain: 'source', spec: specs(ctx).sourcePlain, batchSize: 4, mode: 'pass', stream: 30 }).pipe(
+    accumulatePrototypes({ model: ctx.model, numClasses: ctx.cfg.data.numClasses, refine: ctx.cfg.spcl.refineSource, release }),
+  ));
+  ctx.prototypes.set(r.prototypes);
+  r.prototypes.dispose();
+  const names = ctx.data.source.manifest.classNames;
+  ctx.events.log(`prototypes: ${ctx.cfg.data.numClasses - r.missing.length} classes initialised` +
+    (r.missing.length ? `; never seen (kept at 0): ${r.missing.map((k) => names[k]).join(', ')}` : ''));
+  return { phase: 'prototypes', seconds: (performance.now() - t0) / 1000, iterations: 0, eval: null, losses: {} };
+}
+
+/** Steps 4 and 7: thresholds (per-class upper median, capped) and pseudo-labels, one model pass. */
+export async function pseudoLabelPhase(ctx: RunContext, phase: PhaseName): Promise<PhaseResult> {
+  const t0 = performance.now();
+  const { cfg } = ctx;
+  const t = await lastValueFrom(batches(ctx, { domain: 'target', spec: specs(ctx).targetPlain, batchSize: 4, mode: 'pass', stream: 40 }).pipe(
+    estimateThresholds({ model: ctx.model, numClasses: cfg.data.numClasses, bins: cfg.pseudo.bins, cap: cfg.pseudo.cap, scratch: ctx.dirs.scratch, release }),
+  ));
+  const info = await writeGeneration(t, { dir: ctx.dirs.pseudo, numClasses: cfg.data.numClasses, keep: cfg.pseudo.keep, source: { phase } });
+  ctx.thresholds = t.thresholds;
+  ctx.pseudo = `${ctx.dirs.pseudo}/${info.file}`;
+  const labelled = info.coverage.reduce((a, c, k) => a + c * t.counts[k]!, 0) / Math.max(1, t.counts.reduce((a, b) => a + b, 0));
+  ctx.events.log(`${phase}: generation ${info.generation}, ${info.count} images, ${(100 * labelled).toFixed(1)}% of pixels labelled; ` +
+    `thresholds ${t.thresholds.map((v) => v.toFixed(2)).join(' ')}`);
+  return { phase, seconds: (performance.now() - t0) / 1000, iterations: 0, eval: null, losses: {} };
+}
+
+/** Step 5: seg (/1.8) + lambda (Lcl_s + Lcl_t); prototype EMA with the current source batch first. */
+export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
+  const { cfg, model } = ctx;
+  const c = cfg.spcl;
+  if (!ctx.pseudo) throw new Error('spcl: no pseudo-labels; run the pseudo-labels phase first');
+  model.setBatchNorm('frozen');
+  const params = model.trainableParams();
+  const opt = sgd(ctx, params);
+  restoreOptimizer(opt, resume.optimizer);
+  const s = specs(ctx);
+  const start = resume.iteration;
+  const src = batches(ctx, { domain: 'source', spec: s.sourceTrain, batchSize: cfg.batch.source, mode: 'train', stream: 51, start: start * cfg.batch.source });
+  const tgt = batches(ctx, { domain: 'target', spec: s.targetPlain, batchSize: cfg.batch.target, mode: 'train', stream: 52, start: start * cfg.batch.target, pseudo: ctx.pseudo });
+  try {
+    return await train(ctx, 'spcl', c, start, zip(src, tgt).pipe(map(([a, b]) => ({ s: a, t: b }))), ({ s: sb, t: tb }, it) => {
+      const lr = polyLR(c.lr, it, c.maxIter);
+      return tf.tidy(() => {
+        const xs = batchTensors(sb);
+        const xt = batchTensors(tb);
+        const g = applyIfFinite(() => {
+          const { features: fs, logits: ls } = model.forward(xs.images, { training: true });
+          const up = tf.image.resizeBilinear(ls, [sb.labelHeight, sb.labelWidth], true);
+          const seg = segCrossEntropy(up, xs.labels!, { temperature: c.sourceTemperature });
+          let ms = downsampleLabels(xs.labels!, [fs.shape[1], fs.shape[2]]);
+          if (c.refineSource) ms = refineSourceMask(ms, detach(ls));
+          ctx.prototypes.update(fs, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent });
+          const ft = model.forward(xt.images, { training: true }).features;
+          const mt = downsampleLabels(xt.labels!, [ft.shape[1], ft.shape[2]]);
+          const P = ctx.prototypes.tensor;
+          const clS = contrastiveLoss(fs, ms, P, { temperature: c.temperature });
+          const clT = contrastiveLoss(ft, mt, P, { temperature: c.temperature });
+          const total = tf.add(seg, tf.mul(tf.add(clS, clT), c.lambda)) as tf.Scalar;
+          return { total, terms: { seg, cl_source: clS, cl_target: clT } };
+        }, params, opt, lr);
+        return { losses: g.losses, lr, skipped: !g.finite };
+      });
+    }, releasePair, () => ({ optimizer: opt.getState() }));
+  } finally {
+    opt.dispose();
+  }
+}
+
+/** Step 8: self-training on target pseudo-labels only, trainable BN, plain CE. */
+export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
+  const { cfg, model } = ctx;
+  const c = cfg.ssl;
+  if (!ctx.pseudo) throw new Error('ssl: no pseudo-labels; run the pseudo-labels phase first');
+  model.setBatchNorm('trainable');
+  const params = model.trainableParams();
+  const opt = sgd(ctx, params);
+  restoreOptimizer(opt, resume.optimizer);
+  const size = cfg.batch.source + cfg.batch.target;
+  const start = resume.iteration;
+  const tgt = batches(ctx, { domain: 'target', spec: specs(ctx).targetSsl, batchSize: size, mode: 'train', stream: 81, start: start * size, pseudo: ctx.pseudo });
+  try {
+    return await train(ctx, 'ssl', c, start, tgt, (tb, it) => {
+      const lr = polyLR(c.lr, it, c.maxIter);
+      return tf.tidy(() => {
+        const xt = batchTensors(tb);
+        const g = applyIfFinite(() => {
+          const lt = tf.image.resizeBilinear(model.forward(xt.images, { training: true }).logits, [tb.labelHeight, tb.labelWidth], true);
+          const ssl = segCrossEntropy(lt, xt.labels!);
+          return { total: ssl, terms: { ssl } };
+        }, params, opt, lr);
+        return { losses: g.losses, lr, skipped: !g.finite };
+      });
+    }, release, () => ({ optimizer: opt.getState() }));
+  } finally {
+    opt.dispose();
+  }
+}

@@ -1,0 +1,171 @@
+/**
+ * Runs a recipe: backend, data (the embedded synthetic benchmark is generated and ingested when
+ * absent), model, phases in order with resume, evaluation after each training phase, and the report.
+ */
+import { access, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { ingestDataset } from '../data/ingest.ts';
+import { openDataset, SampleReader, type Dataset } from '../data/reader.ts';
+import { writeSyntheticBenchmark } from '../data/synthetic.ts';
+import { applyModelState, disposeCheckpoint, loadSafetensors } from '../io/weights.ts';
+import { selectBackend } from '../ops/backend.ts';
+import { deeplabV2 } from '../ops/model/deeplab.ts';
+import type { PhaseName, SpclConfig } from './config.ts';
+import { PHASES } from './config.ts';
+import { createContext, type PhaseResultLike, type RunContext, type RunEvents } from './context.ts';
+import { evaluatePhase, prototypesPhase, pseudoLabelPhase, spclPhase, sslPhase, warmupPhase, checkpointState, type ResumePoint } from './phases.ts';
+
+export interface PhaseReport {
+  phase: PhaseName;
+  miou: number | null;
+  classIoU: number[] | null;
+  tailMiou: number | null;
+  seconds: number;
+  iterations: number;
+  losses: Record<string, number>;
+}
+
+export interface RunReport {
+  preset: string;
+  backend: string;
+  seed: number;
+  phases: PhaseReport[];
+  seconds: number;
+  /** Share of training-step time spent waiting for data, per training phase. */
+  starvation: Record<string, number>;
+  skipped: Record<string, number>;
+  classNames: string[];
+  tensorsAtEnd: number;
+  config: SpclConfig;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(() => true, () => false);
+}
+
+/** Generates and ingests the synthetic benchmark under `root` (data/synthetic) unless it is there. */
+export async function prepareSynthetic(root: string, counts: { source: number; targetTrain: number; targetVal: number }, log: (l: string) => void): Promise<{ source: string; target: string; targetVal: string }> {
+  const shards = { source: join(root, 'shards/source'), target: join(root, 'shards/target'), targetVal: join(root, 'shards/target-val') };
+  if (await exists(join(shards.targetVal, 'manifest.json')) && await exists(join(shards.source, 'manifest.json')) && await exists(join(shards.target, 'manifest.json'))) return shards;
+  log(`data: generating the synthetic benchmark in ${root} (${counts.source} source, ${counts.targetTrain} + ${counts.targetVal} target images)`);
+  const raw = await writeSyntheticBenchmark(join(root, 'raw'), { seed: 0, sourceCount: counts.source, targetTrainCount: counts.targetTrain, targetValCount: counts.targetVal });
+  const quiet = { log: () => {}, progressStream: null };
+  await ingestDataset({ ...quiet, dataset: 'gta5', root: raw.source, out: shards.source });
+  await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: shards.target, split: 'train', labels: 'optional' });
+  await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: shards.targetVal, split: 'val' });
+  log(`data: ingested into ${join(root, 'shards')}`);
+  return shards;
+}
+
+async function open(dir: string, what: string, numClasses: number): Promise<Dataset> {
+  const ds = await openDataset(dir).catch((err: Error) => {
+    throw new Error(`config: data.${what}: ${err.message}`);
+  });
+  if (ds.manifest.numClasses !== numClasses) {
+    throw new Error(`config: data.numClasses is ${numClasses} but ${join(dir, 'manifest.json')} (data.${what}) has ${ds.manifest.numClasses} classes`);
+  }
+  return ds;
+}
+
+export interface RunOptions {
+  cfg: SpclConfig;
+  /** Continue from the last checkpoint of cfg.out. */
+  resume?: boolean;
+  /** Run only these phases (with --resume or a checkpoint that has what they need). */
+  only?: PhaseName[];
+  events: RunEvents;
+  /** Stops between steps when aborted: the phase checkpoints and the run ends (SIGINT/SIGTERM). */
+  signal?: AbortSignal;
+}
+
+export async function runRecipe(opts: RunOptions): Promise<RunReport> {
+  const { cfg, events } = opts;
+  const t0 = performance.now();
+  const backend = await selectBackend(cfg.backend, { log: events.log });
+  const numClasses = cfg.data.numClasses;
+  const data = {
+    source: await open(cfg.data.source, 'source', numClasses),
+    target: await open(cfg.data.target, 'target', numClasses),
+    targetVal: cfg.data.targetVal ? await open(cfg.data.targetVal, 'targetVal', numClasses) : null,
+  };
+  const model = deeplabV2({ backbone: cfg.model.backbone, numClasses, seed: cfg.seed });
+  if (cfg.model.weights) {
+    const r = await loadSafetensors(model, cfg.model.weights);
+    events.log(`model: loaded ${r.loaded.length} tensors from ${cfg.model.weights}` + (r.missing.length ? ` (${r.missing.length} missing, kept at init: ${r.missing.slice(0, 4).join(', ')}...)` : ''));
+  }
+  await mkdir(cfg.out, { recursive: true });
+  const reader = new SampleReader({ threads: cfg.data.workers || undefined });
+  const ctx = createContext({ cfg, backend, model, reader, data, events });
+  try {
+    let resumePoint: { phase: PhaseName; point: ResumePoint } | null = null;
+    if (opts.resume) resumePoint = await restore(ctx);
+    const wanted = opts.only ?? [...PHASES];
+    for (const phase of PHASES) {
+      if (!wanted.includes(phase) || ctx.done.includes(phase)) continue;
+      if (opts.signal?.aborted) break;
+      events.phase?.(phase, 'start');
+      const point = resumePoint?.phase === phase ? resumePoint.point : { iteration: 0 };
+      let result: PhaseResultLike;
+      switch (phase) {
+        case 'warmup': result = await warmupPhase(ctx, point); break;
+        case 'prototypes': result = await prototypesPhase(ctx); break;
+        case 'pseudo-labels': case 'pseudo-labels-2': result = await pseudoLabelPhase(ctx, phase); break;
+        case 'spcl': result = await spclPhase(ctx, point); break;
+        case 'ssl': result = await sslPhase(ctx, point); break;
+      }
+      if (phase === 'warmup' || phase === 'spcl' || phase === 'ssl') result.eval = await evaluatePhase(ctx, phase);
+      ctx.done.push(phase);
+      ctx.results.push(result);
+      await ctx.checkpoints.save(checkpointState(ctx, phase, result.iterations), phase, result.iterations, result.eval?.miou ?? null);
+      events.phase?.(phase, 'end');
+    }
+    const report: RunReport = {
+      preset: cfg.preset, backend, seed: cfg.seed,
+      phases: ctx.results.map((r) => ({
+        phase: r.phase, miou: r.eval?.miou ?? null, classIoU: r.eval?.classIoU ?? null, tailMiou: r.eval?.tailMiou ?? null,
+        seconds: r.seconds, iterations: r.iterations, losses: r.losses,
+      })),
+      seconds: (performance.now() - t0) / 1000,
+      starvation: Object.fromEntries(Object.entries(ctx.starvation).map(([k, v]) => [k, v.wait / Math.max(1e-9, v.wait + v.compute)])),
+      skipped: ctx.skipped,
+      classNames: data.source.manifest.classNames,
+      tensorsAtEnd: tf.memory().numTensors,
+      config: cfg,
+    };
+    await writeFile(join(cfg.out, 'report.json'), `${JSON.stringify(report, null, 1)}\n`);
+    return report;
+  } finally {
+    await reader.close();
+    ctx.prototypes.dispose();
+    model.dispose();
+  }
+}
+
+/** Restores the last checkpoint: weights, prototypes, thresholds, pseudo-labels, phases done. */
+async function restore(ctx: RunContext): Promise<{ phase: PhaseName; point: ResumePoint } | null> {
+  const pointer = await ctx.checkpoints.latest();
+  if (!pointer) {
+    ctx.events.log(`resume: no checkpoint in ${ctx.checkpoints.dir}, starting from scratch`);
+    return null;
+  }
+  const state = await ctx.checkpoints.load(pointer);
+  const meta = state.meta as { phase: PhaseName; iteration: number; done: PhaseName[]; results: PhaseResultLike[]; bn: 'frozen' | 'trainable'; thresholds: number[] | null; pseudo: string | null };
+  ctx.model.setBatchNorm(meta.bn);
+  applyModelState(ctx.model, state.model, { source: pointer.file });
+  const protos = state.extra?.get('prototypes');
+  if (protos) ctx.prototypes.set(protos as tf.Tensor2D);
+  ctx.thresholds = meta.thresholds;
+  ctx.pseudo = meta.pseudo;
+  ctx.done = [...meta.done];
+  ctx.results = [...meta.results];
+  ctx.events.log(`resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'})`);
+  const point: ResumePoint = {
+    iteration: meta.iteration,
+    optimizer: state.optimizer ? { ...state.optimizer, slots: new Map([...state.optimizer.slots].map(([k, v]) => [k, v.clone()])) } : undefined,
+    discriminator: state.discriminator ? new Map([...state.discriminator].map(([k, v]) => [k, v.clone()])) : undefined,
+    discriminatorOptimizer: state.discriminatorOptimizer ? { ...state.discriminatorOptimizer, slots: new Map([...state.discriminatorOptimizer.slots].map(([k, v]) => [k, v.clone()])) } : undefined,
+  };
+  disposeCheckpoint(state);
+  return meta.done.includes(meta.phase) ? null : { phase: meta.phase, point };
+}

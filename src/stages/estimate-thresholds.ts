@@ -1,0 +1,94 @@
+/**
+ * Threshold stage (REFERENCE 5): one model pass over the target set in eval mode. Per batch, logits are
+ * upsampled (bilinear, align_corners) to the input size and turned into softmax probabilities on the
+ * device; the per-class confidence histograms take them (only K x bins counts leave the device), and each
+ * pixel's argmax and confidence (16-bit) go to a scratch LMDB, so that the pseudo-label writer needs no
+ * second model pass. Emits the per-class thresholds (upper median, capped) at the end of the pass.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { open } from 'lmdb';
+import { Observable, type OperatorFunction } from 'rxjs';
+import type { SegModel } from '../ops/model/deeplab.ts';
+import { ConfidenceHistogram } from '../ops/thresholds.ts';
+import type { Batch } from './collate.ts';
+import { batchTensors } from './update-prototypes.ts';
+
+export interface ScratchPrediction {
+  width: number;
+  height: number;
+  /** argmax class per pixel */
+  pred: Uint8Array;
+  /** max softmax probability per pixel x 65535, as the bytes of a Uint16Array (msgpack mangles Uint16Arrays) */
+  conf: Uint8Array;
+}
+
+/** The confidences of a stored prediction (copied into an aligned buffer). */
+export function scratchConfidence(p: ScratchPrediction): Uint16Array {
+  return new Uint16Array(new Uint8Array(p.conf).buffer);
+}
+
+export interface ThresholdResult {
+  thresholds: number[];
+  /** Pixels predicted per class. */
+  counts: number[];
+  images: number;
+  scratch: string;
+}
+
+export interface EstimateThresholdsOptions {
+  model: SegModel;
+  numClasses: number;
+  bins: number;
+  cap: number;
+  /** Scratch LMDB path for the per-pixel predictions (replaced). */
+  scratch: string;
+  release: (batch: Batch) => void;
+}
+
+export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFunction<Batch, ThresholdResult> {
+  return (source) =>
+    new Observable<ThresholdResult>((subscriber) => {
+      const hist = new ConfidenceHistogram(opts.numClasses, { bins: opts.bins });
+      const db = open<ScratchPrediction, string>({ path: opts.scratch, compression: true, encoding: 'msgpack' });
+      let images = 0;
+      const writes: Promise<unknown>[] = [];
+      const sub = source.subscribe({
+        next(batch) {
+          try {
+            const [pred, conf] = tf.tidy(() => {
+              const { images: x } = batchTensors(batch);
+              const { logits } = opts.model.forward(x);
+              const probs = tf.softmax(tf.image.resizeBilinear(logits, [batch.height, batch.width], true)) as tf.Tensor4D;
+              hist.add(probs);
+              return [probs.argMax(-1).dataSync(), probs.max(-1).dataSync()];
+            });
+            const px = batch.height * batch.width;
+            batch.keys.forEach((key, i) => {
+              const p = new Uint8Array(px);
+              const c = new Uint16Array(px);
+              for (let j = 0; j < px; j++) {
+                p[j] = pred[i * px + j]!;
+                c[j] = Math.round(conf[i * px + j]! * 65535);
+              }
+              writes.push(db.put(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) }));
+            });
+            images += batch.n;
+          } catch (err) {
+            subscriber.error(err);
+          } finally {
+            opts.release(batch);
+          }
+        },
+        error: (e) => subscriber.error(e),
+        complete() {
+          Promise.all(writes)
+            .then(() => db.close())
+            .then(() => {
+              subscriber.next({ thresholds: hist.thresholds({ cap: opts.cap }), counts: hist.counts(), images, scratch: opts.scratch });
+              subscriber.complete();
+            }, (e: unknown) => subscriber.error(e));
+        },
+      });
+      return () => sub.unsubscribe();
+    });
+}
