@@ -10,7 +10,7 @@ process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { PHASES, PRESETS, checkConfig, mergeConfig, parseSet, quick, type PhaseName, type SpclConfig } from '../src/recipe/config.ts';
+import { PHASES, PRESETS, SYNTHETIC_DATA, SYNTHETIC_QUICK_DATA, checkConfig, mergeConfig, parseSet, quick, type PhaseName, type SpclConfig } from '../src/recipe/config.ts';
 import { prepareSynthetic, runRecipe, type RunReport } from '../src/recipe/run.ts';
 
 const USAGE = `usage: node pipelines/spcl.ts [options]
@@ -105,10 +105,9 @@ function table(r: RunReport): string {
 try {
   const cfg = await buildConfig();
   if (cfg.preset === 'synthetic') {
-    const sizes = args.quick ? { source: 120, targetTrain: 120, targetVal: 40 } : { source: 400, targetTrain: 400, targetVal: 100 };
-    const root = args.quick ? 'data/synthetic-quick' : 'data/synthetic';
+    const data = args.quick ? SYNTHETIC_QUICK_DATA : SYNTHETIC_DATA;
     if (cfg.data.source.startsWith('data/synthetic/')) {
-      const shards = await prepareSynthetic(root, sizes, log);
+      const shards = await prepareSynthetic(data.root, data.counts, log);
       cfg.data.source = shards.source;
       cfg.data.target = shards.target;
       cfg.data.targetVal = shards.targetVal;

@@ -105,6 +105,10 @@ function synthetic(): SpclConfig {
   };
 }
 
+/** Where the embedded benchmark lives and how many images it has (generated on first use). */
+export const SYNTHETIC_DATA = { root: 'data/synthetic', counts: { source: 400, targetTrain: 400, targetVal: 100 } } as const;
+export const SYNTHETIC_QUICK_DATA = { root: 'data/synthetic-quick', counts: { source: 120, targetTrain: 120, targetVal: 40 } } as const;
+
 export const PRESETS: Record<string, () => SpclConfig> = {
   synthetic,
   'gta5-cityscapes': () => paper('gta5-cityscapes', 19, [720, 1280]),

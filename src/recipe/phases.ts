@@ -89,6 +89,7 @@ export function checkpointState(ctx: RunContext, phase: PhaseName, iteration: nu
     meta: {
       phase, iteration, done: ctx.done, results: ctx.results, bn: ctx.model.batchNorm, thresholds: ctx.thresholds, pseudo: ctx.pseudo,
       preset: ctx.cfg.preset, seed: ctx.cfg.seed, backend: ctx.backend, savedAt: new Date().toISOString(),
+      backbone: ctx.cfg.model.backbone, numClasses: ctx.cfg.data.numClasses, size: ctx.cfg.size,
     },
   };
 }

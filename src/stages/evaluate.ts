@@ -5,7 +5,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { Observable, type OperatorFunction } from 'rxjs';
-import { ConfusionMatrix } from '../ops/metrics.ts';
+import { downsampleLabels } from '../ops/masks.ts';
+import { ConfusionMatrix, classCenterDistance } from '../ops/metrics.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import type { Batch } from './collate.ts';
 import { batchTensors } from './update-prototypes.ts';
@@ -17,12 +18,21 @@ export interface EvalReport {
   miou13: number | null;
   pixelAccuracy: number;
   images: number;
+  /** Class-centre distance per class on the first `ccdImages` images (REFERENCE 9), or null. */
+  ccd: number[] | null;
 }
 
 export interface EvaluateOptions {
   model: SegModel;
   numClasses: number;
   release: (batch: Batch) => void;
+  /** Receives each batch's predictions (train IDs at label resolution), e.g. to write colour PNGs. */
+  onPredictions?: (keys: string[], pred: Int32Array, height: number, width: number) => void;
+  /**
+   * CCD over the encoder features of the first N images, labels nearest-downsampled to the feature
+   * grid (ground truth; features as the model outputs them, not normalised). 0 = off.
+   */
+  ccdImages?: number;
 }
 
 export function evaluate(opts: EvaluateOptions): OperatorFunction<Batch, EvalReport> {
@@ -30,15 +40,28 @@ export function evaluate(opts: EvaluateOptions): OperatorFunction<Batch, EvalRep
     new Observable<EvalReport>((subscriber) => {
       const cm = new ConfusionMatrix(opts.numClasses);
       let images = 0;
+      const ccdFeatures: tf.Tensor2D[] = [];
+      const ccdLabels: tf.Tensor1D[] = [];
+      let ccdTaken = 0;
       const sub = source.subscribe({
         next(batch) {
           try {
             tf.tidy(() => {
               const { images: x, labels } = batchTensors(batch);
               if (!labels) throw new Error(`evaluate: batch (${batch.keys[0]}...) has no labels`);
-              const { logits } = opts.model.forward(x);
+              const { features, logits } = opts.model.forward(x);
               const pred = tf.image.resizeBilinear(logits, [batch.labelHeight, batch.labelWidth], true).argMax(-1);
               cm.add(pred, labels);
+              if (opts.onPredictions) opts.onPredictions(batch.keys, pred.dataSync() as Int32Array, batch.labelHeight, batch.labelWidth);
+              const take = Math.min(batch.n, (opts.ccdImages ?? 0) - ccdTaken);
+              if (take > 0) {
+                const [, h, w, c] = features.shape;
+                const f = features.slice([0, 0, 0, 0], [take, h, w, c]);
+                const l = downsampleLabels(labels.slice([0, 0, 0], [take, batch.labelHeight, batch.labelWidth]) as tf.Tensor3D, [h, w]);
+                ccdFeatures.push(tf.keep(f.reshape([-1, c]) as tf.Tensor2D));
+                ccdLabels.push(tf.keep(l.flatten() as tf.Tensor1D));
+                ccdTaken += take;
+              }
             });
             images += batch.n;
           } catch (err) {
@@ -49,8 +72,13 @@ export function evaluate(opts: EvaluateOptions): OperatorFunction<Batch, EvalRep
         },
         error: (e) => subscriber.error(e),
         complete() {
+          let ccd: number[] | null = null;
+          if (ccdFeatures.length) {
+            ccd = tf.tidy(() => classCenterDistance(tf.concat(ccdFeatures, 0), tf.concat(ccdLabels, 0), opts.numClasses));
+            tf.dispose([...ccdFeatures, ...ccdLabels]);
+          }
           subscriber.next({
-            miou: cm.miou(), classIoU: cm.iou(), images, pixelAccuracy: cm.pixelAccuracy(),
+            miou: cm.miou(), classIoU: cm.iou(), images, pixelAccuracy: cm.pixelAccuracy(), ccd,
             tailMiou: opts.numClasses === 19 ? cm.tailMiou() : null,
             miou13: opts.numClasses === 16 ? cm.miou13() : null,
           });

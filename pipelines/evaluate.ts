@@ -1,0 +1,82 @@
+/**
+ * Evaluates a checkpoint on a labelled dataset folder (REFERENCE 7): mIoU, per-class IoU, tail-class
+ * mIoU (19 classes) or mIoU* (16), CCD on the first images; optional colour prediction PNGs.
+ *
+ *   node pipelines/evaluate.ts --checkpoint runs/synthetic/checkpoints/ckpt-ssl-00000300.safetensors --data data/synthetic/shards/target-val
+ */
+import { availableParallelism } from 'node:os';
+process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
+
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import sharp from 'sharp';
+import { colourise } from '../src/data/palette.ts';
+import { selectBackend, type BackendRequest } from '../src/ops/backend.ts';
+import { evaluate } from '../src/stages/evaluate.ts';
+import { modelFromCheckpoint, openDataset, pass } from '../src/recipe/tools.ts';
+
+const USAGE = `usage: node pipelines/evaluate.ts --checkpoint FILE --data DIR [options]
+  --checkpoint FILE   a checkpoint written by pipelines/spcl.ts
+  --data DIR          a labelled dataset folder written by pipelines/ingest.ts (e.g. Cityscapes val)
+  --size HxW          input size (default: the checkpoint's evaluation size)
+  --ccd N             class-centre distance over the first N images (default 100, 0 = off)
+  --png DIR           write colour prediction PNGs there
+  --out FILE          write the results as JSON
+  --backend NAME      auto | tensorflow | wasm | cpu (default auto)
+  -h, --help          this text`;
+
+function usageError(message: string): never {
+  process.stderr.write(`evaluate: ${message}\n\n${USAGE}\n`);
+  process.exit(2);
+}
+
+function parse() {
+  try {
+    return parseArgs({ options: {
+      checkpoint: { type: 'string' }, data: { type: 'string' }, size: { type: 'string' }, ccd: { type: 'string', default: '100' },
+      png: { type: 'string' }, out: { type: 'string' }, backend: { type: 'string', default: 'auto' }, help: { type: 'boolean', short: 'h', default: false },
+    } }).values;
+  } catch (err) {
+    return usageError((err as Error).message);
+  }
+}
+const args = parse();
+if (args.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+if (!args.checkpoint) usageError('--checkpoint is required');
+if (!args.data) usageError('--data is required');
+const size = args.size === undefined ? null : /^(\d+)x(\d+)$/.exec(args.size);
+if (args.size !== undefined && !size) usageError(`--size must look like 512x1024, got '${args.size}'`);
+const ccd = Number(args.ccd);
+if (!Number.isInteger(ccd) || ccd < 0) usageError(`--ccd must be an integer >= 0, got '${args.ccd}'`);
+
+try {
+  await selectBackend(args.backend as BackendRequest);
+  const { model, meta } = await modelFromCheckpoint(args.checkpoint);
+  const dataset = await openDataset(args.data);
+  if (dataset.manifest.numClasses !== meta.numClasses) throw new Error(`${args.data} has ${dataset.manifest.numClasses} classes, the checkpoint ${meta.numClasses}`);
+  const evalSize: [number, number] = size ? [Number(size[1]), Number(size[2])] : meta.size?.eval ?? [512, 1024];
+  const pngs: Promise<unknown>[] = [];
+  const report = await pass(dataset, { resize: evalSize, resizeLabel: false }, 4, undefined, () => evaluate({
+    model, numClasses: meta.numClasses, ccdImages: ccd, release: (b) => b.release(),
+    onPredictions: args.png ? (keys, pred, h, w) => keys.forEach((key, i) => {
+      const file = join(args.png!, `${key}.png`);
+      pngs.push(mkdir(dirname(file), { recursive: true }).then(async () =>
+        writeFile(file, await sharp(colourise(pred.subarray(i * h * w, (i + 1) * h * w)), { raw: { width: w, height: h, channels: 3 } }).png().toBuffer())));
+    }) : undefined,
+  }));
+  await Promise.all(pngs);
+  const names = dataset.manifest.classNames;
+  const lines = [`mIoU ${(100 * report.miou).toFixed(2)}  over ${report.images} images at ${evalSize.join('x')}`,
+    report.tailMiou !== null ? `tail mIoU ${(100 * report.tailMiou).toFixed(2)}` : `mIoU* (13) ${(100 * report.miou13!).toFixed(2)}`,
+    ...names.map((n, k) => `  ${n.padEnd(14)} IoU ${(100 * report.classIoU[k]!).toFixed(2).padStart(6)}${report.ccd ? `  CCD ${Number.isNaN(report.ccd[k]) ? '   -' : report.ccd[k]!.toFixed(3)}` : ''}`)];
+  console.log(lines.join('\n'));
+  if (args.out) await writeFile(args.out, `${JSON.stringify({ checkpoint: args.checkpoint, data: args.data, size: evalSize, ...report, classNames: names }, (_, v) => (Number.isNaN(v) ? null : v), 1)}\n`);
+  model.dispose();
+} catch (err) {
+  process.stderr.write(`evaluate: ${(err as Error).message}\n`);
+  process.exit(1);
+}

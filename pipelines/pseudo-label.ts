@@ -1,0 +1,73 @@
+/**
+ * Precomputes thresholds and pseudo-labels of a target set with a checkpoint (REFERENCE 5), as a
+ * generation in --out that training (or another tool) reads: one model pass, per-class upper-median
+ * thresholds capped at --cap, labels below their class threshold set to 255.
+ *
+ *   node pipelines/pseudo-label.ts --checkpoint FILE --target data/synthetic/shards/target --out runs/pl
+ */
+import { availableParallelism } from 'node:os';
+process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
+
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { selectBackend, type BackendRequest } from '../src/ops/backend.ts';
+import { estimateThresholds } from '../src/stages/estimate-thresholds.ts';
+import { writeGeneration } from '../src/stages/write-pseudo-labels.ts';
+import { modelFromCheckpoint, openDataset, pass } from '../src/recipe/tools.ts';
+
+const USAGE = `usage: node pipelines/pseudo-label.ts --checkpoint FILE --target DIR --out DIR [options]
+  --checkpoint FILE   a checkpoint written by pipelines/spcl.ts
+  --target DIR        target dataset folder written by pipelines/ingest.ts (labels not needed)
+  --out DIR           pseudo-label folder (gen-NNNNNN.lmdb + current.json); a new generation each run
+  --size HxW          input size (default: the checkpoint's target size)
+  --cap P             threshold cap (default 0.9)
+  --keep N            generations to keep (default 2)
+  --backend NAME      auto | tensorflow | wasm | cpu (default auto)
+  -h, --help          this text`;
+
+function usageError(message: string): never {
+  process.stderr.write(`pseudo-label: ${message}\n\n${USAGE}\n`);
+  process.exit(2);
+}
+
+function parse() {
+  try {
+    return parseArgs({ options: {
+      checkpoint: { type: 'string' }, target: { type: 'string' }, out: { type: 'string' }, size: { type: 'string' },
+      cap: { type: 'string', default: '0.9' }, keep: { type: 'string', default: '2' }, backend: { type: 'string', default: 'auto' },
+      help: { type: 'boolean', short: 'h', default: false },
+    } }).values;
+  } catch (err) {
+    return usageError((err as Error).message);
+  }
+}
+const args = parse();
+if (args.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+for (const k of ['checkpoint', 'target', 'out'] as const) if (!args[k]) usageError(`--${k} is required`);
+const size = args.size === undefined ? null : /^(\d+)x(\d+)$/.exec(args.size);
+if (args.size !== undefined && !size) usageError(`--size must look like 512x1024, got '${args.size}'`);
+const cap = Number(args.cap);
+if (!(cap > 0 && cap <= 1)) usageError(`--cap must be a number in (0, 1], got '${args.cap}'`);
+const keep = Number(args.keep);
+if (!Number.isInteger(keep) || keep < 1) usageError(`--keep must be an integer >= 1, got '${args.keep}'`);
+
+try {
+  await selectBackend(args.backend as BackendRequest);
+  const { model, meta } = await modelFromCheckpoint(args.checkpoint!);
+  const dataset = await openDataset(args.target!);
+  const inputSize: [number, number] = size ? [Number(size[1]), Number(size[2])] : meta.size?.target ?? [512, 1024];
+  const t = await pass(dataset, { resize: inputSize }, 4, undefined, () => estimateThresholds({
+    model, numClasses: meta.numClasses, bins: 4096, cap, scratch: join(args.out!, 'scratch-predictions.lmdb'), release: (b) => b.release(),
+  }));
+  const info = await writeGeneration(t, { dir: args.out!, numClasses: meta.numClasses, keep, source: { checkpoint: args.checkpoint, target: args.target } });
+  const names = dataset.manifest.classNames;
+  console.log(`generation ${info.generation}: ${info.count} images -> ${join(args.out!, info.file)}`);
+  for (const [k, n] of names.entries()) console.log(`  ${n.padEnd(14)} threshold ${info.thresholds[k]!.toFixed(3)}  kept ${(100 * info.coverage[k]!).toFixed(1)}% of its ${t.counts[k]} pixels`);
+  model.dispose();
+} catch (err) {
+  process.stderr.write(`pseudo-label: ${(err as Error).message}\n`);
+  process.exit(1);
+}
