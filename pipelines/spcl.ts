@@ -21,6 +21,7 @@ const USAGE = `usage: node pipelines/spcl.ts [options]
   --backend NAME       auto | tensorflow | wasm | cpu (default auto)
   --seed N             run seed (default 0)
   --phase NAME         run only this phase (${PHASES.join(', ')}), from the run's last checkpoint
+  --checkpoint FILE    with --phase: start from this checkpoint instead
   --resume             continue from the last checkpoint in --out
   --quick              a much shorter synthetic run (end-to-end check, under 2 minutes)
   -h, --help           this text
@@ -42,6 +43,7 @@ function parse() {
         backend: { type: 'string' },
         seed: { type: 'string' },
         phase: { type: 'string' },
+        checkpoint: { type: 'string' },
         resume: { type: 'boolean', default: false },
         quick: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
@@ -126,7 +128,8 @@ try {
       controller.abort();
     });
   }
-  const report = await runRecipe({ cfg, resume: args.resume || Boolean(only), only, events: { log }, signal: controller.signal });
+  if (args.checkpoint && !only) usageError('--checkpoint needs --phase');
+  const report = await runRecipe({ cfg, resume: args.resume || Boolean(only), only, checkpoint: args.checkpoint, events: { log }, signal: controller.signal });
   console.log(table(report));
   log(`report: ${join(cfg.out, 'report.json')}`);
 } catch (err) {

@@ -53,7 +53,7 @@ export interface SpclConfig {
   prototypes: { alpha: number; absent: AbsentClassPolicy };
   pseudo: { cap: number; bins: number; keep: number };
   spcl: TrainPhaseConfig & { lambda: number; temperature: number; sourceTemperature: number; refineSource: boolean };
-  ssl: TrainPhaseConfig;
+  ssl: TrainPhaseConfig & { bn: 'frozen' | 'trainable' };
   eval: { every: number };
   checkpoint: { every: number; keep: number; select: 'last' | 'best-val' };
   /** Print a progress line every this many iterations. */
@@ -78,7 +78,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     prototypes: { alpha: 0.1, absent: 'keep' },
     pseudo: { cap: 0.9, bins: 4096, keep: 2 },
     spcl: { ...paperPhase(40_000, 62_500, 2.5e-4), lambda: 1, temperature: 100, sourceTemperature: 1.8, refineSource: true },
-    ssl: paperPhase(20_000, 31_250, 5e-4),
+    ssl: { ...paperPhase(20_000, 31_250, 5e-4), bn: 'trainable' },
     eval: { every: 2000 },
     checkpoint: { every: 2000, keep: 3, select: 'last' },
     logEvery: 50,
@@ -98,7 +98,7 @@ function synthetic(): SpclConfig {
     // ndf 16 (paper 64): the discriminator would otherwise cost more than the segmentation net on a CPU.
     warmup: { ...base.warmup, iterations: 500, maxIter: 700, lr: 0.01, lrD: 1e-4, ndf: 16 },
     spcl: { ...base.spcl, iterations: 300, maxIter: 420, lr: 0.004 },
-    ssl: { iterations: 300, maxIter: 420, lr: 0.004 },
+    ssl: { iterations: 300, maxIter: 420, lr: 0.004, bn: 'trainable' },
     eval: { every: 0 },
     checkpoint: { every: 250, keep: 2, select: 'last' },
     logEvery: 50,
@@ -146,6 +146,7 @@ const RULES: Record<string, [(v: unknown) => boolean, string]> = {
   'pseudo.cap': [(v) => (v as number) > 0 && (v as number) <= 1, 'a number in (0, 1]'],
   'pseudo.bins': [(v) => Number.isInteger(v) && (v as number) >= 16, 'an integer >= 16'],
   'checkpoint.select': [(v) => v === 'last' || v === 'best-val', "'last' or 'best-val'"],
+  'ssl.bn': [(v) => v === 'frozen' || v === 'trainable', "'frozen' or 'trainable'"],
   seed: [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0'],
 };
 const positiveInt = (v: unknown) => Number.isInteger(v) && (v as number) >= 1;

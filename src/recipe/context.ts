@@ -45,6 +45,8 @@ export interface RunContext {
   skipped: Record<string, number>;
   /** Seconds the trainer waited for data and seconds it computed, per phase. */
   starvation: Record<string, { wait: number; compute: number }>;
+  /** Aborted by SIGINT/SIGTERM: training loops stop after the current step and checkpoint. */
+  signal?: AbortSignal;
   /** Phases completed, and their results (checkpointed, so a resume skips them). */
   done: PhaseName[];
   results: PhaseResultLike[];
@@ -53,6 +55,8 @@ export interface RunContext {
 /** A finished phase as the report and checkpoints keep it. */
 export interface PhaseResultLike {
   phase: PhaseName;
+  /** Stopped early by a signal (not done; --resume continues it). */
+  aborted?: boolean;
   seconds: number;
   iterations: number;
   eval: EvalReport | null;

@@ -7,7 +7,7 @@
  * `checkpoint.every` iterations and at its end, and is resumable from its last checkpoint.
  */
 import * as tf from '@tensorflow/tfjs';
-import { concatMap, from, lastValueFrom, map, of, take, tap, toArray, zip, type Observable } from 'rxjs';
+import { NEVER, concatMap, from, fromEvent, lastValueFrom, map, of, take, takeUntil, tap, toArray, zip, type Observable } from 'rxjs';
 import type { AugmentSpec } from '../data/augment.ts';
 import { bceWithLogits, contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
 import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
@@ -105,8 +105,10 @@ async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhaseConfig,
   const every = ctx.cfg.checkpoint.every;
   const starv = (ctx.starvation[phase] ??= { wait: 0, compute: 0 });
   let last: StepReport | null = null;
+  const stop$ = ctx.signal ? (ctx.signal.aborted ? of(true) : fromEvent(ctx.signal, 'abort')) : NEVER;
   const reports = input.pipe(
     take(Math.max(0, pc.iterations - start)),
+    takeUntil(stop$),
     trainStep({ phase, startIteration: start, step, release: releaseBatch }),
     tap((r) => {
       last = r;
@@ -124,10 +126,13 @@ async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhaseConfig,
     toArray(),
   );
   await lastValueFrom(reports);
-  await ctx.checkpoints.save(checkpointState(ctx, phase, pc.iterations, state(pc.iterations)), phase, pc.iterations);
   const finished = last as StepReport | null;
+  const reached = finished?.iteration ?? start;
+  await ctx.checkpoints.save(checkpointState(ctx, phase, reached, state(reached)), phase, reached);
   const losses = Object.fromEntries(Object.entries(finished?.losses ?? {}).filter(([, v]) => Number.isFinite(v)));
-  return { phase, seconds: (performance.now() - t0) / 1000, iterations: pc.iterations, eval: null, losses };
+  const aborted = reached < pc.iterations;
+  if (aborted) ctx.events.log(`${phase}: stopped at iteration ${reached}/${pc.iterations}; checkpoint written, --resume continues`);
+  return { phase, seconds: (performance.now() - t0) / 1000, iterations: reached, eval: null, losses, aborted };
 }
 
 /**
@@ -263,12 +268,12 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
   }
 }
 
-/** Step 8: self-training on target pseudo-labels only, trainable BN, plain CE. */
+/** Step 8: self-training on target pseudo-labels only, trainable BN (ssl.bn), plain CE. */
 export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
   const { cfg, model } = ctx;
   const c = cfg.ssl;
   if (!ctx.pseudo) throw new Error('ssl: no pseudo-labels; run the pseudo-labels phase first');
-  model.setBatchNorm('trainable');
+  model.setBatchNorm(c.bn);
   const params = model.trainableParams();
   const opt = sgd(ctx, params);
   restoreOptimizer(opt, resume.optimizer);

@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { ingestDataset } from '../data/ingest.ts';
 import { openDataset, SampleReader, type Dataset } from '../data/reader.ts';
 import { writeSyntheticBenchmark } from '../data/synthetic.ts';
-import { applyModelState, disposeCheckpoint, loadSafetensors } from '../io/weights.ts';
+import { applyModelState, disposeCheckpoint, loadCheckpoint, loadSafetensors } from '../io/weights.ts';
 import { selectBackend } from '../ops/backend.ts';
 import { deeplabV2 } from '../ops/model/deeplab.ts';
 import type { PhaseName, SpclConfig } from './config.ts';
@@ -24,6 +24,8 @@ export interface PhaseReport {
   seconds: number;
   iterations: number;
   losses: Record<string, number>;
+  /** tf.memory().numTensors after the phase (flat across phases: nothing leaks). */
+  tensors: number;
 }
 
 export interface RunReport {
@@ -35,6 +37,8 @@ export interface RunReport {
   /** Share of training-step time spent waiting for data, per training phase. */
   starvation: Record<string, number>;
   skipped: Record<string, number>;
+  /** Stopped by SIGINT/SIGTERM before the end (resume with --resume). */
+  stopped: boolean;
   classNames: string[];
   tensorsAtEnd: number;
   config: SpclConfig;
@@ -72,8 +76,10 @@ export interface RunOptions {
   cfg: SpclConfig;
   /** Continue from the last checkpoint of cfg.out. */
   resume?: boolean;
-  /** Run only these phases (with --resume or a checkpoint that has what they need). */
+  /** Run only these phases (with --resume or a checkpoint that has what they need), even if done before. */
   only?: PhaseName[];
+  /** Start from this checkpoint file instead of the run's latest (with `only`). */
+  checkpoint?: string;
   events: RunEvents;
   /** Stops between steps when aborted: the phase checkpoints and the run ends (SIGINT/SIGTERM). */
   signal?: AbortSignal;
@@ -97,10 +103,13 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
   await mkdir(cfg.out, { recursive: true });
   const reader = new SampleReader({ threads: cfg.data.workers || undefined });
   const ctx = createContext({ cfg, backend, model, reader, data, events });
+  ctx.signal = opts.signal;
   try {
+    const tensorsAfter = new Map<PhaseName, number>();
     let resumePoint: { phase: PhaseName; point: ResumePoint } | null = null;
-    if (opts.resume) resumePoint = await restore(ctx);
+    if (opts.resume || opts.checkpoint) resumePoint = await restore(ctx, opts.checkpoint);
     const wanted = opts.only ?? [...PHASES];
+    if (opts.only) ctx.done = ctx.done.filter((p) => !opts.only!.includes(p));
     for (const phase of PHASES) {
       if (!wanted.includes(phase) || ctx.done.includes(phase)) continue;
       if (opts.signal?.aborted) break;
@@ -114,9 +123,11 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
         case 'spcl': result = await spclPhase(ctx, point); break;
         case 'ssl': result = await sslPhase(ctx, point); break;
       }
+      if (result.aborted) break;
       if (phase === 'warmup' || phase === 'spcl' || phase === 'ssl') result.eval = await evaluatePhase(ctx, phase);
       ctx.done.push(phase);
       ctx.results.push(result);
+      tensorsAfter.set(phase, tf.memory().numTensors);
       await ctx.checkpoints.save(checkpointState(ctx, phase, result.iterations), phase, result.iterations, result.eval?.miou ?? null);
       events.phase?.(phase, 'end');
     }
@@ -124,11 +135,12 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       preset: cfg.preset, backend, seed: cfg.seed,
       phases: ctx.results.map((r) => ({
         phase: r.phase, miou: r.eval?.miou ?? null, classIoU: r.eval?.classIoU ?? null, tailMiou: r.eval?.tailMiou ?? null,
-        seconds: r.seconds, iterations: r.iterations, losses: r.losses,
+        seconds: r.seconds, iterations: r.iterations, losses: r.losses, tensors: tensorsAfter.get(r.phase) ?? -1,
       })),
       seconds: (performance.now() - t0) / 1000,
       starvation: Object.fromEntries(Object.entries(ctx.starvation).map(([k, v]) => [k, v.wait / Math.max(1e-9, v.wait + v.compute)])),
       skipped: ctx.skipped,
+      stopped: opts.signal?.aborted ?? false,
       classNames: data.source.manifest.classNames,
       tensorsAtEnd: tf.memory().numTensors,
       config: cfg,
@@ -143,13 +155,13 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
 }
 
 /** Restores the last checkpoint: weights, prototypes, thresholds, pseudo-labels, phases done. */
-async function restore(ctx: RunContext): Promise<{ phase: PhaseName; point: ResumePoint } | null> {
-  const pointer = await ctx.checkpoints.latest();
+async function restore(ctx: RunContext, file?: string): Promise<{ phase: PhaseName; point: ResumePoint } | null> {
+  const pointer = file ? { file, phase: '', iteration: 0, miou: null, savedAt: '' } : await ctx.checkpoints.latest();
   if (!pointer) {
     ctx.events.log(`resume: no checkpoint in ${ctx.checkpoints.dir}, starting from scratch`);
     return null;
   }
-  const state = await ctx.checkpoints.load(pointer);
+  const state = file ? await loadCheckpoint(file) : await ctx.checkpoints.load(pointer);
   const meta = state.meta as { phase: PhaseName; iteration: number; done: PhaseName[]; results: PhaseResultLike[]; bn: 'frozen' | 'trainable'; thresholds: number[] | null; pseudo: string | null };
   ctx.model.setBatchNorm(meta.bn);
   applyModelState(ctx.model, state.model, { source: pointer.file });
@@ -158,7 +170,7 @@ async function restore(ctx: RunContext): Promise<{ phase: PhaseName; point: Resu
   ctx.thresholds = meta.thresholds;
   ctx.pseudo = meta.pseudo;
   ctx.done = [...meta.done];
-  ctx.results = [...meta.results];
+  ctx.results = meta.results.filter((r) => meta.done.includes(r.phase));
   ctx.events.log(`resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'})`);
   const point: ResumePoint = {
     iteration: meta.iteration,

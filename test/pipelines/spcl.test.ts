@@ -1,0 +1,111 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openShardForWrite, readManifest } from '../../src/data/shards.ts';
+import type { RunReport } from '../../src/recipe/run.ts';
+
+const root = new URL('../../', import.meta.url).pathname;
+const node = process.execPath;
+const run = (script: string, args: string[]) =>
+  spawnSync(node, [join(root, 'pipelines', script), ...args], { cwd: root, encoding: 'utf8', timeout: 300_000 });
+
+test('spcl --quick: every phase runs end to end, the report has its structure, tensors stay flat, mIoU rises over the warm-up', async () => {
+  const out = await mkdtemp(join(tmpdir(), 'spcl-quick-'));
+  const t0 = performance.now();
+  const r = run('spcl.ts', ['--quick', '--out', out]);
+  const seconds = (performance.now() - t0) / 1000;
+  assert.equal(r.status, 0, r.stderr.slice(-3000));
+  assert.ok(seconds < 120, `quick run took ${seconds.toFixed(0)} s`);
+  const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as RunReport;
+  assert.deepEqual(report.phases.map((p) => p.phase), ['warmup', 'prototypes', 'pseudo-labels', 'spcl', 'pseudo-labels-2', 'ssl']);
+  assert.equal(report.backend, 'wasm');
+  assert.equal(report.seed, 0);
+  for (const p of report.phases.filter((x) => ['warmup', 'spcl', 'ssl'].includes(x.phase))) {
+    assert.ok(p.miou !== null && p.miou > 0 && p.miou <= 1, `${p.phase} miou ${p.miou}`);
+    assert.equal(p.classIoU!.length, 19);
+    assert.ok(p.seconds > 0 && p.iterations > 0);
+  }
+  const miou = Object.fromEntries(report.phases.map((p) => [p.phase, p.miou]));
+  assert.ok(miou.ssl! > miou.warmup!, `target mIoU warmup ${miou.warmup} -> spcl ${miou.spcl} -> ssl ${miou.ssl}`);
+  // nothing leaks: the prototypes are the one tensor added after the warm-up
+  const tensors = report.phases.map((p) => p.tensors);
+  assert.equal(tensors[1], tensors[0]! + 1);
+  assert.ok(tensors.slice(1).every((t) => t === tensors[1]), `tensors per phase ${tensors}`);
+  assert.match(r.stdout, /^phase +mIoU %/);
+  assert.match(r.stderr, /warmup \d+\/\d+ +total/);
+  await rm(out, { recursive: true });
+});
+
+test('a corrupt record is skipped and counted, the run goes on (source-only baseline, same stages)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'spcl-corrupt-'));
+  const shards = join(root, 'data/synthetic-quick/shards');
+  await cp(shards, join(dir, 'shards'), { recursive: true });
+  const val = join(dir, 'shards/target-val');
+  const m = await readManifest(val);
+  const w = openShardForWrite(join(val, m.shards[0]!.file), { dataset: m.dataset, split: m.split, numClasses: m.numClasses });
+  const key = m.samples[0]![0];
+  const rec = w.records.get(key)!;
+  await w.records.put(key, { ...rec, image: rec.image.subarray(0, 50) });
+  await w.close();
+  const r = run('source-only.ts', ['--set', `data.source="${join(dir, 'shards/source')}"`, '--set', `data.target="${join(dir, 'shards/target')}"`,
+    '--set', `data.targetVal="${val}"`, '--set', 'warmup.iterations=3', '--set', 'warmup.maxIter=10', '--out', join(dir, 'run')]);
+  assert.equal(r.status, 0, r.stderr.slice(-2000));
+  const report = JSON.parse(await readFile(join(dir, 'run/report.json'), 'utf8')) as RunReport;
+  assert.equal(report.skipped['decode-augment'], 1);
+  assert.match(r.stderr, new RegExp(`skipped: stage decode-augment \\(sample ${key}\\): .*image does not decode`));
+  assert.match(r.stdout, /^source-only  target val mIoU \d+\.\d\d/);
+  await rm(dir, { recursive: true });
+});
+
+test('bad configuration is named: unknown key with a hint, wrong type, missing shard folder, classes mismatch', async () => {
+  const q = ['--quick', '--out', join(tmpdir(), 'spcl-never')];
+  const cases: [string[], RegExp][] = [
+    [[...q, '--set', 'spcl.lamda=0.5'], /spcl: --set spcl\.lamda=0\.5: unknown key 'spcl\.lamda' \(did you mean 'spcl\.lambda'\?\)/],
+    [[...q, '--set', 'spcl.lambda="x"'], /spcl: --set spcl\.lambda="x": spcl\.lambda must be a number, got "x" \(string\)/],
+    [[...q, '--set', 'data.source="/nowhere"'], /spcl: config: data\.source: \/nowhere\/manifest\.json: not found/],
+    [[...q, '--set', 'data.numClasses=16'], /spcl: config: data\.numClasses is 16 but .*manifest\.json \(data\.source\) has 19 classes/],
+    [['--preset', 'kitti'], /spcl: --preset must be one of synthetic, gta5-cityscapes, synthia-cityscapes, synscapes-cityscapes, got 'kitti'/],
+    [['--preset', 'gta5-cityscapes'], /spcl: config: data\.source is required for preset gta5-cityscapes/],
+  ];
+  for (const [args, re] of cases) {
+    const r = run('spcl.ts', args);
+    assert.notEqual(r.status, 0, args.join(' '));
+    assert.match(r.stderr, re, args.join(' '));
+  }
+  const help = run('spcl.ts', ['--help']);
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /^usage: node pipelines\/spcl\.ts/);
+});
+
+test('SIGINT stops after the current step with a checkpoint and exit 0; --resume continues from that iteration', async () => {
+  const out = await mkdtemp(join(tmpdir(), 'spcl-sigint-'));
+  const child = spawn(node, [join(root, 'pipelines/spcl.ts'), '--quick', '--out', out], { cwd: root });
+  let stderr = '';
+  const code = await new Promise<number | null>((resolve) => {
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (/warmup 20\/60/.test(stderr) && !child.killed) child.kill('SIGINT');
+    });
+    child.on('exit', (c) => resolve(c));
+  });
+  assert.equal(code, 0, stderr.slice(-2000));
+  const stopped = /warmup: stopped at iteration (\d+)\/60/.exec(stderr);
+  assert.ok(stopped, stderr.slice(-2000));
+  const at = Number(stopped[1]);
+  assert.ok(at >= 20 && at < 60, `stopped at ${at}`);
+  const latest = JSON.parse(await readFile(join(out, 'checkpoints/latest.json'), 'utf8')) as { phase: string; iteration: number };
+  assert.deepEqual([latest.phase, latest.iteration], ['warmup', at]);
+  const resumed = run('spcl.ts', ['--quick', '--out', out, '--resume']);
+  assert.equal(resumed.status, 0, resumed.stderr.slice(-2000));
+  assert.match(resumed.stderr, new RegExp(`resume: ckpt-warmup-${String(at).padStart(8, '0')}\\.safetensors \\(phase warmup, iteration ${at}`));
+  // the first progress line after resuming is the next multiple of 20 (logEvery), not 20 again
+  const first = /warmup (\d+)\/60/.exec(resumed.stderr);
+  assert.ok(first && Number(first[1]) > at, `first line after resume: ${first?.[0]}`);
+  const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as RunReport;
+  assert.equal(report.phases.length, 6);
+  assert.equal(report.stopped, false);
+  await rm(out, { recursive: true });
+});
