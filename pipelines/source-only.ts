@@ -12,12 +12,14 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { PRESETS, SYNTHETIC_DATA, checkConfig, mergeConfig, parseSet } from '../src/recipe/config.ts';
 import { prepareSynthetic, runRecipe } from '../src/recipe/run.ts';
+import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 
 const USAGE = `usage: node pipelines/source-only.ts [options]
   --preset NAME     ${Object.keys(PRESETS).join(' | ')} (default synthetic)
   --set KEY=VALUE   override, repeatable (as pipelines/spcl.ts)
   --out DIR         run folder (default runs/source-only-<preset>)
   --seed N          run seed (default 0)
+${METRICS_USAGE}
   -h, --help        this text`;
 
 function usageError(message: string): never {
@@ -30,6 +32,7 @@ function parse() {
     return parseArgs({ options: {
       preset: { type: 'string', default: 'synthetic' }, set: { type: 'string', multiple: true, default: [] },
       out: { type: 'string' }, seed: { type: 'string', default: '0' }, help: { type: 'boolean', short: 'h', default: false },
+      ...METRICS_OPTIONS,
     } }).values;
   } catch (err) {
     return usageError((err as Error).message);
@@ -50,7 +53,9 @@ try {
     Object.assign(cfg.data, await prepareSynthetic(SYNTHETIC_DATA.root, SYNTHETIC_DATA.counts, log));
   }
   checkConfig(cfg);
-  const report = await runRecipe({ cfg, only: ['warmup'], events: { log } });
+  const { metrics, server } = await startMetrics(args, log);
+  const report = await runRecipe({ cfg, only: ['warmup'], events: { log }, metrics });
+  await server.close();
   const w = report.phases[0]!;
   console.log(`source-only  target val mIoU ${w.miou === null ? '-' : (100 * w.miou).toFixed(2)}  (${w.seconds.toFixed(0)} s, backend ${report.backend}, seed ${report.seed})`);
   log(`report: ${join(cfg.out, 'report.json')}`);

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { PHASES, PRESETS, SYNTHETIC_DATA, SYNTHETIC_QUICK_DATA, checkConfig, mergeConfig, parseSet, quick, type PhaseName, type SpclConfig } from '../src/recipe/config.ts';
 import { prepareSynthetic, runRecipe, type RunReport } from '../src/recipe/run.ts';
+import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 
 const USAGE = `usage: node pipelines/spcl.ts [options]
   --preset NAME        ${Object.keys(PRESETS).join(' | ')} (default synthetic)
@@ -24,6 +25,7 @@ const USAGE = `usage: node pipelines/spcl.ts [options]
   --checkpoint FILE    with --phase: start from this checkpoint instead
   --resume             continue from the last checkpoint in --out
   --quick              a much shorter synthetic run (end-to-end check, under 2 minutes)
+${METRICS_USAGE}
   -h, --help           this text
 Prints progress to stderr, a results table to stdout, and writes <out>/report.json.`;
 
@@ -47,6 +49,7 @@ function parse() {
         resume: { type: 'boolean', default: false },
         quick: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
+        ...METRICS_OPTIONS,
       },
     }).values;
   } catch (err) {
@@ -129,7 +132,9 @@ try {
     });
   }
   if (args.checkpoint && !only) usageError('--checkpoint needs --phase');
-  const report = await runRecipe({ cfg, resume: args.resume || Boolean(only), only, checkpoint: args.checkpoint, events: { log }, signal: controller.signal });
+  const { metrics, server } = await startMetrics(args, log);
+  const report = await runRecipe({ cfg, resume: args.resume || Boolean(only), only, checkpoint: args.checkpoint, events: { log }, signal: controller.signal, metrics });
+  await server.close();
   console.log(table(report));
   log(`report: ${join(cfg.out, 'report.json')}`);
 } catch (err) {

@@ -4,7 +4,7 @@
  * read-shards -> decode-augment -> collate, bounded by its own credits.
  */
 import { join } from 'node:path';
-import type { Observable } from 'rxjs';
+import { tap, type Observable } from 'rxjs';
 import { Credits, type StageError } from '../graph/flow.ts';
 import type { AugmentSpec } from '../data/augment.ts';
 import type { Dataset, SampleReader } from '../data/reader.ts';
@@ -19,13 +19,24 @@ import { inOrder, readShards } from '../stages/read-shards.ts';
 import type { StepReport } from '../stages/train-step.ts';
 import { Prototypes } from '../stages/update-prototypes.ts';
 import type { PhaseName, SpclConfig } from './config.ts';
+import type { GenerationInfo } from '../data/pseudo-labels.ts';
 
+/** Hooks through which a run reports what happens (logs, metrics); all but `log` optional. */
 export interface RunEvents {
   log(line: string): void;
   step?(report: StepReport): void;
   skip?(stage: string, error: StageError): void;
   evaluated?(phase: string, report: EvalReport): void;
   phase?(phase: PhaseName, state: 'start' | 'end'): void;
+  /** A sample left the decode-augment workers (their own timing and bytes). */
+  decoded?(sample: { seconds: number; encodedBytes: number }): void;
+  /** A batch left collate. */
+  batched?(domain: Domain, n: number): void;
+  /** A bounded flow started: its credits give queue depth and capacity. */
+  flow?(name: string, credits: Credits): void;
+  pseudoLabels?(info: GenerationInfo, counts: number[]): void;
+  checkpoint?(seconds: number, bytes: number): void;
+  prototypes?(prototypes: Prototypes): void;
 }
 
 export interface RunContext {
@@ -100,6 +111,7 @@ export function batches(ctx: RunContext, opts: BatchStreamOptions): Observable<B
   const dataset = ctx.data[opts.domain];
   if (!dataset) throw new Error(`no ${opts.domain} dataset configured`);
   const credits = new Credits(Math.max(ctx.cfg.data.prefetch, opts.batchSize));
+  ctx.events.flow?.(opts.domain, credits);
   let sampler: Sampler;
   if (opts.mode === 'pass') {
     sampler = inOrder(dataset.keys);
@@ -122,6 +134,8 @@ export function batches(ctx: RunContext, opts: BatchStreamOptions): Observable<B
         ctx.events.skip?.(e.stage, e);
       },
     }),
+    tap((s) => ctx.events.decoded?.(s)),
     collate(opts.batchSize, { reader: ctx.reader, credits, partial: opts.mode === 'pass' }),
+    tap((b) => ctx.events.batched?.(opts.domain, b.n)),
   );
 }

@@ -204,6 +204,7 @@ export async function prototypesPhase(ctx: RunContext): Promise<PhaseResult> {
   ));
   ctx.prototypes.set(r.prototypes);
   r.prototypes.dispose();
+  ctx.events.prototypes?.(ctx.prototypes);
   const names = ctx.data.source.manifest.classNames;
   ctx.events.log(`prototypes: ${ctx.cfg.data.numClasses - r.missing.length} classes initialised` +
     (r.missing.length ? `; never seen (kept at 0): ${r.missing.map((k) => names[k]).join(', ')}` : ''));
@@ -220,6 +221,7 @@ export async function pseudoLabelPhase(ctx: RunContext, phase: PhaseName): Promi
   const info = await writeGeneration(t, { dir: ctx.dirs.pseudo, numClasses: cfg.data.numClasses, keep: cfg.pseudo.keep, source: { phase } });
   ctx.thresholds = t.thresholds;
   ctx.pseudo = `${ctx.dirs.pseudo}/${info.file}`;
+  ctx.events.pseudoLabels?.(info, t.counts);
   const labelled = info.coverage.reduce((a, c, k) => a + c * t.counts[k]!, 0) / Math.max(1, t.counts.reduce((a, b) => a + b, 0));
   ctx.events.log(`${phase}: generation ${info.generation}, ${info.count} images, ${(100 * labelled).toFixed(1)}% of pixels labelled; ` +
     `thresholds ${t.thresholds.map((v) => v.toFixed(2)).join(' ')}`);
@@ -252,6 +254,7 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
           let ms = downsampleLabels(xs.labels!, [fs.shape[1], fs.shape[2]]);
           if (c.refineSource) ms = refineSourceMask(ms, detach(ls));
           ctx.prototypes.update(fs, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent });
+          ctx.events.prototypes?.(ctx.prototypes);
           const ft = model.forward(xt.images, { training: true }).features;
           const mt = downsampleLabels(xt.labels!, [ft.shape[1], ft.shape[2]]);
           const P = ctx.prototypes.tensor;

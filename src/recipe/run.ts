@@ -13,6 +13,8 @@ import { selectBackend } from '../ops/backend.ts';
 import { deeplabV2 } from '../ops/model/deeplab.ts';
 import type { PhaseName, SpclConfig } from './config.ts';
 import { PHASES } from './config.ts';
+import type { SpclMetrics } from '../observe/metrics.ts';
+import { metricsEvents } from '../observe/events.ts';
 import { createContext, type PhaseResultLike, type RunContext, type RunEvents } from './context.ts';
 import { evaluatePhase, prototypesPhase, pseudoLabelPhase, spclPhase, sslPhase, warmupPhase, checkpointState, type ResumePoint } from './phases.ts';
 
@@ -83,10 +85,13 @@ export interface RunOptions {
   events: RunEvents;
   /** Stops between steps when aborted: the phase checkpoints and the run ends (SIGINT/SIGTERM). */
   signal?: AbortSignal;
+  /** Record the run in these Prometheus metrics. */
+  metrics?: SpclMetrics;
 }
 
 export async function runRecipe(opts: RunOptions): Promise<RunReport> {
-  const { cfg, events } = opts;
+  const { cfg } = opts;
+  let events = opts.events;
   const t0 = performance.now();
   const backend = await selectBackend(cfg.backend, { log: events.log });
   const numClasses = cfg.data.numClasses;
@@ -95,6 +100,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     target: await open(cfg.data.target, 'target', numClasses),
     targetVal: cfg.data.targetVal ? await open(cfg.data.targetVal, 'targetVal', numClasses) : null,
   };
+  if (opts.metrics) events = metricsEvents(opts.metrics, cfg, data.source.manifest.classNames, backend, events);
   const model = deeplabV2({ backbone: cfg.model.backbone, numClasses, seed: cfg.seed });
   if (cfg.model.weights) {
     const r = await loadSafetensors(model, cfg.model.weights);
@@ -104,6 +110,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
   const reader = new SampleReader({ threads: cfg.data.workers || undefined });
   const ctx = createContext({ cfg, backend, model, reader, data, events });
   ctx.signal = opts.signal;
+  ctx.checkpoints.onSaved = (seconds, bytes) => events.checkpoint?.(seconds, bytes);
   try {
     const tensorsAfter = new Map<PhaseName, number>();
     let resumePoint: { phase: PhaseName; point: ResumePoint } | null = null;

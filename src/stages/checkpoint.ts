@@ -23,6 +23,9 @@ export class CheckpointStore {
   readonly keep: number;
   /** Seconds the last save took, and its size (metrics). */
   lastSeconds = 0;
+  lastBytes = 0;
+  /** Called after each save (metrics). */
+  onSaved: ((seconds: number, bytes: number) => void) | null = null;
 
   constructor(dir: string, keep: number) {
     this.dir = dir;
@@ -46,6 +49,8 @@ export class CheckpointStore {
     }
     await this.prune();
     this.lastSeconds = (performance.now() - t0) / 1000;
+    this.lastBytes = (await stat(join(this.dir, file))).size;
+    this.onSaved?.(this.lastSeconds, this.lastBytes);
     return pointer;
   }
 

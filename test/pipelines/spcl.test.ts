@@ -9,8 +9,9 @@ import type { RunReport } from '../../src/recipe/run.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const node = process.execPath;
+// --metrics-port 0: no endpoint, so parallel runs never compete for 127.0.0.1:9464
 const run = (script: string, args: string[]) =>
-  spawnSync(node, [join(root, 'pipelines', script), ...args], { cwd: root, encoding: 'utf8', timeout: 300_000 });
+  spawnSync(node, [join(root, 'pipelines', script), '--metrics-port', '0', ...args], { cwd: root, encoding: 'utf8', timeout: 300_000 });
 
 test('spcl --quick: every phase runs end to end, the report has its structure, tensors stay flat, mIoU rises over the warm-up', async () => {
   const out = await mkdtemp(join(tmpdir(), 'spcl-quick-'));
@@ -82,7 +83,7 @@ test('bad configuration is named: unknown key with a hint, wrong type, missing s
 
 test('SIGINT stops after the current step with a checkpoint and exit 0; --resume continues from that iteration', async () => {
   const out = await mkdtemp(join(tmpdir(), 'spcl-sigint-'));
-  const child = spawn(node, [join(root, 'pipelines/spcl.ts'), '--quick', '--out', out], { cwd: root });
+  const child = spawn(node, [join(root, 'pipelines/spcl.ts'), '--quick', '--metrics-port', '0', '--out', out], { cwd: root });
   let stderr = '';
   const code = await new Promise<number | null>((resolve) => {
     child.stderr.on('data', (d: Buffer) => {

@@ -1,0 +1,126 @@
+/**
+ * The run's events recorded as Prometheus metrics (`metrics.ts`), on top of another RunEvents (logs).
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { Credits } from '../graph/flow.ts';
+import { polyLR } from '../ops/optim.ts';
+import type { SpclConfig } from '../recipe/config.ts';
+import type { RunEvents } from '../recipe/context.ts';
+import { skipReason, type SpclMetrics } from './metrics.ts';
+
+const SMOOTHING = 0.98;
+
+export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: readonly string[], backend: string, base: RunEvents): RunEvents {
+  const smoothed = new Map<string, number>();
+  const flows = new Map<string, Credits>();
+  const version = process.env.npm_package_version ?? '0.1.0';
+  let phase = 'init';
+  const info = () => {
+    m.buildInfo.reset();
+    m.buildInfo.set({ version, backend, phase, preset: cfg.preset }, 1);
+    m.phaseInfo.reset();
+    m.phaseInfo.set({ phase }, 1);
+  };
+  info();
+  // Queue depth follows the flows' credits (updated as samples move).
+  const collectQueues = () => {
+    for (const [name, c] of flows) {
+      m.queueLength.set({ queue: name }, c.inFlight);
+      m.queueCapacity.set({ queue: name }, c.capacity);
+    }
+  };
+  return {
+    ...base,
+    phase(p, state) {
+      phase = state === 'start' ? p : phase;
+      info();
+      base.phase?.(p, state);
+    },
+    flow(name, credits) {
+      flows.set(name, credits);
+      collectQueues();
+    },
+    decoded(s) {
+      m.decodeDuration.observe(s.seconds);
+      m.decodeBytes.inc(s.encodedBytes);
+      m.stageItems.inc({ stage: 'decode-augment' });
+      m.stageDuration.observe({ stage: 'decode-augment' }, s.seconds);
+      collectQueues();
+    },
+    batched() {
+      m.stageItems.inc({ stage: 'collate' });
+      collectQueues();
+    },
+    step(r) {
+      m.trainSteps.inc({ phase: r.phase });
+      m.stageItems.inc({ stage: 'train-step' });
+      m.trainStepDuration.observe({ phase: r.phase }, r.seconds);
+      m.stageDuration.observe({ stage: 'train-step' }, r.seconds);
+      m.trainDataWait.inc(r.waitSeconds);
+      m.trainIteration.set({ phase: r.phase }, r.iteration);
+      if (r.skipped) m.trainSkippedSteps.inc({ reason: 'non_finite_loss' });
+      for (const [term, v] of Object.entries(r.losses)) {
+        if (!Number.isFinite(v)) continue;
+        m.trainLoss.set({ term }, v);
+        const prev = smoothed.get(term);
+        const next = prev === undefined ? v : SMOOTHING * prev + (1 - SMOOTHING) * v;
+        smoothed.set(term, next);
+        m.trainLossSmoothed.set({ term }, next);
+      }
+      m.learningRate.set({ group: 'backbone' }, r.lr);
+      m.learningRate.set({ group: 'classifier' }, r.lr * cfg.optimizer.classifierLrMult);
+      if (r.phase === 'warmup' && cfg.warmup.lambdaAdv > 0) {
+        m.learningRate.set({ group: 'discriminator' }, polyLR(cfg.warmup.lrD, Math.min(r.iteration, cfg.warmup.maxIter), cfg.warmup.maxIter));
+      }
+      if (r.phase === 'ssl') m.trainSamples.inc({ domain: 'target' }, cfg.batch.source + cfg.batch.target);
+      else {
+        m.trainSamples.inc({ domain: 'source' }, cfg.batch.source);
+        m.trainSamples.inc({ domain: 'target' }, cfg.batch.target);
+      }
+      base.step?.(r);
+    },
+    skip(stage, error) {
+      m.samplesSkipped.inc({ stage, reason: skipReason(error.message) });
+      m.errors.inc({ stage, kind: 'skipped_sample' });
+      base.skip?.(stage, error);
+    },
+    evaluated(p, report) {
+      m.evalMiou.set({ split: 'target_val' }, report.miou);
+      if (report.tailMiou !== null) m.evalTailMiou.set({ split: 'target_val' }, report.tailMiou);
+      report.classIoU.forEach((v, k) => m.evalClassIou.set({ class: classNames[k] ?? String(k) }, v));
+      m.evalLastSuccess.set(Date.now() / 1000);
+      m.stageItems.inc({ stage: 'evaluate' }, report.images);
+      base.evaluated?.(p, report);
+    },
+    pseudoLabels(info, counts) {
+      m.pseudoGeneration.set(info.generation);
+      m.pseudoWritten.inc(info.count);
+      m.stageItems.inc({ stage: 'write-pseudo-labels' }, info.count);
+      info.thresholds.forEach((t, k) => m.classThreshold.set({ class: classNames[k] ?? String(k) }, t));
+      info.coverage.forEach((c, k) => m.pseudoCoverage.set({ class: classNames[k] ?? String(k) }, counts[k] ? c : 0));
+      base.pseudoLabels?.(info, counts);
+    },
+    checkpoint(seconds, bytes) {
+      m.checkpointDuration.observe(seconds);
+      m.checkpointSize.set(bytes);
+      m.checkpointLastSuccess.set(Date.now() / 1000);
+      base.checkpoint?.(seconds, bytes);
+    },
+    prototypes(p) {
+      m.prototypeUpdateNorm.set(p.lastUpdateNorm);
+      const [seen, maxCos] = tf.tidy(() => {
+        const P = p.tensor;
+        const norms = tf.norm(P, 2, 1);
+        const present = tf.greater(norms, 0);
+        const unit = tf.div(P, tf.maximum(norms, 1e-12).expandDims(1));
+        const cos = tf.matMul(unit, unit.transpose());
+        const k = P.shape[0];
+        const offDiag = tf.sub(cos, tf.mul(tf.eye(k), 2)); // diagonal pushed below any cosine
+        return [present.sum().dataSync()[0]!, k > 1 ? offDiag.max().dataSync()[0]! : 0];
+      });
+      m.prototypeClassesSeen.set(seen);
+      m.prototypeMaxCosine.set(maxCos);
+      base.prototypes?.(p);
+    },
+  };
+}

@@ -1,0 +1,120 @@
+/**
+ * Prometheus metrics of a run (docs: shared/docs/MONITORING.md): one prom-client registry per process
+ * with Node's default metrics and the pipeline's own, all prefixed `spcl_`, base units in the names,
+ * bounded label values only (stage, queue, term, domain, reason, class name). Worker threads send their
+ * figures as data with each result (decode seconds, bytes); the main thread records them here.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export const METRIC_PREFIX = 'spcl_';
+
+export interface SpclMetrics {
+  registry: Registry;
+  stageItems: Counter<'stage'>;
+  stageDuration: Histogram<'stage'>;
+  queueLength: Gauge<'queue'>;
+  queueCapacity: Gauge<'queue'>;
+  trainDataWait: Counter;
+  trainSteps: Counter<'phase'>;
+  trainStepDuration: Histogram<'phase'>;
+  trainSamples: Counter<'domain'>;
+  trainSkippedSteps: Counter<'reason'>;
+  trainLoss: Gauge<'term'>;
+  trainLossSmoothed: Gauge<'term'>;
+  trainIteration: Gauge<'phase'>;
+  learningRate: Gauge<'group'>;
+  prototypeUpdateNorm: Gauge;
+  prototypeClassesSeen: Gauge;
+  prototypeMaxCosine: Gauge;
+  classThreshold: Gauge<'class'>;
+  pseudoCoverage: Gauge<'class'>;
+  pseudoGeneration: Gauge;
+  pseudoWritten: Counter;
+  evalMiou: Gauge<'split'>;
+  evalTailMiou: Gauge<'split'>;
+  evalClassIou: Gauge<'class'>;
+  evalLastSuccess: Gauge;
+  checkpointLastSuccess: Gauge;
+  checkpointDuration: Histogram;
+  checkpointSize: Gauge;
+  samplesSkipped: Counter<'stage' | 'reason'>;
+  errors: Counter<'stage' | 'kind'>;
+  decodeDuration: Histogram;
+  decodeBytes: Counter;
+  tfTensors: Gauge;
+  tfBytes: Gauge;
+  buildInfo: Gauge<'version' | 'backend' | 'phase' | 'preset'>;
+  phaseInfo: Gauge<'phase'>;
+}
+
+export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetrics {
+  const registry = new Registry();
+  if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: METRIC_PREFIX });
+  const registers = [registry];
+  const counter = <L extends string>(name: string, help: string, labelNames: L[] = []) => new Counter<L>({ name: METRIC_PREFIX + name, help, labelNames, registers });
+  const gauge = <L extends string>(name: string, help: string, labelNames: L[] = []) => new Gauge<L>({ name: METRIC_PREFIX + name, help, labelNames, registers });
+  const histogram = <L extends string>(name: string, help: string, labelNames: L[], buckets: number[]) => new Histogram<L>({ name: METRIC_PREFIX + name, help, labelNames, buckets, registers });
+  const seconds = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+  const m: SpclMetrics = {
+    registry,
+    stageItems: counter('stage_items_total', 'Items that left each stage.', ['stage']),
+    stageDuration: histogram('stage_duration_seconds', 'Time one item spends in a stage.', ['stage'], seconds),
+    queueLength: gauge('queue_length', 'Items taken from a source and not yet released (in flight) per bounded flow.', ['queue']),
+    queueCapacity: gauge('queue_capacity', 'Credits (maximum items in flight) of each bounded flow.', ['queue']),
+    trainDataWait: counter('train_data_wait_seconds_total', 'Seconds the trainer waited for the next batch; its rate is the starved fraction of time.'),
+    trainSteps: counter('train_steps_total', 'Training steps completed.', ['phase']),
+    trainStepDuration: histogram('train_step_duration_seconds', 'Compute time of one training step (data wait excluded).', ['phase'], seconds),
+    trainSamples: counter('train_samples_total', 'Samples consumed by training steps.', ['domain']),
+    trainSkippedSteps: counter('train_skipped_steps_total', 'Steps whose update was skipped.', ['reason']),
+    trainLoss: gauge('train_loss', 'Loss of the last step, per term.', ['term']),
+    trainLossSmoothed: gauge('train_loss_smoothed', 'Exponential moving average (0.98) of the loss per term.', ['term']),
+    trainIteration: gauge('train_iteration', 'Completed iterations of the current training phase.', ['phase']),
+    learningRate: gauge('train_learning_rate', 'Learning rate per parameter group.', ['group']),
+    prototypeUpdateNorm: gauge('prototype_update_norm', 'Frobenius norm of the last EMA change of the prototypes.'),
+    prototypeClassesSeen: gauge('prototype_classes_seen', 'Classes with a non-zero prototype.'),
+    prototypeMaxCosine: gauge('prototype_max_cosine_similarity', 'Largest cosine similarity between two different class prototypes (collapse shows as 1).'),
+    classThreshold: gauge('class_threshold', 'Confidence threshold of each class in the current pseudo-label generation.', ['class']),
+    pseudoCoverage: gauge('pseudo_label_coverage_ratio', 'Share of the pixels predicted as a class that keep a pseudo-label.', ['class']),
+    pseudoGeneration: gauge('pseudo_label_generation', 'Number of the current pseudo-label generation.'),
+    pseudoWritten: counter('pseudo_labels_written_total', 'Images written to pseudo-label generations.'),
+    evalMiou: gauge('eval_miou_ratio', 'Mean IoU of the last evaluation.', ['split']),
+    evalTailMiou: gauge('eval_tail_miou_ratio', 'Mean IoU over the tail classes of the last evaluation.', ['split']),
+    evalClassIou: gauge('eval_class_iou_ratio', 'IoU per class of the last evaluation.', ['class']),
+    evalLastSuccess: gauge('eval_last_success_timestamp_seconds', 'Unix time of the last completed evaluation.'),
+    checkpointLastSuccess: gauge('checkpoint_last_success_timestamp_seconds', 'Unix time of the last checkpoint written.'),
+    checkpointDuration: histogram('checkpoint_save_duration_seconds', 'Time to write a checkpoint.', [], [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]),
+    checkpointSize: gauge('checkpoint_size_bytes', 'Size of the last checkpoint file.'),
+    samplesSkipped: counter('samples_skipped_total', 'Samples skipped (corrupt record, missing pseudo-label, ...).', ['stage', 'reason']),
+    errors: counter('errors_total', 'Errors by stage and kind.', ['stage', 'kind']),
+    decodeDuration: histogram('decode_duration_seconds', 'Decode + augment time of one sample in a worker thread.', [], seconds),
+    decodeBytes: counter('decode_bytes_total', 'Encoded bytes read and decoded by the workers.'),
+    // tfjs memory is read when Prometheus scrapes, not on every step.
+    tfTensors: new Gauge({ name: `${METRIC_PREFIX}tf_tensors`, help: 'Live tfjs tensors (a leak shows as a climbing line).', registers,
+      collect() { this.set(tf.memory().numTensors); } }),
+    tfBytes: new Gauge({ name: `${METRIC_PREFIX}tf_bytes`, help: 'Bytes held by live tfjs tensors.', registers,
+      collect() { this.set(tf.memory().numBytes); } }),
+    buildInfo: gauge('build_info', 'Version, backend, phase and preset of the run (value 1).', ['version', 'backend', 'phase', 'preset']),
+    phaseInfo: gauge('phase_info', 'The phase running now (value 1).', ['phase']),
+  };
+  // Counters with labels have no series until first incremented; start the known ones at 0 so that
+  // dashboards and alerts see 0, not "no data".
+  for (const reason of SKIP_REASONS) m.samplesSkipped.inc({ stage: 'decode-augment', reason }, 0);
+  m.errors.inc({ stage: 'decode-augment', kind: 'skipped_sample' }, 0);
+  m.trainSkippedSteps.inc({ reason: 'non_finite_loss' }, 0);
+  m.trainDataWait.inc(0);
+  m.pseudoWritten.inc(0);
+  m.decodeBytes.inc(0);
+  return m;
+}
+
+export const SKIP_REASONS = ['corrupt', 'missing_record', 'missing_pseudo_label', 'wrong_size', 'other'] as const;
+
+/** Skip reasons as a bounded enum, from a stage error message. */
+export function skipReason(message: string): string {
+  if (/does not decode|not a readable PNG|truncated/i.test(message)) return 'corrupt';
+  if (/no record/.test(message)) return 'missing_record';
+  if (/no pseudo-label/.test(message)) return 'missing_pseudo_label';
+  if (/decodes to/.test(message)) return 'wrong_size';
+  return 'other';
+}
