@@ -13,6 +13,7 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { colourise } from '../src/data/palette.ts';
 import { selectBackend, type BackendRequest } from '../src/ops/backend.ts';
+import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { evaluate } from '../src/stages/evaluate.ts';
 import { modelFromCheckpoint, openDataset, pass } from '../src/recipe/tools.ts';
 
@@ -24,6 +25,7 @@ const USAGE = `usage: node pipelines/evaluate.ts --checkpoint FILE --data DIR [o
   --png DIR           write colour prediction PNGs there
   --out FILE          write the results as JSON
   --backend NAME      auto | tensorflow | wasm | cpu (default auto)
+${METRICS_USAGE}
   -h, --help          this text`;
 
 function usageError(message: string): never {
@@ -36,6 +38,7 @@ function parse() {
     return parseArgs({ options: {
       checkpoint: { type: 'string' }, data: { type: 'string' }, size: { type: 'string' }, ccd: { type: 'string', default: '100' },
       png: { type: 'string' }, out: { type: 'string' }, backend: { type: 'string', default: 'auto' }, help: { type: 'boolean', short: 'h', default: false },
+      ...METRICS_OPTIONS,
     } }).values;
   } catch (err) {
     return usageError((err as Error).message);
@@ -54,7 +57,9 @@ const ccd = Number(args.ccd);
 if (!Number.isInteger(ccd) || ccd < 0) usageError(`--ccd must be an integer >= 0, got '${args.ccd}'`);
 
 try {
-  await selectBackend(args.backend as BackendRequest);
+  const backend = await selectBackend(args.backend as BackendRequest);
+  const { metrics, server } = await startMetrics(args, (l) => process.stderr.write(`${l}\n`));
+  metrics.buildInfo.set({ version: process.env.npm_package_version ?? '0.1.0', backend, phase: 'evaluate', preset: 'none' }, 1);
   const { model, meta } = await modelFromCheckpoint(args.checkpoint);
   const dataset = await openDataset(args.data);
   if (dataset.manifest.numClasses !== meta.numClasses) throw new Error(`${args.data} has ${dataset.manifest.numClasses} classes, the checkpoint ${meta.numClasses}`);
@@ -69,6 +74,10 @@ try {
     }) : undefined,
   }));
   await Promise.all(pngs);
+  metrics.evalMiou.set({ split: 'eval' }, report.miou);
+  report.classIoU.forEach((v, k) => metrics.evalClassIou.set({ class: dataset.manifest.classNames[k]! }, v));
+  metrics.evalLastSuccess.set(Date.now() / 1000);
+  metrics.stageItems.inc({ stage: 'evaluate' }, report.images);
   const names = dataset.manifest.classNames;
   const lines = [`mIoU ${(100 * report.miou).toFixed(2)}  over ${report.images} images at ${evalSize.join('x')}`,
     report.tailMiou !== null ? `tail mIoU ${(100 * report.tailMiou).toFixed(2)}` : `mIoU* (13) ${(100 * report.miou13!).toFixed(2)}`,
@@ -76,6 +85,7 @@ try {
   console.log(lines.join('\n'));
   if (args.out) await writeFile(args.out, `${JSON.stringify({ checkpoint: args.checkpoint, data: args.data, size: evalSize, ...report, classNames: names }, (_, v) => (Number.isNaN(v) ? null : v), 1)}\n`);
   model.dispose();
+  await server.close();
 } catch (err) {
   process.stderr.write(`evaluate: ${(err as Error).message}\n`);
   process.exit(1);

@@ -11,6 +11,7 @@ process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 import { parseArgs } from 'node:util';
 import { DATASETS, type DatasetName, type LabelPolicy } from '../src/data/adapters.ts';
 import { ingestDataset } from '../src/data/ingest.ts';
+import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 
 const USAGE = `usage: node pipelines/ingest.ts --dataset NAME --root DIR --out DIR [options]
   --dataset NAME        ${DATASETS.join(' | ')}
@@ -23,6 +24,7 @@ const USAGE = `usage: node pipelines/ingest.ts --dataset NAME --root DIR --out D
   --shard-count N       number of parts (processes/machines); default 1
   --threads N           decode workers; default: cores (${availableParallelism()})
   --strict              exit 1 if any sample had a problem
+${METRICS_USAGE}
   -h, --help            this text
 Re-running skips records already written. Exit code: 0 ok, 1 nothing usable (or --strict and problems), 2 bad arguments.`;
 
@@ -46,6 +48,7 @@ try {
       threads: { type: 'string' },
       strict: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
+      ...METRICS_OPTIONS,
     },
   }).values;
 } catch (err) {
@@ -78,6 +81,8 @@ process.once('SIGINT', () => {
 });
 
 try {
+  const { metrics, server } = await startMetrics(values, (l) => process.stderr.write(`${l}\n`));
+  metrics.buildInfo.set({ version: process.env.npm_package_version ?? '0.1.0', backend: 'none', phase: 'ingest', preset: values.dataset }, 1);
   const s = await ingestDataset({
     dataset: values.dataset as DatasetName,
     root: values.root,
@@ -89,7 +94,16 @@ try {
     shardCount,
     threads: int('threads', values.threads, 1),
     signal: controller.signal,
+    onResult: (outcome, seconds) => {
+      if (outcome === 'written') {
+        metrics.stageItems.inc({ stage: 'ingest' });
+        metrics.stageDuration.observe({ stage: 'ingest' }, seconds);
+      } else {
+        metrics.samplesSkipped.inc({ stage: 'ingest', reason: outcome.replace(/-/g, '_') });
+      }
+    },
   });
+  await server.close();
   const kinds = Object.entries(s.problems).map(([k, n]) => `${k} ${n}`).join(', ');
   console.log(`ingest: written ${s.written}, already there ${s.existing}, problems ${s.problemCount}${kinds ? ` (${kinds})` : ''}; ` +
     `shard ${s.shard}; dataset total ${s.manifest?.count ?? 0} records${s.aborted ? '; interrupted (run again to resume)' : ''}`);

@@ -11,6 +11,7 @@ process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { selectBackend, type BackendRequest } from '../src/ops/backend.ts';
+import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { estimateThresholds } from '../src/stages/estimate-thresholds.ts';
 import { writeGeneration } from '../src/stages/write-pseudo-labels.ts';
 import { modelFromCheckpoint, openDataset, pass } from '../src/recipe/tools.ts';
@@ -23,6 +24,7 @@ const USAGE = `usage: node pipelines/pseudo-label.ts --checkpoint FILE --target 
   --cap P             threshold cap (default 0.9)
   --keep N            generations to keep (default 2)
   --backend NAME      auto | tensorflow | wasm | cpu (default auto)
+${METRICS_USAGE}
   -h, --help          this text`;
 
 function usageError(message: string): never {
@@ -36,6 +38,7 @@ function parse() {
       checkpoint: { type: 'string' }, target: { type: 'string' }, out: { type: 'string' }, size: { type: 'string' },
       cap: { type: 'string', default: '0.9' }, keep: { type: 'string', default: '2' }, backend: { type: 'string', default: 'auto' },
       help: { type: 'boolean', short: 'h', default: false },
+      ...METRICS_OPTIONS,
     } }).values;
   } catch (err) {
     return usageError((err as Error).message);
@@ -55,7 +58,9 @@ const keep = Number(args.keep);
 if (!Number.isInteger(keep) || keep < 1) usageError(`--keep must be an integer >= 1, got '${args.keep}'`);
 
 try {
-  await selectBackend(args.backend as BackendRequest);
+  const backend = await selectBackend(args.backend as BackendRequest);
+  const { metrics, server } = await startMetrics(args, (l) => process.stderr.write(`${l}\n`));
+  metrics.buildInfo.set({ version: process.env.npm_package_version ?? '0.1.0', backend, phase: 'pseudo-label', preset: 'none' }, 1);
   const { model, meta } = await modelFromCheckpoint(args.checkpoint!);
   const dataset = await openDataset(args.target!);
   const inputSize: [number, number] = size ? [Number(size[1]), Number(size[2])] : meta.size?.target ?? [512, 1024];
@@ -64,9 +69,13 @@ try {
   }));
   const info = await writeGeneration(t, { dir: args.out!, numClasses: meta.numClasses, keep, source: { checkpoint: args.checkpoint, target: args.target } });
   const names = dataset.manifest.classNames;
+  metrics.pseudoGeneration.set(info.generation);
+  metrics.pseudoWritten.inc(info.count);
+  info.thresholds.forEach((t, k) => metrics.classThreshold.set({ class: names[k]! }, t));
   console.log(`generation ${info.generation}: ${info.count} images -> ${join(args.out!, info.file)}`);
   for (const [k, n] of names.entries()) console.log(`  ${n.padEnd(14)} threshold ${info.thresholds[k]!.toFixed(3)}  kept ${(100 * info.coverage[k]!).toFixed(1)}% of its ${t.counts[k]} pixels`);
   model.dispose();
+  await server.close();
 } catch (err) {
   process.stderr.write(`pseudo-label: ${(err as Error).message}\n`);
   process.exit(1);

@@ -32,6 +32,8 @@ export interface IngestOptions {
   log?: (line: string) => void;
   /** Progress bar/lines on this stream (default stderr); null for none. */
   progressStream?: NodeJS.WriteStream | null;
+  /** Called per sample: written, or the problem kind (metrics). */
+  onResult?: (outcome: 'written' | ProblemKind, seconds: number) => void;
 }
 
 export interface IngestSummary {
@@ -66,6 +68,7 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
   const problems: Partial<Record<ProblemKind, number>> = {};
   let problemCount = 0;
   const report = (kind: ProblemKind, message: string) => {
+    opts.onResult?.(kind, 0);
     problems[kind] = (problems[kind] ?? 0) + 1;
     problemCount++;
     if (problemCount <= MAX_LOGGED_PROBLEMS) log(`problem (${kind}): ${message}`);
@@ -102,8 +105,10 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
         }
         const s = todo[next++]!;
         const task: IngestTask = { key: s.key, image: s.image, label: s.label };
+        const t0 = performance.now();
         const r = (await pool.run(task)) as IngestResult;
         if (r.ok) {
+          opts.onResult?.('written', (performance.now() - t0) / 1000);
           writes.push(shard.root.transaction(() => {
             shard.records.put(r.key, r.record);
             shard.index.put(r.key, r.mask);

@@ -50,8 +50,14 @@ export interface SpclMetrics {
 
 export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetrics {
   const registry = new Registry();
-  if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: METRIC_PREFIX });
   const registers = [registry];
+  if (opts.defaultMetrics ?? true) {
+    collectDefaultMetrics({ register: registry, prefix: METRIC_PREFIX });
+    // prom-client also exports three gauges named *_total, which `promtool check metrics` rejects (that
+    // suffix means a counter); the same figures stay available per type as nodejs_active_{handles,
+    // requests,resources}.
+    for (const name of ['active_handles', 'active_requests', 'active_resources']) registry.removeSingleMetric(`${METRIC_PREFIX}nodejs_${name}_total`);
+  }
   const counter = <L extends string>(name: string, help: string, labelNames: L[] = []) => new Counter<L>({ name: METRIC_PREFIX + name, help, labelNames, registers });
   const gauge = <L extends string>(name: string, help: string, labelNames: L[] = []) => new Gauge<L>({ name: METRIC_PREFIX + name, help, labelNames, registers });
   const histogram = <L extends string>(name: string, help: string, labelNames: L[], buckets: number[]) => new Histogram<L>({ name: METRIC_PREFIX + name, help, labelNames, buckets, registers });

@@ -185,7 +185,7 @@ test('shards: two processes ingest disjoint parts; the manifest merges both', as
 
 test('CLI: --help, bad flags exit 2 naming the flag, nothing usable exits 1, --strict exits 1 on problems', async () => {
   const dir = await tmp();
-  const run = (...args: string[]) => spawnSync(NODE, [INGEST, ...args], { encoding: 'utf8' });
+  const run = (...args: string[]) => spawnSync(NODE, [INGEST, '--metrics-port', '0', ...args], { encoding: 'utf8' });
   const help = run('--help');
   assert.equal(help.status, 0);
   assert.match(help.stdout, /^usage: node pipelines\/ingest\.ts --dataset NAME --root DIR --out DIR/);

@@ -1,0 +1,91 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
+import * as tf from '@tensorflow/tfjs';
+import { StageError } from '../../src/graph/flow.ts';
+import { createMetrics, skipReason } from '../../src/observe/metrics.ts';
+import { metricsEvents } from '../../src/observe/events.ts';
+import { serveMetrics } from '../../src/observe/server.ts';
+import { PRESETS } from '../../src/recipe/config.ts';
+import { Prototypes } from '../../src/stages/update-prototypes.ts';
+import { useBackend } from '../helpers.ts';
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
+}
+
+async function value(m: ReturnType<typeof createMetrics>, name: string, labels: Record<string, string> = {}): Promise<number | undefined> {
+  const metric = m.registry.getSingleMetric(name);
+  const data = await metric!.get();
+  const v = data.values.find((x) => Object.entries(labels).every(([k, l]) => x.labels[k] === l) && (Object.keys(labels).length > 0 || Object.keys(x.labels).length === 0));
+  return v?.value;
+}
+
+test('/metrics on loopback: 200 with the registry, 404 elsewhere, port 0 is off, a taken port is named', async () => {
+  const m = createMetrics();
+  const port = await freePort();
+  const server = await serveMetrics(m.registry, { port });
+  try {
+    assert.equal(server.url, `http://127.0.0.1:${port}/metrics`);
+    const res = await fetch(server.url!);
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    assert.match(text, /^# HELP spcl_build_info /m);
+    assert.match(text, /^spcl_process_resident_memory_bytes \d+/m);
+    assert.match(text, /^spcl_samples_skipped_total\{stage="decode-augment",reason="corrupt"\} 0$/m);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/`)).status, 404);
+    await assert.rejects(serveMetrics(m.registry, { port }), new RegExp(`metrics: 127\\.0\\.0\\.1:${port} is in use; pick another with --metrics-port \\(0 = off\\)`));
+    const promtool = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+    if (promtool.error) return;
+    assert.equal(promtool.status, 0, promtool.stdout + promtool.stderr);
+  } finally {
+    await server.close();
+  }
+  assert.equal((await serveMetrics(m.registry, { port: 0 })).url, null);
+});
+
+test('run events become metric values: steps, data wait, losses (raw and smoothed), LR groups, skips, thresholds, prototypes', async () => {
+  await useBackend('cpu');
+  const m = createMetrics({ defaultMetrics: false });
+  const cfg = PRESETS.synthetic!();
+  const names = ['road', 'car', 'sky'];
+  const ev = metricsEvents(m, cfg, names, 'wasm', { log: () => {} });
+  ev.phase!('spcl', 'start');
+  const step = (iteration: number, total: number) => ev.step!({
+    phase: 'spcl', iteration, losses: { total, seg: total / 2 }, lr: 0.01, seconds: 0.2, waitSeconds: 0.05, skipped: iteration === 2,
+  });
+  step(1, 4);
+  step(2, 2);
+  assert.equal(await value(m, 'spcl_train_steps_total', { phase: 'spcl' }), 2);
+  assert.ok(Math.abs((await value(m, 'spcl_train_data_wait_seconds_total'))! - 0.1) < 1e-12);
+  assert.equal(await value(m, 'spcl_train_loss', { term: 'total' }), 2);
+  assert.ok(Math.abs((await value(m, 'spcl_train_loss_smoothed', { term: 'total' }))! - (0.98 * 4 + 0.02 * 2)) < 1e-12);
+  assert.equal(await value(m, 'spcl_train_learning_rate', { group: 'classifier' }), 0.1);
+  assert.equal(await value(m, 'spcl_train_skipped_steps_total', { reason: 'non_finite_loss' }), 1);
+  assert.equal(await value(m, 'spcl_train_samples_total', { domain: 'source' }), 2 * cfg.batch.source);
+  assert.equal(await value(m, 'spcl_build_info', { phase: 'spcl', backend: 'wasm', preset: 'synthetic' }), 1);
+  ev.skip!('decode-augment', new StageError('decode-augment', 'k', new Error("x: record 'k': image does not decode (bad)")));
+  assert.equal(await value(m, 'spcl_samples_skipped_total', { stage: 'decode-augment', reason: 'corrupt' }), 1);
+  ev.pseudoLabels!({ format: 'spcl-pseudo-labels/1', generation: 3, file: 'gen-000003.lmdb', numClasses: 3, thresholds: [0.9, 0.5, 0], count: 7, coverage: [0.6, 0.4, 0], createdAt: '', source: {} }, [10, 5, 0]);
+  assert.equal(await value(m, 'spcl_pseudo_label_generation'), 3);
+  assert.equal(await value(m, 'spcl_class_threshold', { class: 'car' }), 0.5);
+  assert.equal(await value(m, 'spcl_pseudo_label_coverage_ratio', { class: 'road' }), 0.6);
+  const p = new Prototypes();
+  // road and car at 60 degrees (cos 0.5), sky unseen (zero row)
+  p.set(tf.tensor2d([[1, 0], [0.5, Math.sqrt(3) / 2], [0, 0]]));
+  ev.prototypes!(p);
+  assert.equal(await value(m, 'spcl_prototype_classes_seen'), 2);
+  assert.ok(Math.abs((await value(m, 'spcl_prototype_max_cosine_similarity'))! - 0.5) < 1e-6);
+  p.dispose();
+  ev.checkpoint!(1.5, 1234);
+  assert.equal(await value(m, 'spcl_checkpoint_size_bytes'), 1234);
+  assert.ok(Math.abs((await value(m, 'spcl_checkpoint_last_success_timestamp_seconds'))! - Date.now() / 1000) < 5);
+  assert.equal(await value(m, 'spcl_tf_tensors'), tf.memory().numTensors);
+  assert.deepEqual(['corrupt', 'missing_pseudo_label', 'other'].map((r) => r), [
+    skipReason('x: image does not decode'), skipReason("x: no pseudo-label for 'k'"), skipReason('weird')]);
+});
