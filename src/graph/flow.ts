@@ -172,3 +172,35 @@ export function orderedMergeMap<I, O>(fn: (item: I) => Observable<O>, concurrenc
 export function onTeardown<T>(cleanup: () => void): OperatorFunction<T, T> {
   return finalize(cleanup);
 }
+
+/**
+ * Folds a finite stream into one result: `each` handles an item (synchronously), `release` always runs
+ * after it (buffers, credits), `done` makes the result once the stream completes (may be async).
+ * An error in `each` or `done` errors the flow.
+ */
+export function reduceItems<T, R>(each: (item: T) => void, done: () => R | Promise<R>, release: (item: T) => void = () => {}): OperatorFunction<T, R> {
+  return (source) =>
+    new Observable<R>((subscriber) => {
+      const sub = source.subscribe({
+        next(item) {
+          try {
+            each(item);
+          } catch (err) {
+            subscriber.error(err);
+          } finally {
+            release(item);
+          }
+        },
+        error: (e) => subscriber.error(e),
+        complete() {
+          Promise.resolve()
+            .then(done)
+            .then((r) => {
+              subscriber.next(r);
+              subscriber.complete();
+            }, (e: unknown) => subscriber.error(e));
+        },
+      });
+      return () => sub.unsubscribe();
+    });
+}

@@ -7,7 +7,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { open } from 'lmdb';
-import { Observable, type OperatorFunction } from 'rxjs';
+import { defer, type OperatorFunction } from 'rxjs';
+import { reduceItems } from '../graph/flow.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import { ConfidenceHistogram } from '../ops/thresholds.ts';
 import type { Batch } from './collate.ts';
@@ -46,49 +47,34 @@ export interface EstimateThresholdsOptions {
 }
 
 export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFunction<Batch, ThresholdResult> {
-  return (source) =>
-    new Observable<ThresholdResult>((subscriber) => {
-      const hist = new ConfidenceHistogram(opts.numClasses, { bins: opts.bins });
-      const db = open<ScratchPrediction, string>({ path: opts.scratch, compression: true, encoding: 'msgpack' });
-      let images = 0;
-      const writes: Promise<unknown>[] = [];
-      const sub = source.subscribe({
-        next(batch) {
-          try {
-            const [pred, conf] = tf.tidy(() => {
-              const { images: x } = batchTensors(batch);
-              const { logits } = opts.model.forward(x);
-              const probs = tf.softmax(tf.image.resizeBilinear(logits, [batch.height, batch.width], true)) as tf.Tensor4D;
-              hist.add(probs);
-              return [probs.argMax(-1).dataSync(), probs.max(-1).dataSync()];
-            });
-            const px = batch.height * batch.width;
-            batch.keys.forEach((key, i) => {
-              const p = new Uint8Array(px);
-              const c = new Uint16Array(px);
-              for (let j = 0; j < px; j++) {
-                p[j] = pred[i * px + j]!;
-                c[j] = Math.round(conf[i * px + j]! * 65535);
-              }
-              writes.push(db.put(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) }));
-            });
-            images += batch.n;
-          } catch (err) {
-            subscriber.error(err);
-          } finally {
-            opts.release(batch);
-          }
-        },
-        error: (e) => subscriber.error(e),
-        complete() {
-          Promise.all(writes)
-            .then(() => db.close())
-            .then(() => {
-              subscriber.next({ thresholds: hist.thresholds({ cap: opts.cap }), counts: hist.counts(), images, scratch: opts.scratch });
-              subscriber.complete();
-            }, (e: unknown) => subscriber.error(e));
-        },
+  return (source) => defer(() => {
+    const hist = new ConfidenceHistogram(opts.numClasses, { bins: opts.bins });
+    const db = open<ScratchPrediction, string>({ path: opts.scratch, compression: true, encoding: 'msgpack' });
+    let images = 0;
+    const writes: Promise<unknown>[] = [];
+    return source.pipe(reduceItems((batch: Batch) => {
+      const [pred, conf] = tf.tidy(() => {
+        const { images: x } = batchTensors(batch);
+        const { logits } = opts.model.forward(x);
+        const probs = tf.softmax(tf.image.resizeBilinear(logits, [batch.height, batch.width], true)) as tf.Tensor4D;
+        hist.add(probs);
+        return [probs.argMax(-1).dataSync(), probs.max(-1).dataSync()];
       });
-      return () => sub.unsubscribe();
-    });
+      const px = batch.height * batch.width;
+      batch.keys.forEach((key, i) => {
+        const p = new Uint8Array(px);
+        const c = new Uint16Array(px);
+        for (let j = 0; j < px; j++) {
+          p[j] = pred[i * px + j]!;
+          c[j] = Math.round(conf[i * px + j]! * 65535);
+        }
+        writes.push(db.put(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) }));
+      });
+      images += batch.n;
+    }, async () => {
+      await Promise.all(writes);
+      await db.close();
+      return { thresholds: hist.thresholds({ cap: opts.cap }), counts: hist.counts(), images, scratch: opts.scratch };
+    }, opts.release));
+  });
 }

@@ -7,7 +7,8 @@
  *   means of normalised features with the agreement filter, averaged over the images containing the class.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Observable, type OperatorFunction } from 'rxjs';
+import { defer, type OperatorFunction } from 'rxjs';
+import { reduceItems } from '../graph/flow.ts';
 import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import { PrototypeAccumulator, updatePrototypes, type AbsentClassPolicy } from '../ops/prototypes.ts';
@@ -65,33 +66,21 @@ export interface AccumulateOptions {
 
 /** Emits, at the end of the pass, the initial prototypes and the classes never seen. */
 export function accumulatePrototypes(opts: AccumulateOptions): OperatorFunction<Batch, { prototypes: tf.Tensor2D; counts: number[]; missing: number[] }> {
-  return (source) =>
-    new Observable((subscriber) => {
-      const acc = new PrototypeAccumulator(opts.numClasses, opts.model.featureChannels);
-      const sub = source.subscribe({
-        next(batch) {
-          try {
-            tf.tidy(() => {
-              const { images, labels } = batchTensors(batch);
-              if (!labels) throw new Error(`prototypes: source batch (${batch.keys[0]}...) has no labels`);
-              const { features, logits } = opts.model.forward(images);
-              let mask = downsampleLabels(labels, [features.shape[1], features.shape[2]]);
-              if (opts.refine ?? true) mask = refineSourceMask(mask, logits);
-              acc.add(features, mask);
-            });
-          } catch (err) {
-            subscriber.error(err);
-          } finally {
-            opts.release(batch);
-          }
-        },
-        error: (e) => subscriber.error(e),
-        complete() {
-          subscriber.next(acc.result());
-          acc.dispose();
-          subscriber.complete();
-        },
+  return (source) => defer(() => {
+    const acc = new PrototypeAccumulator(opts.numClasses, opts.model.featureChannels);
+    return source.pipe(reduceItems((batch: Batch) => {
+      tf.tidy(() => {
+        const { images, labels } = batchTensors(batch);
+        if (!labels) throw new Error(`prototypes: source batch (${batch.keys[0]}...) has no labels`);
+        const { features, logits } = opts.model.forward(images);
+        let mask = downsampleLabels(labels, [features.shape[1], features.shape[2]]);
+        if (opts.refine ?? true) mask = refineSourceMask(mask, logits);
+        acc.add(features, mask);
       });
-      return () => sub.unsubscribe();
-    });
+    }, () => {
+      const r = acc.result();
+      acc.dispose();
+      return r;
+    }, opts.release));
+  });
 }

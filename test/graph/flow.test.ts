@@ -133,3 +133,15 @@ test('Credits rejects a bad capacity and an unmatched release', () => {
   assert.throws(() => new Credits(0), /Credits: capacity must be an integer >= 1, got 0/);
   assert.throws(() => new Credits(1).release(), /Credits: release without a matching item in flight/);
 });
+
+test('reduceItems: folds a finite stream, releases every item even when one fails, emits once at the end', async () => {
+  const { lastValueFrom, from } = await import('rxjs');
+  const { reduceItems } = await import('../../src/graph/flow.ts');
+  const released: number[] = [];
+  let sum = 0;
+  assert.equal(await lastValueFrom(from([1, 2, 3]).pipe(reduceItems((x: number) => { sum += x; }, async () => sum * 10, (x) => released.push(x)))), 60);
+  assert.deepEqual(released, [1, 2, 3]);
+  released.length = 0;
+  await assert.rejects(lastValueFrom(from([1, 2, 3]).pipe(reduceItems((x: number) => { if (x === 2) throw new Error('bad batch'); }, () => 0, (x) => released.push(x)))), /bad batch/);
+  assert.deepEqual(released, [1, 2]);
+});
