@@ -181,14 +181,16 @@ export function onTeardown<T>(cleanup: () => void): OperatorFunction<T, T> {
 export function reduceItems<T, R>(each: (item: T) => void, done: () => R | Promise<R>, release: (item: T) => void = () => {}): OperatorFunction<T, R> {
   return (source) =>
     new Observable<R>((subscriber) => {
+      let failed = false;
       const sub = source.subscribe({
         next(item) {
           try {
-            each(item);
+            if (!failed) each(item);
           } catch (err) {
+            failed = true;
             subscriber.error(err);
           } finally {
-            release(item);
+            release(item); // items arriving after a failure are released unprocessed
           }
         },
         error: (e) => subscriber.error(e),

@@ -142,6 +142,11 @@ test('reduceItems: folds a finite stream, releases every item even when one fail
   assert.equal(await lastValueFrom(from([1, 2, 3]).pipe(reduceItems((x: number) => { sum += x; }, async () => sum * 10, (x) => released.push(x)))), 60);
   assert.deepEqual(released, [1, 2, 3]);
   released.length = 0;
-  await assert.rejects(lastValueFrom(from([1, 2, 3]).pipe(reduceItems((x: number) => { if (x === 2) throw new Error('bad batch'); }, () => 0, (x) => released.push(x)))), /bad batch/);
-  assert.deepEqual(released, [1, 2]);
+  const seen: number[] = [];
+  await assert.rejects(lastValueFrom(from([1, 2, 3]).pipe(reduceItems((x: number) => {
+    seen.push(x);
+    if (x === 2) throw new Error('bad batch');
+  }, () => 0, (x) => released.push(x)))), /bad batch/);
+  assert.deepEqual(seen, [1, 2]);
+  assert.deepEqual(released, [1, 2, 3]);
 });
