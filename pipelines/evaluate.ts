@@ -9,13 +9,13 @@ process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { colourise } from '../src/data/palette.ts';
 import { selectBackend, type BackendRequest } from '../src/ops/backend.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { evaluate } from '../src/stages/evaluate.ts';
 import { modelFromCheckpoint, openDataset, pass } from '../src/recipe/tools.ts';
+import { parseCli } from '../src/cli.ts';
 
 const USAGE = `usage: node pipelines/evaluate.ts --checkpoint FILE --data DIR [options]
   --checkpoint FILE   a checkpoint written by pipelines/spcl.ts
@@ -28,27 +28,12 @@ const USAGE = `usage: node pipelines/evaluate.ts --checkpoint FILE --data DIR [o
 ${METRICS_USAGE}
   -h, --help          this text`;
 
-function usageError(message: string): never {
-  process.stderr.write(`evaluate: ${message}\n\n${USAGE}\n`);
-  process.exit(2);
-}
-
-function parse() {
-  try {
-    return parseArgs({ options: {
-      checkpoint: { type: 'string' }, data: { type: 'string' }, size: { type: 'string' }, ccd: { type: 'string', default: '100' },
-      png: { type: 'string' }, out: { type: 'string' }, backend: { type: 'string', default: 'auto' }, help: { type: 'boolean', short: 'h', default: false },
-      ...METRICS_OPTIONS,
-    } }).values;
-  } catch (err) {
-    return usageError((err as Error).message);
-  }
-}
-const args = parse();
-if (args.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
+const cli = parseCli('evaluate', USAGE, {
+  checkpoint: { type: 'string' }, data: { type: 'string' }, size: { type: 'string' }, ccd: { type: 'string', default: '100' },
+  png: { type: 'string' }, out: { type: 'string' }, backend: { type: 'string', default: 'auto' }, ...METRICS_OPTIONS,
+});
+const args = cli.values;
+const usageError: (message: string) => never = cli.fail;
 if (!args.checkpoint) usageError('--checkpoint is required');
 if (!args.data) usageError('--data is required');
 const size = args.size === undefined ? null : /^(\d+)x(\d+)$/.exec(args.size);

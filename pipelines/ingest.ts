@@ -8,9 +8,9 @@ import { availableParallelism } from 'node:os';
 // sharp decodes on libuv's thread pool (default 4 threads): size it to the cores before any I/O.
 process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 
-import { parseArgs } from 'node:util';
 import { DATASETS, type DatasetName, type LabelPolicy } from '../src/data/adapters.ts';
 import { ingestDataset } from '../src/data/ingest.ts';
+import { parseCli } from '../src/cli.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 
 const USAGE = `usage: node pipelines/ingest.ts --dataset NAME --root DIR --out DIR [options]
@@ -28,36 +28,21 @@ ${METRICS_USAGE}
   -h, --help            this text
 Re-running skips records already written. Exit code: 0 ok, 1 nothing usable (or --strict and problems), 2 bad arguments.`;
 
-function usageError(message: string): never {
-  process.stderr.write(`ingest: ${message}\n\n${USAGE}\n`);
-  process.exit(2);
-}
-
-let values;
-try {
-  values = parseArgs({
-    options: {
-      dataset: { type: 'string' },
-      root: { type: 'string' },
-      out: { type: 'string' },
-      split: { type: 'string', default: 'train' },
-      classes: { type: 'string' },
-      labels: { type: 'string', default: 'required' },
-      'shard-index': { type: 'string', default: '0' },
-      'shard-count': { type: 'string', default: '1' },
-      threads: { type: 'string' },
-      strict: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-      ...METRICS_OPTIONS,
-    },
-  }).values;
-} catch (err) {
-  usageError((err as Error).message);
-}
-if (values.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
+const cli = parseCli('ingest', USAGE, {
+  dataset: { type: 'string' },
+  root: { type: 'string' },
+  out: { type: 'string' },
+  split: { type: 'string', default: 'train' },
+  classes: { type: 'string' },
+  labels: { type: 'string', default: 'required' },
+  'shard-index': { type: 'string', default: '0' },
+  'shard-count': { type: 'string', default: '1' },
+  threads: { type: 'string' },
+  strict: { type: 'boolean', default: false },
+  ...METRICS_OPTIONS,
+});
+const values = cli.values;
+const usageError: (message: string) => never = cli.fail;
 const int = (flag: string, v: string | undefined, min: number): number | undefined => {
   if (v === undefined) return undefined;
   const n = Number(v);

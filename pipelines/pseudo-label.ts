@@ -9,12 +9,12 @@ import { availableParallelism } from 'node:os';
 process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { selectBackend, type BackendRequest } from '../src/ops/backend.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { estimateThresholds } from '../src/stages/estimate-thresholds.ts';
 import { writeGeneration } from '../src/stages/write-pseudo-labels.ts';
 import { modelFromCheckpoint, openDataset, pass } from '../src/recipe/tools.ts';
+import { parseCli } from '../src/cli.ts';
 
 const USAGE = `usage: node pipelines/pseudo-label.ts --checkpoint FILE --target DIR --out DIR [options]
   --checkpoint FILE   a checkpoint written by pipelines/spcl.ts
@@ -27,28 +27,12 @@ const USAGE = `usage: node pipelines/pseudo-label.ts --checkpoint FILE --target 
 ${METRICS_USAGE}
   -h, --help          this text`;
 
-function usageError(message: string): never {
-  process.stderr.write(`pseudo-label: ${message}\n\n${USAGE}\n`);
-  process.exit(2);
-}
-
-function parse() {
-  try {
-    return parseArgs({ options: {
-      checkpoint: { type: 'string' }, target: { type: 'string' }, out: { type: 'string' }, size: { type: 'string' },
-      cap: { type: 'string', default: '0.9' }, keep: { type: 'string', default: '2' }, backend: { type: 'string', default: 'auto' },
-      help: { type: 'boolean', short: 'h', default: false },
-      ...METRICS_OPTIONS,
-    } }).values;
-  } catch (err) {
-    return usageError((err as Error).message);
-  }
-}
-const args = parse();
-if (args.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
+const cli = parseCli('pseudo-label', USAGE, {
+  checkpoint: { type: 'string' }, target: { type: 'string' }, out: { type: 'string' }, size: { type: 'string' },
+  cap: { type: 'string', default: '0.9' }, keep: { type: 'string', default: '2' }, backend: { type: 'string', default: 'auto' }, ...METRICS_OPTIONS,
+});
+const args = cli.values;
+const usageError: (message: string) => never = cli.fail;
 for (const k of ['checkpoint', 'target', 'out'] as const) if (!args[k]) usageError(`--${k} is required`);
 const size = args.size === undefined ? null : /^(\d+)x(\d+)$/.exec(args.size);
 if (args.size !== undefined && !size) usageError(`--size must look like 512x1024, got '${args.size}'`);

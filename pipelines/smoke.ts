@@ -5,8 +5,8 @@
  *
  *   node pipelines/smoke.ts [--backend auto|tensorflow|wasm|cpu] [--steps 30] [--batch 4] [--size 64x128]
  */
-import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
+import { parseCli } from '../src/cli.ts';
 import { BACKEND_REQUESTS, selectBackend, type BackendRequest } from '../src/ops/backend.ts';
 import { deeplabV2 } from '../src/ops/model/deeplab.ts';
 import { segCrossEntropy } from '../src/ops/losses.ts';
@@ -20,37 +20,22 @@ const USAGE = `usage: node pipelines/smoke.ts [options]
   --classes K      classes in the generated scene (default 6)
   -h, --help       this text`;
 
-function fail(message: string): never {
-  process.stderr.write(`smoke: ${message}\n${USAGE}\n`);
-  process.exit(2);
-}
-
-let args;
-try {
-  args = parseArgs({
-    options: {
-      backend: { type: 'string', default: 'auto' },
-      steps: { type: 'string', default: '30' },
-      batch: { type: 'string', default: '4' },
-      size: { type: 'string', default: '64x128' },
-      classes: { type: 'string', default: '6' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  }).values;
-} catch (err) {
-  fail((err as Error).message);
-}
-if (args.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
+const cli = parseCli('smoke', USAGE, {
+  backend: { type: 'string', default: 'auto' },
+  steps: { type: 'string', default: '30' },
+  batch: { type: 'string', default: '4' },
+  size: { type: 'string', default: '64x128' },
+  classes: { type: 'string', default: '6' },
+});
+const args = cli.values;
+const fail: (message: string) => never = cli.fail;
 const int = (name: string, v: string, min: number) => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}, got '${v}'`);
   return n;
 };
 if (!BACKEND_REQUESTS.includes(args.backend as BackendRequest)) fail(`--backend must be one of ${BACKEND_REQUESTS.join(', ')}, got '${args.backend}'`);
-const steps = int('steps', args.steps, 2);
+const steps = int('steps', args.steps, 6); // the loss check compares the first and last 3 steps
 const batch = int('batch', args.batch, 1);
 const classes = int('classes', args.classes, 2);
 const size = /^(\d+)x(\d+)$/.exec(args.size);

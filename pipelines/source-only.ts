@@ -9,10 +9,10 @@ import { availableParallelism } from 'node:os';
 process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { PRESETS, SYNTHETIC_DATA, checkConfig, mergeConfig, parseSet } from '../src/recipe/config.ts';
 import { prepareSynthetic, runRecipe } from '../src/recipe/run.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
+import { parseCli } from '../src/cli.ts';
 
 const USAGE = `usage: node pipelines/source-only.ts [options]
   --preset NAME     ${Object.keys(PRESETS).join(' | ')} (default synthetic)
@@ -22,27 +22,12 @@ const USAGE = `usage: node pipelines/source-only.ts [options]
 ${METRICS_USAGE}
   -h, --help        this text`;
 
-function usageError(message: string): never {
-  process.stderr.write(`source-only: ${message}\n\n${USAGE}\n`);
-  process.exit(2);
-}
-
-function parse() {
-  try {
-    return parseArgs({ options: {
-      preset: { type: 'string', default: 'synthetic' }, set: { type: 'string', multiple: true, default: [] },
-      out: { type: 'string' }, seed: { type: 'string', default: '0' }, help: { type: 'boolean', short: 'h', default: false },
-      ...METRICS_OPTIONS,
-    } }).values;
-  } catch (err) {
-    return usageError((err as Error).message);
-  }
-}
-const args = parse();
-if (args.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
+const cli = parseCli('source-only', USAGE, {
+  preset: { type: 'string', default: 'synthetic' }, set: { type: 'string', multiple: true, default: [] },
+  out: { type: 'string' }, seed: { type: 'string', default: '0' }, ...METRICS_OPTIONS,
+});
+const args = cli.values;
+const usageError: (message: string) => never = cli.fail;
 const preset = PRESETS[args.preset];
 if (!preset) usageError(`--preset must be one of ${Object.keys(PRESETS).join(', ')}, got '${args.preset}'`);
 const log = (line: string) => process.stderr.write(`${line}\n`);

@@ -9,10 +9,10 @@ process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { PHASES, PRESETS, SYNTHETIC_DATA, SYNTHETIC_QUICK_DATA, checkConfig, mergeConfig, parseSet, quick, type PhaseName, type SpclConfig } from '../src/recipe/config.ts';
 import { prepareSynthetic, runRecipe, type RunReport } from '../src/recipe/run.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
+import { parseCli } from '../src/cli.ts';
 
 const USAGE = `usage: node pipelines/spcl.ts [options]
   --preset NAME        ${Object.keys(PRESETS).join(' | ')} (default synthetic)
@@ -29,38 +29,21 @@ ${METRICS_USAGE}
   -h, --help           this text
 Prints progress to stderr, a results table to stdout, and writes <out>/report.json.`;
 
-function usageError(message: string): never {
-  process.stderr.write(`spcl: ${message}\n\n${USAGE}\n`);
-  process.exit(2);
-}
-
-function parse() {
-  try {
-    return parseArgs({
-      options: {
-        preset: { type: 'string', default: 'synthetic' },
-        config: { type: 'string' },
-        set: { type: 'string', multiple: true, default: [] },
-        out: { type: 'string' },
-        backend: { type: 'string' },
-        seed: { type: 'string' },
-        phase: { type: 'string' },
-        checkpoint: { type: 'string' },
-        resume: { type: 'boolean', default: false },
-        quick: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-        ...METRICS_OPTIONS,
-      },
-    }).values;
-  } catch (err) {
-    return usageError((err as Error).message);
-  }
-}
-const args = parse();
-if (args.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
+const cli = parseCli('spcl', USAGE, {
+  preset: { type: 'string', default: 'synthetic' },
+  config: { type: 'string' },
+  set: { type: 'string', multiple: true, default: [] },
+  out: { type: 'string' },
+  backend: { type: 'string' },
+  seed: { type: 'string' },
+  phase: { type: 'string' },
+  checkpoint: { type: 'string' },
+  resume: { type: 'boolean', default: false },
+  quick: { type: 'boolean', default: false },
+  ...METRICS_OPTIONS,
+});
+const args = cli.values;
+const usageError: (message: string) => never = cli.fail;
 
 async function buildConfig(): Promise<SpclConfig> {
   const preset = PRESETS[args.preset];
