@@ -21,7 +21,7 @@ const USAGE = `usage: node pipelines/spcl.ts [options]
   --out DIR            run folder (checkpoints, pseudo-labels, report.json); default runs/<preset>
   --backend NAME       auto | tensorflow | wasm | cpu (default auto)
   --seed N             run seed (default 0)
-  --phase NAME         run only this phase (${PHASES.join(', ')}), from the run's last checkpoint
+  --phase NAME[,NAME]  run only these phases (${PHASES.join(', ')}), from the run's last checkpoint
   --checkpoint FILE    with --phase: start from this checkpoint instead
   --resume             continue from the last checkpoint in --out
   --quick              a much shorter synthetic run (end-to-end check, under 2 minutes)
@@ -104,8 +104,9 @@ try {
   checkConfig(cfg);
   let only: PhaseName[] | undefined;
   if (args.phase) {
-    if (!PHASES.includes(args.phase as PhaseName)) usageError(`--phase must be one of ${PHASES.join(', ')}, got '${args.phase}'`);
-    only = [args.phase as PhaseName];
+    only = args.phase.split(',') as PhaseName[];
+    const bad = only.find((p) => !PHASES.includes(p));
+    if (bad) usageError(`--phase must name phases among ${PHASES.join(', ')}, got '${bad}'`);
   }
   const controller = new AbortController();
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
