@@ -133,6 +133,11 @@ export function decodePng(bytes: Uint8Array, source: string): DecodedPng {
     const src = y * (stride + 1) + 1;
     const dst = y * stride;
     const prev = dst - stride;
+    if (filter === 0) {
+      // unfiltered row (what encodePng writes): a plain copy
+      out.set(raw.subarray(src, src + stride), dst);
+      continue;
+    }
     for (let i = 0; i < stride; i++) {
       const x = raw[src + i]!;
       const a = i >= bpp ? out[dst + i - bpp]! : 0;
