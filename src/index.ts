@@ -29,3 +29,27 @@ export {
   loadSafetensors, saveModelSafetensors, saveCheckpoint, loadCheckpoint, disposeCheckpoint, modelState, applyModelState,
   type LoadOptions, type LoadReport, type CheckpointState,
 } from './io/weights.ts';
+
+// The dataflow runtime, data layer, stages and recipe: build other adaptation pipelines from these.
+export { Credits, END, pullSource, stage, orderedMergeMap, reduceItems, onTeardown, StageError, type ErrorPolicy, type StageOptions, type Pulled } from './graph/flow.ts';
+export { openDataset, SampleReader, type Dataset, type Sample } from './data/reader.ts';
+export { ShuffleSampler, ClassBalancedSampler, type Sampler, type SamplerState } from './data/sampler.ts';
+export { ingestDataset, type IngestOptions, type IngestSummary } from './data/ingest.ts';
+export { listDataset, DATASETS, type DatasetName } from './data/adapters.ts';
+export { AUGMENT_PRESETS, augmentSample, scaleAugmentSpec, type AugmentSpec } from './data/augment.ts';
+export { PseudoLabelWriter, currentGeneration, currentGenerationPath, type GenerationInfo } from './data/pseudo-labels.ts';
+export { writeSyntheticBenchmark, renderScene } from './data/synthetic.ts';
+export { readShards, inOrder, type SampleRef } from './stages/read-shards.ts';
+export { decodeAugment, type DecodedSample } from './stages/decode-augment.ts';
+export { collate, type Batch } from './stages/collate.ts';
+export { trainStep, applyIfFinite, type StepReport } from './stages/train-step.ts';
+export { Prototypes, accumulatePrototypes, batchTensors } from './stages/update-prototypes.ts';
+export { estimateThresholds, type ThresholdResult } from './stages/estimate-thresholds.ts';
+export { writePseudoLabels, writeGeneration } from './stages/write-pseudo-labels.ts';
+export { evaluate, type EvalReport } from './stages/evaluate.ts';
+export { CheckpointStore, type CheckpointPointer } from './stages/checkpoint.ts';
+export { PRESETS, PHASES, mergeConfig, checkConfig, type SpclConfig, type PhaseName } from './recipe/config.ts';
+export { runRecipe, type RunReport, type RunOptions } from './recipe/run.ts';
+export { batches, type RunContext, type RunEvents } from './recipe/context.ts';
+export { createMetrics, type SpclMetrics } from './observe/metrics.ts';
+export { serveMetrics } from './observe/server.ts';
