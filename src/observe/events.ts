@@ -32,9 +32,20 @@ export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: reado
   return {
     ...base,
     phase(p, state) {
-      phase = state === 'start' ? p : phase;
+      if (state === 'start') {
+        phase = p;
+        // series of the previous phase (its queues, loss terms, LR groups) would otherwise stay frozen
+        flows.clear();
+        smoothed.clear();
+        for (const g of [m.queueLength, m.queueCapacity, m.trainLoss, m.trainLossSmoothed, m.learningRate]) g.reset();
+      }
       info();
       base.phase?.(p, state);
+    },
+    finished() {
+      phase = 'done';
+      info();
+      base.finished?.();
     },
     flow(name, credits) {
       flows.set(name, credits);

@@ -37,6 +37,8 @@ export interface RunEvents {
   pseudoLabels?(info: GenerationInfo, counts: number[]): void;
   checkpoint?(seconds: number, bytes: number): void;
   prototypes?(prototypes: Prototypes): void;
+  /** The run completed (every wanted phase done). */
+  finished?(): void;
 }
 
 export interface RunContext {

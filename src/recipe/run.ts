@@ -2,8 +2,8 @@
  * Runs a recipe: backend, data (the embedded synthetic benchmark is generated and ingested when
  * absent), model, phases in order with resume, evaluation after each training phase, and the report.
  */
-import { access, mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { access, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { ingestDataset } from '../data/ingest.ts';
 import { openDataset, SampleReader, type Dataset } from '../data/reader.ts';
@@ -50,17 +50,34 @@ async function exists(path: string): Promise<boolean> {
   return access(path).then(() => true, () => false);
 }
 
-/** Generates and ingests the synthetic benchmark under `root` (data/synthetic) unless it is there. */
+/**
+ * Generates and ingests the synthetic benchmark under `root` (data/synthetic) unless it is there. The
+ * work happens in a folder of this process's own that is renamed into place when complete: concurrent
+ * runs on a fresh checkout (CI) never read a half-written dataset; the slower one discards its copy.
+ */
 export async function prepareSynthetic(root: string, counts: { source: number; targetTrain: number; targetVal: number }, log: (l: string) => void): Promise<{ source: string; target: string; targetVal: string }> {
-  const shards = { source: join(root, 'shards/source'), target: join(root, 'shards/target'), targetVal: join(root, 'shards/target-val') };
-  if (await exists(join(shards.targetVal, 'manifest.json')) && await exists(join(shards.source, 'manifest.json')) && await exists(join(shards.target, 'manifest.json'))) return shards;
+  const shardsOf = (dir: string) => ({ source: join(dir, 'shards/source'), target: join(dir, 'shards/target'), targetVal: join(dir, 'shards/target-val') });
+  const shards = shardsOf(root);
+  const complete = async () => (await Promise.all(Object.values(shards).map((d) => exists(join(d, 'manifest.json'))))).every(Boolean);
+  if (await complete()) return shards;
   log(`data: generating the synthetic benchmark in ${root} (${counts.source} source, ${counts.targetTrain} + ${counts.targetVal} target images)`);
-  const raw = await writeSyntheticBenchmark(join(root, 'raw'), { seed: 0, sourceCount: counts.source, targetTrainCount: counts.targetTrain, targetValCount: counts.targetVal });
+  const work = `${root}.tmp-${process.pid}`;
+  await rm(work, { recursive: true, force: true });
+  const raw = await writeSyntheticBenchmark(join(work, 'raw'), { seed: 0, sourceCount: counts.source, targetTrainCount: counts.targetTrain, targetValCount: counts.targetVal });
   const quiet = { log: () => {}, progressStream: null };
-  await ingestDataset({ ...quiet, dataset: 'gta5', root: raw.source, out: shards.source });
-  await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: shards.target, split: 'train', labels: 'optional' });
-  await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: shards.targetVal, split: 'val' });
-  log(`data: ingested into ${join(root, 'shards')}`);
+  const out = shardsOf(work);
+  await ingestDataset({ ...quiet, dataset: 'gta5', root: raw.source, out: out.source });
+  await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: out.target, split: 'train', labels: 'optional' });
+  await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: out.targetVal, split: 'val' });
+  await mkdir(dirname(root), { recursive: true });
+  try {
+    await rename(work, root);
+    log(`data: ingested into ${join(root, 'shards')}`);
+  } catch {
+    // another run finished first (the rename fails on a non-empty folder): use its copy
+    await rm(work, { recursive: true, force: true });
+    if (!(await complete())) throw new Error(`data: ${root} exists but is incomplete; delete it to generate the benchmark again`);
+  }
   return shards;
 }
 
@@ -153,6 +170,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       config: cfg,
     };
     await writeFile(join(cfg.out, 'report.json'), `${JSON.stringify(report, null, 1)}\n`);
+    if (!report.stopped) events.finished?.();
     return report;
   } finally {
     await reader.close();
