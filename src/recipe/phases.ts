@@ -7,7 +7,7 @@
  * `checkpoint.every` iterations and at its end, and is resumable from its last checkpoint.
  */
 import * as tf from '@tensorflow/tfjs';
-import { NEVER, concatMap, from, fromEvent, lastValueFrom, map, of, take, takeUntil, tap, toArray, zip, type Observable } from 'rxjs';
+import { NEVER, fromEvent, lastValueFrom, map, of, take, takeUntil, toArray, zip, type Observable } from 'rxjs';
 import type { AugmentSpec } from '../data/augment.ts';
 import { bceWithLogits, contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
 import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
@@ -103,26 +103,33 @@ async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhaseConfig,
   releaseBatch: (b: B) => void, state: (iteration: number) => Partial<CheckpointState>): Promise<PhaseResult> {
   const t0 = performance.now();
   const every = ctx.cfg.checkpoint.every;
+  // best-val selection needs a validation score at every checkpoint
+  const evalEvery = ctx.cfg.checkpoint.select === 'best-val' && every > 0 ? every : ctx.cfg.eval.every;
   const starv = (ctx.starvation[phase] ??= { wait: 0, compute: 0 });
   let last: StepReport | null = null;
   const stop$ = ctx.signal ? (ctx.signal.aborted ? of(true) : fromEvent(ctx.signal, 'abort')) : NEVER;
   const reports = input.pipe(
     take(Math.max(0, pc.iterations - start)),
     takeUntil(stop$),
-    trainStep({ phase, startIteration: start, step, release: releaseBatch }),
-    tap((r) => {
-      last = r;
-      starv.wait += r.waitSeconds;
-      starv.compute += r.seconds;
-      ctx.events.step?.(r);
-      if (r.iteration % ctx.cfg.logEvery === 0 || r.iteration === pc.iterations) {
-        const terms = Object.entries(r.losses).map(([k, v]) => `${k} ${v.toFixed(4)}`).join('  ');
-        ctx.events.log(`${phase} ${r.iteration}/${pc.iterations}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms${r.skipped ? '  (update skipped: non-finite loss)' : ''}`);
-      }
+    trainStep({
+      phase, startIteration: start, step, release: releaseBatch,
+      after: async (r) => {
+        last = r;
+        starv.wait += r.waitSeconds;
+        starv.compute += r.seconds;
+        ctx.events.step?.(r);
+        if (r.iteration % ctx.cfg.logEvery === 0 || r.iteration === pc.iterations) {
+          const terms = Object.entries(r.losses).map(([k, v]) => `${k} ${v.toFixed(4)}`).join('  ');
+          ctx.events.log(`${phase} ${r.iteration}/${pc.iterations}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms${r.skipped ? '  (update skipped: non-finite loss)' : ''}`);
+        }
+        if (r.iteration >= pc.iterations) return; // the end of the phase is evaluated and saved by the caller
+        const evalNow = evalEvery > 0 && r.iteration % evalEvery === 0;
+        const saveNow = every > 0 && r.iteration % every === 0;
+        // Evaluation and checkpoint between steps: the weights do not move meanwhile.
+        const miou = evalNow ? (await evaluatePhase(ctx, `${phase} ${r.iteration}`))?.miou ?? null : null;
+        if (saveNow) await ctx.checkpoints.save(checkpointState(ctx, phase, r.iteration, state(r.iteration)), phase, r.iteration, miou);
+      },
     }),
-    concatMap((r) => (every > 0 && r.iteration % every === 0 && r.iteration < pc.iterations
-      ? from(ctx.checkpoints.save(checkpointState(ctx, phase, r.iteration, state(r.iteration)), phase, r.iteration)).pipe(map(() => r))
-      : of(r))),
     toArray(),
   );
   await lastValueFrom(reports);

@@ -148,7 +148,10 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
         case 'ssl': result = await sslPhase(ctx, point); break;
       }
       if (result.aborted) break;
-      if (phase === 'warmup' || phase === 'spcl' || phase === 'ssl') result.eval = await evaluatePhase(ctx, phase);
+      if (phase === 'warmup' || phase === 'spcl' || phase === 'ssl') {
+        result.eval = await evaluatePhase(ctx, phase);
+        if (cfg.checkpoint.select === 'best-val') await selectBest(ctx, phase, result);
+      }
       ctx.done.push(phase);
       ctx.results.push(result);
       tensorsAfter.set(phase, tf.memory().numTensors);
@@ -177,6 +180,25 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     ctx.prototypes.dispose();
     model.dispose();
   }
+}
+
+/**
+ * `checkpoint.select: best-val` (the authors' choice, REFERENCE 1 steps 2 and 6): the next phase starts
+ * from the checkpoint of this phase with the best target-val mIoU, not from the last weights.
+ */
+async function selectBest(ctx: RunContext, phase: PhaseName, result: PhaseResultLike): Promise<void> {
+  const best = await ctx.checkpoints.best(phase);
+  if (!best || best.miou === null || result.eval === null || best.miou <= result.eval.miou) return;
+  const state = await ctx.checkpoints.load(best);
+  try {
+    applyModelState(ctx.model, state.model, { source: best.file });
+    const protos = state.extra?.get('prototypes');
+    if (protos) ctx.prototypes.set(protos as tf.Tensor2D);
+  } finally {
+    disposeCheckpoint(state);
+  }
+  ctx.events.log(`${phase}: best-val selection: continuing from ${best.file} (mIoU ${(100 * best.miou).toFixed(2)} > last ${(100 * result.eval.miou).toFixed(2)})`);
+  result.eval = await evaluatePhase(ctx, `${phase} (best-val checkpoint)`);
 }
 
 /** Restores the last checkpoint: weights, prototypes, thresholds, pseudo-labels, phases done. */

@@ -5,7 +5,7 @@
  * are reported and their update skipped by `applyIfFinite`, and a report is emitted per step.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Observable, type OperatorFunction } from 'rxjs';
+import { concatMap, defer, type OperatorFunction } from 'rxjs';
 import type { Param } from '../ops/model/params.ts';
 import { gradients, type SGD, type Adam } from '../ops/optim.ts';
 
@@ -35,36 +35,37 @@ export interface TrainStepOptions<B> {
   startIteration: number;
   step: (batch: B, iteration: number) => StepOutcome;
   release: (batch: B) => void;
+  /**
+   * Runs after a step and before the next one starts (checkpoint, evaluation): the weights do not move
+   * while it runs. Batches that arrive meanwhile wait (their number is bounded by the flow's credits).
+   */
+  after?: (report: StepReport) => Promise<void> | void;
 }
 
+/**
+ * One step per batch, strictly in sequence. The data wait of a step is the time from the end of the
+ * previous step (and its `after`) to the moment this batch was there to be trained on.
+ */
 export function trainStep<B>(opts: TrainStepOptions<B>): OperatorFunction<B, StepReport> {
-  return (source) =>
-    new Observable<StepReport>((subscriber) => {
-      let iteration = opts.startIteration;
-      let idleSince = performance.now();
-      const sub = source.subscribe({
-        next(batch) {
-          const arrived = performance.now();
-          try {
-            const out = opts.step(batch, iteration);
-            iteration++;
-            const done = performance.now();
-            subscriber.next({
-              phase: opts.phase, iteration, losses: out.losses, lr: out.lr, skipped: out.skipped ?? false,
-              seconds: (done - arrived) / 1000, waitSeconds: (arrived - idleSince) / 1000,
-            });
-          } catch (err) {
-            subscriber.error(err);
-          } finally {
-            opts.release(batch);
-            idleSince = performance.now();
-          }
-        },
-        error: (e) => subscriber.error(e),
-        complete: () => subscriber.complete(),
-      });
-      return () => sub.unsubscribe();
-    });
+  let iteration = opts.startIteration;
+  let idleSince = performance.now();
+  return concatMap((batch: B) => defer(async () => {
+    const arrived = performance.now();
+    let report: StepReport;
+    try {
+      const out = opts.step(batch, iteration);
+      iteration++;
+      report = {
+        phase: opts.phase, iteration, losses: out.losses, lr: out.lr, skipped: out.skipped ?? false,
+        seconds: (performance.now() - arrived) / 1000, waitSeconds: (arrived - idleSince) / 1000,
+      };
+    } finally {
+      opts.release(batch);
+    }
+    await opts.after?.(report);
+    idleSince = performance.now();
+    return report;
+  }));
 }
 
 /**

@@ -110,3 +110,19 @@ test('SIGINT stops after the current step with a checkpoint and exit 0; --resume
   assert.equal(report.stopped, false);
   await rm(out, { recursive: true });
 });
+
+test('checkpoint.select best-val: evaluated at every checkpoint, the phase ends on the best one', async () => {
+  const out = await mkdtemp(join(tmpdir(), 'spcl-bestval-'));
+  const shards = join(root, 'data/synthetic-quick/shards');
+  const r = run('source-only.ts', ['--set', `data.source="${join(shards, 'source')}"`, '--set', `data.target="${join(shards, 'target')}"`,
+    '--set', `data.targetVal="${join(shards, 'target-val')}"`, '--set', 'warmup.iterations=30', '--set', 'warmup.maxIter=40',
+    '--set', 'checkpoint.every=10', '--set', 'checkpoint.select="best-val"', '--out', out]);
+  assert.equal(r.status, 0, r.stderr.slice(-2000));
+  const evals = [...r.stderr.matchAll(/^warmup(?: (\d+))?: target val mIoU ([\d.]+)/gm)].map((m) => [m[1] ?? 'end', Number(m[2])] as const);
+  // checkpoints at 10 and 20 are evaluated, then the end of the phase
+  assert.deepEqual(evals.map(([at]) => at), ['10', '20', 'end']);
+  const best = Math.max(...evals.map(([, v]) => v));
+  const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as RunReport;
+  assert.ok(Math.abs(100 * report.phases[0]!.miou! - best) < 0.006, `report ${100 * report.phases[0]!.miou!} vs best ${best} of ${JSON.stringify(evals)}`);
+  await rm(out, { recursive: true });
+});
