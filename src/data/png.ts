@@ -60,16 +60,8 @@ export function encodePng(img: PngImage): Buffer {
   return Buffer.concat(parts);
 }
 
-export interface DecodedPng {
-  width: number;
-  height: number;
-  /** Samples per pixel as stored: 1 grey or palette index, 2 grey+alpha, 3 RGB, 4 RGBA. */
-  channels: 1 | 2 | 3 | 4;
-  bitDepth: 8 | 16;
-  /** Raw samples (palette images: the indices, not the colours). */
-  data: Uint8Array | Uint16Array;
-  palette?: Uint8Array;
-}
+/** A decoded PNG: the samples as stored (palette images: the indices, not the colours). */
+export type DecodedPng = PngImage;
 
 const CHANNELS_OF: Record<number, 1 | 2 | 3 | 4> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
 
