@@ -1,0 +1,72 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { PRESETS, checkConfig, mergeConfig, parseSet, quick } from '../../src/recipe/config.ts';
+
+const base = () => PRESETS.synthetic!();
+
+test('every config mistake names the key, the value and what was expected (table)', () => {
+  const cases: [string, unknown, RegExp][] = [
+    ['unknown top-level key', { epochs: 3 }, /^Error: f: unknown key 'epochs'$/],
+    ['unknown key with a hint', { spcl: { lamda: 1 } }, /^Error: f: unknown key 'spcl\.lamda' \(did you mean 'spcl\.lambda'\?\)$/],
+    ['unknown nested key', { data: { workerz: 2 } }, /^Error: f: unknown key 'data\.workerz' \(did you mean 'data\.workers'\?\)$/],
+    ['section is not an object', { spcl: 3 }, /^Error: f: spcl must be an object, got number$/],
+    ['whole config not an object', [1, 2], /^Error: f: the config must be an object, got array$/],
+    ['number as string', { spcl: { lambda: '1' } }, /^Error: f: spcl\.lambda must be a number, got "1" \(string\)$/],
+    ['boolean as number', { data: { classBalanced: 1 } }, /^Error: f: data\.classBalanced must be a boolean, got 1 \(number\)$/],
+    ['array as string', { size: { source: '72x128' } }, /^Error: f: size\.source must be an array, got "72x128" \(string\)$/],
+    ['bad size', { size: { target: [64] } }, /^Error: f: size\.target must be \[height, width\], integers >= 16, got \[64\]$/],
+    ['tiny size', { size: { eval: [8, 8] } }, /^Error: f: size\.eval must be \[height, width\], integers >= 16, got \[8,8\]$/],
+    ['backend', { backend: 'gpu' }, /^Error: f: backend must be one of auto, tensorflow, wasm, cpu, got "gpu"$/],
+    ['classes', { data: { numClasses: 21 } }, /^Error: f: data\.numClasses must be 19 or 16, got 21$/],
+    ['workers', { data: { workers: -1 } }, /^Error: f: data\.workers must be an integer >= 0 \(0 = cores\), got -1$/],
+    ['prefetch', { data: { prefetch: 0 } }, /^Error: f: data\.prefetch must be an integer >= 1, got 0$/],
+    ['backbone', { model: { backbone: 'resnet18' } }, /^Error: f: model\.backbone must be one of resnet101, resnet50, vgg16, small, got "resnet18"$/],
+    ['absent policy', { prototypes: { absent: 'drop' } }, /^Error: f: prototypes\.absent must be 'keep' or 'decay', got "drop"$/],
+    ['alpha range', { prototypes: { alpha: 1.5 } }, /^Error: f: prototypes\.alpha must be a number in 0\.\.1, got 1\.5$/],
+    ['cap range', { pseudo: { cap: 0 } }, /^Error: f: pseudo\.cap must be a number in \(0, 1\], got 0$/],
+    ['bins', { pseudo: { bins: 8 } }, /^Error: f: pseudo\.bins must be an integer >= 16, got 8$/],
+    ['batch', { batch: { source: 2.5 } }, /^Error: f: batch\.source must be an integer >= 1, got 2\.5$/],
+    ['iterations', { spcl: { iterations: 0 } }, /^Error: f: spcl\.iterations must be an integer >= 1, got 0$/],
+    ['learning rate', { ssl: { lr: -1 } }, /^Error: f: ssl\.lr must be a number > 0, got -1$/],
+    ['temperature', { spcl: { temperature: 0 } }, /^Error: f: spcl\.temperature must be a number > 0, got 0$/],
+    ['checkpoint select', { checkpoint: { select: 'best' } }, /^Error: f: checkpoint\.select must be 'last' or 'best-val', got "best"$/],
+    ['eval every', { eval: { every: -5 } }, /^Error: f: eval\.every must be an integer >= 0 \(0 = at phase ends only\), got -5$/],
+    ['ssl bn', { ssl: { bn: 'sync' } }, /^Error: f: ssl\.bn must be 'frozen' or 'trainable', got "sync"$/],
+    ['seed', { seed: 1.5 }, /^Error: f: seed must be an integer >= 0, got 1\.5$/],
+  ];
+  assert.ok(cases.length >= 20);
+  for (const [what, patch, re] of cases) {
+    assert.throws(() => mergeConfig(base(), patch as Parameters<typeof mergeConfig>[1], 'f'), re, what);
+  }
+});
+
+test('cross-field checks: poly horizon, required data folders, best-val needs a validation set', () => {
+  const c = mergeConfig(base(), { spcl: { iterations: 500, maxIter: 400 } }, 'f');
+  assert.throws(() => checkConfig(c), /^Error: config: spcl\.iterations \(500\) must be <= spcl\.maxIter \(400\), the poly LR horizon$/);
+  assert.throws(() => checkConfig(PRESETS['gta5-cityscapes']!()), /config: data\.source is required for preset gta5-cityscapes \(a dataset folder written by pipelines\/ingest\.ts\)/);
+  const noVal = mergeConfig(base(), { data: { targetVal: '' }, checkpoint: { select: 'best-val' } }, 'f');
+  assert.throws(() => checkConfig(noVal), /config: checkpoint\.select 'best-val' needs data\.targetVal/);
+  checkConfig(base());
+  checkConfig(quick(base()));
+});
+
+test('--set parses JSON values, falls back to strings, nests dotted keys; a valid merge changes only that key', () => {
+  assert.deepEqual(parseSet('spcl.lambda=0.5'), { spcl: { lambda: 0.5 } });
+  assert.deepEqual(parseSet('out=runs/x'), { out: 'runs/x' });
+  assert.deepEqual(parseSet('size.source=[90,160]'), { size: { source: [90, 160] } });
+  assert.throws(() => parseSet('spcl.lambda'), /--set: expected key=value \(e\.g\. spcl\.lambda=0\.5\), got 'spcl\.lambda'/);
+  const merged = mergeConfig(base(), parseSet('spcl.lambda=0.5') as Parameters<typeof mergeConfig>[1], 'f');
+  assert.equal(merged.spcl.lambda, 0.5);
+  assert.deepEqual({ ...merged, spcl: { ...merged.spcl, lambda: 1 } }, base());
+});
+
+test('presets carry the paper settings (REFERENCE 2)', () => {
+  const p = PRESETS['gta5-cityscapes']!();
+  assert.deepEqual([p.warmup.iterations, p.warmup.maxIter, p.warmup.lr, p.warmup.lrD, p.warmup.lambdaAdv], [40_000, 62_500, 2.5e-4, 1e-4, 0.001]);
+  assert.deepEqual([p.spcl.iterations, p.spcl.maxIter, p.spcl.lambda, p.spcl.temperature, p.spcl.sourceTemperature], [40_000, 62_500, 1, 100, 1.8]);
+  assert.deepEqual([p.ssl.iterations, p.ssl.maxIter, p.ssl.lr, p.ssl.bn], [20_000, 31_250, 5e-4, 'trainable']);
+  assert.deepEqual([p.optimizer.momentum, p.optimizer.weightDecay, p.optimizer.classifierLrMult], [0.9, 5e-4, 10]);
+  assert.deepEqual([p.prototypes.alpha, p.pseudo.cap, p.batch.source, p.batch.target], [0.1, 0.9, 4, 4]);
+  assert.deepEqual([p.size.source, p.size.target, p.model.backbone], [[720, 1280], [512, 1024], 'resnet101']);
+  assert.equal(PRESETS['synthia-cityscapes']!().data.numClasses, 16);
+});
