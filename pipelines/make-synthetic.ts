@@ -5,7 +5,8 @@
  *
  *   node pipelines/make-synthetic.ts --out data/synthetic
  */
-import { parseArgs } from 'node:util';
+import { parseCli } from '../src/cli.ts';
+import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { DEFAULT_SOURCE_SIZE, DEFAULT_TARGET_SIZE, writeSyntheticBenchmark, type SyntheticProgress } from '../src/data/synthetic.ts';
 
 const USAGE = `usage: node pipelines/make-synthetic.ts --out DIR [options]
@@ -16,35 +17,22 @@ const USAGE = `usage: node pipelines/make-synthetic.ts --out DIR [options]
   --target-val-count N       target val scenes, cityscapes/leftImg8bit/val (default 100)
   --source-size HxW          source image size (default ${DEFAULT_SOURCE_SIZE.join('x')})
   --target-size HxW          target image size (default ${DEFAULT_TARGET_SIZE.join('x')})
+${METRICS_USAGE}
   -h, --help                 this text
 Re-running skips scenes already written. Exit code: 0 ok, 1 failed, 2 bad arguments.`;
 
-function usageError(message: string): never {
-  process.stderr.write(`make-synthetic: ${message}\n\n${USAGE}\n`);
-  process.exit(2);
-}
-
-let values;
-try {
-  values = parseArgs({
-    options: {
-      out: { type: 'string' },
-      seed: { type: 'string', default: '0' },
-      'source-count': { type: 'string', default: '300' },
-      'target-train-count': { type: 'string', default: '300' },
-      'target-val-count': { type: 'string', default: '100' },
-      'source-size': { type: 'string', default: DEFAULT_SOURCE_SIZE.join('x') },
-      'target-size': { type: 'string', default: DEFAULT_TARGET_SIZE.join('x') },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  }).values;
-} catch (err) {
-  usageError((err as Error).message);
-}
-if (values.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
+const cli = parseCli('make-synthetic', USAGE, {
+  out: { type: 'string' },
+  seed: { type: 'string', default: '0' },
+  'source-count': { type: 'string', default: '300' },
+  'target-train-count': { type: 'string', default: '300' },
+  'target-val-count': { type: 'string', default: '100' },
+  'source-size': { type: 'string', default: DEFAULT_SOURCE_SIZE.join('x') },
+  'target-size': { type: 'string', default: DEFAULT_TARGET_SIZE.join('x') },
+  ...METRICS_OPTIONS,
+});
+const values = cli.values;
+const usageError: (message: string) => never = cli.fail;
 
 const integer = (flag: string, v: string, min: number, max: number): number => {
   const n = /^-?\d+$/.test(v) ? Number(v) : NaN;
@@ -79,7 +67,18 @@ const onProgress = (p: SyntheticProgress): void => {
 };
 
 try {
-  const res = await writeSyntheticBenchmark(out, { ...opts, onProgress });
+  const { metrics, server } = await startMetrics(values, (l) => process.stderr.write(`${l}\n`));
+  metrics.buildInfo.set({ version: process.env.npm_package_version ?? '0.1.0', backend: 'none', phase: 'make-synthetic', preset: 'synthetic' }, 1);
+  let last = 0;
+  const res = await writeSyntheticBenchmark(out, {
+    ...opts,
+    onProgress: (p) => {
+      metrics.stageItems.inc({ stage: 'make-synthetic' }, Math.max(0, p.done - last));
+      last = p.done === p.total ? 0 : p.done;
+      onProgress(p);
+    },
+  });
+  await server.close();
   const s = (performance.now() - t0) / 1000;
   process.stderr.write(`make-synthetic: done in ${s.toFixed(1)} s: ${res.written} scenes written, ${res.skipped} already there\n`);
   console.log(JSON.stringify({ source: res.source, target: res.target, counts: res.counts, written: res.written, skipped: res.skipped }));

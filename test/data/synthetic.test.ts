@@ -206,7 +206,7 @@ test('writeSyntheticBenchmark: GTA5 and Cityscapes layouts, files equal the rend
 });
 
 test('CLI: --help exits 0; bad flags exit 2 naming flag, value and expectation; a tiny run writes and reports', async () => {
-  const run = (...args: string[]) => spawnSync(NODE, [CLI, ...args], { encoding: 'utf8' });
+  const run = (...args: string[]) => spawnSync(NODE, [CLI, '--metrics-port', '0', ...args], { encoding: 'utf8' });
   const help = run('--help');
   assert.equal(help.status, 0);
   assert.match(help.stdout, /^usage: node pipelines\/make-synthetic\.ts --out DIR/);

@@ -207,3 +207,38 @@ test('CheckpointStore: latest pointer, best per phase by mIoU, keeps the newest 
   assert.deepEqual(Array.from(loaded.model.get('w')!.dataSync()), [1]);
   await rm(dir, { recursive: true });
 });
+
+test('readShards: one ref per credit with per-sample seeds from (run seed, stream, draw index); a pass ends after count', async () => {
+  const { readShards, inOrder } = await import('../../src/stages/read-shards.ts');
+  const { Rng } = await import('../../src/data/rng.ts');
+  const dataset = { dir: 'd', keys: ['a', 'b', 'c'] } as unknown as Parameters<typeof readShards>[0]['dataset'];
+  const credits = new Credits(8);
+  const refs = await lastValueFrom(readShards({ dataset, sampler: inOrder(['a', 'b', 'c']), credits, seed: 7, stream: 3, count: 3, start: 5 }).pipe(toArray()));
+  assert.deepEqual(refs.map((r) => [r.key, r.index]), [['a', 5], ['b', 6], ['c', 7]]);
+  assert.deepEqual(refs.map((r) => r.seed), [5, 6, 7].map((i) => Rng.derive(7, 3, i).nextU32()));
+  assert.equal(credits.inFlight, 3);
+});
+
+test('decodeAugment: ordered output under concurrency; a failing sample is skipped, counted and its credit returned', async () => {
+  const { decodeAugment } = await import('../../src/stages/decode-augment.ts');
+  const delays: Record<string, number> = { a: 30, b: 5, c: 15, d: 1 };
+  const reader = {
+    threads: 2,
+    read: async (_ds: unknown, key: string) => {
+      await new Promise((r) => setTimeout(r, delays[key]));
+      if (key === 'c') throw new Error("shard-00000.lmdb: record 'c': image does not decode (truncated)");
+      return sample(key, 1);
+    },
+  } as unknown as SampleReader;
+  const credits = new Credits(4);
+  for (let i = 0; i < 4; i++) credits.taken();
+  const skipped: string[] = [];
+  const out = await lastValueFrom(from(['a', 'b', 'c', 'd'].map((key, index) => ({ key, index, seed: 0, dataset: {} as never }))).pipe(
+    decodeAugment({ reader, spec: { resize: [2, 3] }, credits, concurrency: 4, onSkip: (e) => skipped.push(e.message) }),
+    toArray(),
+  ));
+  assert.deepEqual(out.map((s) => s.key), ['a', 'b', 'd']);
+  assert.deepEqual(out.map((s) => s.ref.index), [0, 1, 3]);
+  assert.deepEqual(skipped, ["stage decode-augment (sample c): shard-00000.lmdb: record 'c': image does not decode (truncated)"]);
+  assert.equal(credits.inFlight, 3);
+});
