@@ -14,8 +14,9 @@ import { colourise } from '../src/data/palette.ts';
 import { selectBackend, type BackendRequest } from '../src/ops/backend.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { evaluate } from '../src/stages/evaluate.ts';
-import { modelFromCheckpoint, openDataset, pass } from '../src/recipe/tools.ts';
-import { parseCli } from '../src/cli.ts';
+import { openDataset } from '../src/data/reader.ts';
+import { modelFromCheckpoint, pass } from '../src/recipe/tools.ts';
+import { parseCli, parseSize } from '../src/cli.ts';
 
 const USAGE = `usage: node pipelines/evaluate.ts --checkpoint FILE --data DIR [options]
   --checkpoint FILE   a checkpoint written by pipelines/spcl.ts
@@ -36,8 +37,7 @@ const args = cli.values;
 const usageError: (message: string) => never = cli.fail;
 if (!args.checkpoint) usageError('--checkpoint is required');
 if (!args.data) usageError('--data is required');
-const size = args.size === undefined ? null : /^(\d+)x(\d+)$/.exec(args.size);
-if (args.size !== undefined && !size) usageError(`--size must look like 512x1024, got '${args.size}'`);
+const size = args.size === undefined ? null : parseSize(args.size, 'size', '512x1024', usageError);
 const ccd = Number(args.ccd);
 if (!Number.isInteger(ccd) || ccd < 0) usageError(`--ccd must be an integer >= 0, got '${args.ccd}'`);
 
@@ -48,7 +48,7 @@ try {
   const { model, meta } = await modelFromCheckpoint(args.checkpoint);
   const dataset = await openDataset(args.data);
   if (dataset.manifest.numClasses !== meta.numClasses) throw new Error(`${args.data} has ${dataset.manifest.numClasses} classes, the checkpoint ${meta.numClasses}`);
-  const evalSize: [number, number] = size ? [Number(size[1]), Number(size[2])] : meta.size?.eval ?? [512, 1024];
+  const evalSize: [number, number] = size ?? meta.size?.eval ?? [512, 1024];
   const pngs: Promise<unknown>[] = [];
   const report = await pass(dataset, { resize: evalSize, resizeLabel: false }, 4, undefined, () => evaluate({
     model, numClasses: meta.numClasses, ccdImages: ccd, release: (b) => b.release(),

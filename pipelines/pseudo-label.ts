@@ -13,8 +13,9 @@ import { selectBackend, type BackendRequest } from '../src/ops/backend.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { estimateThresholds } from '../src/stages/estimate-thresholds.ts';
 import { writeGeneration } from '../src/stages/write-pseudo-labels.ts';
-import { modelFromCheckpoint, openDataset, pass } from '../src/recipe/tools.ts';
-import { parseCli } from '../src/cli.ts';
+import { openDataset } from '../src/data/reader.ts';
+import { modelFromCheckpoint, pass } from '../src/recipe/tools.ts';
+import { parseCli, parseSize } from '../src/cli.ts';
 
 const USAGE = `usage: node pipelines/pseudo-label.ts --checkpoint FILE --target DIR --out DIR [options]
   --checkpoint FILE   a checkpoint written by pipelines/spcl.ts
@@ -34,8 +35,7 @@ const cli = parseCli('pseudo-label', USAGE, {
 const args = cli.values;
 const usageError: (message: string) => never = cli.fail;
 for (const k of ['checkpoint', 'target', 'out'] as const) if (!args[k]) usageError(`--${k} is required`);
-const size = args.size === undefined ? null : /^(\d+)x(\d+)$/.exec(args.size);
-if (args.size !== undefined && !size) usageError(`--size must look like 512x1024, got '${args.size}'`);
+const size = args.size === undefined ? null : parseSize(args.size, 'size', '512x1024', usageError);
 const cap = Number(args.cap);
 if (!(cap > 0 && cap <= 1)) usageError(`--cap must be a number in (0, 1], got '${args.cap}'`);
 const keep = Number(args.keep);
@@ -47,7 +47,7 @@ try {
   metrics.buildInfo.set({ version: process.env.npm_package_version ?? '0.1.0', backend, phase: 'pseudo-label', preset: 'none' }, 1);
   const { model, meta } = await modelFromCheckpoint(args.checkpoint!);
   const dataset = await openDataset(args.target!);
-  const inputSize: [number, number] = size ? [Number(size[1]), Number(size[2])] : meta.size?.target ?? [512, 1024];
+  const inputSize: [number, number] = size ?? meta.size?.target ?? [512, 1024];
   const t = await pass(dataset, { resize: inputSize }, 4, undefined, () => estimateThresholds({
     model, numClasses: meta.numClasses, bins: 4096, cap, scratch: join(args.out!, 'scratch-predictions.lmdb'), release: (b) => b.release(),
   }));

@@ -6,7 +6,7 @@
  *   node pipelines/smoke.ts [--backend auto|tensorflow|wasm|cpu] [--steps 30] [--batch 4] [--size 64x128]
  */
 import * as tf from '@tensorflow/tfjs';
-import { parseCli } from '../src/cli.ts';
+import { parseCli, parseSize } from '../src/cli.ts';
 import { BACKEND_REQUESTS, selectBackend, type BackendRequest } from '../src/ops/backend.ts';
 import { deeplabV2 } from '../src/ops/model/deeplab.ts';
 import { segCrossEntropy } from '../src/ops/losses.ts';
@@ -38,9 +38,7 @@ if (!BACKEND_REQUESTS.includes(args.backend as BackendRequest)) fail(`--backend 
 const steps = int('steps', args.steps, 6); // the loss check compares the first and last 3 steps
 const batch = int('batch', args.batch, 1);
 const classes = int('classes', args.classes, 2);
-const size = /^(\d+)x(\d+)$/.exec(args.size);
-if (!size) fail(`--size must look like 64x128, got '${args.size}'`);
-const [height, width] = [Number(size[1]), Number(size[2])];
+const [height, width] = parseSize(args.size, 'size', '64x128', fail);
 if (height < 16 || width < 16) fail(`--size must be at least 16x16, got '${args.size}'`);
 
 const backend = await selectBackend(args.backend as BackendRequest).catch((err: Error) => fail(err.message));

@@ -28,3 +28,11 @@ export function parseCli<const O extends ParseArgsOptionsConfig>(name: string, u
   }
   return { values, fail };
 }
+
+/** A `HxW` flag value as [height, width], both >= `min`; otherwise `fail` names the flag and an example. */
+export function parseSize(value: string, flag: string, example: string, fail: (message: string) => never, min = 1): [number, number] {
+  const m = /^(\d+)x(\d+)$/.exec(value);
+  const hw: [number, number] = m ? [Number(m[1]), Number(m[2])] : [0, 0];
+  if (!m || hw[0] < min || hw[1] < min) fail(`--${flag} must look like ${example}${min > 1 ? ` (sides >= ${min})` : ''}, got '${value}'`);
+  return hw;
+}

@@ -7,7 +7,7 @@
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Piscina } from 'piscina';
-import { augmentOutputSize, type AugmentSpec } from './augment.ts';
+import type { AugmentSpec } from './augment.ts';
 import type { ReadResult, ReadTask } from './read-worker.ts';
 import { readManifest, type Manifest } from './shards.ts';
 
@@ -96,9 +96,4 @@ export class SampleReader {
     await this.pool.destroy();
     this.free.clear();
   }
-}
-
-/** Output size [h, w] of a spec for a dataset whose records are w x h (null: depends on the record). */
-export function sampleSize(spec: AugmentSpec, w: number, h: number): readonly [number, number] | null {
-  return augmentOutputSize(spec, w, h);
 }

@@ -2,10 +2,9 @@
  * What the stand-alone tools share: a model rebuilt from one of our checkpoints (its metadata names the
  * backbone and classes), and single passes of the evaluation and pseudo-label stages over a dataset.
  */
-import * as tf from '@tensorflow/tfjs';
 import { lastValueFrom } from 'rxjs';
 import type { AugmentSpec } from '../data/augment.ts';
-import { openDataset, SampleReader, type Dataset } from '../data/reader.ts';
+import { SampleReader, type Dataset } from '../data/reader.ts';
 import { applyModelState, disposeCheckpoint, loadCheckpoint } from '../io/weights.ts';
 import { deeplabV2, type BackboneName, type SegModel } from '../ops/model/deeplab.ts';
 import { Credits } from '../graph/flow.ts';
@@ -48,4 +47,3 @@ export async function pass<T>(dataset: Dataset, spec: AugmentSpec, batchSize: nu
   }
 }
 
-export { openDataset, tf };
