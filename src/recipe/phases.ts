@@ -63,6 +63,19 @@ function restoreOptimizer(opt: SGD | Adam, state: OptimizerState | undefined): v
 }
 
 const release = (b: Batch) => b.release();
+
+/**
+ * Training batches of the two-domain phases: a jittered source batch with its labels and a resized
+ * target batch (labels from `pseudo`, or none), side by side; streams `stream` and `stream + 1`, resumed
+ * after `start` iterations.
+ */
+function sourceTargetPairs(ctx: RunContext, start: number, stream: number, pseudo: string | null): Observable<{ s: Batch; t: Batch }> {
+  const { batch } = ctx.cfg;
+  const s = specs(ctx);
+  const src = batches(ctx, { domain: 'source', spec: s.sourceTrain, batchSize: batch.source, mode: 'train', stream, start: start * batch.source });
+  const tgt = batches(ctx, { domain: 'target', spec: s.targetPlain, batchSize: batch.target, mode: 'train', stream: stream + 1, start: start * batch.target, pseudo });
+  return zip(src, tgt).pipe(map(([a, b]) => ({ s: a, t: b })));
+}
 const releasePair = ({ s, t }: { s: Batch; t: Batch }) => {
   s.release();
   t.release();
@@ -162,12 +175,9 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
     for (const [k, v] of resume.discriminator) disc.store.get(k).assign(v);
     tf.dispose([...resume.discriminator.values()]);
   }
-  const s = specs(ctx);
   const start = resume.iteration;
-  const src = batches(ctx, { domain: 'source', spec: s.sourceTrain, batchSize: cfg.batch.source, mode: 'train', stream: 11, start: start * cfg.batch.source });
-  const tgt = batches(ctx, { domain: 'target', spec: s.targetPlain, batchSize: cfg.batch.target, mode: 'train', stream: 12, start: start * cfg.batch.target });
   try {
-    return await train(ctx, 'warmup', w, start, zip(src, tgt).pipe(map(([a, b]) => ({ s: a, t: b }))), ({ s: sb, t: tb }, it) => {
+    return await train(ctx, 'warmup', w, start, sourceTargetPairs(ctx, start, 11, null), ({ s: sb, t: tb }, it) => {
       const lr = polyLR(w.lr, it, w.maxIter);
       const lrD = polyLR(w.lrD, it, w.maxIter);
       return tf.tidy(() => {
@@ -244,12 +254,9 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
   const params = model.trainableParams();
   const opt = sgd(ctx, params);
   restoreOptimizer(opt, resume.optimizer);
-  const s = specs(ctx);
   const start = resume.iteration;
-  const src = batches(ctx, { domain: 'source', spec: s.sourceTrain, batchSize: cfg.batch.source, mode: 'train', stream: 51, start: start * cfg.batch.source });
-  const tgt = batches(ctx, { domain: 'target', spec: s.targetPlain, batchSize: cfg.batch.target, mode: 'train', stream: 52, start: start * cfg.batch.target, pseudo: ctx.pseudo });
   try {
-    return await train(ctx, 'spcl', c, start, zip(src, tgt).pipe(map(([a, b]) => ({ s: a, t: b }))), ({ s: sb, t: tb }, it) => {
+    return await train(ctx, 'spcl', c, start, sourceTargetPairs(ctx, start, 51, ctx.pseudo), ({ s: sb, t: tb }, it) => {
       const lr = polyLR(c.lr, it, c.maxIter);
       return tf.tidy(() => {
         const xs = batchTensors(sb);
