@@ -279,6 +279,34 @@ const adaptation: RowSpec = {
         options: { colorMode: 'none' },
       },
     ],
+    {
+      type: 'timeseries', title: 'Target images and those awaiting pseudo-labels', unit: 'short', w: 9, h: 8, min: 0,
+      description: 'Target images known to the run (spcl_target_images: the target manifest as last read) and, in the continuous phase, those the current pseudo-label generation does not cover yet (spcl_pseudo_label_pending_images): they join training at the next refresh (continuous.refreshNewImages triggers one).',
+      targets: [
+        { expr: sel('spcl_target_images'), legend: 'target images' },
+        { expr: sel('spcl_pseudo_label_pending_images'), legend: 'awaiting pseudo-labels' },
+      ],
+    },
+    {
+      type: 'timeseries', title: 'Target arrivals', unit: 'short', w: 9, h: 8, min: 0,
+      description: 'New target images per rate interval (increase of spcl_target_arrivals_total), by source: ingest = written into the target shards by another pipelines/ingest.ts run, watch = ingested by this run from continuous.watch.',
+      targets: [{ expr: `sum by (source) (${increase('spcl_target_arrivals_total')})`, legend: '{{source}}' }],
+      custom: { drawStyle: 'bars', fillOpacity: 80 },
+    },
+    [
+      {
+        type: 'stat', title: 'Pseudo-label refreshes', unit: 'short', w: 6, h: 4,
+        description: 'Threshold + pseudo-label refreshes of the continuous phase by this process, by trigger (spcl_pseudo_label_refreshes_total): start, steps (continuous.refreshEvery), arrivals (continuous.refreshNewImages).',
+        targets: [{ expr: `sum by (trigger) (${sel('spcl_pseudo_label_refreshes_total')})`, legend: '{{trigger}}' }],
+        options: { colorMode: 'none', graphMode: 'none' },
+      },
+      {
+        type: 'stat', title: 'Age of the pseudo-labels', unit: 's', w: 6, h: 4,
+        description: 'Time since the current pseudo-label generation was written (time() - spcl_pseudo_label_last_refresh_timestamp_seconds). In the continuous phase it should stay below the refresh period.',
+        targets: [{ expr: `time() - ${sel('spcl_pseudo_label_last_refresh_timestamp_seconds')}`, legend: 'age' }],
+        options: { colorMode: 'none', graphMode: 'none' },
+      },
+    ],
   ],
 };
 

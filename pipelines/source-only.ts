@@ -10,7 +10,7 @@ process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 
 import { join } from 'node:path';
 import { PRESETS, SYNTHETIC_DATA, checkConfig, mergeConfig, parseSet } from '../src/recipe/config.ts';
-import { prepareSynthetic, runRecipe } from '../src/recipe/run.ts';
+import { runRecipe, useSyntheticData } from '../src/recipe/run.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { parseCli } from '../src/cli.ts';
 
@@ -34,9 +34,7 @@ const log = (line: string) => process.stderr.write(`${line}\n`);
 try {
   let cfg = mergeConfig(preset(), { out: args.out ?? `runs/source-only-${args.preset}`, seed: Number(args.seed), warmup: { lambdaAdv: 0 } }, 'flags');
   for (const s of args.set) cfg = mergeConfig(cfg, parseSet(s), `--set ${s}`);
-  if (cfg.preset === 'synthetic' && cfg.data.source.startsWith('data/synthetic/')) {
-    Object.assign(cfg.data, await prepareSynthetic(SYNTHETIC_DATA.root, SYNTHETIC_DATA.counts, log));
-  }
+  await useSyntheticData(cfg, SYNTHETIC_DATA, log);
   checkConfig(cfg);
   const { metrics, server } = await startMetrics(args, log);
   const report = await runRecipe({ cfg, only: ['warmup'], events: { log }, metrics });

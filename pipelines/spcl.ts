@@ -10,7 +10,7 @@ process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PHASES, PRESETS, SYNTHETIC_DATA, SYNTHETIC_QUICK_DATA, checkConfig, mergeConfig, parseSet, quick, type PhaseName, type SpclConfig } from '../src/recipe/config.ts';
-import { prepareSynthetic, runRecipe, type RunReport } from '../src/recipe/run.ts';
+import { runRecipe, useSyntheticData, type RunReport } from '../src/recipe/run.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { parseCli } from '../src/cli.ts';
 
@@ -24,6 +24,9 @@ const USAGE = `usage: node pipelines/spcl.ts [options]
   --phase NAME[,NAME]  run only these phases (${PHASES.join(', ')}), from the run's last checkpoint
   --checkpoint FILE    with --phase: start from this checkpoint instead
   --resume             continue from the last checkpoint in --out
+  --continuous         after the recipe (or the --phase phases), keep adapting: new target images are picked
+                       up, thresholds + pseudo-labels refreshed on a schedule (continuous.* keys), until
+                       SIGINT/SIGTERM or continuous.steps; with --resume it goes on where it stopped
   --quick              a much shorter synthetic run (end-to-end check, under 2 minutes)
 ${METRICS_USAGE}
   -h, --help           this text
@@ -39,6 +42,7 @@ const cli = parseCli('spcl', USAGE, {
   phase: { type: 'string' },
   checkpoint: { type: 'string' },
   resume: { type: 'boolean', default: false },
+  continuous: { type: 'boolean', default: false },
   quick: { type: 'boolean', default: false },
   ...METRICS_OPTIONS,
 });
@@ -92,15 +96,7 @@ function table(r: RunReport): string {
 
 try {
   const cfg = await buildConfig();
-  if (cfg.preset === 'synthetic') {
-    const data = args.quick ? SYNTHETIC_QUICK_DATA : SYNTHETIC_DATA;
-    if (cfg.data.source.startsWith('data/synthetic/')) {
-      const shards = await prepareSynthetic(data.root, data.counts, log);
-      cfg.data.source = shards.source;
-      cfg.data.target = shards.target;
-      cfg.data.targetVal = shards.targetVal;
-    }
-  }
+  await useSyntheticData(cfg, args.quick ? SYNTHETIC_QUICK_DATA : SYNTHETIC_DATA, log);
   checkConfig(cfg);
   let only: PhaseName[] | undefined;
   if (args.phase) {
@@ -117,7 +113,9 @@ try {
   }
   if (args.checkpoint && !only) usageError('--checkpoint needs --phase');
   const { metrics, server } = await startMetrics(args, log);
-  const report = await runRecipe({ cfg, resume: args.resume || Boolean(only), only, checkpoint: args.checkpoint, events: { log }, signal: controller.signal, metrics });
+  const report = await runRecipe({
+    cfg, resume: args.resume || Boolean(only), only, checkpoint: args.checkpoint, continuous: args.continuous, events: { log }, signal: controller.signal, metrics,
+  });
   await server.close();
   console.log(table(report));
   log(`report: ${join(cfg.out, 'report.json')}`);

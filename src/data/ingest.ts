@@ -11,7 +11,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Piscina } from 'piscina';
 import { createProgress } from '../graph/progress.ts';
-import { listDataset, type DatasetName, type LabelPolicy } from './adapters.ts';
+import { listDataset, type DatasetName, type LabelPolicy, type SampleFiles } from './adapters.ts';
 import type { IngestResult, IngestTask, IngestWorkerData, ProblemKind } from './ingest-worker.ts';
 import type { NumClasses } from './labels.ts';
 import { openShardForWrite, rebuildManifest, shardFileName, type Manifest } from './shards.ts';
@@ -34,6 +34,15 @@ export interface IngestOptions {
   progressStream?: NodeJS.WriteStream | null;
   /** Called per sample: written, or the problem kind (metrics). */
   onResult?: (outcome: 'written' | ProblemKind, seconds: number) => void;
+  /**
+   * Write every listed sample into shard file `shard-<shardFile>` instead of partitioning by
+   * shardIndex/shardCount (the continuous pipeline's own imports of a watched folder).
+   */
+  shardFile?: number;
+  /** Prepended to every record key (keeps imported keys apart from those of the original ingest). */
+  keyPrefix?: string;
+  /** Only samples this accepts are ingested now (e.g. files that are no longer being written). */
+  select?: (sample: SampleFiles) => boolean;
 }
 
 export interface IngestSummary {
@@ -64,7 +73,10 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
     throw new Error(`shard index ${shardIndex} of ${shardCount}: expected 0 <= index < count`);
   }
   const listing = await listDataset(opts.dataset, opts.root, { split: opts.split, numClasses: opts.numClasses, labels: opts.labels });
-  const mine = listing.samples.filter((_, j) => j % shardCount === shardIndex);
+  const prefix = opts.keyPrefix ?? '';
+  const listed = listing.samples.filter((s) => opts.select?.(s) ?? true).map((s) => (prefix ? { ...s, key: prefix + s.key } : s));
+  const own = opts.shardFile !== undefined;
+  const mine = own ? listed : listed.filter((_, j) => j % shardCount === shardIndex);
   const problems: Partial<Record<ProblemKind, number>> = {};
   let problemCount = 0;
   const report = (kind: ProblemKind, message: string) => {
@@ -74,9 +86,9 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
     if (problemCount <= MAX_LOGGED_PROBLEMS) log(`problem (${kind}): ${message}`);
     else if (problemCount === MAX_LOGGED_PROBLEMS + 1) log('problem: more problems follow; only counts from here on');
   };
-  for (const p of listing.problems) if (keyHash(p.key) % shardCount === shardIndex) report(p.kind, p.message);
+  for (const p of listing.problems) if (own || keyHash(p.key) % shardCount === shardIndex) report(p.kind, p.message);
 
-  const shardPath = join(opts.out, shardFileName(shardIndex));
+  const shardPath = join(opts.out, shardFileName(opts.shardFile ?? shardIndex));
   const shard = openShardForWrite(shardPath, { dataset: opts.dataset, split: listing.split, numClasses: listing.numClasses });
   const todo = mine.filter((s) => shard.index.get(s.key) === undefined);
   const existing = mine.length - todo.length;

@@ -139,3 +139,14 @@ export async function currentGenerationPath(dir: string): Promise<{ path: string
   if (!info) throw new Error(`${dir}: no complete pseudo-label generation (current.json missing); run the pseudo-labels phase first`);
   return { path: join(dir, info.file), info };
 }
+
+/** The keys a complete generation labels, in key order (the continuous phase samples from them). */
+export async function generationKeys(path: string): Promise<string[]> {
+  const root = open({ path, readOnly: true, compression: true, maxDbs: 2 });
+  try {
+    const db = root.openDB<PseudoLabelRecord, string>({ name: 'labels', encoding: 'msgpack' });
+    return [...db.getKeys()];
+  } finally {
+    await root.close();
+  }
+}

@@ -1219,3 +1219,43 @@ export async function writeSyntheticBenchmark(outDir: string, opts: SyntheticBen
   }
   return { source, target, counts, written, skipped };
 }
+
+/** Scene indices of arrivals start here, far from the train (0..) and val (VAL_INDEX_OFFSET..) scenes. */
+export const ARRIVAL_INDEX_OFFSET = 2_000_000;
+
+export interface SyntheticArrivalsOptions {
+  /** First arrival number (0-based); scene index = ARRIVAL_INDEX_OFFSET + number. */
+  from: number;
+  count: number;
+  seed?: number;
+  /** [height, width]; default 128x256 (the target's). */
+  size?: readonly [number, number];
+  /** City folder name (default `arrivals`). */
+  city?: string;
+}
+
+/**
+ * New target-domain images, as a camera fleet would deliver them: PNGs in the Cityscapes layout
+ * (`<root>/leftImg8bit/train/<city>/<city>_NNNNNN_000019_leftImg8bit.png`), each written to a temporary
+ * name and renamed into place, without labels. Scenes are new (indices no train or val scene uses), and
+ * deterministic for (number, seed). Returns the paths written. Used to feed a watched folder (soak test).
+ */
+export async function writeSyntheticArrivals(root: string, opts: SyntheticArrivalsOptions): Promise<string[]> {
+  const size = opts.size ?? DEFAULT_TARGET_SIZE;
+  checkSize(size, 'writeSyntheticArrivals: size');
+  checkCount(opts.from, 'from');
+  checkCount(opts.count, 'count');
+  const city = opts.city ?? 'arrivals';
+  const dir = join(root, 'leftImg8bit', 'train', city);
+  await mkdir(dir, { recursive: true });
+  const [h, w] = size;
+  const paths: string[] = [];
+  for (let i = opts.from; i < opts.from + opts.count; i++) {
+    const scene = renderScene('target', ARRIVAL_INDEX_OFFSET + i, opts.seed ?? 0, size);
+    const png = await sharp(scene.image, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer();
+    const path = join(dir, `${city}_${String(i).padStart(6, '0')}_000019_leftImg8bit.png`);
+    await writeAtomic(path, png);
+    paths.push(path);
+  }
+  return paths;
+}

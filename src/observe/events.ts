@@ -10,7 +10,7 @@ import { skipReason, type SpclMetrics } from './metrics.ts';
 
 const SMOOTHING = 0.98;
 
-export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: readonly string[], backend: string, base: RunEvents): RunEvents {
+export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: readonly string[], backend: string, base: RunEvents, targetImages = 0): RunEvents {
   const smoothed = new Map<string, number>();
   const flows = new Map<string, Credits>();
   const version = process.env.npm_package_version ?? '0.1.0';
@@ -22,6 +22,7 @@ export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: reado
     m.phaseInfo.set({ phase }, 1);
   };
   info();
+  m.targetImages.set(targetImages);
   // Queue depth follows the flows' credits (updated as samples move).
   const collectQueues = () => {
     for (const [name, c] of flows) {
@@ -83,7 +84,7 @@ export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: reado
       if (r.phase === 'warmup' && cfg.warmup.lambdaAdv > 0) {
         m.learningRate.set({ group: 'discriminator' }, polyLR(cfg.warmup.lrD, Math.min(r.iteration, cfg.warmup.maxIter), cfg.warmup.maxIter));
       }
-      if (r.phase === 'ssl') m.trainSamples.inc({ domain: 'target' }, cfg.batch.source + cfg.batch.target);
+      if (r.phase === 'ssl' || r.phase === 'continuous') m.trainSamples.inc({ domain: 'target' }, cfg.batch.source + cfg.batch.target);
       else {
         m.trainSamples.inc({ domain: 'source' }, cfg.batch.source);
         m.trainSamples.inc({ domain: 'target' }, cfg.batch.target);
@@ -103,8 +104,22 @@ export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: reado
       m.stageItems.inc({ stage: 'evaluate' }, report.images);
       base.evaluated?.(p, report);
     },
+    arrivals(a) {
+      m.targetImages.set(a.total);
+      m.targetArrivals.inc({ source: 'watch' }, a.ingested);
+      m.targetArrivals.inc({ source: 'ingest' }, Math.max(0, a.added - a.ingested));
+      m.pseudoPending.set(Math.max(0, a.pending));
+      if (a.problems) m.errors.inc({ stage: 'watch-target', kind: 'ingest_problem' }, a.problems);
+      base.arrivals?.(a);
+    },
+    refreshed(trigger, pending) {
+      m.pseudoRefreshes.inc({ trigger });
+      m.pseudoPending.set(Math.max(0, pending));
+      base.refreshed?.(trigger, pending);
+    },
     pseudoLabels(info, counts) {
       m.pseudoGeneration.set(info.generation);
+      m.pseudoLastRefresh.set(Date.now() / 1000);
       m.pseudoWritten.inc(info.count);
       m.stageItems.inc({ stage: 'write-pseudo-labels' }, info.count);
       info.thresholds.forEach((t, k) => m.classThreshold.set({ class: classNames[k] ?? String(k) }, t));

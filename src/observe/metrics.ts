@@ -31,6 +31,11 @@ export interface SpclMetrics {
   pseudoCoverage: Gauge<'class'>;
   pseudoGeneration: Gauge;
   pseudoWritten: Counter;
+  targetImages: Gauge;
+  targetArrivals: Counter<'source'>;
+  pseudoPending: Gauge;
+  pseudoRefreshes: Counter<'trigger'>;
+  pseudoLastRefresh: Gauge;
   evalMiou: Gauge<'split'>;
   evalTailMiou: Gauge<'split'>;
   evalClassIou: Gauge<'class'>;
@@ -84,6 +89,11 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetr
     pseudoCoverage: gauge('pseudo_label_coverage_ratio', 'Share of the pixels predicted as a class that keep a pseudo-label.', ['class']),
     pseudoGeneration: gauge('pseudo_label_generation', 'Number of the current pseudo-label generation.'),
     pseudoWritten: counter('pseudo_labels_written_total', 'Images written to pseudo-label generations.'),
+    targetImages: gauge('target_images', 'Target images known: the target dataset manifest, as last read.'),
+    targetArrivals: counter('target_arrivals_total', 'Target images that arrived while the run went on: written by another ingest, or ingested from the watched folder.', ['source']),
+    pseudoPending: gauge('pseudo_label_pending_images', 'Target images that the current pseudo-label generation does not cover yet (they train after the next refresh).'),
+    pseudoRefreshes: counter('pseudo_label_refreshes_total', 'Threshold + pseudo-label refreshes of the continuous phase, by what triggered them.', ['trigger']),
+    pseudoLastRefresh: gauge('pseudo_label_last_refresh_timestamp_seconds', 'Unix time of the last pseudo-label generation written.'),
     evalMiou: gauge('eval_miou_ratio', 'Mean IoU of the last evaluation.', ['split']),
     evalTailMiou: gauge('eval_tail_miou_ratio', 'Mean IoU over the tail classes of the last evaluation.', ['split']),
     evalClassIou: gauge('eval_class_iou_ratio', 'IoU per class of the last evaluation.', ['class']),
@@ -110,6 +120,9 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetr
   m.trainSkippedSteps.inc({ reason: 'non_finite_loss' }, 0);
   m.trainDataWait.inc(0);
   m.pseudoWritten.inc(0);
+  for (const source of ['ingest', 'watch']) m.targetArrivals.inc({ source }, 0);
+  for (const trigger of ['start', 'steps', 'arrivals']) m.pseudoRefreshes.inc({ trigger }, 0);
+  m.pseudoPending.set(0);
   m.decodeBytes.inc(0);
   return m;
 }

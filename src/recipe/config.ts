@@ -7,8 +7,10 @@ import type { BackendRequest } from '../ops/backend.ts';
 import type { BackboneName } from '../ops/model/deeplab.ts';
 import type { AbsentClassPolicy } from '../ops/prototypes.ts';
 
-export const PHASES = ['warmup', 'prototypes', 'pseudo-labels', 'spcl', 'pseudo-labels-2', 'ssl'] as const;
+export const PHASES = ['warmup', 'prototypes', 'pseudo-labels', 'spcl', 'pseudo-labels-2', 'ssl', 'continuous'] as const;
 export type PhaseName = (typeof PHASES)[number];
+/** The recipe of REFERENCE 1, what a run does unless told otherwise; `continuous` follows with --continuous. */
+export const RECIPE_PHASES: readonly PhaseName[] = PHASES.filter((p) => p !== 'continuous');
 
 export interface TrainPhaseConfig {
   /** Iterations actually run (REFERENCE: STOP_ITER). */
@@ -55,6 +57,28 @@ export interface SpclConfig {
   spcl: TrainPhaseConfig & { lambda: number; temperature: number; sourceTemperature: number; refineSource: boolean };
   ssl: TrainPhaseConfig & { bn: 'frozen' | 'trainable' };
   eval: { every: number };
+  /**
+   * Continuous adaptation (--continuous): self-training on the target goes on after the recipe, new target
+   * images are picked up as they arrive, thresholds and pseudo-labels are refreshed on a schedule.
+   */
+  continuous: {
+    /** Iterations of the continuous phase in all (0 = until SIGINT/SIGTERM). */
+    steps: number;
+    /** Constant learning rate of the backbone (the classifier gets x optimizer.classifierLrMult). */
+    lr: number;
+    /** Refresh thresholds + pseudo-labels after this many steps on one generation (0 = never on steps). */
+    refreshEvery: number;
+    /** ...or as soon as this many target images have no pseudo-label yet (0 = never on arrivals). */
+    refreshNewImages: number;
+    /** Folder of new target images (in the target dataset's layout) that the pipeline ingests itself; '' = none. */
+    watch: string;
+    /** Seconds between looks at the target manifest (and the watched folder). */
+    pollSeconds: number;
+    /** A watched file is ingested once its size and mtime have not changed for this many seconds. */
+    settleSeconds: number;
+    /** Evaluate on data.targetVal every this many iterations (0 = never). */
+    evalEvery: number;
+  };
   checkpoint: { every: number; keep: number; select: 'last' | 'best-val' };
   /** Print a progress line every this many iterations. */
   logEvery: number;
@@ -80,6 +104,8 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     spcl: { ...paperPhase(40_000, 62_500, 2.5e-4), lambda: 1, temperature: 100, sourceTemperature: 1.8, refineSource: true },
     ssl: { ...paperPhase(20_000, 31_250, 5e-4), bn: 'trainable' },
     eval: { every: 2000 },
+    // lr: about where the self-training poly schedule ends (5e-4 x (1 - 20000/31250)^0.9)
+    continuous: { steps: 0, lr: 2e-4, refreshEvery: 2000, refreshNewImages: 500, watch: '', pollSeconds: 30, settleSeconds: 5, evalEvery: 2000 },
     checkpoint: { every: 2000, keep: 3, select: 'last' },
     logEvery: 50,
   };
@@ -100,6 +126,7 @@ function synthetic(): SpclConfig {
     spcl: { ...base.spcl, iterations: 300, maxIter: 420, lr: 0.004 },
     ssl: { iterations: 300, maxIter: 420, lr: 0.004, bn: 'trainable' },
     eval: { every: 0 },
+    continuous: { steps: 0, lr: 1e-3, refreshEvery: 300, refreshNewImages: 50, watch: '', pollSeconds: 10, settleSeconds: 2, evalEvery: 300 },
     checkpoint: { every: 250, keep: 2, select: 'last' },
     logEvery: 50,
   };
@@ -153,8 +180,13 @@ const positiveInt = (v: unknown) => Number.isInteger(v) && (v as number) >= 1;
 for (const k of ['batch.source', 'batch.target', 'warmup.iterations', 'spcl.iterations', 'ssl.iterations', 'warmup.maxIter', 'spcl.maxIter', 'ssl.maxIter', 'logEvery', 'checkpoint.keep', 'pseudo.keep', 'warmup.ndf']) {
   RULES[k] = [positiveInt, 'an integer >= 1'];
 }
+for (const k of ['continuous.steps', 'continuous.refreshEvery', 'continuous.refreshNewImages', 'continuous.evalEvery']) {
+  RULES[k] = [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = off)'];
+}
+RULES['continuous.pollSeconds'] = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number of seconds > 0'];
+RULES['continuous.settleSeconds'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number of seconds >= 0'];
 for (const k of ['eval.every', 'checkpoint.every']) RULES[k] = [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = at phase ends only)'];
-for (const k of ['warmup.lr', 'warmup.lrD', 'spcl.lr', 'ssl.lr', 'spcl.temperature', 'spcl.sourceTemperature', 'warmup.sourceTemperature']) {
+for (const k of ['warmup.lr', 'warmup.lrD', 'spcl.lr', 'ssl.lr', 'continuous.lr', 'spcl.temperature', 'spcl.sourceTemperature', 'warmup.sourceTemperature']) {
   RULES[k] = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number > 0'];
 }
 for (const k of ['size.source', 'size.target', 'size.eval']) {

@@ -39,6 +39,10 @@ export interface RunEvents {
   prototypes?(prototypes: Prototypes): void;
   /** The run completed (every wanted phase done). */
   finished?(): void;
+  /** Continuous phase: target images arrived (totals after the arrival; pending = without pseudo-labels). */
+  arrivals?(a: { added: number; ingested: number; problems: number; total: number; pending: number }): void;
+  /** Continuous phase: thresholds + pseudo-labels were refreshed, for this reason. */
+  refreshed?(trigger: 'start' | 'steps' | 'arrivals', pending: number): void;
 }
 
 export interface RunContext {
@@ -60,9 +64,24 @@ export interface RunContext {
   starvation: Record<string, { wait: number; compute: number }>;
   /** Aborted by SIGINT/SIGTERM: training loops stop after the current step and checkpoint. */
   signal?: AbortSignal;
+  /** Where the continuous phase is (null outside it); checkpointed with everything else. */
+  continuous: ContinuousState | null;
   /** Phases completed, and their results (checkpointed, so a resume skips them). */
   done: PhaseName[];
   results: PhaseResultLike[];
+}
+
+/**
+ * The continuous phase's position (REFERENCE 1 step 8 kept going): which refresh of the pseudo-labels it is
+ * on, since which iteration, and how many target images that generation covers.
+ */
+export interface ContinuousState {
+  /** Thresholds + pseudo-label refreshes done in the phase (1 = its first generation). */
+  refresh: number;
+  /** Iteration at which training on the current generation began. */
+  since: number;
+  /** Target images the current generation covers (its keys, in key order). */
+  images: number;
 }
 
 /** A finished phase as the report and checkpoints keep it. */
@@ -76,7 +95,7 @@ export interface PhaseResultLike {
   losses: Record<string, number>;
 }
 
-export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds' | 'pseudo' | 'checkpoints' | 'dirs' | 'skipped' | 'starvation' | 'done' | 'results'>): RunContext {
+export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds' | 'pseudo' | 'checkpoints' | 'dirs' | 'skipped' | 'starvation' | 'done' | 'results' | 'continuous'>): RunContext {
   const run = parts.cfg.out;
   return {
     ...parts,
@@ -87,6 +106,7 @@ export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds
     dirs: { run, pseudo: join(run, 'pseudo-labels'), scratch: join(run, 'scratch-predictions.lmdb') },
     skipped: {},
     starvation: {},
+    continuous: null,
     done: [],
     results: [],
   };
@@ -106,6 +126,8 @@ export interface BatchStreamOptions {
   start?: number;
   /** Take labels from this pseudo-label generation. */
   pseudo?: string | null;
+  /** 'train' mode: sample these keys of the dataset (default: all of them). */
+  keys?: readonly string[];
 }
 
 /** read-shards -> decode-augment -> collate, with its own bounded credits. */
@@ -120,7 +142,7 @@ export function batches(ctx: RunContext, opts: BatchStreamOptions): Observable<B
   } else if (opts.domain === 'source' && ctx.cfg.data.classBalanced) {
     sampler = ClassBalancedSampler.fromManifest(dataset.manifest, { seed: ctx.cfg.seed });
   } else {
-    sampler = new ShuffleSampler(dataset.keys, { seed: ctx.cfg.seed + opts.stream });
+    sampler = new ShuffleSampler(opts.keys ?? dataset.keys, { seed: ctx.cfg.seed + opts.stream });
   }
   const start = opts.start ?? 0;
   for (let i = 0; i < start; i++) sampler.next(); // resume: replay the draws already consumed

@@ -21,6 +21,7 @@ import { evaluate, type EvalReport } from '../stages/evaluate.ts';
 import { applyIfFinite, trainStep, type StepReport } from '../stages/train-step.ts';
 import { accumulatePrototypes, batchTensors } from '../stages/update-prototypes.ts';
 import { writeGeneration } from '../stages/write-pseudo-labels.ts';
+import type { GenerationInfo } from '../data/pseudo-labels.ts';
 import { batches, type PhaseResultLike, type RunContext } from './context.ts';
 import type { PhaseName, TrainPhaseConfig } from './config.ts';
 
@@ -36,7 +37,7 @@ export interface ResumePoint {
 
 const JITTER = { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 };
 
-function specs(ctx: RunContext) {
+export function specs(ctx: RunContext) {
   const { source, target, eval: ev } = ctx.cfg.size;
   return {
     sourceTrain: { jitter: JITTER, resize: source } satisfies AugmentSpec,
@@ -47,7 +48,7 @@ function specs(ctx: RunContext) {
   };
 }
 
-function sgd(ctx: RunContext, params: Param[]): SGD {
+export function sgd(ctx: RunContext, params: Param[]): SGD {
   const o = ctx.cfg.optimizer;
   return new SGD([
     { params: params.filter((p) => p.group === 'backbone'), lrMult: 1 },
@@ -56,13 +57,13 @@ function sgd(ctx: RunContext, params: Param[]): SGD {
 }
 
 /** Loads a checkpointed optimiser state (the optimiser takes its own references; ours are freed). */
-function restoreOptimizer(opt: SGD | Adam, state: OptimizerState | undefined): void {
+export function restoreOptimizer(opt: SGD | Adam, state: OptimizerState | undefined): void {
   if (!state) return;
   opt.setState(state);
   tf.dispose([...state.slots.values()]);
 }
 
-const release = (b: Batch) => b.release();
+export const release = (b: Batch) => b.release();
 
 /**
  * Training batches of the two-domain phases: a jittered source batch with its labels and a resized
@@ -101,29 +102,42 @@ export function checkpointState(ctx: RunContext, phase: PhaseName, iteration: nu
     ...extra,
     meta: {
       phase, iteration, done: ctx.done, results: ctx.results, bn: ctx.model.batchNorm, thresholds: ctx.thresholds, pseudo: ctx.pseudo,
+      continuous: ctx.continuous,
       preset: ctx.cfg.preset, seed: ctx.cfg.seed, backend: ctx.backend, savedAt: new Date().toISOString(),
       backbone: ctx.cfg.model.backbone, numClasses: ctx.cfg.data.numClasses, size: ctx.cfg.size,
     },
   };
 }
 
+/** What the continuous phase adds to the shared training loop. */
+export interface TrainExtras {
+  /** Ends the loop after the step in progress when it emits (a pseudo-label refresh is due). */
+  until?: Observable<unknown>;
+  /** Evaluation period in iterations (default: eval.every, or checkpoint.every with best-val). */
+  evalEvery?: number;
+  /** How the progress line names the end (default: the phase's iterations). */
+  total?: string;
+}
+
 /**
  * Shared loop of the training phases: take `iterations - start` batches from `input`, run `step`,
  * log, checkpoint every `checkpoint.every` and at the end.
  */
-async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhaseConfig, start: number, input: Observable<B>,
+export async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhaseConfig, start: number, input: Observable<B>,
   step: (batch: B, iteration: number) => { losses: Record<string, number>; lr: number; skipped?: boolean },
-  releaseBatch: (b: B) => void, state: (iteration: number) => Partial<CheckpointState>): Promise<PhaseResult> {
+  releaseBatch: (b: B) => void, state: (iteration: number) => Partial<CheckpointState>, extras: TrainExtras = {}): Promise<PhaseResult> {
   const t0 = performance.now();
   const every = ctx.cfg.checkpoint.every;
   // best-val selection needs a validation score at every checkpoint
-  const evalEvery = ctx.cfg.checkpoint.select === 'best-val' && every > 0 ? every : ctx.cfg.eval.every;
+  const evalEvery = extras.evalEvery ?? (ctx.cfg.checkpoint.select === 'best-val' && every > 0 ? every : ctx.cfg.eval.every);
+  const total = extras.total ?? String(pc.iterations);
   const starv = (ctx.starvation[phase] ??= { wait: 0, compute: 0 });
   let last: StepReport | null = null;
   const stop$ = ctx.signal ? (ctx.signal.aborted ? of(true) : fromEvent(ctx.signal, 'abort')) : NEVER;
   const reports = input.pipe(
     take(Math.max(0, pc.iterations - start)),
     takeUntil(stop$),
+    takeUntil(extras.until ?? NEVER),
     trainStep({
       phase, startIteration: start, step, release: releaseBatch,
       after: async (r) => {
@@ -133,7 +147,7 @@ async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhaseConfig,
         ctx.events.step?.(r);
         if (r.iteration % ctx.cfg.logEvery === 0 || r.iteration === pc.iterations) {
           const terms = Object.entries(r.losses).map(([k, v]) => `${k} ${v.toFixed(4)}`).join('  ');
-          ctx.events.log(`${phase} ${r.iteration}/${pc.iterations}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms${r.skipped ? '  (update skipped: non-finite loss)' : ''}`);
+          ctx.events.log(`${phase} ${r.iteration}/${total}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms${r.skipped ? '  (update skipped: non-finite loss)' : ''}`);
         }
         if (r.iteration >= pc.iterations) return; // the end of the phase is evaluated and saved by the caller
         const evalNow = evalEvery > 0 && r.iteration % evalEvery === 0;
@@ -150,8 +164,9 @@ async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhaseConfig,
   const reached = finished?.iteration ?? start;
   await ctx.checkpoints.save(checkpointState(ctx, phase, reached, state(reached)), phase, reached);
   const losses = Object.fromEntries(Object.entries(finished?.losses ?? {}).filter(([, v]) => Number.isFinite(v)));
-  const aborted = reached < pc.iterations;
-  if (aborted) ctx.events.log(`${phase}: stopped at iteration ${reached}/${pc.iterations}; checkpoint written, --resume continues`);
+  // a signal is the only thing that ends a phase early (the continuous phase's refreshes are not a stop)
+  const aborted = Boolean(ctx.signal?.aborted) && reached < pc.iterations;
+  if (aborted) ctx.events.log(`${phase}: stopped at iteration ${reached}/${total}; checkpoint written, --resume continues`);
   return { phase, seconds: (performance.now() - t0) / 1000, iterations: reached, eval: null, losses, aborted };
 }
 
@@ -231,18 +246,27 @@ export async function prototypesPhase(ctx: RunContext): Promise<PhaseResult> {
 /** Steps 4 and 7: thresholds (per-class upper median, capped) and pseudo-labels, one model pass. */
 export async function pseudoLabelPhase(ctx: RunContext, phase: PhaseName): Promise<PhaseResult> {
   const t0 = performance.now();
+  await refreshPseudoLabels(ctx, phase, { phase });
+  return { phase, seconds: (performance.now() - t0) / 1000, iterations: 0, eval: null, losses: {} };
+}
+
+/**
+ * One thresholds + pseudo-labels pass over every target image known now, written as a new generation and
+ * made current (ctx.thresholds, ctx.pseudo). `source` is the generation's provenance.
+ */
+export async function refreshPseudoLabels(ctx: RunContext, label: string, source: Record<string, unknown>): Promise<GenerationInfo> {
   const { cfg } = ctx;
   const t = await lastValueFrom(batches(ctx, { domain: 'target', spec: specs(ctx).targetPlain, batchSize: 4, mode: 'pass', stream: 40 }).pipe(
     estimateThresholds({ model: ctx.model, numClasses: cfg.data.numClasses, bins: cfg.pseudo.bins, cap: cfg.pseudo.cap, scratch: ctx.dirs.scratch, release }),
   ));
-  const info = await writeGeneration(t, { dir: ctx.dirs.pseudo, numClasses: cfg.data.numClasses, keep: cfg.pseudo.keep, source: { phase } });
+  const info = await writeGeneration(t, { dir: ctx.dirs.pseudo, numClasses: cfg.data.numClasses, keep: cfg.pseudo.keep, source });
   ctx.thresholds = t.thresholds;
   ctx.pseudo = `${ctx.dirs.pseudo}/${info.file}`;
   ctx.events.pseudoLabels?.(info, t.counts);
   const labelled = info.coverage.reduce((a, c, k) => a + c * t.counts[k]!, 0) / Math.max(1, t.counts.reduce((a, b) => a + b, 0));
-  ctx.events.log(`${phase}: generation ${info.generation}, ${info.count} images, ${(100 * labelled).toFixed(1)}% of pixels labelled; ` +
+  ctx.events.log(`${label}: generation ${info.generation}, ${info.count} images, ${(100 * labelled).toFixed(1)}% of pixels labelled; ` +
     `thresholds ${t.thresholds.map((v) => v.toFixed(2)).join(' ')}`);
-  return { phase, seconds: (performance.now() - t0) / 1000, iterations: 0, eval: null, losses: {} };
+  return info;
 }
 
 /** Step 5: seg (/1.8) + lambda (Lcl_s + Lcl_t); prototype EMA with the current source batch first. */
@@ -298,19 +322,24 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
   const start = resume.iteration;
   const tgt = batches(ctx, { domain: 'target', spec: specs(ctx).targetSsl, batchSize: size, mode: 'train', stream: 81, start: start * size, pseudo: ctx.pseudo });
   try {
-    return await train(ctx, 'ssl', c, start, tgt, (tb, it) => {
-      const lr = polyLR(c.lr, it, c.maxIter);
-      return tf.tidy(() => {
-        const xt = batchTensors(tb);
-        const g = applyIfFinite(() => {
-          const lt = tf.image.resizeBilinear(model.forward(xt.images, { training: true }).logits, [tb.labelHeight, tb.labelWidth], true);
-          const ssl = segCrossEntropy(lt, xt.labels!);
-          return { total: ssl, terms: { ssl } };
-        }, params, opt, lr);
-        return { losses: g.losses, lr, skipped: !g.finite };
-      });
-    }, release, () => ({ optimizer: opt.getState() }));
+    return await train(ctx, 'ssl', c, start, tgt, selfTrainingStep(params, opt, (it) => polyLR(c.lr, it, c.maxIter), ctx), release, () => ({ optimizer: opt.getState() }));
   } finally {
     opt.dispose();
   }
+}
+
+/** One self-training step (REFERENCE 1 step 8): cross-entropy of the target prediction against its pseudo-labels. */
+export function selfTrainingStep(params: Param[], opt: SGD, lrAt: (iteration: number) => number, ctx: RunContext) {
+  return (tb: Batch, it: number) => {
+    const lr = lrAt(it);
+    return tf.tidy(() => {
+      const xt = batchTensors(tb);
+      const g = applyIfFinite(() => {
+        const lt = tf.image.resizeBilinear(ctx.model.forward(xt.images, { training: true }).logits, [tb.labelHeight, tb.labelWidth], true);
+        const ssl = segCrossEntropy(lt, xt.labels!);
+        return { total: ssl, terms: { ssl } };
+      }, params, opt, lr);
+      return { losses: g.losses, lr, skipped: !g.finite };
+    });
+  };
 }

@@ -12,10 +12,11 @@ import { applyModelState, disposeCheckpoint, loadCheckpoint, loadSafetensors } f
 import { selectBackend } from '../ops/backend.ts';
 import { deeplabV2 } from '../ops/model/deeplab.ts';
 import type { PhaseName, SpclConfig } from './config.ts';
-import { PHASES } from './config.ts';
+import { PHASES, RECIPE_PHASES } from './config.ts';
+import { continuousPhase, type ContinuousSummary } from './continuous.ts';
 import type { SpclMetrics } from '../observe/metrics.ts';
 import { metricsEvents } from '../observe/events.ts';
-import { createContext, type PhaseResultLike, type RunContext, type RunEvents } from './context.ts';
+import { createContext, type ContinuousState, type PhaseResultLike, type RunContext, type RunEvents } from './context.ts';
 import { evaluatePhase, prototypesPhase, pseudoLabelPhase, spclPhase, sslPhase, warmupPhase, checkpointState, type ResumePoint } from './phases.ts';
 
 export interface PhaseReport {
@@ -43,6 +44,8 @@ export interface RunReport {
   stopped: boolean;
   classNames: string[];
   tensorsAtEnd: number;
+  /** The continuous phase, when it ran. */
+  continuous?: ContinuousSummary;
   config: SpclConfig;
 }
 
@@ -81,6 +84,17 @@ export async function prepareSynthetic(root: string, counts: { source: number; t
   return shards;
 }
 
+/**
+ * Points the dataset folders of `cfg` that still name the embedded benchmark (`data/synthetic/...`) at
+ * `where` (generated and ingested there on first use); folders set to other data are left alone.
+ */
+export async function useSyntheticData(cfg: SpclConfig, where: { root: string; counts: { source: number; targetTrain: number; targetVal: number } }, log: (l: string) => void): Promise<void> {
+  const keys = (['source', 'target', 'targetVal'] as const).filter((k) => cfg.data[k].startsWith('data/synthetic/'));
+  if (cfg.preset !== 'synthetic' || keys.length === 0) return;
+  const shards = await prepareSynthetic(where.root, where.counts, log);
+  for (const k of keys) cfg.data[k] = shards[k];
+}
+
 async function open(dir: string, what: string, numClasses: number): Promise<Dataset> {
   const ds = await openDataset(dir).catch((err: Error) => {
     throw new Error(`config: data.${what}: ${err.message}`);
@@ -99,6 +113,8 @@ export interface RunOptions {
   only?: PhaseName[];
   /** Start from this checkpoint file instead of the run's latest (with `only`). */
   checkpoint?: string;
+  /** After the recipe (or the `only` phases), adapt continuously (the `continuous` phase, until stopped). */
+  continuous?: boolean;
   events: RunEvents;
   /** Stops between steps when aborted: the phase checkpoints and the run ends (SIGINT/SIGTERM). */
   signal?: AbortSignal;
@@ -117,7 +133,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     target: await open(cfg.data.target, 'target', numClasses),
     targetVal: cfg.data.targetVal ? await open(cfg.data.targetVal, 'targetVal', numClasses) : null,
   };
-  if (opts.metrics) events = metricsEvents(opts.metrics, cfg, data.source.manifest.classNames, backend, events);
+  if (opts.metrics) events = metricsEvents(opts.metrics, cfg, data.source.manifest.classNames, backend, events, data.target.keys.length);
   const model = deeplabV2({ backbone: cfg.model.backbone, numClasses, seed: cfg.seed });
   if (cfg.model.weights) {
     const r = await loadSafetensors(model, cfg.model.weights);
@@ -132,8 +148,10 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     const tensorsAfter = new Map<PhaseName, number>();
     let resumePoint: { phase: PhaseName; point: ResumePoint } | null = null;
     if (opts.resume || opts.checkpoint) resumePoint = await restore(ctx, opts.checkpoint);
-    const wanted = opts.only ?? [...PHASES];
+    const wanted: PhaseName[] = [...(opts.only ?? RECIPE_PHASES)];
+    if (opts.continuous && !wanted.includes('continuous')) wanted.push('continuous');
     if (opts.only) ctx.done = ctx.done.filter((p) => !opts.only!.includes(p));
+    let continuous: ContinuousSummary | undefined;
     for (const phase of PHASES) {
       if (!wanted.includes(phase) || ctx.done.includes(phase)) continue;
       if (opts.signal?.aborted) break;
@@ -146,8 +164,22 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
         case 'pseudo-labels': case 'pseudo-labels-2': result = await pseudoLabelPhase(ctx, phase); break;
         case 'spcl': result = await spclPhase(ctx, point); break;
         case 'ssl': result = await sslPhase(ctx, point); break;
+        case 'continuous': {
+          const r = await continuousPhase(ctx, point);
+          continuous = r.summary;
+          result = r;
+          break;
+        }
       }
       if (result.aborted) break;
+      if (phase === 'continuous') {
+        // never "done": a resume (or a larger continuous.steps) goes on from its iteration
+        result.eval = await evaluatePhase(ctx, phase);
+        ctx.results.push(result);
+        tensorsAfter.set(phase, tf.memory().numTensors);
+        events.phase?.(phase, 'end');
+        continue;
+      }
       if (phase === 'warmup' || phase === 'spcl' || phase === 'ssl') {
         result.eval = await evaluatePhase(ctx, phase);
         if (cfg.checkpoint.select === 'best-val') await selectBest(ctx, phase, result);
@@ -170,6 +202,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       stopped: opts.signal?.aborted ?? false,
       classNames: data.source.manifest.classNames,
       tensorsAtEnd: tf.memory().numTensors,
+      continuous,
       config: cfg,
     };
     await writeFile(join(cfg.out, 'report.json'), `${JSON.stringify(report, null, 1)}\n`);
@@ -209,13 +242,17 @@ async function restore(ctx: RunContext, file?: string): Promise<{ phase: PhaseNa
     return null;
   }
   const state = file ? await loadCheckpoint(file) : await ctx.checkpoints.load(pointer);
-  const meta = state.meta as { phase: PhaseName; iteration: number; done: PhaseName[]; results: PhaseResultLike[]; bn: 'frozen' | 'trainable'; thresholds: number[] | null; pseudo: string | null };
+  const meta = state.meta as {
+    phase: PhaseName; iteration: number; done: PhaseName[]; results: PhaseResultLike[]; bn: 'frozen' | 'trainable';
+    thresholds: number[] | null; pseudo: string | null; continuous?: ContinuousState | null;
+  };
   ctx.model.setBatchNorm(meta.bn);
   applyModelState(ctx.model, state.model, { source: pointer.file });
   const protos = state.extra?.get('prototypes');
   if (protos) ctx.prototypes.set(protos as tf.Tensor2D);
   ctx.thresholds = meta.thresholds;
   ctx.pseudo = meta.pseudo;
+  ctx.continuous = meta.continuous ?? null;
   ctx.done = [...meta.done];
   ctx.results = meta.results.filter((r) => meta.done.includes(r.phase));
   ctx.events.log(`resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'})`);

@@ -89,3 +89,26 @@ test('run events become metric values: steps, data wait, losses (raw and smoothe
   assert.deepEqual(['corrupt', 'missing_pseudo_label', 'other'].map((r) => r), [
     skipReason('x: image does not decode'), skipReason("x: no pseudo-label for 'k'"), skipReason('weird')]);
 });
+
+test('continuous-phase events become metric values: target images, arrivals by source, pending images, refreshes by trigger', async () => {
+  const m = createMetrics({ defaultMetrics: false });
+  const ev = metricsEvents(m, PRESETS.synthetic!(), ['road'], 'wasm', { log: () => {} }, 120);
+  assert.equal(await value(m, 'spcl_target_images'), 120);
+  assert.equal(await value(m, 'spcl_pseudo_label_pending_images'), 0);
+  assert.equal(await value(m, 'spcl_target_arrivals_total', { source: 'watch' }), 0);
+  ev.arrivals!({ added: 12, ingested: 9, problems: 2, total: 132, pending: 12 });
+  assert.equal(await value(m, 'spcl_target_images'), 132);
+  assert.equal(await value(m, 'spcl_target_arrivals_total', { source: 'watch' }), 9);
+  assert.equal(await value(m, 'spcl_target_arrivals_total', { source: 'ingest' }), 3);
+  assert.equal(await value(m, 'spcl_pseudo_label_pending_images'), 12);
+  assert.equal(await value(m, 'spcl_errors_total', { stage: 'watch-target', kind: 'ingest_problem' }), 2);
+  ev.refreshed!('arrivals', 0);
+  ev.refreshed!('steps', 0);
+  ev.refreshed!('arrivals', 0);
+  assert.equal(await value(m, 'spcl_pseudo_label_refreshes_total', { trigger: 'arrivals' }), 2);
+  assert.equal(await value(m, 'spcl_pseudo_label_refreshes_total', { trigger: 'steps' }), 1);
+  assert.equal(await value(m, 'spcl_pseudo_label_refreshes_total', { trigger: 'start' }), 0);
+  assert.equal(await value(m, 'spcl_pseudo_label_pending_images'), 0);
+  ev.pseudoLabels!({ format: 'spcl-pseudo-labels/1', generation: 4, file: 'gen-000004.lmdb', numClasses: 1, thresholds: [0.9], count: 132, coverage: [0.5], createdAt: '', source: {} }, [10]);
+  assert.ok(Math.abs((await value(m, 'spcl_pseudo_label_last_refresh_timestamp_seconds'))! - Date.now() / 1000) < 5);
+});

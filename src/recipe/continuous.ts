@@ -1,0 +1,163 @@
+/**
+ * The continuous phase (`--continuous`): self-training (REFERENCE 1 step 8) that goes on after the
+ * recipe, or from any checkpoint, for as long as the process runs.
+ *
+ * - New target images arrive in the target dataset folder (a concurrent `pipelines/ingest.ts`, or a
+ *   watched folder that the `watch-target` stage ingests itself); they enter training at the next refresh.
+ * - A refresh is one thresholds + pseudo-labels pass over every target image known then (REFERENCE 5),
+ *   written as a new generation and switched in atomically; old generations are pruned by `pseudo.keep`.
+ *   It happens when the phase starts, every `continuous.refreshEvery` steps, and as soon as
+ *   `continuous.refreshNewImages` images have no pseudo-label yet.
+ * - Between refreshes, training samples the generation's own images (shuffled epochs whose seed is the
+ *   refresh number), so a resumed run draws exactly the batches an uninterrupted one would have.
+ * - Evaluation every `continuous.evalEvery` steps, checkpoints every `checkpoint.every` steps and after each
+ *   refresh; each checkpoint holds the model, optimiser, prototypes, thresholds, the generation and the
+ *   continuous state (refresh number, its first iteration, images covered).
+ * The learning rate is constant (`continuous.lr`): a poly schedule has no end here.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { Subject } from 'rxjs';
+import { generationKeys } from '../data/pseudo-labels.ts';
+import { watchTarget, type TargetArrival } from '../stages/watch-target.ts';
+import type { EvalReport } from '../stages/evaluate.ts';
+import { batches, type RunContext } from './context.ts';
+import {
+  checkpointState, evaluatePhase, refreshPseudoLabels, release, restoreOptimizer, selfTrainingStep, sgd, specs, train,
+  type PhaseResult, type ResumePoint,
+} from './phases.ts';
+
+/** Per-sample seed stream of the continuous phase's first generation; refresh r uses BASE + r. */
+const STREAM_BASE = 100_000;
+
+export type RefreshTrigger = 'start' | 'steps' | 'arrivals';
+
+/** What the continuous phase reports (report.json, tests). */
+export interface ContinuousSummary {
+  iterations: number;
+  refreshes: number;
+  refreshTriggers: Record<RefreshTrigger, number>;
+  /** Target images known at the end, and those that arrived while the phase ran. */
+  targetImages: number;
+  arrived: number;
+  ingested: number;
+  ingestProblems: number;
+  /** Images of the last generation. */
+  generationImages: number;
+  lastEval: EvalReport | null;
+  /** Process and tfjs memory every `logEvery` steps (the last MEMORY_SAMPLES of them): a leak shows here. */
+  memory: MemorySample[];
+}
+
+export interface MemorySample {
+  iteration: number;
+  /** Seconds since the phase started. */
+  seconds: number;
+  rss: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+  tensors: number;
+  tensorBytes: number;
+}
+
+const MEMORY_SAMPLES = 2000;
+
+function memorySample(iteration: number, seconds: number): MemorySample {
+  const m = process.memoryUsage();
+  const t = tf.memory();
+  return { iteration, seconds, rss: m.rss, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, tensors: t.numTensors, tensorBytes: t.numBytes };
+}
+
+export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult & { summary: ContinuousSummary }> {
+  const { cfg, model } = ctx;
+  const c = cfg.continuous;
+  const t0 = performance.now();
+  model.setBatchNorm(cfg.ssl.bn);
+  const params = model.trainableParams();
+  const opt = sgd(ctx, params);
+  restoreOptimizer(opt, resume.optimizer);
+  const size = cfg.batch.source + cfg.batch.target;
+  const end = c.steps > 0 ? c.steps : Infinity;
+  const summary: ContinuousSummary = {
+    iterations: resume.iteration, refreshes: 0, refreshTriggers: { start: 0, steps: 0, arrivals: 0 },
+    targetImages: ctx.data.target.keys.length, arrived: 0, ingested: 0, ingestProblems: 0, generationImages: ctx.continuous?.images ?? 0, lastEval: null,
+    memory: [],
+  };
+  const events = ctx.events;
+  ctx.events = {
+    ...events,
+    step(r) {
+      events.step?.(r);
+      if (r.iteration % cfg.logEvery !== 0) return;
+      summary.memory.push(memorySample(r.iteration, (performance.now() - t0) / 1000));
+      if (summary.memory.length > MEMORY_SAMPLES) summary.memory.splice(0, summary.memory.length - MEMORY_SAMPLES);
+    },
+  };
+  const pending = () => ctx.data.target.keys.length - (ctx.continuous?.images ?? 0);
+  const arrivalsDue = () => c.refreshNewImages > 0 && ctx.continuous !== null && pending() >= c.refreshNewImages;
+  let segmentDue: Subject<void> | null = null;
+  const onArrival = (a: TargetArrival) => {
+    ctx.data.target = a.dataset;
+    summary.arrived += a.added;
+    summary.ingested += a.ingested;
+    summary.ingestProblems += a.problems;
+    summary.targetImages = a.dataset.keys.length;
+    ctx.events.arrivals?.({ added: a.added, ingested: a.ingested, problems: a.problems, total: a.dataset.keys.length, pending: pending() });
+    ctx.events.log(`continuous: ${a.added} new target images (${a.ingested} from the watched folder${a.problems ? `, ${a.problems} files with problems` : ''}); ` +
+      `${a.dataset.keys.length} in all, ${pending()} without pseudo-labels yet`);
+    if (arrivalsDue()) segmentDue?.next();
+  };
+  const watching = watchTarget({
+    dataset: ctx.data.target, watch: c.watch || null, pollSeconds: c.pollSeconds, settleSeconds: c.settleSeconds, log: ctx.events.log,
+  }).subscribe({ next: onArrival, error: (err: Error) => ctx.events.log(`continuous: watching the target stopped: ${err.message}`) });
+
+  let iteration = resume.iteration;
+  let last: PhaseResult | null = null;
+  try {
+    while (iteration < end && !ctx.signal?.aborted) {
+      const state = ctx.continuous;
+      const trigger: RefreshTrigger | null = state === null || !ctx.pseudo ? 'start'
+        : c.refreshEvery > 0 && iteration >= state.since + c.refreshEvery ? 'steps'
+          : arrivalsDue() ? 'arrivals' : null;
+      if (trigger) {
+        const refresh = (state?.refresh ?? 0) + 1;
+        const info = await refreshPseudoLabels(ctx, `continuous ${iteration}: refresh ${refresh} (${trigger})`, { phase: 'continuous', iteration, refresh, trigger });
+        ctx.continuous = { refresh, since: iteration, images: info.count };
+        summary.refreshes++;
+        summary.refreshTriggers[trigger]++;
+        summary.generationImages = info.count;
+        ctx.events.refreshed?.(trigger, pending());
+        // the refresh is part of the state: a resume does not redo it
+        await ctx.checkpoints.save(checkpointState(ctx, 'continuous', iteration, { optimizer: opt.getState() }), 'continuous', iteration);
+        continue; // the signal may have come meanwhile
+      }
+      const keys = await generationKeys(ctx.pseudo!);
+      const segmentEnd = Math.min(end, c.refreshEvery > 0 ? state!.since + c.refreshEvery : Infinity);
+      const input = batches(ctx, {
+        domain: 'target', spec: specs(ctx).targetSsl, batchSize: size, mode: 'train', keys, pseudo: ctx.pseudo,
+        stream: STREAM_BASE + state!.refresh, start: (iteration - state!.since) * size,
+      });
+      segmentDue = new Subject<void>();
+      last = await train(ctx, 'continuous', { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr }, iteration, input,
+        selfTrainingStep(params, opt, () => c.lr, ctx), release, () => ({ optimizer: opt.getState() }),
+        { until: segmentDue, evalEvery: c.evalEvery, total: c.steps > 0 ? String(c.steps) : 'inf' });
+      segmentDue = null;
+      iteration = last.iterations;
+      summary.iterations = iteration;
+      if (last.aborted) break;
+      if (c.evalEvery > 0 && iteration % c.evalEvery === 0 && iteration < end) {
+        summary.lastEval = await evaluatePhase(ctx, `continuous ${iteration}`);
+      }
+    }
+  } finally {
+    watching.unsubscribe();
+    opt.dispose();
+    ctx.events = events;
+  }
+  summary.iterations = iteration;
+  const aborted = Boolean(ctx.signal?.aborted) && iteration < end;
+  return {
+    phase: 'continuous', seconds: (performance.now() - t0) / 1000, iterations: iteration, eval: null,
+    losses: last?.losses ?? {}, aborted, summary,
+  };
+}

@@ -1,0 +1,140 @@
+/**
+ * Watch-target stage (continuous adaptation): a source that looks at the target dataset every
+ * `pollSeconds` and emits what arrived since the last look.
+ *
+ * New target images reach the dataset folder in two ways:
+ * - a concurrent `pipelines/ingest.ts` appends records to the folder's shards and rebuilds
+ *   `manifest.json` when it ends: the stage sees the manifest change (mtime, size) and re-reads it;
+ * - a watched folder (`watch`, in the target dataset's own layout): the stage ingests the files that are
+ *   new and no longer being written (size and mtime unchanged for `settleSeconds`) itself, into a shard of
+ *   its own (`shard-99999.lmdb`, keys prefixed `watch/`), which rebuilds the manifest.
+ * Records become visible only through a manifest written atomically after their LMDB transactions, so a
+ * reader never sees a key whose record is not there. A file that fails to ingest (corrupt, truncated) is
+ * counted and not tried again until its size or mtime changes.
+ */
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Observable, exhaustMap, filter, from, timer } from 'rxjs';
+import { listDataset, type DatasetName, type SampleFiles } from '../data/adapters.ts';
+import { ingestDataset } from '../data/ingest.ts';
+import { openDataset, type Dataset } from '../data/reader.ts';
+
+/** Shard index of the pipeline's own imports from a watched folder. */
+export const WATCH_SHARD = 99999;
+/** Key prefix of those imports (they never collide with the original ingest's keys). */
+export const WATCH_PREFIX = 'watch/';
+
+export interface TargetArrival {
+  /** The target dataset as the manifest now describes it. */
+  dataset: Dataset;
+  /** Keys that were not in the previous manifest. */
+  added: number;
+  /** Of those, ingested by this stage from the watched folder. */
+  ingested: number;
+  /** Watched files that failed to ingest in this look (named in the log). */
+  problems: number;
+}
+
+export interface WatchTargetOptions {
+  /** The target dataset as opened at the start. */
+  dataset: Dataset;
+  /** Folder to ingest new images from, or null. */
+  watch: string | null;
+  pollSeconds: number;
+  settleSeconds: number;
+  log: (line: string) => void;
+  /** Decode workers of the watched-folder ingest (default 1: training keeps the other cores). */
+  threads?: number;
+  /** Clock (tests). Default Date.now. */
+  now?: () => number;
+}
+
+interface FileSeen {
+  size: number;
+  mtimeMs: number;
+}
+
+/**
+ * Polls the target: each look (never two at once; a slow look delays the next) ingests settled new files of
+ * the watched folder, then re-reads the manifest if it changed, and emits when keys were added.
+ */
+export function watchTarget(opts: WatchTargetOptions): Observable<TargetArrival> {
+  const look = lookAtTarget(opts);
+  const ms = Math.max(1, opts.pollSeconds * 1000);
+  return timer(0, ms).pipe(
+    exhaustMap(() => from(look())),
+    filter((a): a is TargetArrival => a !== null),
+  );
+}
+
+/** One look at the target per call (exported for tests: the same as one tick of `watchTarget`). */
+export function lookAtTarget(opts: WatchTargetOptions): () => Promise<TargetArrival | null> {
+  const dir = opts.dataset.dir;
+  const now = opts.now ?? Date.now;
+  let dataset = opts.dataset;
+  let known = new Set(dataset.keys);
+  let manifestStamp = '';
+  const failed = new Map<string, string>(); // watched file -> size:mtime that failed
+  const manifestPath = join(dir, 'manifest.json');
+
+  const stampOf = async (path: string): Promise<string> => {
+    try {
+      const s = await stat(path);
+      return `${s.size}:${s.mtimeMs}`;
+    } catch {
+      return '';
+    }
+  };
+
+  /** Settled files of the watched folder whose keys are not in the dataset yet: key -> file and stamp. */
+  const pendingFiles = async (): Promise<Map<string, { image: string; stamp: string }>> => {
+    const m = dataset.manifest;
+    const listing = await listDataset(m.dataset as DatasetName, opts.watch!, { split: m.split, numClasses: m.numClasses, labels: 'none' });
+    const todo = new Map<string, { image: string; stamp: string }>();
+    for (const s of listing.samples) {
+      if (known.has(WATCH_PREFIX + s.key)) continue;
+      let seen: FileSeen;
+      try {
+        const st = await stat(s.image);
+        seen = { size: st.size, mtimeMs: st.mtimeMs };
+      } catch {
+        continue; // removed since the listing
+      }
+      const stamp = `${seen.size}:${seen.mtimeMs}`;
+      if (failed.get(s.image) === stamp) continue;
+      if (now() - seen.mtimeMs < opts.settleSeconds * 1000) continue; // still being written
+      todo.set(s.key, { image: s.image, stamp });
+    }
+    return todo;
+  };
+
+  return async () => {
+    let todo = new Map<string, { image: string; stamp: string }>();
+    let ingested = 0;
+    let problems = 0;
+    if (opts.watch) {
+      todo = await pendingFiles();
+      if (todo.size > 0) {
+        const r = await ingestDataset({
+          dataset: dataset.manifest.dataset as DatasetName, root: opts.watch, out: dir, split: dataset.manifest.split,
+          numClasses: dataset.manifest.numClasses, labels: 'none', shardFile: WATCH_SHARD, keyPrefix: WATCH_PREFIX,
+          select: (s: SampleFiles) => todo.has(s.key), threads: opts.threads ?? 1, progressStream: null,
+          log: (line) => opts.log(`watch: ${line}`),
+        });
+        ingested = r.written;
+        problems = r.problemCount;
+      }
+    }
+    const stamp = await stampOf(manifestPath);
+    if (stamp === manifestStamp && ingested === 0 && problems === 0) return null;
+    manifestStamp = stamp;
+    const next = await openDataset(dir);
+    const added = next.keys.filter((k) => !known.has(k)).length;
+    dataset = next;
+    known = new Set(next.keys);
+    // a watched file that did not make it in is not tried again until it changes (named in the log above)
+    for (const [key, f] of todo) if (!known.has(WATCH_PREFIX + key)) failed.set(f.image, f.stamp);
+    if (added === 0 && problems === 0) return null;
+    return { dataset: next, added, ingested, problems };
+  };
+}

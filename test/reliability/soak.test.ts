@@ -1,0 +1,43 @@
+/**
+ * The soak at a reduced scale (the full hour is `node bench/soak.ts --minutes 60`, README "Reliability"):
+ * continuous adaptation for 100 s while new target images arrive through the watched folder and through a
+ * separate ingest process; memory, disk and shutdown are checked against bounds.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const root = new URL('../../', import.meta.url).pathname;
+
+test('soak (reduced): arrivals are picked up and refreshed in, tfjs tensors flat, RSS drift and disk bounded, SIGTERM exits 0', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'spcl-soak-test-'));
+  const json = join(dir, 'soak.json');
+  const r = spawnSync(process.execPath, [join(root, 'bench/soak.ts'), '--minutes', '1.7', '--arrival-every', '12', '--arrivals', '8',
+    '--work', join(dir, 'work'), '--json', json], { cwd: root, encoding: 'utf8', timeout: 400_000 });
+  assert.equal(r.status, 0, `${r.stdout}\n${r.stderr.slice(-3000)}`);
+  const s = JSON.parse(await readFile(json, 'utf8')) as {
+    steps: number; refreshes: number; refreshTriggers: Record<string, number>; imagesFed: number; imagesFedViaIngest: number;
+    targetImagesAtEnd: number; watchIngested: number; tensors: { min: number; max: number; samples: number };
+    rssDriftSecondHalfMiBPerHour: number; generationsOnDisk: number; checkpointsOnDisk: number; shutdownSeconds: number;
+    exitCode: number; bounded: Record<string, boolean>;
+  };
+  assert.ok(s.steps >= 50, `steps ${s.steps}`);
+  // 120 target images at the start; every image fed (watched folder or ingest) reached the manifest
+  assert.ok(s.imagesFed >= 48, `fed ${s.imagesFed}`);
+  assert.ok(s.imagesFedViaIngest >= 8, `via ingest ${s.imagesFedViaIngest}`);
+  assert.ok(s.targetImagesAtEnd >= 120 + s.imagesFed - 8, `target ${s.targetImagesAtEnd} after feeding ${s.imagesFed}`);
+  assert.equal(s.watchIngested + s.imagesFedViaIngest + 120 >= s.targetImagesAtEnd, true);
+  assert.equal(s.refreshTriggers.start, 1);
+  assert.ok(s.refreshTriggers.arrivals >= 1, JSON.stringify(s.refreshTriggers));
+  assert.equal(s.tensors.min, s.tensors.max, 'tfjs tensors are constant over the run');
+  assert.ok(s.tensors.samples >= 5);
+  assert.ok(s.generationsOnDisk <= 3, `generations on disk ${s.generationsOnDisk}`);
+  assert.ok(s.checkpointsOnDisk <= 3, `checkpoints on disk ${s.checkpointsOnDisk}`);
+  assert.equal(s.exitCode, 0);
+  assert.ok(s.shutdownSeconds < 30, `shutdown ${s.shutdownSeconds} s`);
+  assert.deepEqual(s.bounded, { tensorsFlat: true, rssDrift: true, disk: true, exitedCleanly: true });
+  await rm(dir, { recursive: true });
+});
