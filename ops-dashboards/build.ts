@@ -226,11 +226,19 @@ const training: RowSpec = {
       targets: [{ expr: `sum by (domain) (${rate('spcl_train_samples_total')})`, legend: '{{domain}}' }],
     },
     {
-      type: 'timeseries', title: 'Skipped steps', unit: 'short', w: 24, h: 6,
+      type: 'timeseries', title: 'Skipped steps', unit: 'short', w: 16, h: 6,
       description: 'Training steps whose update was skipped, per rate interval and reason (increase of spcl_train_skipped_steps_total). non_finite_loss: the loss or a gradient was NaN/Inf and the weights were left unchanged. Any value > 0 fires SpclLossNotFinite.',
       targets: [{ expr: `sum by (reason) (${increase('spcl_train_skipped_steps_total')})`, legend: '{{reason}}' }],
       thresholds: [{ color: 'red', value: 1 }],
       custom: { drawStyle: 'bars', fillOpacity: 80 },
+    },
+    {
+      type: 'timeseries', title: 'Rollbacks and learning-rate scale', unit: 'short', w: 8, h: 6, min: 0,
+      description: 'Rollbacks to the last checkpoint after nonFinite.limit non-finite steps in a row, per rate interval (increase of spcl_train_rollbacks_total), and the factor they left on every learning rate (spcl_train_learning_rate_scale_ratio, 1 = none). With nonFinite.action stop, the run ends instead.',
+      targets: [
+        { expr: `sum by (phase) (${increase('spcl_train_rollbacks_total')})`, legend: 'rollbacks {{phase}}' },
+        { expr: sel('spcl_train_learning_rate_scale_ratio'), legend: 'LR scale' },
+      ],
     },
   ],
 };

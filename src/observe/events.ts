@@ -104,6 +104,11 @@ export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: reado
       m.stageItems.inc({ stage: 'evaluate' }, report.images);
       base.evaluated?.(p, report);
     },
+    rolledBack(p, lrScale) {
+      m.trainRollbacks.inc({ phase: p });
+      m.trainLrScale.set(lrScale);
+      base.rolledBack?.(p, lrScale);
+    },
     arrivals(a) {
       m.targetImages.set(a.total);
       m.targetArrivals.inc({ source: 'watch' }, a.ingested);

@@ -20,6 +20,8 @@ export interface SpclMetrics {
   trainStepDuration: Histogram<'phase'>;
   trainSamples: Counter<'domain'>;
   trainSkippedSteps: Counter<'reason'>;
+  trainRollbacks: Counter<'phase'>;
+  trainLrScale: Gauge;
   trainLoss: Gauge<'term'>;
   trainLossSmoothed: Gauge<'term'>;
   trainIteration: Gauge<'phase'>;
@@ -78,6 +80,8 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetr
     trainStepDuration: histogram('train_step_duration_seconds', 'Compute time of one training step (data wait excluded).', ['phase'], seconds),
     trainSamples: counter('train_samples_total', 'Samples consumed by training steps.', ['domain']),
     trainSkippedSteps: counter('train_skipped_steps_total', 'Steps whose update was skipped.', ['reason']),
+    trainRollbacks: counter('train_rollbacks_total', 'Rollbacks to the last checkpoint after a streak of non-finite steps (nonFinite.limit).', ['phase']),
+    trainLrScale: gauge('train_learning_rate_scale_ratio', 'Factor on every learning rate left by rollbacks (1 = none; x nonFinite.lrFactor per rollback).'),
     trainLoss: gauge('train_loss', 'Loss of the last step, per term.', ['term']),
     trainLossSmoothed: gauge('train_loss_smoothed', 'Exponential moving average (0.98) of the loss per term.', ['term']),
     trainIteration: gauge('train_iteration', 'Completed iterations of the current training phase.', ['phase']),
@@ -118,6 +122,8 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetr
   for (const reason of SKIP_REASONS) m.samplesSkipped.inc({ stage: 'decode-augment', reason }, 0);
   m.errors.inc({ stage: 'decode-augment', kind: 'skipped_sample' }, 0);
   m.trainSkippedSteps.inc({ reason: 'non_finite_loss' }, 0);
+  m.trainLrScale.set(1);
+  for (const phase of ['warmup', 'spcl', 'ssl', 'continuous']) m.trainRollbacks.inc({ phase }, 0);
   m.trainDataWait.inc(0);
   m.pseudoWritten.inc(0);
   for (const source of ['ingest', 'watch']) m.targetArrivals.inc({ source }, 0);

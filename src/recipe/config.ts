@@ -57,6 +57,16 @@ export interface SpclConfig {
   spcl: TrainPhaseConfig & { lambda: number; temperature: number; sourceTemperature: number; refineSource: boolean };
   ssl: TrainPhaseConfig & { bn: 'frozen' | 'trainable' };
   eval: { every: number };
+  /** Steps whose loss or gradients are NaN/Inf never update the weights; this says what a streak of them does. */
+  nonFinite: {
+    /** This many skipped steps in a row trigger the action. */
+    limit: number;
+    /** 'rollback': back to the last checkpoint with the learning rate x lrFactor; 'stop': the run ends with an error. */
+    action: 'rollback' | 'stop';
+    lrFactor: number;
+    /** Rollbacks allowed in a run; one more streak stops it. */
+    maxRollbacks: number;
+  };
   /**
    * Continuous adaptation (--continuous): self-training on the target goes on after the recipe, new target
    * images are picked up as they arrive, thresholds and pseudo-labels are refreshed on a schedule.
@@ -104,6 +114,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     spcl: { ...paperPhase(40_000, 62_500, 2.5e-4), lambda: 1, temperature: 100, sourceTemperature: 1.8, refineSource: true },
     ssl: { ...paperPhase(20_000, 31_250, 5e-4), bn: 'trainable' },
     eval: { every: 2000 },
+    nonFinite: { limit: 5, action: 'rollback', lrFactor: 0.5, maxRollbacks: 3 },
     // lr: about where the self-training poly schedule ends (5e-4 x (1 - 20000/31250)^0.9)
     continuous: { steps: 0, lr: 2e-4, refreshEvery: 2000, refreshNewImages: 500, watch: '', pollSeconds: 30, settleSeconds: 5, evalEvery: 2000 },
     checkpoint: { every: 2000, keep: 3, select: 'last' },
@@ -174,10 +185,13 @@ const RULES: Record<string, [(v: unknown) => boolean, string]> = {
   'pseudo.bins': [(v) => Number.isInteger(v) && (v as number) >= 16, 'an integer >= 16'],
   'checkpoint.select': [(v) => v === 'last' || v === 'best-val', "'last' or 'best-val'"],
   'ssl.bn': [(v) => v === 'frozen' || v === 'trainable', "'frozen' or 'trainable'"],
+  'nonFinite.action': [(v) => v === 'rollback' || v === 'stop', "'rollback' or 'stop'"],
+  'nonFinite.lrFactor': [(v) => (v as number) > 0 && (v as number) <= 1, 'a number in (0, 1]'],
+  'nonFinite.maxRollbacks': [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0'],
   seed: [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0'],
 };
 const positiveInt = (v: unknown) => Number.isInteger(v) && (v as number) >= 1;
-for (const k of ['batch.source', 'batch.target', 'warmup.iterations', 'spcl.iterations', 'ssl.iterations', 'warmup.maxIter', 'spcl.maxIter', 'ssl.maxIter', 'logEvery', 'checkpoint.keep', 'pseudo.keep', 'warmup.ndf']) {
+for (const k of ['nonFinite.limit', 'batch.source', 'batch.target', 'warmup.iterations', 'spcl.iterations', 'ssl.iterations', 'warmup.maxIter', 'spcl.maxIter', 'ssl.maxIter', 'logEvery', 'checkpoint.keep', 'pseudo.keep', 'warmup.ndf']) {
   RULES[k] = [positiveInt, 'an integer >= 1'];
 }
 for (const k of ['continuous.steps', 'continuous.refreshEvery', 'continuous.refreshNewImages', 'continuous.evalEvery']) {

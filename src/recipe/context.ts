@@ -41,6 +41,8 @@ export interface RunEvents {
   finished?(): void;
   /** Continuous phase: target images arrived (totals after the arrival; pending = without pseudo-labels). */
   arrivals?(a: { added: number; ingested: number; problems: number; total: number; pending: number }): void;
+  /** A streak of non-finite steps rolled the run back to a checkpoint (learning rates now x lrScale). */
+  rolledBack?(phase: PhaseName, lrScale: number): void;
   /** Continuous phase: thresholds + pseudo-labels were refreshed, for this reason. */
   refreshed?(trigger: 'start' | 'steps' | 'arrivals', pending: number): void;
 }
@@ -64,6 +66,10 @@ export interface RunContext {
   starvation: Record<string, { wait: number; compute: number }>;
   /** Aborted by SIGINT/SIGTERM: training loops stop after the current step and checkpoint. */
   signal?: AbortSignal;
+  /** Learning rates are multiplied by this: 1, lowered by each rollback after a non-finite streak (checkpointed). */
+  lrScale: number;
+  /** Rollbacks so far in the run (checkpointed; `nonFinite.maxRollbacks` bounds them). */
+  rollbacks: number;
   /** Where the continuous phase is (null outside it); checkpointed with everything else. */
   continuous: ContinuousState | null;
   /** Phases completed, and their results (checkpointed, so a resume skips them). */
@@ -95,7 +101,7 @@ export interface PhaseResultLike {
   losses: Record<string, number>;
 }
 
-export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds' | 'pseudo' | 'checkpoints' | 'dirs' | 'skipped' | 'starvation' | 'done' | 'results' | 'continuous'>): RunContext {
+export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds' | 'pseudo' | 'checkpoints' | 'dirs' | 'skipped' | 'starvation' | 'done' | 'results' | 'continuous' | 'lrScale' | 'rollbacks'>): RunContext {
   const run = parts.cfg.out;
   return {
     ...parts,
@@ -107,6 +113,8 @@ export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds
     skipped: {},
     starvation: {},
     continuous: null,
+    lrScale: 1,
+    rollbacks: 0,
     done: [],
     results: [],
   };

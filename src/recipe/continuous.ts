@@ -139,7 +139,7 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
       });
       segmentDue = new Subject<void>();
       last = await train(ctx, 'continuous', { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr }, iteration, input,
-        selfTrainingStep(params, opt, () => c.lr, ctx), release, () => ({ optimizer: opt.getState() }),
+        selfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx), release, () => ({ optimizer: opt.getState() }),
         { until: segmentDue, evalEvery: c.evalEvery, total: c.steps > 0 ? String(c.steps) : 'inf' });
       segmentDue = null;
       iteration = last.iterations;

@@ -18,7 +18,7 @@ import { modelState, type CheckpointState } from '../io/weights.ts';
 import type { Batch } from '../stages/collate.ts';
 import { estimateThresholds } from '../stages/estimate-thresholds.ts';
 import { evaluate, type EvalReport } from '../stages/evaluate.ts';
-import { applyIfFinite, trainStep, type StepReport } from '../stages/train-step.ts';
+import { NonFiniteStreak, applyIfFinite, forceNonFinite, nonFiniteInjection, trainStep, type StepReport } from '../stages/train-step.ts';
 import { accumulatePrototypes, batchTensors } from '../stages/update-prototypes.ts';
 import { writeGeneration } from '../stages/write-pseudo-labels.ts';
 import type { GenerationInfo } from '../data/pseudo-labels.ts';
@@ -102,12 +102,15 @@ export function checkpointState(ctx: RunContext, phase: PhaseName, iteration: nu
     ...extra,
     meta: {
       phase, iteration, done: ctx.done, results: ctx.results, bn: ctx.model.batchNorm, thresholds: ctx.thresholds, pseudo: ctx.pseudo,
-      continuous: ctx.continuous,
+      continuous: ctx.continuous, lrScale: ctx.lrScale, rollbacks: ctx.rollbacks,
       preset: ctx.cfg.preset, seed: ctx.cfg.seed, backend: ctx.backend, savedAt: new Date().toISOString(),
       backbone: ctx.cfg.model.backbone, numClasses: ctx.cfg.data.numClasses, size: ctx.cfg.size,
     },
   };
 }
+
+/** Test fault injection of non-finite steps (SPCL_INJECT_NONFINITE), once per process across phases and rollbacks. */
+const injected = nonFiniteInjection(process.env.SPCL_INJECT_NONFINITE);
 
 /** What the continuous phase adds to the shared training loop. */
 export interface TrainExtras {
@@ -133,13 +136,22 @@ export async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhase
   const total = extras.total ?? String(pc.iterations);
   const starv = (ctx.starvation[phase] ??= { wait: 0, compute: 0 });
   let last: StepReport | null = null;
+  let streak: StepReport[] = [];
+  const guardedStep = (batch: B, iteration: number) => {
+    forceNonFinite(injected(phase, iteration + 1));
+    try {
+      return step(batch, iteration);
+    } finally {
+      forceNonFinite(false);
+    }
+  };
   const stop$ = ctx.signal ? (ctx.signal.aborted ? of(true) : fromEvent(ctx.signal, 'abort')) : NEVER;
   const reports = input.pipe(
     take(Math.max(0, pc.iterations - start)),
     takeUntil(stop$),
     takeUntil(extras.until ?? NEVER),
     trainStep({
-      phase, startIteration: start, step, release: releaseBatch,
+      phase, startIteration: start, step: guardedStep, release: releaseBatch,
       after: async (r) => {
         last = r;
         starv.wait += r.waitSeconds;
@@ -149,9 +161,12 @@ export async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhase
           const terms = Object.entries(r.losses).map(([k, v]) => `${k} ${v.toFixed(4)}`).join('  ');
           ctx.events.log(`${phase} ${r.iteration}/${total}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms${r.skipped ? '  (update skipped: non-finite loss)' : ''}`);
         }
+        streak = r.skipped ? [...streak, r] : [];
+        if (streak.length >= ctx.cfg.nonFinite.limit) throw new NonFiniteStreak(phase, streak);
         if (r.iteration >= pc.iterations) return; // the end of the phase is evaluated and saved by the caller
         const evalNow = evalEvery > 0 && r.iteration % evalEvery === 0;
-        const saveNow = every > 0 && r.iteration % every === 0;
+        // no checkpoint while non-finite steps are piling up: a rollback must land before the trouble
+        const saveNow = every > 0 && r.iteration % every === 0 && streak.length === 0;
         // Evaluation and checkpoint between steps: the weights do not move meanwhile.
         const miou = evalNow ? (await evaluatePhase(ctx, `${phase} ${r.iteration}`))?.miou ?? null : null;
         if (saveNow) await ctx.checkpoints.save(checkpointState(ctx, phase, r.iteration, state(r.iteration)), phase, r.iteration, miou);
@@ -193,8 +208,8 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
   const start = resume.iteration;
   try {
     return await train(ctx, 'warmup', w, start, sourceTargetPairs(ctx, start, 11, null), ({ s: sb, t: tb }, it) => {
-      const lr = polyLR(w.lr, it, w.maxIter);
-      const lrD = polyLR(w.lrD, it, w.maxIter);
+      const lr = polyLR(w.lr, it, w.maxIter) * ctx.lrScale;
+      const lrD = polyLR(w.lrD, it, w.maxIter) * ctx.lrScale;
       return tf.tidy(() => {
         const xs = batchTensors(sb);
         const xt = batchTensors(tb).images;
@@ -281,7 +296,7 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
   const start = resume.iteration;
   try {
     return await train(ctx, 'spcl', c, start, sourceTargetPairs(ctx, start, 51, ctx.pseudo), ({ s: sb, t: tb }, it) => {
-      const lr = polyLR(c.lr, it, c.maxIter);
+      const lr = polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
       return tf.tidy(() => {
         const xs = batchTensors(sb);
         const xt = batchTensors(tb);
@@ -322,7 +337,7 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
   const start = resume.iteration;
   const tgt = batches(ctx, { domain: 'target', spec: specs(ctx).targetSsl, batchSize: size, mode: 'train', stream: 81, start: start * size, pseudo: ctx.pseudo });
   try {
-    return await train(ctx, 'ssl', c, start, tgt, selfTrainingStep(params, opt, (it) => polyLR(c.lr, it, c.maxIter), ctx), release, () => ({ optimizer: opt.getState() }));
+    return await train(ctx, 'ssl', c, start, tgt, selfTrainingStep(params, opt, (it) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale, ctx), release, () => ({ optimizer: opt.getState() }));
   } finally {
     opt.dispose();
   }

@@ -18,6 +18,7 @@ import type { SpclMetrics } from '../observe/metrics.ts';
 import { metricsEvents } from '../observe/events.ts';
 import { createContext, type ContinuousState, type PhaseResultLike, type RunContext, type RunEvents } from './context.ts';
 import { evaluatePhase, prototypesPhase, pseudoLabelPhase, spclPhase, sslPhase, warmupPhase, checkpointState, type ResumePoint } from './phases.ts';
+import { NonFiniteStreak } from '../stages/train-step.ts';
 
 export interface PhaseReport {
   phase: PhaseName;
@@ -46,6 +47,9 @@ export interface RunReport {
   tensorsAtEnd: number;
   /** The continuous phase, when it ran. */
   continuous?: ContinuousSummary;
+  /** Rollbacks after non-finite streaks, and the learning-rate factor they left (1 = none). */
+  rollbacks: number;
+  lrScale: number;
   config: SpclConfig;
 }
 
@@ -156,21 +160,18 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       if (!wanted.includes(phase) || ctx.done.includes(phase)) continue;
       if (opts.signal?.aborted) break;
       events.phase?.(phase, 'start');
-      const point = resumePoint?.phase === phase ? resumePoint.point : { iteration: 0 };
+      let point = resumePoint?.phase === phase ? resumePoint.point : { iteration: 0 };
       let result: PhaseResultLike;
-      switch (phase) {
-        case 'warmup': result = await warmupPhase(ctx, point); break;
-        case 'prototypes': result = await prototypesPhase(ctx); break;
-        case 'pseudo-labels': case 'pseudo-labels-2': result = await pseudoLabelPhase(ctx, phase); break;
-        case 'spcl': result = await spclPhase(ctx, point); break;
-        case 'ssl': result = await sslPhase(ctx, point); break;
-        case 'continuous': {
-          const r = await continuousPhase(ctx, point);
-          continuous = r.summary;
-          result = r;
+      for (;;) {
+        try {
+          result = await runPhase(ctx, phase, point);
           break;
+        } catch (err) {
+          if (!(err instanceof NonFiniteStreak)) throw err;
+          point = await rollBack(ctx, phase, err);
         }
       }
+      if (phase === 'continuous') continuous = (result as PhaseResultLike & { summary: ContinuousSummary }).summary;
       if (result.aborted) break;
       if (phase === 'continuous') {
         // never "done": a resume (or a larger continuous.steps) goes on from its iteration
@@ -203,6 +204,8 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       classNames: data.source.manifest.classNames,
       tensorsAtEnd: tf.memory().numTensors,
       continuous,
+      rollbacks: ctx.rollbacks,
+      lrScale: ctx.lrScale,
       config: cfg,
     };
     await writeFile(join(cfg.out, 'report.json'), `${JSON.stringify(report, null, 1)}\n`);
@@ -213,6 +216,44 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     ctx.prototypes.dispose();
     model.dispose();
   }
+}
+
+async function runPhase(ctx: RunContext, phase: PhaseName, point: ResumePoint): Promise<PhaseResultLike> {
+  switch (phase) {
+    case 'warmup': return warmupPhase(ctx, point);
+    case 'prototypes': return prototypesPhase(ctx);
+    case 'pseudo-labels': case 'pseudo-labels-2': return pseudoLabelPhase(ctx, phase);
+    case 'spcl': return spclPhase(ctx, point);
+    case 'ssl': return sslPhase(ctx, point);
+    case 'continuous': return continuousPhase(ctx, point);
+  }
+}
+
+/**
+ * A streak of non-finite steps (`nonFinite`): with action 'rollback', back to the last complete checkpoint
+ * with every learning rate x lrFactor, at most maxRollbacks times in a run; otherwise the run stops with a
+ * message that says where its last good state is. Returns where the phase starts again.
+ */
+async function rollBack(ctx: RunContext, phase: PhaseName, streak: NonFiniteStreak): Promise<ResumePoint> {
+  const nf = ctx.cfg.nonFinite;
+  const latest = await ctx.checkpoints.latest();
+  const where = latest ? `the last complete checkpoint is ${join(ctx.checkpoints.dir, latest.file)} (phase ${latest.phase}, iteration ${latest.iteration})` : 'no checkpoint was written yet';
+  if (nf.action === 'stop') {
+    throw new Error(`${streak.message}; stopping (nonFinite.action is 'stop'); ${where}: lower the learning rate and --resume`);
+  }
+  if (ctx.rollbacks >= nf.maxRollbacks) {
+    throw new Error(`${streak.message}; stopping after ${ctx.rollbacks} rollback(s) (nonFinite.maxRollbacks ${nf.maxRollbacks}); ${where}: lower the learning rate and --resume`);
+  }
+  if (!latest) throw new Error(`${streak.message}; cannot roll back: ${where} (checkpoint.every sets how often one is)`);
+  const scale = ctx.lrScale * nf.lrFactor;
+  const rollbacks = ctx.rollbacks + 1;
+  const back = await restore(ctx);
+  ctx.lrScale = scale;
+  ctx.rollbacks = rollbacks;
+  ctx.events.log(`${streak.message}: rolling back to ${latest.file} (phase ${latest.phase}, iteration ${latest.iteration}), ` +
+    `learning rates x${scale} from now on (rollback ${rollbacks} of at most ${nf.maxRollbacks})`);
+  ctx.events.rolledBack?.(phase, scale);
+  return back?.phase === phase ? back.point : { iteration: 0 };
 }
 
 /**
@@ -244,7 +285,7 @@ async function restore(ctx: RunContext, file?: string): Promise<{ phase: PhaseNa
   const state = file ? await loadCheckpoint(file) : await ctx.checkpoints.load(pointer);
   const meta = state.meta as {
     phase: PhaseName; iteration: number; done: PhaseName[]; results: PhaseResultLike[]; bn: 'frozen' | 'trainable';
-    thresholds: number[] | null; pseudo: string | null; continuous?: ContinuousState | null;
+    thresholds: number[] | null; pseudo: string | null; continuous?: ContinuousState | null; lrScale?: number; rollbacks?: number;
   };
   ctx.model.setBatchNorm(meta.bn);
   applyModelState(ctx.model, state.model, { source: pointer.file });
@@ -253,6 +294,8 @@ async function restore(ctx: RunContext, file?: string): Promise<{ phase: PhaseNa
   ctx.thresholds = meta.thresholds;
   ctx.pseudo = meta.pseudo;
   ctx.continuous = meta.continuous ?? null;
+  ctx.lrScale = meta.lrScale ?? 1;
+  ctx.rollbacks = meta.rollbacks ?? 0;
   ctx.done = [...meta.done];
   ctx.results = meta.results.filter((r) => meta.done.includes(r.phase));
   ctx.events.log(`resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'})`);

@@ -69,6 +69,52 @@ export function trainStep<B>(opts: TrainStepOptions<B>): OperatorFunction<B, Ste
 }
 
 /**
+ * A streak of consecutive steps whose update was skipped for a non-finite loss: what the run does about
+ * it is the `nonFinite` config (roll back to the last checkpoint with a lower learning rate, or stop).
+ */
+export class NonFiniteStreak extends Error {
+  readonly phase: string;
+  readonly reports: readonly StepReport[];
+
+  constructor(phase: string, reports: readonly StepReport[]) {
+    const last = reports[reports.length - 1]!;
+    const losses = Object.entries(last.losses).map(([k, v]) => `${k} ${v}`).join(', ');
+    super(`${phase}: ${reports.length} steps in a row with a non-finite loss (iterations ${reports[0]!.iteration}-${last.iteration}; last step: ${losses})`);
+    this.name = 'NonFiniteStreak';
+    this.phase = phase;
+    this.reports = reports;
+  }
+}
+
+/**
+ * Fault injection for tests (`SPCL_INJECT_NONFINITE=phase:first:count`, iterations as logged, 1-based):
+ * those steps behave as if their loss were NaN (no update, reported non-finite). Once per process.
+ */
+export function nonFiniteInjection(spec: string | undefined): (phase: string, iteration: number) => boolean {
+  const m = spec ? /^([\w-]+):(\d+):(\d+)$/.exec(spec) : null;
+  if (spec && !m) throw new Error(`SPCL_INJECT_NONFINITE: expected phase:first-iteration:count, got '${spec}'`);
+  if (!m) return () => false;
+  const [phase, first, count] = [m[1]!, Number(m[2]), Number(m[3])];
+  let spent = false;
+  return (p, iteration) => {
+    if (spent || p !== phase || iteration < first) return false;
+    if (iteration >= first + count) {
+      spent = true;
+      return false;
+    }
+    if (iteration === first + count - 1) spent = true;
+    return true;
+  };
+}
+
+let forcedNonFinite = false;
+
+/** While on, `applyIfFinite` treats every loss as NaN (see `nonFiniteInjection`). */
+export function forceNonFinite(on: boolean): void {
+  forcedNonFinite = on;
+}
+
+/**
  * Gradients of `loss` (which returns the total and its terms) w.r.t. `params`; applies `optimizer` only
  * when every term is finite (a NaN/Inf step leaves the weights untouched). Returns the term values.
  */
@@ -89,6 +135,7 @@ export function applyIfFinite(
     const losses: Record<string, number> = { total: value.dataSync()[0]! };
     for (const [k, t] of Object.entries(terms)) losses[k] = t.dataSync()[0]!;
     tf.dispose(Object.values(terms));
+    if (forcedNonFinite) losses.total = NaN;
     const finite = Object.values(losses).every(Number.isFinite);
     if (finite) optimizer.step(grads, lr);
     return { losses, finite };

@@ -33,6 +33,16 @@ test('every config mistake names the key, the value and what was expected (table
     ['eval every', { eval: { every: -5 } }, /^Error: f: eval\.every must be an integer >= 0 \(0 = at phase ends only\), got -5$/],
     ['ssl bn', { ssl: { bn: 'sync' } }, /^Error: f: ssl\.bn must be 'frozen' or 'trainable', got "sync"$/],
     ['seed', { seed: 1.5 }, /^Error: f: seed must be an integer >= 0, got 1\.5$/],
+    ['continuous steps', { continuous: { steps: -1 } }, /^Error: f: continuous\.steps must be an integer >= 0 \(0 = off\), got -1$/],
+    ['continuous lr', { continuous: { lr: 0 } }, /^Error: f: continuous\.lr must be a number > 0, got 0$/],
+    ['refresh period', { continuous: { refreshEvery: 10.5 } }, /^Error: f: continuous\.refreshEvery must be an integer >= 0 \(0 = off\), got 10\.5$/],
+    ['poll period', { continuous: { pollSeconds: 0 } }, /^Error: f: continuous\.pollSeconds must be a number of seconds > 0, got 0$/],
+    ['settle time', { continuous: { settleSeconds: -2 } }, /^Error: f: continuous\.settleSeconds must be a number of seconds >= 0, got -2$/],
+    ['watch folder type', { continuous: { watch: true } }, /^Error: f: continuous\.watch must be a string, got true \(boolean\)$/],
+    ['unknown continuous key', { continuous: { refreshEvry: 5 } }, /^Error: f: unknown key 'continuous\.refreshEvry' \(did you mean 'continuous\.refreshEvery'\?\)$/],
+    ['non-finite action', { nonFinite: { action: 'retry' } }, /^Error: f: nonFinite\.action must be 'rollback' or 'stop', got "retry"$/],
+    ['non-finite factor', { nonFinite: { lrFactor: 2 } }, /^Error: f: nonFinite\.lrFactor must be a number in \(0, 1\], got 2$/],
+    ['non-finite limit', { nonFinite: { limit: 0 } }, /^Error: f: nonFinite\.limit must be an integer >= 1, got 0$/],
   ];
   assert.ok(cases.length >= 20);
   for (const [what, patch, re] of cases) {
