@@ -8,6 +8,8 @@ import { availableParallelism } from 'node:os';
 // sharp decodes on libuv's thread pool (default 4 threads): size it to the cores before any I/O.
 process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { DATASETS, type DatasetName, type LabelPolicy } from '../src/data/adapters.ts';
 import { ingestDataset } from '../src/data/ingest.ts';
 import { parseCli } from '../src/cli.ts';
@@ -23,6 +25,9 @@ const USAGE = `usage: node pipelines/ingest.ts --dataset NAME --root DIR --out D
   --shard-index I       this process's part (0-based); default 0
   --shard-count N       number of parts (processes/machines); default 1
   --threads N           decode workers; default: cores (${availableParallelism()})
+  --only FILE           ingest only the images listed in FILE (one path per line, as found under --root)
+  --shard-file N        write every sample into shard-N instead of this part's shard (no partitioning)
+  --key-prefix P        prefix every record key with P (keeps these records apart from other ingests')
   --strict              exit 1 if any sample had a problem
 ${METRICS_USAGE}
   -h, --help            this text
@@ -38,6 +43,9 @@ const cli = parseCli('ingest', USAGE, {
   'shard-index': { type: 'string', default: '0' },
   'shard-count': { type: 'string', default: '1' },
   threads: { type: 'string' },
+  only: { type: 'string' },
+  'shard-file': { type: 'string' },
+  'key-prefix': { type: 'string' },
   strict: { type: 'boolean', default: false },
   ...METRICS_OPTIONS,
 });
@@ -59,11 +67,24 @@ const shardCount = int('shard-count', values['shard-count'], 1)!;
 const shardIndex = int('shard-index', values['shard-index'], 0)!;
 if (shardIndex >= shardCount) usageError(`--shard-index ${shardIndex} must be < --shard-count ${shardCount}`);
 
+const shardFile = int('shard-file', values['shard-file'], 0);
+if (shardFile !== undefined && shardFile > 99999) usageError(`--shard-file must be an integer <= 99999 (5-digit shard names), got '${values['shard-file']}'`);
+let only: Set<string> | undefined;
+if (values.only !== undefined) {
+  try {
+    only = new Set((await readFile(values.only, 'utf8')).split('\n').map((l) => l.trim()).filter(Boolean).map((l) => resolve(values.root!, l)));
+  } catch (err) {
+    usageError(`--only ${values.only}: cannot read the list (${(err as Error).message})`);
+  }
+}
+
 const controller = new AbortController();
-process.once('SIGINT', () => {
-  process.stderr.write('\ningest: SIGINT, finishing the samples in flight (run again to resume)\n');
-  controller.abort();
-});
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    process.stderr.write(`\ningest: ${sig}, finishing the samples in flight (run again to resume)\n`);
+    controller.abort();
+  });
+}
 
 try {
   const { metrics, server } = await startMetrics(values, (l) => process.stderr.write(`${l}\n`));
@@ -78,6 +99,9 @@ try {
     shardIndex,
     shardCount,
     threads: int('threads', values.threads, 1),
+    shardFile,
+    keyPrefix: values['key-prefix'],
+    select: only && ((sample) => only.has(resolve(sample.image))),
     signal: controller.signal,
     onResult: (outcome, seconds) => {
       if (outcome === 'written') {

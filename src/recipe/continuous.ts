@@ -108,7 +108,7 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
     if (arrivalsDue()) segmentDue?.next();
   };
   const watching = watchTarget({
-    dataset: ctx.data.target, watch: c.watch || null, pollSeconds: c.pollSeconds, settleSeconds: c.settleSeconds, log: ctx.events.log,
+    dataset: ctx.data.target, watch: c.watch || null, pollSeconds: c.pollSeconds, settleSeconds: c.settleSeconds, log: ctx.events.log, signal: ctx.signal,
   }).subscribe({ next: onArrival, error: (err: Error) => ctx.events.log(`continuous: watching the target stopped: ${err.message}`) });
 
   let iteration = resume.iteration;

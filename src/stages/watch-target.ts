@@ -6,18 +6,27 @@
  * - a concurrent `pipelines/ingest.ts` appends records to the folder's shards and rebuilds
  *   `manifest.json` when it ends: the stage sees the manifest change (mtime, size) and re-reads it;
  * - a watched folder (`watch`, in the target dataset's own layout): the stage ingests the files that are
- *   new and no longer being written (size and mtime unchanged for `settleSeconds`) itself, into a shard of
- *   its own (`shard-99999.lmdb`, keys prefixed `watch/`), which rebuilds the manifest.
+ *   new and no longer being written (mtime older than `settleSeconds`) itself, into a shard of its own
+ *   (`shard-99999.lmdb`, keys prefixed `watch/`), which rebuilds the manifest. The ingest runs as a
+ *   `pipelines/ingest.ts` process: LMDB environments are shared by every thread of a process in lmdb-js,
+ *   and opening for write (or closing) one that the decode workers are reading breaks their read
+ *   transactions ("No transaction to renew", measured); between processes LMDB is safe by design. A
+ *   crashing decoder cannot take the training process down either.
  * Records become visible only through a manifest written atomically after their LMDB transactions, so a
  * reader never sees a key whose record is not there. A file that fails to ingest (corrupt, truncated) is
  * counted and not tried again until its size or mtime changes.
  */
-import { stat } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { Observable, exhaustMap, filter, from, timer } from 'rxjs';
-import { listDataset, type DatasetName, type SampleFiles } from '../data/adapters.ts';
-import { ingestDataset } from '../data/ingest.ts';
+import { listDataset, type DatasetName } from '../data/adapters.ts';
 import { openDataset, type Dataset } from '../data/reader.ts';
+
+/** The ingest entry point the watched-folder imports run as (a process of its own: see the header). */
+const INGEST = new URL('../../pipelines/ingest.ts', import.meta.url).pathname;
 
 /** Shard index of the pipeline's own imports from a watched folder. */
 export const WATCH_SHARD = 99999;
@@ -47,6 +56,8 @@ export interface WatchTargetOptions {
   threads?: number;
   /** Clock (tests). Default Date.now. */
   now?: () => number;
+  /** Stops a watched-folder ingest between files (SIGINT/SIGTERM): what is written stays, the rest waits. */
+  signal?: AbortSignal;
 }
 
 interface FileSeen {
@@ -62,7 +73,11 @@ export function watchTarget(opts: WatchTargetOptions): Observable<TargetArrival>
   const look = lookAtTarget(opts);
   const ms = Math.max(1, opts.pollSeconds * 1000);
   return timer(0, ms).pipe(
-    exhaustMap(() => from(look())),
+    // a failed look (an I/O error, an ingest that could not start) is logged; the next one tries again
+    exhaustMap(() => from(look().catch((err: Error) => {
+      opts.log(`watch: looking at ${opts.dataset.dir} failed (${err.message}); trying again in ${opts.pollSeconds} s`);
+      return null;
+    }))),
     filter((a): a is TargetArrival => a !== null),
   );
 }
@@ -108,32 +123,54 @@ export function lookAtTarget(opts: WatchTargetOptions): () => Promise<TargetArri
     return todo;
   };
 
+  /** Runs pipelines/ingest.ts on the files of `todo` (a process of its own, see the header), forwarding its log. */
+  const ingestFiles = async (todo: Map<string, { image: string }>): Promise<void> => {
+    const m = dataset.manifest;
+    const list = join(tmpdir(), `spcl-watch-${process.pid}-${Date.now()}.txt`);
+    await writeFile(list, [...todo.values()].map((f) => f.image).join('\n'));
+    try {
+      const child = spawn(process.execPath, [INGEST, '--dataset', m.dataset, '--root', opts.watch!, '--out', dir, '--split', m.split,
+        '--classes', String(m.numClasses), '--labels', 'none', '--only', list, '--shard-file', String(WATCH_SHARD), '--key-prefix', WATCH_PREFIX,
+        '--threads', String(opts.threads ?? 1), '--metrics-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const stop = () => child.kill('SIGINT'); // ingest finishes the files in flight and rewrites the manifest
+      opts.signal?.addEventListener('abort', stop, { once: true });
+      const forward = (stream: NodeJS.ReadableStream) => createInterface({ input: stream }).on('line', (line) => {
+        if (line.trim()) opts.log(`watch: ${line}`);
+      });
+      forward(child.stdout!);
+      forward(child.stderr!);
+      // exit 1 = nothing usable in this batch (every file failed): its problems are named above
+      const code = await new Promise<number | null>((resolve, reject) => child.once('error', reject).once('exit', resolve));
+      opts.signal?.removeEventListener('abort', stop);
+      if (code !== 0 && code !== 1) throw new Error(`watch: ${INGEST} exited with code ${code}`);
+    } finally {
+      await rm(list, { force: true });
+    }
+  };
+
   return async () => {
     let todo = new Map<string, { image: string; stamp: string }>();
-    let ingested = 0;
-    let problems = 0;
     if (opts.watch) {
       todo = await pendingFiles();
-      if (todo.size > 0) {
-        const r = await ingestDataset({
-          dataset: dataset.manifest.dataset as DatasetName, root: opts.watch, out: dir, split: dataset.manifest.split,
-          numClasses: dataset.manifest.numClasses, labels: 'none', shardFile: WATCH_SHARD, keyPrefix: WATCH_PREFIX,
-          select: (s: SampleFiles) => todo.has(s.key), threads: opts.threads ?? 1, progressStream: null,
-          log: (line) => opts.log(`watch: ${line}`),
-        });
-        ingested = r.written;
-        problems = r.problemCount;
-      }
+      if (todo.size > 0) await ingestFiles(todo);
     }
     const stamp = await stampOf(manifestPath);
-    if (stamp === manifestStamp && ingested === 0 && problems === 0) return null;
+    if (stamp === manifestStamp && todo.size === 0) return null;
     manifestStamp = stamp;
-    const next = await openDataset(dir);
+    const next = stamp === '' ? dataset : await openDataset(dir);
     const added = next.keys.filter((k) => !known.has(k)).length;
     dataset = next;
     known = new Set(next.keys);
-    // a watched file that did not make it in is not tried again until it changes (named in the log above)
-    for (const [key, f] of todo) if (!known.has(WATCH_PREFIX + key)) failed.set(f.image, f.stamp);
+    // a watched file that did not make it in is not tried again until it changes (its problem is in the log)
+    let ingested = 0;
+    let problems = 0;
+    for (const [key, f] of todo) {
+      if (known.has(WATCH_PREFIX + key)) ingested++;
+      else {
+        problems++;
+        failed.set(f.image, f.stamp);
+      }
+    }
     if (added === 0 && problems === 0) return null;
     return { dataset: next, added, ingested, problems };
   };
