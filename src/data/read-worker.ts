@@ -19,9 +19,14 @@
  *   environment opened on the new file while another thread of this process still has the old one open
  *   re-initialises that table under it (measured with lmdb 3.5: MDB_BAD_RSLOT errors and records that
  *   read as absent, in both environments, until every thread closed them). So the reader first closes
- *   the old file in every worker (`closeFile`, a barrier), and only then do workers open the new one.
+ *   the old file in every worker (`closeFile`, a barrier), and only then do workers open the new one;
+ * - not (yet) a complete LMDB file: lmdb 3.5 crashes the whole process when it opens a file that is not an
+ *   LMDB environment (SIGSEGV: an empty file, other bytes) or reads one cut short (SIGBUS: a copy still in
+ *   progress), measured. So a file's meta pages and length are checked before it is opened
+ *   (`lmdbFileProblem`), and a file that shrank under its readers counts as replaced. A complete file
+ *   corrupted inside can still crash LMDB; that is beyond what a reader can check cheaply.
  */
-import { statSync } from 'node:fs';
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import sharp from 'sharp';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { augmentSample, augmentOutputSize, resizeNearest, type AugmentInfo, type AugmentSpec } from './augment.ts';
@@ -93,6 +98,8 @@ class Fault extends Error {
 
 interface OpenFile {
   id: string;
+  /** Bytes when opened: a file that shrinks under LMDB's mapping faults on the next access to the lost pages. */
+  size: number;
   root: RootDatabase;
   /** The shard's `records` or the generation's `labels`. */
   db: Database<unknown, string>;
@@ -101,9 +108,45 @@ interface OpenFile {
 
 const files = new Map<string, OpenFile>();
 
-function identity(path: string): string | null {
+function identity(path: string): { id: string; size: number } | null {
   const st = statSync(path, { bigint: true, throwIfNoEntry: false });
-  return st ? `${st.dev}:${st.ino}` : null;
+  return st ? { id: `${st.dev}:${st.ino}`, size: Number(st.size) } : null;
+}
+
+const LMDB_MAGIC = 0xbeefc0de;
+
+/**
+ * Why `path` cannot be opened safely, or null. LMDB's first two pages are meta pages: after the page
+ * header (16 bytes in LMDB 0.9, 24 in lmdb-js's build) the magic number, the version, the map address and
+ * size, two database records of 48 bytes (the first's first field is the page size), the last page used
+ * and the transaction ID. The newer meta page's last page must lie inside the file.
+ */
+export function lmdbFileProblem(path: string, size: number): string | null {
+  if (size < 1024) return `is not an LMDB file (${size} bytes)`;
+  const head = Buffer.alloc(Math.min(size, 2 * 65536));
+  const fd = openSync(path, 'r');
+  try {
+    readSync(fd, head, 0, head.length, 0);
+  } finally {
+    closeSync(fd);
+  }
+  const m = [16, 24].find((o) => head.readUInt32LE(o) === LMDB_MAGIC);
+  if (m === undefined) return 'is not an LMDB file (no LMDB magic number in its first page)';
+  const pageSize = head.readUInt32LE(m + 24);
+  if (!(pageSize >= 512 && pageSize <= 65536 && (pageSize & (pageSize - 1)) === 0)) return `is not an LMDB file (page size ${pageSize})`;
+  let last = -1;
+  let txn = -1n;
+  for (const page of [0, pageSize]) {
+    if (page + m + 136 > head.length || head.readUInt32LE(page + m) !== LMDB_MAGIC) continue;
+    const t = head.readBigUInt64LE(page + m + 128);
+    if (t > txn) {
+      txn = t;
+      last = Number(head.readBigUInt64LE(page + m + 120));
+    }
+  }
+  const needed = (last + 1) * pageSize;
+  if (size < needed) return `is cut short (${size} bytes, its last page ends at ${needed}: a copy in progress?)`;
+  return null;
 }
 
 function drop(path: string): void {
@@ -117,16 +160,21 @@ const WHAT = { shard: 'shard', pseudo: 'pseudo-label generation' } as const;
 
 /** The open file at `path`, checked against its identity on disk and the one the workers are known to hold. */
 function acquire(path: string, kind: 'shard' | 'pseudo', key: string, expect: string | undefined, opened: Record<string, string>): OpenFile {
-  const id = identity(path);
+  const now = identity(path);
   const cached = files.get(path);
-  if (id === null) {
+  if (now === null) {
     drop(path); // let go of the deleted file's pages
     throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file is missing`);
   }
+  const { id, size } = now;
   const held = cached?.id ?? expect;
   if (held !== undefined && held !== id) {
     drop(path);
     throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file was replaced (inode ${held.split(':')[1]} -> ${id.split(':')[1]})`, id);
+  }
+  if (cached && size < cached.size) {
+    drop(path);
+    throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file shrank from ${cached.size} to ${size} bytes`, id);
   }
   if (cached) {
     opened[path] = cached.id;
@@ -136,6 +184,8 @@ function acquire(path: string, kind: 'shard' | 'pseudo', key: string, expect: st
     // a new generation replaces the old ones: close what is no longer current
     for (const [p, f] of files) if (f.kind === 'pseudo') drop(p);
   }
+  const problem = lmdbFileProblem(path, size);
+  if (problem) throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file ${problem}`);
   let root: RootDatabase;
   let db: Database<unknown, string>;
   try {
@@ -152,11 +202,12 @@ function acquire(path: string, kind: 'shard' | 'pseudo', key: string, expect: st
   }
   // renamed over between the stat and the open: which file did we get? Close and let the reader decide.
   const after = identity(path);
-  if (after !== id) {
+  if (after?.id !== id) {
     void root.close();
-    throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file was replaced while opening`, after ?? undefined);
+    if (after === null) throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file is missing`);
+    throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file was replaced while opening`, after.id);
   }
-  const f: OpenFile = { id, root, db, kind };
+  const f: OpenFile = { id, size, root, db, kind };
   files.set(path, f);
   opened[path] = id;
   return f;

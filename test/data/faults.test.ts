@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, readFileSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, renameSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -428,6 +428,50 @@ test('cost per sample: the file identity check and the label ID scan, next to th
     }
     // negligible: measured 0.3-0.6 % of a sample's read (128x72 synthetic images to Cityscapes' 2048x1024); the bound leaves room for a loaded machine
     for (const [i, s] of shares.entries()) assert.ok(s < 0.02, `${sizes[i]!.join('x')}: ${(100 * s).toFixed(2)} %`);
+  } finally {
+    await reader.close();
+    await rm(dir, { recursive: true });
+  }
+});
+
+test('a shard replaced by a file that is not (yet) a whole LMDB file, or cut short in place, is unavailable, not a crash; the whole file is read again', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'spcl-faults-'));
+  // retryDelay 0: each read of the file given up on checks it again
+  const reader = new SampleReader({ threads: 2, retries: 0, retryDelay: 0 });
+  try {
+    const ds = await makeDataset(dir, 4, { shards: 2 });
+    const shard1 = join(ds.dir, shardFileName(1));
+    const ref = await reader.read(ds, '00002', SPEC, 3);
+    const saved = { image: ref.image.slice(), label: ref.label!.slice() };
+    reader.recycle(ref);
+    const whole = readFileSync(shard1);
+    const put = (bytes: Uint8Array) => {
+      writeFileSync(join(dir, 'next.lmdb'), bytes);
+      renameSync(join(dir, 'next.lmdb'), shard1);
+    };
+    const failure = (key: string) => reader.read(ds, key, SPEC, 3).then(() => 'read', (e: SampleFault) => `${e.reason}: ${e.message}`);
+    const at = (key: string, what: string) => `shard_unavailable: ${shard1}: record '${key}': ${what}`;
+    // lmdb 3.5 takes the process down with SIGBUS on this one, and SIGSEGV on the two after it
+    const half = Math.floor(whole.length / 2);
+    put(whole.subarray(0, half));
+    assert.equal(await failure('00002'), at('00002', `unavailable (shard file is cut short (${half} bytes, its last page ends at ${whole.length}: a copy in progress?)); gave up after 0 retries over 0 s`));
+    put(new Uint8Array(0));
+    assert.equal(await failure('00004'), at('00004', 'still unavailable (shard file is not an LMDB file (0 bytes))'));
+    put(new Uint8Array(20000).fill(7));
+    assert.equal(await failure('00002'), at('00002', 'still unavailable (shard file is not an LMDB file (no LMDB magic number in its first page))'));
+    const other = await reader.read(ds, '00001', SPEC, 3); // shard 0 reads on
+    reader.recycle(other);
+    put(whole);
+    const back = await reader.read(ds, '00002', SPEC, 3);
+    assert.deepEqual({ image: back.image, label: back.label }, saved);
+    reader.recycle(back);
+    // cut short in place (same inode) under the open mapping, then written back whole
+    truncateSync(shard1, half);
+    assert.equal(await failure('00002'), at('00002', `unavailable (shard file is cut short (${half} bytes, its last page ends at ${whole.length}: a copy in progress?)); gave up after 0 retries over 0 s`));
+    writeFileSync(shard1, whole);
+    const again = await reader.read(ds, '00004', SPEC, 3);
+    assert.equal(again.key, '00004');
+    reader.recycle(again);
   } finally {
     await reader.close();
     await rm(dir, { recursive: true });
