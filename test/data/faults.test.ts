@@ -413,14 +413,14 @@ test('cost per sample: the file identity check and the label ID scan, next to th
       const shard = join(ds.dir, shardFileName(0));
       const label = new Uint8Array(w * h).fill(13);
       label.fill(255, 0, w * 8);
-      const reps = Math.round(2e7 / (w * h)) + 20;
-      for (let i = 0; i < 20; i++) unknownLabelIds(label, 19);
-      let t0 = performance.now();
-      for (let i = 0; i < reps; i++) unknownLabelIds(label, 19);
-      const scan = (performance.now() - t0) / 1000 / reps;
-      t0 = performance.now();
-      for (let i = 0; i < 20000; i++) statSync(shard, { bigint: true, throwIfNoEntry: false });
-      const stat = (performance.now() - t0) / 1000 / 20000;
+      // seconds per call, the fastest of 5 batches (the machine is shared: other processes only add time)
+      const perCall = (f: () => void, reps: number) => Math.min(...Array.from({ length: 5 }, () => {
+        const t0 = performance.now();
+        for (let i = 0; i < reps; i++) f();
+        return (performance.now() - t0) / 1000 / reps;
+      }));
+      const scan = perCall(() => unknownLabelIds(label, 19), Math.round(1e7 / (w * h)) + 10);
+      const stat = perCall(() => statSync(shard, { bigint: true, throwIfNoEntry: false }), 4000);
       const share = (scan + stat) / read;
       shares.push(share);
       t.diagnostic(`${w}x${h}: read ${(1000 * read).toFixed(2)} ms/sample; stat ${(1e6 * stat).toFixed(1)} us + label scan ${(1e6 * scan).toFixed(0)} us = ` +
