@@ -248,7 +248,8 @@ export class SampleReader {
       const t0 = performance.now();
       const arrived = new Int32Array(new SharedArrayBuffer(4));
       const task: CloseTask = { path, arrived, workers: this.workers, timeoutMs: BARRIER_TIMEOUT_MS };
-      const all = Array.from({ length: this.workers }, () => this.pool.run(task, { name: 'closeFile' }) as Promise<boolean>);
+      // never rejects (reads wait on it): a task that cannot run counts as a worker not reached
+      const all = Array.from({ length: this.workers }, () => Promise.resolve().then(() => this.pool.run(task, { name: 'closeFile' }) as Promise<boolean>));
       for (const p of all) this.inFlight.add(p);
       const done = await Promise.allSettled(all);
       for (const p of all) this.inFlight.delete(p);
