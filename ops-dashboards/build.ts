@@ -179,9 +179,10 @@ const dataPipeline: RowSpec = {
     },
     {
       type: 'timeseries', title: 'Skipped samples by reason', unit: 'ops', w: 8, h: 8,
-      description: 'Samples skipped per second by stage and reason (rate of spcl_samples_skipped_total: corrupt, missing_record, missing_pseudo_label, wrong_size, other) and errors by stage and kind (spcl_errors_total). The run goes on; the stage log names each sample.',
+      description: 'Samples skipped per second by stage and reason (rate of spcl_samples_skipped_total: missing_record, corrupt_record, corrupt_image, wrong_size, corrupt_label, unknown_label_ids, missing_pseudo_label, shard_unavailable (a shard file missing or unopenable after data.retries retries), other), samples kept after a repair (spcl_samples_repaired_total: unknown_label_ids set to 255) and errors by stage and kind (spcl_errors_total). The run goes on; the log names each sample and its shard file.',
       targets: [
         { expr: `sum by (stage, reason) (${rate('spcl_samples_skipped_total')})`, legend: 'skipped {{stage}} {{reason}}' },
+        { expr: `sum by (stage, reason) (${rate('spcl_samples_repaired_total')})`, legend: 'repaired {{stage}} {{reason}}' },
         { expr: `sum by (stage, kind) (${rate('spcl_errors_total')})`, legend: 'errors {{stage}} {{kind}}' },
       ],
     },

@@ -114,7 +114,8 @@ try {
   });
   await server.close();
   const kinds = Object.entries(s.problems).map(([k, n]) => `${k} ${n}`).join(', ');
-  console.log(`ingest: written ${s.written}, already there ${s.existing}, problems ${s.problemCount}${kinds ? ` (${kinds})` : ''}; ` +
+  const unknown = s.unknownLabelIds.files ? `, labels with unknown IDs ${s.unknownLabelIds.files} (${s.unknownLabelIds.pixels} pixels set to 255)` : '';
+  console.log(`ingest: written ${s.written}, already there ${s.existing}, problems ${s.problemCount}${kinds ? ` (${kinds})` : ''}${unknown}; ` +
     `shard ${s.shard}; dataset total ${s.manifest?.count ?? 0} records${s.aborted ? '; interrupted (run again to resume)' : ''}`);
   if (s.written + s.existing === 0) {
     process.stderr.write(`ingest: nothing usable found under ${values.root} for dataset ${values.dataset}\n`);

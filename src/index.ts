@@ -33,6 +33,7 @@ export {
 // The dataflow runtime, data layer, stages and recipe: build other adaptation pipelines from these.
 export { Credits, END, pullSource, stage, orderedMergeMap, reduceItems, onTeardown, StageError, type ErrorPolicy, type StageOptions, type Pulled } from './graph/flow.ts';
 export { openDataset, SampleReader, type Dataset, type Sample } from './data/reader.ts';
+export { FAULT_REASONS, SampleFault, type FaultCounts, type FaultReason, type FaultReport, type UnknownLabelPolicy } from './data/faults.ts';
 export { ShuffleSampler, ClassBalancedSampler, type Sampler, type SamplerState } from './data/sampler.ts';
 export { ingestDataset, type IngestOptions, type IngestSummary } from './data/ingest.ts';
 export { listDataset, DATASETS, type DatasetName } from './data/adapters.ts';

@@ -6,7 +6,9 @@
 import { access, readFile } from 'node:fs/promises';
 import { basename, join, relative } from 'node:path';
 import fg from 'fast-glob';
-import { CITYSCAPES_TO_TRAIN16, CITYSCAPES_TO_TRAIN19, SYNTHIA_TO_TRAIN16, labelLut, parseLabelMap, type NumClasses } from './labels.ts';
+import {
+  CITYSCAPES_LABEL_IDS, CITYSCAPES_TO_TRAIN16, CITYSCAPES_TO_TRAIN19, SYNTHIA_LABEL_IDS, SYNTHIA_TO_TRAIN16, knownIdTable, labelLut, parseLabelMap, type NumClasses,
+} from './labels.ts';
 
 export type DatasetName = 'gta5' | 'cityscapes' | 'synthia' | 'synscapes' | 'folder';
 export const DATASETS: readonly DatasetName[] = ['gta5', 'cityscapes', 'synthia', 'synscapes', 'folder'];
@@ -35,6 +37,10 @@ export interface DatasetListing {
   problems: ListProblem[];
   /** 65536-entry label ID -> train ID table. */
   lut: Uint8Array;
+  /** 65536-entry table, 1 for the label IDs the dataset defines (others are counted and named at ingest). */
+  known: Uint8Array;
+  /** What `known` is, for messages ("Cityscapes label IDs 0..33"). */
+  labelSpace: string;
   /** Label maps may be at another resolution than the images (Synscapes), same aspect ratio. */
   labelMayBeScaled: boolean;
 }
@@ -55,11 +61,15 @@ interface Layout {
   /** Label path of an image, or null if this layout has none. */
   label: (root: string, split: string, key: string, image: string) => string;
   lut: (numClasses: NumClasses) => Readonly<Record<number, number>>;
+  /** The label IDs the dataset defines: 0..labelIds-1, or the map's own keys when absent (folder). */
+  labelIds?: number;
+  labelSpace: string;
   defaultClasses: NumClasses;
   labelMayBeScaled?: boolean;
 }
 
 const cityscapesLike = (k: NumClasses) => (k === 19 ? CITYSCAPES_TO_TRAIN19 : CITYSCAPES_TO_TRAIN16);
+const CITYSCAPES_SPACE = `Cityscapes label IDs 0..${CITYSCAPES_LABEL_IDS - 1}`;
 
 const LAYOUTS: Record<Exclude<DatasetName, 'folder'>, Layout> = {
   gta5: {
@@ -67,6 +77,8 @@ const LAYOUTS: Record<Exclude<DatasetName, 'folder'>, Layout> = {
     imageBase: 'images',
     label: (root, _s, key) => join(root, 'labels', `${key}.png`),
     lut: cityscapesLike,
+    labelIds: CITYSCAPES_LABEL_IDS,
+    labelSpace: CITYSCAPES_SPACE,
     defaultClasses: 19,
   },
   cityscapes: {
@@ -75,6 +87,8 @@ const LAYOUTS: Record<Exclude<DatasetName, 'folder'>, Layout> = {
     keySuffix: '_leftImg8bit',
     label: (root, split, key) => join(root, 'gtFine', split, `${key}_gtFine_labelIds.png`),
     lut: cityscapesLike,
+    labelIds: CITYSCAPES_LABEL_IDS,
+    labelSpace: CITYSCAPES_SPACE,
     defaultClasses: 19,
   },
   synthia: {
@@ -85,6 +99,8 @@ const LAYOUTS: Record<Exclude<DatasetName, 'folder'>, Layout> = {
       if (k !== 16) throw new Error('synthia: the SYNTHIA protocol has 16 classes (--classes 16)');
       return SYNTHIA_TO_TRAIN16;
     },
+    labelIds: SYNTHIA_LABEL_IDS,
+    labelSpace: `SYNTHIA class IDs 0..${SYNTHIA_LABEL_IDS - 1}`,
     defaultClasses: 16,
   },
   synscapes: {
@@ -92,6 +108,8 @@ const LAYOUTS: Record<Exclude<DatasetName, 'folder'>, Layout> = {
     imageBase: 'img/rgb-2k',
     label: (root, _s, key) => join(root, 'img', 'class', `${key}.png`),
     lut: cityscapesLike,
+    labelIds: CITYSCAPES_LABEL_IDS,
+    labelSpace: CITYSCAPES_SPACE,
     defaultClasses: 19,
     labelMayBeScaled: true,
   },
@@ -141,13 +159,16 @@ export async function listDataset(dataset: DatasetName, root: string, opts: List
       imageBase: 'images',
       label: (r, _s, key) => join(r, 'labels', `${key}.png`),
       lut: () => map,
+      labelSpace: `label IDs of ${mapPath}`,
       defaultClasses: numClasses === 16 ? 16 : 19,
     };
   } else {
     layout = LAYOUTS[dataset];
   }
   const numClasses = opts.numClasses ?? layout.defaultClasses;
-  const lut = labelLut(layout.lut(numClasses));
+  const idMap = layout.lut(numClasses);
+  const lut = labelLut(idMap);
+  const known = knownIdTable(layout.labelIds === undefined ? Object.keys(idMap).map(Number) : Array.from({ length: layout.labelIds }, (_, i) => i));
   const pattern = layout.images.replace('{split}', split);
   const base = join(root, layout.imageBase.replace('{split}', split));
   const files = await fg(pattern, { cwd: root, absolute: true, onlyFiles: true, caseSensitiveMatch: false });
@@ -171,5 +192,5 @@ export async function listDataset(dataset: DatasetName, root: string, opts: List
     }
   }
   samples.sort(byKey);
-  return { dataset, split, numClasses, samples, problems, lut, labelMayBeScaled: layout.labelMayBeScaled ?? false };
+  return { dataset, split, numClasses, samples, problems, lut, known, labelSpace: layout.labelSpace, labelMayBeScaled: layout.labelMayBeScaled ?? false };
 }

@@ -16,6 +16,10 @@ import { moveWith, ownBytes, type Movable } from './transfer.ts';
 export interface IngestWorkerData {
   /** 65536-entry label ID -> train ID table. */
   lut: Uint8Array;
+  /** 65536-entry table, 1 for the IDs the label space defines; others are counted (they map to 255 all the same). */
+  known: Uint8Array;
+  /** What `known` is, for the message. */
+  labelSpace: string;
   /** 'single': labels must have 1 channel (grey or palette); 'first': class ID is channel 0 of many (SYNTHIA). */
   labelChannels: 'single' | 'first';
   /** Label maps may be at another resolution than the image, same aspect ratio (Synscapes). */
@@ -30,8 +34,17 @@ export interface IngestTask {
 
 export type ProblemKind = 'image-unreadable' | 'label-unreadable' | 'label-missing' | 'size-mismatch' | 'label-channels' | 'image-format';
 
+/** A label with IDs its label space does not define: kept (those pixels are 255), counted and named. */
+export interface UnknownIds {
+  path: string;
+  pixels: number;
+  /** Up to 5 of them, ascending. */
+  ids: number[];
+  message: string;
+}
+
 export type IngestResult =
-  | { ok: true; key: string; record: ShardRecord; mask: number; classes: number[] }
+  | { ok: true; key: string; record: ShardRecord; mask: number; classes: number[]; unknownIds?: UnknownIds }
   | { ok: false; key: string; kind: ProblemKind; path: string; message: string };
 
 sharp.concurrency(1);
@@ -86,15 +99,29 @@ export default async function ingest(task: IngestTask): Promise<IngestResult | M
   const train = new Uint8Array(width * height);
   const present = new Uint8Array(256);
   const src = decoded.data;
+  let unknownPixels = 0;
   for (let i = 0; i < train.length; i++) {
-    const t = data.lut[src[i * channels]!]!;
+    const id = src[i * channels]!;
+    const t = data.lut[id]!;
     train[i] = t;
     present[t] = 1;
+    unknownPixels += 1 - data.known[id]!;
+  }
+  let unknownIds: UnknownIds | undefined;
+  if (unknownPixels > 0) {
+    const ids = new Set<number>();
+    for (let i = 0; i < train.length; i++) if (!data.known[src[i * channels]!]) ids.add(src[i * channels]!);
+    const shown = [...ids].sort((a, b) => a - b).slice(0, 5);
+    unknownIds = {
+      path: task.label, pixels: unknownPixels, ids: shown,
+      message: `${task.label}: ${unknownPixels} pixels have IDs outside the ${data.labelSpace} (${shown.join(', ')}${ids.size > 5 ? ', ...' : ''}); ` +
+        'they become 255 (ignored), the record is kept',
+    };
   }
   const classes: number[] = [];
   for (let k = 0; k < 255; k++) if (present[k]) classes.push(k);
   record.label = ownBytes(encodePng({ width, height, channels: 1, bitDepth: 8, data: train }));
   record.labelWidth = width;
   record.labelHeight = height;
-  return moveWith({ ok: true, key: task.key, record, mask: classMask(classes), classes }, [record.image.buffer, record.label.buffer]);
+  return moveWith({ ok: true, key: task.key, record, mask: classMask(classes), classes, unknownIds }, [record.image.buffer, record.label.buffer]);
 }

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Piscina } from 'piscina';
 import { createProgress } from '../graph/progress.ts';
 import { listDataset, type DatasetName, type LabelPolicy, type SampleFiles } from './adapters.ts';
-import type { IngestResult, IngestTask, IngestWorkerData, ProblemKind } from './ingest-worker.ts';
+import type { IngestResult, IngestTask, IngestWorkerData, ProblemKind, UnknownIds } from './ingest-worker.ts';
 import type { NumClasses } from './labels.ts';
 import { openShardForWrite, rebuildManifest, shardFileName, type Manifest } from './shards.ts';
 
@@ -52,6 +52,8 @@ export interface IngestSummary {
   existing: number;
   problems: Partial<Record<ProblemKind, number>>;
   problemCount: number;
+  /** Labels (written) with IDs outside their label space, and their pixels; those pixels are 255. */
+  unknownLabelIds: { files: number; pixels: number };
   shard: string;
   manifest: Manifest | null;
   aborted: boolean;
@@ -87,6 +89,15 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
     else if (problemCount === MAX_LOGGED_PROBLEMS + 1) log('problem: more problems follow; only counts from here on');
   };
   for (const p of listing.problems) if (own || keyHash(p.key) % shardCount === shardIndex) report(p.kind, p.message);
+  // Not a problem (the record is written, those pixels are 255) but a sign of a wrong label map or a
+  // corrupt file: named per file, counted.
+  const unknownLabelIds = { files: 0, pixels: 0 };
+  const unknownIds = (u: UnknownIds) => {
+    unknownLabelIds.files++;
+    unknownLabelIds.pixels += u.pixels;
+    if (unknownLabelIds.files <= MAX_LOGGED_PROBLEMS) log(`unknown label IDs: ${u.message}`);
+    else if (unknownLabelIds.files === MAX_LOGGED_PROBLEMS + 1) log('unknown label IDs: more labels have them; only counts from here on');
+  };
 
   const shardPath = join(opts.out, shardFileName(opts.shardFile ?? shardIndex));
   const shard = openShardForWrite(shardPath, { dataset: opts.dataset, split: listing.split, numClasses: listing.numClasses });
@@ -98,6 +109,8 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
   const threads = Math.max(1, opts.threads ?? availableParallelism());
   const workerData: IngestWorkerData = {
     lut: listing.lut,
+    known: listing.known,
+    labelSpace: listing.labelSpace,
     labelChannels: opts.dataset === 'synthia' ? 'first' : 'single',
     labelMayBeScaled: listing.labelMayBeScaled,
   };
@@ -121,6 +134,7 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
         const r = (await pool.run(task)) as IngestResult;
         if (r.ok) {
           opts.onResult?.('written', (performance.now() - t0) / 1000);
+          if (r.unknownIds) unknownIds(r.unknownIds);
           writes.push(shard.root.transaction(() => {
             shard.records.put(r.key, r.record);
             shard.index.put(r.key, r.mask);
@@ -143,5 +157,11 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
   }
   let manifest: Manifest | null = null;
   if (written + existing > 0) manifest = await rebuildManifest(opts.out);
-  return { found: listing.samples.length + listing.problems.length, assigned: mine.length, written, existing, problems, problemCount, shard: shardPath, manifest, aborted };
+  if (unknownLabelIds.files > 0) {
+    log(`ingest: ${unknownLabelIds.files} label files had ${unknownLabelIds.pixels} pixels with IDs outside the ${listing.labelSpace}; they are 255 (ignored)`);
+  }
+  return {
+    found: listing.samples.length + listing.problems.length, assigned: mine.length, written, existing, problems, problemCount, unknownLabelIds,
+    shard: shardPath, manifest, aborted,
+  };
 }

@@ -28,6 +28,22 @@ export function classNames(numClasses: NumClasses): readonly string[] {
   return numClasses === 19 ? CITYSCAPES_CLASSES : SYNTHIA_CLASSES;
 }
 
+/** Cityscapes' labels.py defines IDs 0..33 (the licence plate, -1, is never drawn); GTA5 and Synscapes use them. */
+export const CITYSCAPES_LABEL_IDS = 34;
+/** SYNTHIA RAND_CITYSCAPES defines class IDs 0..22 (void, sky, building, ..., lanemarking). */
+export const SYNTHIA_LABEL_IDS = 23;
+
+/**
+ * A 65536-entry table, 1 for the IDs a label space defines (mapped to a train ID or ignored on purpose,
+ * like Cityscapes' void classes). A stored ID outside it means a wrong dataset or label map, or a
+ * corrupt file: ingest counts and names those (they still become 255).
+ */
+export function knownIdTable(ids: Iterable<number>): Uint8Array {
+  const known = new Uint8Array(65536);
+  for (const id of ids) known[id] = 1;
+  return known;
+}
+
 /** A 65536-entry table: lut[id] = train ID, 255 for IDs the map does not name. */
 export function labelLut(map: Readonly<Record<number, number>>): Uint8Array {
   const lut = new Uint8Array(65536).fill(IGNORE);

@@ -4,15 +4,38 @@
  * phase's augmentation (REFERENCE 6.3, deterministic for the task's seed) and returns the sample. The
  * output buffers travel both ways without copying: the main thread lends preallocated buffers with the
  * task, the worker fills them and moves them back.
+ *
+ * Data faults are returned, not thrown (`ReadReply`): an error thrown here reaches the main thread as a
+ * bare Error with its message only, and the lent buffers would be lost with it. Each fault carries its
+ * reason (src/data/faults.ts), the file and the key.
+ *
+ * Files that change under a reader. Every read checks the file's identity (device + inode, one stat,
+ * about 2 us) against the one the main thread says the workers hold (`expect`):
+ * - deleted: an open mapping would go on reading the deleted file for ever; instead the handle is
+ *   closed and the read fails as `shard_unavailable` (the reader retries, then skips, and reads the
+ *   file again when it is back);
+ * - replaced (a new file renamed into place, or re-created): the read fails with `changed`, without
+ *   opening the new file. LMDB keeps its reader table in `<file>-lock`, which stays at the same path: an
+ *   environment opened on the new file while another thread of this process still has the old one open
+ *   re-initialises that table under it (measured with lmdb 3.5: MDB_BAD_RSLOT errors and records that
+ *   read as absent, in both environments, until every thread closed them). So the reader first closes
+ *   the old file in every worker (`closeFile`, a barrier), and only then do workers open the new one;
+ * - not (yet) a complete LMDB file: lmdb 3.5 crashes the whole process when it opens a file that is not an
+ *   LMDB environment (SIGSEGV: an empty file, other bytes) or reads one cut short (SIGBUS: a copy still in
+ *   progress), measured. So a file's meta pages and length are checked before it is opened
+ *   (`lmdbFileProblem`), and a file that shrank under its readers counts as replaced. A complete file
+ *   corrupted inside can still crash LMDB; that is beyond what a reader can check cheaply.
  */
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import sharp from 'sharp';
+import { open, type Database, type RootDatabase } from 'lmdb';
 import { augmentSample, augmentOutputSize, resizeNearest, type AugmentInfo, type AugmentSpec } from './augment.ts';
+import { ignoreUnknownLabelIds, unknownLabelIds, type FaultReason, type FaultReport, type UnknownLabelPolicy } from './faults.ts';
 import { decodePng } from './png.ts';
-import { Rng } from './rng.ts';
-import { openShardReadOnly, type ShardHandle } from './shards.ts';
-import { moveWith, type Movable } from './transfer.ts';
-import { open, type Database } from 'lmdb';
 import type { PseudoLabelRecord } from './pseudo-labels.ts';
+import { Rng } from './rng.ts';
+import { openShardReadOnly, type ShardRecord } from './shards.ts';
+import { moveWith, type Movable } from './transfer.ts';
 
 export interface ReadTask {
   shard: string;
@@ -21,6 +44,11 @@ export interface ReadTask {
   seed: number;
   /** A pseudo-label generation (LMDB path) to take the label from instead of the record's own. */
   pseudo?: string | null;
+  /** Label values must be < numClasses or 255. */
+  numClasses: number;
+  unknownLabels: UnknownLabelPolicy;
+  /** Identity (`dev:ino`) of each file as the workers hold it open, per path; absent = none is open. */
+  expect: Record<string, string>;
   /** Preallocated output buffers of the right size (moved in), or null to allocate. */
   image: Float32Array | null;
   label: Uint8Array | null;
@@ -41,63 +69,230 @@ export interface ReadResult {
   /** Seconds spent decoding + augmenting (metrics). */
   seconds: number;
   encodedBytes: number;
+  /** The sample is usable after a repair (unknown label IDs set to 255); null when nothing was wrong. */
+  repaired: FaultReport | null;
 }
+
+/** A fault of a read, as data. `changed`: the file was replaced (its new identity); `detail`: the message without file and key. */
+export interface ReadFault extends FaultReport {
+  detail: string;
+  changed?: string;
+}
+
+export type ReadReply =
+  | { ok: true; sample: ReadResult; opened: Record<string, string> }
+  | { ok: false; fault: ReadFault; opened: Record<string, string>; image: Float32Array | null; label: Uint8Array | null };
 
 sharp.concurrency(1);
 // libvips caches up to 50 MiB of recent operations per process; decoded inputs are never reused here.
 sharp.cache(false);
-const shards = new Map<string, ShardHandle>();
-const pseudoDbs = new Map<string, Database<PseudoLabelRecord, string>>();
 
-function pseudoOf(path: string): Database<PseudoLabelRecord, string> {
-  let db = pseudoDbs.get(path);
-  if (!db) {
-    // a new generation replaces the old ones: close what is no longer current
-    for (const [p, old] of pseudoDbs) {
-      void old.close();
-      pseudoDbs.delete(p);
+class Fault extends Error {
+  readonly report: ReadFault;
+
+  constructor(reason: FaultReason, file: string, key: string, detail: string, changed?: string) {
+    super(detail);
+    this.report = { reason, file, key, detail, message: `${file}: record '${key}': ${detail}`, ...(changed === undefined ? {} : { changed }) };
+  }
+}
+
+interface OpenFile {
+  id: string;
+  /** Bytes when opened: a file that shrinks under LMDB's mapping faults on the next access to the lost pages. */
+  size: number;
+  root: RootDatabase;
+  /** The shard's `records` or the generation's `labels`. */
+  db: Database<unknown, string>;
+  kind: 'shard' | 'pseudo';
+}
+
+const files = new Map<string, OpenFile>();
+
+function identity(path: string): { id: string; size: number } | null {
+  const st = statSync(path, { bigint: true, throwIfNoEntry: false });
+  return st ? { id: `${st.dev}:${st.ino}`, size: Number(st.size) } : null;
+}
+
+const LMDB_MAGIC = 0xbeefc0de;
+
+/**
+ * Why `path` cannot be opened safely, or null. LMDB's first two pages are meta pages: after the page
+ * header (16 bytes in LMDB 0.9, 24 in lmdb-js's build) the magic number, the version, the map address and
+ * size, two database records of 48 bytes (the first's first field is the page size), the last page used
+ * and the transaction ID. The newer meta page's last page must lie inside the file.
+ */
+export function lmdbFileProblem(path: string, size: number): string | null {
+  if (size < 1024) return `is not an LMDB file (${size} bytes)`;
+  const head = Buffer.alloc(Math.min(size, 2 * 65536));
+  const fd = openSync(path, 'r');
+  try {
+    readSync(fd, head, 0, head.length, 0);
+  } finally {
+    closeSync(fd);
+  }
+  const m = [16, 24].find((o) => head.readUInt32LE(o) === LMDB_MAGIC);
+  if (m === undefined) return 'is not an LMDB file (no LMDB magic number in its first page)';
+  const pageSize = head.readUInt32LE(m + 24);
+  if (!(pageSize >= 512 && pageSize <= 65536 && (pageSize & (pageSize - 1)) === 0)) return `is not an LMDB file (page size ${pageSize})`;
+  let last = -1;
+  let txn = -1n;
+  for (const page of [0, pageSize]) {
+    if (page + m + 136 > head.length || head.readUInt32LE(page + m) !== LMDB_MAGIC) continue;
+    const t = head.readBigUInt64LE(page + m + 128);
+    if (t > txn) {
+      txn = t;
+      last = Number(head.readBigUInt64LE(page + m + 120));
     }
-    db = open({ path, readOnly: true, compression: true, maxDbs: 2 }).openDB<PseudoLabelRecord, string>({ name: 'labels', encoding: 'msgpack' });
-    pseudoDbs.set(path, db);
   }
-  return db;
+  const needed = (last + 1) * pageSize;
+  if (size < needed) return `is cut short (${size} bytes, its last page ends at ${needed}: a copy in progress?)`;
+  return null;
 }
 
-function shardOf(path: string): ShardHandle {
-  let h = shards.get(path);
-  if (!h) {
-    h = openShardReadOnly(path);
-    shards.set(path, h);
-  }
-  return h;
+function drop(path: string): void {
+  const f = files.get(path);
+  if (!f) return;
+  files.delete(path);
+  void f.root.close();
 }
 
-export default async function read(task: ReadTask): Promise<Movable<ReadResult>> {
+const WHAT = { shard: 'shard', pseudo: 'pseudo-label generation' } as const;
+
+/** The open file at `path`, checked against its identity on disk and the one the workers are known to hold. */
+function acquire(path: string, kind: 'shard' | 'pseudo', key: string, expect: string | undefined, opened: Record<string, string>): OpenFile {
+  const now = identity(path);
+  const cached = files.get(path);
+  if (now === null) {
+    drop(path); // let go of the deleted file's pages
+    throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file is missing`);
+  }
+  const { id, size } = now;
+  const held = cached?.id ?? expect;
+  if (held !== undefined && held !== id) {
+    drop(path);
+    throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file was replaced (inode ${held.split(':')[1]} -> ${id.split(':')[1]})`, id);
+  }
+  if (cached && size < cached.size) {
+    drop(path);
+    throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file shrank from ${cached.size} to ${size} bytes`, id);
+  }
+  if (cached) {
+    opened[path] = cached.id;
+    return cached;
+  }
+  if (kind === 'pseudo') {
+    // a new generation replaces the old ones: close what is no longer current
+    for (const [p, f] of files) if (f.kind === 'pseudo') drop(p);
+  }
+  const problem = lmdbFileProblem(path, size);
+  if (problem) throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file ${problem}`);
+  let root: RootDatabase;
+  let db: Database<unknown, string>;
+  try {
+    if (kind === 'shard') {
+      const h = openShardReadOnly(path);
+      root = h.root;
+      db = h.records as Database<unknown, string>;
+    } else {
+      root = open({ path, readOnly: true, compression: true, maxDbs: 2 });
+      db = root.openDB<unknown, string>({ name: 'labels', encoding: 'msgpack' });
+    }
+  } catch (err) {
+    throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} does not open (${(err as Error).message.split('\n')[0]})`);
+  }
+  // renamed over between the stat and the open: which file did we get? Close and let the reader decide.
+  const after = identity(path);
+  if (after?.id !== id) {
+    void root.close();
+    if (after === null) throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file is missing`);
+    throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file was replaced while opening`, after.id);
+  }
+  const f: OpenFile = { id, size, root, db, kind };
+  files.set(path, f);
+  opened[path] = id;
+  return f;
+}
+
+/**
+ * sharp's error text in one line: libvips' lines, each once ("Input buffer has corrupt header:" is followed
+ * by the decoder's own lines). libvips keeps one error buffer per process, so when two threads fail at once
+ * the detail may mix both; the reason and the rest of the message are ours.
+ */
+function libvipsText(err: unknown): string {
+  const lines = [...new Set(String((err as Error).message ?? err).split('\n').map((l) => l.trim()).filter(Boolean))];
+  const text = lines.join(' ');
+  return text.length > 200 ? `${text.slice(0, 197)}...` : text;
+}
+
+function isRecord(v: unknown): v is ShardRecord {
+  const r = v as ShardRecord;
+  return typeof r === 'object' && r !== null && r.image instanceof Uint8Array && Number.isInteger(r.width) && Number.isInteger(r.height) &&
+    (r.label === null || r.label instanceof Uint8Array);
+}
+
+/** Checks a label's values: unknown IDs are a fault ('skip') or set to 255 and reported as a repair ('ignore'). */
+function checkIds(label: Uint8Array, task: ReadTask, file: string, what: string): { label: Uint8Array; repaired: FaultReport | null } {
+  const { pixels, ids } = unknownLabelIds(label, task.numClasses);
+  if (pixels === 0) return { label, repaired: null };
+  const detail = `${what} has ${pixels} pixels with unknown IDs (${ids.join(', ')}${ids.length === 5 ? ', ...' : ''}), ` +
+    `expected train IDs 0..${task.numClasses - 1} or 255`;
+  if (task.unknownLabels === 'skip') throw new Fault('unknown_label_ids', file, task.key, detail);
+  const own = new Uint8Array(label); // the stored bytes may be shared (an LMDB read buffer)
+  ignoreUnknownLabelIds(own, task.numClasses);
+  const f = new Fault('unknown_label_ids', file, task.key, `${detail}; set to 255`);
+  return { label: own, repaired: { reason: f.report.reason, file, key: task.key, message: f.report.message } };
+}
+
+async function readSample(task: ReadTask, opened: Record<string, string>): Promise<{ result: ReadResult; buffers: ArrayBufferLike[] }> {
   const t0 = performance.now();
-  const record = shardOf(task.shard).records.get(task.key);
-  if (!record) throw new Error(`${task.shard}: no record '${task.key}'`);
+  const { shard: path, key } = task;
+  const shard = acquire(path, 'shard', key, task.expect[path], opened);
+  let record: unknown;
+  try {
+    record = shard.db.get(key);
+  } catch (err) {
+    throw new Fault('corrupt_record', path, key, `stored value does not decode (${(err as Error).message.split('\n')[0]})`);
+  }
+  if (record === undefined) throw new Fault('missing_record', path, key, 'not in the shard (the manifest lists it there)');
+  if (!isRecord(record)) throw new Fault('corrupt_record', path, key, 'stored value is not a record (expected width, height, image bytes, label)');
   let decoded;
   try {
     decoded = await sharp(record.image).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
   } catch (err) {
-    throw new Error(`${task.shard}: record '${task.key}': image does not decode (${(err as Error).message.split('\n')[0]})`);
+    throw new Fault('corrupt_image', path, key, `image does not decode (${libvipsText(err)})`);
   }
   const { width, height, channels } = decoded.info;
   if (width !== record.width || height !== record.height || channels !== 3) {
-    throw new Error(`${task.shard}: record '${task.key}': image decodes to ${width}x${height}x${channels}, the record says ${record.width}x${record.height}x3`);
+    throw new Fault('wrong_size', path, key, `image decodes to ${width}x${height}x${channels}, the record says ${record.width}x${record.height}x3`);
   }
   let label: Uint8Array | null = null;
+  let repaired: FaultReport | null = null;
   if (task.pseudo) {
-    const p = pseudoOf(task.pseudo).get(task.key);
-    if (!p) throw new Error(`${task.pseudo}: no pseudo-label for '${task.key}'`);
-    label = p.width === width && p.height === height ? p.labels : resizeNearest(p.labels, p.width, p.height, width, height);
+    const pseudo = acquire(task.pseudo, 'pseudo', key, task.expect[task.pseudo], opened);
+    let p: PseudoLabelRecord | undefined;
+    try {
+      p = pseudo.db.get(key) as PseudoLabelRecord | undefined;
+    } catch (err) {
+      throw new Fault('corrupt_label', task.pseudo, key, `pseudo-label does not decode (${(err as Error).message.split('\n')[0]})`);
+    }
+    if (!p) throw new Fault('missing_pseudo_label', task.pseudo, key, 'no pseudo-label in this generation');
+    if (!(p.labels instanceof Uint8Array) || p.labels.length !== p.width * p.height) {
+      throw new Fault('corrupt_label', task.pseudo, key, `pseudo-label holds ${p.labels?.length ?? 'no'} values for ${p.width}x${p.height}`);
+    }
+    ({ label, repaired } = checkIds(p.labels, task, task.pseudo, 'pseudo-label'));
+    if (p.width !== width || p.height !== height) label = resizeNearest(label, p.width, p.height, width, height);
   } else if (record.label) {
-    const png = decodePng(record.label, `${task.shard}: record '${task.key}' label`);
+    let png;
+    try {
+      png = decodePng(record.label, 'label');
+    } catch (err) {
+      throw new Fault('corrupt_label', path, key, (err as Error).message);
+    }
     if (png.channels !== 1 || png.bitDepth !== 8 || png.width !== record.labelWidth || png.height !== record.labelHeight) {
-      throw new Error(`${task.shard}: record '${task.key}': label decodes to ${png.width}x${png.height}x${png.channels}@${png.bitDepth} bits, ` +
+      throw new Fault('corrupt_label', path, key, `label decodes to ${png.width}x${png.height}x${png.channels}@${png.bitDepth} bits, ` +
         `the record says ${record.labelWidth}x${record.labelHeight}x1@8`);
     }
-    label = png.data as Uint8Array;
+    ({ label, repaired } = checkIds(png.data as Uint8Array, task, path, 'label'));
     if (record.labelWidth !== width || record.labelHeight !== height) {
       // Synscapes: labels at another resolution; bring them to the image's size first (nearest, PIL-style).
       label = resizeNearest(label, record.labelWidth, record.labelHeight, width, height);
@@ -114,13 +309,55 @@ export default async function read(task: ReadTask): Promise<Movable<ReadResult>>
   const outLabel = label ? (task.label?.length === lw * lh ? task.label : new Uint8Array(lw * lh)) : null;
   const info = augmentSample({ image, label, width, height }, task.spec, new Rng(task.seed), { images: outImage, labels: outLabel, index: 0 });
   const result: ReadResult = {
-    key: task.key, width: info.width, height: info.height, image: outImage,
+    key, width: info.width, height: info.height, image: outImage,
     labelWidth: info.labelWidth, labelHeight: info.labelHeight, label: outLabel, info,
     spare: !label && task.label ? task.label : null,
     seconds: (performance.now() - t0) / 1000, encodedBytes: record.image.byteLength + (record.label?.byteLength ?? 0),
+    repaired,
   };
   const buffers: ArrayBufferLike[] = [result.image.buffer];
   if (result.label) buffers.push(result.label.buffer);
   if (result.spare) buffers.push(result.spare.buffer);
-  return moveWith(result, buffers);
+  return { result, buffers };
+}
+
+export default async function read(task: ReadTask): Promise<Movable<ReadReply>> {
+  const opened: Record<string, string> = {};
+  try {
+    const { result, buffers } = await readSample(task, opened);
+    return moveWith<ReadReply>({ ok: true, sample: result, opened }, buffers);
+  } catch (err) {
+    const fault = err instanceof Fault ? err.report : new Fault('other', task.shard, task.key, (err as Error).message ?? String(err)).report;
+    // the lent buffers go back with the fault, so that faults cost no allocation either
+    const buffers: ArrayBufferLike[] = [];
+    if (task.image) buffers.push(task.image.buffer);
+    if (task.label) buffers.push(task.label.buffer);
+    return moveWith<ReadReply>({ ok: false, fault, opened, image: task.image, label: task.label }, buffers);
+  }
+}
+
+export interface CloseTask {
+  path: string;
+  /** Shared counter of the workers that arrived (an Int32Array on a SharedArrayBuffer). */
+  arrived: Int32Array;
+  workers: number;
+  timeoutMs: number;
+}
+
+/**
+ * Closes `path` in this worker, then waits until all `workers` did: every worker blocks here, so each
+ * of the `workers` tasks the reader submits lands on a different worker. Returns whether all arrived.
+ */
+export function closeFile(task: CloseTask): boolean {
+  drop(task.path);
+  Atomics.add(task.arrived, 0, 1);
+  Atomics.notify(task.arrived, 0);
+  const deadline = performance.now() + task.timeoutMs;
+  for (;;) {
+    const n = Atomics.load(task.arrived, 0);
+    if (n >= task.workers) return true;
+    const left = deadline - performance.now();
+    if (left <= 0) return false;
+    Atomics.wait(task.arrived, 0, n, left);
+  }
 }

@@ -84,10 +84,15 @@ export function pullSource<T>(credits: Credits, pull: () => ObservableInput<Pull
   );
 }
 
-/** An error inside a stage, with the stage name and the sample key when there is one. */
+/**
+ * An error inside a stage, with the stage name, the sample key when there is one, and a reason: a short
+ * code from a bounded set (a metric label, a log tag). The reason is the cause's own `reason` when it
+ * carries a string one (errors made where the fault arises know why it happened), else 'other'.
+ */
 export class StageError extends Error {
   readonly stage: string;
   readonly key: string | undefined;
+  readonly reason: string;
   readonly cause: unknown;
 
   constructor(stage: string, key: string | undefined, cause: unknown) {
@@ -96,6 +101,8 @@ export class StageError extends Error {
     this.name = 'StageError';
     this.stage = stage;
     this.key = key;
+    const own = typeof cause === 'object' && cause !== null ? (cause as { reason?: unknown }).reason : undefined;
+    this.reason = typeof own === 'string' && own !== '' ? own : 'other';
     this.cause = cause;
   }
 }

@@ -6,7 +6,8 @@ import type { Credits } from '../graph/flow.ts';
 import { polyLR } from '../ops/optim.ts';
 import type { SpclConfig } from '../recipe/config.ts';
 import type { RunEvents } from '../recipe/context.ts';
-import { skipReason, type SpclMetrics } from './metrics.ts';
+import { faultReason } from '../data/faults.ts';
+import type { SpclMetrics } from './metrics.ts';
 
 const SMOOTHING = 0.98;
 
@@ -92,9 +93,14 @@ export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: reado
       base.step?.(r);
     },
     skip(stage, error) {
-      m.samplesSkipped.inc({ stage, reason: skipReason(error.message) });
+      // the reason comes with the error from where the fault arose; anything else is 'other' (bounded labels)
+      m.samplesSkipped.inc({ stage, reason: faultReason(error.reason) });
       m.errors.inc({ stage, kind: 'skipped_sample' });
       base.skip?.(stage, error);
+    },
+    repaired(stage, fault) {
+      m.samplesRepaired.inc({ stage, reason: fault.reason });
+      base.repaired?.(stage, fault);
     },
     evaluated(p, report) {
       m.evalMiou.set({ split: 'target_val' }, report.miou);

@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { FAULT_REASONS, REPAIR_REASONS } from '../data/faults.ts';
 
 export const METRIC_PREFIX = 'spcl_';
 
@@ -46,6 +47,7 @@ export interface SpclMetrics {
   checkpointDuration: Histogram;
   checkpointSize: Gauge;
   samplesSkipped: Counter<'stage' | 'reason'>;
+  samplesRepaired: Counter<'stage' | 'reason'>;
   errors: Counter<'stage' | 'kind'>;
   decodeDuration: Histogram;
   decodeBytes: Counter;
@@ -105,7 +107,8 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetr
     checkpointLastSuccess: gauge('checkpoint_last_success_timestamp_seconds', 'Unix time of the last checkpoint written.'),
     checkpointDuration: histogram('checkpoint_save_duration_seconds', 'Time to write a checkpoint.', [], [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]),
     checkpointSize: gauge('checkpoint_size_bytes', 'Size of the last checkpoint file.'),
-    samplesSkipped: counter('samples_skipped_total', 'Samples skipped (corrupt record, missing pseudo-label, ...).', ['stage', 'reason']),
+    samplesSkipped: counter('samples_skipped_total', `Samples skipped by stage and reason (${FAULT_REASONS.join(', ')}).`, ['stage', 'reason']),
+    samplesRepaired: counter('samples_repaired_total', 'Samples kept after a repair, by stage and reason (unknown_label_ids: label values that are neither a train ID nor 255 set to 255).', ['stage', 'reason']),
     errors: counter('errors_total', 'Errors by stage and kind.', ['stage', 'kind']),
     decodeDuration: histogram('decode_duration_seconds', 'Decode + augment time of one sample in a worker thread.', [], seconds),
     decodeBytes: counter('decode_bytes_total', 'Encoded bytes read and decoded by the workers.'),
@@ -119,7 +122,8 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetr
   };
   // Counters with labels have no series until first incremented; start the known ones at 0 so that
   // dashboards and alerts see 0, not "no data".
-  for (const reason of SKIP_REASONS) m.samplesSkipped.inc({ stage: 'decode-augment', reason }, 0);
+  for (const reason of FAULT_REASONS) m.samplesSkipped.inc({ stage: 'decode-augment', reason }, 0);
+  for (const reason of REPAIR_REASONS) m.samplesRepaired.inc({ stage: 'decode-augment', reason }, 0);
   m.errors.inc({ stage: 'decode-augment', kind: 'skipped_sample' }, 0);
   m.trainSkippedSteps.inc({ reason: 'non_finite_loss' }, 0);
   m.trainLrScale.set(1);
@@ -131,15 +135,4 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetr
   m.pseudoPending.set(0);
   m.decodeBytes.inc(0);
   return m;
-}
-
-export const SKIP_REASONS = ['corrupt', 'missing_record', 'missing_pseudo_label', 'wrong_size', 'other'] as const;
-
-/** Skip reasons as a bounded enum, from a stage error message. */
-export function skipReason(message: string): string {
-  if (/does not decode|not a readable PNG|truncated/i.test(message)) return 'corrupt';
-  if (/no record/.test(message)) return 'missing_record';
-  if (/no pseudo-label/.test(message)) return 'missing_pseudo_label';
-  if (/decodes to/.test(message)) return 'wrong_size';
-  return 'other';
 }

@@ -41,6 +41,12 @@ export interface SpclConfig {
     prefetch: number;
     /** Class-balanced source sampling (REFERENCE 6.4). */
     classBalanced: boolean;
+    /** Label values neither a train ID nor 255: 'ignore' sets them to 255 and keeps the sample, 'skip' skips it (both counted). */
+    unknownLabelIds: 'ignore' | 'skip';
+    /** Retries of a missing or unopenable shard before its samples are skipped (src/data/reader.ts). */
+    retries: number;
+    /** Seconds before the first retry; doubles with each. */
+    retryDelay: number;
   };
   model: {
     backbone: BackboneName;
@@ -103,7 +109,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     out: `runs/${preset}`,
     backend: 'auto',
     seed: 0,
-    data: { source: '', target: '', targetVal: '', numClasses, workers: 0, prefetch: 16, classBalanced: true },
+    data: { source: '', target: '', targetVal: '', numClasses, workers: 0, prefetch: 16, classBalanced: true, unknownLabelIds: 'ignore', retries: 3, retryDelay: 0.5 },
     model: { backbone: 'resnet101', weights: '' },
     size: { source, target: [512, 1024], eval: [512, 1024] },
     batch: { source: 4, target: 4 },
@@ -128,7 +134,7 @@ function synthetic(): SpclConfig {
   return {
     ...base,
     out: 'runs/synthetic',
-    data: { source: 'data/synthetic/shards/source', target: 'data/synthetic/shards/target', targetVal: 'data/synthetic/shards/target-val', numClasses: 19, workers: 0, prefetch: 16, classBalanced: true },
+    data: { ...base.data, source: 'data/synthetic/shards/source', target: 'data/synthetic/shards/target', targetVal: 'data/synthetic/shards/target-val' },
     model: { backbone: 'small', weights: '' },
     size: { source: [72, 128], target: [64, 128], eval: [64, 128] },
     batch: { source: 4, target: 4 },
@@ -178,6 +184,9 @@ const RULES: Record<string, [(v: unknown) => boolean, string]> = {
   'data.numClasses': [(v) => v === 19 || v === 16, '19 or 16'],
   'data.workers': [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = cores)'],
   'data.prefetch': [(v) => Number.isInteger(v) && (v as number) >= 1, 'an integer >= 1'],
+  'data.unknownLabelIds': [(v) => v === 'ignore' || v === 'skip', "'ignore' or 'skip'"],
+  'data.retries': [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0'],
+  'data.retryDelay': [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number of seconds >= 0'],
   'model.backbone': [(v) => ['resnet101', 'resnet50', 'vgg16', 'small'].includes(v as string), 'one of resnet101, resnet50, vgg16, small'],
   'prototypes.absent': [(v) => v === 'keep' || v === 'decay', "'keep' or 'decay'"],
   'prototypes.alpha': [(v) => (v as number) >= 0 && (v as number) <= 1, 'a number in 0..1'],

@@ -7,13 +7,14 @@ import { join } from 'node:path';
 import { tap, type Observable } from 'rxjs';
 import { Credits, type StageError } from '../graph/flow.ts';
 import type { AugmentSpec } from '../data/augment.ts';
+import { countFault, faultReason, type FaultCounts, type FaultReport } from '../data/faults.ts';
 import type { Dataset, SampleReader } from '../data/reader.ts';
 import { ClassBalancedSampler, ShuffleSampler, type Sampler } from '../data/sampler.ts';
 import type { BackendName } from '../ops/backend.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import { collate, type Batch } from '../stages/collate.ts';
 import { CheckpointStore } from '../stages/checkpoint.ts';
-import { decodeAugment } from '../stages/decode-augment.ts';
+import { decodeAugment, repairLine, skipLine } from '../stages/decode-augment.ts';
 import type { EvalReport } from '../stages/evaluate.ts';
 import { inOrder, readShards } from '../stages/read-shards.ts';
 import type { StepReport } from '../stages/train-step.ts';
@@ -25,7 +26,10 @@ import type { GenerationInfo } from '../data/pseudo-labels.ts';
 export interface RunEvents {
   log(line: string): void;
   step?(report: StepReport): void;
+  /** A sample was skipped; `error.reason` says why (src/data/faults.ts). */
   skip?(stage: string, error: StageError): void;
+  /** A sample was kept after a repair (unknown label IDs set to 255). */
+  repaired?(stage: string, fault: FaultReport): void;
   evaluated?(phase: string, report: EvalReport): void;
   phase?(phase: PhaseName, state: 'start' | 'end'): void;
   /** A sample left the decode-augment workers (their own timing and bytes). */
@@ -60,8 +64,10 @@ export interface RunContext {
   checkpoints: CheckpointStore;
   dirs: { run: string; pseudo: string; scratch: string };
   events: RunEvents;
-  /** Skipped samples by stage (corrupt records, missing pseudo-labels). */
-  skipped: Record<string, number>;
+  /** Skipped samples by stage and reason (corrupt records, missing pseudo-labels, ...). */
+  skipped: FaultCounts;
+  /** Samples kept after a repair, by stage and reason. */
+  repaired: FaultCounts;
   /** Seconds the trainer waited for data and seconds it computed, per phase. */
   starvation: Record<string, { wait: number; compute: number }>;
   /** Aborted by SIGINT/SIGTERM: training loops stop after the current step and checkpoint. */
@@ -101,7 +107,7 @@ export interface PhaseResultLike {
   losses: Record<string, number>;
 }
 
-export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds' | 'pseudo' | 'checkpoints' | 'dirs' | 'skipped' | 'starvation' | 'done' | 'results' | 'continuous' | 'lrScale' | 'rollbacks'>): RunContext {
+export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds' | 'pseudo' | 'checkpoints' | 'dirs' | 'skipped' | 'repaired' | 'starvation' | 'done' | 'results' | 'continuous' | 'lrScale' | 'rollbacks'>): RunContext {
   const run = parts.cfg.out;
   return {
     ...parts,
@@ -111,6 +117,7 @@ export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds
     checkpoints: new CheckpointStore(join(run, 'checkpoints'), parts.cfg.checkpoint.keep),
     dirs: { run, pseudo: join(run, 'pseudo-labels'), scratch: join(run, 'scratch-predictions.lmdb') },
     skipped: {},
+    repaired: {},
     starvation: {},
     continuous: null,
     lrScale: 1,
@@ -161,9 +168,14 @@ export function batches(ctx: RunContext, opts: BatchStreamOptions): Observable<B
     decodeAugment({
       reader: ctx.reader, spec: opts.spec, credits, pseudo: opts.pseudo ?? null,
       onSkip: (e) => {
-        ctx.skipped[e.stage] = (ctx.skipped[e.stage] ?? 0) + 1;
-        ctx.events.log(`skipped: ${e.message}`);
+        countFault(ctx.skipped, e.stage, faultReason(e.reason));
+        ctx.events.log(skipLine(e));
         ctx.events.skip?.(e.stage, e);
+      },
+      onRepair: (stage, f) => {
+        countFault(ctx.repaired, stage, f.reason);
+        ctx.events.log(repairLine(stage, f));
+        ctx.events.repaired?.(stage, f);
       },
     }),
     tap((s) => ctx.events.decoded?.(s)),

@@ -5,6 +5,7 @@
 import { access, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import type { FaultCounts } from '../data/faults.ts';
 import { ingestDataset } from '../data/ingest.ts';
 import { openDataset, SampleReader, type Dataset } from '../data/reader.ts';
 import { writeSyntheticBenchmark } from '../data/synthetic.ts';
@@ -40,7 +41,9 @@ export interface RunReport {
   seconds: number;
   /** Share of training-step time spent waiting for data, per training phase. */
   starvation: Record<string, number>;
-  skipped: Record<string, number>;
+  /** Skipped samples by stage and reason; `repaired`: kept after a repair (src/data/faults.ts). */
+  skipped: FaultCounts;
+  repaired: FaultCounts;
   /** Stopped by SIGINT/SIGTERM before the end (resume with --resume). */
   stopped: boolean;
   classNames: string[];
@@ -144,7 +147,9 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     events.log(`model: loaded ${r.loaded.length} tensors from ${cfg.model.weights}` + (r.missing.length ? ` (${r.missing.length} missing, kept at init: ${r.missing.slice(0, 4).join(', ')}...)` : ''));
   }
   await mkdir(cfg.out, { recursive: true });
-  const reader = new SampleReader({ threads: cfg.data.workers || undefined });
+  const reader = new SampleReader({
+    threads: cfg.data.workers || undefined, unknownLabels: cfg.data.unknownLabelIds, retries: cfg.data.retries, retryDelay: cfg.data.retryDelay, log: events.log,
+  });
   const ctx = createContext({ cfg, backend, model, reader, data, events });
   ctx.signal = opts.signal;
   ctx.checkpoints.onSaved = (seconds, bytes) => events.checkpoint?.(seconds, bytes);
@@ -200,6 +205,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       seconds: (performance.now() - t0) / 1000,
       starvation: Object.fromEntries(Object.entries(ctx.starvation).map(([k, v]) => [k, v.wait / Math.max(1e-9, v.wait + v.compute)])),
       skipped: ctx.skipped,
+      repaired: ctx.repaired,
       stopped: opts.signal?.aborted ?? false,
       classNames: data.source.manifest.classNames,
       tensorsAtEnd: tf.memory().numTensors,

@@ -9,7 +9,7 @@ import { applyModelState, disposeCheckpoint, loadCheckpoint } from '../io/weight
 import { deeplabV2, type BackboneName, type SegModel } from '../ops/model/deeplab.ts';
 import { Credits } from '../graph/flow.ts';
 import { collate, type Batch } from '../stages/collate.ts';
-import { decodeAugment } from '../stages/decode-augment.ts';
+import { decodeAugment, repairLine, skipLine } from '../stages/decode-augment.ts';
 import { inOrder, readShards } from '../stages/read-shards.ts';
 
 export interface LoadedModel {
@@ -31,14 +31,15 @@ export async function modelFromCheckpoint(path: string): Promise<LoadedModel> {
   }
 }
 
-/** Every record of `dataset` once, in order, through decode-augment and collate. */
+/** Every record of `dataset` once, in order, through decode-augment and collate; skipped or repaired samples are logged to stderr. */
 export async function pass<T>(dataset: Dataset, spec: AugmentSpec, batchSize: number, workers: number | undefined,
   sink: (reader: SampleReader) => (source: import('rxjs').Observable<Batch>) => import('rxjs').Observable<T>): Promise<T> {
-  const reader = new SampleReader({ threads: workers });
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const reader = new SampleReader({ threads: workers, log });
   try {
     const credits = new Credits(Math.max(16, batchSize * 2));
     return await lastValueFrom(readShards({ dataset, sampler: inOrder(dataset.keys), credits, seed: 0, stream: 0, count: dataset.keys.length }).pipe(
-      decodeAugment({ reader, spec, credits }),
+      decodeAugment({ reader, spec, credits, onSkip: (e) => log(skipLine(e)), onRepair: (stage, f) => log(repairLine(stage, f)) }),
       collate(batchSize, { reader, credits, partial: true }),
       sink(reader),
     ));

@@ -1,13 +1,18 @@
 /**
  * Decode + augment stage: each sample goes to the piscina pool (`SampleReader`), which reads the shard,
  * decodes and augments it in a worker. Ordered output with bounded concurrency (reproducible batches);
- * a sample that fails (corrupt record, missing pseudo-label) is skipped and counted, its credit released.
+ * a sample that fails (a data fault: corrupt record, missing pseudo-label, unavailable shard, ...; see
+ * src/data/faults.ts) is skipped with its reason, its credit released; a sample kept after a repair
+ * (unknown label IDs set to 255) is reported through `onRepair` and goes on.
  */
-import type { OperatorFunction } from 'rxjs';
+import { tap, type OperatorFunction } from 'rxjs';
 import { stage, type Credits, type StageError } from '../graph/flow.ts';
 import type { AugmentSpec } from '../data/augment.ts';
+import type { FaultReport } from '../data/faults.ts';
 import type { Sample, SampleReader } from '../data/reader.ts';
 import type { SampleRef } from './read-shards.ts';
+
+export const DECODE_AUGMENT = 'decode-augment';
 
 export interface DecodedSample extends Sample {
   ref: SampleRef;
@@ -20,12 +25,15 @@ export interface DecodeAugmentOptions {
   /** Pseudo-label generation to take labels from (LMDB path), or null for the records' own labels. */
   pseudo?: string | null;
   concurrency?: number;
+  /** A skipped sample: `error.reason` says why, its message names the file and the key. */
   onSkip?: (error: StageError) => void;
+  /** A sample kept after a repair. */
+  onRepair?: (stage: string, fault: FaultReport) => void;
 }
 
 export function decodeAugment(opts: DecodeAugmentOptions): OperatorFunction<SampleRef, DecodedSample> {
-  return stage(
-    'decode-augment',
+  const decode = stage(
+    DECODE_AUGMENT,
     async (ref: SampleRef): Promise<DecodedSample> => ({ ...(await opts.reader.read(ref.dataset, ref.key, opts.spec, ref.seed, opts.pseudo ?? null)), ref }),
     {
       concurrency: opts.concurrency ?? Math.max(2, opts.reader.threads * 2),
@@ -35,4 +43,17 @@ export function decodeAugment(opts: DecodeAugmentOptions): OperatorFunction<Samp
       onSkip: (e) => opts.onSkip?.(e),
     },
   );
+  return (source) => source.pipe(decode, tap((s) => {
+    if (s.repaired) opts.onRepair?.(DECODE_AUGMENT, s.repaired);
+  }));
+}
+
+/** The log line of a skipped sample: reason, stage, key, and the file in the message. */
+export function skipLine(e: StageError): string {
+  return `skipped (${e.reason}): ${e.message}`;
+}
+
+/** The log line of a sample kept after a repair. */
+export function repairLine(stage: string, f: FaultReport): string {
+  return `repaired (${f.reason}): stage ${stage} (sample ${f.key}): ${f.message}`;
 }

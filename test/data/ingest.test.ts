@@ -37,7 +37,7 @@ function storedLabel(out: string, key: string, shard = 0): { ids: Uint8Array; wi
   }
 }
 
-test('gta5: records, label IDs -> train IDs (unknown -> 255), classImageCounts, missing label reported; re-run resumes', async () => {
+test('gta5: records, label IDs -> train IDs (unknown -> 255, counted and named), classImageCounts, missing label reported; re-run resumes', async () => {
   const dir = await tmp();
   const root = join(dir, 'gta5');
   const out = join(dir, 'out');
@@ -48,6 +48,12 @@ test('gta5: records, label IDs -> train IDs (unknown -> 255), classImageCounts, 
   assert.equal(s.written, 2);
   assert.deepEqual(s.problems, { 'label-missing': 1 });
   assert.ok(problems.some((l) => l === `problem (label-missing): ${join(root, 'images/00003.png')}: label missing (expected ${join(root, 'labels/00003.png')})`));
+  // 00002: rows 3..5 of 16x9 are ID 34, which Cityscapes does not define (0, unlabeled, is defined: not counted)
+  assert.deepEqual(s.unknownLabelIds, { files: 1, pixels: 48 });
+  assert.deepEqual(problems.filter((l) => l.includes('unknown label IDs') || l.includes('outside')), [
+    `unknown label IDs: ${join(root, 'labels/00002.png')}: 48 pixels have IDs outside the Cityscapes label IDs 0..33 (34); they become 255 (ignored), the record is kept`,
+    'ingest: 1 label files had 48 pixels with IDs outside the Cityscapes label IDs 0..33; they are 255 (ignored)',
+  ]);
   const m = await readManifest(out);
   assert.equal(m.count, 2);
   assert.equal(m.numClasses, 19);
@@ -103,6 +109,8 @@ test('synthia: 16-bit 3-channel labels, class ID from channel 0, 16-class protoc
   const m = await readManifest(out);
   assert.equal(m.numClasses, 16);
   assert.deepEqual(m.classImageCounts, counts(16, { 0: 2, 9: 1, 12: 1 }));
+  // ID 13 (parking-slot) has no train ID but is a SYNTHIA class: not unknown
+  assert.deepEqual(s.unknownLabelIds, { files: 0, pixels: 0 });
   const l = storedLabel(out, '0000000');
   assert.deepEqual([l.ids[0], l.ids[12 * 3], l.ids[12 * 7]], [9, 12, 0]);
   await assert.rejects(ingestDataset({ ...quiet, dataset: 'synthia', root, out: join(dir, 'x'), numClasses: 19 }),
@@ -130,7 +138,13 @@ test('folder: user label map, nested folders, jpeg images; a bad label map is na
   const root = join(dir, 'mine');
   await folderTree(root);
   const out = join(dir, 'out');
-  await ingestDataset({ ...quiet, dataset: 'folder', root, out });
+  const lines: string[] = [];
+  const s = await ingestDataset({ ...quiet, dataset: 'folder', root, out, log: (l) => lines.push(l) });
+  // a.png: rows 7..9 of 10x10 are ID 9, which labelmap.json does not name
+  assert.deepEqual(s.unknownLabelIds, { files: 1, pixels: 30 });
+  assert.ok(lines.includes(`unknown label IDs: ${join(root, 'labels/cam0/a.png')}: 30 pixels have IDs outside the label IDs of ${join(root, 'labelmap.json')} (9); ` +
+    'they become 255 (ignored), the record is kept'), lines.join('\n'));
+  assert.equal(s.problemCount, 0);
   const m = await readManifest(out);
   assert.deepEqual(m.samples.map(([k]) => k), ['cam0/a', 'cam1/b']);
   assert.deepEqual(m.classImageCounts, counts(19, { 0: 1, 13: 2 }));
@@ -201,7 +215,7 @@ test('CLI: --help, bad flags exit 2 naming the flag, nothing usable exits 1, --s
   await gta5Tree(join(dir, 'g'));
   const ok = run('--dataset', 'gta5', '--root', join(dir, 'g'), '--out', join(dir, 'o2'));
   assert.equal(ok.status, 0, ok.stderr);
-  assert.match(ok.stdout, /^ingest: written 2, already there 0, problems 1 \(label-missing 1\)/);
+  assert.match(ok.stdout, /^ingest: written 2, already there 0, problems 1 \(label-missing 1\), labels with unknown IDs 1 \(48 pixels set to 255\); /);
   const strict = run('--dataset', 'gta5', '--root', join(dir, 'g'), '--out', join(dir, 'o2'), '--strict');
   assert.equal(strict.status, 1);
   await rm(dir, { recursive: true });

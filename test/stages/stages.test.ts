@@ -28,7 +28,7 @@ function sample(key: string, v: number, h = 2, w = 3, label = true): DecodedSamp
   return {
     key, width: w, height: h, image: new Float32Array(h * w * 3).fill(v), labelWidth: w, labelHeight: h,
     label: label ? new Uint8Array(h * w).fill(v) : null, spare: null, seconds: 0.5, encodedBytes: 0,
-    info: {} as DecodedSample['info'], ref: {} as DecodedSample['ref'],
+    info: {} as DecodedSample['info'], ref: {} as DecodedSample['ref'], repaired: null,
   };
 }
 
@@ -219,26 +219,37 @@ test('readShards: one ref per credit with per-sample seeds from (run seed, strea
   assert.equal(credits.inFlight, 3);
 });
 
-test('decodeAugment: ordered output under concurrency; a failing sample is skipped, counted and its credit returned', async () => {
-  const { decodeAugment } = await import('../../src/stages/decode-augment.ts');
-  const delays: Record<string, number> = { a: 30, b: 5, c: 15, d: 1 };
+test('decodeAugment: ordered output under concurrency; failing samples are skipped with their reason, credits returned; repairs reported', async () => {
+  const { decodeAugment, skipLine, repairLine } = await import('../../src/stages/decode-augment.ts');
+  const { SampleFault } = await import('../../src/data/faults.ts');
+  const delays: Record<string, number> = { a: 30, b: 5, c: 15, d: 1, e: 8 };
+  const fixed = { reason: 'unknown_label_ids' as const, file: 'shard-00000.lmdb', key: 'd', message: "shard-00000.lmdb: record 'd': label has 2 pixels with unknown IDs (40), expected train IDs 0..18 or 255; set to 255" };
   const reader = {
     threads: 2,
     read: async (_ds: unknown, key: string) => {
       await new Promise((r) => setTimeout(r, delays[key]));
-      if (key === 'c') throw new Error("shard-00000.lmdb: record 'c': image does not decode (truncated)");
-      return sample(key, 1);
+      if (key === 'c') throw new SampleFault({ reason: 'corrupt_image', file: 'shard-00000.lmdb', key, message: "shard-00000.lmdb: record 'c': image does not decode (truncated)" });
+      if (key === 'e') throw new Error('a bug');
+      return { ...sample(key, 1), repaired: key === 'd' ? fixed : null };
     },
   } as unknown as SampleReader;
-  const credits = new Credits(4);
-  for (let i = 0; i < 4; i++) credits.taken();
+  const credits = new Credits(5);
+  for (let i = 0; i < 5; i++) credits.taken();
   const skipped: string[] = [];
-  const out = await lastValueFrom(from(['a', 'b', 'c', 'd'].map((key, index) => ({ key, index, seed: 0, dataset: {} as never }))).pipe(
-    decodeAugment({ reader, spec: { resize: [2, 3] }, credits, concurrency: 4, onSkip: (e) => skipped.push(e.message) }),
+  const repairs: string[] = [];
+  const out = await lastValueFrom(from(['a', 'b', 'c', 'd', 'e'].map((key, index) => ({ key, index, seed: 0, dataset: {} as never }))).pipe(
+    decodeAugment({ reader, spec: { resize: [2, 3] }, credits, concurrency: 4, onSkip: (e) => skipped.push(skipLine(e)), onRepair: (st, f) => repairs.push(repairLine(st, f)) }),
     toArray(),
   ));
   assert.deepEqual(out.map((s) => s.key), ['a', 'b', 'd']);
   assert.deepEqual(out.map((s) => s.ref.index), [0, 1, 3]);
-  assert.deepEqual(skipped, ["stage decode-augment (sample c): shard-00000.lmdb: record 'c': image does not decode (truncated)"]);
+  // the reason travels with the error; an error without one is 'other' (skips are reported as they happen: sorted)
+  assert.deepEqual(skipped.sort(), [
+    "skipped (corrupt_image): stage decode-augment (sample c): shard-00000.lmdb: record 'c': image does not decode (truncated)",
+    'skipped (other): stage decode-augment (sample e): a bug',
+  ]);
+  assert.deepEqual(repairs, [
+    "repaired (unknown_label_ids): stage decode-augment (sample d): shard-00000.lmdb: record 'd': label has 2 pixels with unknown IDs (40), expected train IDs 0..18 or 255; set to 255",
+  ]);
   assert.equal(credits.inFlight, 3);
 });
