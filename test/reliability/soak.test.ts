@@ -1,7 +1,8 @@
 /**
  * The soak at a reduced scale (the full hour is `node bench/soak.ts --minutes 60`, README "Reliability"):
  * continuous adaptation for 100 s while new target images arrive through the watched folder and through a
- * separate ingest process; memory, disk and shutdown are checked against bounds.
+ * separate ingest process; tfjs tensors, peak memory, disk and shutdown are checked against bounds (RSS drift
+ * needs the long soak: 100 s are all warm-up).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,7 +13,7 @@ import { join } from 'node:path';
 
 const root = new URL('../../', import.meta.url).pathname;
 
-test('soak (reduced): arrivals are picked up and refreshed in, tfjs tensors flat, RSS drift and disk bounded, SIGTERM exits 0', async () => {
+test('soak (reduced): arrivals are picked up and refreshed in, tfjs tensors flat, peak RSS and disk bounded, SIGTERM exits 0', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'spcl-soak-test-'));
   const json = join(dir, 'soak.json');
   const r = spawnSync(process.execPath, [join(root, 'bench/soak.ts'), '--minutes', '1.7', '--arrival-every', '12', '--arrivals', '8',
@@ -21,8 +22,8 @@ test('soak (reduced): arrivals are picked up and refreshed in, tfjs tensors flat
   const s = JSON.parse(await readFile(json, 'utf8')) as {
     steps: number; refreshes: number; refreshTriggers: Record<string, number>; imagesFed: number; imagesFedViaIngest: number;
     targetImagesAtEnd: number; watchIngested: number; tensors: { min: number; max: number; samples: number };
-    rssDriftSecondHalfMiBPerHour: number; generationsOnDisk: number; checkpointsOnDisk: number; shutdownSeconds: number;
-    exitCode: number; bounded: Record<string, boolean>;
+    generationsOnDisk: number; checkpointsOnDisk: number; shutdownSeconds: number;
+    exitCode: number; bounded: Record<string, boolean | null>;
   };
   assert.ok(s.steps >= 50, `steps ${s.steps}`);
   // 120 target images at the start; every image fed (watched folder or ingest) reached the manifest
@@ -38,6 +39,7 @@ test('soak (reduced): arrivals are picked up and refreshed in, tfjs tensors flat
   assert.ok(s.checkpointsOnDisk <= 3, `checkpoints on disk ${s.checkpointsOnDisk}`);
   assert.equal(s.exitCode, 0);
   assert.ok(s.shutdownSeconds < 30, `shutdown ${s.shutdownSeconds} s`);
-  assert.deepEqual(s.bounded, { tensorsFlat: true, rssDrift: true, disk: true, exitedCleanly: true });
+  // RSS drift is judged by the hour-long soak only (README "Reliability"); here the peak is bounded
+  assert.deepEqual(s.bounded, { tensorsFlat: true, rssDrift: null, rssPeak: true, disk: true, exitedCleanly: true });
   await rm(dir, { recursive: true });
 });
