@@ -4,11 +4,17 @@
  * device; the per-class confidence histograms take them (only K x bins counts leave the device), and each
  * pixel's argmax and confidence (16-bit) go to a scratch LMDB, so that the pseudo-label writer needs no
  * second model pass. Emits the per-class thresholds (upper median, capped) at the end of the pass.
+ *
+ * The scratch LMDB is deleted before the pass (a killed pass may have left part of one) and closed
+ * however the pass ends; a failed write (full disk) names the file and the free space.
  */
+import { rm } from 'node:fs/promises';
 import * as tf from '@tensorflow/tfjs';
-import { open } from 'lmdb';
-import { defer, type OperatorFunction } from 'rxjs';
+import { open, type RootDatabase } from 'lmdb';
+import { defer, finalize, from, switchMap, type OperatorFunction } from 'rxjs';
 import { reduceItems } from '../graph/flow.ts';
+import { describeWriteFailure, guardLmdbWrite } from '../io/atomic.ts';
+import { crashPoint } from '../io/crash-points.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import { ConfidenceHistogram } from '../ops/thresholds.ts';
 import type { Batch } from './collate.ts';
@@ -41,16 +47,23 @@ export interface EstimateThresholdsOptions {
   numClasses: number;
   bins: number;
   cap: number;
-  /** Scratch LMDB path for the per-pixel predictions (replaced). */
+  /** Scratch LMDB path for the per-pixel predictions (deleted first, then written). */
   scratch: string;
   release: (batch: Batch) => void;
 }
 
 export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFunction<Batch, ThresholdResult> {
-  return (source) => defer(() => {
+  return (source) => from(removeScratch(opts.scratch)).pipe(switchMap(() => defer(() => {
     const hist = new ConfidenceHistogram(opts.numClasses, { bins: opts.bins });
-    const db = open<ScratchPrediction, string>({ path: opts.scratch, compression: true, encoding: 'msgpack' });
+    // eventTurnBatching off: lmdb-js's per-turn commit promise is unhandled when a commit fails (full disk)
+    const db: RootDatabase<ScratchPrediction, string> = open<ScratchPrediction, string>({ path: opts.scratch, compression: true, encoding: 'msgpack', eventTurnBatching: false });
     let images = 0;
+    let closed = false;
+    const close = async () => {
+      if (closed) return;
+      closed = true;
+      await db.close();
+    };
     const writes: Promise<unknown>[] = [];
     return source.pipe(reduceItems((batch: Batch) => {
       const [pred, conf] = tf.tidy(() => {
@@ -68,13 +81,29 @@ export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFun
           p[j] = pred[i * px + j]!;
           c[j] = Math.round(conf[i * px + j]! * 65535);
         }
-        writes.push(db.put(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) }));
+        writes.push(guardLmdbWrite(db.put(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) })));
       });
       images += batch.n;
+      crashPoint('thresholds');
     }, async () => {
-      await Promise.all(writes);
-      await db.close();
+      try {
+        await Promise.all(writes);
+        await close();
+      } catch (err) {
+        throw await describeWriteFailure('threshold pass scratch', opts.scratch, err);
+      }
       return { thresholds: hist.thresholds({ cap: opts.cap }), counts: hist.counts(), images, scratch: opts.scratch };
-    }, opts.release));
-  });
+    }, opts.release), finalize(() => {
+      // an aborted or failed pass: the file goes (its space comes back once closed; lmdb-js never settles
+      // `close()` after a failed commit, so nothing waits for it)
+      if (closed) return;
+      void close().catch(() => undefined);
+      void removeScratch(opts.scratch).catch(() => undefined);
+    }));
+  })));
+}
+
+async function removeScratch(path: string): Promise<void> {
+  await rm(path, { force: true });
+  await rm(`${path}-lock`, { force: true });
 }
