@@ -11,6 +11,8 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Piscina } from 'piscina';
 import { createProgress } from '../graph/progress.ts';
+import { describeWriteFailure, guardLmdbWrite } from '../io/atomic.ts';
+import { crashPoint } from '../io/crash-points.ts';
 import { listDataset, type DatasetName, type LabelPolicy } from './adapters.ts';
 import type { IngestResult, IngestTask, IngestWorkerData, ProblemKind } from './ingest-worker.ts';
 import type { NumClasses } from './labels.ts';
@@ -94,6 +96,14 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
   let written = 0;
   let aborted = false;
   const writes: Promise<unknown>[] = [];
+  // A failed write (full disk) names the shard and the free space; LMDB keeps every committed record.
+  const settle = async (batch: Promise<unknown>[]) => {
+    try {
+      await Promise.all(batch);
+    } catch (err) {
+      throw await describeWriteFailure('shard', shardPath, err);
+    }
+  };
   try {
     // Bounded in flight: 2 tasks per thread keep the pool busy without queueing the whole dataset.
     let next = 0;
@@ -109,12 +119,13 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
         const r = (await pool.run(task)) as IngestResult;
         if (r.ok) {
           opts.onResult?.('written', (performance.now() - t0) / 1000);
-          writes.push(shard.root.transaction(() => {
+          writes.push(guardLmdbWrite(shard.root.transaction(() => {
             shard.records.put(r.key, r.record);
             shard.index.put(r.key, r.mask);
-          }));
+          })));
           written++;
-          if (writes.length >= 256) await Promise.all(writes.splice(0));
+          crashPoint('ingest');
+          if (writes.length >= 256) await settle(writes.splice(0));
         } else {
           report(r.kind, r.message);
         }
@@ -123,7 +134,7 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
       }
     };
     await Promise.all(Array.from({ length: threads * 2 }, runOne));
-    await Promise.all(writes);
+    await settle(writes);
   } finally {
     progress?.done();
     await pool.destroy();
