@@ -11,7 +11,7 @@
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
-import { describeWriteFailure, guardLmdbWrite, removeStaleTemporaries, writeJsonAtomic } from '../io/atomic.ts';
+import { describeWriteFailure, describeWriteFailureSync, removeStaleTemporaries, writeJsonAtomic } from '../io/atomic.ts';
 import { crashPoint } from '../io/crash-points.ts';
 
 export interface PseudoLabelRecord {
@@ -33,6 +33,9 @@ export interface GenerationInfo {
   /** Free-form provenance: phase, iteration, checkpoint. */
   source: Record<string, unknown>;
 }
+
+/** Records per write transaction. */
+const BATCH = 32;
 
 export function generationFile(generation: number): string {
   return `gen-${String(generation).padStart(6, '0')}.lmdb`;
@@ -69,12 +72,11 @@ export class PseudoLabelWriter {
   readonly numClasses: number;
   private readonly root: RootDatabase;
   private readonly db: Database<PseudoLabelRecord, string>;
-  private pending: Promise<unknown>[] = [];
+  /** Records not yet written: they go in one synchronous transaction per `BATCH`. */
+  private batch: [string, PseudoLabelRecord][] = [];
   private count = 0;
   /** `current.json` names this generation: from then on it is never deleted by `abort`. */
   private committed = false;
-  /** A write failed: lmdb-js then never settles `close()`, so `abort` does not wait for it. */
-  private failed = false;
   private readonly predicted: number[];
   private readonly kept: number[];
 
@@ -83,9 +85,7 @@ export class PseudoLabelWriter {
     this.generation = generation;
     this.file = generationFile(generation);
     this.numClasses = numClasses;
-    // eventTurnBatching off: with it, lmdb-js 3.5 makes an internal commit promise per event turn that
-    // nobody handles, so a failed commit (full disk) would end the process as an unhandled rejection
-    this.root = open({ path: join(dir, this.file), compression: true, maxDbs: 2, eventTurnBatching: false });
+    this.root = open({ path: join(dir, this.file), compression: true, maxDbs: 2 });
     this.db = this.root.openDB<PseudoLabelRecord, string>({ name: 'labels', encoding: 'msgpack' });
     this.predicted = new Array<number>(numClasses).fill(0);
     this.kept = new Array<number>(numClasses).fill(0);
@@ -117,19 +117,24 @@ export class PseudoLabelWriter {
         }
       }
     }
-    this.pending.push(guardLmdbWrite(this.db.put(key, record)));
+    this.batch.push([key, record]);
     this.count++;
     crashPoint('pseudo-write');
-    if (this.pending.length >= 64) await this.settle();
+    if (this.batch.length >= BATCH) this.flush();
   }
 
-  /** Waits for the queued writes; a failure (full disk) becomes an error naming the file and the space. */
-  private async settle(): Promise<void> {
+  /**
+   * Writes the waiting records in one synchronous transaction (see `src/io/atomic.ts` on why not the
+   * asynchronous ones); a failure (full disk) is an error naming the file and the space.
+   */
+  private flush(): void {
+    const records = this.batch.splice(0);
     try {
-      await Promise.all(this.pending.splice(0));
+      this.root.transactionSync(() => {
+        for (const [key, record] of records) this.db.putSync(key, record);
+      });
     } catch (err) {
-      this.failed = true;
-      throw await describeWriteFailure('pseudo-label generation', join(this.dir, this.file), err);
+      throw describeWriteFailureSync('pseudo-label generation', join(this.dir, this.file), err);
     }
   }
 
@@ -138,12 +143,11 @@ export class PseudoLabelWriter {
    * `keep`, except `pinned` ones (file names, e.g. those retained checkpoints name).
    */
   async commit(thresholds: number[], source: Record<string, unknown>, keep = 2, pinned: Iterable<string> = []): Promise<GenerationInfo> {
-    await this.settle();
+    this.flush();
     try {
       await this.root.flushed;
       await this.root.close();
     } catch (err) {
-      this.failed = true;
       throw await describeWriteFailure('pseudo-label generation', join(this.dir, this.file), err);
     }
     const info: GenerationInfo = {
@@ -170,10 +174,8 @@ export class PseudoLabelWriter {
   /** Abandons the generation (the current one stays) and deletes its file; nothing once committed. */
   async abort(): Promise<void> {
     if (this.committed) return;
-    await Promise.all(this.pending.splice(0)).catch(() => undefined);
-    // after a failed write the file is deleted while still open: its space comes back when the process ends
-    const closed = this.root.close().catch(() => undefined);
-    if (!this.failed) await closed;
+    this.batch = [];
+    await this.root.close().catch(() => undefined);
     await removeGeneration(this.dir, this.file);
   }
 }

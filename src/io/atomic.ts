@@ -9,7 +9,11 @@
  * - A write that fails (ENOSPC, EDQUOT; a full disk seen through another error such as LMDB's EIO) removes
  *   its temporary file and throws a `DiskFullError` naming the file, the bytes it needed and the free
  *   space left on that file system (statfs, measured after the clean-up), so the user knows what to free.
+ * - LMDB writers that must survive a full disk commit with `transactionSync` (errors are thrown where
+ *   they happen): lmdb-js 3.5's asynchronous commits leave an internal promise nobody can handle when a
+ *   commit fails (an unhandled rejection ends the process), and `close()` never settles afterwards.
  */
+import { statfsSync } from 'node:fs';
 import { open, readdir, rename, rm, statfs } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { dirname } from 'node:path';
@@ -49,6 +53,15 @@ export async function freeBytes(dir: string): Promise<number | null> {
   }
 }
 
+function freeBytesSync(dir: string): number | null {
+  try {
+    const s = statfsSync(dir);
+    return s.bavail * s.bsize;
+  } catch {
+    return null;
+  }
+}
+
 function size(bytes: number): string {
   return `${bytes} bytes (${(bytes / 2 ** 20).toFixed(2)} MiB)`;
 }
@@ -59,38 +72,28 @@ function size(bytes: number): string {
  */
 export async function describeWriteFailure(what: string, path: string, cause: unknown, neededBytes: number | null = null): Promise<Error> {
   let err = cause instanceof Error ? cause : new Error(String(cause));
-  if (err instanceof DiskFullError) return err;
-  // lmdb-js rejects a failed commit with 'Commit failed (see commitError for details)'; the cause (e.g.
-  // EIO from a full disk) is the rejection of the `commitError` promise it carries.
+  // lmdb-js rejects a failed asynchronous commit with 'Commit failed (see commitError for details)'; the
+  // cause (e.g. EIO from a full disk) is the rejection of the `commitError` promise it carries.
   const commit = (err as { commitError?: Promise<unknown> }).commitError;
   if (commit instanceof Promise) err = await commit.then(() => err, (e: unknown) => (e instanceof Error ? e : err));
+  return describeWriteFailureSync(what, path, err, neededBytes, await freeBytes(dirname(path)));
+}
+
+/** `describeWriteFailure` for synchronous writers (an LMDB `transactionSync`). */
+export function describeWriteFailureSync(what: string, path: string, cause: unknown, neededBytes: number | null = null,
+  free: number | null = freeBytesSync(dirname(path))): Error {
+  const err = cause instanceof Error ? cause : new Error(String(cause));
+  if (err instanceof DiskFullError) return err;
   // Node gives errno names ('ENOSPC'); lmdb-js gives the number (28 on Linux)
   const raw = (err as { code?: unknown }).code;
   const code = typeof raw === 'number' ? Object.entries(errno).find(([, n]) => n === raw)?.[0] : (raw as string | undefined);
   const dir = dirname(path);
-  const free = await freeBytes(dir);
   const byErrno = code === 'ENOSPC' || code === 'EDQUOT';
   if (!byErrno && !(free !== null && free < Math.max(NEARLY_FULL, neededBytes ?? 0))) return err;
   const why = byErrno ? `no space left on the device (${code})` : `write failed (${err.message}) with the file system full`;
   const need = neededBytes === null ? '' : `${size(neededBytes)} to write, `;
   const have = free === null ? 'free space unknown' : `${size(free)} free in ${dir}`;
   return new DiskFullError(`${what} ${path}: ${why}: ${need}${have}`, path, free, neededBytes);
-}
-
-/**
- * An LMDB write promise whose failure cannot crash the process before it is awaited: lmdb-js also
- * attaches a second rejected promise (`commitError`) to a failed commit's error, an unhandled rejection
- * unless someone takes it.
- */
-export function guardLmdbWrite<T>(write: Promise<T>): Promise<T> {
-  const guarded = write.catch((err: unknown) => {
-    (err as { commitError?: Promise<unknown> } | null)?.commitError?.catch(() => undefined);
-    throw err;
-  });
-  // Writes are awaited in batches: one that fails before its batch is awaited must not count as an
-  // unhandled rejection (fatal in Node); awaiting `guarded` later still throws its error.
-  guarded.catch(() => undefined);
-  return guarded;
 }
 
 export function temporaryPath(path: string): string {

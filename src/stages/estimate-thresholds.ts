@@ -13,7 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 import { open, type RootDatabase } from 'lmdb';
 import { defer, finalize, from, switchMap, type OperatorFunction } from 'rxjs';
 import { reduceItems } from '../graph/flow.ts';
-import { describeWriteFailure, guardLmdbWrite } from '../io/atomic.ts';
+import { describeWriteFailureSync } from '../io/atomic.ts';
 import { crashPoint } from '../io/crash-points.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import { ConfidenceHistogram } from '../ops/thresholds.ts';
@@ -55,16 +55,9 @@ export interface EstimateThresholdsOptions {
 export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFunction<Batch, ThresholdResult> {
   return (source) => from(removeScratch(opts.scratch)).pipe(switchMap(() => defer(() => {
     const hist = new ConfidenceHistogram(opts.numClasses, { bins: opts.bins });
-    // eventTurnBatching off: lmdb-js's per-turn commit promise is unhandled when a commit fails (full disk)
-    const db: RootDatabase<ScratchPrediction, string> = open<ScratchPrediction, string>({ path: opts.scratch, compression: true, encoding: 'msgpack', eventTurnBatching: false });
+    const db: RootDatabase<ScratchPrediction, string> = open<ScratchPrediction, string>({ path: opts.scratch, compression: true, encoding: 'msgpack' });
     let images = 0;
     let closed = false;
-    const close = async () => {
-      if (closed) return;
-      closed = true;
-      await db.close();
-    };
-    const writes: Promise<unknown>[] = [];
     return source.pipe(reduceItems((batch: Batch) => {
       const [pred, conf] = tf.tidy(() => {
         const { images: x } = batchTensors(batch);
@@ -74,31 +67,30 @@ export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFun
         return [probs.argMax(-1).dataSync(), probs.max(-1).dataSync()];
       });
       const px = batch.height * batch.width;
-      batch.keys.forEach((key, i) => {
-        const p = new Uint8Array(px);
-        const c = new Uint16Array(px);
-        for (let j = 0; j < px; j++) {
-          p[j] = pred[i * px + j]!;
-          c[j] = Math.round(conf[i * px + j]! * 65535);
-        }
-        writes.push(guardLmdbWrite(db.put(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) })));
-      });
+      // one synchronous transaction per batch: a full disk throws here (src/io/atomic.ts says why not async)
+      try {
+        db.transactionSync(() => batch.keys.forEach((key, i) => {
+          const p = new Uint8Array(px);
+          const c = new Uint16Array(px);
+          for (let j = 0; j < px; j++) {
+            p[j] = pred[i * px + j]!;
+            c[j] = Math.round(conf[i * px + j]! * 65535);
+          }
+          db.putSync(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) });
+        }));
+      } catch (err) {
+        throw describeWriteFailureSync('threshold pass scratch', opts.scratch, err);
+      }
       images += batch.n;
       crashPoint('thresholds');
     }, async () => {
-      try {
-        await Promise.all(writes);
-        await close();
-      } catch (err) {
-        throw await describeWriteFailure('threshold pass scratch', opts.scratch, err);
-      }
+      closed = true;
+      await db.close();
       return { thresholds: hist.thresholds({ cap: opts.cap }), counts: hist.counts(), images, scratch: opts.scratch };
     }, opts.release), finalize(() => {
-      // an aborted or failed pass: the file goes (its space comes back once closed; lmdb-js never settles
-      // `close()` after a failed commit, so nothing waits for it)
+      // an aborted or failed pass: close, and give the space back (the next pass starts afresh anyway)
       if (closed) return;
-      void close().catch(() => undefined);
-      void removeScratch(opts.scratch).catch(() => undefined);
+      void db.close().catch(() => undefined).then(() => removeScratch(opts.scratch)).catch(() => undefined);
     }));
   })));
 }
