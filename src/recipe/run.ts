@@ -2,11 +2,12 @@
  * Runs a recipe: backend, data (the embedded synthetic benchmark is generated and ingested when
  * absent), model, phases in order with resume, evaluation after each training phase, and the report.
  */
-import { access, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { ingestDataset } from '../data/ingest.ts';
 import { recoverGenerations } from '../data/pseudo-labels.ts';
+import { writeJsonAtomic } from '../io/atomic.ts';
 import { openDataset, SampleReader, type Dataset } from '../data/reader.ts';
 import { writeSyntheticBenchmark } from '../data/synthetic.ts';
 import { applyModelState, disposeCheckpoint, loadCheckpoint, loadSafetensors } from '../io/weights.ts';
@@ -174,7 +175,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       tensorsAtEnd: tf.memory().numTensors,
       config: cfg,
     };
-    await writeFile(join(cfg.out, 'report.json'), `${JSON.stringify(report, null, 1)}\n`);
+    await writeJsonAtomic(join(cfg.out, 'report.json'), report, { what: 'report' }); // never a torn report after a kill
     if (!report.stopped) events.finished?.();
     return report;
   } finally {
@@ -220,6 +221,7 @@ async function restore(ctx: RunContext, file?: string): Promise<{ phase: PhaseNa
   if (protos) ctx.prototypes.set(protos as tf.Tensor2D);
   ctx.thresholds = meta.thresholds;
   ctx.pseudo = meta.pseudo;
+  if (meta.pseudo && !(await exists(meta.pseudo))) throw new Error(`resume: ${pointer.file} names the pseudo-label generation ${meta.pseudo}, which does not exist`);
   ctx.done = [...meta.done];
   ctx.results = meta.results.filter((r) => meta.done.includes(r.phase));
   ctx.events.log(`resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'}; ` +

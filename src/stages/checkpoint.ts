@@ -58,7 +58,7 @@ export class CheckpointStore {
     } catch (err) {
       if (!(err instanceof DiskFullError)) throw err;
       const latest = await this.latest();
-      const still = latest ? `latest.json still names ${latest.file} (${latest.phase}, iteration ${latest.iteration}), which is complete` : 'there is no earlier checkpoint';
+      const still = latest ? `latest.json names ${latest.file} (${latest.phase}, iteration ${latest.iteration}), which is complete` : 'there is no earlier checkpoint';
       throw new DiskFullError(`${err.message}; ${still}`, err.path, err.freeBytes, err.neededBytes);
     }
     await this.prune();
@@ -68,11 +68,20 @@ export class CheckpointStore {
     return pointer;
   }
 
+  /** A pointer file, null when absent; an unreadable one is an error (never a silent restart from scratch). */
   private async pointer(name: string): Promise<CheckpointPointer | null> {
+    const path = join(this.dir, name);
+    let text: string;
     try {
-      return JSON.parse(await readFile(join(this.dir, name), 'utf8')) as CheckpointPointer;
-    } catch {
-      return null;
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+    try {
+      return JSON.parse(text) as CheckpointPointer;
+    } catch (err) {
+      throw new Error(`${path}: not valid JSON (${(err as Error).message}); it should name a checkpoint file of ${this.dir}`);
     }
   }
 

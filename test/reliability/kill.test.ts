@@ -162,8 +162,10 @@ test('SIGTERM in each kind of phase exits 0 within 15 s with the last complete s
   const BOUND_MS = 15_000;
   const out = join(dir, 'stopped');
   const stepLog = join(dir, 'stopped.log');
+  // [crash point with SIGTERM, or 'outside': a SIGTERM sent by this test 300 ms after the first step; what the run says]
   const plan: [string, RegExp][] = [
-    ['step:4:SIGTERM', /^warmup: stopped at iteration 4\/8; checkpoint written/m],
+    ['outside', /^warmup: stopped at iteration [1-5]\/8; checkpoint written/m],
+    ['step:2:SIGTERM', /^warmup: stopped at iteration [3-7]\/8; checkpoint written/m],
     ['evaluate:1:SIGTERM', /^warmup: evaluation: stopped by a signal; nothing of this pass is kept/m],
     ['prototypes:2:SIGTERM', /^prototypes: stopped by a signal; nothing of this pass is kept/m],
     ['thresholds:2:SIGTERM', /^pseudo-labels: stopped by a signal; nothing of this pass is kept/m],
@@ -176,15 +178,17 @@ test('SIGTERM in each kind of phase exits 0 within 15 s with the last complete s
   const stopMs: number[] = [];
   for (const [at, stopped] of plan) {
     const generationBefore = await currentOf(out);
-    const { r, steps } = await resumeOnce(out, stepLog, { env: { SPCL_CRASH_AT: at } }, at);
+    const outside = at === 'outside';
+    const opts: RunOptions = outside ? { signal: { afterLine: /^warmup 1\/8 /, afterMs: 300, signal: 'SIGTERM' } } : { env: { SPCL_CRASH_AT: at } };
+    const { r, steps } = await resumeOnce(out, stepLog, opts, at);
     assert.equal(r.code, 0, `${at}: exit ${r.code} ${r.signal}: ${r.stderr.slice(-2000)}`);
-    const mark = r.lines.find((l) => l.line === `crash-point: ${at.replace(/:(SIG[A-Z]+)$/, ': $1')}`);
-    assert.ok(mark, `${at} not reached: ${r.stderr.slice(-2000)}`);
-    stopMs.push(Math.round(r.ms - mark.ms));
-    assert.ok(r.ms - mark.ms < BOUND_MS, `${at}: exit ${(r.ms - mark.ms).toFixed(0)} ms after the signal`);
+    const sentAt = outside ? r.signalledAtMs : r.lines.find((l) => l.line === `crash-point: ${at.replace(/:(SIG[A-Z]+)$/, ': $1')}`)?.ms;
+    assert.ok(sentAt !== null && sentAt !== undefined, `${at}: no signal sent: ${r.stderr.slice(-2000)}`);
+    stopMs.push(Math.round(r.ms - sentAt));
+    assert.ok(r.ms - sentAt < BOUND_MS, `${at}: exit ${(r.ms - sentAt).toFixed(0)} ms after the signal`);
     assert.match(r.stderr, stopped, at);
     const { latest, current } = await committedState(out);
-    if (at.startsWith('step')) assert.deepEqual([latest!.phase, latest!.iteration], [steps.at(-1)!.phase, steps.at(-1)!.iteration], `${at}: checkpoint of the last step`);
+    if (/^(step|outside)/.test(at)) assert.deepEqual([latest!.phase, latest!.iteration], [steps.at(-1)!.phase, steps.at(-1)!.iteration], `${at}: checkpoint of the last step`);
     if (at.startsWith('pseudo-write')) assert.deepEqual(current, generationBefore, `${at}: current.json changed`);
     if (at.startsWith('evaluate')) assert.ok(!((await readCheckpointMeta(join(out, 'checkpoints', latest!.file))).done as string[]).includes(latest!.phase), `${at}: phase marked done`);
     assert.deepEqual(await leftovers(out), [], `${at}: the stopped pass left files`);

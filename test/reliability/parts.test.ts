@@ -228,3 +228,13 @@ test('readCheckpointMeta reads the meta from the header alone; a truncated file 
   await assert.rejects(readCheckpointMeta(path), { message: new RegExp(`^${path.replace(/[.]/g, '\\.')}: safetensors header length \\d+ exceeds the 32 bytes after the length prefix \\(truncated file\\?\\)$`) });
   await rm(dir, { recursive: true });
 });
+
+test('CheckpointStore: a missing latest.json means no checkpoint; an unreadable one is an error naming it, never a restart from scratch', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'spcl-pointer-'));
+  const store = new CheckpointStore(dir, 2);
+  assert.equal(await store.latest(), null);
+  await writeFile(join(dir, 'latest.json'), '{"file": "ckpt-warmup-0000');
+  await assert.rejects(store.latest(), (err: Error) =>
+    err.message.startsWith(`${join(dir, 'latest.json')}: not valid JSON (`) && err.message.endsWith(`); it should name a checkpoint file of ${dir}`));
+  await rm(dir, { recursive: true });
+});
