@@ -11,19 +11,21 @@
  *
  * | point               | where                                                                            |
  * |---------------------|----------------------------------------------------------------------------------|
- * | `step`              | mid training step: gradients computed, the optimiser update not yet applied      |
+ * | `step`              | mid training step: the update is applied in memory; the step's report, step-log   |
+ * |                     | line and checkpoint are not written yet                                          |
  * | `checkpoint-write`  | a checkpoint's temporary file is about half written (not yet renamed)            |
  * | `checkpoint-commit` | the checkpoint file is renamed into place, `latest.json` not yet updated         |
  * | `prototypes`        | mid prototype-initialisation pass, after a batch                                 |
  * | `thresholds`        | mid threshold pass, after a batch's predictions went to the scratch LMDB         |
- * | `pseudo-write`      | mid pseudo-label generation, after a record was queued (some are committed)     |
+ * | `pseudo-write`      | mid pseudo-label generation, after a record was queued (batches of 32 before it |
+ * |                     | are committed to the generation's LMDB)                                          |
  * | `pseudo-commit`     | a generation is committed (`current.json` switched, old ones pruned), the       |
  * |                     | checkpoint that names it not yet written                                        |
  * | `evaluate`          | mid evaluation pass, after a batch                                               |
- * | `ingest`            | mid ingest, after a record's write transaction was queued                        |
+ * | `ingest`            | mid ingest, after a record was queued (batches of 16 before it are committed)    |
  *
- * When the variable is unset the points cost one comparison with null. SIGKILL, not an exception: no
- * `finally`, no exit handler, no flush runs, exactly as with `kill -9` or the OOM killer.
+ * When the variable is unset the points cost one comparison with null. SIGKILL (the default), not an
+ * exception: no `finally`, no exit handler, no flush runs, exactly as with `kill -9` or the OOM killer.
  */
 import { writeSync } from 'node:fs';
 
