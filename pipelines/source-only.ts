@@ -13,18 +13,20 @@ import { PRESETS, SYNTHETIC_DATA, checkConfig, mergeConfig, parseSet } from '../
 import { runRecipe, useSyntheticData } from '../src/recipe/run.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { parseCli } from '../src/cli.ts';
+import { stepLogEvents } from '../src/observe/step-log.ts';
 
 const USAGE = `usage: node pipelines/source-only.ts [options]
   --preset NAME     ${Object.keys(PRESETS).join(' | ')} (default synthetic)
   --set KEY=VALUE   override, repeatable (as pipelines/spcl.ts)
   --out DIR         run folder (default runs/source-only-<preset>)
   --seed N          run seed (default 0)
+  --step-log FILE   append one JSON line per training step (phase, iteration, every loss term, lr, skipped)
 ${METRICS_USAGE}
   -h, --help        this text`;
 
 const cli = parseCli('source-only', USAGE, {
   preset: { type: 'string', default: 'synthetic' }, set: { type: 'string', multiple: true, default: [] },
-  out: { type: 'string' }, seed: { type: 'string', default: '0' }, ...METRICS_OPTIONS,
+  out: { type: 'string' }, seed: { type: 'string', default: '0' }, 'step-log': { type: 'string' }, ...METRICS_OPTIONS,
 });
 const args = cli.values;
 const usageError: (message: string) => never = cli.fail;
@@ -37,7 +39,7 @@ try {
   await useSyntheticData(cfg, SYNTHETIC_DATA, log);
   checkConfig(cfg);
   const { metrics, server } = await startMetrics(args, log);
-  const report = await runRecipe({ cfg, only: ['warmup'], events: { log }, metrics });
+  const report = await runRecipe({ cfg, only: ['warmup'], events: args['step-log'] ? stepLogEvents(args['step-log'], { log }) : { log }, metrics });
   await server.close();
   const w = report.phases[0]!;
   console.log(`source-only  target val mIoU ${w.miou === null ? '-' : (100 * w.miou).toFixed(2)}  (${w.seconds.toFixed(0)} s, backend ${report.backend}, seed ${report.seed})`);

@@ -13,6 +13,8 @@ import { PHASES, PRESETS, SYNTHETIC_DATA, SYNTHETIC_QUICK_DATA, checkConfig, mer
 import { runRecipe, useSyntheticData, type RunReport } from '../src/recipe/run.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { parseCli } from '../src/cli.ts';
+import { stepLogEvents } from '../src/observe/step-log.ts';
+import { DiskFullError } from '../src/io/atomic.ts';
 
 const USAGE = `usage: node pipelines/spcl.ts [options]
   --preset NAME        ${Object.keys(PRESETS).join(' | ')} (default synthetic)
@@ -28,6 +30,7 @@ const USAGE = `usage: node pipelines/spcl.ts [options]
                        up, thresholds + pseudo-labels refreshed on a schedule (continuous.* keys), until
                        SIGINT/SIGTERM or continuous.steps; with --resume it goes on where it stopped
   --quick              a much shorter synthetic run (end-to-end check, under 2 minutes)
+  --step-log FILE      append one JSON line per training step (phase, iteration, every loss term, lr, skipped)
 ${METRICS_USAGE}
   -h, --help           this text
 Prints progress to stderr, a results table to stdout, and writes <out>/report.json.`;
@@ -44,6 +47,7 @@ const cli = parseCli('spcl', USAGE, {
   resume: { type: 'boolean', default: false },
   continuous: { type: 'boolean', default: false },
   quick: { type: 'boolean', default: false },
+  'step-log': { type: 'string' },
   ...METRICS_OPTIONS,
 });
 const args = cli.values;
@@ -107,19 +111,21 @@ try {
   const controller = new AbortController();
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
-      log(`spcl: ${sig}: stopping after the current step (the phase checkpoints; --resume continues)`);
+      log(`spcl: ${sig}: stopping after the current step, or now in a pass (the last complete state is checkpointed; --resume continues)`);
       controller.abort();
     });
   }
   if (args.checkpoint && !only) usageError('--checkpoint needs --phase');
   const { metrics, server } = await startMetrics(args, log);
   const report = await runRecipe({
-    cfg, resume: args.resume || Boolean(only), only, checkpoint: args.checkpoint, continuous: args.continuous, events: { log }, signal: controller.signal, metrics,
+    cfg, resume: args.resume || Boolean(only), only, checkpoint: args.checkpoint, continuous: args.continuous,
+    events: args['step-log'] ? stepLogEvents(args['step-log'], { log }) : { log }, signal: controller.signal, metrics,
   });
   await server.close();
   console.log(table(report));
   log(`report: ${join(cfg.out, 'report.json')}`);
 } catch (err) {
   log(`spcl: ${process.env.SPCL_DEBUG ? (err as Error).stack : (err as Error).message}`);
+  if (err instanceof DiskFullError) log('spcl: free space, then run again with --resume: it continues from the checkpoint latest.json names');
   process.exit(1);
 }

@@ -11,10 +11,12 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Piscina } from 'piscina';
 import { createProgress } from '../graph/progress.ts';
+import { describeWriteFailureSync } from '../io/atomic.ts';
+import { crashPoint } from '../io/crash-points.ts';
 import { listDataset, type DatasetName, type LabelPolicy, type SampleFiles } from './adapters.ts';
 import type { IngestResult, IngestTask, IngestWorkerData, ProblemKind, UnknownIds } from './ingest-worker.ts';
 import type { NumClasses } from './labels.ts';
-import { openShardForWrite, rebuildManifest, shardFileName, type Manifest } from './shards.ts';
+import { openShardForWrite, rebuildManifest, shardFileName, type Manifest, type ShardRecord } from './shards.ts';
 
 export interface IngestOptions {
   dataset: DatasetName;
@@ -66,6 +68,8 @@ function keyHash(key: string): number {
 }
 
 const MAX_LOGGED_PROBLEMS = 200;
+/** Records per write transaction (memory: WRITE_BATCH encoded images). */
+const WRITE_BATCH = 16;
 
 export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
@@ -118,12 +122,39 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
   const progress = opts.progressStream === null ? null : createProgress({ label: `ingest ${opts.dataset}`, total: todo.length, stream: opts.progressStream });
   let written = 0;
   let aborted = false;
-  const writes: Promise<unknown>[] = [];
+  // Records go in synchronous transactions of WRITE_BATCH: a record and its index entry commit together,
+  // a kill loses at most the batch in progress (redone on re-run), and a full disk throws right here
+  // naming the shard and the free space (lmdb-js's asynchronous commits cannot report it: src/io/atomic.ts).
+  const queued: { key: string; record: ShardRecord; mask: number }[] = [];
+  const flush = () => {
+    const batch = queued.splice(0);
+    if (batch.length === 0) return;
+    try {
+      shard.root.transactionSync(() => {
+        for (const r of batch) {
+          shard.records.putSync(r.key, r.record);
+          shard.index.putSync(r.key, r.mask);
+        }
+      });
+    } catch (err) {
+      throw describeWriteFailureSync('shard', shardPath, err);
+    }
+  };
   try {
     // Bounded in flight: 2 tasks per thread keep the pool busy without queueing the whole dataset.
+    // After a failure (full disk) the other runners finish their task in flight and stop: the pool is
+    // destroyed only once no result is on its way (piscina throws on a message from a destroyed pool).
     let next = 0;
+    let failure: { error: unknown } | null = null;
     const runOne = async (): Promise<void> => {
-      while (next < todo.length) {
+      try {
+        await runTasks();
+      } catch (error) {
+        failure ??= { error };
+      }
+    };
+    const runTasks = async (): Promise<void> => {
+      while (next < todo.length && failure === null) {
         if (opts.signal?.aborted) {
           aborted = true;
           return;
@@ -135,12 +166,10 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
         if (r.ok) {
           opts.onResult?.('written', (performance.now() - t0) / 1000);
           if (r.unknownIds) unknownIds(r.unknownIds);
-          writes.push(shard.root.transaction(() => {
-            shard.records.put(r.key, r.record);
-            shard.index.put(r.key, r.mask);
-          }));
+          queued.push({ key: r.key, record: r.record, mask: r.mask });
           written++;
-          if (writes.length >= 256) await Promise.all(writes.splice(0));
+          crashPoint('ingest');
+          if (queued.length >= WRITE_BATCH) flush();
         } else {
           report(r.kind, r.message);
         }
@@ -149,7 +178,8 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
       }
     };
     await Promise.all(Array.from({ length: threads * 2 }, runOne));
-    await Promise.all(writes);
+    if (failure) throw (failure as { error: unknown }).error;
+    flush();
   } finally {
     progress?.done();
     await pool.destroy();

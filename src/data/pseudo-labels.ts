@@ -3,12 +3,16 @@
  * { width, height, labels } with labels = train IDs, 255 where the confidence was below its class
  * threshold) and `current.json`, the pointer to the complete generation readers use, with the thresholds
  * that made it. A generation becomes visible only when `commit` renames the new pointer into place, so a
- * crash mid-generation leaves the previous one in use; old generations are pruned by `keep`.
+ * crash mid-generation leaves the previous one in use; old generations are pruned by `keep`, except the
+ * ones a caller pins (those that retained checkpoints name: a resume needs them). A failed write (full
+ * disk) names the file and the free space, and `abort` deletes the partial generation; `current.json`
+ * stays. After a crash, `recoverGenerations` deletes what an interrupted writer left (never read).
  */
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
-import { writeJsonAtomic } from './shards.ts';
+import { describeWriteFailure, describeWriteFailureSync, removeStaleTemporaries, writeJsonAtomic } from '../io/atomic.ts';
+import { crashPoint } from '../io/crash-points.ts';
 
 export interface PseudoLabelRecord {
   width: number;
@@ -30,8 +34,22 @@ export interface GenerationInfo {
   source: Record<string, unknown>;
 }
 
+/** Records per write transaction. */
+const BATCH = 32;
+
 export function generationFile(generation: number): string {
   return `gen-${String(generation).padStart(6, '0')}.lmdb`;
+}
+
+/** The generation number of a `gen-NNNNNN.lmdb` name (also with its `-lock` suffix), or null. */
+function generationOf(name: string): number | null {
+  const m = /^gen-(\d{6})\.lmdb(-lock)?$/.exec(name);
+  return m ? Number(m[1]) : null;
+}
+
+async function removeGeneration(dir: string, file: string): Promise<void> {
+  await rm(join(dir, file), { force: true });
+  await rm(join(dir, `${file}-lock`), { force: true });
 }
 
 export async function currentGeneration(dir: string): Promise<GenerationInfo | null> {
@@ -49,19 +67,25 @@ export async function currentGeneration(dir: string): Promise<GenerationInfo | n
 export class PseudoLabelWriter {
   readonly dir: string;
   readonly generation: number;
+  /** The generation's file name (`gen-NNNNNN.lmdb`). */
+  readonly file: string;
   readonly numClasses: number;
   private readonly root: RootDatabase;
   private readonly db: Database<PseudoLabelRecord, string>;
-  private pending: Promise<unknown>[] = [];
+  /** Records not yet written: they go in one synchronous transaction per `BATCH`. */
+  private batch: [string, PseudoLabelRecord][] = [];
   private count = 0;
+  /** `current.json` names this generation: from then on it is never deleted by `abort`. */
+  private committed = false;
   private readonly predicted: number[];
   private readonly kept: number[];
 
   private constructor(dir: string, generation: number, numClasses: number) {
     this.dir = dir;
     this.generation = generation;
+    this.file = generationFile(generation);
     this.numClasses = numClasses;
-    this.root = open({ path: join(dir, generationFile(generation)), compression: true, maxDbs: 2 });
+    this.root = open({ path: join(dir, this.file), compression: true, maxDbs: 2 });
     this.db = this.root.openDB<PseudoLabelRecord, string>({ name: 'labels', encoding: 'msgpack' });
     this.predicted = new Array<number>(numClasses).fill(0);
     this.kept = new Array<number>(numClasses).fill(0);
@@ -72,8 +96,7 @@ export class PseudoLabelWriter {
     await mkdir(dir, { recursive: true });
     const current = await currentGeneration(dir);
     const generation = (current?.generation ?? 0) + 1;
-    await rm(join(dir, generationFile(generation)), { force: true });
-    await rm(join(dir, `${generationFile(generation)}-lock`), { force: true });
+    await removeGeneration(dir, generationFile(generation));
     return new PseudoLabelWriter(dir, generation, numClasses);
   }
 
@@ -94,20 +117,43 @@ export class PseudoLabelWriter {
         }
       }
     }
-    this.pending.push(this.db.put(key, record));
+    this.batch.push([key, record]);
     this.count++;
-    if (this.pending.length >= 64) await Promise.all(this.pending.splice(0));
+    crashPoint('pseudo-write');
+    if (this.batch.length >= BATCH) this.flush();
   }
 
-  /** Makes the generation the current one (atomic), then prunes all but the newest `keep` generations. */
-  async commit(thresholds: number[], source: Record<string, unknown>, keep = 2): Promise<GenerationInfo> {
-    await Promise.all(this.pending.splice(0));
-    await this.root.flushed;
-    await this.root.close();
+  /**
+   * Writes the waiting records in one synchronous transaction (see `src/io/atomic.ts` on why not the
+   * asynchronous ones); a failure (full disk) is an error naming the file and the space.
+   */
+  private flush(): void {
+    const records = this.batch.splice(0);
+    try {
+      this.root.transactionSync(() => {
+        for (const [key, record] of records) this.db.putSync(key, record);
+      });
+    } catch (err) {
+      throw describeWriteFailureSync('pseudo-label generation', join(this.dir, this.file), err);
+    }
+  }
+
+  /**
+   * Makes the generation the current one (atomic), then prunes the older generations beyond the newest
+   * `keep`, except `pinned` ones (file names, e.g. those retained checkpoints name).
+   */
+  async commit(thresholds: number[], source: Record<string, unknown>, keep = 2, pinned: Iterable<string> = []): Promise<GenerationInfo> {
+    this.flush();
+    try {
+      await this.root.flushed;
+      await this.root.close();
+    } catch (err) {
+      throw await describeWriteFailure('pseudo-label generation', join(this.dir, this.file), err);
+    }
     const info: GenerationInfo = {
       format: 'spcl-pseudo-labels/1',
       generation: this.generation,
-      file: generationFile(this.generation),
+      file: this.file,
       numClasses: this.numClasses,
       thresholds,
       count: this.count,
@@ -115,22 +161,46 @@ export class PseudoLabelWriter {
       createdAt: new Date().toISOString(),
       source,
     };
-    await writeJsonAtomic(join(this.dir, 'current.json'), info, this.dir);
-    const old = (await readdir(this.dir)).filter((f) => /^gen-\d{6}\.lmdb$/.test(f)).sort().slice(0, -Math.max(1, keep));
-    for (const f of old) {
-      await rm(join(this.dir, f), { force: true });
-      await rm(join(this.dir, `${f}-lock`), { force: true });
-    }
+    await writeJsonAtomic(join(this.dir, 'current.json'), info, { what: 'pseudo-label pointer' });
+    this.committed = true;
+    const keepNewest = Math.max(1, keep);
+    const pins = new Set(pinned);
+    const older = (await readdir(this.dir)).filter((f) => /^gen-\d{6}\.lmdb$/.test(f) && generationOf(f)! < this.generation).sort().reverse();
+    for (const f of older.slice(keepNewest - 1)) if (!pins.has(f)) await removeGeneration(this.dir, f);
+    crashPoint('pseudo-commit');
     return info;
   }
 
-  /** Abandons the generation (the current one stays). */
+  /** Abandons the generation (the current one stays) and deletes its file; nothing once committed. */
   async abort(): Promise<void> {
-    await Promise.all(this.pending.splice(0)).catch(() => undefined);
-    await this.root.close();
-    await rm(join(this.dir, generationFile(this.generation)), { force: true });
-    await rm(join(this.dir, `${generationFile(this.generation)}-lock`), { force: true });
+    if (this.committed) return;
+    this.batch = [];
+    await this.root.close().catch(() => undefined);
+    await removeGeneration(this.dir, this.file);
   }
+}
+
+/**
+ * After a crash: deletes the temporary files of interrupted pointer writes and the generations newer
+ * than `current.json`'s (a writer killed before its commit: incomplete, never read). Returns the names.
+ */
+export async function recoverGenerations(dir: string): Promise<string[]> {
+  const removed = await removeStaleTemporaries(dir);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return removed;
+  }
+  const current = (await currentGeneration(dir))?.generation ?? 0;
+  for (const name of names) {
+    const g = generationOf(name);
+    if (g !== null && g > current) {
+      await rm(join(dir, name), { force: true });
+      removed.push(name);
+    }
+  }
+  return removed;
 }
 
 /** Path of the current generation's LMDB, for readers (workers open it read-only themselves). */

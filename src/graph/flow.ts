@@ -213,3 +213,48 @@ export function reduceItems<T, R>(each: (item: T) => void, done: () => R | Promi
       return () => sub.unsubscribe();
     });
 }
+
+/** A flow stopped by its AbortSignal (SIGINT/SIGTERM): whatever it was computing is incomplete. */
+export class AbortedError extends Error {
+  constructor(what: string) {
+    super(`${what}: aborted`);
+    this.name = 'AbortedError';
+  }
+}
+
+/**
+ * Errors the flow with an `AbortedError` as soon as `signal` aborts, also while it waits for an item, so
+ * a fold downstream (`reduceItems`) never emits a result made from part of its input; upstream is
+ * unsubscribed (a pull source stops pulling). Each item is passed on one turn of the event loop later
+ * (setImmediate, in order): a signal that arrives while an item is being processed (SIGTERM's handler
+ * runs on the event loop) is seen before the next item, even when that one is already waiting.
+ */
+export function failOnAbort<T>(signal: AbortSignal | undefined, what: string): OperatorFunction<T, T> {
+  if (!signal) return (source) => source;
+  const nextTurn = (item: T) =>
+    new Observable<T>((subscriber) => {
+      const handle = setImmediate(() => {
+        if (signal.aborted) {
+          subscriber.error(new AbortedError(what));
+          return;
+        }
+        subscriber.next(item);
+        subscriber.complete();
+      });
+      return () => clearImmediate(handle);
+    });
+  return (source) =>
+    new Observable<T>((subscriber) => {
+      const onAbort = () => subscriber.error(new AbortedError(what));
+      if (signal.aborted) {
+        onAbort();
+        return undefined;
+      }
+      signal.addEventListener('abort', onAbort, { once: true });
+      const sub = source.pipe(concatMap(nextTurn)).subscribe(subscriber);
+      return () => {
+        signal.removeEventListener('abort', onAbort);
+        sub.unsubscribe();
+      };
+    });
+}

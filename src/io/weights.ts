@@ -11,13 +11,13 @@
  * - `saveCheckpoint` / `loadCheckpoint`: our own resumable checkpoints, in our HWIO layout: model, optimizer
  *   slots, discriminator and its optimizer, extra tensors (prototypes) and JSON meta in ONE file.
  *
- * Files are read whole (one Buffer; Node caps a single read at 2 GiB). Writes are atomic: a temporary
- * file in the same directory, fsync, rename over the target, fsync of the directory, so a crash leaves
- * either the old file or the new one, never a torn one.
+ * Files are read whole (one Buffer; Node caps a single read at 2 GiB). Writes are atomic
+ * (`atomic.ts`: temporary file, fsync, rename, fsync of the directory), so a crash leaves either the old
+ * file or the new one, never a torn one; a full disk is a `DiskFullError` naming the file and the space.
  */
-import { open, readFile, rename, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { open, readFile } from 'node:fs/promises';
 import * as tf from '@tensorflow/tfjs';
+import { writeFileAtomic, type AtomicWriteOptions } from './atomic.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import type { Param, ParamStore } from '../ops/model/params.ts';
 import type { OptimizerState } from '../ops/optim.ts';
@@ -239,7 +239,7 @@ function jsonReplacer(key: string, value: unknown): unknown {
  * meta and optimizer kind/step as JSON in `__metadata__.spcl`. Every tensor is read synchronously before
  * the first await, so the file is one consistent snapshot even if training continues meanwhile.
  */
-export async function saveCheckpoint(path: string, state: CheckpointState): Promise<void> {
+export async function saveCheckpoint(path: string, state: CheckpointState, opts: AtomicWriteOptions = {}): Promise<void> {
   let metaJson: string;
   try {
     const header: CheckpointHeader = { format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, meta: state.meta };
@@ -265,7 +265,7 @@ export async function saveCheckpoint(path: string, state: CheckpointState): Prom
   add('discriminator', state.discriminator);
   add('discriminatorOptimizer', state.discriminatorOptimizer?.slots);
   add('extra', state.extra);
-  await writeSafetensorsAtomic(path, tensors, { [METADATA_KEY]: metaJson });
+  await writeSafetensorsAtomic(path, tensors, { [METADATA_KEY]: metaJson }, { what: 'checkpoint', ...opts });
 }
 
 /**
@@ -322,6 +322,34 @@ export async function loadCheckpoint(path: string): Promise<CheckpointState> {
   return state;
 }
 
+/**
+ * A checkpoint's meta from its header alone, no tensor read (e.g. which pseudo-label generation a
+ * retained checkpoint names, to pin it).
+ */
+export async function readCheckpointMeta(path: string): Promise<Record<string, unknown>> {
+  const fh = await open(path, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const prefix = Buffer.alloc(8);
+    if (size < 8 || (await fh.read(prefix, 0, 8, 0)).bytesRead < 8) throw new Error(`${path}: not a safetensors file: ${size} bytes, expected at least 8 (the header length)`);
+    const n = prefix.readBigUInt64LE(0);
+    if (n > BigInt(size - 8)) throw new Error(`${path}: safetensors header length ${n} exceeds the ${size - 8} bytes after the length prefix (truncated file?)`);
+    const text = Buffer.alloc(Number(n));
+    await fh.read(text, 0, text.length, 8);
+    let header: CheckpointHeader;
+    try {
+      const raw = (JSON.parse(text.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__?.[METADATA_KEY];
+      if (raw === undefined) throw new Error(`no '${METADATA_KEY}' key in the safetensors __metadata__`);
+      header = JSON.parse(raw) as CheckpointHeader;
+    } catch (err) {
+      throw new Error(`${path}: not a readable SPCL checkpoint header: ${(err as Error).message}`);
+    }
+    return header.meta;
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Disposes every tensor of a loaded checkpoint (never call it on a state built from live variables). */
 export function disposeCheckpoint(state: CheckpointState): void {
   const maps = [state.model, state.optimizer?.slots, state.discriminator, state.discriminatorOptimizer?.slots, state.extra];
@@ -329,55 +357,10 @@ export function disposeCheckpoint(state: CheckpointState): void {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Atomic writing
+// Atomic writing (src/io/atomic.ts)
 
-/** Largest single write; Node rejects buffers over 2 GiB per call. */
-const WRITE_CHUNK = 1 << 30;
-
-async function writeSafetensorsAtomic(path: string, tensors: ReadonlyMap<string, TensorToEncode>, metadata: Record<string, string>): Promise<void> {
+async function writeSafetensorsAtomic(path: string, tensors: ReadonlyMap<string, TensorToEncode>, metadata: Record<string, string>, opts: AtomicWriteOptions = {}): Promise<void> {
   for (const [name, t] of tensors) checkTensorToEncode(name, t);
   const chunks = [encodeSafetensorsHeader(tensors, metadata), ...[...tensors.values()].map((t) => float32Bytes(t.data))];
-  await writeFileAtomic(path, chunks);
-}
-
-/** Writes `chunks` to `${path}.tmp-${pid}`, fsyncs, renames over `path`, fsyncs the directory. */
-export async function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  try {
-    const fh = await open(tmp, 'w');
-    try {
-      for (const chunk of chunks) {
-        for (let at = 0; at < chunk.length;) {
-          const { bytesWritten } = await fh.write(chunk, at, Math.min(WRITE_CHUNK, chunk.length - at));
-          at += bytesWritten;
-        }
-      }
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await syncDirectory(dirname(path));
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  let fh;
-  try {
-    fh = await open(dir, 'r');
-  } catch {
-    return; // e.g. Windows cannot open directories; the rename is still atomic there.
-  }
-  try {
-    await fh.sync();
-  } catch (err) {
-    // Some file systems refuse fsync on directories; durability is then the file system's business.
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EINVAL' && code !== 'EPERM' && code !== 'EISDIR' && code !== 'ENOTSUP') throw err;
-  } finally {
-    await fh.close();
-  }
+  await writeFileAtomic(path, chunks, opts);
 }

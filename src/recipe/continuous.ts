@@ -122,6 +122,7 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
       if (trigger) {
         const refresh = (state?.refresh ?? 0) + 1;
         const info = await refreshPseudoLabels(ctx, `continuous ${iteration}: refresh ${refresh} (${trigger})`, { phase: 'continuous', iteration, refresh, trigger });
+        if (!info) break; // stopped by a signal: the last checkpoint (before this refresh) stays the state
         ctx.continuous = { refresh, since: iteration, images: info.count };
         summary.refreshes++;
         summary.refreshTriggers[trigger]++;
@@ -138,7 +139,7 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
         stream: STREAM_BASE + state!.refresh, start: (iteration - state!.since) * size,
       });
       segmentDue = new Subject<void>();
-      last = await train(ctx, 'continuous', { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr }, iteration, input,
+      last = await train(ctx, 'continuous', { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr }, { iteration }, input,
         selfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx), release, () => ({ optimizer: opt.getState() }),
         { until: segmentDue, evalEvery: c.evalEvery, total: c.steps > 0 ? String(c.steps) : 'inf' });
       segmentDue = null;

@@ -6,6 +6,7 @@
  * and iteration counter from the current weights (as the authors' scripts do), checkpoints every
  * `checkpoint.every` iterations and at its end, and is resumable from its last checkpoint.
  */
+import { basename } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { NEVER, fromEvent, lastValueFrom, map, of, take, takeUntil, toArray, zip, type Observable } from 'rxjs';
 import type { AugmentSpec } from '../data/augment.ts';
@@ -22,6 +23,7 @@ import { NonFiniteStreak, applyIfFinite, forceNonFinite, nonFiniteInjection, tra
 import { accumulatePrototypes, batchTensors } from '../stages/update-prototypes.ts';
 import { writeGeneration } from '../stages/write-pseudo-labels.ts';
 import type { GenerationInfo } from '../data/pseudo-labels.ts';
+import { AbortedError, failOnAbort } from '../graph/flow.ts';
 import { batches, type PhaseResultLike, type RunContext } from './context.ts';
 import type { PhaseName, TrainPhaseConfig } from './config.ts';
 
@@ -30,6 +32,8 @@ export type PhaseResult = PhaseResultLike;
 /** Where a training phase resumes: iteration and optimiser states from a checkpoint. */
 export interface ResumePoint {
   iteration: number;
+  /** Loss terms of the step that reached `iteration` (the phase's result when no step is left). */
+  losses?: Record<string, number>;
   optimizer?: OptimizerState;
   discriminator?: Map<string, tf.Tensor>;
   discriminatorOptimizer?: OptimizerState;
@@ -82,12 +86,25 @@ const releasePair = ({ s, t }: { s: Batch; t: Batch }) => {
   t.release();
 };
 
-/** Evaluation pass over the labelled target validation set (null when there is none). */
+/** A pass stopped by SIGINT/SIGTERM: logged, and its partial result discarded (null). */
+async function unlessAborted<T>(ctx: RunContext, what: string, pass: Promise<T>): Promise<T | null> {
+  try {
+    return await pass;
+  } catch (err) {
+    if (!(err instanceof AbortedError)) throw err;
+    ctx.events.log(`${what}: stopped by a signal; nothing of this pass is kept, --resume runs it again`);
+    return null;
+  }
+}
+
+/** Evaluation pass over the labelled target validation set (null when there is none, or when stopped by a signal). */
 export async function evaluatePhase(ctx: RunContext, phase: string): Promise<EvalReport | null> {
   if (!ctx.data.targetVal) return null;
-  const report = await lastValueFrom(batches(ctx, { domain: 'targetVal', spec: specs(ctx).evaluation, batchSize: 4, mode: 'pass', stream: 900 }).pipe(
+  const report = await unlessAborted(ctx, `${phase}: evaluation`, lastValueFrom(batches(ctx, { domain: 'targetVal', spec: specs(ctx).evaluation, batchSize: 4, mode: 'pass', stream: 900 }).pipe(
+    failOnAbort(ctx.signal, 'evaluation'),
     evaluate({ model: ctx.model, numClasses: ctx.cfg.data.numClasses, release }),
-  ));
+  )));
+  if (!report) return null;
   ctx.events.log(`${phase}: target val mIoU ${(100 * report.miou).toFixed(2)} over ${report.images} images`);
   ctx.events.evaluated?.(phase, report);
   return report;
@@ -101,6 +118,7 @@ export function checkpointState(ctx: RunContext, phase: PhaseName, iteration: nu
     extra: ex,
     ...extra,
     meta: {
+      ...extra.meta,
       phase, iteration, done: ctx.done, results: ctx.results, bn: ctx.model.batchNorm, thresholds: ctx.thresholds, pseudo: ctx.pseudo,
       continuous: ctx.continuous, lrScale: ctx.lrScale, rollbacks: ctx.rollbacks,
       preset: ctx.cfg.preset, seed: ctx.cfg.seed, backend: ctx.backend, savedAt: new Date().toISOString(),
@@ -126,10 +144,14 @@ export interface TrainExtras {
  * Shared loop of the training phases: take `iterations - start` batches from `input`, run `step`,
  * log, checkpoint every `checkpoint.every` and at the end.
  */
-export async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhaseConfig, start: number, input: Observable<B>,
+export async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhaseConfig, resume: ResumePoint, input: Observable<B>,
   step: (batch: B, iteration: number) => { losses: Record<string, number>; lr: number; skipped?: boolean },
   releaseBatch: (b: B) => void, state: (iteration: number) => Partial<CheckpointState>, extras: TrainExtras = {}): Promise<PhaseResult> {
   const t0 = performance.now();
+  const start = resume.iteration;
+  const finite = (l: Record<string, number>) => Object.fromEntries(Object.entries(l).filter(([, v]) => Number.isFinite(v)));
+  // the last step's losses go into the checkpoint: a resume with no step left still reports them
+  const withLosses = (it: number, losses: Record<string, number>) => ({ ...state(it), meta: { losses: finite(losses) } });
   const every = ctx.cfg.checkpoint.every;
   // best-val selection needs a validation score at every checkpoint
   const evalEvery = extras.evalEvery ?? (ctx.cfg.checkpoint.select === 'best-val' && every > 0 ? every : ctx.cfg.eval.every);
@@ -151,7 +173,7 @@ export async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhase
     takeUntil(stop$),
     takeUntil(extras.until ?? NEVER),
     trainStep({
-      phase, startIteration: start, step: guardedStep, release: releaseBatch,
+      phase, startIteration: start, step: guardedStep, release: releaseBatch, stop: ctx.signal,
       after: async (r) => {
         last = r;
         starv.wait += r.waitSeconds;
@@ -169,7 +191,7 @@ export async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhase
         const saveNow = every > 0 && r.iteration % every === 0 && streak.length === 0;
         // Evaluation and checkpoint between steps: the weights do not move meanwhile.
         const miou = evalNow ? (await evaluatePhase(ctx, `${phase} ${r.iteration}`))?.miou ?? null : null;
-        if (saveNow) await ctx.checkpoints.save(checkpointState(ctx, phase, r.iteration, state(r.iteration)), phase, r.iteration, miou);
+        if (saveNow) await ctx.checkpoints.save(checkpointState(ctx, phase, r.iteration, withLosses(r.iteration, r.losses)), phase, r.iteration, miou);
       },
     }),
     toArray(),
@@ -177,8 +199,8 @@ export async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhase
   await lastValueFrom(reports);
   const finished = last as StepReport | null;
   const reached = finished?.iteration ?? start;
-  await ctx.checkpoints.save(checkpointState(ctx, phase, reached, state(reached)), phase, reached);
-  const losses = Object.fromEntries(Object.entries(finished?.losses ?? {}).filter(([, v]) => Number.isFinite(v)));
+  const losses = finite(finished?.losses ?? resume.losses ?? {});
+  await ctx.checkpoints.save(checkpointState(ctx, phase, reached, withLosses(reached, losses)), phase, reached);
   // a signal is the only thing that ends a phase early (the continuous phase's refreshes are not a stop)
   const aborted = Boolean(ctx.signal?.aborted) && reached < pc.iterations;
   if (aborted) ctx.events.log(`${phase}: stopped at iteration ${reached}/${total}; checkpoint written, --resume continues`);
@@ -207,7 +229,7 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
   }
   const start = resume.iteration;
   try {
-    return await train(ctx, 'warmup', w, start, sourceTargetPairs(ctx, start, 11, null), ({ s: sb, t: tb }, it) => {
+    return await train(ctx, 'warmup', w, resume, sourceTargetPairs(ctx, start, 11, null), ({ s: sb, t: tb }, it) => {
       const lr = polyLR(w.lr, it, w.maxIter) * ctx.lrScale;
       const lrD = polyLR(w.lrD, it, w.maxIter) * ctx.lrScale;
       return tf.tidy(() => {
@@ -246,9 +268,11 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
 /** Step 3: prototypes over the whole source set (eval mode, no augmentation, agreement filter). */
 export async function prototypesPhase(ctx: RunContext): Promise<PhaseResult> {
   const t0 = performance.now();
-  const r = await lastValueFrom(batches(ctx, { domain: 'source', spec: specs(ctx).sourcePlain, batchSize: 4, mode: 'pass', stream: 30 }).pipe(
+  const r = await unlessAborted(ctx, 'prototypes', lastValueFrom(batches(ctx, { domain: 'source', spec: specs(ctx).sourcePlain, batchSize: 4, mode: 'pass', stream: 30 }).pipe(
+    failOnAbort(ctx.signal, 'prototypes'),
     accumulatePrototypes({ model: ctx.model, numClasses: ctx.cfg.data.numClasses, refine: ctx.cfg.spcl.refineSource, release }),
-  ));
+  )));
+  if (!r) return { phase: 'prototypes', seconds: (performance.now() - t0) / 1000, iterations: 0, eval: null, losses: {}, aborted: true };
   ctx.prototypes.set(r.prototypes);
   r.prototypes.dispose();
   ctx.events.prototypes?.(ctx.prototypes);
@@ -261,20 +285,29 @@ export async function prototypesPhase(ctx: RunContext): Promise<PhaseResult> {
 /** Steps 4 and 7: thresholds (per-class upper median, capped) and pseudo-labels, one model pass. */
 export async function pseudoLabelPhase(ctx: RunContext, phase: PhaseName): Promise<PhaseResult> {
   const t0 = performance.now();
-  await refreshPseudoLabels(ctx, phase, { phase });
-  return { phase, seconds: (performance.now() - t0) / 1000, iterations: 0, eval: null, losses: {} };
+  const info = await refreshPseudoLabels(ctx, phase, { phase });
+  return { phase, seconds: (performance.now() - t0) / 1000, iterations: 0, eval: null, losses: {}, aborted: info === null };
 }
 
 /**
  * One thresholds + pseudo-labels pass over every target image known now, written as a new generation and
- * made current (ctx.thresholds, ctx.pseudo). `source` is the generation's provenance.
+ * made current (ctx.thresholds, ctx.pseudo). `source` is the generation's provenance. Null when a signal
+ * stopped it: nothing of the pass is kept and the current generation stays.
  */
-export async function refreshPseudoLabels(ctx: RunContext, label: string, source: Record<string, unknown>): Promise<GenerationInfo> {
+export async function refreshPseudoLabels(ctx: RunContext, label: string, source: Record<string, unknown>): Promise<GenerationInfo | null> {
   const { cfg } = ctx;
-  const t = await lastValueFrom(batches(ctx, { domain: 'target', spec: specs(ctx).targetPlain, batchSize: 4, mode: 'pass', stream: 40 }).pipe(
-    estimateThresholds({ model: ctx.model, numClasses: cfg.data.numClasses, bins: cfg.pseudo.bins, cap: cfg.pseudo.cap, scratch: ctx.dirs.scratch, release }),
-  ));
-  const info = await writeGeneration(t, { dir: ctx.dirs.pseudo, numClasses: cfg.data.numClasses, keep: cfg.pseudo.keep, source });
+  const made = await unlessAborted(ctx, label, (async () => {
+    const t = await lastValueFrom(batches(ctx, { domain: 'target', spec: specs(ctx).targetPlain, batchSize: 4, mode: 'pass', stream: 40 }).pipe(
+      failOnAbort(ctx.signal, 'thresholds'),
+      estimateThresholds({ model: ctx.model, numClasses: cfg.data.numClasses, bins: cfg.pseudo.bins, cap: cfg.pseudo.cap, scratch: ctx.dirs.scratch, release }),
+    ));
+    // generations that retained checkpoints (or this run) use stay: a resume from one of them needs its labels
+    const pinned = await ctx.checkpoints.pseudoLabelGenerations();
+    if (ctx.pseudo) pinned.add(basename(ctx.pseudo));
+    return { t, info: await writeGeneration(t, { dir: ctx.dirs.pseudo, numClasses: cfg.data.numClasses, keep: cfg.pseudo.keep, source, pinned, signal: ctx.signal }) };
+  })());
+  if (!made) return null;
+  const { t, info } = made;
   ctx.thresholds = t.thresholds;
   ctx.pseudo = `${ctx.dirs.pseudo}/${info.file}`;
   ctx.events.pseudoLabels?.(info, t.counts);
@@ -295,7 +328,7 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
   restoreOptimizer(opt, resume.optimizer);
   const start = resume.iteration;
   try {
-    return await train(ctx, 'spcl', c, start, sourceTargetPairs(ctx, start, 51, ctx.pseudo), ({ s: sb, t: tb }, it) => {
+    return await train(ctx, 'spcl', c, resume, sourceTargetPairs(ctx, start, 51, ctx.pseudo), ({ s: sb, t: tb }, it) => {
       const lr = polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
       return tf.tidy(() => {
         const xs = batchTensors(sb);
@@ -337,7 +370,7 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
   const start = resume.iteration;
   const tgt = batches(ctx, { domain: 'target', spec: specs(ctx).targetSsl, batchSize: size, mode: 'train', stream: 81, start: start * size, pseudo: ctx.pseudo });
   try {
-    return await train(ctx, 'ssl', c, start, tgt, selfTrainingStep(params, opt, (it) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale, ctx), release, () => ({ optimizer: opt.getState() }));
+    return await train(ctx, 'ssl', c, resume, tgt, selfTrainingStep(params, opt, (it) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale, ctx), release, () => ({ optimizer: opt.getState() }));
   } finally {
     opt.dispose();
   }

@@ -2,11 +2,13 @@
  * Runs a recipe: backend, data (the embedded synthetic benchmark is generated and ingested when
  * absent), model, phases in order with resume, evaluation after each training phase, and the report.
  */
-import { access, mkdir, rename, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { access, mkdir, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { FaultCounts } from '../data/faults.ts';
 import { ingestDataset } from '../data/ingest.ts';
+import { recoverGenerations } from '../data/pseudo-labels.ts';
+import { writeJsonAtomic } from '../io/atomic.ts';
 import { openDataset, SampleReader, type Dataset } from '../data/reader.ts';
 import { writeSyntheticBenchmark } from '../data/synthetic.ts';
 import { applyModelState, disposeCheckpoint, loadCheckpoint, loadSafetensors } from '../io/weights.ts';
@@ -189,6 +191,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       if (phase === 'warmup' || phase === 'spcl' || phase === 'ssl') {
         result.eval = await evaluatePhase(ctx, phase);
         if (cfg.checkpoint.select === 'best-val') await selectBest(ctx, phase, result);
+        if (opts.signal?.aborted) break; // the evaluation was cut short: the phase is not done, --resume evaluates again
       }
       ctx.done.push(phase);
       ctx.results.push(result);
@@ -214,7 +217,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       lrScale: ctx.lrScale,
       config: cfg,
     };
-    await writeFile(join(cfg.out, 'report.json'), `${JSON.stringify(report, null, 1)}\n`);
+    await writeJsonAtomic(join(cfg.out, 'report.json'), report, { what: 'report' }); // never a torn report after a kill
     if (!report.stopped) events.finished?.();
     return report;
   } finally {
@@ -283,6 +286,8 @@ async function selectBest(ctx: RunContext, phase: PhaseName, result: PhaseResult
 
 /** Restores the last checkpoint: weights, prototypes, thresholds, pseudo-labels, phases done. */
 async function restore(ctx: RunContext, file?: string): Promise<{ phase: PhaseName; point: ResumePoint } | null> {
+  // what interrupted writes left (temporary files, a generation never committed) is deleted, never read
+  for (const f of [...await ctx.checkpoints.recover(), ...await recoverGenerations(ctx.dirs.pseudo)]) ctx.events.log(`resume: removed ${f} (left by an interrupted write)`);
   const pointer = file ? { file, phase: '', iteration: 0, miou: null, savedAt: '' } : await ctx.checkpoints.latest();
   if (!pointer) {
     ctx.events.log(`resume: no checkpoint in ${ctx.checkpoints.dir}, starting from scratch`);
@@ -290,7 +295,7 @@ async function restore(ctx: RunContext, file?: string): Promise<{ phase: PhaseNa
   }
   const state = file ? await loadCheckpoint(file) : await ctx.checkpoints.load(pointer);
   const meta = state.meta as {
-    phase: PhaseName; iteration: number; done: PhaseName[]; results: PhaseResultLike[]; bn: 'frozen' | 'trainable';
+    phase: PhaseName; iteration: number; losses?: Record<string, number>; done: PhaseName[]; results: PhaseResultLike[]; bn: 'frozen' | 'trainable';
     thresholds: number[] | null; pseudo: string | null; continuous?: ContinuousState | null; lrScale?: number; rollbacks?: number;
   };
   ctx.model.setBatchNorm(meta.bn);
@@ -302,11 +307,14 @@ async function restore(ctx: RunContext, file?: string): Promise<{ phase: PhaseNa
   ctx.continuous = meta.continuous ?? null;
   ctx.lrScale = meta.lrScale ?? 1;
   ctx.rollbacks = meta.rollbacks ?? 0;
+  if (meta.pseudo && !(await exists(meta.pseudo))) throw new Error(`resume: ${pointer.file} names the pseudo-label generation ${meta.pseudo}, which does not exist`);
   ctx.done = [...meta.done];
   ctx.results = meta.results.filter((r) => meta.done.includes(r.phase));
-  ctx.events.log(`resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'})`);
+  ctx.events.log(`resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'}; ` +
+    `pseudo-labels: ${meta.pseudo ? basename(meta.pseudo) : 'none'})`);
   const point: ResumePoint = {
     iteration: meta.iteration,
+    losses: meta.losses,
     optimizer: state.optimizer ? { ...state.optimizer, slots: new Map([...state.optimizer.slots].map(([k, v]) => [k, v.clone()])) } : undefined,
     discriminator: state.discriminator ? new Map([...state.discriminator].map(([k, v]) => [k, v.clone()])) : undefined,
     discriminatorOptimizer: state.discriminatorOptimizer ? { ...state.discriminatorOptimizer, slots: new Map([...state.discriminatorOptimizer.slots].map(([k, v]) => [k, v.clone()])) } : undefined,

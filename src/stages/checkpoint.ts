@@ -3,11 +3,17 @@
  * sampler and RNG state, phase and iteration) in one safetensors file, written atomically; `latest.json`
  * points to the newest complete one; the last `keep` are kept, plus the best per phase by validation
  * mIoU when one is measured.
+ *
+ * Crash safety: the file is complete before `latest.json` names it, and `latest.json` is replaced
+ * atomically, so a kill at any instant leaves `latest.json` naming a complete checkpoint (a torn
+ * temporary file is never named, and `recover` deletes it). A full disk fails the save with a
+ * `DiskFullError` that names the file, the free space and the checkpoint `latest.json` still names.
  */
 import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { loadCheckpoint, saveCheckpoint, type CheckpointState } from '../io/weights.ts';
-import { writeJsonAtomic } from '../data/shards.ts';
+import { basename, join } from 'node:path';
+import { DiskFullError, removeStaleTemporaries, writeJsonAtomic } from '../io/atomic.ts';
+import { crashPoint } from '../io/crash-points.ts';
+import { loadCheckpoint, readCheckpointMeta, saveCheckpoint, type CheckpointState } from '../io/weights.ts';
 
 export interface CheckpointPointer {
   file: string;
@@ -40,12 +46,20 @@ export class CheckpointStore {
     const t0 = performance.now();
     await mkdir(this.dir, { recursive: true });
     const file = CheckpointStore.fileName(phase, iteration);
-    await saveCheckpoint(join(this.dir, file), state);
     const pointer: CheckpointPointer = { file, phase, iteration, miou, savedAt: new Date().toISOString() };
-    await writeJsonAtomic(join(this.dir, 'latest.json'), pointer, this.dir);
-    if (miou !== null) {
-      const best = await this.best(phase);
-      if (!best || best.miou === null || miou > best.miou) await writeJsonAtomic(join(this.dir, `best-${phase}.json`), pointer, this.dir);
+    try {
+      await saveCheckpoint(join(this.dir, file), state, { crashPoint: 'checkpoint-write' });
+      crashPoint('checkpoint-commit');
+      await writeJsonAtomic(join(this.dir, 'latest.json'), pointer, { what: 'checkpoint pointer' });
+      if (miou !== null) {
+        const best = await this.best(phase);
+        if (!best || best.miou === null || miou > best.miou) await writeJsonAtomic(join(this.dir, `best-${phase}.json`), pointer, { what: 'checkpoint pointer' });
+      }
+    } catch (err) {
+      if (!(err instanceof DiskFullError)) throw err;
+      const latest = await this.latest();
+      const still = latest ? `latest.json names ${latest.file} (${latest.phase}, iteration ${latest.iteration}), which is complete` : 'there is no earlier checkpoint';
+      throw new DiskFullError(`${err.message}; ${still}`, err.path, err.freeBytes, err.neededBytes);
     }
     await this.prune();
     this.lastSeconds = (performance.now() - t0) / 1000;
@@ -54,11 +68,20 @@ export class CheckpointStore {
     return pointer;
   }
 
+  /** A pointer file, null when absent; an unreadable one is an error (never a silent restart from scratch). */
   private async pointer(name: string): Promise<CheckpointPointer | null> {
+    const path = join(this.dir, name);
+    let text: string;
     try {
-      return JSON.parse(await readFile(join(this.dir, name), 'utf8')) as CheckpointPointer;
-    } catch {
-      return null;
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+    try {
+      return JSON.parse(text) as CheckpointPointer;
+    } catch (err) {
+      throw new Error(`${path}: not valid JSON (${(err as Error).message}); it should name a checkpoint file of ${this.dir}`);
     }
   }
 
@@ -74,6 +97,33 @@ export class CheckpointStore {
     return loadCheckpoint(join(this.dir, pointer.file));
   }
 
+  /**
+   * After a crash: deletes the temporary files interrupted writes left (never read: readers go by the
+   * names in the pointers). Returns their names. Call it before this process saves anything.
+   */
+  async recover(): Promise<string[]> {
+    return removeStaleTemporaries(this.dir);
+  }
+
+  /**
+   * The pseudo-label generations (file names) that the retained checkpoints name: a resume from any of
+   * them needs its generation, so the generation writer must not prune them.
+   */
+  async pseudoLabelGenerations(): Promise<Set<string>> {
+    const names = new Set<string>();
+    let files: string[];
+    try {
+      files = (await readdir(this.dir)).filter((f) => /^ckpt-.*\.safetensors$/.test(f));
+    } catch {
+      return names;
+    }
+    for (const f of files) {
+      const pseudo = (await readCheckpointMeta(join(this.dir, f)).catch(() => null))?.pseudo;
+      if (typeof pseudo === 'string') names.add(basename(pseudo));
+    }
+    return names;
+  }
+
   /** Deletes all but the newest `keep` checkpoints, never one a pointer names. */
   private async prune(): Promise<void> {
     const files = (await readdir(this.dir)).filter((f) => /^ckpt-.*\.safetensors$/.test(f));
@@ -84,5 +134,7 @@ export class CheckpointStore {
     }
     const sorted = (await Promise.all(files.map(async (f) => ({ f, t: (await stat(join(this.dir, f))).mtimeMs })))).sort((a, b) => b.t - a.t);
     for (const { f } of sorted.slice(this.keep)) if (!pinned.has(f)) await rm(join(this.dir, f), { force: true });
+    // temporary files of crashed processes (saves run one at a time: none of this process is in use here)
+    await removeStaleTemporaries(this.dir);
   }
 }

@@ -4,11 +4,17 @@
  * device; the per-class confidence histograms take them (only K x bins counts leave the device), and each
  * pixel's argmax and confidence (16-bit) go to a scratch LMDB, so that the pseudo-label writer needs no
  * second model pass. Emits the per-class thresholds (upper median, capped) at the end of the pass.
+ *
+ * The scratch LMDB is deleted before the pass (a killed pass may have left part of one) and closed
+ * however the pass ends; a failed write (full disk) names the file and the free space.
  */
+import { rm } from 'node:fs/promises';
 import * as tf from '@tensorflow/tfjs';
-import { open } from 'lmdb';
-import { defer, type OperatorFunction } from 'rxjs';
+import { open, type RootDatabase } from 'lmdb';
+import { defer, finalize, from, switchMap, type OperatorFunction } from 'rxjs';
 import { reduceItems } from '../graph/flow.ts';
+import { describeWriteFailureSync } from '../io/atomic.ts';
+import { crashPoint } from '../io/crash-points.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import { ConfidenceHistogram } from '../ops/thresholds.ts';
 import type { Batch } from './collate.ts';
@@ -41,17 +47,17 @@ export interface EstimateThresholdsOptions {
   numClasses: number;
   bins: number;
   cap: number;
-  /** Scratch LMDB path for the per-pixel predictions (replaced). */
+  /** Scratch LMDB path for the per-pixel predictions (deleted first, then written). */
   scratch: string;
   release: (batch: Batch) => void;
 }
 
 export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFunction<Batch, ThresholdResult> {
-  return (source) => defer(() => {
+  return (source) => from(removeScratch(opts.scratch)).pipe(switchMap(() => defer(() => {
     const hist = new ConfidenceHistogram(opts.numClasses, { bins: opts.bins });
-    const db = open<ScratchPrediction, string>({ path: opts.scratch, compression: true, encoding: 'msgpack' });
+    const db: RootDatabase<ScratchPrediction, string> = open<ScratchPrediction, string>({ path: opts.scratch, compression: true, encoding: 'msgpack' });
     let images = 0;
-    const writes: Promise<unknown>[] = [];
+    let closed = false;
     return source.pipe(reduceItems((batch: Batch) => {
       const [pred, conf] = tf.tidy(() => {
         const { images: x } = batchTensors(batch);
@@ -61,20 +67,35 @@ export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFun
         return [probs.argMax(-1).dataSync(), probs.max(-1).dataSync()];
       });
       const px = batch.height * batch.width;
-      batch.keys.forEach((key, i) => {
-        const p = new Uint8Array(px);
-        const c = new Uint16Array(px);
-        for (let j = 0; j < px; j++) {
-          p[j] = pred[i * px + j]!;
-          c[j] = Math.round(conf[i * px + j]! * 65535);
-        }
-        writes.push(db.put(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) }));
-      });
+      // one synchronous transaction per batch: a full disk throws here (src/io/atomic.ts says why not async)
+      try {
+        db.transactionSync(() => batch.keys.forEach((key, i) => {
+          const p = new Uint8Array(px);
+          const c = new Uint16Array(px);
+          for (let j = 0; j < px; j++) {
+            p[j] = pred[i * px + j]!;
+            c[j] = Math.round(conf[i * px + j]! * 65535);
+          }
+          db.putSync(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) });
+        }));
+      } catch (err) {
+        throw describeWriteFailureSync('threshold pass scratch', opts.scratch, err);
+      }
       images += batch.n;
+      crashPoint('thresholds');
     }, async () => {
-      await Promise.all(writes);
+      closed = true;
       await db.close();
       return { thresholds: hist.thresholds({ cap: opts.cap }), counts: hist.counts(), images, scratch: opts.scratch };
-    }, opts.release));
-  });
+    }, opts.release), finalize(() => {
+      // an aborted or failed pass: close, and give the space back (the next pass starts afresh anyway)
+      if (closed) return;
+      void db.close().catch(() => undefined).then(() => removeScratch(opts.scratch)).catch(() => undefined);
+    }));
+  })));
+}
+
+async function removeScratch(path: string): Promise<void> {
+  await rm(path, { force: true });
+  await rm(`${path}-lock`, { force: true });
 }

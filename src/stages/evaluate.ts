@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { defer, type OperatorFunction } from 'rxjs';
 import { reduceItems } from '../graph/flow.ts';
+import { crashPoint } from '../io/crash-points.ts';
 import { downsampleLabels } from '../ops/masks.ts';
 import { ConfusionMatrix, classCenterDistance } from '../ops/metrics.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
@@ -62,6 +63,7 @@ export function evaluate(opts: EvaluateOptions): OperatorFunction<Batch, EvalRep
         }
       });
       images += batch.n;
+      crashPoint('evaluate');
     }, () => {
       let ccd: number[] | null = null;
       if (ccdFeatures.length) {

@@ -5,9 +5,10 @@
  * are reported and their update skipped by `applyIfFinite`, and a report is emitted per step.
  */
 import * as tf from '@tensorflow/tfjs';
-import { concatMap, defer, type OperatorFunction } from 'rxjs';
+import { EMPTY, concatMap, defer, type OperatorFunction } from 'rxjs';
 import type { Param } from '../ops/model/params.ts';
 import { gradients, type SGD, type Adam } from '../ops/optim.ts';
+import { crashPoint } from '../io/crash-points.ts';
 
 export interface StepReport {
   phase: string;
@@ -40,6 +41,11 @@ export interface TrainStepOptions<B> {
    * while it runs. Batches that arrive meanwhile wait (their number is bounded by the flow's credits).
    */
   after?: (report: StepReport) => Promise<void> | void;
+  /**
+   * A stop request (SIGINT/SIGTERM): once aborted, batches already waiting are released untrained, so
+   * the flow stops after the step in progress (and its `after`).
+   */
+  stop?: AbortSignal;
 }
 
 /**
@@ -49,11 +55,18 @@ export interface TrainStepOptions<B> {
 export function trainStep<B>(opts: TrainStepOptions<B>): OperatorFunction<B, StepReport> {
   let iteration = opts.startIteration;
   let idleSince = performance.now();
-  return concatMap((batch: B) => defer(async () => {
+  return concatMap((batch: B) => defer(() => {
+    if (!opts.stop?.aborted) return runStep(batch);
+    opts.release(batch);
+    return EMPTY;
+  }));
+
+  async function runStep(batch: B): Promise<StepReport> {
     const arrived = performance.now();
     let report: StepReport;
     try {
       const out = opts.step(batch, iteration);
+      crashPoint('step'); // the weights moved in memory; nothing of this step is reported or saved yet
       iteration++;
       report = {
         phase: opts.phase, iteration, losses: out.losses, lr: out.lr, skipped: out.skipped ?? false,
@@ -63,9 +76,12 @@ export function trainStep<B>(opts: TrainStepOptions<B>): OperatorFunction<B, Ste
       opts.release(batch);
     }
     await opts.after?.(report);
+    // One turn of the event loop between steps: a signal handler (SIGTERM -> abort) runs here even when
+    // the next batch is already waiting, so the stop takes effect after this step, not after the queue.
+    if (opts.stop) await new Promise((resolve) => setImmediate(resolve));
     idleSince = performance.now();
     return report;
-  }));
+  }
 }
 
 /**

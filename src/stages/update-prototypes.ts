@@ -9,6 +9,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { defer, type OperatorFunction } from 'rxjs';
 import { reduceItems } from '../graph/flow.ts';
+import { crashPoint } from '../io/crash-points.ts';
 import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import { PrototypeAccumulator, updatePrototypes, type AbsentClassPolicy } from '../ops/prototypes.ts';
@@ -77,6 +78,7 @@ export function accumulatePrototypes(opts: AccumulateOptions): OperatorFunction<
         if (opts.refine ?? true) mask = refineSourceMask(mask, logits);
         acc.add(features, mask);
       });
+      crashPoint('prototypes');
     }, () => {
       const r = acc.result();
       acc.dispose();
