@@ -94,16 +94,22 @@ function clip8(v: number): number {
 
 // Per-thread scratch: grown on demand, never shrunk, never returned to callers.
 let tempScratch: Uint8Array = new Uint8Array(0);
-let accScratch = new Float64Array(0);
+let accScratch = new Int32Array(0);
+let rowScratch: Uint8Array = new Uint8Array(0);
 
 function tempBuffer(n: number): Uint8Array {
   if (tempScratch.length < n) tempScratch = new Uint8Array(Math.ceil(n * 1.25));
   return tempScratch;
 }
 
-function accBuffer(n: number): Float64Array {
-  if (accScratch.length < n) accScratch = new Float64Array(Math.ceil(n * 1.25));
+function accBuffer(n: number): Int32Array {
+  if (accScratch.length < n) accScratch = new Int32Array(Math.ceil(n * 1.25));
   return accScratch;
+}
+
+function rowBuffer(n: number): Uint8Array {
+  if (rowScratch.length < n) rowScratch = new Uint8Array(Math.ceil(n * 1.25));
+  return rowScratch;
 }
 
 function checkLength(what: string, buf: ArrayLike<number>, need: number): void {
@@ -117,14 +123,83 @@ function checkSize(what: string, w: number, h: number): void {
 }
 
 /**
+ * PIL's horizontal pass for one row: `count` output pixels from the RGB row whose source pixel x sits
+ * at byte `base + 3x` of `src`. The sums are PIL's int32 sums (`Math.imul` keeps V8 on int32).
+ */
+function horizontalRow(src: Uint8Array, base: number, dst: Uint8Array, d: number, count: number, c: Coefficients): void {
+  const { bounds, weights, ksize } = c;
+  for (let xx = 0; xx < count; xx++, d += 3) {
+    const n = bounds[xx * 2 + 1]!;
+    const kb = xx * ksize;
+    let p = base + bounds[xx * 2]! * 3;
+    let s0 = HALF;
+    let s1 = HALF;
+    let s2 = HALF;
+    for (let x = 0; x < n; x++, p += 3) {
+      const w = weights[kb + x]!;
+      s0 = (s0 + Math.imul(src[p]!, w)) | 0;
+      s1 = (s1 + Math.imul(src[p + 1]!, w)) | 0;
+      s2 = (s2 + Math.imul(src[p + 2]!, w)) | 0;
+    }
+    dst[d] = clip8(s0);
+    dst[d + 1] = clip8(s1);
+    dst[d + 2] = clip8(s2);
+  }
+}
+
+/**
+ * PIL's vertical pass for output row `yy`: `len` bytes from the `taps` rows of `temp` starting at byte
+ * `from`, `stride` bytes apart. Rows are taken four at a time (exact: every partial sum is an integer
+ * below 2^53, and the total is PIL's int32 sum), so the accumulator row is read and written once per
+ * four taps; the last group writes the clipped bytes.
+ */
+function verticalRow(temp: Uint8Array, from: number, stride: number, c: Coefficients, yy: number, acc: Int32Array,
+  len: number, out: Uint8Array, o: number): void {
+  const taps = c.bounds[yy * 2 + 1]!;
+  const kb = yy * c.ksize;
+  const weights = c.weights;
+  for (let k = 0; k < taps; k += 4) {
+    // Missing taps of the last group read row `from` with weight 0.
+    const w0 = weights[kb + k]!;
+    const w1 = k + 1 < taps ? weights[kb + k + 1]! : 0;
+    const w2 = k + 2 < taps ? weights[kb + k + 2]! : 0;
+    const w3 = k + 3 < taps ? weights[kb + k + 3]! : 0;
+    const r0 = from + k * stride;
+    const r1 = k + 1 < taps ? r0 + stride : from;
+    const r2 = k + 2 < taps ? r0 + 2 * stride : from;
+    const r3 = k + 3 < taps ? r0 + 3 * stride : from;
+    const first = k === 0;
+    const last = k + 4 >= taps;
+    if (first && last) {
+      for (let i = 0; i < len; i++) {
+        out[o + i] = clip8(HALF + temp[r0 + i]! * w0 + temp[r1 + i]! * w1 + temp[r2 + i]! * w2 + temp[r3 + i]! * w3);
+      }
+    } else if (first) {
+      for (let i = 0; i < len; i++) acc[i] = HALF + temp[r0 + i]! * w0 + temp[r1 + i]! * w1 + temp[r2 + i]! * w2 + temp[r3 + i]! * w3;
+    } else if (last) {
+      for (let i = 0; i < len; i++) {
+        out[o + i] = clip8(acc[i]! + temp[r0 + i]! * w0 + temp[r1 + i]! * w1 + temp[r2 + i]! * w2 + temp[r3 + i]! * w3);
+      }
+    } else {
+      for (let i = 0; i < len; i++) acc[i] = acc[i]! + temp[r0 + i]! * w0 + temp[r1 + i]! * w1 + temp[r2 + i]! * w2 + temp[r3 + i]! * w3;
+    }
+  }
+}
+
+/**
  * Window [x0, x0+ow) x [y0, y0+oh) of PIL's bicubic resize of an RGB image sw x sh -> dw x dh, written
  * into `out` with a row stride of `outStride` pixels starting at pixel `outOffset` (so a crop can land
  * inside a padded buffer). Bit-identical to `resizeBicubic` followed by cropping.
+ *
+ * With a `jitter` program (see `compileJitter`) the source is read through it: the result equals
+ * resizing `applyColorJitter`'s output, but only the source rectangle this window reads (PIL's
+ * coefficient bounds, both directions) is jittered, one row at a time just before its horizontal pass,
+ * so a jittered row is resampled while it is still in L1.
  */
 export function resizeBicubicWindow(
   src: Uint8Array, sw: number, sh: number, dw: number, dh: number,
   x0: number, y0: number, ow: number, oh: number,
-  out: Uint8Array, outStride = ow, outOffset = 0,
+  out: Uint8Array, outStride = ow, outOffset = 0, jitter: JitterProgram | null = null,
 ): void {
   checkSize('resizeBicubic source', sw, sh);
   checkSize('resizeBicubic target', dw, dh);
@@ -134,11 +209,16 @@ export function resizeBicubicWindow(
   }
   checkLength('resizeBicubic source', src, sw * sh * 3);
   checkLength('resizeBicubic output', out, (outOffset + (oh - 1) * outStride + ow) * 3);
+  if (jitter && (jitter.width !== sw || jitter.height !== sh)) {
+    throw new RangeError(`resizeBicubicWindow: the jitter program was compiled for a ${jitter.width}x${jitter.height} image, the source is ${sw}x${sh}`);
+  }
+  const steps = jitter && jitter.steps.length > 0 ? jitter.steps : null;
   // PIL skips a pass whose size does not change (it would be the identity anyway).
   const needH = sw !== dw;
   const needV = sh !== dh;
 
-  // Rows of the source the vertical pass reads (PIL's ybox_first / ybox_last), for this window.
+  // Source rows the vertical pass reads (PIL's ybox_first / ybox_last) and source columns the
+  // horizontal pass reads, for this window; bounds grow monotonically with the output index.
   let vert: Coefficients | null = null;
   let rowFirst = y0;
   let rowCount = oh;
@@ -147,70 +227,48 @@ export function resizeBicubicWindow(
     rowFirst = vert.bounds[0]!;
     rowCount = vert.bounds[(oh - 1) * 2]! + vert.bounds[(oh - 1) * 2 + 1]! - rowFirst;
   }
-
-  // Horizontal pass into a uint8 intermediate of ow x rowCount (or read the source directly).
-  let temp: Uint8Array;
-  let tempStride: number; // pixels per row
-  let tempCol: number; // first column of the window in temp
+  let horiz: Coefficients | null = null;
+  let colFirst = x0;
+  let colCount = ow;
   if (needH) {
-    const horiz = coefficients(sw, dw, x0, ow);
-    temp = tempBuffer(ow * rowCount * 3);
-    tempStride = ow;
-    tempCol = 0;
-    const { bounds, weights, ksize } = horiz;
-    for (let y = 0; y < rowCount; y++) {
-      const srow = (rowFirst + y) * sw * 3;
-      let t = y * ow * 3;
-      for (let xx = 0; xx < ow; xx++, t += 3) {
-        const xmin = bounds[xx * 2]!;
-        const xmax = bounds[xx * 2 + 1]!;
-        const kb = xx * ksize;
-        let s0 = HALF;
-        let s1 = HALF;
-        let s2 = HALF;
-        let p = srow + xmin * 3;
-        for (let x = 0; x < xmax; x++, p += 3) {
-          const w = weights[kb + x]!;
-          s0 += src[p]! * w;
-          s1 += src[p + 1]! * w;
-          s2 += src[p + 2]! * w;
-        }
-        temp[t] = clip8(s0);
-        temp[t + 1] = clip8(s1);
-        temp[t + 2] = clip8(s2);
-      }
-    }
-  } else {
-    temp = src;
-    tempStride = sw;
-    tempCol = x0;
+    horiz = coefficients(sw, dw, x0, ow);
+    colFirst = horiz.bounds[0]!;
+    colCount = horiz.bounds[(ow - 1) * 2]! + horiz.bounds[(ow - 1) * 2 + 1]! - colFirst;
   }
-  const tempRowBase = needH ? 0 : rowFirst; // row index in temp of source row rowFirst
 
   const rowLen = ow * 3;
-  if (!needV) {
-    for (let y = 0; y < oh; y++) {
-      const from = ((tempRowBase + y) * tempStride + tempCol) * 3;
-      out.set(temp.subarray(from, from + rowLen), (outOffset + y * outStride) * 3);
+  const seg = steps && needH ? rowBuffer(colCount * 3) : null;
+  // Source row rowFirst + y -> jitter -> horizontal pass -> `dst` at byte d (ow pixels).
+  const produce = (y: number, dst: Uint8Array, d: number): void => {
+    const at = ((rowFirst + y) * sw + colFirst) * 3;
+    if (!steps) {
+      if (horiz) horizontalRow(src, at - colFirst * 3, dst, d, ow, horiz);
+      else dst.set(src.subarray(at, at + rowLen), d);
+    } else if (horiz) {
+      runJitterSteps(steps, src, at, seg!, 0, colCount * 3);
+      horizontalRow(seg!, -colFirst * 3, dst, d, ow, horiz);
+    } else {
+      runJitterSteps(steps, src, at, dst, d, rowLen);
     }
+  };
+
+  if (!vert) {
+    for (let y = 0; y < oh; y++) produce(y, out, (outOffset + y * outStride) * 3);
     return;
   }
-
-  // Vertical pass: accumulate whole rows per tap (same integer sums as PIL, cache-friendly order).
+  // Intermediate rows (uint8, as PIL's). Without jitter or horizontal pass they are the source's own.
+  const direct = !steps && !horiz;
+  const temp = direct ? src : tempBuffer(rowLen * rowCount);
+  const tempStride = direct ? sw * 3 : rowLen;
+  const tempStart = direct ? (rowFirst * sw + x0) * 3 : 0;
   const acc = accBuffer(rowLen);
-  const { bounds, weights, ksize } = vert!;
+  let produced = 0;
   for (let yy = 0; yy < oh; yy++) {
-    const ymin = bounds[yy * 2]! - rowFirst;
-    const ymax = bounds[yy * 2 + 1]!;
-    const kb = yy * ksize;
-    acc.fill(HALF, 0, rowLen);
-    for (let y = 0; y < ymax; y++) {
-      const w = weights[kb + y]!;
-      const from = ((tempRowBase + ymin + y) * tempStride + tempCol) * 3;
-      for (let i = 0; i < rowLen; i++) acc[i] = acc[i]! + temp[from + i]! * w;
-    }
-    const o = (outOffset + yy * outStride) * 3;
-    for (let i = 0; i < rowLen; i++) out[o + i] = clip8(acc[i]!);
+    // Make the rows this output row reads just before it reads them (they are still in cache).
+    const end = vert.bounds[yy * 2]! + vert.bounds[yy * 2 + 1]! - rowFirst;
+    if (!direct) for (; produced < end; produced++) produce(produced, temp, produced * rowLen);
+    const from = tempStart + (vert.bounds[yy * 2]! - rowFirst) * tempStride;
+    verticalRow(temp, from, tempStride, vert, yy, acc, rowLen, out, (outOffset + yy * outStride) * 3);
   }
 }
 
@@ -299,12 +357,13 @@ export interface CropResult {
  * Resizes image (bicubic) and label (nearest) to scaledW x scaledH and cuts the cropW x cropH window
  * whose top-left corner is (cropX, cropY) in the scaled image. Offsets may be negative and the window
  * may extend past the scaled image: those pixels are padding (image 0, label 255). Only the pixels of
- * the window are computed.
+ * the window are computed; with a `jitter` program (compiled for `image`) only the source pixels they
+ * read are jittered (as if the whole image had been jittered first).
  */
 export function scaleAndCrop(
   image: Uint8Array, label: Uint8Array | null, w: number, h: number,
   scaledW: number, scaledH: number, cropX: number, cropY: number, cropW: number, cropH: number,
-  out?: { image?: Uint8Array; label?: Uint8Array },
+  out?: { image?: Uint8Array; label?: Uint8Array }, jitter: JitterProgram | null = null,
 ): CropResult {
   checkSize('scaleAndCrop crop', cropW, cropH);
   const outImage = out?.image ?? new Uint8Array(cropW * cropH * 3);
@@ -325,7 +384,7 @@ export function scaleAndCrop(
   }
   if (vw > 0 && vh > 0) {
     const at = (ay - cropY) * cropW + (ax - cropX);
-    resizeBicubicWindow(image, w, h, scaledW, scaledH, ax, ay, vw, vh, outImage, cropW, at);
+    resizeBicubicWindow(image, w, h, scaledW, scaledH, ax, ay, vw, vh, outImage, cropW, at, jitter);
     if (label && outLabel) resizeNearestWindow(label, w, h, scaledW, scaledH, 1, ax, ay, vw, vh, outLabel, cropW, at);
   }
   return { image: outImage, label: outLabel, width: cropW, height: cropH };
@@ -670,6 +729,237 @@ export function colorJitter(image: Uint8Array, w: number, h: number, params: Jit
 }
 
 // ---------------------------------------------------------------------------------------------------
+// ColorJitter compiled for the pixels a crop reads
+//
+// The four ops are pointwise except contrast, which blends with the integer mean grey level of the
+// whole image as it is when contrast runs. `compileJitter` gets that mean exactly with one luma-only pass
+// over the whole image through the ops drawn before contrast (none when contrast comes first or is
+// off), turning every op into a pointwise step; `resizeBicubicWindow` then runs the steps on the source
+// rows it reads, and only on the columns it reads. Brightness and contrast are 256-entry tables (runs of
+// them compose into one), a table after saturation folds into saturation's (L, v) table, and each step
+// runs over one row segment at a time so the pixels stay in L1 between steps. Every step is the same
+// integer function as the op it replaces (`adjustBrightness`, ..., `adjustHue`), so the result is
+// byte-identical to jittering the whole image first; the tests check that.
+
+/** One pointwise step of a compiled jitter. */
+export type JitterStep =
+  /** v -> table[v] on each channel (brightness, contrast, or runs of them composed). */
+  | { readonly kind: 'table'; readonly table: Uint8Array }
+  /** v -> table[L << 8 | v] with L the pixel's luma (saturation, maybe with tables composed after it). */
+  | { readonly kind: 'saturation'; readonly table: Uint8Array }
+  /** `adjustHue` with H shifted by `shift` (mod 256). */
+  | { readonly kind: 'hue'; readonly shift: number };
+
+/** ColorJitter factors bound to one image (its contrast mean), as pointwise steps. */
+export interface JitterProgram {
+  readonly width: number;
+  readonly height: number;
+  readonly steps: readonly JitterStep[];
+  /** The integer mean grey level contrast blends with, or null when contrast is off. */
+  readonly contrastMean: number | null;
+}
+
+function blendTable(base: number, alpha: number): Uint8Array {
+  const t = new Uint8Array(256);
+  for (let v = 0; v < 256; v++) t[v] = blendValue(base, v, alpha);
+  return t;
+}
+
+/** Appends a per-value table, composing it into the previous table or saturation step. */
+function pushTable(steps: JitterStep[], table: Uint8Array): void {
+  const last = steps[steps.length - 1];
+  if (last?.kind === 'table') {
+    const t = last.table;
+    for (let v = 0; v < 256; v++) t[v] = table[t[v]!]!;
+  } else if (last?.kind === 'saturation') {
+    const t = last.table;
+    for (let i = 0; i < 65536; i++) t[i] = table[t[i]!]!;
+  } else {
+    steps.push({ kind: 'table', table });
+  }
+}
+
+function saturationTable(factor: number): Uint8Array {
+  const alpha = f32(factor);
+  const t = new Uint8Array(65536);
+  for (let l = 0; l < 256; l++) for (let v = 0; v < 256; v++) t[(l << 8) | v] = blendValue(l, v, alpha);
+  return t;
+}
+
+/**
+ * Binds drawn jitter factors to `image` (w x h RGB): computes contrast's mean over the whole image as
+ * it is when contrast runs, and returns the ops as pointwise steps for `resizeBicubicWindow`.
+ */
+export function compileJitter(image: Uint8Array, w: number, h: number, factors: JitterFactors): JitterProgram {
+  checkSize('compileJitter image', w, h);
+  checkLength('compileJitter image', image, w * h * 3);
+  const steps: JitterStep[] = [];
+  let contrastMean: number | null = null;
+  for (const op of factors.order) {
+    const f = factors[op];
+    if (f === null) continue;
+    if (op === 'brightness') {
+      pushTable(steps, blendTable(0, f32(f)));
+    } else if (op === 'contrast') {
+      contrastMean = meanLumaThrough(image, w, h, steps);
+      pushTable(steps, blendTable(contrastMean, f32(f)));
+    } else if (op === 'saturation') {
+      steps.push({ kind: 'saturation', table: saturationTable(f) });
+    } else {
+      if (!(f >= -0.5 && f <= 0.5)) throw new RangeError(`compileJitter: hue factor ${f} is not in [-0.5, 0.5]`);
+      steps.push({ kind: 'hue', shift: Math.trunc(f * 255) & 255 });
+    }
+  }
+  return { width: w, height: h, steps, contrastMean };
+}
+
+/** `applyColorJitter` through a compiled program, on the whole image (block-wise). */
+export function applyJitterProgram(image: Uint8Array, program: JitterProgram, out: Uint8Array = image): Uint8Array {
+  const n = program.width * program.height * 3;
+  checkLength('applyJitterProgram image', image, n);
+  checkLength('applyJitterProgram output', out, n);
+  if (program.steps.length === 0) {
+    if (out !== image) out.set(image.subarray(0, n));
+    return out;
+  }
+  for (let s = 0; s < n; s += BLOCK) runJitterSteps(program.steps, image, s, out, s, Math.min(BLOCK, n - s));
+  return out;
+}
+
+/** Bytes per block of the whole-image passes (4096 pixels: the block and the tables stay in L1/L2). */
+const BLOCK = 4096 * 3;
+let blockScratch: Uint8Array = new Uint8Array(BLOCK);
+
+/** `meanLuma` of the image after `steps`, without storing it: block by block through a scratch block. */
+function meanLumaThrough(image: Uint8Array, w: number, h: number, steps: readonly JitterStep[]): number {
+  if (steps.length === 0) return meanLuma(image, w, h);
+  const n = w * h * 3;
+  const block = blockScratch;
+  let sum = 0;
+  for (let s = 0; s < n; s += BLOCK) {
+    const len = Math.min(BLOCK, n - s);
+    runJitterSteps(steps, image, s, block, 0, len);
+    sum += lumaSum(block, 0, len);
+  }
+  return Math.trunc(sum / (w * h) + 0.5);
+}
+
+function lumaSum(src: Uint8Array, s: number, len: number): number {
+  let sum = 0;
+  const end = s + len;
+  for (let p = s; p < end; p += 3) sum += (Math.imul(src[p]!, 19595) + Math.imul(src[p + 1]!, 38470) + Math.imul(src[p + 2]!, 7471) + 0x8000) >> 16;
+  return sum;
+}
+
+/**
+ * Runs the steps on `len` bytes (whole pixels) of `src` from byte s into `dst` from byte d: the first
+ * step reads src, the others work in place on dst.
+ */
+export function runJitterSteps(steps: readonly JitterStep[], src: Uint8Array, s: number, dst: Uint8Array, d: number, len: number): void {
+  if (steps.length === 0) {
+    dst.set(src.subarray(s, s + len), d);
+    return;
+  }
+  for (let k = 0; k < steps.length; k++) {
+    const step = steps[k]!;
+    const from = k === 0 ? src : dst;
+    const at = k === 0 ? s : d;
+    if (step.kind === 'table') tableRun(from, at, dst, d, len, step.table);
+    else if (step.kind === 'saturation') saturationRun(from, at, dst, d, len, step.table);
+    else hueRun(from, at, dst, d, len, step.shift);
+  }
+}
+
+function tableRun(src: Uint8Array, s: number, dst: Uint8Array, d: number, len: number, table: Uint8Array): void {
+  for (let i = s, o = d, end = s + len; i < end; i += 3, o += 3) {
+    dst[o] = table[src[i]!]!;
+    dst[o + 1] = table[src[i + 1]!]!;
+    dst[o + 2] = table[src[i + 2]!]!;
+  }
+}
+
+function saturationRun(src: Uint8Array, s: number, dst: Uint8Array, d: number, len: number, table: Uint8Array): void {
+  for (let i = s, o = d, end = s + len; i < end; i += 3, o += 3) {
+    const r = src[i]!; const g = src[i + 1]!; const b = src[i + 2]!;
+    const l = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) << 8;
+    dst[o] = table[l | r]!;
+    dst[o + 1] = table[l | g]!;
+    dst[o + 2] = table[l | b]!;
+  }
+}
+
+/**
+ * Tables of the fast hue step (same values as `HsvTables`, arranged for fewer lookups and no branch on
+ * the sector): H by the max channel (r, g, b in C's test order) and the max-minus-channel differences of
+ * the other two, `hue[max << 16 | d1 << 8 | d2]`; for H's sector, the byte offsets of V, of the one of q
+ * or t the sector uses (m), and of p, packed as `v | m << 2 | p << 4`; and m's multiplier by (S, H).
+ */
+interface FastHueTables {
+  hue: Uint8Array;
+  place: Uint8Array;
+  mMul: Float64Array;
+}
+
+let fastHueTables: FastHueTables | null = null;
+
+function buildFastHueTables(): FastHueTables {
+  const hue = new Uint8Array(3 << 16);
+  for (let a = 0; a < 256; a++) {
+    for (let b = 0; b < 256; b++) {
+      const cr = a > b ? a : b;
+      if (cr === 0) continue; // grey: S = 0, H unused
+      const at = (a << 8) | b;
+      hue[at] = pilHue(0, a, b, cr, 0);
+      hue[(1 << 16) | at] = pilHue(a, 0, b, cr, 1);
+      hue[(2 << 16) | at] = pilHue(a, b, 0, cr, 2);
+    }
+  }
+  // hsv2rgb: sector 0 (v, t, p), 1 (q, v, p), 2 (p, v, t), 3 (p, q, v), 4 (t, p, v), 5 (v, p, q).
+  const PLACES = [0 | (1 << 2) | (2 << 4), 1 | (0 << 2) | (2 << 4), 1 | (2 << 2) | (0 << 4),
+    2 | (1 << 2) | (0 << 4), 2 | (0 << 2) | (1 << 4), 0 | (2 << 2) | (1 << 4)];
+  const { sector, qMul, tMul } = (hsvTables ??= buildHsvTables());
+  const place = new Uint8Array(256);
+  const mMul = new Float64Array(1 << 16);
+  for (let hh = 0; hh < 256; hh++) {
+    const odd = sector[hh]! & 1; // odd sectors use q, even ones t
+    place[hh] = PLACES[sector[hh]!]!;
+    for (let s = 0; s < 256; s++) mMul[(s << 8) | hh] = odd ? qMul[(s << 8) | hh]! : tMul[(s << 8) | hh]!;
+  }
+  return { hue, place, mMul };
+}
+
+/**
+ * `adjustHue` on a range with H shifted by `shift`: the same table values, fewer lookups. A grey pixel
+ * (or one whose S truncates to 0) needs no branch: S = 0 makes both multipliers exactly 1, so p = m = v.
+ */
+function hueRun(src: Uint8Array, s: number, dst: Uint8Array, d: number, len: number, shift: number): void {
+  const { hue, place, mMul } = (fastHueTables ??= buildFastHueTables());
+  const { sat, pMul } = hsvTables!;
+  for (let i = 0; i < len; i += 3) {
+    const r = src[s + i]!; const g = src[s + i + 1]!; const b = src[s + i + 2]!;
+    let v: number;
+    let mn: number;
+    let key: number;
+    if (r >= g && r >= b) {
+      v = r; mn = g < b ? g : b; key = ((r - g) << 8) | (r - b);
+    } else if (g >= b) {
+      v = g; mn = r < b ? r : b; key = (1 << 16) | ((g - r) << 8) | (g - b);
+    } else {
+      v = b; mn = r < g ? r : g; key = (2 << 16) | ((b - r) << 8) | (b - g);
+    }
+    const us = sat[((v - mn) << 8) | v]!;
+    const hh = (hue[key]! + shift) & 255;
+    const at = place[hh]!;
+    const o = d + i;
+    dst[o + (at & 3)] = v;
+    // round(x) as (x + 0.5) | 0: equal for every V and multiplier in the tables (x >= 0, and never the
+    // one double below 0.5 where they differ; the tests check all of them), and far cheaper in V8.
+    dst[o + ((at >> 2) & 3)] = (v * mMul[(us << 8) | hh]! + 0.5) | 0;
+    dst[o + (at >> 4)] = (v * pMul[us]! + 0.5) | 0;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Normalisation
 
 export const IMAGENET_MEAN: readonly [number, number, number] = [0.485, 0.456, 0.406];
@@ -680,11 +970,12 @@ let normKey = '';
 
 /**
  * ToTensor + Normalize (REFERENCE 6.3): out[offset + i] = (v / 255 - mean[c]) / std[c] in float32 (the
- * same float32 steps as torch), HWC order, i.e. one NHWC sample at element `offset`.
+ * same float32 steps as torch), HWC order, i.e. one NHWC sample at element `offset`. With `mirror` each
+ * row is written left-right mirrored (a horizontal flip fused into this pass, saving one over the image).
  */
 export function normalizeInto(
   image: Uint8Array, w: number, h: number, out: Float32Array, offset: number,
-  mean: readonly number[] = IMAGENET_MEAN, std: readonly number[] = IMAGENET_STD,
+  mean: readonly number[] = IMAGENET_MEAN, std: readonly number[] = IMAGENET_STD, mirror = false,
 ): void {
   const n = w * h * 3;
   checkLength('normalizeInto image', image, n);
@@ -700,10 +991,22 @@ export function normalizeInto(
     normKey = key;
   }
   const lut = normLut;
-  for (let p = 0, o = offset; p < n; p += 3, o += 3) {
-    out[o] = lut[image[p]!]!;
-    out[o + 1] = lut[256 + image[p + 1]!]!;
-    out[o + 2] = lut[512 + image[p + 2]!]!;
+  if (!mirror) {
+    for (let p = 0, o = offset; p < n; p += 3, o += 3) {
+      out[o] = lut[image[p]!]!;
+      out[o + 1] = lut[256 + image[p + 1]!]!;
+      out[o + 2] = lut[512 + image[p + 2]!]!;
+    }
+    return;
+  }
+  const rowLen = w * 3;
+  for (let y = 0; y < h; y++) {
+    let o = offset + y * rowLen;
+    for (let p = (y + 1) * rowLen - 3; p >= y * rowLen; p -= 3, o += 3) {
+      out[o] = lut[image[p]!]!;
+      out[o + 1] = lut[256 + image[p + 1]!]!;
+      out[o + 2] = lut[512 + image[p + 2]!]!;
+    }
   }
 }
 
@@ -796,7 +1099,6 @@ export function augmentOutputSize(spec: AugmentSpec, w: number, h: number): read
   return [h, w];
 }
 
-let jitterScratch: Uint8Array = new Uint8Array(0);
 let imageScratch: Uint8Array = new Uint8Array(0);
 let labelScratch: Uint8Array = new Uint8Array(0);
 
@@ -816,14 +1118,15 @@ export function augmentSample(input: AugmentInput, spec: AugmentSpec, rng: Rng, 
   checkLength('augmentSample image', input.image, w * h * 3);
   if (label) checkLength('augmentSample label', label, w * h);
 
-  // 1. ColorJitter, on the full input image (contrast needs the whole image's mean).
-  let src = input.image;
+  // 1. ColorJitter: draw it and bind it to this image (contrast's whole-image mean); the resize below
+  // applies it to the source pixels it reads only.
   let jitter: JitterFactors | null = null;
+  let program: JitterProgram | null = null;
   if (spec.jitter) {
-    jitterScratch = grow(jitterScratch, w * h * 3);
-    jitter = colorJitter(input.image, w, h, spec.jitter, rng, jitterScratch);
-    src = jitterScratch;
+    jitter = drawColorJitter(spec.jitter, rng);
+    program = compileJitter(input.image, w, h, jitter);
   }
+  const src = input.image;
 
   // 2. Resize, or RandomScale -> RandomCrop (only the crop window is resampled).
   let ow: number;
@@ -836,7 +1139,7 @@ export function augmentSample(input: AugmentInput, spec: AugmentSpec, rng: Rng, 
     [oh, ow] = spec.resize;
     checkSize('augmentSample resize', ow, oh);
     imageScratch = grow(imageScratch, ow * oh * 3);
-    resizeBicubicWindow(src, w, h, ow, oh, 0, 0, ow, oh, imageScratch);
+    resizeBicubicWindow(src, w, h, ow, oh, 0, 0, ow, oh, imageScratch, ow, 0, program);
     const resizeLabel = spec.resizeLabel ?? true;
     [labelW, labelH] = resizeLabel ? [ow, oh] : [w, h];
     if (label) {
@@ -863,20 +1166,18 @@ export function augmentSample(input: AugmentInput, spec: AugmentSpec, rng: Rng, 
     imageScratch = grow(imageScratch, ow * oh * 3);
     if (label) labelScratch = grow(labelScratch, ow * oh);
     const r = scaleAndCrop(src, label, w, h, placement.scaledWidth, placement.scaledHeight,
-      placement.cropX, placement.cropY, ow, oh, { image: imageScratch, label: labelScratch });
+      placement.cropX, placement.cropY, ow, oh, { image: imageScratch, label: labelScratch }, program);
     outLabel = r.label;
   }
 
-  // 3. Horizontal flip (the draw happens only when the transform is on, as in the reference list).
+  // 3. Horizontal flip (the draw happens only when the transform is on, as in the reference list); the
+  // image is mirrored while it is normalised.
   const p = spec.flipProb ?? 0;
   const flipped = p > 0 && rng.next() < p;
-  if (flipped) {
-    flipRows(imageScratch, ow, oh, 3);
-    if (outLabel) flipRows(outLabel, labelW, labelH, 1);
-  }
+  if (flipped && outLabel) flipRows(outLabel, labelW, labelH, 1);
 
   // 4. Normalise into the batch; labels copied as train IDs.
-  normalizeInto(imageScratch, ow, oh, out.images, out.index * ow * oh * 3);
+  normalizeInto(imageScratch, ow, oh, out.images, out.index * ow * oh * 3, IMAGENET_MEAN, IMAGENET_STD, flipped);
   if (outLabel && out.labels) {
     const n = labelW * labelH;
     const at = out.index * n;
