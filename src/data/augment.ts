@@ -186,6 +186,46 @@ function verticalRow(temp: Uint8Array, from: number, stride: number, c: Coeffici
   }
 }
 
+/** A window's coefficients and the source rectangle it reads. */
+interface WindowPlan {
+  /** Vertical / horizontal coefficients, null when that size does not change (PIL skips the pass). */
+  vert: Coefficients | null;
+  horiz: Coefficients | null;
+  rect: SourceRect;
+}
+
+/**
+ * Source rows the vertical pass reads (PIL's ybox_first / ybox_last) and source columns the horizontal
+ * pass reads, for window [x0, x0+ow) x [y0, y0+oh) of the resize sw x sh -> dw x dh; the bounds grow
+ * monotonically with the output index, so first and last output give the extent.
+ */
+function planWindow(sw: number, sh: number, dw: number, dh: number, x0: number, y0: number, ow: number, oh: number): WindowPlan {
+  const rect = { x: x0, y: y0, width: ow, height: oh };
+  const vert = sh !== dh ? coefficients(sh, dh, y0, oh) : null;
+  if (vert) {
+    rect.y = vert.bounds[0]!;
+    rect.height = vert.bounds[(oh - 1) * 2]! + vert.bounds[(oh - 1) * 2 + 1]! - rect.y;
+  }
+  const horiz = sw !== dw ? coefficients(sw, dw, x0, ow) : null;
+  if (horiz) {
+    rect.x = horiz.bounds[0]!;
+    rect.width = horiz.bounds[(ow - 1) * 2]! + horiz.bounds[(ow - 1) * 2 + 1]! - rect.x;
+  }
+  return { vert, horiz, rect };
+}
+
+/**
+ * The source rectangle `resizeBicubicWindow` reads for a window (what `compileJitter` can stage).
+ */
+export function bicubicSourceRect(sw: number, sh: number, dw: number, dh: number, x0: number, y0: number, ow: number, oh: number): SourceRect {
+  checkSize('bicubicSourceRect source', sw, sh);
+  checkSize('bicubicSourceRect window', ow, oh);
+  if (x0 < 0 || y0 < 0 || x0 + ow > dw || y0 + oh > dh) {
+    throw new RangeError(`bicubicSourceRect: window ${ow}x${oh} at (${x0}, ${y0}) is outside the ${dw}x${dh} target`);
+  }
+  return planWindow(sw, sh, dw, dh, x0, y0, ow, oh).rect;
+}
+
 /**
  * Window [x0, x0+ow) x [y0, y0+oh) of PIL's bicubic resize of an RGB image sw x sh -> dw x dh, written
  * into `out` with a row stride of `outStride` pixels starting at pixel `outOffset` (so a crop can land
@@ -194,7 +234,8 @@ function verticalRow(temp: Uint8Array, from: number, stride: number, c: Coeffici
  * With a `jitter` program (see `compileJitter`) the source is read through it: the result equals
  * resizing `applyColorJitter`'s output, but only the source rectangle this window reads (PIL's
  * coefficient bounds, both directions) is jittered, one row at a time just before its horizontal pass,
- * so a jittered row is resampled while it is still in L1.
+ * so a jittered row is resampled while it is still in L1. Rows the program staged (the rectangle given
+ * to `compileJitter`) start from their staged pixels.
  */
 export function resizeBicubicWindow(
   src: Uint8Array, sw: number, sh: number, dw: number, dh: number,
@@ -212,43 +253,42 @@ export function resizeBicubicWindow(
   if (jitter && (jitter.width !== sw || jitter.height !== sh)) {
     throw new RangeError(`resizeBicubicWindow: the jitter program was compiled for a ${jitter.width}x${jitter.height} image, the source is ${sw}x${sh}`);
   }
-  const steps = jitter && jitter.steps.length > 0 ? jitter.steps : null;
-  // PIL skips a pass whose size does not change (it would be the identity anyway).
-  const needH = sw !== dw;
-  const needV = sh !== dh;
+  const { vert, horiz, rect } = planWindow(sw, sh, dw, dh, x0, y0, ow, oh);
+  const rowFirst = rect.y;
+  const rowCount = rect.height;
+  const colFirst = rect.x;
+  const colCount = rect.width;
 
-  // Source rows the vertical pass reads (PIL's ybox_first / ybox_last) and source columns the
-  // horizontal pass reads, for this window; bounds grow monotonically with the output index.
-  let vert: Coefficients | null = null;
-  let rowFirst = y0;
-  let rowCount = oh;
-  if (needV) {
-    vert = coefficients(sh, dh, y0, oh);
-    rowFirst = vert.bounds[0]!;
-    rowCount = vert.bounds[(oh - 1) * 2]! + vert.bounds[(oh - 1) * 2 + 1]! - rowFirst;
-  }
-  let horiz: Coefficients | null = null;
-  let colFirst = x0;
-  let colCount = ow;
-  if (needH) {
-    horiz = coefficients(sw, dw, x0, ow);
-    colFirst = horiz.bounds[0]!;
-    colCount = horiz.bounds[(ow - 1) * 2]! + horiz.bounds[(ow - 1) * 2 + 1]! - colFirst;
+  // Where the rows come from: the source (all steps), or the program's staged pixels (the steps after
+  // contrast) when they cover this rectangle.
+  let steps = jitter && jitter.steps.length > 0 ? jitter.steps : null;
+  let from = src;
+  let fromStride = sw * 3;
+  let fromStart = (rowFirst * sw + colFirst) * 3; // byte of (rowFirst, colFirst)
+  const stage = jitter ? liveStage(jitter) : null;
+  if (stage) {
+    const r = stage.rect;
+    if (r.x <= colFirst && r.y <= rowFirst && colFirst + colCount <= r.x + r.width && rowFirst + rowCount <= r.y + r.height) {
+      steps = stage.steps;
+      from = stage.data;
+      fromStride = r.width * 3;
+      fromStart = ((rowFirst - r.y) * r.width + (colFirst - r.x)) * 3;
+    }
   }
 
   const rowLen = ow * 3;
-  const seg = steps && needH ? rowBuffer(colCount * 3) : null;
+  const seg = steps && horiz ? rowBuffer(colCount * 3) : null;
   // Source row rowFirst + y -> jitter -> horizontal pass -> `dst` at byte d (ow pixels).
   const produce = (y: number, dst: Uint8Array, d: number): void => {
-    const at = ((rowFirst + y) * sw + colFirst) * 3;
+    const at = fromStart + y * fromStride;
     if (!steps) {
-      if (horiz) horizontalRow(src, at - colFirst * 3, dst, d, ow, horiz);
-      else dst.set(src.subarray(at, at + rowLen), d);
+      if (horiz) horizontalRow(from, at - colFirst * 3, dst, d, ow, horiz);
+      else dst.set(from.subarray(at, at + rowLen), d);
     } else if (horiz) {
-      runJitterSteps(steps, src, at, seg!, 0, colCount * 3);
+      runJitterSteps(steps, from, at, seg!, 0, colCount * 3);
       horizontalRow(seg!, -colFirst * 3, dst, d, ow, horiz);
     } else {
-      runJitterSteps(steps, src, at, dst, d, rowLen);
+      runJitterSteps(steps, from, at, dst, d, rowLen);
     }
   };
 
@@ -258,17 +298,17 @@ export function resizeBicubicWindow(
   }
   // Intermediate rows (uint8, as PIL's). Without jitter or horizontal pass they are the source's own.
   const direct = !steps && !horiz;
-  const temp = direct ? src : tempBuffer(rowLen * rowCount);
-  const tempStride = direct ? sw * 3 : rowLen;
-  const tempStart = direct ? (rowFirst * sw + x0) * 3 : 0;
+  const temp = direct ? from : tempBuffer(rowLen * rowCount);
+  const tempStride = direct ? fromStride : rowLen;
+  const tempStart = direct ? fromStart : 0;
   const acc = accBuffer(rowLen);
   let produced = 0;
   for (let yy = 0; yy < oh; yy++) {
     // Make the rows this output row reads just before it reads them (they are still in cache).
     const end = vert.bounds[yy * 2]! + vert.bounds[yy * 2 + 1]! - rowFirst;
     if (!direct) for (; produced < end; produced++) produce(produced, temp, produced * rowLen);
-    const from = tempStart + (vert.bounds[yy * 2]! - rowFirst) * tempStride;
-    verticalRow(temp, from, tempStride, vert, yy, acc, rowLen, out, (outOffset + yy * outStride) * 3);
+    const at = tempStart + (vert.bounds[yy * 2]! - rowFirst) * tempStride;
+    verticalRow(temp, at, tempStride, vert, yy, acc, rowLen, out, (outOffset + yy * outStride) * 3);
   }
 }
 
@@ -353,6 +393,15 @@ export interface CropResult {
   height: number;
 }
 
+/** The part of crop window (cropX, cropY, cropW x cropH) inside a scaledW x scaledH image, or null. */
+function visibleWindow(scaledW: number, scaledH: number, cropX: number, cropY: number, cropW: number, cropH: number): SourceRect | null {
+  const x = Math.max(0, cropX);
+  const y = Math.max(0, cropY);
+  const width = Math.min(scaledW, cropX + cropW) - x;
+  const height = Math.min(scaledH, cropY + cropH) - y;
+  return width > 0 && height > 0 ? { x, y, width, height } : null;
+}
+
 /**
  * Resizes image (bicubic) and label (nearest) to scaledW x scaledH and cuts the cropW x cropH window
  * whose top-left corner is (cropX, cropY) in the scaled image. Offsets may be negative and the window
@@ -370,22 +419,15 @@ export function scaleAndCrop(
   const outLabel = label === null ? null : (out?.label ?? new Uint8Array(cropW * cropH));
   checkLength('scaleAndCrop image output', outImage, cropW * cropH * 3);
   if (outLabel) checkLength('scaleAndCrop label output', outLabel, cropW * cropH);
-  // Part of the window inside the scaled image, in scaled coordinates.
-  const ax = Math.max(0, cropX);
-  const ay = Math.max(0, cropY);
-  const bx = Math.min(scaledW, cropX + cropW);
-  const by = Math.min(scaledH, cropY + cropH);
-  const vw = bx - ax;
-  const vh = by - ay;
-  const covers = vw === cropW && vh === cropH;
-  if (!covers) {
+  const v = visibleWindow(scaledW, scaledH, cropX, cropY, cropW, cropH);
+  if (!v || v.width !== cropW || v.height !== cropH) {
     outImage.fill(0, 0, cropW * cropH * 3);
     outLabel?.fill(IGNORE, 0, cropW * cropH);
   }
-  if (vw > 0 && vh > 0) {
-    const at = (ay - cropY) * cropW + (ax - cropX);
-    resizeBicubicWindow(image, w, h, scaledW, scaledH, ax, ay, vw, vh, outImage, cropW, at, jitter);
-    if (label && outLabel) resizeNearestWindow(label, w, h, scaledW, scaledH, 1, ax, ay, vw, vh, outLabel, cropW, at);
+  if (v) {
+    const at = (v.y - cropY) * cropW + (v.x - cropX);
+    resizeBicubicWindow(image, w, h, scaledW, scaledH, v.x, v.y, v.width, v.height, outImage, cropW, at, jitter);
+    if (label && outLabel) resizeNearestWindow(label, w, h, scaledW, scaledH, 1, v.x, v.y, v.width, v.height, outLabel, cropW, at);
   }
   return { image: outImage, label: outLabel, width: cropW, height: cropH };
 }
@@ -735,11 +777,13 @@ export function colorJitter(image: Uint8Array, w: number, h: number, params: Jit
 // whole image as it is when contrast runs. `compileJitter` gets that mean exactly with one luma-only pass
 // over the whole image through the ops drawn before contrast (none when contrast comes first or is
 // off), turning every op into a pointwise step; `resizeBicubicWindow` then runs the steps on the source
-// rows it reads, and only on the columns it reads. Brightness and contrast are 256-entry tables (runs of
-// them compose into one), a table after saturation folds into saturation's (L, v) table, and each step
-// runs over one row segment at a time so the pixels stay in L1 between steps. Every step is the same
-// integer function as the op it replaces (`adjustBrightness`, ..., `adjustHue`), so the result is
-// byte-identical to jittering the whole image first; the tests check that.
+// rows it reads, and only on the columns it reads. Given that source rectangle, the mean pass also keeps
+// the rectangle's pixels as they are before contrast ("staged"), so the ops before contrast run once
+// there, not twice. Brightness and contrast are 256-entry tables (runs of them compose into one), a
+// table after saturation folds into saturation's (L, v) table, and each step runs over one row segment
+// at a time so the pixels stay in L1 between steps. Every step is the same integer function as the op it
+// replaces (`adjustBrightness`, ..., `adjustHue`), so the result is byte-identical to jittering the
+// whole image first; the tests check that.
 
 /** One pointwise step of a compiled jitter. */
 export type JitterStep =
@@ -750,13 +794,32 @@ export type JitterStep =
   /** `adjustHue` with H shifted by `shift` (mod 256). */
   | { readonly kind: 'hue'; readonly shift: number };
 
+/** A rectangle of source pixels. */
+export interface SourceRect {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+/** Pixels of a source rectangle with the ops before contrast applied, and the steps that finish them. */
+export interface StagedRegion {
+  readonly rect: SourceRect;
+  /** RGB rows of rect.width pixels (a per-thread buffer, valid while its program is the last staged one). */
+  readonly data: Uint8Array;
+  readonly steps: readonly JitterStep[];
+}
+
 /** ColorJitter factors bound to one image (its contrast mean), as pointwise steps. */
 export interface JitterProgram {
   readonly width: number;
   readonly height: number;
+  /** The whole chain, applied to source pixels. */
   readonly steps: readonly JitterStep[];
   /** The integer mean grey level contrast blends with, or null when contrast is off. */
   readonly contrastMean: number | null;
+  /** The kept rectangle, when one was asked for and some op runs before contrast. */
+  readonly staged: StagedRegion | null;
 }
 
 function blendTable(base: number, alpha: number): Uint8Array {
@@ -786,31 +849,66 @@ function saturationTable(factor: number): Uint8Array {
   return t;
 }
 
+// The staging buffer is per thread; `stageOwner` says which program's pixels it holds.
+let stageScratch: Uint8Array = new Uint8Array(0);
+let stageOwner: JitterProgram | null = null;
+
 /**
  * Binds drawn jitter factors to `image` (w x h RGB): computes contrast's mean over the whole image as
- * it is when contrast runs, and returns the ops as pointwise steps for `resizeBicubicWindow`.
+ * it is when contrast runs, and returns the ops as pointwise steps for `resizeBicubicWindow`. With
+ * `keep` (the source rectangle the resize will read, see `bicubicSourceRect`) the mean pass stages that
+ * rectangle, so the ops before contrast are not run on it again.
  */
-export function compileJitter(image: Uint8Array, w: number, h: number, factors: JitterFactors): JitterProgram {
+export function compileJitter(image: Uint8Array, w: number, h: number, factors: JitterFactors, keep: SourceRect | null = null): JitterProgram {
   checkSize('compileJitter image', w, h);
   checkLength('compileJitter image', image, w * h * 3);
+  if (keep && !(keep.x >= 0 && keep.y >= 0 && keep.width > 0 && keep.height > 0 && keep.x + keep.width <= w && keep.y + keep.height <= h)) {
+    throw new RangeError(`compileJitter: keep rectangle ${keep.width}x${keep.height} at (${keep.x}, ${keep.y}) is not inside the ${w}x${h} image`);
+  }
   const steps: JitterStep[] = [];
   let contrastMean: number | null = null;
+  // After contrast, when staging: the steps that finish the staged pixels (own tables: pushTable
+  // composes in place).
+  let rest: JitterStep[] | null = null;
+  let stagedRect: SourceRect | null = null;
+  const add = (list: JitterStep[], op: JitterOp, f: number, table: Uint8Array | null): void => {
+    if (op === 'saturation') list.push({ kind: 'saturation', table: table! });
+    else if (op === 'hue') list.push({ kind: 'hue', shift: Math.trunc(f * 255) & 255 });
+    else pushTable(list, table!);
+  };
   for (const op of factors.order) {
     const f = factors[op];
     if (f === null) continue;
-    if (op === 'brightness') {
-      pushTable(steps, blendTable(0, f32(f)));
-    } else if (op === 'contrast') {
-      contrastMean = meanLumaThrough(image, w, h, steps);
-      pushTable(steps, blendTable(contrastMean, f32(f)));
+    if (op === 'hue' && !(f >= -0.5 && f <= 0.5)) throw new RangeError(`compileJitter: hue factor ${f} is not in [-0.5, 0.5]`);
+    let table: Uint8Array | null = null;
+    if (op === 'contrast') {
+      if (keep && steps.length > 0) {
+        const n = keep.width * keep.height * 3;
+        if (stageScratch.length < n) stageScratch = new Uint8Array(Math.ceil(n * 1.25));
+        contrastMean = meanLumaStaging(image, w, h, steps, keep, stageScratch);
+        stagedRect = { ...keep };
+        rest = [];
+      } else {
+        contrastMean = meanLumaThrough(image, 0, w * h * 3, steps);
+      }
+      table = blendTable(contrastMean, f32(f));
+    } else if (op === 'brightness') {
+      table = blendTable(0, f32(f));
     } else if (op === 'saturation') {
-      steps.push({ kind: 'saturation', table: saturationTable(f) });
-    } else {
-      if (!(f >= -0.5 && f <= 0.5)) throw new RangeError(`compileJitter: hue factor ${f} is not in [-0.5, 0.5]`);
-      steps.push({ kind: 'hue', shift: Math.trunc(f * 255) & 255 });
+      table = saturationTable(f);
     }
+    if (rest) add(rest, op, f, table && table.slice());
+    add(steps, op, f, table);
   }
-  return { width: w, height: h, steps, contrastMean };
+  if (!rest || !stagedRect) return { width: w, height: h, steps, contrastMean, staged: null };
+  const program: JitterProgram = { width: w, height: h, steps, contrastMean, staged: { rect: stagedRect, data: stageScratch, steps: rest } };
+  stageOwner = program;
+  return program;
+}
+
+/** The program's staged region if its pixels are still in the staging buffer, else null. */
+function liveStage(program: JitterProgram): StagedRegion | null {
+  return program.staged && stageOwner === program && program.staged.data === stageScratch ? program.staged : null;
 }
 
 /** `applyColorJitter` through a compiled program, on the whole image (block-wise). */
@@ -818,10 +916,6 @@ export function applyJitterProgram(image: Uint8Array, program: JitterProgram, ou
   const n = program.width * program.height * 3;
   checkLength('applyJitterProgram image', image, n);
   checkLength('applyJitterProgram output', out, n);
-  if (program.steps.length === 0) {
-    if (out !== image) out.set(image.subarray(0, n));
-    return out;
-  }
   for (let s = 0; s < n; s += BLOCK) runJitterSteps(program.steps, image, s, out, s, Math.min(BLOCK, n - s));
   return out;
 }
@@ -830,37 +924,101 @@ export function applyJitterProgram(image: Uint8Array, program: JitterProgram, ou
 const BLOCK = 4096 * 3;
 let blockScratch: Uint8Array = new Uint8Array(BLOCK);
 
-/** `meanLuma` of the image after `steps`, without storing it: block by block through a scratch block. */
-function meanLumaThrough(image: Uint8Array, w: number, h: number, steps: readonly JitterStep[]): number {
-  if (steps.length === 0) return meanLuma(image, w, h);
-  const n = w * h * 3;
-  const block = blockScratch;
-  let sum = 0;
-  for (let s = 0; s < n; s += BLOCK) {
-    const len = Math.min(BLOCK, n - s);
-    runJitterSteps(steps, image, s, block, 0, len);
-    sum += lumaSum(block, 0, len);
+/**
+ * Integer mean luma (`meanLuma`) of the image after `steps`: `lumaThrough` over all of it.
+ */
+function meanLumaThrough(image: Uint8Array, s: number, len: number, steps: readonly JitterStep[]): number {
+  return Math.trunc(lumaThrough(steps, image, s, len) / (len / 3) + 0.5);
+}
+
+/**
+ * `meanLumaThrough` that also writes the pixels of `rect` after `steps` into `stage` (rows of
+ * rect.width pixels): outside the rectangle luma only, inside the steps' output is kept and summed.
+ */
+function meanLumaStaging(image: Uint8Array, w: number, h: number, steps: readonly JitterStep[], rect: SourceRect, stage: Uint8Array): number {
+  const row = w * 3;
+  const left = rect.x * 3;
+  const mid = rect.width * 3;
+  const right = row - left - mid;
+  let sum = lumaThrough(steps, image, 0, rect.y * row);
+  for (let y = rect.y; y < rect.y + rect.height; y++) {
+    const at = y * row;
+    const d = (y - rect.y) * mid;
+    sum += lumaThrough(steps, image, at, left);
+    runJitterSteps(steps, image, at + left, stage, d, mid);
+    sum += lumaSum(stage, d, mid);
+    sum += lumaThrough(steps, image, at + left + mid, right);
   }
+  sum += lumaThrough(steps, image, (rect.y + rect.height) * row, (h - rect.y - rect.height) * row);
   return Math.trunc(sum / (w * h) + 0.5);
 }
 
+/**
+ * Sum of the luma of `len` bytes of `image` from byte s after `steps`, without storing the result:
+ * block by block, all steps but the last into a scratch block, the last one fused with the sum.
+ */
+function lumaThrough(steps: readonly JitterStep[], image: Uint8Array, s: number, len: number): number {
+  if (steps.length === 0) return lumaSum(image, s, len);
+  const last = steps[steps.length - 1]!;
+  const head = steps.length - 1;
+  const block = blockScratch;
+  let sum = 0;
+  for (let from = s, end = s + len; from < end; from += BLOCK) {
+    const n = Math.min(BLOCK, end - from);
+    let src = image;
+    let at = from;
+    if (head > 0) {
+      runJitterSteps(steps, image, from, block, 0, n, head);
+      src = block;
+      at = 0;
+    }
+    if (last.kind === 'table') sum += tableLuma(src, at, n, last.table);
+    else if (last.kind === 'saturation') sum += saturationLuma(src, at, n, last.table);
+    else sum += hueLuma(src, at, n, last.shift);
+  }
+  return sum;
+}
+
+// PIL's luma weights (`luma`), inlined in the loops below; by channel offset for the hue step.
+const LR = 19595;
+const LG = 38470;
+const LB = 7471;
+const PLACE_WEIGHTS = Int32Array.of(LR, LG, LB);
+
 function lumaSum(src: Uint8Array, s: number, len: number): number {
   let sum = 0;
-  const end = s + len;
-  for (let p = s; p < end; p += 3) sum += (Math.imul(src[p]!, 19595) + Math.imul(src[p + 1]!, 38470) + Math.imul(src[p + 2]!, 7471) + 0x8000) >> 16;
+  for (let i = s, end = s + len; i < end; i += 3) sum += (src[i]! * LR + src[i + 1]! * LG + src[i + 2]! * LB + 0x8000) >> 16;
+  return sum;
+}
+
+function tableLuma(src: Uint8Array, s: number, len: number, table: Uint8Array): number {
+  let sum = 0;
+  for (let i = s, end = s + len; i < end; i += 3) {
+    sum += (table[src[i]!]! * LR + table[src[i + 1]!]! * LG + table[src[i + 2]!]! * LB + 0x8000) >> 16;
+  }
+  return sum;
+}
+
+function saturationLuma(src: Uint8Array, s: number, len: number, table: Uint8Array): number {
+  let sum = 0;
+  for (let i = s, end = s + len; i < end; i += 3) {
+    const r = src[i]!; const g = src[i + 1]!; const b = src[i + 2]!;
+    const l = ((r * LR + g * LG + b * LB + 0x8000) >> 16) << 8;
+    sum += (table[l | r]! * LR + table[l | g]! * LG + table[l | b]! * LB + 0x8000) >> 16;
+  }
   return sum;
 }
 
 /**
- * Runs the steps on `len` bytes (whole pixels) of `src` from byte s into `dst` from byte d: the first
- * step reads src, the others work in place on dst.
+ * Runs the first `count` steps (default all) on `len` bytes (whole pixels) of `src` from byte s into
+ * `dst` from byte d: the first step reads src, the others work in place on dst.
  */
-export function runJitterSteps(steps: readonly JitterStep[], src: Uint8Array, s: number, dst: Uint8Array, d: number, len: number): void {
-  if (steps.length === 0) {
+export function runJitterSteps(steps: readonly JitterStep[], src: Uint8Array, s: number, dst: Uint8Array, d: number, len: number, count = steps.length): void {
+  if (count === 0) {
     dst.set(src.subarray(s, s + len), d);
     return;
   }
-  for (let k = 0; k < steps.length; k++) {
+  for (let k = 0; k < count; k++) {
     const step = steps[k]!;
     const from = k === 0 ? src : dst;
     const at = k === 0 ? s : d;
@@ -957,6 +1115,34 @@ function hueRun(src: Uint8Array, s: number, dst: Uint8Array, d: number, len: num
     dst[o + ((at >> 2) & 3)] = (v * mMul[(us << 8) | hh]! + 0.5) | 0;
     dst[o + (at >> 4)] = (v * pMul[us]! + 0.5) | 0;
   }
+}
+
+/** Luma of `hueRun`'s output summed over a range, without storing it (the contrast mean pass). */
+function hueLuma(src: Uint8Array, s: number, len: number, shift: number): number {
+  const { hue, place, mMul } = (fastHueTables ??= buildFastHueTables());
+  const { sat, pMul } = hsvTables!;
+  const weight = PLACE_WEIGHTS;
+  let sum = 0;
+  for (let i = s, end = s + len; i < end; i += 3) {
+    const r = src[i]!; const g = src[i + 1]!; const b = src[i + 2]!;
+    let v: number;
+    let mn: number;
+    let key: number;
+    if (r >= g && r >= b) {
+      v = r; mn = g < b ? g : b; key = ((r - g) << 8) | (r - b);
+    } else if (g >= b) {
+      v = g; mn = r < b ? r : b; key = (1 << 16) | ((g - r) << 8) | (g - b);
+    } else {
+      v = b; mn = r < g ? r : g; key = (2 << 16) | ((b - r) << 8) | (b - g);
+    }
+    const us = sat[((v - mn) << 8) | v]!;
+    const hh = (hue[key]! + shift) & 255;
+    const at = place[hh]!;
+    const m = (v * mMul[(us << 8) | hh]! + 0.5) | 0;
+    const p = (v * pMul[us]! + 0.5) | 0;
+    sum += (v * weight[at & 3]! + m * weight[(at >> 2) & 3]! + p * weight[at >> 4]! + 0x8000) >> 16;
+  }
+  return sum;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1118,36 +1304,14 @@ export function augmentSample(input: AugmentInput, spec: AugmentSpec, rng: Rng, 
   checkLength('augmentSample image', input.image, w * h * 3);
   if (label) checkLength('augmentSample label', label, w * h);
 
-  // 1. ColorJitter: draw it and bind it to this image (contrast's whole-image mean); the resize below
-  // applies it to the source pixels it reads only.
-  let jitter: JitterFactors | null = null;
-  let program: JitterProgram | null = null;
-  if (spec.jitter) {
-    jitter = drawColorJitter(spec.jitter, rng);
-    program = compileJitter(input.image, w, h, jitter);
-  }
-  const src = input.image;
-
-  // 2. Resize, or RandomScale -> RandomCrop (only the crop window is resampled).
+  // 1. Draws, in the reference's order: ColorJitter, then the scale and crop offsets.
+  const jitter = spec.jitter ? drawColorJitter(spec.jitter, rng) : null;
   let ow: number;
   let oh: number;
-  let labelW: number;
-  let labelH: number;
-  let outLabel: Uint8Array | null = null;
   let placement: ScaleCropPlacement;
   if (spec.resize) {
     [oh, ow] = spec.resize;
     checkSize('augmentSample resize', ow, oh);
-    imageScratch = grow(imageScratch, ow * oh * 3);
-    resizeBicubicWindow(src, w, h, ow, oh, 0, 0, ow, oh, imageScratch, ow, 0, program);
-    const resizeLabel = spec.resizeLabel ?? true;
-    [labelW, labelH] = resizeLabel ? [ow, oh] : [w, h];
-    if (label) {
-      labelScratch = grow(labelScratch, labelW * labelH);
-      if (resizeLabel) resizeNearestWindow(label, w, h, ow, oh, 1, 0, 0, ow, oh, labelScratch);
-      else labelScratch.set(label.subarray(0, w * h));
-      outLabel = labelScratch;
-    }
     placement = { scale: 1, scaledWidth: ow, scaledHeight: oh, cropX: 0, cropY: 0 };
   } else {
     const scaleRange = spec.scale ?? [1, 1];
@@ -1162,21 +1326,48 @@ export function augmentSample(input: AugmentInput, spec: AugmentSpec, rng: Rng, 
       placement = { scale: 1, scaledWidth: w, scaledHeight: h, cropX: 0, cropY: 0 };
     }
     [oh, ow] = spec.crop ?? [placement.scaledHeight, placement.scaledWidth];
+  }
+
+  // 2. Bind the jitter to this image (contrast's whole-image mean), staging the source pixels the
+  // resize will read; the resize applies it to those pixels only.
+  const src = input.image;
+  let program: JitterProgram | null = null;
+  if (jitter) {
+    const v = visibleWindow(placement.scaledWidth, placement.scaledHeight, placement.cropX, placement.cropY, ow, oh);
+    const keep = v ? bicubicSourceRect(w, h, placement.scaledWidth, placement.scaledHeight, v.x, v.y, v.width, v.height) : null;
+    program = compileJitter(src, w, h, jitter, keep);
+  }
+
+  // 3. Resize, or RandomScale -> RandomCrop (only the crop window is resampled).
+  let labelW: number;
+  let labelH: number;
+  let outLabel: Uint8Array | null = null;
+  imageScratch = grow(imageScratch, ow * oh * 3);
+  if (spec.resize) {
+    resizeBicubicWindow(src, w, h, ow, oh, 0, 0, ow, oh, imageScratch, ow, 0, program);
+    const resizeLabel = spec.resizeLabel ?? true;
+    [labelW, labelH] = resizeLabel ? [ow, oh] : [w, h];
+    if (label) {
+      labelScratch = grow(labelScratch, labelW * labelH);
+      if (resizeLabel) resizeNearestWindow(label, w, h, ow, oh, 1, 0, 0, ow, oh, labelScratch);
+      else labelScratch.set(label.subarray(0, w * h));
+      outLabel = labelScratch;
+    }
+  } else {
     [labelW, labelH] = [ow, oh];
-    imageScratch = grow(imageScratch, ow * oh * 3);
     if (label) labelScratch = grow(labelScratch, ow * oh);
     const r = scaleAndCrop(src, label, w, h, placement.scaledWidth, placement.scaledHeight,
       placement.cropX, placement.cropY, ow, oh, { image: imageScratch, label: labelScratch }, program);
     outLabel = r.label;
   }
 
-  // 3. Horizontal flip (the draw happens only when the transform is on, as in the reference list); the
+  // 4. Horizontal flip (the draw happens only when the transform is on, as in the reference list); the
   // image is mirrored while it is normalised.
   const p = spec.flipProb ?? 0;
   const flipped = p > 0 && rng.next() < p;
   if (flipped && outLabel) flipRows(outLabel, labelW, labelH, 1);
 
-  // 4. Normalise into the batch; labels copied as train IDs.
+  // 5. Normalise into the batch; labels copied as train IDs.
   normalizeInto(imageScratch, ow, oh, out.images, out.index * ow * oh * 3, IMAGENET_MEAN, IMAGENET_STD, flipped);
   if (outLabel && out.labels) {
     const n = labelW * labelH;
