@@ -172,16 +172,20 @@ function verticalRow(temp: Uint8Array, from: number, stride: number, c: Coeffici
     const last = k + 4 >= taps;
     if (first && last) {
       for (let i = 0; i < len; i++) {
-        out[o + i] = clip8(HALF + temp[r0 + i]! * w0 + temp[r1 + i]! * w1 + temp[r2 + i]! * w2 + temp[r3 + i]! * w3);
+        out[o + i] = clip8((HALF + Math.imul(temp[r0 + i]!, w0) + Math.imul(temp[r1 + i]!, w1) + Math.imul(temp[r2 + i]!, w2) + Math.imul(temp[r3 + i]!, w3)) | 0);
       }
     } else if (first) {
-      for (let i = 0; i < len; i++) acc[i] = HALF + temp[r0 + i]! * w0 + temp[r1 + i]! * w1 + temp[r2 + i]! * w2 + temp[r3 + i]! * w3;
+      for (let i = 0; i < len; i++) {
+        acc[i] = (HALF + Math.imul(temp[r0 + i]!, w0) + Math.imul(temp[r1 + i]!, w1) + Math.imul(temp[r2 + i]!, w2) + Math.imul(temp[r3 + i]!, w3)) | 0;
+      }
     } else if (last) {
       for (let i = 0; i < len; i++) {
-        out[o + i] = clip8(acc[i]! + temp[r0 + i]! * w0 + temp[r1 + i]! * w1 + temp[r2 + i]! * w2 + temp[r3 + i]! * w3);
+        out[o + i] = clip8((acc[i]! + Math.imul(temp[r0 + i]!, w0) + Math.imul(temp[r1 + i]!, w1) + Math.imul(temp[r2 + i]!, w2) + Math.imul(temp[r3 + i]!, w3)) | 0);
       }
     } else {
-      for (let i = 0; i < len; i++) acc[i] = acc[i]! + temp[r0 + i]! * w0 + temp[r1 + i]! * w1 + temp[r2 + i]! * w2 + temp[r3 + i]! * w3;
+      for (let i = 0; i < len; i++) {
+        acc[i] = (acc[i]! + Math.imul(temp[r0 + i]!, w0) + Math.imul(temp[r1 + i]!, w1) + Math.imul(temp[r2 + i]!, w2) + Math.imul(temp[r3 + i]!, w3)) | 0;
+      }
     }
   }
 }
