@@ -19,6 +19,12 @@
  *
  * Every random draw comes from the `Rng` that is passed in, in the order the reference transforms
  * draw them (jitter order and factors, scale, crop y then x, flip), so a seed fixes the output.
+ *
+ * `augmentSample` does not jitter the whole image: it computes contrast's whole-image mean exactly (a
+ * luma-only pass through the ops drawn before contrast), then jitters only the source pixels the crop
+ * window's resize reads, row by row inside the resize (see "ColorJitter compiled for the pixels a crop
+ * reads"). The output is byte-identical to jittering the whole image first (`applyColorJitter`), which
+ * stays as the reference the tests compare with.
  */
 import type { Rng } from './rng.ts';
 import { IGNORE } from './labels.ts';
@@ -149,9 +155,9 @@ function horizontalRow(src: Uint8Array, base: number, dst: Uint8Array, d: number
 
 /**
  * PIL's vertical pass for output row `yy`: `len` bytes from the `taps` rows of `temp` starting at byte
- * `from`, `stride` bytes apart. Rows are taken four at a time (exact: every partial sum is an integer
- * below 2^53, and the total is PIL's int32 sum), so the accumulator row is read and written once per
- * four taps; the last group writes the clipped bytes.
+ * `from`, `stride` bytes apart. Rows are taken four at a time, so the accumulator row is read and written
+ * once per four taps; the last group writes the clipped bytes. The sums are int32 with wrap-around
+ * (`Math.imul`, `| 0`): the total is PIL's int32 sum, which fits, so no intermediate wrap can change it.
  */
 function verticalRow(temp: Uint8Array, from: number, stride: number, c: Coefficients, yy: number, acc: Int32Array,
   len: number, out: Uint8Array, o: number): void {
