@@ -43,7 +43,7 @@ const USAGE = `usage: npm run bench:data -- [options]
   --work DIR        cache of generated trees, shards and peer files (default ${join(os.tmpdir(), 'spcl-bench-data')})
   --python PATH     interpreter with torch + PIL for the peer (default /usr/bin/python3)
   --peer-batch B    DataLoader batch size of the peer (default 1)
-  --profile K       samples for the per-stage profile (default 4; 0 = off)
+  --profile K       samples for the per-stage profile (default 16; 0 = off)
   -h, --help        this text
 Times decode + sslTarget augmentation through SampleReader against a PyTorch DataLoader peer.`;
 
@@ -63,7 +63,7 @@ function parse() {
       work: { type: 'string', default: join(os.tmpdir(), 'spcl-bench-data') },
       python: { type: 'string', default: '/usr/bin/python3' },
       'peer-batch': { type: 'string', default: '1' },
-      profile: { type: 'string', default: '4' },
+      profile: { type: 'string', default: '16' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   }).values;
