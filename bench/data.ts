@@ -451,9 +451,10 @@ const STAGE_NAMES: Record<Stage, string> = {
 
 /**
  * The read worker's steps (src/data/read-worker.ts + augmentSample), timed one by one on this thread
- * with one libvips thread, after one untimed sample: where a sample's time goes. The augmentation is
- * augmentSample's own sequence of calls, split at its stages; every profiled sample is checked to come
- * out identical to augmentSample's.
+ * with one libvips thread, after 8 untimed samples (so the kernels of every jitter order are compiled, as
+ * in a worker that has been running): where a sample's time goes. The augmentation is augmentSample's own
+ * sequence of calls, split at its stages; every profiled sample is checked to come out identical to
+ * augmentSample's.
  */
 async function profileOurs(ds: Dataset, keys: string[], count: number): Promise<StageMs> {
   sharp.concurrency(1);
@@ -464,8 +465,9 @@ async function profileOurs(ds: Dataset, keys: string[], count: number): Promise<
   const check = { images: new Float32Array(ch * cw * 3), labels: new Uint8Array(ch * cw), index: 0 };
   const crop = { image: new Uint8Array(ch * cw * 3), label: new Uint8Array(ch * cw) };
   try {
-    for (let j = -1; j < count; j++) {
-      const i = Math.max(0, j);
+    const WARMUP = 8;
+    for (let j = -WARMUP; j < count; j++) {
+      const i = j < 0 ? j + WARMUP + count : j; // warm-up on other seeds than the timed ones
       const key = keys[i % keys.length]!;
       const path = ds.shardOf(key);
       let shard = shards.get(path);
