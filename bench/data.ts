@@ -24,7 +24,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import {
-  AUGMENT_PRESETS, applyColorJitter, drawColorJitter, drawScaleCrop, hflip, normalizeInto, scaleAndCrop,
+  AUGMENT_PRESETS, IMAGENET_MEAN, IMAGENET_STD, augmentSample, bicubicSourceRect, compileJitter, drawColorJitter,
+  drawScaleCrop, normalizeInto, scaleAndCrop,
 } from '../src/data/augment.ts';
 import { ingestDataset } from '../src/data/ingest.ts';
 import { CITYSCAPES_TO_TRAIN19 } from '../src/data/labels.ts';
@@ -42,7 +43,7 @@ const USAGE = `usage: npm run bench:data -- [options]
   --work DIR        cache of generated trees, shards and peer files (default ${join(os.tmpdir(), 'spcl-bench-data')})
   --python PATH     interpreter with torch + PIL for the peer (default /usr/bin/python3)
   --peer-batch B    DataLoader batch size of the peer (default 1)
-  --profile K       samples for the per-stage profile (default 4; 0 = off)
+  --profile K       samples for the per-stage profile (default 16; 0 = off)
   -h, --help        this text
 Times decode + sslTarget augmentation through SampleReader against a PyTorch DataLoader peer.`;
 
@@ -62,7 +63,7 @@ function parse() {
       work: { type: 'string', default: join(os.tmpdir(), 'spcl-bench-data') },
       python: { type: 'string', default: '/usr/bin/python3' },
       'peer-batch': { type: 'string', default: '1' },
-      profile: { type: 'string', default: '4' },
+      profile: { type: 'string', default: '16' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   }).values;
@@ -444,13 +445,16 @@ const STAGES = ['read', 'decode_image', 'decode_label', 'jitter', 'scale_crop', 
 type Stage = (typeof STAGES)[number];
 type StageMs = Record<Stage, number>;
 const STAGE_NAMES: Record<Stage, string> = {
-  read: 'read bytes', decode_image: 'decode image', decode_label: 'decode label', jitter: 'colour jitter',
-  scale_crop: 'scale + crop', flip: 'flip', normalize: 'to tensor + normalise',
+  read: 'read bytes', decode_image: 'decode image', decode_label: 'decode label', jitter: 'colour jitter (1)',
+  scale_crop: 'scale + crop (2)', flip: 'flip (3)', normalize: 'to tensor + normalise (3)',
 };
 
 /**
  * The read worker's steps (src/data/read-worker.ts + augmentSample), timed one by one on this thread
- * with one libvips thread, after one untimed sample: where a sample's time goes.
+ * with one libvips thread, after 8 untimed samples (so the kernels of every jitter order are compiled, as
+ * in a worker that has been running): where a sample's time goes. The augmentation is augmentSample's own
+ * sequence of calls, split at its stages; every profiled sample is checked to come out identical to
+ * augmentSample's.
  */
 async function profileOurs(ds: Dataset, keys: string[], count: number): Promise<StageMs> {
   sharp.concurrency(1);
@@ -458,11 +462,12 @@ async function profileOurs(ds: Dataset, keys: string[], count: number): Promise<
   const shards = new Map<string, ShardHandle>();
   const [ch, cw] = spec.crop;
   const out = new Float32Array(ch * cw * 3);
+  const check = { images: new Float32Array(ch * cw * 3), labels: new Uint8Array(ch * cw), index: 0 };
   const crop = { image: new Uint8Array(ch * cw * 3), label: new Uint8Array(ch * cw) };
-  let jittered = new Uint8Array(0);
   try {
-    for (let j = -1; j < count; j++) {
-      const i = Math.max(0, j);
+    const WARMUP = 8;
+    for (let j = -WARMUP; j < count; j++) {
+      const i = j < 0 ? j + WARMUP + count : j; // warm-up on other seeds than the timed ones
       const key = keys[i % keys.length]!;
       const path = ds.shardOf(key);
       let shard = shards.get(path);
@@ -476,18 +481,30 @@ async function profileOurs(ds: Dataset, keys: string[], count: number): Promise<
       t.push(performance.now());
       const label = decodePng(record.label!, key).data as Uint8Array;
       t.push(performance.now());
+      // (1) the draws, then contrast's mean over the whole image, staging the source pixels the crop reads
       const rng = new Rng(i);
-      if (jittered.length !== image.length) jittered = new Uint8Array(image.length);
-      applyColorJitter(image, w, h, drawColorJitter(spec.jitter, rng), jittered);
-      t.push(performance.now());
+      const factors = drawColorJitter(spec.jitter, rng);
       const p = drawScaleCrop(w, h, { scaleRange: spec.scale, crop: spec.crop }, rng);
-      scaleAndCrop(jittered, label, w, h, p.scaledWidth, p.scaledHeight, p.cropX, p.cropY, cw, ch, crop);
+      const vx = Math.max(0, p.cropX);
+      const vy = Math.max(0, p.cropY);
+      const keep = bicubicSourceRect(w, h, p.scaledWidth, p.scaledHeight, vx, vy,
+        Math.min(p.scaledWidth, p.cropX + cw) - vx, Math.min(p.scaledHeight, p.cropY + ch) - vy);
+      const program = compileJitter(image, w, h, factors, keep);
       t.push(performance.now());
-      if (rng.next() < spec.flipProb) hflip(crop.image, crop.label, cw, ch);
+      // (2) the rest of the jitter, on those source pixels only, inside the resize of the crop window
+      scaleAndCrop(image, label, w, h, p.scaledWidth, p.scaledHeight, p.cropX, p.cropY, cw, ch, crop, program);
       t.push(performance.now());
-      normalizeInto(crop.image, cw, ch, out, 0);
+      // (3) flip: the label here, the image while it is normalised
+      const flip = rng.next() < spec.flipProb;
+      if (flip) for (let y = 0; y < ch; y++) crop.label.subarray(y * cw, (y + 1) * cw).reverse();
+      t.push(performance.now());
+      normalizeInto(crop.image, cw, ch, out, 0, IMAGENET_MEAN, IMAGENET_STD, flip);
       t.push(performance.now());
       if (j >= 0) STAGES.forEach((s, k) => (sums[s] += t[k + 1]! - t[k]!));
+      augmentSample({ image, label, width: w, height: h }, spec, new Rng(i), check);
+      if (!out.every((v, k) => v === check.images[k]) || !crop.label.every((v, k) => v === check.labels[k])) {
+        throw new Error(`profile of ${key} (seed ${i}) does not reproduce augmentSample: the profile is out of date`);
+      }
     }
   } finally {
     for (const s of shards.values()) await s.close();
@@ -579,5 +596,11 @@ if (stageCols.length) {
   console.log(`\nper-sample stage times, ms (ours: the worker's steps on one thread, ${profileCount} samples; peer: inside its DataLoader workers, mean over the ${workerCounts[0]}-worker run)`);
   console.log(['stage', ...stageCols.map((c) => c.title)].join(' | '));
   for (const s of STAGES) console.log([STAGE_NAMES[s], ...stageCols.map((c) => (c.ms ? c.ms[s].toFixed(1) : 'n/a'))].join(' | '));
+  console.log(['jitter + scale + crop', ...stageCols.map((c) => (c.ms ? (c.ms.jitter + c.ms.scale_crop).toFixed(1) : 'n/a'))].join(' | '));
   console.log(['total', ...stageCols.map((c) => (c.ms ? STAGES.reduce((a, s) => a + c.ms![s], 0).toFixed(1) : 'n/a'))].join(' | '));
+  console.log('(1) ours: the draws + one pass over the whole image for contrast\'s mean (luma only, through the ops drawn before contrast;');
+  console.log('    it keeps the source pixels the crop reads as they are before contrast); peer: ColorJitter on the whole image');
+  console.log('(2) ours: the rest of the jitter on the source pixels the crop reads, inside the resize of the crop window only;');
+  console.log('    peer: resize of the whole image, then crop');
+  console.log('(3) ours: the label is flipped here, the image is mirrored while it is normalised; peer: both flipped here');
 }

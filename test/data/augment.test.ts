@@ -4,8 +4,9 @@ import { spawnSync } from 'node:child_process';
 import { Rng } from '../../src/data/rng.ts';
 import {
   AUGMENT_PRESETS, JITTER_OPS, adjustBrightness, adjustContrast, adjustHue, adjustSaturation, applyColorJitter,
-  augmentSample, drawColorJitter, hflip, luma, meanLuma, normalizeInto, randomScaleCrop, resizeBicubic,
-  resizeBicubicWindow, resizeNearest, scaleAugmentSpec, type AugmentSpec, type JitterFactors,
+  applyJitterProgram, augmentSample, bicubicSourceRect, compileJitter, drawColorJitter, drawScaleCrop, hflip, luma,
+  meanLuma, normalizeInto, randomScaleCrop, resizeBicubic, resizeBicubicWindow, resizeNearest, scaleAndCrop,
+  scaleAugmentSpec, type AugmentSpec, type JitterFactors, type JitterOp,
 } from '../../src/data/augment.ts';
 import { assertClose } from '../helpers.ts';
 
@@ -445,4 +446,262 @@ test('normalizeInto writes (v/255 - mean)/std at a non-zero offset', () => {
   assertClose(out.subarray(6, 12), expected, 1e-6, 'normalised');
   assert.deepEqual([...out.subarray(0, 6), ...out.subarray(12)], [-7, -7, -7, -7, -7, -7, -7, -7]);
   assert.throws(() => normalizeInto(Uint8Array.of(1, 2, 3), 1, 1, out, 12), /offset 12/);
+});
+
+// ---------------------------------------------------------------------------------------------------
+// The crop-window path (compiled jitter on the pixels the resize reads) against the full-image path
+
+/** Every RGB colour once: a 4096 x 4096 image, pixel i = colour i. */
+function allColours(): Uint8Array {
+  const out = new Uint8Array((1 << 24) * 3);
+  for (let c = 0, p = 0; c < 1 << 24; c++, p += 3) {
+    out[p] = c >> 16;
+    out[p + 1] = (c >> 8) & 255;
+    out[p + 2] = c & 255;
+  }
+  return out;
+}
+
+function firstDifference(a: Uint8Array, b: Uint8Array): string {
+  assert.equal(a.length, b.length);
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] !== b[i]) return `byte ${i} (pixel ${Math.floor(i / 3)}): ${a[i]} vs ${b[i]}`;
+  }
+  return 'none';
+}
+
+const NONE: Omit<JitterFactors, 'order'> = { brightness: null, contrast: null, saturation: null, hue: null };
+
+test('compiled jitter steps equal adjustSaturation/adjustHue on all 2^24 colours, brightness/contrast on every value', () => {
+  const all = allColours();
+  const side = 4096;
+  const expected = new Uint8Array(all.length);
+  const got = new Uint8Array(all.length);
+  const cases: [string, Partial<Omit<JitterFactors, 'order'>>, (out: Uint8Array) => void][] = [
+    ['saturation 1.45', { saturation: 1.45 }, (o) => adjustSaturation(all, side, side, 1.45, o)],
+    ['hue -0.2 (shift 205)', { hue: -0.2 }, (o) => adjustHue(all, side, side, -0.2, o)],
+    ['hue 0.5 (shift 127)', { hue: 0.5 }, (o) => adjustHue(all, side, side, 0.5, o)],
+  ];
+  for (const [name, f, reference] of cases) {
+    reference(expected);
+    applyJitterProgram(all, compileJitter(all, side, side, { ...NONE, ...f, order: JITTER_OPS }), got);
+    assert.equal(firstDifference(got, expected), 'none', name);
+  }
+  // Brightness and contrast are per-value tables: an image holding every value in every channel covers them.
+  const [w, h] = [256, 64];
+  const img = noisyImage(w, h, 7);
+  for (let x = 0; x < 256; x++) img.fill(x, x * 3, x * 3 + 3);
+  for (const [name, f, reference] of [
+    ['brightness 1.37', { brightness: 1.37 }, (o: Uint8Array) => adjustBrightness(img, w, h, 1.37, o)],
+    ['contrast 0.62', { contrast: 0.62 }, (o: Uint8Array) => adjustContrast(img, w, h, 0.62, o)],
+  ] as const) {
+    const program = compileJitter(img, w, h, { ...NONE, ...f, order: JITTER_OPS });
+    assert.equal(firstDifference(applyJitterProgram(img, program, new Uint8Array(img.length)), reference(new Uint8Array(img.length))), 'none', name);
+  }
+  assert.equal(compileJitter(img, w, h, { ...NONE, contrast: 0.62, order: JITTER_OPS }).contrastMean, meanLuma(img, w, h));
+});
+
+test('hue step rounding: (x + 0.5) | 0 equals Math.round(x) for every V and every PIL hsv2rgb multiplier', () => {
+  // PIL's hsv2rgb (Convert.c): p = round(v (1 - fs)), q = round(v (1 - fs f)), t = round(v (1 - fs (1 - f)))
+  // with fs = float(s / 255), f = float(h * 6 / 255 - i); fs * f in float, the rest in double.
+  const f32 = Math.fround;
+  let checked = 0;
+  let mismatches = 0;
+  const check = (m: number): void => {
+    for (let v = 0; v < 256; v++) {
+      const x = v * m;
+      if (((x + 0.5) | 0) !== Math.round(x)) mismatches++;
+      checked++;
+    }
+  };
+  for (let s = 0; s < 256; s++) {
+    const fs = f32(s / 255);
+    check(1 - fs);
+    for (let h = 0; h < 256; h++) {
+      const i = Math.floor((h * 6) / 255);
+      const f = f32((h * 6) / 255 - i);
+      check(1 - f32(fs * f));
+      check(1 - fs * (1 - f));
+    }
+  }
+  assert.equal(checked, 256 * (256 + 2 * 65536));
+  assert.equal(mismatches, 0);
+});
+
+/** Smooth ramps plus seeded noise, with grey and saturated pixels mixed in. */
+function noisyImage(w: number, h: number, seed: number): Uint8Array {
+  const rng = new Rng(seed);
+  const out = new Uint8Array(w * h * 3);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const p = (y * w + x) * 3;
+      const kind = rng.nextU32() % 20;
+      for (let c = 0; c < 3; c++) {
+        const base = (x * (3 + c) * 255) / w * 0.5 + (y * (5 - c) * 255) / h * 0.3;
+        out[p + c] = Math.max(0, Math.min(255, Math.round((base % 256) + rng.uniform(-24, 24))));
+      }
+      if (kind === 0) out[p + 1] = out[p + 2] = out[p]!; // grey
+      if (kind === 1) { out[p] = 255; out[p + 1] = 0; out[p + 2] = rng.nextU32() & 255; } // saturated
+    }
+  }
+  return out;
+}
+
+/** All 24 orders of the four ops. */
+function allOrders(): JitterOp[][] {
+  const out: JitterOp[][] = [];
+  const rec = (prefix: JitterOp[], rest: JitterOp[]): void => {
+    if (rest.length === 0) out.push(prefix);
+    rest.forEach((op, i) => rec([...prefix, op], [...rest.slice(0, i), ...rest.slice(i + 1)]));
+  };
+  rec([], [...JITTER_OPS]);
+  return out;
+}
+
+test('resizeBicubicWindow through a compiled jitter equals jittering the whole image first, for all 24 orders', () => {
+  const [w, h] = [97, 61];
+  const image = noisyImage(w, h, 3);
+  // (target size, window): downscale, an upscale window, width kept (vertical pass only), height kept
+  // (horizontal pass only), both kept (jitter alone).
+  const windows: [number, number, number, number, number, number][] = [
+    [40, 25, 0, 0, 40, 25], [150, 94, 30, 20, 60, 40], [97, 80, 5, 3, 80, 70], [130, 61, 10, 0, 100, 61], [97, 61, 7, 9, 50, 40],
+  ];
+  const orders = allOrders();
+  assert.equal(orders.length, 24);
+  const rng = new Rng(99);
+  let staged = 0;
+  let compared = 0;
+  for (const order of orders) {
+    const factors: JitterFactors = {
+      brightness: rng.uniform(0.5, 1.5), contrast: rng.uniform(0.5, 1.5), saturation: rng.uniform(0.5, 1.5), hue: rng.uniform(-0.2, 0.2), order,
+    };
+    const jittered = applyColorJitter(image, w, h, factors, new Uint8Array(w * h * 3));
+    for (const [dw, dh, x0, y0, ow, oh] of windows) {
+      const expected = new Uint8Array(ow * oh * 3);
+      resizeBicubicWindow(jittered, w, h, dw, dh, x0, y0, ow, oh, expected);
+      const keep = bicubicSourceRect(w, h, dw, dh, x0, y0, ow, oh);
+      for (const program of [compileJitter(image, w, h, factors), compileJitter(image, w, h, factors, keep)]) {
+        if (program.staged) staged++;
+        const got = new Uint8Array(ow * oh * 3);
+        resizeBicubicWindow(image, w, h, dw, dh, x0, y0, ow, oh, got, ow, 0, program);
+        assert.equal(firstDifference(got, expected), 'none', `${order.join('>')} ${w}x${h} -> ${dw}x${dh}, window ${ow}x${oh} at (${x0},${y0}), staged ${program.staged !== null}`);
+        compared++;
+      }
+    }
+  }
+  // Staged exactly when asked for and some op runs before contrast (18 of the 24 orders).
+  assert.equal(compared, 24 * windows.length * 2);
+  assert.equal(staged, 18 * windows.length);
+});
+
+test('a staged program whose staging buffer was reused falls back to the source pixels (same bytes)', () => {
+  const [w, h] = [64, 48];
+  const a = noisyImage(w, h, 1);
+  const b = noisyImage(w, h, 2);
+  const factors: JitterFactors = { brightness: 1.3, contrast: 0.7, saturation: 1.2, hue: 0.1, order: ['hue', 'saturation', 'contrast', 'brightness'] };
+  const keep = bicubicSourceRect(w, h, 32, 24, 0, 0, 32, 24);
+  const pa = compileJitter(a, w, h, factors, keep);
+  const pb = compileJitter(b, w, h, factors, keep); // overwrites the per-thread staging buffer
+  assert.ok(pa.staged && pb.staged);
+  const expected = resizeBicubic(applyColorJitter(a, w, h, factors, new Uint8Array(w * h * 3)), w, h, 32, 24);
+  const got = new Uint8Array(32 * 24 * 3);
+  resizeBicubicWindow(a, w, h, 32, 24, 0, 0, 32, 24, got, 32, 0, pa);
+  assert.equal(firstDifference(got, expected), 'none');
+});
+
+/** The full-image path: jitter the whole image, then resize or scale + crop, flip, normalise. */
+function fullImagePath(image: Uint8Array, label: Uint8Array, w: number, h: number, spec: AugmentSpec, rng: Rng): { images: Float32Array; labels: Uint8Array } {
+  const factors = spec.jitter ? drawColorJitter(spec.jitter, rng) : null;
+  const src = factors ? applyColorJitter(image, w, h, factors, new Uint8Array(w * h * 3)) : image;
+  let img: Uint8Array;
+  let lab: Uint8Array;
+  let ow: number;
+  let oh: number;
+  if (spec.resize) {
+    [oh, ow] = spec.resize;
+    img = resizeBicubic(src, w, h, ow, oh);
+    lab = resizeNearest(label, w, h, ow, oh);
+  } else {
+    const p = spec.crop
+      ? drawScaleCrop(w, h, { scaleRange: spec.scale ?? [1, 1], crop: spec.crop }, rng)
+      : { scaledWidth: w, scaledHeight: h, cropX: 0, cropY: 0 };
+    [oh, ow] = spec.crop ?? [h, w];
+    const r = scaleAndCrop(src, label, w, h, p.scaledWidth, p.scaledHeight, p.cropX, p.cropY, ow, oh);
+    img = r.image;
+    lab = r.label!;
+  }
+  if ((spec.flipProb ?? 0) > 0 && rng.next() < spec.flipProb!) hflip(img, lab, ow, oh);
+  const images = new Float32Array(ow * oh * 3);
+  normalizeInto(img, ow, oh, images, 0);
+  return { images, labels: lab };
+}
+
+test('augmentSample (jitter on the crop window only) equals the full-image path byte for byte', () => {
+  const jitter = { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 };
+  const specs: [string, AugmentSpec][] = [
+    // scale < 0.5: the crop needs the whole (small) image, padded on both axes
+    ['ssl, scale 0.2-0.5', { jitter, scale: [0.2, 0.5], crop: [40, 72], flipProb: 0.5 }],
+    ['ssl, scale 0.5-1.5', { jitter, scale: [0.5, 1.5], crop: [40, 72], flipProb: 0.5 }],
+    // one axis padded, the other cropped
+    ['ssl, crop 20x140', { jitter, scale: [0.7, 1.3], crop: [20, 140], flipProb: 0.5 }],
+    ['ssl, scale 1.5-3', { jitter, scale: [1.5, 3], crop: [40, 72], flipProb: 0.5 }],
+    ['warm-up resize down', { jitter, resize: [40, 90] }],
+    ['warm-up resize up', { jitter, resize: [100, 200] }],
+    ['jitter alone', { jitter }],
+  ];
+  for (const [w, h] of [[150, 77], [61, 130]] as const) {
+    const image = noisyImage(w, h, w);
+    const label = patternLabel(w, h);
+    for (const [name, spec] of specs) {
+      const orders = new Set<string>();
+      let padded = 0;
+      for (let seed = 0; seed < 12; seed++) {
+        const ref = fullImagePath(image, label, w, h, spec, new Rng(seed));
+        const n = ref.labels.length;
+        const out = { images: new Float32Array(n * 3), labels: new Uint8Array(n), index: 0 };
+        const info = augmentSample({ image, label, width: w, height: h }, spec, new Rng(seed), out);
+        orders.add(info.jitter!.order.join('>'));
+        if (ref.labels.includes(255)) padded++;
+        const what = `${name}, ${w}x${h}, seed ${seed} (scale ${info.scale.toFixed(3)}, order ${info.jitter!.order.join('>')}, flipped ${info.flipped})`;
+        assert.equal(firstDifference(new Uint8Array(out.images.buffer), new Uint8Array(ref.images.buffer)), 'none', what);
+        assert.equal(firstDifference(out.labels, ref.labels), 'none', `${what}: labels`);
+      }
+      assert.ok(orders.size >= 6, `${name}: ${orders.size} distinct jitter orders over 12 seeds`);
+      if (name.startsWith('ssl, scale 0.2')) assert.equal(padded, 12, `${name}: every sample padded`);
+    }
+  }
+});
+
+test('normalizeInto with mirror equals flipping first', () => {
+  const [w, h] = [7, 3];
+  const img = patternImage(w, h, 4);
+  const flipped = img.slice();
+  hflip(flipped, null, w, h);
+  const a = new Float32Array(w * h * 3 + 2);
+  const b = new Float32Array(w * h * 3 + 2);
+  normalizeInto(img, w, h, a, 2, undefined, undefined, true);
+  normalizeInto(flipped, w, h, b, 2);
+  assert.deepEqual(a, b);
+  assert.notDeepEqual(a.subarray(2, 5), b.subarray(5, 8)); // the rows really are mirrored (pattern is not symmetric)
+});
+
+test('compiled jitter and source rectangles reject inconsistent sizes with what was expected', () => {
+  const [w, h] = [20, 10];
+  const image = noisyImage(w, h, 5);
+  const f: JitterFactors = { brightness: 1.1, contrast: 0.9, saturation: null, hue: null, order: ['brightness', 'contrast', 'saturation', 'hue'] };
+  assert.throws(() => compileJitter(image, w, h, f, { x: 15, y: 0, width: 10, height: 10 }),
+    { message: 'compileJitter: keep rectangle 10x10 at (15, 0) is not inside the 20x10 image' });
+  assert.throws(() => compileJitter(image, w, h, { ...f, hue: 0.7 }), { message: 'compileJitter: hue factor 0.7 is not in [-0.5, 0.5]' });
+  const program = compileJitter(image, w, h, f);
+  assert.throws(() => resizeBicubicWindow(noisyImage(10, 10, 1), 10, 10, 5, 5, 0, 0, 5, 5, new Uint8Array(75), 5, 0, program),
+    { message: 'resizeBicubicWindow: the jitter program was compiled for a 20x10 image, the source is 10x10' });
+  assert.throws(() => bicubicSourceRect(w, h, 40, 20, 30, 0, 20, 20),
+    { message: 'bicubicSourceRect: window 20x20 at (30, 0) is outside the 40x20 target' });
+  // 20x10 -> 10x5 (support 4), output columns 0..4: the last one is centred on (4 + 0.5) * 2 = 9 and reads
+  // source columns trunc(9 - 4 + 0.5) = 5 up to trunc(9 + 4 + 0.5) = 13 (exclusive); rows likewise up to
+  // 13, clipped to the 10 rows there are.
+  assert.deepEqual(bicubicSourceRect(w, h, 10, 5, 0, 0, 5, 5), { x: 0, y: 0, width: 13, height: 10 });
+  // Output columns 5..9: the first is centred on 11 and starts at trunc(11 - 4 + 0.5) = 7; rows 3..4 start
+  // at trunc(7 - 4 + 0.5) = 3.
+  assert.deepEqual(bicubicSourceRect(w, h, 10, 5, 5, 3, 5, 2), { x: 7, y: 3, width: 13, height: 7 });
 });
