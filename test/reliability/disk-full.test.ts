@@ -54,12 +54,12 @@ const freeIn = (message: string) => Number(/[,:] (\d+) bytes \(\d+\.\d\d MiB\) f
 
 test('disk full: a checkpoint, a pseudo-label generation, the threshold scratch and latest.json hit ENOSPC on a real tmpfs; the previous state stays whole; --resume continues', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'spcl-diskfull-'));
+  t.after(() => rm(dir, { recursive: true, force: true })); // also when an assertion fails
   const mount = join(dir, 'mnt');
   await mkdir(mount);
   const probe = mountWorks(mount);
   if (probe.status !== 0) {
     t.skip(`cannot mount a tmpfs in a private mount namespace here (unshare -rm: ${(probe.stderr || probe.error?.message || '').trim()})`);
-    await rm(dir, { recursive: true, force: true });
     return;
   }
   const data = await smallData(join(dir, 'data'));
@@ -146,17 +146,16 @@ test('disk full: a checkpoint, a pseudo-label generation, the threshold scratch 
   assert.equal(committed(e).latest.file, 'ckpt-pseudo-labels-2-00000000.safetensors');
   assert.deepEqual(tmpFiles(e), []);
   t.diagnostic(`ENOSPC: checkpoint (${m1[1]} bytes to write, ${a1.free} free), generation (filled ${b1.filled} bytes), scratch (filled ${c1.filled}), latest.json (filled ${d1.filled})`);
-  await rm(dir, { recursive: true, force: true });
 });
 
 test('disk full during ingest: the error names the shard and the free space; the shard keeps its committed records; a re-run with space completes', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'spcl-diskfull-ingest-'));
+  t.after(() => rm(dir, { recursive: true, force: true })); // also when an assertion fails
   const mount = join(dir, 'mnt');
   await mkdir(mount);
   const probe = mountWorks(mount);
   if (probe.status !== 0) {
     t.skip(`cannot mount a tmpfs in a private mount namespace here (unshare -rm: ${(probe.stderr || probe.error?.message || '').trim()})`);
-    await rm(dir, { recursive: true, force: true });
     return;
   }
   const tree = join(dir, 'gta5');
@@ -179,5 +178,4 @@ test('disk full during ingest: the error names the shard and the free space; the
   assert.ok(kept && Number(kept[1]) > 0 && Number(kept[1]) + Number(kept[2]) === 40, again.stderr);
   assert.match(again.stdout!, new RegExp(`^ingest: written ${kept[2]}, already there ${kept[1]}, problems 0; .*dataset total 40 records`, 'm'));
   t.diagnostic(`ingest on a full disk: ${kept[1]} records committed before ENOSPC, kept; the re-run wrote the other ${kept[2]}`);
-  await rm(dir, { recursive: true, force: true });
 });

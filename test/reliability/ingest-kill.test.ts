@@ -32,6 +32,7 @@ async function shardContents(dir: string): Promise<{ records: Map<string, unknow
 
 test('ingest killed -9 at the ingest crash point and at random instants, re-run until done: manifest and records equal a clean ingest', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'spcl-ingest-kill-'));
+  t.after(() => rm(dir, { recursive: true, force: true })); // also when an assertion fails
   const tree = join(dir, 'gta5');
   for (let i = 1; i <= IMAGES; i++) {
     const name = String(i).padStart(5, '0');
@@ -84,5 +85,4 @@ test('ingest killed -9 at the ingest crash point and at random instants, re-run 
   };
   assert.deepEqual(await manifest(out), await manifest(join(dir, 'clean')));
   t.diagnostic(`ingest kills survived: ${kills.point + kills.random} (${kills.point} at the ingest crash point, ${kills.random} at random instants; ${IMAGES} records)`);
-  await rm(dir, { recursive: true, force: true });
 });
