@@ -2,7 +2,7 @@
  * Label spaces (REFERENCE 6.2): dataset label IDs -> train IDs, as 65536-entry lookup tables (SYNTHIA's
  * labels are 16-bit), unknown IDs -> 255.
  */
-import { CITYSCAPES_CLASSES, SYNTHIA_CLASSES } from '../ops/metrics.ts';
+import { CITYSCAPES_CLASSES, SYNTHIA_CLASSES } from '../ops/classes.ts';
 
 export const IGNORE = 255;
 

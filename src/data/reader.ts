@@ -14,6 +14,7 @@
  *   again: the reads after it see the new file.
  */
 import { availableParallelism } from 'node:os';
+import v8 from 'node:v8';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Piscina } from 'piscina';
@@ -58,6 +59,8 @@ export interface ReaderOptions {
   retryDelay?: number;
   /** Events of the files (replaced, unavailable, back). */
   log?: (line: string) => void;
+  /** Starting old-space size of the workers' heaps, MB (see DEFAULT_WORKER_OLD_SPACE_MB; env SPCL_WORKER_OLD_SPACE_MB). */
+  workerOldSpaceMb?: number;
 }
 
 interface FileState {
@@ -75,6 +78,25 @@ const MAX_REOPENS = 3;
 /** A worker that does not reach the close barrier in this time is reported (it is stuck in a task). */
 const BARRIER_TIMEOUT_MS = 30_000;
 
+/**
+ * Starting old-generation size of the decode workers' V8 heaps. Each sample allocates ~10 MB outside the
+ * JS heap (sharp's decoded image, the label's inflate); V8 counts that against a small heap's limit and
+ * ran a full mark-compact on every sample. A 64 MB start spaces them out: measured +10-15 % images per
+ * CPU-second for ~25 MB more RSS per worker (bench/data.ts, README "Data pipeline"). 0 = V8's default.
+ */
+export const DEFAULT_WORKER_OLD_SPACE_MB = 64;
+
+let workerOldSpaceSet = -1;
+
+/** V8 reads heap sizes when an isolate is made: this applies to workers started after it, not this thread. */
+function workerHeapHeadroom(mb: number): void {
+  const env = process.env.SPCL_WORKER_OLD_SPACE_MB;
+  const want = env !== undefined && /^\d+$/.test(env) ? Number(env) : mb;
+  if (want <= 0 || want === workerOldSpaceSet) return;
+  v8.setFlagsFromString(`--initial-old-space-size=${want}`);
+  workerOldSpaceSet = want;
+}
+
 export class SampleReader {
   private readonly pool: Piscina;
   private readonly workers: number;
@@ -91,6 +113,7 @@ export class SampleReader {
 
   constructor(opts: ReaderOptions = {}) {
     this.workers = Math.max(1, opts.threads ?? availableParallelism());
+    workerHeapHeadroom(opts.workerOldSpaceMb ?? DEFAULT_WORKER_OLD_SPACE_MB);
     this.pool = new Piscina({ filename: new URL('./read-worker.ts', import.meta.url).href, minThreads: this.workers, maxThreads: this.workers });
     this.unknownLabels = opts.unknownLabels ?? 'ignore';
     this.retries = opts.retries ?? 3;

@@ -10,26 +10,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { IGNORE_LABEL, maskOneHot } from './masks.ts';
 
-/** Cityscapes 19 train-ID class names, in order (REFERENCE 6.2). */
-export const CITYSCAPES_CLASSES: readonly string[] = [
-  'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
-  'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
-];
+import { SYNTHIA_13_OF_16, TAIL_CLASSES_19 } from './classes.ts';
 
-/** SYNTHIA 16-class protocol names, in order (REFERENCE 6.2). */
-export const SYNTHIA_CLASSES: readonly string[] = [
-  'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'light', 'sign', 'vegetation', 'sky', 'person',
-  'rider', 'car', 'bus', 'motorcycle', 'bicycle',
-];
-
-/**
- * The 11 tail classes of paper App. B (REFERENCE 7) as 19-class train IDs: wall, fence, traffic light,
- * traffic sign, terrain, rider, truck, bus, train, motorcycle, bicycle.
- */
-export const TAIL_CLASSES_19: readonly number[] = [3, 4, 6, 7, 9, 12, 14, 15, 16, 17, 18];
-
-/** The 13-class SYNTHIA subset (REFERENCE 7): the 16 classes minus wall (3), fence (4), pole (5). */
-export const SYNTHIA_13_OF_16: readonly number[] = [0, 1, 2, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+export { CITYSCAPES_CLASSES, SYNTHIA_CLASSES, TAIL_CLASSES_19, SYNTHIA_13_OF_16 } from './classes.ts';
 
 function shapeStr(shape: readonly number[]): string {
   return `[${shape.join(',')}]`;
