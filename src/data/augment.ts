@@ -1132,7 +1132,11 @@ function hueRun(src: Uint8Array, s: number, dst: Uint8Array, d: number, len: num
   }
 }
 
-/** Luma of `hueRun`'s output summed over a range, without storing it (the contrast mean pass). */
+/**
+ * Luma of `hueRun`'s output summed over a range, without storing it (the contrast mean pass). The pixel
+ * decomposition repeats `hueRun`'s on purpose: shared, it would return three values per pixel from a call
+ * in the hottest loop of the worker.
+ */
 function hueLuma(src: Uint8Array, s: number, len: number, shift: number): number {
   const { hue, place, mMul } = (fastHueTables ??= buildFastHueTables());
   const { sat, pMul } = hsvTables!;
