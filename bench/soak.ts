@@ -6,8 +6,8 @@
  * `logEvery` steps, report.json) and the size of its run folder, and prints whether memory and disk stayed
  * bounded: tfjs tensors constant, RSS drift over the second half below a bound, disk within a bound.
  *
- *   node bench/soak.ts --minutes 60            the documented 1-hour soak (README "Reliability")
- *   node bench/soak.ts --minutes 1.5 --json F  the reduced soak CI runs (test/reliability/soak.test.ts)
+ *   node bench/soak.ts --minutes 60                           the documented 1-hour soak (README "Reliability")
+ *   node bench/soak.ts --minutes 1.7 --from scratch --json F  the reduced soak CI runs (test/reliability/soak.test.ts)
  *
  * It works on a copy of the embedded quick benchmark's target set (generated on first use), so the
  * arrivals never touch data/.
@@ -26,6 +26,9 @@ const USAGE = `usage: node bench/soak.ts [options]
   --minutes M         how long the pipeline runs before SIGTERM (default 60)
   --arrival-every S   seconds between two batches of new target images (default 30)
   --arrivals N        images per batch (default 10); every 4th batch goes through pipelines/ingest.ts
+  --from WHAT         recipe: the quick recipe (warm-up, prototypes, contrastive, self-training) runs first and
+                      continuous adaptation goes on from its model (default); scratch: continuous adaptation
+                      starts from the initial weights (short soaks: all the time goes to the continuous phase)
   --work DIR          scratch folder (default: a new one under the system temp folder, removed at the end)
   --keep              keep the scratch folder (kept anyway when a bound fails; pipeline.log has the run's log)
   --json FILE         also write the summary as JSON
@@ -37,6 +40,7 @@ const cli = parseCli('soak', USAGE, {
   'arrival-every': { type: 'string', default: '30' },
   arrivals: { type: 'string', default: '10' },
   work: { type: 'string' },
+  from: { type: 'string', default: 'recipe' },
   keep: { type: 'boolean', default: false },
   json: { type: 'string' },
 });
@@ -49,6 +53,7 @@ const num = (name: string, text: string, min: number): number => {
 const minutes = num('minutes', args.minutes, 0.2);
 const arrivalEvery = num('arrival-every', args['arrival-every'], 1);
 const perBatch = Math.round(num('arrivals', args.arrivals, 1));
+if (args.from !== 'recipe' && args.from !== 'scratch') cli.fail(`--from ${JSON.stringify(args.from)}: expected 'recipe' or 'scratch'`);
 
 /** Anonymous RSS drift allowed over the second half of the soak (slope of a least-squares line), MiB per hour. */
 const RSS_DRIFT_MIB_PER_HOUR = 64;
@@ -56,27 +61,49 @@ const RSS_DRIFT_MIB_PER_HOUR = 64;
 const DRIFT_MIN_SECONDS = 20 * 60;
 /** Peak RSS of the whole process (small model, quick sizes, 2 decode workers). */
 const RSS_PEAK_MIB = 1536;
-/** The run folder (checkpoints + pseudo-label generations) may peak at most this much higher in the second half than in the first. */
-const DISK_GROWTH_FACTOR = 1.5;
+/**
+ * Disk: the run folder holds checkpoints and pseudo-label generations, pruned by `checkpoint.keep` and
+ * `pseudo.keep` (the soak sets both). A generation grows with the target set by design, so the bound is on
+ * what accumulates, checked at every sample: checkpoints at most keep + 1 (the new one is written before
+ * the oldest goes) + those a pointer pins (best-<phase>.json: one per phase); generations at most
+ * pseudo.keep + 1 (one in the writing) + one per checkpoint on disk (a checkpoint pins its generation);
+ * other files (pointers, current.json, report.json, a temporary in the writing) at most OTHER_FILES.
+ */
+const CHECKPOINT_KEEP = 2;
+const PSEUDO_KEEP = 2;
+const OTHER_FILES = 12;
+const diskWithinBounds = (d: DiskSample) =>
+  d.checkpoints <= CHECKPOINT_KEEP + 1 + d.pointers && d.generations <= PSEUDO_KEEP + 1 + d.checkpoints && d.other <= OTHER_FILES;
 
 const root = new URL('../', import.meta.url).pathname;
 const log = (line: string) => process.stderr.write(`soak: ${line}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function du(path: string): Promise<number> {
-  let total = 0;
+interface DiskSample { bytes: number; checkpoints: number; generations: number; pointers: number; other: number }
+
+/** Size of a folder and what it holds: checkpoint files, pseudo-label generations, anything else. */
+async function diskOf(path: string, into: DiskSample = { bytes: 0, checkpoints: 0, generations: 0, pointers: 0, other: 0 }): Promise<DiskSample> {
   let entries;
   try {
     entries = await readdir(path, { withFileTypes: true });
   } catch {
-    return 0;
+    return into; // not there (yet), or pruned while listing
   }
   for (const e of entries) {
     const p = join(path, e.name);
-    if (e.isDirectory()) total += await du(p);
-    else total += (await stat(p).catch(() => ({ size: 0 }))).size;
+    if (e.isDirectory()) {
+      await diskOf(p, into);
+      continue;
+    }
+    into.bytes += (await stat(p).catch(() => ({ size: 0 }))).size;
+    if (e.name.endsWith('.safetensors')) into.checkpoints++;
+    else if (/^gen-\d+\.lmdb$/.test(e.name)) into.generations++;
+    else if (!/^gen-\d+\.lmdb-lock$/.test(e.name)) {
+      into.other++;
+      if (/^best-.*\.json$/.test(e.name)) into.pointers++;
+    }
   }
-  return total;
+  return into;
 }
 
 /**
@@ -128,7 +155,10 @@ async function main(): Promise<number> {
     '--set', `data.target=${JSON.stringify(target)}`, '--set', `continuous.watch=${JSON.stringify(watch)}`,
     '--set', 'continuous.pollSeconds=5', '--set', 'continuous.settleSeconds=1', '--set', 'continuous.refreshEvery=200',
     '--set', 'continuous.refreshNewImages=20', '--set', 'continuous.evalEvery=200', '--set', 'checkpoint.every=100', '--set', 'logEvery=10',
+    '--set', `checkpoint.keep=${CHECKPOINT_KEEP}`, '--set', `pseudo.keep=${PSEUDO_KEEP}`,
   ];
+  // from the recipe: the same run does warm-up, prototypes, contrastive and self-training first
+  if (args.from === 'recipe') pipelineArgs.splice(pipelineArgs.indexOf('--phase'), 2);
   log(`node ${pipelineArgs.join(' ')}`);
   const t0 = performance.now();
   const child = spawn(process.execPath, pipelineArgs, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -143,7 +173,7 @@ async function main(): Promise<number> {
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
 
   const rss: { t: number; rss: number; anon: number; file: number }[] = [];
-  const disk: { t: number; bytes: number }[] = [];
+  const disk: ({ t: number } & DiskSample)[] = [];
   let hwm = 0;
   let fed = 0;
   let viaIngest = 0;
@@ -159,7 +189,7 @@ async function main(): Promise<number> {
       rss.push({ t: (now - t0) / 1000, rss: r.rss, anon: r.anon, file: r.file });
       hwm = Math.max(hwm, r.hwm);
     }
-    disk.push({ t: (now - t0) / 1000, bytes: await du(out) });
+    disk.push({ t: (now - t0) / 1000, ...(await diskOf(out)) });
     if (now >= nextArrival) {
       batch++;
       if (batch % 4 === 0) {
@@ -190,6 +220,9 @@ async function main(): Promise<number> {
     child.kill('SIGKILL');
     throw new Error('the pipeline did not stop within 120 s of SIGTERM');
   }
+  // the whole log on disk before it is read (its stream may still hold the last lines)
+  if (!child.stderr.readableEnded) await new Promise((resolve) => child.stderr.once('end', resolve));
+  await new Promise((resolve) => logFile.end(resolve));
   const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as RunReport;
   const c = report.continuous!;
   const seconds = (stopAt - t0) / 1000;
@@ -203,9 +236,16 @@ async function main(): Promise<number> {
   const tensors = c.memory.map((m) => m.tensors);
   const generations = (await readdir(join(out, 'pseudo-labels'))).filter((f) => /^gen-\d+\.lmdb$/.test(f)).length;
   const checkpoints = (await readdir(join(out, 'checkpoints'))).filter((f) => f.endsWith('.safetensors')).length;
-  // disk: checkpoints and generations are pruned, so the second half peaks no higher than the first
-  const firstHalfDisk = Math.max(0, ...disk.filter((d) => d.t < seconds / 2).map((d) => d.bytes));
   const peakDisk = Math.max(0, ...disk.map((d) => d.bytes));
+  const most = { checkpoints: Math.max(0, ...disk.map((d) => d.checkpoints)), generations: Math.max(0, ...disk.map((d) => d.generations)), other: Math.max(0, ...disk.map((d) => d.other)) };
+  const overBounds = disk.filter((d) => !diskWithinBounds(d));
+  const current = JSON.parse(await readFile(join(out, 'pseudo-labels', 'current.json'), 'utf8')) as { file: string; count: number };
+  const lastGeneration = await stat(join(out, 'pseudo-labels', current.file));
+  // the model's quality over the run: every evaluation the pipeline logged ("<phase> <iteration>: target val mIoU <x>")
+  // (percent), from the whole log file: the in-memory tail is cut on long runs
+  const logText = await readFile(join(work, 'pipeline.log'), 'utf8');
+  const evals = [...logText.matchAll(/^continuous (\d+): target val mIoU ([\d.]+)/gm)].map((m) => ({ iteration: Number(m[1]), miou: Number(m[2]) }));
+  const recipeMiou = /^ssl: target val mIoU ([\d.]+)/m.exec(logText);
   const summary = {
     minutes: seconds / 60,
     steps: c.iterations,
@@ -225,9 +265,15 @@ async function main(): Promise<number> {
     rssSamples: rss.length,
     tensors: { min: Math.min(...tensors), max: Math.max(...tensors), samples: tensors.length },
     tensorsAtEnd: report.tensorsAtEnd,
-    diskMiB: { firstHalfPeak: firstHalfDisk / MiB, peak: peakDisk / MiB, end: (await du(out)) / MiB },
+    diskMiB: { firstQuarterMedian: median(disk.slice(0, Math.max(1, Math.floor(disk.length / 4))).map((d) => d.bytes)) / MiB, peak: peakDisk / MiB, end: (await diskOf(out)).bytes / MiB },
     generationsOnDisk: generations,
     checkpointsOnDisk: checkpoints,
+    mostOnDisk: most,
+    diskSamplesOverBounds: overBounds.slice(0, 20),
+    lastGeneration: { images: current.count, MiB: lastGeneration.size / MiB, KiBPerImage: lastGeneration.size / 1024 / current.count },
+    from: args.from,
+    recipeMiou: recipeMiou ? Number(recipeMiou[1]) : null,
+    evals,
     shutdownSeconds,
     exitCode: code,
     stopped: report.stopped,
@@ -237,11 +283,11 @@ async function main(): Promise<number> {
     // a short soak is all warm-up (allocator and wasm high-water marks): drift is judged from 20 minutes on
     rssDrift: seconds >= DRIFT_MIN_SECONDS ? summary.rssDriftSecondHalfMiBPerHour < RSS_DRIFT_MIB_PER_HOUR : null,
     rssPeak: summary.rssMiB.peak < RSS_PEAK_MIB,
-    disk: peakDisk <= DISK_GROWTH_FACTOR * Math.max(firstHalfDisk, 1),
+    disk: overBounds.length === 0,
     exitedCleanly: code === 0 && report.stopped,
   };
   const thin = <T,>(xs: T[], n: number) => xs.filter((_, i) => i % Math.max(1, Math.ceil(xs.length / n)) === 0);
-  const result = { ...summary, rssSeries: thin(rss, 400).map((x) => [Math.round(x.t), Math.round(x.rss / MiB), Math.round(x.anon / MiB), Math.round(x.file / MiB)]), memoryTrace: thin(c.memory, 400), bounds: { rssDriftMiBPerHour: RSS_DRIFT_MIB_PER_HOUR, driftMinSeconds: DRIFT_MIN_SECONDS, rssPeakMiB: RSS_PEAK_MIB, diskGrowthFactor: DISK_GROWTH_FACTOR }, bounded };
+  const result = { ...summary, rssSeries: thin(rss, 400).map((x) => [Math.round(x.t), Math.round(x.rss / MiB), Math.round(x.anon / MiB), Math.round(x.file / MiB)]), memoryTrace: thin(c.memory, 400), bounds: { rssDriftMiBPerHour: RSS_DRIFT_MIB_PER_HOUR, driftMinSeconds: DRIFT_MIN_SECONDS, rssPeakMiB: RSS_PEAK_MIB, checkpoints: `${CHECKPOINT_KEEP + 1} + pinned by best-*.json`, generations: `${PSEUDO_KEEP + 1} + checkpoints on disk`, otherFiles: OTHER_FILES }, bounded };
   if (args.json) await writeFile(args.json, `${JSON.stringify(result, null, 1)}\n`);
   const f = (v: number) => v.toFixed(1);
   console.log([
@@ -253,12 +299,16 @@ async function main(): Promise<number> {
     `  anonymous: ${f(summary.anonMiB.firstQuarterMedian)} -> ${f(summary.anonMiB.lastQuarterMedian)} MiB, drift over the second half ${f(summary.rssDriftSecondHalfMiBPerHour)} MiB/h (bound ${RSS_DRIFT_MIB_PER_HOUR}, judged from 20 min on)`,
     `  file-backed (LMDB data read): ${f(summary.fileMiB.firstQuarterMedian)} -> ${f(summary.fileMiB.lastQuarterMedian)} MiB, drift ${f(summary.fileDriftSecondHalfMiBPerHour)} MiB/h`,
     `tfjs tensors: ${summary.tensors.min}..${summary.tensors.max} over ${summary.tensors.samples} samples`,
-    `disk (run folder): peak ${f(summary.diskMiB.firstHalfPeak)} MiB in the first half, ${f(summary.diskMiB.peak)} overall, ${f(summary.diskMiB.end)} at the end; ` +
-      `${generations} generations, ${checkpoints} checkpoints on disk`,
+    `disk (run folder): first-quarter median ${f(summary.diskMiB.firstQuarterMedian)} MiB, peak ${f(summary.diskMiB.peak)}, ${f(summary.diskMiB.end)} at the end; ` +
+      `${generations} generations, ${checkpoints} checkpoints at the end, at most ${most.generations} and ${most.checkpoints} ` +
+      `(bounds per sample: ${PSEUDO_KEEP + 1} + checkpoints, ${CHECKPOINT_KEEP + 1} + pinned; ${overBounds.length} of ${disk.length} samples over); ` +
+      `last generation ${current.count} images, ${(lastGeneration.size / 1024 / current.count).toFixed(1)} KiB per image`,
+    `target val mIoU (%): ${summary.recipeMiou === null ? 'no recipe' : `after the recipe ${summary.recipeMiou}`}; continuous ${evals.length} evaluations` +
+      (evals.length ? `: first ${evals[0]!.miou} (step ${evals[0]!.iteration}), last ${evals.at(-1)!.miou} (step ${evals.at(-1)!.iteration}), ` +
+        `min ${Math.min(...evals.map((e) => e.miou))}, max ${Math.max(...evals.map((e) => e.miou))}` : ''),
     `SIGTERM -> exit ${code} in ${summary.shutdownSeconds.toFixed(1)} s`,
     `bounded: ${Object.entries(bounded).map(([k, v]) => `${k} ${v === null ? 'not judged (under 20 min)' : v ? 'yes' : 'NO'}`).join(', ')}`,
   ].join('\n'));
-  logFile.end();
   const ok = Object.values(bounded).every((v) => v !== false);
   // a failed soak keeps its folder (pipeline.log, the run) for a look
   if (ok && !args.keep && !args.work) await rm(work, { recursive: true, force: true });
