@@ -94,6 +94,12 @@ export interface SpclConfig {
     settleSeconds: number;
     /** Evaluate on data.targetVal every this many iterations (0 = never). */
     evalEvery: number;
+    /**
+     * Weight of a labelled source batch's cross-entropy added to every continuous step (0 = pure
+     * self-training, as the recipe's SSL phase). Not in the paper: an anchor against the self-training
+     * feedback loop of refreshing pseudo-labels from the model being trained (README "Continuous adaptation").
+     */
+    sourceWeight: number;
   };
   checkpoint: { every: number; keep: number; select: 'last' | 'best-val' };
   /** Print a progress line every this many iterations. */
@@ -122,7 +128,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     eval: { every: 2000 },
     nonFinite: { limit: 5, action: 'rollback', lrFactor: 0.5, maxRollbacks: 3 },
     // lr: about where the self-training poly schedule ends (5e-4 x (1 - 20000/31250)^0.9)
-    continuous: { steps: 0, lr: 2e-4, refreshEvery: 2000, refreshNewImages: 500, watch: '', pollSeconds: 30, settleSeconds: 5, evalEvery: 2000 },
+    continuous: { steps: 0, lr: 2e-4, refreshEvery: 2000, refreshNewImages: 500, watch: '', pollSeconds: 30, settleSeconds: 5, evalEvery: 2000, sourceWeight: 0 },
     checkpoint: { every: 2000, keep: 3, select: 'last' },
     logEvery: 50,
   };
@@ -143,7 +149,7 @@ function synthetic(): SpclConfig {
     spcl: { ...base.spcl, iterations: 300, maxIter: 420, lr: 0.004 },
     ssl: { iterations: 300, maxIter: 420, lr: 0.004, bn: 'trainable' },
     eval: { every: 0 },
-    continuous: { steps: 0, lr: 1e-3, refreshEvery: 300, refreshNewImages: 50, watch: '', pollSeconds: 10, settleSeconds: 2, evalEvery: 300 },
+    continuous: { steps: 0, lr: 1e-3, refreshEvery: 300, refreshNewImages: 50, watch: '', pollSeconds: 10, settleSeconds: 2, evalEvery: 300, sourceWeight: 0 },
     checkpoint: { every: 250, keep: 2, select: 'last' },
     logEvery: 50,
   };
@@ -208,6 +214,7 @@ for (const k of ['continuous.steps', 'continuous.refreshEvery', 'continuous.refr
 }
 RULES['continuous.pollSeconds'] = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number of seconds > 0'];
 RULES['continuous.settleSeconds'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number of seconds >= 0'];
+RULES['continuous.sourceWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (0 = no source batch)'];
 for (const k of ['eval.every', 'checkpoint.every']) RULES[k] = [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = at phase ends only)'];
 for (const k of ['warmup.lr', 'warmup.lrD', 'spcl.lr', 'ssl.lr', 'continuous.lr', 'spcl.temperature', 'spcl.sourceTemperature', 'warmup.sourceTemperature']) {
   RULES[k] = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number > 0'];

@@ -16,18 +16,27 @@
  * The learning rate is constant (`continuous.lr`): a poly schedule has no end here.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Subject } from 'rxjs';
+import { Subject, map, zip, type Observable } from 'rxjs';
 import { generationKeys } from '../data/pseudo-labels.ts';
 import { watchTarget, type TargetArrival } from '../stages/watch-target.ts';
 import type { EvalReport } from '../stages/evaluate.ts';
+import type { Batch } from '../stages/collate.ts';
 import { batches, type RunContext } from './context.ts';
 import {
-  checkpointState, evaluatePhase, refreshPseudoLabels, release, restoreOptimizer, selfTrainingStep, sgd, specs, train,
+  anchoredSelfTrainingStep, checkpointState, evaluatePhase, refreshPseudoLabels, restoreOptimizer, sgd, specs, train,
   type PhaseResult, type ResumePoint,
 } from './phases.ts';
 
 /** Per-sample seed stream of the continuous phase's first generation; refresh r uses BASE + r. */
 const STREAM_BASE = 100_000;
+/** ...and of its source batches (continuous.sourceWeight > 0). */
+const SOURCE_STREAM_BASE = 200_000;
+
+type Step = { t: Batch; s: Batch | null };
+const releaseStep = ({ t, s }: Step) => {
+  t.release();
+  s?.release();
+};
 
 export type RefreshTrigger = 'start' | 'steps' | 'arrivals';
 
@@ -134,13 +143,20 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
       }
       const keys = await generationKeys(ctx.pseudo!);
       const segmentEnd = Math.min(end, c.refreshEvery > 0 ? state!.since + c.refreshEvery : Infinity);
-      const input = batches(ctx, {
+      const target = batches(ctx, {
         domain: 'target', spec: specs(ctx).targetSsl, batchSize: size, mode: 'train', keys, pseudo: ctx.pseudo,
         stream: STREAM_BASE + state!.refresh, start: (iteration - state!.since) * size,
       });
+      // the source anchor: labelled source batches beside the target ones, resumed at the same draw
+      const input: Observable<Step> = c.sourceWeight > 0
+        ? zip(target, batches(ctx, {
+          domain: 'source', spec: specs(ctx).sourceTrain, batchSize: cfg.batch.source, mode: 'train',
+          stream: SOURCE_STREAM_BASE + state!.refresh, start: (iteration - state!.since) * cfg.batch.source,
+        })).pipe(map(([t, s]) => ({ t, s })))
+        : target.pipe(map((t) => ({ t, s: null })));
       segmentDue = new Subject<void>();
       last = await train(ctx, 'continuous', { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr }, { iteration }, input,
-        selfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx), release, () => ({ optimizer: opt.getState() }),
+        anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight), releaseStep, () => ({ optimizer: opt.getState() }),
         { until: segmentDue, evalEvery: c.evalEvery, total: c.steps > 0 ? String(c.steps) : 'inf' });
       segmentDue = null;
       iteration = last.iterations;

@@ -378,14 +378,27 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
 
 /** One self-training step (REFERENCE 1 step 8): cross-entropy of the target prediction against its pseudo-labels. */
 export function selfTrainingStep(params: Param[], opt: SGD, lrAt: (iteration: number) => number, ctx: RunContext) {
-  return (tb: Batch, it: number) => {
+  const step = anchoredSelfTrainingStep(params, opt, lrAt, ctx, 0);
+  return (tb: Batch, it: number) => step({ t: tb, s: null }, it);
+}
+
+/**
+ * Self-training on a pseudo-labelled target batch, plus `sourceWeight` x the cross-entropy of a labelled
+ * source batch when one comes along (the continuous phase's `continuous.sourceWeight`; 0 = none).
+ */
+export function anchoredSelfTrainingStep(params: Param[], opt: SGD, lrAt: (iteration: number) => number, ctx: RunContext, sourceWeight: number) {
+  return ({ t: tb, s: sb }: { t: Batch; s: Batch | null }, it: number) => {
     const lr = lrAt(it);
     return tf.tidy(() => {
       const xt = batchTensors(tb);
-      const g = applyIfFinite(() => {
+      const xs = sb && sourceWeight > 0 ? batchTensors(sb) : null;
+      const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
         const lt = tf.image.resizeBilinear(ctx.model.forward(xt.images, { training: true }).logits, [tb.labelHeight, tb.labelWidth], true);
         const ssl = segCrossEntropy(lt, xt.labels!);
-        return { total: ssl, terms: { ssl } };
+        if (!xs) return { total: ssl, terms: { ssl } };
+        const ls = tf.image.resizeBilinear(ctx.model.forward(xs.images, { training: true }).logits, [sb!.labelHeight, sb!.labelWidth], true);
+        const source = segCrossEntropy(ls, xs.labels!);
+        return { total: tf.add(ssl, tf.mul(source, sourceWeight)) as tf.Scalar, terms: { ssl, source } };
       }, params, opt, lr);
       return { losses: g.losses, lr, skipped: !g.finite };
     });

@@ -41,6 +41,7 @@ test('every config mistake names the key, the value and what was expected (table
     ['refresh period', { continuous: { refreshEvery: 10.5 } }, /^Error: f: continuous\.refreshEvery must be an integer >= 0 \(0 = off\), got 10\.5$/],
     ['poll period', { continuous: { pollSeconds: 0 } }, /^Error: f: continuous\.pollSeconds must be a number of seconds > 0, got 0$/],
     ['settle time', { continuous: { settleSeconds: -2 } }, /^Error: f: continuous\.settleSeconds must be a number of seconds >= 0, got -2$/],
+    ['source anchor weight', { continuous: { sourceWeight: -0.5 } }, /^Error: f: continuous\.sourceWeight must be a number >= 0 \(0 = no source batch\), got -0\.5$/],
     ['watch folder type', { continuous: { watch: true } }, /^Error: f: continuous\.watch must be a string, got true \(boolean\)$/],
     ['unknown continuous key', { continuous: { refreshEvry: 5 } }, /^Error: f: unknown key 'continuous\.refreshEvry' \(did you mean 'continuous\.refreshEvery'\?\)$/],
     ['non-finite action', { nonFinite: { action: 'retry' } }, /^Error: f: nonFinite\.action must be 'rollback' or 'stop', got "retry"$/],

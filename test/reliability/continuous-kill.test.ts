@@ -90,3 +90,29 @@ test('continuous phase: kill -9 at each kind of crash point and at seeded instan
   assert.equal(report.continuous!.iterations, 18);
   assert.deepEqual(report.phases.at(-1)!.classIoU, reference.report.phases.at(-1)!.classIoU);
 });
+
+test('continuous phase with a source anchor: total = ssl + sourceWeight x source, and a stopped-and-resumed run draws the same batches', async () => {
+  // without the anchor there is no source term
+  assert.deepEqual(Object.keys(reference.log[0]!.losses).sort(), ['ssl', 'total']);
+  const anchored = (out: string, log: string, steps: number) => [...args(out, log), '--set', `continuous.steps=${steps}`, '--set', 'continuous.sourceWeight=0.5'];
+  const whole = join(dir, 'anchor-whole');
+  const r = await runNode(anchored(whole, join(dir, 'anchor-whole.log'), 7));
+  assert.equal(r.code, 0, r.stderr.slice(-3000));
+  const log = readStepLog(join(dir, 'anchor-whole.log'));
+  assert.equal(log.length, 7);
+  for (const x of log) {
+    const { total, ssl, source } = x.losses as { total: number; ssl: number; source: number };
+    assert.ok(source > 0 && ssl > 0, JSON.stringify(x.losses));
+    // float32 sum on the backend, float64 here
+    assert.ok(Math.abs(total - (ssl + 0.5 * source)) <= 1e-6 * total, `iteration ${x.iteration}: ${JSON.stringify(x.losses)}`);
+  }
+  // the same first step as without the anchor would give another total: the source batch is really in it
+  assert.notEqual(log[0]!.losses.total, reference.log[0]!.losses.total);
+  // 3 steps, then --resume to 7 (across the refresh at 5): the same losses bit for bit
+  const split = join(dir, 'anchor-split');
+  const splitLog = join(dir, 'anchor-split.log');
+  assert.equal((await runNode(anchored(split, splitLog, 3))).code, 0);
+  const resumed = await runNode([...anchored(split, splitLog, 7), '--resume']);
+  assert.equal(resumed.code, 0, resumed.stderr.slice(-3000));
+  assert.deepEqual(lastRecordPerStep(readStepLog(splitLog)).map((x) => x.losses), log.map((x) => x.losses));
+});
