@@ -29,6 +29,7 @@ const USAGE = `usage: node bench/soak.ts [options]
   --from WHAT         recipe: the quick recipe (warm-up, prototypes, contrastive, self-training) runs first and
                       continuous adaptation goes on from its model (default); scratch: continuous adaptation
                       starts from the initial weights (short soaks: all the time goes to the continuous phase)
+  --set KEY=VALUE     one more override for the pipeline (repeatable), e.g. --set continuous.sourceWeight=1
   --work DIR          scratch folder (default: a new one under the system temp folder, removed at the end)
   --keep              keep the scratch folder (kept anyway when a bound fails; pipeline.log has the run's log)
   --json FILE         also write the summary as JSON
@@ -41,6 +42,7 @@ const cli = parseCli('soak', USAGE, {
   arrivals: { type: 'string', default: '10' },
   work: { type: 'string' },
   from: { type: 'string', default: 'recipe' },
+  set: { type: 'string', multiple: true, default: [] },
   keep: { type: 'boolean', default: false },
   json: { type: 'string' },
 });
@@ -157,6 +159,7 @@ async function main(): Promise<number> {
     '--set', 'continuous.refreshNewImages=20', '--set', 'continuous.evalEvery=200', '--set', 'checkpoint.every=100', '--set', 'logEvery=10',
     '--set', `checkpoint.keep=${CHECKPOINT_KEEP}`, '--set', `pseudo.keep=${PSEUDO_KEEP}`,
   ];
+  for (const kv of args.set) pipelineArgs.push('--set', kv);
   // from the recipe: the same run does warm-up, prototypes, contrastive and self-training first
   if (args.from === 'recipe') pipelineArgs.splice(pipelineArgs.indexOf('--phase'), 2);
   log(`node ${pipelineArgs.join(' ')}`);
