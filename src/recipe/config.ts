@@ -97,7 +97,7 @@ export interface SpclConfig {
     /**
      * Weight of a labelled source batch's cross-entropy added to every continuous step (0 = pure
      * self-training, as the recipe's SSL phase). Not in the paper: an anchor against the self-training
-     * feedback loop of refreshing pseudo-labels from the model being trained (README "Continuous adaptation").
+     * feedback loop of refreshing pseudo-labels from the model being trained (README "Reliability": measured).
      */
     sourceWeight: number;
   };

@@ -13,7 +13,9 @@
  * - Evaluation every `continuous.evalEvery` steps, checkpoints every `checkpoint.every` steps and after each
  *   refresh; each checkpoint holds the model, optimiser, prototypes, thresholds, the generation and the
  *   continuous state (refresh number, its first iteration, images covered).
- * The learning rate is constant (`continuous.lr`): a poly schedule has no end here.
+ * The learning rate is constant (`continuous.lr`): a poly schedule has no end here. With
+ * `continuous.sourceWeight` > 0 each step also trains on a labelled source batch (an anchor: relabelling
+ * from the model being trained drifts, README "Reliability").
  */
 import * as tf from '@tensorflow/tfjs';
 import { Subject, map, zip, type Observable } from 'rxjs';
