@@ -237,8 +237,9 @@ async function main(): Promise<number> {
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
   const quarter = Math.max(1, Math.floor(rss.length / 4));
   const tensors = c.memory.map((m) => m.tensors);
-  const generations = (await readdir(join(out, 'pseudo-labels'))).filter((f) => /^gen-\d+\.lmdb$/.test(f)).length;
-  const checkpoints = (await readdir(join(out, 'checkpoints'))).filter((f) => f.endsWith('.safetensors')).length;
+  // what the run left: the same listing as every sample's
+  const atEnd = await diskOf(out);
+  const { generations, checkpoints } = atEnd;
   const peakDisk = Math.max(0, ...disk.map((d) => d.bytes));
   const most = { checkpoints: Math.max(0, ...disk.map((d) => d.checkpoints)), generations: Math.max(0, ...disk.map((d) => d.generations)), other: Math.max(0, ...disk.map((d) => d.other)) };
   const overBounds = disk.filter((d) => !diskWithinBounds(d));
@@ -268,7 +269,7 @@ async function main(): Promise<number> {
     rssSamples: rss.length,
     tensors: { min: Math.min(...tensors), max: Math.max(...tensors), samples: tensors.length },
     tensorsAtEnd: report.tensorsAtEnd,
-    diskMiB: { firstQuarterMedian: median(disk.slice(0, Math.max(1, Math.floor(disk.length / 4))).map((d) => d.bytes)) / MiB, peak: peakDisk / MiB, end: (await diskOf(out)).bytes / MiB },
+    diskMiB: { firstQuarterMedian: median(disk.slice(0, Math.max(1, Math.floor(disk.length / 4))).map((d) => d.bytes)) / MiB, peak: peakDisk / MiB, end: atEnd.bytes / MiB },
     generationsOnDisk: generations,
     checkpointsOnDisk: checkpoints,
     mostOnDisk: most,
