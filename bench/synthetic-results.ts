@@ -1,66 +1,113 @@
 /**
- * Runs the default synthetic recipe and the source-only baseline for several seeds and prints mean +-
- * std of target-val mIoU per phase (the README's results table).
+ * The README's results table: the SPCL recipe and the compute-matched source-only baseline (as many
+ * source steps as the recipe's warm-up + spcl + ssl, from the same start) for several seeds; prints mean ±
+ * std of target-val mIoU per phase, the per-seed figures, and whether each adaptation claim holds.
  *
- *   node bench/synthetic-results.ts [--seeds 0,1,2] [--out runs/results]
- * With --collect only, reads existing <out>/spcl-<seed>/report.json and <out>/source-only-<seed>/report.json.
+ *   node bench/synthetic-results.ts [--seeds 0,1,2] [--out runs/results] [--jobs 1] [--set KEY=VALUE ...]
+ * `--collect` only reads existing <out>/spcl-<seed>/report.json and <out>/source-only-<seed>/report.json.
+ * `--jobs 2` runs two pipelines at once (results are the same: every run is seeded; only time changes).
  */
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseCli } from '../src/cli.ts';
 import type { RunReport } from '../src/recipe/run.ts';
 
-const { values: args } = parseArgs({ options: {
-  seeds: { type: 'string', default: '0,1,2' }, out: { type: 'string', default: 'runs/results' },
-  collect: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
-} });
-if (args.help) {
-  console.log('usage: node bench/synthetic-results.ts [--seeds 0,1,2] [--out runs/results] [--collect]');
-  process.exit(0);
-}
+const USAGE = `usage: node bench/synthetic-results.ts [options]
+  --seeds LIST    seeds, comma-separated (default 0,1,2)
+  --out DIR       where the runs go (default runs/results): spcl-<seed>/, source-only-<seed>/
+  --jobs N        pipelines run at once (default 1; figures do not depend on it, times do)
+  --set KEY=VALUE config override passed to both pipelines, repeatable (e.g. --set data.target=...)
+  --collect       only read the reports already in --out and print the table
+  -h, --help      this text`;
+
+const cli = parseCli('synthetic-results', USAGE, {
+  seeds: { type: 'string', default: '0,1,2' }, out: { type: 'string', default: 'runs/results' }, jobs: { type: 'string', default: '1' },
+  set: { type: 'string', multiple: true, default: [] }, collect: { type: 'boolean', default: false },
+});
+const args = cli.values;
 const seeds = args.seeds.split(',').map(Number);
-if (!seeds.every(Number.isInteger)) {
-  console.error(`synthetic-results: --seeds must be integers separated by commas, got '${args.seeds}'`);
-  process.exit(2);
-}
+if (!seeds.every((s) => Number.isInteger(s) && s >= 0)) cli.fail(`--seeds must be integers >= 0 separated by commas, got '${args.seeds}'`);
+const jobs = Number(args.jobs);
+if (!Number.isInteger(jobs) || jobs < 1) cli.fail(`--jobs must be an integer >= 1, got '${args.jobs}'`);
 const root = new URL('../', import.meta.url).pathname;
+
+/** Runs one pipeline to completion; its progress lines go to stderr prefixed with the run's name. */
+function runPipeline(script: string, dir: string, seed: number): Promise<void> {
+  const t0 = performance.now();
+  const argv = [join(root, 'pipelines', script), '--seed', String(seed), '--out', join(args.out, dir), '--metrics-port', '0', ...args.set.flatMap((s) => ['--set', s])];
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const prefix = (chunk: Buffer) => chunk.toString().split('\n').filter(Boolean).map((l) => `[${dir}] ${l}\n`).join('');
+    child.stdout.on('data', (c: Buffer) => process.stderr.write(prefix(c)));
+    child.stderr.on('data', (c: Buffer) => process.stderr.write(prefix(c)));
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      process.stderr.write(`[${dir}] done in ${((performance.now() - t0) / 1000).toFixed(0)} s, exit ${code}\n`);
+      if (code === 0) resolve();
+      else reject(new Error(`${script} --seed ${seed} exited with ${code}`));
+    });
+  });
+}
+
 if (!args.collect) {
-  for (const seed of seeds) {
-    for (const [script, dir] of [['spcl.ts', `spcl-${seed}`], ['source-only.ts', `source-only-${seed}`]] as const) {
-      const t0 = performance.now();
-      const r = spawnSync(process.execPath, [join(root, 'pipelines', script), '--seed', String(seed), '--out', join(args.out, dir)], { stdio: ['ignore', 'inherit', 'inherit'] });
-      if (r.status !== 0) process.exit(r.status ?? 1);
-      console.error(`${script} seed ${seed}: ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-    }
+  const queue: [string, string, number][] = seeds.flatMap((seed): [string, string, number][] => [['spcl.ts', `spcl-${seed}`, seed], ['source-only.ts', `source-only-${seed}`, seed]]);
+  const worker = async () => {
+    for (let item = queue.shift(); item; item = queue.shift()) await runPipeline(item[0], item[1], item[2]);
+  };
+  try {
+    await Promise.all(Array.from({ length: jobs }, worker));
+  } catch (err) {
+    console.error(`synthetic-results: ${(err as Error).message}`);
+    process.exit(1);
   }
 }
-const stats = (xs: number[]) => {
-  const m = xs.reduce((a, b) => a + b, 0) / xs.length;
-  const sd = Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(1, xs.length - 1));
-  return `${(100 * m).toFixed(2)} ± ${(100 * sd).toFixed(2)}`;
-};
-const rows = new Map<string, number[]>();
-const tails = new Map<string, number[]>();
-const secs = new Map<string, number[]>();
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const std = (xs: number[]) => Math.sqrt(xs.reduce((a, b) => a + (b - mean(xs)) ** 2, 0) / Math.max(1, xs.length - 1));
+const pm = (xs: number[]) => `${(100 * mean(xs)).toFixed(2)} ± ${(100 * std(xs)).toFixed(2)}`;
+const rows = new Map<string, { miou: number[]; tail: number[]; secs: number[]; iterations: number }>();
+const perSeed = new Map<number, Map<string, number>>();
 const starve: number[] = [];
 for (const seed of seeds) {
+  perSeed.set(seed, new Map());
   for (const [dir, prefix] of [[`source-only-${seed}`, 'source-only'], [`spcl-${seed}`, '']] as const) {
-    const report = JSON.parse(await readFile(join(args.out, dir, 'report.json'), 'utf8')) as RunReport;
+    const file = join(args.out, dir, 'report.json');
+    let report: RunReport;
+    try {
+      report = JSON.parse(await readFile(file, 'utf8')) as RunReport;
+    } catch (err) {
+      console.error(`synthetic-results: cannot read ${file} (${(err as Error).message}); run without --collect first`);
+      process.exit(1);
+    }
     for (const p of report.phases) {
       if (p.miou === null) continue;
       const name = prefix || p.phase;
-      rows.set(name, [...(rows.get(name) ?? []), p.miou]);
-      tails.set(name, [...(tails.get(name) ?? []), p.tailMiou ?? 0]);
-      secs.set(name, [...(secs.get(name) ?? []), p.seconds]);
+      const row = rows.get(name) ?? { miou: [], tail: [], secs: [], iterations: p.iterations };
+      row.miou.push(p.miou);
+      row.tail.push(p.tailMiou ?? 0);
+      row.secs.push(p.seconds);
+      rows.set(name, row);
+      perSeed.get(seed)!.set(name, p.miou);
     }
     if (!prefix) starve.push(...Object.values(report.starvation));
   }
 }
-console.log(`| row | target val mIoU % (mean ± std, ${seeds.length} seeds) | tail-class mIoU % | phase time s |`);
-console.log('|---|---|---|---|');
-for (const [name, xs] of rows) {
-  const t = secs.get(name)!;
-  console.log(`| ${name} | ${stats(xs)} | ${stats(tails.get(name)!)} | ${(t.reduce((a, b) => a + b, 0) / t.length).toFixed(0)} |`);
+const order = ['source-only', 'warmup', 'spcl', 'ssl'];
+const names = [...rows.keys()].sort((a, b) => order.indexOf(a) - order.indexOf(b));
+console.log(`| row | iterations | target val mIoU % (mean ± std, ${seeds.length} seeds) | tail-class mIoU % | phase time s |`);
+console.log('|---|---|---|---|---|');
+for (const name of names) {
+  const r = rows.get(name)!;
+  console.log(`| ${name} | ${r.iterations} | ${pm(r.miou)} | ${pm(r.tail)} | ${mean(r.secs).toFixed(0)} |`);
 }
-console.log(`\ntrainer starvation (share of step time waiting for data), per training phase and seed: mean ${(100 * starve.reduce((a, b) => a + b, 0) / starve.length).toFixed(1)}%, max ${(100 * Math.max(...starve)).toFixed(1)}%`);
+console.log('');
+for (const [seed, m] of perSeed) console.log(`seed ${seed}: ${names.map((n) => `${n} ${m.has(n) ? (100 * m.get(n)!).toFixed(2) : '-'}`).join(' / ')}`);
+const means = Object.fromEntries(names.map((n) => [n, mean(rows.get(n)!.miou)]));
+if (['source-only', 'warmup', 'spcl', 'ssl'].every((n) => n in means)) {
+  const gain = 100 * (means.ssl! - means['source-only']!);
+  const everySeed = [...perSeed.values()].every((m) => m.get('ssl')! > m.get('source-only')!);
+  console.log(`\nmeans rise source-only <= warmup < spcl < ssl: ${means['source-only']! <= means.warmup! && means.warmup! < means.spcl! && means.spcl! < means.ssl! ? 'yes' : 'no'}; ` +
+    `mean ssl - mean source-only: ${gain.toFixed(2)} points; every seed's ssl above its source-only: ${everySeed ? 'yes' : 'no'}`);
+}
+if (starve.length) console.log(`trainer starvation (share of step time waiting for data), per training phase and seed: mean ${(100 * mean(starve)).toFixed(1)}%, max ${(100 * Math.max(...starve)).toFixed(1)}%`);

@@ -22,7 +22,12 @@ import sharp from 'sharp';
 import { encodePng } from './png.ts';
 import { Rng } from './rng.ts';
 
-export type SyntheticDomain = 'source' | 'target';
+/**
+ * 'night' is a second target domain the default benchmark never renders (a test fixture for adaptation
+ * on another kind of shift): the target's street geometry under street lamps, dark, orange-cast, noisy.
+ */
+export type SyntheticDomain = 'source' | 'target' | 'night';
+export const SYNTHETIC_DOMAINS: readonly SyntheticDomain[] = ['source', 'target', 'night'];
 
 /** Cityscapes label IDs (REFERENCE 6.2) drawn by the generator; 0 is unlabelled (the target's hood). */
 export const LABEL_ID = {
@@ -275,7 +280,7 @@ interface Layout {
   hood: Range | null;
 }
 
-const LAYOUT: Record<SyntheticDomain, Layout> = {
+const LAYOUT: Record<'source' | 'target', Layout> = {
   source: {
     horizon: [0.4, 0.5], focal: [0.72, 0.86], camH: [1.5, 1.9], roadHalf: [4, 7.5], sidewalk: [2, 4],
     terrainP: 0.35, buildingH: [12, 38], gapP: 0.22, cars: [1, 4], parkedP: 0.2, persons: [0, 2],
@@ -298,7 +303,7 @@ const frac = (v: number): number => v - Math.floor(v);
 // Scene construction
 
 function buildScene(domain: SyntheticDomain, rng: Rng, h: number, w: number): Built {
-  const lay = LAYOUT[domain];
+  const lay = LAYOUT[domain === 'night' ? 'target' : domain];
   const cv = new Canvas(w, h);
   const view = new View(w * range(rng, lay.focal), w * rng.uniform(0.45, 0.55), h * range(rng, lay.horizon), range(rng, lay.camH));
   const instances: Instance[] = [{ cls: 0, variant: 0, tone: 0 }];
@@ -1019,6 +1024,56 @@ function shadeTarget(b: Built, rng: Rng): Uint8Array {
   return toBytes(rgb);
 }
 
+/**
+ * Night look (the second target domain): the target palette under a dark exposure, pools of orange
+ * street-lamp light on the ground and facades, a near-black sky, lit windows, a strong sensor gain
+ * (heavy noise) and a cool camera response. No haze: the shift is in brightness, colour and noise.
+ */
+function shadeNight(b: Built, rng: Rng): Uint8Array {
+  const { canvas: cv, view } = b;
+  const { width: w, height: h } = cv;
+  const n = w * h;
+  const rgb = baseColours(b, TARGET_STYLE, rng.next() < 0.5);
+  const exposure = rng.uniform(0.22, 0.34);
+  const lamps: number[] = [];
+  const lampCount = 2 + Math.floor(rng.next() * 3);
+  for (let i = 0; i < lampCount; i++) lamps.push(rng.uniform(0, w), rng.uniform(view.hy, h), rng.uniform(0.18, 0.35) * w);
+  const lamp = [1.0, 0.62, 0.28];
+  const fine = valueNoise(w, h, 2.5, rng);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const i = y * w + x;
+      const o = i * 3;
+      const cls = cv.label[i]!;
+      if (cls === L.sky) {
+        const t = Math.min(1, y / Math.max(1, view.hy));
+        rgb[o] = 8 + 10 * t; rgb[o + 1] = 10 + 12 * t; rgb[o + 2] = 22 + 16 * t;
+        continue;
+      }
+      let glow = 0;
+      for (let l = 0; l < lamps.length; l += 3) {
+        const dx = x + 0.5 - lamps[l]!;
+        const dy = (y + 0.5 - lamps[l + 1]!) * 1.8;
+        glow += Math.exp(-(dx * dx + dy * dy) / (2 * lamps[l + 2]! ** 2));
+      }
+      const k = exposure * (1 + 0.12 * fine[i]!);
+      const window = cv.detail[i] === D_WINDOW && rng.next() < 0.5 ? 2.2 : 1;
+      for (let c = 0; c < 3; c++) rgb[o + c] = rgb[o + c]! * (k * window + 1.6 * glow * lamp[c]! * exposure);
+    }
+  }
+  // Camera: cool response, then a strong gain's noise (approximately Gaussian: sums of four bytes).
+  const response = [rng.uniform(0.85, 0.95), rng.uniform(0.95, 1.05), rng.uniform(1.1, 1.25)];
+  const sigma = rng.uniform(6, 9);
+  const unit = sigma / 147.8;
+  for (let i = 0; i < n; i++) {
+    const u = rng.nextU32();
+    const lum = ((u & 255) + ((u >>> 8) & 255) + ((u >>> 16) & 255) + (u >>> 24) - 510) * unit;
+    const o = i * 3;
+    for (let c = 0; c < 3; c++) rgb[o + c] = rgb[o + c]! * response[c]! * 1.6 + lum;
+  }
+  return toBytes(rgb);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Public API
 
@@ -1036,14 +1091,14 @@ function checkSize(size: readonly [number, number], what: string): void {
  * map holds Cityscapes label IDs (`SYNTHETIC_LABEL_IDS`); the image is RGB HWC.
  */
 export function renderScene(domain: SyntheticDomain, index: number, seed: number, size: readonly [number, number]): SyntheticScene {
-  if (domain !== 'source' && domain !== 'target') throw new Error(`renderScene: domain must be 'source' or 'target', got '${String(domain)}'`);
+  if (!SYNTHETIC_DOMAINS.includes(domain)) throw new Error(`renderScene: domain must be one of ${SYNTHETIC_DOMAINS.join(', ')}, got '${String(domain)}'`);
   if (!Number.isInteger(index) || index < 0) throw new Error(`renderScene: index must be a non-negative integer, got ${index}`);
   if (!Number.isInteger(seed)) throw new Error(`renderScene: seed must be an integer, got ${seed}`);
   checkSize(size, 'renderScene');
   const [height, width] = size;
-  const rng = Rng.derive(seed, domain === 'source' ? 0x5eed : 0x7a76, index);
+  const rng = Rng.derive(seed, domain === 'source' ? 0x5eed : domain === 'target' ? 0x7a76 : 0x4e17, index);
   const built = buildScene(domain, rng, height, width);
-  const image = domain === 'source' ? shadeSource(built, rng) : shadeTarget(built, rng);
+  const image = domain === 'source' ? shadeSource(built, rng) : domain === 'target' ? shadeTarget(built, rng) : shadeNight(built, rng);
   return { image, labelIds: built.canvas.label, width, height };
 }
 
@@ -1082,6 +1137,8 @@ export interface SyntheticBenchmarkOptions {
   sourceSize?: readonly [number, number];
   /** [height, width]; default 128x256. */
   targetSize?: readonly [number, number];
+  /** Look of the Cityscapes-layout scenes: 'target' (default, the benchmark) or 'night' (a second target domain). */
+  targetDomain?: 'target' | 'night';
   onProgress?: (p: SyntheticProgress) => void;
 }
 
@@ -1168,7 +1225,7 @@ export async function writeSyntheticBenchmark(outDir: string, opts: SyntheticBen
     for (let i = 0; i < total; i++) {
       const stem = syntheticCityscapesName(split, i, total);
       jobs.push({
-        domain: 'target', index: offset + i,
+        domain: opts.targetDomain ?? 'target', index: offset + i,
         image: join(target, 'leftImg8bit', split, `${stem}_leftImg8bit.png`),
         label: join(target, 'gtFine', split, `${stem}_gtFine_labelIds.png`),
       });

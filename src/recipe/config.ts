@@ -52,16 +52,31 @@ export interface SpclConfig {
     backbone: BackboneName;
     /** PyTorch weights (safetensors) for the backbone, '' = random init. */
     weights: string;
+    /**
+     * Trainable BN's running statistics in the two-domain phases: 'all' = every training-mode forward
+     * updates them (PyTorch), so they mix source and target; 'target' = only target batches do, source
+     * batches are normalised by their own statistics (and so is the prototype pass), and evaluation and
+     * pseudo-labelling on the target use target statistics. No effect while BN is frozen.
+     */
+    bnStats: 'all' | 'target';
   };
   /** Training input sizes [h, w]. */
   size: { source: [number, number]; target: [number, number]; eval: [number, number] };
   batch: { source: number; target: number };
   optimizer: { momentum: number; weightDecay: number; classifierLrMult: number };
-  warmup: TrainPhaseConfig & { lrD: number; lambdaAdv: number; sourceTemperature: number; ndf: number };
+  /**
+   * BN per training phase: 'frozen' = the authors' FrozenBatchNorm (fixed ImageNet statistics; in a net
+   * trained from scratch that is the identity), 'trainable' = ordinary BatchNorm with batch statistics.
+   */
+  warmup: TrainPhaseConfig & { lrD: number; lambdaAdv: number; sourceTemperature: number; ndf: number; bn: 'frozen' | 'trainable' };
   prototypes: { alpha: number; absent: AbsentClassPolicy };
   pseudo: { cap: number; bins: number; keep: number };
-  spcl: TrainPhaseConfig & { lambda: number; temperature: number; sourceTemperature: number; refineSource: boolean };
-  ssl: TrainPhaseConfig & { bn: 'frozen' | 'trainable' };
+  spcl: TrainPhaseConfig & { lambda: number; temperature: number; sourceTemperature: number; refineSource: boolean; bn: 'frozen' | 'trainable' };
+  /**
+   * `scale`: the random scale range of the target crops, relative to the stored image (REFERENCE 2: 0.5-1.5);
+   * `jitter`: ColorJitter 0.5/0.5/0.5/0.2 on the target crops (REFERENCE 2: on).
+   */
+  ssl: TrainPhaseConfig & { bn: 'frozen' | 'trainable'; scale: [number, number]; jitter: boolean };
   eval: { every: number };
   /** Steps whose loss or gradients are NaN/Inf never update the weights; this says what a streak of them does. */
   nonFinite: {
@@ -116,15 +131,15 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     backend: 'auto',
     seed: 0,
     data: { source: '', target: '', targetVal: '', numClasses, workers: 0, prefetch: 16, classBalanced: true, unknownLabelIds: 'ignore', retries: 3, retryDelay: 0.5 },
-    model: { backbone: 'resnet101', weights: '' },
+    model: { backbone: 'resnet101', weights: '', bnStats: 'all' },
     size: { source, target: [512, 1024], eval: [512, 1024] },
     batch: { source: 4, target: 4 },
     optimizer: { momentum: 0.9, weightDecay: 5e-4, classifierLrMult: 10 },
-    warmup: { ...paperPhase(40_000, 62_500, 2.5e-4), lrD: 1e-4, lambdaAdv: 0.001, sourceTemperature: 1.8, ndf: 64 },
+    warmup: { ...paperPhase(40_000, 62_500, 2.5e-4), lrD: 1e-4, lambdaAdv: 0.001, sourceTemperature: 1.8, ndf: 64, bn: 'frozen' },
     prototypes: { alpha: 0.1, absent: 'keep' },
     pseudo: { cap: 0.9, bins: 4096, keep: 2 },
-    spcl: { ...paperPhase(40_000, 62_500, 2.5e-4), lambda: 1, temperature: 100, sourceTemperature: 1.8, refineSource: true },
-    ssl: { ...paperPhase(20_000, 31_250, 5e-4), bn: 'trainable' },
+    spcl: { ...paperPhase(40_000, 62_500, 2.5e-4), lambda: 1, temperature: 100, sourceTemperature: 1.8, refineSource: true, bn: 'frozen' },
+    ssl: { ...paperPhase(20_000, 31_250, 5e-4), bn: 'trainable', scale: [0.5, 1.5], jitter: true },
     eval: { every: 2000 },
     nonFinite: { limit: 5, action: 'rollback', lrFactor: 0.5, maxRollbacks: 3 },
     // lr: about where the self-training poly schedule ends (5e-4 x (1 - 20000/31250)^0.9)
@@ -141,13 +156,13 @@ function synthetic(): SpclConfig {
     ...base,
     out: 'runs/synthetic',
     data: { ...base.data, source: 'data/synthetic/shards/source', target: 'data/synthetic/shards/target', targetVal: 'data/synthetic/shards/target-val' },
-    model: { backbone: 'small', weights: '' },
+    model: { ...base.model, backbone: 'small' },
     size: { source: [72, 128], target: [64, 128], eval: [64, 128] },
     batch: { source: 4, target: 4 },
     // ndf 16 (paper 64): the discriminator would otherwise cost more than the segmentation net on a CPU.
     warmup: { ...base.warmup, iterations: 500, maxIter: 700, lr: 0.01, lrD: 1e-4, ndf: 16 },
     spcl: { ...base.spcl, iterations: 300, maxIter: 420, lr: 0.004 },
-    ssl: { iterations: 300, maxIter: 420, lr: 0.004, bn: 'trainable' },
+    ssl: { ...base.ssl, iterations: 300, maxIter: 420, lr: 0.004, bn: 'trainable' },
     eval: { every: 0 },
     continuous: { steps: 0, lr: 1e-3, refreshEvery: 300, refreshNewImages: 50, watch: '', pollSeconds: 10, settleSeconds: 2, evalEvery: 300, sourceWeight: 0 },
     checkpoint: { every: 250, keep: 2, select: 'last' },
@@ -179,6 +194,17 @@ export function quick(cfg: SpclConfig): SpclConfig {
   };
 }
 
+/**
+ * The source-only baseline's warm-up, compute-matched: `iterations` source steps (default: as many as the
+ * recipe's warm-up + spcl + ssl), the warm-up's poly horizon stretched by the same factor.
+ */
+export function computeMatched(cfg: SpclConfig, iterations?: number): SpclConfig {
+  const n = iterations ?? cfg.warmup.iterations + cfg.spcl.iterations + cfg.ssl.iterations;
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--iterations must be an integer >= 1, got ${iterations}`);
+  const maxIter = Math.max(n, Math.round((n * cfg.warmup.maxIter) / cfg.warmup.iterations));
+  return { ...cfg, warmup: { ...cfg.warmup, iterations: n, maxIter } };
+}
+
 // ------------------------------------------------------------------------------------------------
 // Merging and validation
 
@@ -200,6 +226,9 @@ const RULES: Record<string, [(v: unknown) => boolean, string]> = {
   'pseudo.bins': [(v) => Number.isInteger(v) && (v as number) >= 16, 'an integer >= 16'],
   'checkpoint.select': [(v) => v === 'last' || v === 'best-val', "'last' or 'best-val'"],
   'ssl.bn': [(v) => v === 'frozen' || v === 'trainable', "'frozen' or 'trainable'"],
+  'model.bnStats': [(v) => v === 'all' || v === 'target', "'all' or 'target'"],
+  'warmup.bn': [(v) => v === 'frozen' || v === 'trainable', "'frozen' or 'trainable'"],
+  'spcl.bn': [(v) => v === 'frozen' || v === 'trainable', "'frozen' or 'trainable'"],
   'nonFinite.action': [(v) => v === 'rollback' || v === 'stop', "'rollback' or 'stop'"],
   'nonFinite.lrFactor': [(v) => (v as number) > 0 && (v as number) <= 1, 'a number in (0, 1]'],
   'nonFinite.maxRollbacks': [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0'],
@@ -219,6 +248,7 @@ for (const k of ['eval.every', 'checkpoint.every']) RULES[k] = [(v) => Number.is
 for (const k of ['warmup.lr', 'warmup.lrD', 'spcl.lr', 'ssl.lr', 'continuous.lr', 'spcl.temperature', 'spcl.sourceTemperature', 'warmup.sourceTemperature']) {
   RULES[k] = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number > 0'];
 }
+RULES['ssl.scale'] = [(v) => Array.isArray(v) && v.length === 2 && v.every((n) => typeof n === 'number' && n > 0 && Number.isFinite(n)) && (v[0] as number) <= (v[1] as number), '[low, high], numbers > 0 with low <= high'];
 for (const k of ['size.source', 'size.target', 'size.eval']) {
   RULES[k] = [(v) => Array.isArray(v) && v.length === 2 && v.every((n) => Number.isInteger(n) && n >= 16), '[height, width], integers >= 16'];
 }

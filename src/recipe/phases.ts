@@ -47,7 +47,7 @@ export function specs(ctx: RunContext) {
     sourceTrain: { jitter: JITTER, resize: source } satisfies AugmentSpec,
     sourcePlain: { resize: source } satisfies AugmentSpec,
     targetPlain: { resize: target } satisfies AugmentSpec,
-    targetSsl: { jitter: JITTER, scale: [0.5, 1.5], crop: target, flipProb: 0.5 } satisfies AugmentSpec,
+    targetSsl: { ...(ctx.cfg.ssl.jitter ? { jitter: JITTER } : {}), scale: ctx.cfg.ssl.scale, crop: target, flipProb: 0.5 } satisfies AugmentSpec,
     evaluation: { resize: ev, resizeLabel: false } satisfies AugmentSpec,
   };
 }
@@ -215,7 +215,8 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
   const { cfg, model } = ctx;
   const w = cfg.warmup;
   const adversarial = w.lambdaAdv > 0;
-  ctx.model.setBatchNorm('frozen');
+  const trackSource = cfg.model.bnStats === 'all';
+  ctx.model.setBatchNorm(w.bn);
   const disc: Discriminator = discriminator({ numClasses: cfg.data.numClasses, ndf: w.ndf, seed: cfg.seed + 17 });
   const params = model.trainableParams();
   const opt = sgd(ctx, params);
@@ -238,7 +239,8 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
         let predS: tf.Tensor4D | null = null;
         let predT: tf.Tensor4D | null = null;
         const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
-          const ls = tf.image.resizeBilinear(model.forward(xs.images, { training: true }).logits, [sb.labelHeight, sb.labelWidth], true);
+          // source batches update BN's running statistics unless they follow the target (model.bnStats)
+          const ls = tf.image.resizeBilinear(model.forward(xs.images, { training: true, trackStats: trackSource || !adversarial }).logits, [sb.labelHeight, sb.labelWidth], true);
           const seg = segCrossEntropy(ls, xs.labels!, { temperature: w.sourceTemperature });
           if (!adversarial) return { total: seg, terms: { seg } };
           const lt = tf.image.resizeBilinear(model.forward(xt, { training: true }).logits, [tb.height, tb.width], true);
@@ -270,7 +272,10 @@ export async function prototypesPhase(ctx: RunContext): Promise<PhaseResult> {
   const t0 = performance.now();
   const r = await unlessAborted(ctx, 'prototypes', lastValueFrom(batches(ctx, { domain: 'source', spec: specs(ctx).sourcePlain, batchSize: 4, mode: 'pass', stream: 30 }).pipe(
     failOnAbort(ctx.signal, 'prototypes'),
-    accumulatePrototypes({ model: ctx.model, numClasses: ctx.cfg.data.numClasses, refine: ctx.cfg.spcl.refineSource, release }),
+    accumulatePrototypes({
+      model: ctx.model, numClasses: ctx.cfg.data.numClasses, refine: ctx.cfg.spcl.refineSource, release,
+      bnStats: ctx.cfg.model.bnStats === 'target' && ctx.model.batchNorm === 'trainable' ? 'batch' : 'running',
+    }),
   )));
   if (!r) return { phase: 'prototypes', seconds: (performance.now() - t0) / 1000, iterations: 0, eval: null, losses: {}, aborted: true };
   ctx.prototypes.set(r.prototypes);
@@ -322,7 +327,7 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
   const { cfg, model } = ctx;
   const c = cfg.spcl;
   if (!ctx.pseudo) throw new Error('spcl: no pseudo-labels; run the pseudo-labels phase first');
-  model.setBatchNorm('frozen');
+  model.setBatchNorm(c.bn);
   const params = model.trainableParams();
   const opt = sgd(ctx, params);
   restoreOptimizer(opt, resume.optimizer);
@@ -334,7 +339,7 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
         const xs = batchTensors(sb);
         const xt = batchTensors(tb);
         const g = applyIfFinite(() => {
-          const { features: fs, logits: ls } = model.forward(xs.images, { training: true });
+          const { features: fs, logits: ls } = model.forward(xs.images, { training: true, trackStats: cfg.model.bnStats === 'all' });
           const up = tf.image.resizeBilinear(ls, [sb.labelHeight, sb.labelWidth], true);
           const seg = segCrossEntropy(up, xs.labels!, { temperature: c.sourceTemperature });
           let ms = downsampleLabels(xs.labels!, [fs.shape[1], fs.shape[2]]);
@@ -396,7 +401,7 @@ export function anchoredSelfTrainingStep(params: Param[], opt: SGD, lrAt: (itera
         const lt = tf.image.resizeBilinear(ctx.model.forward(xt.images, { training: true }).logits, [tb.labelHeight, tb.labelWidth], true);
         const ssl = segCrossEntropy(lt, xt.labels!);
         if (!xs) return { total: ssl, terms: { ssl } };
-        const ls = tf.image.resizeBilinear(ctx.model.forward(xs.images, { training: true }).logits, [sb!.labelHeight, sb!.labelWidth], true);
+        const ls = tf.image.resizeBilinear(ctx.model.forward(xs.images, { training: true, trackStats: ctx.cfg.model.bnStats === 'all' }).logits, [sb!.labelHeight, sb!.labelWidth], true);
         const source = segCrossEntropy(ls, xs.labels!);
         return { total: tf.add(ssl, tf.mul(source, sourceWeight)) as tf.Scalar, terms: { ssl, source } };
       }, params, opt, lr);

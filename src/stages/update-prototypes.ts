@@ -62,6 +62,11 @@ export interface AccumulateOptions {
   numClasses: number;
   /** Agreement filter (authors' code; REFERENCE 8.2). Default true. */
   refine?: boolean;
+  /**
+   * 'running' (default): eval-mode BN; 'batch': trainable BN normalises each batch by its own statistics
+   * and leaves the running ones alone (as the source batches of training are, under `model.bnStats: 'target'`).
+   */
+  bnStats?: 'running' | 'batch';
   release: (batch: Batch) => void;
 }
 
@@ -73,7 +78,8 @@ export function accumulatePrototypes(opts: AccumulateOptions): OperatorFunction<
       tf.tidy(() => {
         const { images, labels } = batchTensors(batch);
         if (!labels) throw new Error(`prototypes: source batch (${batch.keys[0]}...) has no labels`);
-        const { features, logits } = opts.model.forward(images);
+        const batchStats = opts.bnStats === 'batch';
+        const { features, logits } = opts.model.forward(images, { training: batchStats, trackStats: !batchStats });
         let mask = downsampleLabels(labels, [features.shape[1], features.shape[2]]);
         if (opts.refine ?? true) mask = refineSourceMask(mask, logits);
         acc.add(features, mask);

@@ -7,13 +7,13 @@ import { join, relative } from 'node:path';
 import sharp from 'sharp';
 import { decodePng, encodePng } from '../../src/data/png.ts';
 import {
-  LABEL_ID, SYNTHETIC_LABEL_IDS, VAL_INDEX_OFFSET, renderScene, writeSyntheticBenchmark, type SyntheticDomain,
+  LABEL_ID, SYNTHETIC_LABEL_IDS, VAL_INDEX_OFFSET, renderScene, writeSyntheticBenchmark,
   type SyntheticProgress, type SyntheticScene,
 } from '../../src/data/synthetic.ts';
 
 const NODE = process.execPath;
 const CLI = new URL('../../pipelines/make-synthetic.ts', import.meta.url).pathname;
-const SIZE: Record<SyntheticDomain, [number, number]> = { source: [144, 256], target: [128, 256] };
+const SIZE: Record<'source' | 'target', [number, number]> = { source: [144, 256], target: [128, 256] };
 const N = 50;
 
 /** The 19 evaluated classes as Cityscapes label IDs (REFERENCE 6.2). */
@@ -60,11 +60,11 @@ function statsOf(scenes: SyntheticScene[]): DomainStats {
   return { share: pixels.map((v) => v / total), mean, scenes: seen, medianNeighbourDiff: median };
 }
 
-const renders: Record<SyntheticDomain, SyntheticScene[]> = {
+const renders: Record<'source' | 'target', SyntheticScene[]> = {
   source: Array.from({ length: N }, (_, i) => renderScene('source', i, 0, SIZE.source)),
   target: Array.from({ length: N }, (_, i) => renderScene('target', i, 0, SIZE.target)),
 };
-const stats: Record<SyntheticDomain, DomainStats> = { source: statsOf(renders.source), target: statsOf(renders.target) };
+const stats: Record<'source' | 'target', DomainStats> = { source: statsOf(renders.source), target: statsOf(renders.target) };
 
 test('renderScene: deterministic per (domain, index, seed); other index, seed or domain differ; sizes honoured', () => {
   for (const domain of ['source', 'target'] as const) {

@@ -79,7 +79,7 @@ test('output stride 8 with PyTorch floor arithmetic: 720x1280 -> 90x160, 512x102
 test('frozen BN is eps-free y = x*w/sqrt(var) + (b - mean*w/sqrt(var)); trainable BN uses batch stats and momentum 0.1', async () => {
   await useBackend('cpu');
   const store = new ParamStore(0);
-  const state: BatchNormState = { mode: 'frozen', training: true };
+  const state: BatchNormState = { mode: 'frozen', training: true, track: true };
   const bn = batchNormLayer(store, 'bn', 'backbone', 2, state);
   store.get('bn.weight').assign(tf.tensor1d([2, 0.5]));
   store.get('bn.bias').assign(tf.tensor1d([1, -1]));
@@ -106,8 +106,31 @@ test('frozen BN is eps-free y = x*w/sqrt(var) + (b - mean*w/sqrt(var)); trainabl
   assertClose(trained, expectTrained, 1e-5, 'trainable BN');
   assertClose(store.get('bn.running_mean').dataSync(), [0.9 * 0.5 + 0.1 * stats[0]!.m, 0.9 * -2 + 0.1 * stats[1]!.m], 1e-6, 'running mean');
   assertClose(store.get('bn.running_var').dataSync(), [0.9 * 4 + 0.1 * stats[0]!.varU, 0.9 * 0.25 + 0.1 * stats[1]!.varU], 1e-6, 'running var');
+  // track = false (a source batch under model.bnStats 'target'): the same batch-statistics output, buffers untouched
+  const meanBefore = Array.from(store.get('bn.running_mean').dataSync());
+  const varBefore = Array.from(store.get('bn.running_var').dataSync());
+  state.track = false;
+  assertClose(bn(x).dataSync(), expectTrained, 1e-5, 'trainable BN without tracking');
+  assert.deepEqual(Array.from(store.get('bn.running_mean').dataSync()), meanBefore);
+  assert.deepEqual(Array.from(store.get('bn.running_var').dataSync()), varBefore);
   tf.dispose(x);
   store.dispose();
+});
+
+test('deeplabV2.forward trackStats: false leaves every running statistic as it was; true moves them', async () => {
+  await useBackend('cpu');
+  const m = deeplabV2({ backbone: 'small', numClasses: 5, bn: 'trainable' });
+  const stats = () => [...m.store.params.values()].filter((p) => p.role === 'bn-stat').map((p) => Array.from(p.variable.dataSync()));
+  const x = tf.randomNormal([2, 32, 32, 3], 0, 1, 'float32', 3) as tf.Tensor4D;
+  const before = stats();
+  tf.dispose(Object.values(m.forward(x, { training: true, trackStats: false })));
+  assert.deepEqual(stats(), before);
+  tf.dispose(Object.values(m.forward(x, { training: true })));
+  const after = stats();
+  assert.equal(after.length, before.length);
+  assert.ok(after.every((s, i) => s.some((v, j) => v !== before[i]![j])), 'a tracked training forward updates every BN layer');
+  tf.dispose(x);
+  m.dispose();
 });
 
 test('BN switch: trainable mode adds BN gamma/beta to the trained parameters', async () => {

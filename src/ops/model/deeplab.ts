@@ -39,7 +39,11 @@ export interface SegModel {
   readonly store: ParamStore;
   /** Feature channels C of the encoder output (2048 for ResNet-101, 1024 for VGG-16). */
   readonly featureChannels: number;
-  forward(x: tf.Tensor4D, opts?: { training?: boolean }): ForwardResult;
+  /**
+   * `training`: BN (when trainable) normalises by batch statistics; `trackStats` (default true): such a
+   * forward also updates the running statistics. Training without tracking = batch statistics, BN buffers untouched.
+   */
+  forward(x: tf.Tensor4D, opts?: { training?: boolean; trackStats?: boolean }): ForwardResult;
   /** BN switch: 'trainable' for the self-training phase. */
   setBatchNorm(mode: BnMode): void;
   readonly batchNorm: BnMode;
@@ -61,7 +65,7 @@ export function deeplabV2(cfg: DeeplabConfig): SegModel {
   checkConfig(cfg);
   const seed = cfg.seed ?? 0;
   const store = new ParamStore(seed);
-  const bn: BatchNormState = { mode: cfg.bn ?? 'frozen', training: false };
+  const bn: BatchNormState = { mode: cfg.bn ?? 'frozen', training: false, track: true };
   let encoder: Encoder;
   if (cfg.backbone === 'vgg16') {
     encoder = vgg16Encoder(store, { widthDivisor: cfg.vggWidthDivisor ?? 1 });
@@ -88,6 +92,7 @@ export function deeplabV2(cfg: DeeplabConfig): SegModel {
         throw new Error(`deeplabV2.forward: expected images [B,H,W,3] (NHWC, normalised RGB), got shape [${x.shape}]`);
       }
       bn.training = opts.training ?? false;
+      bn.track = opts.trackStats ?? true;
       const features = encoder.forward(x);
       return { features, logits: classifier(features) };
     },

@@ -5,7 +5,9 @@
  * - 'frozen': FrozenBatchNorm of the authors' code, y = x * w / sqrt(var) + (b - mean * w / sqrt(var)),
  *   no epsilon, all four tensors fixed buffers (warm-up, contrastive training);
  * - 'trainable': ordinary BatchNorm (eps 1e-5, momentum 0.1, unbiased running variance), batch
- *   statistics in training mode (self-training phase).
+ *   statistics in training mode (self-training phase). A training-mode forward may leave the running
+ *   statistics alone (`track` false): a source batch normalised by its own statistics while the running
+ *   ones follow the target domain only (`model.bnStats: 'target'`, the recipe's choice for nets from scratch).
  */
 import * as tf from '@tensorflow/tfjs';
 import { conv2d, type ConvOptions } from '../conv.ts';
@@ -36,6 +38,8 @@ export function convLayer(store: ParamStore, name: string, group: ParamGroup, sp
 export interface BatchNormState {
   mode: BnMode;
   training: boolean;
+  /** In training mode, whether this forward updates the running statistics (PyTorch: always). */
+  track: boolean;
 }
 
 export const BN_EPS = 1e-5;
@@ -60,7 +64,7 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
     const moments = tf.moments(x, [0, 1, 2]);
     const n = x.shape[0] * x.shape[1] * x.shape[2];
     // Running statistics as PyTorch: momentum 0.1, unbiased batch variance.
-    tf.tidy(() => {
+    if (state.track) tf.tidy(() => {
       // Assignments are not recorded on the tape: no gradient flows through the running statistics.
       const unbiased = tf.mul(moments.variance, n / Math.max(1, n - 1));
       mean.assign(tf.add(tf.mul(mean, 1 - BN_MOMENTUM), tf.mul(moments.mean, BN_MOMENTUM)));
