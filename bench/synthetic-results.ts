@@ -11,19 +11,22 @@ import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseCli } from '../src/cli.ts';
-import type { RunReport } from '../src/recipe/run.ts';
+import { SYNTHETIC_DATA } from '../src/recipe/config.ts';
+import { prepareSynthetic, type RunReport } from '../src/recipe/run.ts';
 
 const USAGE = `usage: node bench/synthetic-results.ts [options]
   --seeds LIST    seeds, comma-separated (default 0,1,2)
-  --out DIR       where the runs go (default runs/results): spcl-<seed>/, source-only-<seed>/
+  --out DIR       where the runs go (default runs/results, runs/results-night): spcl-<seed>/, source-only-<seed>/
   --jobs N        pipelines run at once (default 1; figures do not depend on it, times do)
   --set KEY=VALUE config override passed to both pipelines, repeatable (e.g. --set data.target=...)
+  --domain NAME   target (default: the embedded benchmark) | night: the same source, a second target domain
+                  the default benchmark never renders (data/synthetic-night; the recipe itself unchanged)
   --collect       only read the reports already in --out and print the table
   -h, --help      this text`;
 
 const cli = parseCli('synthetic-results', USAGE, {
   seeds: { type: 'string', default: '0,1,2' }, out: { type: 'string', default: 'runs/results' }, jobs: { type: 'string', default: '1' },
-  set: { type: 'string', multiple: true, default: [] }, collect: { type: 'boolean', default: false },
+  set: { type: 'string', multiple: true, default: [] }, collect: { type: 'boolean', default: false }, domain: { type: 'string', default: 'target' },
 });
 const args = cli.values;
 const seeds = args.seeds.split(',').map(Number);
@@ -31,6 +34,12 @@ if (!seeds.every((s) => Number.isInteger(s) && s >= 0)) cli.fail(`--seeds must b
 const jobs = Number(args.jobs);
 if (!Number.isInteger(jobs) || jobs < 1) cli.fail(`--jobs must be an integer >= 1, got '${args.jobs}'`);
 const root = new URL('../', import.meta.url).pathname;
+if (args.domain !== 'target' && args.domain !== 'night') cli.fail(`--domain must be target or night, got '${args.domain}'`);
+if (args.domain === 'night' && args.out === 'runs/results') args.out = 'runs/results-night';
+if (args.domain === 'night' && !args.collect) {
+  const shards = await prepareSynthetic(join(root, 'data/synthetic-night'), SYNTHETIC_DATA.counts, (l) => console.error(l), { targetDomain: 'night' });
+  args.set.unshift(...Object.entries(shards).map(([k, v]) => `data.${k}=${JSON.stringify(v)}`));
+}
 
 /** Runs one pipeline to completion; its progress lines go to stderr prefixed with the run's name. */
 function runPipeline(script: string, dir: string, seed: number): Promise<void> {

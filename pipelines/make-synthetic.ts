@@ -17,6 +17,8 @@ const USAGE = `usage: node pipelines/make-synthetic.ts --out DIR [options]
   --target-val-count N       target val scenes, cityscapes/leftImg8bit/val (default 100)
   --source-size HxW          source image size (default ${DEFAULT_SOURCE_SIZE.join('x')})
   --target-size HxW          target image size (default ${DEFAULT_TARGET_SIZE.join('x')})
+  --target-domain NAME       target (default: the benchmark's look) | night (a second target domain: street
+                             lamps, dark, orange-cast, noisy; scenes of their own)
 ${METRICS_USAGE}
   -h, --help                 this text
 Re-running skips scenes already written. Exit code: 0 ok, 1 failed, 2 bad arguments.`;
@@ -29,6 +31,7 @@ const cli = parseCli('make-synthetic', USAGE, {
   'target-val-count': { type: 'string', default: '100' },
   'source-size': { type: 'string', default: DEFAULT_SOURCE_SIZE.join('x') },
   'target-size': { type: 'string', default: DEFAULT_TARGET_SIZE.join('x') },
+  'target-domain': { type: 'string', default: 'target' },
   ...METRICS_OPTIONS,
 });
 const values = cli.values;
@@ -55,7 +58,9 @@ const opts = {
   targetValCount: integer('target-val-count', values['target-val-count'], 0, 999999),
   sourceSize: size('source-size', values['source-size']),
   targetSize: size('target-size', values['target-size']),
+  targetDomain: values['target-domain'] as 'target' | 'night',
 };
+if (opts.targetDomain !== 'target' && opts.targetDomain !== 'night') usageError(`--target-domain must be target or night, got '${values['target-domain']}'`);
 
 // A progress line per ~10% of each part, and at its end.
 const t0 = performance.now();

@@ -1069,7 +1069,7 @@ function shadeNight(b: Built, rng: Rng): Uint8Array {
     const u = rng.nextU32();
     const lum = ((u & 255) + ((u >>> 8) & 255) + ((u >>> 16) & 255) + (u >>> 24) - 510) * unit;
     const o = i * 3;
-    for (let c = 0; c < 3; c++) rgb[o + c] = rgb[o + c]! * response[c]! * 1.6 + lum;
+    for (let c = 0; c < 3; c++) rgb[o + c] = rgb[o + c]! * response[c]! * 1.15 + lum;
   }
   return toBytes(rgb);
 }

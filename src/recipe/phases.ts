@@ -374,22 +374,26 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
   const size = cfg.batch.source + cfg.batch.target;
   const start = resume.iteration;
   const tgt = batches(ctx, { domain: 'target', spec: specs(ctx).targetSsl, batchSize: size, mode: 'train', stream: 81, start: start * size, pseudo: ctx.pseudo });
+  // ssl.sourceWeight > 0: a labelled source batch beside each target batch (not in the paper; a documented switch)
+  const input = c.sourceWeight > 0
+    ? zip(tgt, batches(ctx, { domain: 'source', spec: specs(ctx).sourceTrain, batchSize: cfg.batch.source, mode: 'train', stream: 82, start: start * cfg.batch.source }))
+      .pipe(map(([t, s]) => ({ t, s: s as Batch | null })))
+    : tgt.pipe(map((t) => ({ t, s: null as Batch | null })));
+  const lrAt = (it: number) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
   try {
-    return await train(ctx, 'ssl', c, resume, tgt, selfTrainingStep(params, opt, (it) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale, ctx), release, () => ({ optimizer: opt.getState() }));
+    return await train(ctx, 'ssl', c, resume, input, anchoredSelfTrainingStep(params, opt, lrAt, ctx, c.sourceWeight), ({ t, s }) => {
+      t.release();
+      s?.release();
+    }, () => ({ optimizer: opt.getState() }));
   } finally {
     opt.dispose();
   }
 }
 
-/** One self-training step (REFERENCE 1 step 8): cross-entropy of the target prediction against its pseudo-labels. */
-export function selfTrainingStep(params: Param[], opt: SGD, lrAt: (iteration: number) => number, ctx: RunContext) {
-  const step = anchoredSelfTrainingStep(params, opt, lrAt, ctx, 0);
-  return (tb: Batch, it: number) => step({ t: tb, s: null }, it);
-}
-
 /**
- * Self-training on a pseudo-labelled target batch, plus `sourceWeight` x the cross-entropy of a labelled
- * source batch when one comes along (the continuous phase's `continuous.sourceWeight`; 0 = none).
+ * One self-training step (REFERENCE 1 step 8): cross-entropy of the target prediction against its
+ * pseudo-labels, plus `sourceWeight` x the cross-entropy of a labelled source batch when one comes along
+ * (`ssl.sourceWeight`, `continuous.sourceWeight`; 0 = none, the paper).
  */
 export function anchoredSelfTrainingStep(params: Param[], opt: SGD, lrAt: (iteration: number) => number, ctx: RunContext, sourceWeight: number) {
   return ({ t: tb, s: sb }: { t: Batch; s: Batch | null }, it: number) => {

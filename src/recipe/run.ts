@@ -67,20 +67,35 @@ async function exists(path: string): Promise<boolean> {
  * work happens in a folder of this process's own that is renamed into place when complete: concurrent
  * runs on a fresh checkout (CI) never read a half-written dataset; the slower one discards its copy.
  */
-export async function prepareSynthetic(root: string, counts: { source: number; targetTrain: number; targetVal: number }, log: (l: string) => void): Promise<{ source: string; target: string; targetVal: string }> {
+export interface SyntheticDataOptions {
+  /** Scene seed (the benchmark renders 0). */
+  sceneSeed?: number;
+  /** Look of the target scenes ('night': the second target domain). */
+  targetDomain?: 'target' | 'night';
+  /** Only the source shards (pretraining data). */
+  sourceOnly?: boolean;
+}
+
+export async function prepareSynthetic(root: string, counts: { source: number; targetTrain: number; targetVal: number }, log: (l: string) => void,
+  opts: SyntheticDataOptions = {}): Promise<{ source: string; target: string; targetVal: string }> {
   const shardsOf = (dir: string) => ({ source: join(dir, 'shards/source'), target: join(dir, 'shards/target'), targetVal: join(dir, 'shards/target-val') });
   const shards = shardsOf(root);
-  const complete = async () => (await Promise.all(Object.values(shards).map((d) => exists(join(d, 'manifest.json'))))).every(Boolean);
+  const wanted = opts.sourceOnly ? [shards.source] : Object.values(shards);
+  const complete = async () => (await Promise.all(wanted.map((d) => exists(join(d, 'manifest.json'))))).every(Boolean);
   if (await complete()) return shards;
   log(`data: generating the synthetic benchmark in ${root} (${counts.source} source, ${counts.targetTrain} + ${counts.targetVal} target images)`);
   const work = `${root}.tmp-${process.pid}`;
   await rm(work, { recursive: true, force: true });
-  const raw = await writeSyntheticBenchmark(join(work, 'raw'), { seed: 0, sourceCount: counts.source, targetTrainCount: counts.targetTrain, targetValCount: counts.targetVal });
+  const raw = await writeSyntheticBenchmark(join(work, 'raw'), {
+    seed: opts.sceneSeed ?? 0, sourceCount: counts.source, targetTrainCount: counts.targetTrain, targetValCount: counts.targetVal, targetDomain: opts.targetDomain,
+  });
   const quiet = { log: () => {}, progressStream: null };
   const out = shardsOf(work);
   await ingestDataset({ ...quiet, dataset: 'gta5', root: raw.source, out: out.source });
-  await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: out.target, split: 'train', labels: 'optional' });
-  await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: out.targetVal, split: 'val' });
+  if (!opts.sourceOnly) {
+    await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: out.target, split: 'train', labels: 'optional' });
+    await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: out.targetVal, split: 'val' });
+  }
   await mkdir(dirname(root), { recursive: true });
   try {
     await rename(work, root);

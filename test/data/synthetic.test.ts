@@ -235,3 +235,26 @@ test('CLI: --help exits 0; bad flags exit 2 naming flag, value and expectation; 
   const label = decodePng(await readFile(join(dir, 'gta5/labels/00002.png')), 'label');
   assert.deepEqual(Buffer.from(label.data as Uint8Array), Buffer.from(renderScene('source', 1, 2, [36, 64]).labelIds));
 });
+
+test("the 'night' domain (second target): the target's layout, scenes of its own, darker and noisier; deterministic", () => {
+  const [h, w] = SIZE.target;
+  const night = Array.from({ length: 12 }, (_, i) => renderScene('night', i, 0, [h, w]));
+  const luma = (s: SyntheticScene) => {
+    let sum = 0;
+    for (let i = 0; i < s.image.length; i += 3) sum += 0.299 * s.image[i]! + 0.587 * s.image[i + 1]! + 0.114 * s.image[i + 2]!;
+    return sum / (s.image.length / 3);
+  };
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const nightLuma = mean(night.map(luma));
+  const targetLuma = mean(renders.target.slice(0, 12).map(luma));
+  assert.ok(nightLuma < 0.7 * targetLuma, `mean luma: night ${nightLuma.toFixed(1)}, target ${targetLuma.toFixed(1)}`);
+  // its own scenes (not the target's with another look), the hood and label IDs of the target layout
+  assert.notDeepEqual(Buffer.from(night[0]!.labelIds), Buffer.from(renderScene('target', 0, 0, [h, w]).labelIds));
+  const valid = new Set(SYNTHETIC_LABEL_IDS);
+  for (const s of night) {
+    assert.equal(s.labelIds[(s.height - 1) * s.width + s.width / 2], 0);
+    for (const id of s.labelIds) assert.ok(valid.has(id), `night label ID ${id}`);
+  }
+  assert.deepEqual(Buffer.from(renderScene('night', 3, 0, [h, w]).image), Buffer.from(night[3]!.image));
+  assert.throws(() => renderScene('dusk' as 'night', 0, 0, [h, w]), /domain must be one of source, target, night, got 'dusk'/);
+});

@@ -86,7 +86,7 @@ test('data faults of six kinds are skipped or repaired, counted by reason in rep
   const port = await freePort();
   const child = spawn(node, [join(root, 'pipelines/source-only.ts'), '--metrics-port', String(port), '--set', `data.source="${join(dir, 'shards/source')}"`,
     '--set', `data.target="${join(dir, 'shards/target')}"`, '--set', `data.targetVal="${join(dir, 'shards/target-val')}"`, '--set', 'data.classBalanced=false',
-    '--set', 'warmup.iterations=3', '--set', 'warmup.maxIter=10', '--out', join(dir, 'run')], { cwd: root });
+    '--set', 'warmup.iterations=3', '--set', 'warmup.maxIter=10', '--iterations', '3', '--out', join(dir, 'run')], { cwd: root });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
@@ -184,7 +184,7 @@ test('checkpoint.select best-val: evaluated at every checkpoint, the phase ends 
   const out = await mkdtemp(join(tmpdir(), 'spcl-bestval-'));
   const shards = join(root, 'data/synthetic-quick/shards');
   const r = run('source-only.ts', ['--set', `data.source="${join(shards, 'source')}"`, '--set', `data.target="${join(shards, 'target')}"`,
-    '--set', `data.targetVal="${join(shards, 'target-val')}"`, '--set', 'warmup.iterations=30', '--set', 'warmup.maxIter=40',
+    '--set', `data.targetVal="${join(shards, 'target-val')}"`, '--set', 'warmup.iterations=30', '--set', 'warmup.maxIter=40', '--iterations', '30',
     '--set', 'checkpoint.every=10', '--set', 'checkpoint.select="best-val"', '--out', out]);
   assert.equal(r.status, 0, r.stderr.slice(-2000));
   const evals = [...r.stderr.matchAll(/^warmup(?: (\d+))?: target val mIoU ([\d.]+)/gm)].map((m) => [m[1] ?? 'end', Number(m[2])] as const);

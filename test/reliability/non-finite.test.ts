@@ -20,7 +20,7 @@ async function sourceOnly(out: string, extra: string[]) {
   const shards = await prepareSynthetic(join(root, SYNTHETIC_QUICK_DATA.root), SYNTHETIC_QUICK_DATA.counts, () => {});
   return spawnSync(process.execPath, [join(root, 'pipelines/source-only.ts'), '--metrics-port', '0', '--out', out,
     '--set', `data.source=${JSON.stringify(shards.source)}`, '--set', `data.target=${JSON.stringify(shards.target)}`, '--set', 'data.targetVal=""',
-    '--set', 'warmup.iterations=24', '--set', 'warmup.maxIter=40', '--set', 'checkpoint.every=10', '--set', 'logEvery=1', ...extra],
+    '--set', 'warmup.iterations=24', '--set', 'warmup.maxIter=40', '--iterations', '24', '--set', 'checkpoint.every=10', '--set', 'logEvery=1', ...extra],
   { cwd: root, encoding: 'utf8', timeout: 240_000, env: { ...process.env, SPCL_INJECT_NONFINITE: 'warmup:16:5' } });
 }
 

@@ -1,0 +1,58 @@
+/**
+ * The direction of each phase's effect on target mIoU, at reduced scale on a fixed seed: the synthetic
+ * preset (shipped starting point, target BN statistics, temperature 0.1, ...) with fewer iterations, next
+ * to the compute-matched source-only baseline from the same start. No timing bound: this checks the
+ * method's setting, not speed. The full-scale, 3-seed claim is `npm run results` (README).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SYNTHETIC_DATA } from '../../src/recipe/config.ts';
+import { prepareSynthetic, type RunReport } from '../../src/recipe/run.ts';
+
+const root = new URL('../../', import.meta.url).pathname;
+
+/** The reduced recipe: every other key is the synthetic preset's. */
+const REDUCED = { warmup: 200, spcl: 120, ssl: 120 } as const;
+
+function pipeline(script: string, out: string, args: string[]): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(root, 'pipelines', script), '--metrics-port', '0', '--out', out, '--set', 'data.workers=1', ...args], { cwd: root });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.on('exit', (code) => resolve({ code, stderr }));
+  });
+}
+
+test(`reduced recipe (warm-up ${REDUCED.warmup}, spcl ${REDUCED.spcl}, ssl ${REDUCED.ssl}), seed 0: source-only <= warm-up < spcl < ssl on the target`, async (t) => {
+  const shards = await prepareSynthetic(join(root, SYNTHETIC_DATA.root), SYNTHETIC_DATA.counts, () => {});
+  const dir = await mkdtemp(join(tmpdir(), 'spcl-direction-'));
+  try {
+    const data = ['--set', `data.source=${JSON.stringify(shards.source)}`, '--set', `data.target=${JSON.stringify(shards.target)}`,
+      '--set', `data.targetVal=${JSON.stringify(shards.targetVal)}`];
+    const sizes = ['--set', `warmup.iterations=${REDUCED.warmup}`, '--set', `spcl.iterations=${REDUCED.spcl}`, '--set', `ssl.iterations=${REDUCED.ssl}`];
+    const [recipe, baseline] = await Promise.all([
+      pipeline('spcl.ts', join(dir, 'spcl'), [...data, ...sizes]),
+      pipeline('source-only.ts', join(dir, 'source-only'), [...data, ...sizes]),
+    ]);
+    assert.equal(recipe.code, 0, recipe.stderr.slice(-3000));
+    assert.equal(baseline.code, 0, baseline.stderr.slice(-3000));
+    const read = async (d: string) => JSON.parse(await readFile(join(dir, d, 'report.json'), 'utf8')) as RunReport;
+    const r = await read('spcl');
+    const so = await read('source-only');
+    // compute-matched: the baseline trained as many source steps as the recipe's three training phases
+    assert.equal(so.phases[0]!.iterations, REDUCED.warmup + REDUCED.spcl + REDUCED.ssl);
+    const m = Object.fromEntries(r.phases.filter((p) => p.miou !== null).map((p) => [p.phase, 100 * p.miou!]));
+    const sourceOnly = 100 * so.phases[0]!.miou!;
+    const line = `source-only ${sourceOnly.toFixed(2)}, warmup ${m.warmup!.toFixed(2)}, spcl ${m.spcl!.toFixed(2)}, ssl ${m.ssl!.toFixed(2)}`;
+    t.diagnostic(line);
+    assert.ok(sourceOnly <= m.warmup!, `warm-up below source-only: ${line}`);
+    assert.ok(m.warmup! < m.spcl!, `spcl not above warm-up: ${line}`);
+    assert.ok(m.spcl! < m.ssl!, `ssl not above spcl: ${line}`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
