@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PRESETS, checkConfig, mergeConfig, parseSet, quick } from '../../src/recipe/config.ts';
+import { PRESETS, checkConfig, computeMatched, mergeConfig, parseSet, quick } from '../../src/recipe/config.ts';
 
 const base = () => PRESETS.synthetic!();
 
@@ -47,6 +47,12 @@ test('every config mistake names the key, the value and what was expected (table
     ['non-finite action', { nonFinite: { action: 'retry' } }, /^Error: f: nonFinite\.action must be 'rollback' or 'stop', got "retry"$/],
     ['non-finite factor', { nonFinite: { lrFactor: 2 } }, /^Error: f: nonFinite\.lrFactor must be a number in \(0, 1\], got 2$/],
     ['non-finite limit', { nonFinite: { limit: 0 } }, /^Error: f: nonFinite\.limit must be an integer >= 1, got 0$/],
+    ['warm-up bn', { warmup: { bn: 'batch' } }, /^Error: f: warmup\.bn must be 'frozen' or 'trainable', got "batch"$/],
+    ['spcl bn', { spcl: { bn: true } }, /^Error: f: spcl\.bn must be a string, got true \(boolean\)$/],
+    ['BN statistics', { model: { bnStats: 'source' } }, /^Error: f: model\.bnStats must be 'all' or 'target', got "source"$/],
+    ['ssl scale order', { ssl: { scale: [1.5, 0.5] } }, /^Error: f: ssl\.scale must be \[low, high\], numbers > 0 with low <= high, got \[1\.5,0\.5\]$/],
+    ['ssl jitter type', { ssl: { jitter: 'yes' } }, /^Error: f: ssl\.jitter must be a boolean, got "yes" \(string\)$/],
+    ['ssl source weight', { ssl: { sourceWeight: -1 } }, /^Error: f: ssl\.sourceWeight must be a number >= 0 \(0 = no source batch, the paper\), got -1$/],
   ];
   assert.ok(cases.length >= 20);
   for (const [what, patch, re] of cases) {
@@ -79,8 +85,25 @@ test('presets carry the paper settings (REFERENCE 2)', () => {
   assert.deepEqual([p.warmup.iterations, p.warmup.maxIter, p.warmup.lr, p.warmup.lrD, p.warmup.lambdaAdv], [40_000, 62_500, 2.5e-4, 1e-4, 0.001]);
   assert.deepEqual([p.spcl.iterations, p.spcl.maxIter, p.spcl.lambda, p.spcl.temperature, p.spcl.sourceTemperature], [40_000, 62_500, 1, 100, 1.8]);
   assert.deepEqual([p.ssl.iterations, p.ssl.maxIter, p.ssl.lr, p.ssl.bn], [20_000, 31_250, 5e-4, 'trainable']);
+  // the authors' BN semantics and augmentation: frozen BN until self-training, crops at 0.5-1.5 with jitter, no source in SSL
+  assert.deepEqual([p.warmup.bn, p.spcl.bn, p.model.bnStats, p.ssl.scale, p.ssl.jitter, p.ssl.sourceWeight], ['frozen', 'frozen', 'all', [0.5, 1.5], true, 0]);
   assert.deepEqual([p.optimizer.momentum, p.optimizer.weightDecay, p.optimizer.classifierLrMult], [0.9, 5e-4, 10]);
   assert.deepEqual([p.prototypes.alpha, p.pseudo.cap, p.batch.source, p.batch.target], [0.1, 0.9, 4, 4]);
   assert.deepEqual([p.size.source, p.size.target, p.model.backbone], [[720, 1280], [512, 1024], 'resnet101']);
   assert.equal(PRESETS['synthia-cityscapes']!().data.numClasses, 16);
+});
+
+test('the synthetic preset departs from the paper only in named keys (README: why the old setting failed)', () => {
+  const s = PRESETS.synthetic!();
+  assert.deepEqual([s.warmup.bn, s.spcl.bn, s.ssl.bn, s.model.bnStats], ['trainable', 'trainable', 'trainable', 'target']);
+  assert.deepEqual([s.spcl.temperature, s.ssl.scale, s.ssl.jitter, s.ssl.sourceWeight, s.continuous.sourceWeight], [0.1, [0.5, 0.5], true, 0, 1]);
+  assert.equal(s.model.weights, '');
+});
+
+test('source-only is compute-matched: warm-up + spcl + ssl steps, the poly horizon stretched alike', () => {
+  const s = PRESETS.synthetic!();
+  const m = computeMatched(s);
+  assert.deepEqual([m.warmup.iterations, m.warmup.maxIter], [1100, Math.round((1100 * 700) / 500)]);
+  assert.deepEqual([computeMatched(s, 30).warmup.iterations, computeMatched(s, 30).warmup.maxIter], [30, 42]);
+  assert.throws(() => computeMatched(s, 0), /^Error: --iterations must be an integer >= 1, got 0$/);
 });
