@@ -1,8 +1,9 @@
 /**
  * The direction of each phase's effect on target mIoU, at reduced scale on a fixed seed: the synthetic
- * preset (shipped starting point, target BN statistics, temperature 0.1, ...) with fewer iterations, next
- * to the compute-matched source-only baseline from the same start. No timing bound: this checks the
- * method's setting, not speed. The full-scale, 3-seed claim is `npm run results` (README).
+ * preset (target BN statistics, temperature 0.1, self-training at the evaluation scale) cut down as
+ * `--quick` cuts it (120/120/40 images, 60/30/30 iterations), next to the compute-matched source-only
+ * baseline (120 source steps). No timing bound: this checks the method's setting, not speed. The
+ * full-scale, 3-seed claim is `npm run results` (README).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,13 +11,13 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SYNTHETIC_DATA } from '../../src/recipe/config.ts';
+import { PRESETS, SYNTHETIC_QUICK_DATA, quick } from '../../src/recipe/config.ts';
 import { prepareSynthetic, type RunReport } from '../../src/recipe/run.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 
-/** The reduced recipe: every other key is the synthetic preset's. */
-const REDUCED = { warmup: 200, spcl: 120, ssl: 120 } as const;
+const Q = quick(PRESETS.synthetic!());
+const REDUCED = { warmup: Q.warmup.iterations, spcl: Q.spcl.iterations, ssl: Q.ssl.iterations } as const;
 
 function pipeline(script: string, out: string, args: string[]): Promise<{ code: number | null; stderr: string }> {
   return new Promise((resolve) => {
@@ -28,14 +29,15 @@ function pipeline(script: string, out: string, args: string[]): Promise<{ code: 
 }
 
 test(`reduced recipe (warm-up ${REDUCED.warmup}, spcl ${REDUCED.spcl}, ssl ${REDUCED.ssl}), seed 0: source-only <= warm-up < spcl < ssl on the target`, async (t) => {
-  const shards = await prepareSynthetic(join(root, SYNTHETIC_DATA.root), SYNTHETIC_DATA.counts, () => {});
+  const shards = await prepareSynthetic(join(root, SYNTHETIC_QUICK_DATA.root), SYNTHETIC_QUICK_DATA.counts, () => {});
   const dir = await mkdtemp(join(tmpdir(), 'spcl-direction-'));
   try {
+    // the same data --quick uses (data/synthetic-quick), named for the baseline
     const data = ['--set', `data.source=${JSON.stringify(shards.source)}`, '--set', `data.target=${JSON.stringify(shards.target)}`,
       '--set', `data.targetVal=${JSON.stringify(shards.targetVal)}`];
-    const sizes = ['--set', `warmup.iterations=${REDUCED.warmup}`, '--set', `spcl.iterations=${REDUCED.spcl}`, '--set', `ssl.iterations=${REDUCED.ssl}`];
+    const sizes = (['warmup', 'spcl', 'ssl'] as const).flatMap((p) => ['--set', `${p}.iterations=${Q[p].iterations}`, '--set', `${p}.maxIter=${Q[p].maxIter}`]);
     const [recipe, baseline] = await Promise.all([
-      pipeline('spcl.ts', join(dir, 'spcl'), [...data, ...sizes]),
+      pipeline('spcl.ts', join(dir, 'spcl'), ['--quick']),
       pipeline('source-only.ts', join(dir, 'source-only'), [...data, ...sizes]),
     ]);
     assert.equal(recipe.code, 0, recipe.stderr.slice(-3000));
