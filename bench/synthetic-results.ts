@@ -6,6 +6,9 @@
  *   node bench/synthetic-results.ts [--seeds 0,1,2] [--out runs/results] [--jobs 1] [--set KEY=VALUE ...]
  * `--collect` only reads existing <out>/spcl-<seed>/report.json and <out>/source-only-<seed>/report.json.
  * `--jobs 2` runs two pipelines at once (results are the same: every run is seeded; only time changes).
+ * Each source-only model is also evaluated after AdaBN (BN running statistics re-estimated on the
+ * unlabelled target training images: `pipelines/evaluate.ts --adapt-bn`), the cheapest adaptation and
+ * so the row an adaptation method has to beat; it is written to source-only-<seed>/adabn.json.
  */
 import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
@@ -43,8 +46,21 @@ if (args.domain === 'night' && !args.collect) {
 
 /** Runs one pipeline to completion; its progress lines go to stderr prefixed with the run's name. */
 function runPipeline(script: string, dir: string, seed: number): Promise<void> {
+  return run(script, dir, ['--seed', String(seed), '--out', join(args.out, dir), '--metrics-port', '0', ...args.set.flatMap((s) => ['--set', s])]);
+}
+
+/** AdaBN on the source-only run's last checkpoint, its own data paths: <out>/source-only-<seed>/adabn.json. */
+async function adaBn(seed: number): Promise<void> {
+  const dir = join(args.out, `source-only-${seed}`);
+  const report = JSON.parse(await readFile(join(dir, 'report.json'), 'utf8')) as RunReport & { config: { data: { target: string; targetVal: string } } };
+  const latest = JSON.parse(await readFile(join(dir, 'checkpoints', 'latest.json'), 'utf8')) as { file: string };
+  await run('evaluate.ts', `adabn-${seed}`, ['--checkpoint', join(dir, 'checkpoints', latest.file), '--data', report.config.data.targetVal,
+    '--adapt-bn', report.config.data.target, '--ccd', '0', '--metrics-port', '0', '--out', join(dir, 'adabn.json')]);
+}
+
+function run(script: string, dir: string, rest: string[]): Promise<void> {
   const t0 = performance.now();
-  const argv = [join(root, 'pipelines', script), '--seed', String(seed), '--out', join(args.out, dir), '--metrics-port', '0', ...args.set.flatMap((s) => ['--set', s])];
+  const argv = [join(root, 'pipelines', script), ...rest];
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     const prefix = (chunk: Buffer) => chunk.toString().split('\n').filter(Boolean).map((l) => `[${dir}] ${l}\n`).join('');
@@ -54,7 +70,7 @@ function runPipeline(script: string, dir: string, seed: number): Promise<void> {
     child.on('exit', (code) => {
       process.stderr.write(`[${dir}] done in ${((performance.now() - t0) / 1000).toFixed(0)} s, exit ${code}\n`);
       if (code === 0) resolve();
-      else reject(new Error(`${script} --seed ${seed} exited with ${code}`));
+      else reject(new Error(`${script} (${dir}) exited with ${code}`));
     });
   });
 }
@@ -62,7 +78,10 @@ function runPipeline(script: string, dir: string, seed: number): Promise<void> {
 if (!args.collect) {
   const queue: [string, string, number][] = seeds.flatMap((seed): [string, string, number][] => [['spcl.ts', `spcl-${seed}`, seed], ['source-only.ts', `source-only-${seed}`, seed]]);
   const worker = async () => {
-    for (let item = queue.shift(); item; item = queue.shift()) await runPipeline(item[0], item[1], item[2]);
+    for (let item = queue.shift(); item; item = queue.shift()) {
+      await runPipeline(item[0], item[1], item[2]);
+      if (item[0] === 'source-only.ts') await adaBn(item[2]);
+    }
   };
   try {
     await Promise.all(Array.from({ length: jobs }, worker));
@@ -75,6 +94,7 @@ if (!args.collect) {
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const std = (xs: number[]) => Math.sqrt(xs.reduce((a, b) => a + (b - mean(xs)) ** 2, 0) / Math.max(1, xs.length - 1));
 const pm = (xs: number[]) => `${(100 * mean(xs)).toFixed(2)} ± ${(100 * std(xs)).toFixed(2)}`;
+const ADABN = 'source-only + AdaBN';
 const rows = new Map<string, { miou: number[]; tail: number[]; secs: number[]; iterations: number }>();
 const perSeed = new Map<number, Map<string, number>>();
 const starve: number[] = [];
@@ -101,14 +121,26 @@ for (const seed of seeds) {
     }
     if (!prefix) starve.push(...Object.values(report.starvation));
   }
+  const adabn = join(args.out, `source-only-${seed}`, 'adabn.json');
+  try {
+    const e = JSON.parse(await readFile(adabn, 'utf8')) as { miou: number; tailMiou: number | null };
+    const row = rows.get(ADABN) ?? { miou: [], tail: [], secs: [], iterations: rows.get('source-only')!.iterations };
+    row.miou.push(e.miou);
+    row.tail.push(e.tailMiou ?? 0);
+    row.secs.push(0);
+    rows.set(ADABN, row);
+    perSeed.get(seed)!.set(ADABN, e.miou);
+  } catch {
+    console.error(`synthetic-results: no ${adabn}; the AdaBN row leaves seed ${seed} out`);
+  }
 }
-const order = ['source-only', 'warmup', 'spcl', 'ssl'];
+const order = ['source-only', ADABN, 'warmup', 'spcl', 'ssl'];
 const names = [...rows.keys()].sort((a, b) => order.indexOf(a) - order.indexOf(b));
 console.log(`| row | iterations | target val mIoU % (mean ± std, ${seeds.length} seeds) | tail-class mIoU % | phase time s |`);
 console.log('|---|---|---|---|---|');
 for (const name of names) {
   const r = rows.get(name)!;
-  console.log(`| ${name} | ${r.iterations} | ${pm(r.miou)} | ${pm(r.tail)} | ${mean(r.secs).toFixed(0)} |`);
+  console.log(`| ${name} | ${r.iterations} | ${pm(r.miou)} | ${pm(r.tail)} | ${name === ADABN ? '-' : mean(r.secs).toFixed(0)} |`);
 }
 console.log('');
 for (const [seed, m] of perSeed) console.log(`seed ${seed}: ${names.map((n) => `${n} ${m.has(n) ? (100 * m.get(n)!).toFixed(2) : '-'}`).join(' / ')}`);
@@ -118,5 +150,6 @@ if (['source-only', 'warmup', 'spcl', 'ssl'].every((n) => n in means)) {
   const everySeed = [...perSeed.values()].every((m) => m.get('ssl')! > m.get('source-only')!);
   console.log(`\nmeans rise source-only <= warmup < spcl < ssl: ${means['source-only']! <= means.warmup! && means.warmup! < means.spcl! && means.spcl! < means.ssl! ? 'yes' : 'no'}; ` +
     `mean ssl - mean source-only: ${gain.toFixed(2)} points; every seed's ssl above its source-only: ${everySeed ? 'yes' : 'no'}`);
+  if (ADABN in means) console.log(`mean ssl - mean source-only + AdaBN: ${(100 * (means.ssl! - means[ADABN]!)).toFixed(2)} points (what the recipe adds beyond target BN statistics)`);
 }
 if (starve.length) console.log(`trainer starvation (share of step time waiting for data), per training phase and seed: mean ${(100 * mean(starve)).toFixed(1)}%, max ${(100 * Math.max(...starve)).toFixed(1)}%`);

@@ -3,6 +3,8 @@
  * mIoU (19 classes) or mIoU* (16), CCD on the first images; optional colour prediction PNGs.
  *
  *   node pipelines/evaluate.ts --checkpoint runs/synthetic/checkpoints/ckpt-ssl-00000300.safetensors --data data/synthetic/shards/target-val
+ * `--adapt-bn DIR` first re-estimates the BN running statistics on DIR's images (AdaBN): the cheapest
+ * adaptation, and the baseline an adaptation method has to beat.
  */
 import { availableParallelism } from 'node:os';
 process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
@@ -13,6 +15,7 @@ import sharp from 'sharp';
 import { colourise } from '../src/data/palette.ts';
 import { selectBackend, type BackendRequest } from '../src/ops/backend.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
+import { adaptBatchNorm } from '../src/stages/adapt-bn.ts';
 import { evaluate } from '../src/stages/evaluate.ts';
 import { openDataset } from '../src/data/reader.ts';
 import { modelFromCheckpoint, pass } from '../src/recipe/tools.ts';
@@ -25,6 +28,9 @@ const USAGE = `usage: node pipelines/evaluate.ts --checkpoint FILE --data DIR [o
   --ccd N             class-centre distance over the first N images (default 100, 0 = off)
   --png DIR           write colour prediction PNGs there
   --out FILE          write the results as JSON
+  --adapt-bn DIR      before evaluating, re-estimate BN running statistics on DIR's images (AdaBN; an
+                      unlabelled target set such as data/synthetic/shards/target); trainable-BN checkpoints only
+  --adapt-size HxW    image size for --adapt-bn (default: the checkpoint's target training size)
   --backend NAME      auto | tensorflow | wasm | cpu (default auto)
 ${METRICS_USAGE}
   -h, --help          this text`;
@@ -32,12 +38,15 @@ ${METRICS_USAGE}
 const cli = parseCli('evaluate', USAGE, {
   checkpoint: { type: 'string' }, data: { type: 'string' }, size: { type: 'string' }, ccd: { type: 'string', default: '100' },
   png: { type: 'string' }, out: { type: 'string' }, backend: { type: 'string', default: 'auto' }, ...METRICS_OPTIONS,
+  'adapt-bn': { type: 'string' }, 'adapt-size': { type: 'string' },
 });
 const args = cli.values;
 const usageError: (message: string) => never = cli.fail;
 if (!args.checkpoint) usageError('--checkpoint is required');
 if (!args.data) usageError('--data is required');
 const size = args.size === undefined ? null : parseSize(args.size, 'size', '512x1024', usageError);
+const adaptSize = args['adapt-size'] === undefined ? null : parseSize(args['adapt-size'], 'adapt-size', '512x1024', usageError);
+if (adaptSize && !args['adapt-bn']) usageError('--adapt-size needs --adapt-bn');
 const ccd = Number(args.ccd);
 if (!Number.isInteger(ccd) || ccd < 0) usageError(`--ccd must be an integer >= 0, got '${args.ccd}'`);
 
@@ -49,6 +58,13 @@ try {
   const dataset = await openDataset(args.data);
   if (dataset.manifest.numClasses !== meta.numClasses) throw new Error(`${args.data} has ${dataset.manifest.numClasses} classes, the checkpoint ${meta.numClasses}`);
   const evalSize: [number, number] = size ?? meta.size?.eval ?? [512, 1024];
+  if (args['adapt-bn']) {
+    if (model.batchNorm !== 'trainable') throw new Error(`--adapt-bn: ${args.checkpoint} has '${model.batchNorm}' BN; only a checkpoint with trainable BN has running statistics to adapt`);
+    const adaptSet = await openDataset(args['adapt-bn']);
+    const at: [number, number] = adaptSize ?? meta.size?.target ?? evalSize;
+    const r = await pass(adaptSet, { resize: at, resizeLabel: false }, 4, undefined, () => adaptBatchNorm({ model, release: (b) => b.release() }));
+    process.stderr.write(`adapt-bn: BN running statistics re-estimated on ${r.images} images of ${args['adapt-bn']} at ${at.join('x')}\n`);
+  }
   const pngs: Promise<unknown>[] = [];
   const report = await pass(dataset, { resize: evalSize, resizeLabel: false }, 4, undefined, () => evaluate({
     model, numClasses: meta.numClasses, ccdImages: ccd, release: (b) => b.release(),

@@ -40,6 +40,21 @@ test('spcl --quick: every phase runs end to end, the report has its structure, t
   assert.ok(tensors.slice(1).every((t) => t === tensors[1]), `tensors per phase ${tensors}`);
   assert.match(r.stdout, /^phase +mIoU %/);
   assert.match(r.stderr, /warmup \d+\/\d+ +total/);
+  // evaluate.ts on the last checkpoint gives the report's ssl figure; --adapt-bn re-estimates BN on the target first
+  const data = (report as RunReport & { config: { data: { target: string; targetVal: string } } }).config.data;
+  const ckpt = join(out, 'checkpoints', (JSON.parse(await readFile(join(out, 'checkpoints', 'latest.json'), 'utf8')) as { file: string }).file);
+  const plain = run('evaluate.ts', ['--checkpoint', ckpt, '--data', data.targetVal, '--ccd', '0', '--out', join(out, 'eval.json')]);
+  assert.equal(plain.status, 0, plain.stderr.slice(-3000));
+  const evaluated = JSON.parse(await readFile(join(out, 'eval.json'), 'utf8')) as { miou: number };
+  assert.ok(Math.abs(evaluated.miou - miou.ssl!) < 1e-6, `evaluate.ts ${evaluated.miou} vs the run's ssl ${miou.ssl}`);
+  const adapted = run('evaluate.ts', ['--checkpoint', ckpt, '--data', data.targetVal, '--ccd', '0', '--adapt-bn', data.target, '--out', join(out, 'adabn.json')]);
+  assert.equal(adapted.status, 0, adapted.stderr.slice(-3000));
+  assert.match(adapted.stderr, new RegExp(`^adapt-bn: BN running statistics re-estimated on 120 images of ${data.target} at 64x128$`, 'm'));
+  const adabn = JSON.parse(await readFile(join(out, 'adabn.json'), 'utf8')) as { miou: number };
+  assert.ok(adabn.miou > 0 && adabn.miou !== evaluated.miou, `AdaBN mIoU ${adabn.miou}, plain ${evaluated.miou}`);
+  const bad = run('evaluate.ts', ['--checkpoint', ckpt, '--data', data.targetVal, '--adapt-size', '64x128']);
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--adapt-size needs --adapt-bn/);
   await rm(out, { recursive: true });
 });
 
