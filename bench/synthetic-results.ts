@@ -4,7 +4,8 @@
  * std of target-val mIoU per phase, the per-seed figures, and whether each adaptation claim holds.
  *
  *   node bench/synthetic-results.ts [--seeds 0,1,2] [--out runs/results] [--jobs 1] [--set KEY=VALUE ...]
- * `--collect` only reads existing <out>/spcl-<seed>/report.json and <out>/source-only-<seed>/report.json.
+ * `--collect` only reads existing <out>/spcl-<seed>/report.json and <out>/source-only-<seed>/report.json;
+ * `--only spcl` (or `source-only`) reruns one side and reads the other's reports as they are.
  * `--jobs 2` runs two pipelines at once (results are the same: every run is seeded; only time changes).
  * Each source-only model is also evaluated after AdaBN (BN running statistics re-estimated on the
  * unlabelled target training images: `pipelines/evaluate.ts --adapt-bn`), the cheapest adaptation and
@@ -24,12 +25,13 @@ const USAGE = `usage: node bench/synthetic-results.ts [options]
   --set KEY=VALUE config override passed to both pipelines, repeatable (e.g. --set data.target=...)
   --domain NAME   target (default: the embedded benchmark) | night: the same source, a second target domain
                   the default benchmark never renders (data/synthetic-night; the recipe itself unchanged)
+  --only NAME     run only spcl or only source-only (+ AdaBN); the other side's reports are read as they are
   --collect       only read the reports already in --out and print the table
   -h, --help      this text`;
 
 const cli = parseCli('synthetic-results', USAGE, {
   seeds: { type: 'string', default: '0,1,2' }, out: { type: 'string', default: 'runs/results' }, jobs: { type: 'string', default: '1' },
-  set: { type: 'string', multiple: true, default: [] }, collect: { type: 'boolean', default: false }, domain: { type: 'string', default: 'target' },
+  set: { type: 'string', multiple: true, default: [] }, collect: { type: 'boolean', default: false }, domain: { type: 'string', default: 'target' }, only: { type: 'string' },
 });
 const args = cli.values;
 const seeds = args.seeds.split(',').map(Number);
@@ -37,6 +39,7 @@ if (!seeds.every((s) => Number.isInteger(s) && s >= 0)) cli.fail(`--seeds must b
 const jobs = Number(args.jobs);
 if (!Number.isInteger(jobs) || jobs < 1) cli.fail(`--jobs must be an integer >= 1, got '${args.jobs}'`);
 const root = new URL('../', import.meta.url).pathname;
+if (args.only !== undefined && args.only !== 'spcl' && args.only !== 'source-only') cli.fail(`--only must be spcl or source-only, got '${args.only}'`);
 if (args.domain !== 'target' && args.domain !== 'night') cli.fail(`--domain must be target or night, got '${args.domain}'`);
 if (args.domain === 'night' && args.out === 'runs/results') args.out = 'runs/results-night';
 if (args.domain === 'night' && !args.collect) {
@@ -76,7 +79,8 @@ function run(script: string, dir: string, rest: string[]): Promise<void> {
 }
 
 if (!args.collect) {
-  const queue: [string, string, number][] = seeds.flatMap((seed): [string, string, number][] => [['spcl.ts', `spcl-${seed}`, seed], ['source-only.ts', `source-only-${seed}`, seed]]);
+  const queue: [string, string, number][] = seeds.flatMap((seed): [string, string, number][] => [['spcl.ts', `spcl-${seed}`, seed], ['source-only.ts', `source-only-${seed}`, seed]])
+    .filter(([script]) => args.only === undefined || script === `${args.only}.ts`);
   const worker = async () => {
     for (let item = queue.shift(); item; item = queue.shift()) {
       await runPipeline(item[0], item[1], item[2]);

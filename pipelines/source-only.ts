@@ -1,6 +1,7 @@
 /**
  * The source-only baseline, built from the same stages as the SPCL recipe: the warm-up phase with the
- * adversarial term off (lambdaAdv = 0: no discriminator), then evaluation on the target validation set.
+ * adversarial term off (lambdaAdv = 0: no discriminator) and BN running statistics from the only domain
+ * it sees (model.bnStats = 'all': no target image is used), then evaluation on the target validation set.
  * Compute-matched by default: it trains as many steps as the whole recipe (warm-up + spcl + ssl) from the
  * same start (model.weights), with the warm-up's poly schedule stretched to that length, so an adaptation
  * gain cannot come from training longer. Same presets, --set flags and report as pipelines/spcl.ts.
@@ -37,7 +38,7 @@ const preset = PRESETS[args.preset];
 if (!preset) usageError(`--preset must be one of ${Object.keys(PRESETS).join(', ')}, got '${args.preset}'`);
 const log = (line: string) => process.stderr.write(`${line}\n`);
 try {
-  let cfg = mergeConfig(preset(), { out: args.out ?? `runs/source-only-${args.preset}`, seed: Number(args.seed), warmup: { lambdaAdv: 0 } }, 'flags');
+  let cfg = mergeConfig(preset(), { out: args.out ?? `runs/source-only-${args.preset}`, seed: Number(args.seed), warmup: { lambdaAdv: 0 }, model: { bnStats: 'all' } }, 'flags');
   for (const s of args.set) cfg = mergeConfig(cfg, parseSet(s), `--set ${s}`);
   cfg = computeMatched(cfg, args.iterations === undefined ? undefined : Number(args.iterations));
   await useSyntheticData(cfg, SYNTHETIC_DATA, log);

@@ -209,7 +209,10 @@ export async function train<B>(ctx: RunContext, phase: PhaseName, pc: TrainPhase
 
 /**
  * Step 1 (REFERENCE 1): source CE on logits / 1.8 + lambda_adv * BCE(D(target softmax), source); then D.
- * With lambdaAdv = 0 there is no discriminator: the source-only baseline.
+ * With lambdaAdv = 0 there is no discriminator: source CE only. Then, when BN is trainable and its
+ * running statistics follow the target (`model.bnStats: 'target'`), each step still passes its target
+ * batch forward, without gradient, so the running statistics are the target's (the synthetic preset's
+ * warm-up); with `model.bnStats: 'all'` the target batch is not used at all (the source-only baseline).
  */
 export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
   const { cfg, model } = ctx;
@@ -217,6 +220,7 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
   const adversarial = w.lambdaAdv > 0;
   const trackSource = cfg.model.bnStats === 'all';
   ctx.model.setBatchNorm(w.bn);
+  const targetStats = !adversarial && !trackSource && ctx.model.batchNorm === 'trainable';
   const disc: Discriminator = discriminator({ numClasses: cfg.data.numClasses, ndf: w.ndf, seed: cfg.seed + 17 });
   const params = model.trainableParams();
   const opt = sgd(ctx, params);
@@ -238,9 +242,11 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
         const xt = batchTensors(tb).images;
         let predS: tf.Tensor4D | null = null;
         let predT: tf.Tensor4D | null = null;
+        // the weights of this step, as the adversarial target pass would see them
+        if (targetStats) tf.tidy(() => { model.forward(xt, { training: true, trackStats: true }); });
         const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
           // source batches update BN's running statistics unless they follow the target (model.bnStats)
-          const ls = tf.image.resizeBilinear(model.forward(xs.images, { training: true, trackStats: trackSource || !adversarial }).logits, [sb.labelHeight, sb.labelWidth], true);
+          const ls = tf.image.resizeBilinear(model.forward(xs.images, { training: true, trackStats: trackSource }).logits, [sb.labelHeight, sb.labelWidth], true);
           const seg = segCrossEntropy(ls, xs.labels!, { temperature: w.sourceTemperature });
           if (!adversarial) return { total: seg, terms: { seg } };
           const lt = tf.image.resizeBilinear(model.forward(xt, { training: true }).logits, [tb.height, tb.width], true);
