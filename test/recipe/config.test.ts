@@ -97,7 +97,7 @@ test('the synthetic preset departs from the paper only in named keys (README: wh
   const s = PRESETS.synthetic!();
   assert.deepEqual([s.warmup.bn, s.spcl.bn, s.ssl.bn, s.model.bnStats], ['trainable', 'trainable', 'trainable', 'target']);
   assert.deepEqual([s.spcl.temperature, s.ssl.scale, s.ssl.jitter, s.ssl.sourceWeight, s.continuous.sourceWeight], [0.1, [0.5, 0.5], true, 0, 1]);
-  assert.deepEqual([s.warmup.lambdaAdv, s.warmup.sourceTemperature, s.spcl.lambda], [0, 1.8, 1]);
+  assert.deepEqual([s.warmup.lambdaAdv, s.warmup.sourceTemperature, s.spcl.lambda], [0.001, 1.8, 1]);
   assert.equal(s.model.weights, '');
 });
 

@@ -1,6 +1,6 @@
 /**
- * Whose statistics BN's running buffers hold after a warm-up without the adversarial term. With
- * `model.bnStats: 'target'` (the synthetic preset) each step passes its target batch forward only for
+ * Whose statistics BN's running buffers hold after a warm-up without the adversarial term
+ * (`warmup.lambdaAdv: 0`). With `model.bnStats: 'target'` (the synthetic preset's) each step passes its target batch forward only for
  * the statistics, so the running buffers follow the target images; the source-only baseline
  * (`model.bnStats: 'all'`, no target image used) follows the source. The learning rate is 0, so the
  * weights stay at their seeded start and the buffers of each run can be compared with AdaBN estimates
@@ -50,9 +50,9 @@ test(`warm-up without the adversarial term (lr 1e-12, ${STEPS} steps): bnStats '
   const dir = await mkdtemp(join(tmpdir(), 'spcl-bnstats-'));
   try {
     const base = PRESETS.synthetic!();
-    assert.equal(base.warmup.lambdaAdv, 0);
-    const targetRun = await warmupOnly(join(dir, 'target'), shards, {});
-    const sourceRun = await warmupOnly(join(dir, 'all'), shards, { model: { bnStats: 'all' } });
+    assert.equal(base.model.bnStats, 'target');
+    const targetRun = await warmupOnly(join(dir, 'target'), shards, { warmup: { lambdaAdv: 0 } });
+    const sourceRun = await warmupOnly(join(dir, 'all'), shards, { warmup: { lambdaAdv: 0 }, model: { bnStats: 'all' } });
     const warm = await modelFromCheckpoint(targetRun);
     const so = await modelFromCheckpoint(sourceRun);
     const [w, s] = [runningMeans(warm.model), runningMeans(so.model)];
