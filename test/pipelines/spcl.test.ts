@@ -22,7 +22,9 @@ test('spcl --quick: every phase runs end to end, the report has its structure, t
   const r = run('spcl.ts', ['--quick', '--out', out]);
   const seconds = (performance.now() - t0) / 1000;
   assert.equal(r.status, 0, r.stderr.slice(-3000));
-  assert.ok(seconds < 120, `quick run took ${seconds.toFixed(0)} s`);
+  // a guard against a hang or a several-fold slowdown, not the solo figure: alone on 2 cores the quick run
+  // takes about 64 s (trainable BN); beside the rest of the suite (2 test files at once) CI saw 136 s
+  assert.ok(seconds < 240, `quick run took ${seconds.toFixed(0)} s`);
   const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as RunReport;
   assert.deepEqual(report.phases.map((p) => p.phase), ['warmup', 'prototypes', 'pseudo-labels', 'spcl', 'pseudo-labels-2', 'ssl']);
   assert.equal(report.backend, 'wasm');
