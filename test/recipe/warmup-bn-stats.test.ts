@@ -1,10 +1,10 @@
 /**
  * Whose statistics BN's running buffers hold after a warm-up without the adversarial term
- * (`warmup.lambdaAdv: 0`). With `model.bnStats: 'target'` (the synthetic preset's) each step passes its target batch forward only for
- * the statistics, so the running buffers follow the target images; the source-only baseline
- * (`model.bnStats: 'all'`, no target image used) follows the source. The learning rate is 0, so the
- * weights stay at their seeded start and the buffers of each run can be compared with AdaBN estimates
- * (one pass over a domain's images with the same weights).
+ * (`warmup.lambdaAdv: 0`). With `model.bnStats: 'target'` (the synthetic preset's) each step passes its
+ * target batch forward only for the statistics, so the running buffers follow the target images; the
+ * source-only baseline (`model.bnStats: 'all'`, no target image used) follows the source. The learning
+ * rate is 1e-12 (the config asks for > 0), so the weights stay at their seeded start and the buffers of
+ * each run can be compared with AdaBN estimates (one pass over a domain's images with the same weights).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
