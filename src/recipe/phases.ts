@@ -233,23 +233,30 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
     tf.dispose([...resume.discriminator.values()]);
   }
   const start = resume.iteration;
+  // a target batch is read only when this step uses it (the adversarial term, or target BN statistics);
+  // the source-only baseline never decodes a target image
+  const usesTarget = adversarial || targetStats;
+  const input: Observable<{ s: Batch; t: Batch | null }> = usesTarget
+    ? sourceTargetPairs(ctx, start, 11, null)
+    : batches(ctx, { domain: 'source', spec: specs(ctx).sourceTrain, batchSize: cfg.batch.source, mode: 'train', stream: 11, start: start * cfg.batch.source })
+      .pipe(map((s) => ({ s, t: null as Batch | null })));
   try {
-    return await train(ctx, 'warmup', w, resume, sourceTargetPairs(ctx, start, 11, null), ({ s: sb, t: tb }, it) => {
+    return await train(ctx, 'warmup', w, resume, input, ({ s: sb, t: tb }, it) => {
       const lr = polyLR(w.lr, it, w.maxIter) * ctx.lrScale;
       const lrD = polyLR(w.lrD, it, w.maxIter) * ctx.lrScale;
       return tf.tidy(() => {
         const xs = batchTensors(sb);
-        const xt = batchTensors(tb).images;
+        const xt = tb ? batchTensors(tb).images : null;
         let predS: tf.Tensor4D | null = null;
         let predT: tf.Tensor4D | null = null;
         // the weights of this step, as the adversarial target pass would see them
-        if (targetStats) tf.tidy(() => { model.forward(xt, { training: true, trackStats: true }); });
+        if (targetStats) tf.tidy(() => { model.forward(xt!, { training: true, trackStats: true }); });
         const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
           // source batches update BN's running statistics unless they follow the target (model.bnStats)
           const ls = tf.image.resizeBilinear(model.forward(xs.images, { training: true, trackStats: trackSource }).logits, [sb.labelHeight, sb.labelWidth], true);
           const seg = segCrossEntropy(ls, xs.labels!, { temperature: w.sourceTemperature });
           if (!adversarial) return { total: seg, terms: { seg } };
-          const lt = tf.image.resizeBilinear(model.forward(xt, { training: true }).logits, [tb.height, tb.width], true);
+          const lt = tf.image.resizeBilinear(model.forward(xt!, { training: true }).logits, [tb!.height, tb!.width], true);
           const pt = tf.softmax(lt) as tf.Tensor4D;
           const adv = tf.mul(bceWithLogits(disc.forward(pt), 0), w.lambdaAdv) as tf.Scalar;
           // D sees the /1.8-tempered source prediction and the plain target one (REFERENCE 8.11), detached.
@@ -265,7 +272,10 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
         tf.dispose([predS!, predT!]);
         return { losses: { ...g.losses, disc: d.losses.total! }, lr, skipped: !g.finite || !d.finite };
       });
-    }, releasePair, () => ({ optimizer: opt.getState(), discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])), discriminatorOptimizer: dOpt.getState() }));
+    }, ({ s, t }) => {
+      s.release();
+      t?.release();
+    }, () => ({ optimizer: opt.getState(), discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])), discriminatorOptimizer: dOpt.getState() }));
   } finally {
     opt.dispose();
     dOpt.dispose();

@@ -25,11 +25,12 @@ const STEPS = 40;
 const runningMeans = (m: SegModel) => [...m.store.params.values()].filter((p) => p.name.endsWith('running_mean')).flatMap((p) => Array.from(p.variable.dataSync()));
 const relDist = (a: number[], b: number[]) => Math.hypot(...a.map((v, i) => v - b[i]!)) / Math.hypot(...b);
 
-async function warmupOnly(dir: string, shards: { source: string; target: string; targetVal: string }, over: Parameters<typeof mergeConfig>[1]): Promise<string> {
+/** Runs the warm-up alone; `domains` collects the domain of every batch stream it opens. */
+async function warmupOnly(dir: string, shards: { source: string; target: string; targetVal: string }, over: Parameters<typeof mergeConfig>[1], domains: string[] = []): Promise<string> {
   let cfg: SpclConfig = quick(PRESETS.synthetic!());
   cfg = mergeConfig(cfg, { out: dir, data: { ...shards, workers: 1 }, warmup: { iterations: STEPS, lr: 1e-12 }, checkpoint: { every: 1000 } }, 'test');
   cfg = mergeConfig(cfg, over, 'test');
-  await runRecipe({ cfg, only: ['warmup'], events: { log: () => {} } });
+  await runRecipe({ cfg, only: ['warmup'], events: { log: () => {}, flow: (domain) => { domains.push(domain); } } });
   const latest = JSON.parse(await readFile(join(dir, 'checkpoints', 'latest.json'), 'utf8')) as { file: string };
   return join(dir, 'checkpoints', latest.file);
 }
@@ -51,8 +52,12 @@ test(`warm-up without the adversarial term (lr 1e-12, ${STEPS} steps): bnStats '
   try {
     const base = PRESETS.synthetic!();
     assert.equal(base.model.bnStats, 'target');
-    const targetRun = await warmupOnly(join(dir, 'target'), shards, { warmup: { lambdaAdv: 0 } });
-    const sourceRun = await warmupOnly(join(dir, 'all'), shards, { warmup: { lambdaAdv: 0 }, model: { bnStats: 'all' } });
+    const [targetDomains, sourceDomains]: string[][] = [[], []];
+    const targetRun = await warmupOnly(join(dir, 'target'), shards, { warmup: { lambdaAdv: 0 } }, targetDomains);
+    const sourceRun = await warmupOnly(join(dir, 'all'), shards, { warmup: { lambdaAdv: 0 }, model: { bnStats: 'all' } }, sourceDomains);
+    // the baseline opens no stream of target training images at all (it never decodes one); the warm-up does
+    assert.deepEqual([...new Set(sourceDomains)].sort(), ['source', 'targetVal']);
+    assert.deepEqual([...new Set(targetDomains)].sort(), ['source', 'target', 'targetVal']);
     const warm = await modelFromCheckpoint(targetRun);
     const so = await modelFromCheckpoint(sourceRun);
     const [w, s] = [runningMeans(warm.model), runningMeans(so.model)];
