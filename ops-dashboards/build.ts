@@ -194,7 +194,7 @@ const training: RowSpec = {
   panels: [
     {
       type: 'timeseries', title: 'Loss per term', unit: 'none', w: 12, h: 8,
-      description: 'Loss of the last step per term (spcl_train_loss): seg (source cross-entropy), adv / disc (warm-up adversarial), cl_source / cl_target (prototype contrastive), ssl (self-training), total. The series of a phase are cleared when the next phase starts.',
+      description: 'Loss of the last step per term (spcl_train_loss): seg (source cross-entropy), adv / disc (warm-up adversarial, when warmup.lambdaAdv > 0), cl_source / cl_target (prototype contrastive), ssl (self-training) and source (its source anchor, ssl.sourceWeight > 0), total. The series of a phase are cleared when the next phase starts.',
       targets: [{ expr: sel('spcl_train_loss'), legend: '{{term}}' }],
     },
     {

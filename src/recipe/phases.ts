@@ -397,7 +397,7 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
     : tgt.pipe(map((t) => ({ t, s: null as Batch | null })));
   const lrAt = (it: number) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
   try {
-    return await train(ctx, 'ssl', c, resume, input, anchoredSelfTrainingStep(params, opt, lrAt, ctx, c.sourceWeight), ({ t, s }) => {
+    return await train(ctx, 'ssl', c, resume, input, anchoredSelfTrainingStep(params, opt, lrAt, ctx, c.sourceWeight, c.pseudoWeight), ({ t, s }) => {
       t.release();
       s?.release();
     }, () => ({ optimizer: opt.getState() }));
@@ -407,11 +407,11 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
 }
 
 /**
- * One self-training step (REFERENCE 1 step 8): cross-entropy of the target prediction against its
- * pseudo-labels, plus `sourceWeight` x the cross-entropy of a labelled source batch when one comes along
- * (`ssl.sourceWeight`, `continuous.sourceWeight`; 0 = none, the paper).
+ * One self-training step (REFERENCE 1 step 8): `pseudoWeight` (1 = the paper) x the cross-entropy of the
+ * target prediction against its pseudo-labels, plus `sourceWeight` x the cross-entropy of a labelled
+ * source batch when one comes along (`ssl.sourceWeight`, `continuous.sourceWeight`; 0 = none, the paper).
  */
-export function anchoredSelfTrainingStep(params: Param[], opt: SGD, lrAt: (iteration: number) => number, ctx: RunContext, sourceWeight: number) {
+export function anchoredSelfTrainingStep(params: Param[], opt: SGD, lrAt: (iteration: number) => number, ctx: RunContext, sourceWeight: number, pseudoWeight = 1) {
   return ({ t: tb, s: sb }: { t: Batch; s: Batch | null }, it: number) => {
     const lr = lrAt(it);
     return tf.tidy(() => {
@@ -419,7 +419,7 @@ export function anchoredSelfTrainingStep(params: Param[], opt: SGD, lrAt: (itera
       const xs = sb && sourceWeight > 0 ? batchTensors(sb) : null;
       const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
         const lt = tf.image.resizeBilinear(ctx.model.forward(xt.images, { training: true }).logits, [tb.labelHeight, tb.labelWidth], true);
-        const ssl = segCrossEntropy(lt, xt.labels!);
+        const ssl = pseudoWeight === 1 ? segCrossEntropy(lt, xt.labels!) : tf.mul(segCrossEntropy(lt, xt.labels!), pseudoWeight) as tf.Scalar;
         if (!xs) return { total: ssl, terms: { ssl } };
         const ls = tf.image.resizeBilinear(ctx.model.forward(xs.images, { training: true, trackStats: ctx.cfg.model.bnStats === 'all' }).logits, [sb!.labelHeight, sb!.labelWidth], true);
         const source = segCrossEntropy(ls, xs.labels!);

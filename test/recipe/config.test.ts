@@ -53,6 +53,7 @@ test('every config mistake names the key, the value and what was expected (table
     ['ssl scale order', { ssl: { scale: [1.5, 0.5] } }, /^Error: f: ssl\.scale must be \[low, high\], numbers > 0 with low <= high, got \[1\.5,0\.5\]$/],
     ['ssl jitter type', { ssl: { jitter: 'yes' } }, /^Error: f: ssl\.jitter must be a boolean, got "yes" \(string\)$/],
     ['ssl source weight', { ssl: { sourceWeight: -1 } }, /^Error: f: ssl\.sourceWeight must be a number >= 0 \(0 = no source batch, the paper\), got -1$/],
+    ['ssl pseudo-label weight', { ssl: { pseudoWeight: -2 } }, /^Error: f: ssl\.pseudoWeight must be a number >= 0 \(1 = the paper; 0 = no pseudo-label term\), got -2$/],
   ];
   assert.ok(cases.length >= 20);
   for (const [what, patch, re] of cases) {
@@ -86,7 +87,7 @@ test('presets carry the paper settings (REFERENCE 2)', () => {
   assert.deepEqual([p.spcl.iterations, p.spcl.maxIter, p.spcl.lambda, p.spcl.temperature, p.spcl.sourceTemperature], [40_000, 62_500, 1, 100, 1.8]);
   assert.deepEqual([p.ssl.iterations, p.ssl.maxIter, p.ssl.lr, p.ssl.bn], [20_000, 31_250, 5e-4, 'trainable']);
   // the authors' BN semantics and augmentation: frozen BN until self-training, crops at 0.5-1.5 with jitter, no source in SSL
-  assert.deepEqual([p.warmup.bn, p.spcl.bn, p.model.bnStats, p.ssl.scale, p.ssl.jitter, p.ssl.sourceWeight], ['frozen', 'frozen', 'all', [0.5, 1.5], true, 0]);
+  assert.deepEqual([p.warmup.bn, p.spcl.bn, p.model.bnStats, p.ssl.scale, p.ssl.jitter, p.ssl.sourceWeight, p.ssl.pseudoWeight], ['frozen', 'frozen', 'all', [0.5, 1.5], true, 0, 1]);
   assert.deepEqual([p.optimizer.momentum, p.optimizer.weightDecay, p.optimizer.classifierLrMult], [0.9, 5e-4, 10]);
   assert.deepEqual([p.prototypes.alpha, p.pseudo.cap, p.batch.source, p.batch.target], [0.1, 0.9, 4, 4]);
   assert.deepEqual([p.size.source, p.size.target, p.model.backbone], [[720, 1280], [512, 1024], 'resnet101']);
@@ -96,8 +97,8 @@ test('presets carry the paper settings (REFERENCE 2)', () => {
 test('the synthetic preset departs from the paper only in named keys (README: why the old setting failed)', () => {
   const s = PRESETS.synthetic!();
   assert.deepEqual([s.warmup.bn, s.spcl.bn, s.ssl.bn, s.model.bnStats], ['trainable', 'trainable', 'trainable', 'target']);
-  assert.deepEqual([s.spcl.temperature, s.ssl.scale, s.ssl.jitter, s.ssl.sourceWeight, s.continuous.sourceWeight], [0.1, [0.5, 0.5], true, 0, 1]);
-  assert.deepEqual([s.warmup.lambdaAdv, s.warmup.sourceTemperature, s.spcl.lambda], [0.001, 1.8, 1]);
+  assert.deepEqual([s.spcl.temperature, s.ssl.scale, s.ssl.jitter, s.ssl.sourceWeight, s.ssl.pseudoWeight, s.continuous.sourceWeight], [0.1, [0.5, 0.5], true, 1, 1, 1]);
+  assert.deepEqual([s.warmup.lambdaAdv, s.warmup.sourceTemperature, s.spcl.lambda], [0, 1.8, 1]);
   assert.equal(s.model.weights, '');
 });
 

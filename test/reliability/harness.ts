@@ -50,7 +50,9 @@ export async function smallData(dir: string): Promise<SmallData> {
 /**
  * The small run: warm-up 8, contrastive 4, self-training 4 iterations, a checkpoint every 3 (2 kept),
  * one pseudo-label generation kept (so only pins keep older ones), a progress line per step, one
- * decode worker (24 small images need no more; less CPU taken from tests running alongside).
+ * decode worker (24 small images need no more; less CPU taken from tests running alongside). The warm-up
+ * keeps the paper's adversarial term (the synthetic preset has it off), so that resume also covers the
+ * discriminator and its Adam state; self-training has the preset's source batch beside each target batch.
  */
 export function smallRunArgs(data: SmallData, out: string, stepLog: string): string[] {
   const set = (kv: string) => ['--set', kv];
@@ -59,7 +61,7 @@ export function smallRunArgs(data: SmallData, out: string, stepLog: string): str
     ...set(`data.source="${data.source}"`), ...set(`data.target="${data.target}"`), ...set(`data.targetVal="${data.targetVal}"`),
     ...set('warmup.iterations=8'), ...set('warmup.maxIter=80'), ...set('spcl.iterations=4'), ...set('spcl.maxIter=45'),
     ...set('ssl.iterations=4'), ...set('ssl.maxIter=45'), ...set('checkpoint.every=3'), ...set('checkpoint.keep=2'),
-    ...set('pseudo.keep=1'), ...set('logEvery=1'), ...set('data.workers=1'),
+    ...set('pseudo.keep=1'), ...set('logEvery=1'), ...set('data.workers=1'), ...set('warmup.lambdaAdv=0.001'),
   ];
 }
 
