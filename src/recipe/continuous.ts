@@ -25,7 +25,7 @@ import type { EvalReport } from '../stages/evaluate.ts';
 import type { Batch } from '../stages/collate.ts';
 import { batches, type RunContext } from './context.ts';
 import {
-  anchoredSelfTrainingStep, checkpointState, evaluatePhase, refreshPseudoLabels, restoreOptimizer, sgd, specs, train,
+  anchoredSelfTrainingStep, checkpointState, evaluatePhase, refreshPseudoLabels, releaseBatches, restoreOptimizer, sgd, sourceBatches, specs, train,
   type PhaseResult, type ResumePoint,
 } from './phases.ts';
 
@@ -35,10 +35,6 @@ const STREAM_BASE = 100_000;
 const SOURCE_STREAM_BASE = 200_000;
 
 type Step = { t: Batch; s: Batch | null };
-const releaseStep = ({ t, s }: Step) => {
-  t.release();
-  s?.release();
-};
 
 export type RefreshTrigger = 'start' | 'steps' | 'arrivals';
 
@@ -151,14 +147,11 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
       });
       // the source anchor: labelled source batches beside the target ones, resumed at the same draw
       const input: Observable<Step> = c.sourceWeight > 0
-        ? zip(target, batches(ctx, {
-          domain: 'source', spec: specs(ctx).sourceTrain, batchSize: cfg.batch.source, mode: 'train',
-          stream: SOURCE_STREAM_BASE + state!.refresh, start: (iteration - state!.since) * cfg.batch.source,
-        })).pipe(map(([t, s]) => ({ t, s })))
+        ? zip(target, sourceBatches(ctx, SOURCE_STREAM_BASE + state!.refresh, iteration - state!.since)).pipe(map(([t, s]) => ({ t, s })))
         : target.pipe(map((t) => ({ t, s: null })));
       segmentDue = new Subject<void>();
       last = await train(ctx, 'continuous', { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr }, { iteration }, input,
-        anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight), releaseStep, () => ({ optimizer: opt.getState() }),
+        anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight), releaseBatches, () => ({ optimizer: opt.getState() }),
         { until: segmentDue, evalEvery: c.evalEvery, total: c.steps > 0 ? String(c.steps) : 'inf' });
       segmentDue = null;
       iteration = last.iterations;

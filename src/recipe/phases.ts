@@ -69,21 +69,28 @@ export function restoreOptimizer(opt: SGD | Adam, state: OptimizerState | undefi
 
 export const release = (b: Batch) => b.release();
 
+/** Jittered, labelled source training batches on seed stream `stream`, resumed after `steps` batches. */
+export function sourceBatches(ctx: RunContext, stream: number, steps: number): Observable<Batch> {
+  const n = ctx.cfg.batch.source;
+  return batches(ctx, { domain: 'source', spec: specs(ctx).sourceTrain, batchSize: n, mode: 'train', stream, start: steps * n });
+}
+
 /**
  * Training batches of the two-domain phases: a jittered source batch with its labels and a resized
  * target batch (labels from `pseudo`, or none), side by side; streams `stream` and `stream + 1`, resumed
  * after `start` iterations.
  */
 function sourceTargetPairs(ctx: RunContext, start: number, stream: number, pseudo: string | null): Observable<{ s: Batch; t: Batch }> {
-  const { batch } = ctx.cfg;
-  const s = specs(ctx);
-  const src = batches(ctx, { domain: 'source', spec: s.sourceTrain, batchSize: batch.source, mode: 'train', stream, start: start * batch.source });
-  const tgt = batches(ctx, { domain: 'target', spec: s.targetPlain, batchSize: batch.target, mode: 'train', stream: stream + 1, start: start * batch.target, pseudo });
+  const n = ctx.cfg.batch.target;
+  const src = sourceBatches(ctx, stream, start);
+  const tgt = batches(ctx, { domain: 'target', spec: specs(ctx).targetPlain, batchSize: n, mode: 'train', stream: stream + 1, start: start * n, pseudo });
   return zip(src, tgt).pipe(map(([a, b]) => ({ s: a, t: b })));
 }
-const releasePair = ({ s, t }: { s: Batch; t: Batch }) => {
-  s.release();
-  t.release();
+
+/** Releases a training step's batches: a source and a target one, either absent in some phases. */
+export const releaseBatches = ({ s, t }: { s: Batch | null; t: Batch | null }) => {
+  s?.release();
+  t?.release();
 };
 
 /** A pass stopped by SIGINT/SIGTERM: logged, and its partial result discarded (null). */
@@ -238,8 +245,7 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
   const usesTarget = adversarial || targetStats;
   const input: Observable<{ s: Batch; t: Batch | null }> = usesTarget
     ? sourceTargetPairs(ctx, start, 11, null)
-    : batches(ctx, { domain: 'source', spec: specs(ctx).sourceTrain, batchSize: cfg.batch.source, mode: 'train', stream: 11, start: start * cfg.batch.source })
-      .pipe(map((s) => ({ s, t: null as Batch | null })));
+    : sourceBatches(ctx, 11, start).pipe(map((s) => ({ s, t: null as Batch | null })));
   try {
     return await train(ctx, 'warmup', w, resume, input, ({ s: sb, t: tb }, it) => {
       const lr = polyLR(w.lr, it, w.maxIter) * ctx.lrScale;
@@ -272,10 +278,7 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
         tf.dispose([predS!, predT!]);
         return { losses: { ...g.losses, disc: d.losses.total! }, lr, skipped: !g.finite || !d.finite };
       });
-    }, ({ s, t }) => {
-      s.release();
-      t?.release();
-    }, () => ({ optimizer: opt.getState(), discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])), discriminatorOptimizer: dOpt.getState() }));
+    }, releaseBatches, () => ({ optimizer: opt.getState(), discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])), discriminatorOptimizer: dOpt.getState() }));
   } finally {
     opt.dispose();
     dOpt.dispose();
@@ -372,7 +375,7 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
         }, params, opt, lr);
         return { losses: g.losses, lr, skipped: !g.finite };
       });
-    }, releasePair, () => ({ optimizer: opt.getState() }));
+    }, releaseBatches, () => ({ optimizer: opt.getState() }));
   } finally {
     opt.dispose();
   }
@@ -392,15 +395,12 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
   const tgt = batches(ctx, { domain: 'target', spec: specs(ctx).targetSsl, batchSize: size, mode: 'train', stream: 81, start: start * size, pseudo: ctx.pseudo });
   // ssl.sourceWeight > 0: a labelled source batch beside each target batch (not in the paper; a documented switch)
   const input = c.sourceWeight > 0
-    ? zip(tgt, batches(ctx, { domain: 'source', spec: specs(ctx).sourceTrain, batchSize: cfg.batch.source, mode: 'train', stream: 82, start: start * cfg.batch.source }))
+    ? zip(tgt, sourceBatches(ctx, 82, start))
       .pipe(map(([t, s]) => ({ t, s: s as Batch | null })))
     : tgt.pipe(map((t) => ({ t, s: null as Batch | null })));
   const lrAt = (it: number) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
   try {
-    return await train(ctx, 'ssl', c, resume, input, anchoredSelfTrainingStep(params, opt, lrAt, ctx, c.sourceWeight, c.pseudoWeight), ({ t, s }) => {
-      t.release();
-      s?.release();
-    }, () => ({ optimizer: opt.getState() }));
+    return await train(ctx, 'ssl', c, resume, input, anchoredSelfTrainingStep(params, opt, lrAt, ctx, c.sourceWeight, c.pseudoWeight), releaseBatches, () => ({ optimizer: opt.getState() }));
   } finally {
     opt.dispose();
   }
@@ -419,7 +419,8 @@ export function anchoredSelfTrainingStep(params: Param[], opt: SGD, lrAt: (itera
       const xs = sb && sourceWeight > 0 ? batchTensors(sb) : null;
       const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
         const lt = tf.image.resizeBilinear(ctx.model.forward(xt.images, { training: true }).logits, [tb.labelHeight, tb.labelWidth], true);
-        const ssl = pseudoWeight === 1 ? segCrossEntropy(lt, xt.labels!) : tf.mul(segCrossEntropy(lt, xt.labels!), pseudoWeight) as tf.Scalar;
+        const ce = segCrossEntropy(lt, xt.labels!);
+        const ssl = pseudoWeight === 1 ? ce : tf.mul(ce, pseudoWeight) as tf.Scalar;
         if (!xs) return { total: ssl, terms: { ssl } };
         const ls = tf.image.resizeBilinear(ctx.model.forward(xs.images, { training: true, trackStats: ctx.cfg.model.bnStats === 'all' }).logits, [sb!.labelHeight, sb!.labelWidth], true);
         const source = segCrossEntropy(ls, xs.labels!);
