@@ -79,9 +79,12 @@ export interface SpclConfig {
    * target pseudo-labels only);
    * `pseudoWeight`: weight of the pseudo-label cross-entropy (1 = the paper; 0 with a source batch = the
    * control "as many more source steps, target BN statistics, no self-training"). The target batch passes
-   * forward either way, so BN's running statistics are the same.
+   * forward either way, so BN's running statistics are the same;
+   * `pseudoCap`: the confidence cap of the class thresholds for the pseudo-labels self-training learns
+   * from (the second pass and continuous refreshes; `pseudo.cap` sets the first pass, which feeds spcl).
+   * The paper uses one cap, 0.9, for both.
    */
-  ssl: TrainPhaseConfig & { bn: 'frozen' | 'trainable'; scale: [number, number]; jitter: boolean; sourceWeight: number; pseudoWeight: number };
+  ssl: TrainPhaseConfig & { bn: 'frozen' | 'trainable'; scale: [number, number]; jitter: boolean; sourceWeight: number; pseudoWeight: number; pseudoCap: number };
   eval: { every: number };
   /** Steps whose loss or gradients are NaN/Inf never update the weights; this says what a streak of them does. */
   nonFinite: {
@@ -144,7 +147,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     prototypes: { alpha: 0.1, absent: 'keep' },
     pseudo: { cap: 0.9, bins: 4096, keep: 2 },
     spcl: { ...paperPhase(40_000, 62_500, 2.5e-4), lambda: 1, temperature: 100, sourceTemperature: 1.8, refineSource: true, bn: 'frozen' },
-    ssl: { ...paperPhase(20_000, 31_250, 5e-4), bn: 'trainable', scale: [0.5, 1.5], jitter: true, sourceWeight: 0, pseudoWeight: 1 },
+    ssl: { ...paperPhase(20_000, 31_250, 5e-4), bn: 'trainable', scale: [0.5, 1.5], jitter: true, sourceWeight: 0, pseudoWeight: 1, pseudoCap: 0.9 },
     eval: { every: 2000 },
     nonFinite: { limit: 5, action: 'rollback', lrFactor: 0.5, maxRollbacks: 3 },
     // lr: about where the self-training poly schedule ends (5e-4 x (1 - 20000/31250)^0.9)
@@ -178,8 +181,10 @@ function synthetic(): SpclConfig {
     spcl: { ...base.spcl, iterations: 300, maxIter: 420, lr: 0.004, bn: 'trainable', temperature: 0.1 },
     // scale [0.5, 0.5]: the stored 128x256 target image at the evaluation size, i.e. flip + jitter only;
     // sourceWeight 1 (paper 0): a labelled source batch beside each target batch, without which
-    // self-training lowers a good contrastive model's mIoU (README)
-    ssl: { ...base.ssl, iterations: 300, maxIter: 420, lr: 0.004, bn: 'trainable', scale: [0.5, 0.5], sourceWeight: 1 },
+    // self-training lowers a good contrastive model's mIoU (README); pseudoCap 0.99 (paper 0.9): the
+    // large classes' thresholds rise to their upper medians, so self-training learns from fewer, surer
+    // pixels of them (README "Self-training")
+    ssl: { ...base.ssl, iterations: 300, maxIter: 420, lr: 0.004, bn: 'trainable', scale: [0.5, 0.5], sourceWeight: 1, pseudoCap: 0.99 },
     eval: { every: 0 },
     continuous: { steps: 0, lr: 1e-3, refreshEvery: 300, refreshNewImages: 50, watch: '', pollSeconds: 10, settleSeconds: 2, evalEvery: 300, sourceWeight: 1 },
     checkpoint: { every: 250, keep: 2, select: 'last' },
@@ -240,6 +245,7 @@ const RULES: Record<string, [(v: unknown) => boolean, string]> = {
   'prototypes.absent': [(v) => v === 'keep' || v === 'decay', "'keep' or 'decay'"],
   'prototypes.alpha': [(v) => (v as number) >= 0 && (v as number) <= 1, 'a number in 0..1'],
   'pseudo.cap': [(v) => (v as number) > 0 && (v as number) <= 1, 'a number in (0, 1]'],
+  'ssl.pseudoCap': [(v) => (v as number) > 0 && (v as number) <= 1, 'a number in (0, 1]'],
   'pseudo.bins': [(v) => Number.isInteger(v) && (v as number) >= 16, 'an integer >= 16'],
   'checkpoint.select': [(v) => v === 'last' || v === 'best-val', "'last' or 'best-val'"],
   'ssl.bn': [(v) => v === 'frozen' || v === 'trainable', "'frozen' or 'trainable'"],

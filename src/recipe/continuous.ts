@@ -128,7 +128,7 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
           : arrivalsDue() ? 'arrivals' : null;
       if (trigger) {
         const refresh = (state?.refresh ?? 0) + 1;
-        const info = await refreshPseudoLabels(ctx, `continuous ${iteration}: refresh ${refresh} (${trigger})`, { phase: 'continuous', iteration, refresh, trigger });
+        const info = await refreshPseudoLabels(ctx, `continuous ${iteration}: refresh ${refresh} (${trigger})`, { phase: 'continuous', iteration, refresh, trigger }, ctx.cfg.ssl.pseudoCap);
         if (!info) break; // stopped by a signal: the last checkpoint (before this refresh) stays the state
         ctx.continuous = { refresh, since: iteration, images: info.count };
         summary.refreshes++;

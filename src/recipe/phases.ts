@@ -309,26 +309,27 @@ export async function prototypesPhase(ctx: RunContext): Promise<PhaseResult> {
 /** Steps 4 and 7: thresholds (per-class upper median, capped) and pseudo-labels, one model pass. */
 export async function pseudoLabelPhase(ctx: RunContext, phase: PhaseName): Promise<PhaseResult> {
   const t0 = performance.now();
-  const info = await refreshPseudoLabels(ctx, phase, { phase });
+  const info = await refreshPseudoLabels(ctx, phase, { phase }, phase === 'pseudo-labels' ? ctx.cfg.pseudo.cap : ctx.cfg.ssl.pseudoCap);
   return { phase, seconds: (performance.now() - t0) / 1000, iterations: 0, eval: null, losses: {}, aborted: info === null };
 }
 
 /**
  * One thresholds + pseudo-labels pass over every target image known now, written as a new generation and
- * made current (ctx.thresholds, ctx.pseudo). `source` is the generation's provenance. Null when a signal
- * stopped it: nothing of the pass is kept and the current generation stays.
+ * made current (ctx.thresholds, ctx.pseudo). `source` is the generation's provenance; `cap` the thresholds'
+ * confidence cap (pseudo.cap for the first pass, ssl.pseudoCap for the ones self-training learns from).
+ * Null when a signal stopped it: nothing of the pass is kept and the current generation stays.
  */
-export async function refreshPseudoLabels(ctx: RunContext, label: string, source: Record<string, unknown>): Promise<GenerationInfo | null> {
+export async function refreshPseudoLabels(ctx: RunContext, label: string, source: Record<string, unknown>, cap: number): Promise<GenerationInfo | null> {
   const { cfg } = ctx;
   const made = await unlessAborted(ctx, label, (async () => {
     const t = await lastValueFrom(batches(ctx, { domain: 'target', spec: specs(ctx).targetPlain, batchSize: 4, mode: 'pass', stream: 40 }).pipe(
       failOnAbort(ctx.signal, 'thresholds'),
-      estimateThresholds({ model: ctx.model, numClasses: cfg.data.numClasses, bins: cfg.pseudo.bins, cap: cfg.pseudo.cap, scratch: ctx.dirs.scratch, release }),
+      estimateThresholds({ model: ctx.model, numClasses: cfg.data.numClasses, bins: cfg.pseudo.bins, cap, scratch: ctx.dirs.scratch, release }),
     ));
     // generations that retained checkpoints (or this run) use stay: a resume from one of them needs its labels
     const pinned = await ctx.checkpoints.pseudoLabelGenerations();
     if (ctx.pseudo) pinned.add(basename(ctx.pseudo));
-    return { t, info: await writeGeneration(t, { dir: ctx.dirs.pseudo, numClasses: cfg.data.numClasses, keep: cfg.pseudo.keep, source, pinned, signal: ctx.signal }) };
+    return { t, info: await writeGeneration(t, { dir: ctx.dirs.pseudo, numClasses: cfg.data.numClasses, keep: cfg.pseudo.keep, source: { ...source, cap }, pinned, signal: ctx.signal }) };
   })());
   if (!made) return null;
   const { t, info } = made;
@@ -337,7 +338,7 @@ export async function refreshPseudoLabels(ctx: RunContext, label: string, source
   ctx.events.pseudoLabels?.(info, t.counts);
   const labelled = info.coverage.reduce((a, c, k) => a + c * t.counts[k]!, 0) / Math.max(1, t.counts.reduce((a, b) => a + b, 0));
   ctx.events.log(`${label}: generation ${info.generation}, ${info.count} images, ${(100 * labelled).toFixed(1)}% of pixels labelled; ` +
-    `thresholds ${t.thresholds.map((v) => v.toFixed(2)).join(' ')}`);
+    `thresholds (cap ${cap}) ${t.thresholds.map((v) => v.toFixed(2)).join(' ')}`);
   return info;
 }
 

@@ -42,6 +42,14 @@ test('spcl --quick: every phase runs end to end, the report has its structure, t
   assert.ok(tensors.slice(1).every((t) => t === tensors[1]), `tensors per phase ${tensors}`);
   assert.match(r.stdout, /^phase +mIoU %/);
   assert.match(r.stderr, /warmup \d+\/\d+ +total/);
+  // two threshold caps: pseudo.cap (0.9) for the pass that feeds spcl, ssl.pseudoCap (0.99) for self-training's
+  const first = /^pseudo-labels: generation 1, .*; thresholds \(cap 0\.9\) ([\d. ]+)$/m.exec(r.stderr);
+  assert.ok(first, 'first pass log line');
+  assert.ok(first[1]!.trim().split(' ').every((v) => Number(v) <= 0.9), first[1]);
+  const second = JSON.parse(await readFile(join(out, 'pseudo-labels', 'current.json'), 'utf8')) as { generation: number; thresholds: number[]; source: { phase: string; cap: number } };
+  assert.deepEqual([second.generation, second.source.phase, second.source.cap], [2, 'pseudo-labels-2', 0.99]);
+  // some class's upper median is above 0.9 at this seed: the second cap is the one that bound it
+  assert.ok(Math.max(...second.thresholds) <= 0.99 && Math.max(...second.thresholds) > 0.9, `${second.thresholds}`);
   // evaluate.ts on the last checkpoint gives the report's ssl figure; --adapt-bn re-estimates BN on the target first
   const data = (report as RunReport & { config: { data: { target: string; targetVal: string } } }).config.data;
   const ckpt = join(out, 'checkpoints', (JSON.parse(await readFile(join(out, 'checkpoints', 'latest.json'), 'utf8')) as { file: string }).file);

@@ -54,6 +54,7 @@ test('every config mistake names the key, the value and what was expected (table
     ['ssl jitter type', { ssl: { jitter: 'yes' } }, /^Error: f: ssl\.jitter must be a boolean, got "yes" \(string\)$/],
     ['ssl source weight', { ssl: { sourceWeight: -1 } }, /^Error: f: ssl\.sourceWeight must be a number >= 0 \(0 = no source batch, the paper\), got -1$/],
     ['ssl pseudo-label weight', { ssl: { pseudoWeight: -2 } }, /^Error: f: ssl\.pseudoWeight must be a number >= 0 \(1 = the paper; 0 = no pseudo-label term\), got -2$/],
+    ['ssl threshold cap', { ssl: { pseudoCap: 1.5 } }, /^Error: f: ssl\.pseudoCap must be a number in \(0, 1\], got 1\.5$/],
   ];
   assert.ok(cases.length >= 20);
   for (const [what, patch, re] of cases) {
@@ -89,7 +90,7 @@ test('presets carry the paper settings (REFERENCE 2)', () => {
   // the authors' BN semantics and augmentation: frozen BN until self-training, crops at 0.5-1.5 with jitter, no source in SSL
   assert.deepEqual([p.warmup.bn, p.spcl.bn, p.model.bnStats, p.ssl.scale, p.ssl.jitter, p.ssl.sourceWeight, p.ssl.pseudoWeight], ['frozen', 'frozen', 'all', [0.5, 1.5], true, 0, 1]);
   assert.deepEqual([p.optimizer.momentum, p.optimizer.weightDecay, p.optimizer.classifierLrMult], [0.9, 5e-4, 10]);
-  assert.deepEqual([p.prototypes.alpha, p.pseudo.cap, p.batch.source, p.batch.target], [0.1, 0.9, 4, 4]);
+  assert.deepEqual([p.prototypes.alpha, p.pseudo.cap, p.ssl.pseudoCap, p.batch.source, p.batch.target], [0.1, 0.9, 0.9, 4, 4]);
   assert.deepEqual([p.size.source, p.size.target, p.model.backbone], [[720, 1280], [512, 1024], 'resnet101']);
   assert.equal(PRESETS['synthia-cityscapes']!().data.numClasses, 16);
 });
@@ -98,7 +99,7 @@ test('the synthetic preset departs from the paper only in named keys (README: wh
   const s = PRESETS.synthetic!();
   assert.deepEqual([s.warmup.bn, s.spcl.bn, s.ssl.bn, s.model.bnStats], ['trainable', 'trainable', 'trainable', 'target']);
   assert.deepEqual([s.spcl.temperature, s.ssl.scale, s.ssl.jitter, s.ssl.sourceWeight, s.ssl.pseudoWeight, s.continuous.sourceWeight], [0.1, [0.5, 0.5], true, 1, 1, 1]);
-  assert.deepEqual([s.warmup.lambdaAdv, s.warmup.sourceTemperature, s.spcl.lambda], [0, 1.8, 1]);
+  assert.deepEqual([s.warmup.lambdaAdv, s.warmup.sourceTemperature, s.spcl.lambda, s.pseudo.cap, s.ssl.pseudoCap], [0, 1.8, 1, 0.9, 0.99]);
   assert.equal(s.model.weights, '');
 });
 
