@@ -25,14 +25,11 @@ import {
   checkTensorToEncode, decodeTensorData, encodeSafetensorsHeader, float32Bytes, readSafetensorsHeader,
   type SafetensorsEntry, type TensorToEncode,
 } from '../ops/safetensors.ts';
+import { shapeStr } from '../ops/shape.ts';
 
 /** Anything with a parameter store: a SegModel or a Discriminator. */
 export interface HasParams {
   readonly store: ParamStore;
-}
-
-function shapeStr(shape: readonly number[]): string {
-  return `[${shape.join(', ')}]`;
 }
 
 function listFirst(names: readonly string[], n = 10): string {

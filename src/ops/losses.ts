@@ -14,10 +14,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { maskOneHot } from './masks.ts';
-
-function shapeStr(shape: readonly number[]): string {
-  return `[${shape.join(',')}]`;
-}
+import { shapeStr } from './shape.ts';
 
 function checkRank(t: tf.Tensor, rank: number, fn: string, name: string, layout: string): void {
   if (t.rank !== rank) throw new Error(`${fn}: ${name} must be rank ${rank} ${layout}, got shape ${shapeStr(t.shape)}`);

@@ -11,12 +11,9 @@
  *   building block of every per-class sum (losses, prototypes, CCD).
  */
 import * as tf from '@tensorflow/tfjs';
+import { shapeStr } from './shape.ts';
 
 export const IGNORE_LABEL = 255;
-
-function shapeStr(t: tf.Tensor): string {
-  return `[${t.shape.join(',')}]`;
-}
 
 /**
  * Throws if `mask` is not int32 or holds a value outside 0..numClasses-1 and 255. `what` names the mask
@@ -27,7 +24,7 @@ export function validateMask(mask: tf.Tensor, numClasses: number, what: string):
     throw new Error(`${what}: numClasses must be a positive integer, got ${numClasses}`);
   }
   if (mask.dtype !== 'int32') {
-    throw new Error(`${what}: mask must be int32 (train IDs, 255 = ignore), got ${mask.dtype} of shape ${shapeStr(mask)}`);
+    throw new Error(`${what}: mask must be int32 (train IDs, 255 = ignore), got ${mask.dtype} of shape ${shapeStr(mask.shape)}`);
   }
   if (mask.size === 0) return;
   const [bad, hi, lo] = tf.tidy(() => {
@@ -54,7 +51,7 @@ export function validateMask(mask: tf.Tensor, numClasses: number, what: string):
 }
 
 function checkMask3(labels: tf.Tensor, fn: string, name: string): asserts labels is tf.Tensor3D {
-  if (labels.rank !== 3) throw new Error(`${fn}: ${name} must be rank 3 [B,h,w], got shape ${shapeStr(labels)}`);
+  if (labels.rank !== 3) throw new Error(`${fn}: ${name} must be rank 3 [B,h,w], got shape ${shapeStr(labels.shape)}`);
   if (labels.dtype !== 'int32') throw new Error(`${fn}: ${name} must be int32, got ${labels.dtype}`);
 }
 
@@ -73,7 +70,7 @@ export function downsampleLabels(labels: tf.Tensor3D, size: readonly [number, nu
   checkMask3(labels, 'downsampleLabels', 'labels');
   const [h, w] = size;
   if (!Number.isInteger(h) || !Number.isInteger(w) || h < 1 || w < 1) {
-    throw new Error(`downsampleLabels: size must be two positive integers [h, w], got [${size.join(',')}]`);
+    throw new Error(`downsampleLabels: size must be two positive integers [h, w], got ${shapeStr(size)}`);
   }
   const [, H, W] = labels.shape;
   if (h === H && w === W) return labels.clone();
@@ -90,9 +87,9 @@ export function downsampleLabels(labels: tf.Tensor3D, size: readonly [number, nu
  */
 export function refineSourceMask(labels: tf.Tensor3D, logits: tf.Tensor4D): tf.Tensor3D {
   checkMask3(labels, 'refineSourceMask', 'labels');
-  if (logits.rank !== 4) throw new Error(`refineSourceMask: logits must be rank 4 [B,h,w,K], got shape ${shapeStr(logits)}`);
+  if (logits.rank !== 4) throw new Error(`refineSourceMask: logits must be rank 4 [B,h,w,K], got shape ${shapeStr(logits.shape)}`);
   if (labels.shape.some((d, i) => d !== logits.shape[i])) {
-    throw new Error(`refineSourceMask: labels ${shapeStr(labels)} do not match logits ${shapeStr(logits)}`);
+    throw new Error(`refineSourceMask: labels ${shapeStr(labels.shape)} do not match logits ${shapeStr(logits.shape)}`);
   }
   return tf.tidy(() => {
     const pred = tf.argMax(logits, 3);

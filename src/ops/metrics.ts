@@ -11,12 +11,9 @@ import * as tf from '@tensorflow/tfjs';
 import { IGNORE_LABEL, maskOneHot } from './masks.ts';
 
 import { SYNTHIA_13_OF_16, TAIL_CLASSES_19 } from './classes.ts';
+import { shapeStr } from './shape.ts';
 
 export { CITYSCAPES_CLASSES, SYNTHIA_CLASSES, TAIL_CLASSES_19, SYNTHIA_13_OF_16 } from './classes.ts';
-
-function shapeStr(shape: readonly number[]): string {
-  return `[${shape.join(',')}]`;
-}
 
 export interface ConfusionMatrixJSON {
   numClasses: number;

@@ -16,10 +16,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { maskOneHot } from './masks.ts';
 import { normalizeFeatures, stopGradient } from './losses.ts';
-
-function shapeStr(shape: readonly number[]): string {
-  return `[${shape.join(',')}]`;
-}
+import { shapeStr } from './shape.ts';
 
 function checkFeaturesAndMask(fn: string, features: tf.Tensor, mask: tf.Tensor, channels: number): void {
   if (features.rank !== 4) throw new Error(`${fn}: features must be rank 4 [B,h,w,C], got shape ${shapeStr(features.shape)}`);

@@ -12,6 +12,7 @@
  *
  * Every error names the source (a file path, for a user) and what was expected vs found.
  */
+import { shapeStr } from './shape.ts';
 
 export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -109,7 +110,7 @@ export function readSafetensorsHeader(bytes: Uint8Array, source: string): Safete
     }
     const expected = elementCount(shape) * DTYPE_BYTES[dtype];
     if (e - b !== expected) {
-      throw new Error(`${what}: data_offsets [${b}, ${e}] span ${e - b} bytes, expected ${expected} for dtype ${dtype} and shape [${shape.join(', ')}]`);
+      throw new Error(`${what}: data_offsets [${b}, ${e}] span ${e - b} bytes, expected ${expected} for dtype ${dtype} and shape ${shapeStr(shape)}`);
     }
     entries.set(name, { name, dtype, shape, begin: dataStart + b, end: dataStart + e });
   }
@@ -222,7 +223,7 @@ export function float32Bytes(data: Float32Array): Uint8Array {
 export function checkTensorToEncode(name: string, t: TensorToEncode): void {
   const n = elementCount(t.shape);
   if (t.data.length !== n) {
-    throw new Error(`safetensors: tensor '${name}' has ${t.data.length} values, expected ${n} for shape [${t.shape.join(', ')}]`);
+    throw new Error(`safetensors: tensor '${name}' has ${t.data.length} values, expected ${n} for shape ${shapeStr(t.shape)}`);
   }
 }
 

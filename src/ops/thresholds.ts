@@ -14,10 +14,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { IGNORE_LABEL } from './masks.ts';
-
-function shapeStr(shape: readonly number[]): string {
-  return `[${shape.join(',')}]`;
-}
+import { shapeStr } from './shape.ts';
 
 function checkProbs(fn: string, probs: tf.Tensor, numClasses?: number): void {
   if (probs.rank !== 4) throw new Error(`${fn}: probs must be rank 4 [B,H,W,K], got shape ${shapeStr(probs.shape)}`);

@@ -71,7 +71,7 @@ test('safetensors: encode/decode round trip is bit-exact, metadata kept, header 
   }
   assert.deepEqual(readSafetensorsHeader(bytes, 'mem').metadata, { note: 'hello', 'ü': 'ß' });
   assert.throws(() => encodeSafetensors(new Map([['x', { shape: [2, 2], data: new Float32Array(3) }]])),
-    { message: "safetensors: tensor 'x' has 3 values, expected 4 for shape [2, 2]" });
+    { message: "safetensors: tensor 'x' has 3 values, expected 4 for shape [2,2]" });
 });
 
 test('safetensors: a hand-built file with F32, F16, BF16, F64, I64, I32, U8, BOOL tensors decodes to known values', () => {
@@ -128,7 +128,7 @@ test('safetensors: malformed buffers fail with the source and expected vs found'
   assert.throws(() => decodeSafetensors(rawFile({ a: { dtype: 'F8_E4M3', shape: [1], data_offsets: [0, 1] } }, new Uint8Array(1)), 'f.st'),
     { message: `f.st: tensor 'a' has unsupported dtype "F8_E4M3", expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL` });
   assert.throws(() => decodeSafetensors(rawFile({ a: { dtype: 'F32', shape: [2, 2], data_offsets: [0, 12] } }, new Uint8Array(16)), 'f.st'),
-    { message: "f.st: tensor 'a': data_offsets [0, 12] span 12 bytes, expected 16 for dtype F32 and shape [2, 2]" });
+    { message: "f.st: tensor 'a': data_offsets [0, 12] span 12 bytes, expected 16 for dtype F32 and shape [2,2]" });
   assert.throws(() => decodeSafetensors(rawFile({ a: { dtype: 'F32', shape: [-1], data_offsets: [0, 4] } }, new Uint8Array(4)), 'f.st'),
     { message: "f.st: tensor 'a': shape must be an array of non-negative integers, found [-1]" });
   assert.throws(() => decodeSafetensors(rawFile({ __metadata__: { a: 1 } }, new Uint8Array(0)), 'f.st'),
@@ -238,7 +238,7 @@ test('loadSafetensors errors: truncated file, header beyond file, wrong shape, m
   wrongShape.set('layer2.0.conv2.weight', { shape: [16, 16, 1, 1], data: new Float32Array(256) });
   const ws = write('shape.safetensors', encodeSafetensors(wrongShape));
   await assert.rejects(loadSafetensors(m, ws), {
-    message: `${ws}: tensor 'layer2.0.conv2.weight' has shape [16, 16, 1, 1], expected [16, 16, 3, 3] (OIHW) for model parameter 'backbone.layer2.0.conv2.weight'`,
+    message: `${ws}: tensor 'layer2.0.conv2.weight' has shape [16,16,1,1], expected [16,16,3,3] (OIHW) for model parameter 'backbone.layer2.0.conv2.weight'`,
   });
   const wrongBn = new Map(torch);
   wrongBn.set('bn1.running_var', { shape: [8], data: new Float32Array(8) });
@@ -394,7 +394,7 @@ test('checkpoint: model + SGD + discriminator + Adam + extra + meta round-trip e
   const other = deeplabV2({ backbone: 'small', numClasses: 3 });
   const loaded = await loadCheckpoint(path);
   assert.throws(() => applyModelState(other, loaded.model, { source: path }), {
-    message: `${path}: parameter 'classifier.conv2d_list.0.weight' is float32 [3, 3, 256, 5] in the state, expected float32 [3, 3, 256, 3]`,
+    message: `${path}: parameter 'classifier.conv2d_list.0.weight' is float32 [3,3,256,5] in the state, expected float32 [3,3,256,3]`,
   });
   tf.dispose(loaded.model.get('backbone.bn1.bias')!);
   loaded.model.delete('backbone.bn1.bias');
