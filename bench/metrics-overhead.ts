@@ -32,7 +32,7 @@ const x = tf.randomNormal([batch, 64, 128, 3], 0, 1, 'float32', 1) as tf.Tensor4
 const y = tf.randomUniformInt([batch, 64, 128], 0, 19, 2) as tf.Tensor3D;
 const metrics = createMetrics();
 const cfg = PRESETS.synthetic!();
-const events = metricsEvents(metrics, cfg, cfg.data.numClasses === 19 ? Array.from({ length: 19 }, (_, k) => `c${k}`) : [], 'wasm', { log: () => {} });
+const events = metricsEvents(metrics, { preset: cfg.preset, classifierLrMult: cfg.optimizer.classifierLrMult }, cfg.data.numClasses === 19 ? Array.from({ length: 19 }, (_, k) => `c${k}`) : [], 'wasm', { log: () => {} });
 const protos = new Prototypes();
 protos.set(tf.randomUniform([19, model.featureChannels], 0, 1, 'float32', 3) as tf.Tensor2D);
 

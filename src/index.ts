@@ -51,6 +51,7 @@ export { evaluate, type EvalReport } from './stages/evaluate.ts';
 export { CheckpointStore, type CheckpointPointer } from './stages/checkpoint.ts';
 export { PRESETS, PHASES, mergeConfig, checkConfig, type SpclConfig, type PhaseName } from './recipe/config.ts';
 export { runRecipe, type RunReport, type RunOptions } from './recipe/run.ts';
-export { batches, type RunContext, type RunEvents } from './recipe/context.ts';
+export { batches, type RunContext } from './recipe/context.ts';
+export type { RunEvents } from './observe/run-events.ts';
 export { createMetrics, type SpclMetrics } from './observe/metrics.ts';
 export { serveMetrics } from './observe/server.ts';

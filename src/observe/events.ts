@@ -3,22 +3,26 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { Credits } from '../graph/flow.ts';
-import { polyLR } from '../ops/optim.ts';
-import type { SpclConfig } from '../recipe/config.ts';
-import type { RunEvents } from '../recipe/context.ts';
+import type { RunEvents } from './run-events.ts';
 import { faultReason } from '../data/faults.ts';
 import type { SpclMetrics } from './metrics.ts';
 
 const SMOOTHING = 0.98;
 
-export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: readonly string[], backend: string, base: RunEvents, targetImages = 0): RunEvents {
+/** What the metrics need to know about the run: its preset (a build_info label) and the classifier's LR multiplier. */
+export interface MetricsRun {
+  preset: string;
+  classifierLrMult: number;
+}
+
+export function metricsEvents(m: SpclMetrics, run: MetricsRun, classNames: readonly string[], backend: string, base: RunEvents, targetImages = 0): RunEvents {
   const smoothed = new Map<string, number>();
   const flows = new Map<string, Credits>();
   const version = process.env.npm_package_version ?? '0.1.0';
   let phase = 'init';
   const info = () => {
     m.buildInfo.reset();
-    m.buildInfo.set({ version, backend, phase, preset: cfg.preset }, 1);
+    m.buildInfo.set({ version, backend, phase, preset: run.preset }, 1);
     m.phaseInfo.reset();
     m.phaseInfo.set({ phase }, 1);
   };
@@ -81,15 +85,10 @@ export function metricsEvents(m: SpclMetrics, cfg: SpclConfig, classNames: reado
         m.trainLossSmoothed.set({ term }, next);
       }
       m.learningRate.set({ group: 'backbone' }, r.lr);
-      m.learningRate.set({ group: 'classifier' }, r.lr * cfg.optimizer.classifierLrMult);
-      if (r.phase === 'warmup' && cfg.warmup.lambdaAdv > 0) {
-        m.learningRate.set({ group: 'discriminator' }, polyLR(cfg.warmup.lrD, Math.min(r.iteration, cfg.warmup.maxIter), cfg.warmup.maxIter));
-      }
-      if (r.phase === 'ssl' || r.phase === 'continuous') m.trainSamples.inc({ domain: 'target' }, cfg.batch.source + cfg.batch.target);
-      else {
-        m.trainSamples.inc({ domain: 'source' }, cfg.batch.source);
-        m.trainSamples.inc({ domain: 'target' }, cfg.batch.target);
-      }
+      m.learningRate.set({ group: 'classifier' }, r.lr * run.classifierLrMult);
+      // a method's own optimisers (the warm-up's discriminator) report their rates with the step
+      for (const [group, lr] of Object.entries(r.lrs ?? {})) m.learningRate.set({ group }, lr);
+      for (const [domain, n] of Object.entries(r.samples ?? {})) if (n > 0) m.trainSamples.inc({ domain }, n);
       base.step?.(r);
     },
     skip(stage, error) {

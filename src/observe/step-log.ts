@@ -13,7 +13,7 @@
  */
 import { mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { RunEvents } from '../recipe/context.ts';
+import type { RunEvents } from './run-events.ts';
 import type { StepReport } from '../stages/train-step.ts';
 
 export interface StepLogRecord {

@@ -5,51 +5,22 @@
  */
 import { join } from 'node:path';
 import { tap, type Observable } from 'rxjs';
-import { Credits, type StageError } from '../graph/flow.ts';
+import { Credits } from '../graph/flow.ts';
 import type { AugmentSpec } from '../data/augment.ts';
-import { countFault, faultReason, type FaultCounts, type FaultReport } from '../data/faults.ts';
+import { countFault, faultReason, type FaultCounts } from '../data/faults.ts';
 import type { Dataset, SampleReader } from '../data/reader.ts';
 import { ClassBalancedSampler, ShuffleSampler, type Sampler } from '../data/sampler.ts';
 import type { BackendName } from '../ops/backend.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
-import { collate, type Batch } from '../stages/collate.ts';
+import type { Batch } from '../stages/collate.ts';
 import { CheckpointStore } from '../stages/checkpoint.ts';
-import { decodeAugment, repairLine, skipLine } from '../stages/decode-augment.ts';
+import { repairLine, skipLine } from '../stages/decode-augment.ts';
+import { feedBatches } from '../stages/feed-batches.ts';
 import type { EvalReport } from '../stages/evaluate.ts';
-import { inOrder, readShards } from '../stages/read-shards.ts';
-import type { StepReport } from '../stages/train-step.ts';
+import { inOrder } from '../stages/read-shards.ts';
 import { Prototypes } from '../stages/update-prototypes.ts';
 import type { PhaseName, SpclConfig } from './config.ts';
-import type { GenerationInfo } from '../data/pseudo-labels.ts';
-
-/** Hooks through which a run reports what happens (logs, metrics); all but `log` optional. */
-export interface RunEvents {
-  log(line: string): void;
-  step?(report: StepReport): void;
-  /** A sample was skipped; `error.reason` says why (src/data/faults.ts). */
-  skip?(stage: string, error: StageError): void;
-  /** A sample was kept after a repair (unknown label IDs set to 255). */
-  repaired?(stage: string, fault: FaultReport): void;
-  evaluated?(phase: string, report: EvalReport): void;
-  phase?(phase: PhaseName, state: 'start' | 'end'): void;
-  /** A sample left the decode-augment workers (their own timing and bytes). */
-  decoded?(sample: { seconds: number; encodedBytes: number }): void;
-  /** A batch left collate. */
-  batched?(domain: Domain, n: number): void;
-  /** A bounded flow started: its credits give queue depth and capacity. */
-  flow?(name: string, credits: Credits): void;
-  pseudoLabels?(info: GenerationInfo, counts: number[]): void;
-  checkpoint?(seconds: number, bytes: number): void;
-  prototypes?(prototypes: Prototypes): void;
-  /** The run completed (every wanted phase done). */
-  finished?(): void;
-  /** Continuous phase: target images arrived (totals after the arrival; pending = without pseudo-labels). */
-  arrivals?(a: { added: number; ingested: number; problems: number; total: number; pending: number }): void;
-  /** A streak of non-finite steps rolled the run back to a checkpoint (learning rates now x lrScale). */
-  rolledBack?(phase: PhaseName, lrScale: number): void;
-  /** Continuous phase: thresholds + pseudo-labels were refreshed, for this reason. */
-  refreshed?(trigger: 'start' | 'steps' | 'arrivals', pending: number): void;
-}
+import type { Domain, RunEvents } from '../observe/run-events.ts';
 
 export interface RunContext {
   cfg: SpclConfig;
@@ -127,8 +98,6 @@ export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds
   };
 }
 
-export type Domain = 'source' | 'target' | 'targetVal';
-
 export interface BatchStreamOptions {
   domain: Domain;
   spec: AugmentSpec;
@@ -145,7 +114,7 @@ export interface BatchStreamOptions {
   keys?: readonly string[];
 }
 
-/** read-shards -> decode-augment -> collate, with its own bounded credits. */
+/** The run's batches of one dataset (`feedBatches`), with its own bounded credits, counted and logged in the run. */
 export function batches(ctx: RunContext, opts: BatchStreamOptions): Observable<Batch> {
   const dataset = ctx.data[opts.domain];
   if (!dataset) throw new Error(`no ${opts.domain} dataset configured`);
@@ -161,25 +130,19 @@ export function batches(ctx: RunContext, opts: BatchStreamOptions): Observable<B
   }
   const start = opts.start ?? 0;
   for (let i = 0; i < start; i++) sampler.next(); // resume: replay the draws already consumed
-  return readShards({
-    dataset, sampler, credits, seed: ctx.cfg.seed, stream: opts.stream, start,
-    count: opts.mode === 'pass' ? dataset.keys.length : undefined,
-  }).pipe(
-    decodeAugment({
-      reader: ctx.reader, spec: opts.spec, credits, pseudo: opts.pseudo ?? null,
-      onSkip: (e) => {
-        countFault(ctx.skipped, e.stage, faultReason(e.reason));
-        ctx.events.log(skipLine(e));
-        ctx.events.skip?.(e.stage, e);
-      },
-      onRepair: (stage, f) => {
-        countFault(ctx.repaired, stage, f.reason);
-        ctx.events.log(repairLine(stage, f));
-        ctx.events.repaired?.(stage, f);
-      },
-    }),
-    tap((s) => ctx.events.decoded?.(s)),
-    collate(opts.batchSize, { reader: ctx.reader, credits, partial: opts.mode === 'pass' }),
-    tap((b) => ctx.events.batched?.(opts.domain, b.n)),
-  );
+  return feedBatches({
+    dataset, sampler, credits, reader: ctx.reader, spec: opts.spec, batchSize: opts.batchSize, seed: ctx.cfg.seed, stream: opts.stream, start,
+    count: opts.mode === 'pass' ? dataset.keys.length : undefined, pseudo: opts.pseudo ?? null,
+    onSkip: (e) => {
+      countFault(ctx.skipped, e.stage, faultReason(e.reason));
+      ctx.events.log(skipLine(e));
+      ctx.events.skip?.(e.stage, e);
+    },
+    onRepair: (stage, f) => {
+      countFault(ctx.repaired, stage, f.reason);
+      ctx.events.log(repairLine(stage, f));
+      ctx.events.repaired?.(stage, f);
+    },
+    onDecoded: (s) => ctx.events.decoded?.(s),
+  }).pipe(tap((b) => ctx.events.batched?.(opts.domain, b.n)));
 }

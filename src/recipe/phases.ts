@@ -270,13 +270,14 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
           predT = tf.keep(pt);
           return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };
         }, params, opt, lr);
-        if (!adversarial) return { losses: g.losses, lr, skipped: !g.finite };
+        const samples = { source: sb.n, target: tb ? tb.n : 0 };
+        if (!adversarial) return { losses: g.losses, lr, skipped: !g.finite, samples };
         const d = applyIfFinite(() => {
           const l = tf.add(tf.mul(bceWithLogits(disc.forward(predS!), 0), 0.5), tf.mul(bceWithLogits(disc.forward(predT!), 1), 0.5)) as tf.Scalar;
           return { total: l, terms: {} };
         }, dParams, dOpt, lrD);
         tf.dispose([predS!, predT!]);
-        return { losses: { ...g.losses, disc: d.losses.total! }, lr, skipped: !g.finite || !d.finite };
+        return { losses: { ...g.losses, disc: d.losses.total! }, lr, lrs: { discriminator: lrD }, skipped: !g.finite || !d.finite, samples };
       });
     }, releaseBatches, () => ({ optimizer: opt.getState(), discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])), discriminatorOptimizer: dOpt.getState() }));
   } finally {
@@ -374,7 +375,7 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
           const total = tf.add(seg, tf.mul(tf.add(clS, clT), c.lambda)) as tf.Scalar;
           return { total, terms: { seg, cl_source: clS, cl_target: clT } };
         }, params, opt, lr);
-        return { losses: g.losses, lr, skipped: !g.finite };
+        return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb.n } };
       });
     }, releaseBatches, () => ({ optimizer: opt.getState() }));
   } finally {
@@ -427,7 +428,7 @@ export function anchoredSelfTrainingStep(params: Param[], opt: SGD, lrAt: (itera
         const source = segCrossEntropy(ls, xs.labels!);
         return { total: tf.add(ssl, tf.mul(source, sourceWeight)) as tf.Scalar, terms: { ssl, source } };
       }, params, opt, lr);
-      return { losses: g.losses, lr, skipped: !g.finite };
+      return { losses: g.losses, lr, skipped: !g.finite, samples: { target: tb.n, source: xs ? sb!.n : 0 } };
     });
   };
 }

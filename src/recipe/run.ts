@@ -19,7 +19,8 @@ import { PHASES, RECIPE_PHASES } from './config.ts';
 import { continuousPhase, type ContinuousSummary } from './continuous.ts';
 import type { SpclMetrics } from '../observe/metrics.ts';
 import { metricsEvents } from '../observe/events.ts';
-import { createContext, type ContinuousState, type PhaseResultLike, type RunContext, type RunEvents } from './context.ts';
+import { createContext, type ContinuousState, type PhaseResultLike, type RunContext } from './context.ts';
+import type { RunEvents } from '../observe/run-events.ts';
 import { evaluatePhase, prototypesPhase, pseudoLabelPhase, spclPhase, sslPhase, warmupPhase, checkpointState, type ResumePoint } from './phases.ts';
 import { NonFiniteStreak } from '../stages/train-step.ts';
 
@@ -157,7 +158,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     target: await open(cfg.data.target, 'target', numClasses),
     targetVal: cfg.data.targetVal ? await open(cfg.data.targetVal, 'targetVal', numClasses) : null,
   };
-  if (opts.metrics) events = metricsEvents(opts.metrics, cfg, data.source.manifest.classNames, backend, events, data.target.keys.length);
+  if (opts.metrics) events = metricsEvents(opts.metrics, { preset: cfg.preset, classifierLrMult: cfg.optimizer.classifierLrMult }, data.source.manifest.classNames, backend, events, data.target.keys.length);
   const model = deeplabV2({ backbone: cfg.model.backbone, numClasses, seed: cfg.seed });
   if (cfg.model.weights) {
     const r = await loadSafetensors(model, cfg.model.weights);

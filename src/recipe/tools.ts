@@ -8,9 +8,10 @@ import { SampleReader, type Dataset } from '../data/reader.ts';
 import { applyModelState, disposeCheckpoint, loadCheckpoint } from '../io/weights.ts';
 import { deeplabV2, type BackboneName, type SegModel } from '../ops/model/deeplab.ts';
 import { Credits } from '../graph/flow.ts';
-import { collate, type Batch } from '../stages/collate.ts';
-import { decodeAugment, repairLine, skipLine } from '../stages/decode-augment.ts';
-import { inOrder, readShards } from '../stages/read-shards.ts';
+import type { Batch } from '../stages/collate.ts';
+import { repairLine, skipLine } from '../stages/decode-augment.ts';
+import { feedBatches } from '../stages/feed-batches.ts';
+import { inOrder } from '../stages/read-shards.ts';
 
 export interface LoadedModel {
   model: SegModel;
@@ -38,11 +39,10 @@ export async function pass<T>(dataset: Dataset, spec: AugmentSpec, batchSize: nu
   const reader = new SampleReader({ threads: workers, log });
   try {
     const credits = new Credits(Math.max(16, batchSize * 2));
-    return await lastValueFrom(readShards({ dataset, sampler: inOrder(dataset.keys), credits, seed: 0, stream: 0, count: dataset.keys.length }).pipe(
-      decodeAugment({ reader, spec, credits, onSkip: (e) => log(skipLine(e)), onRepair: (stage, f) => log(repairLine(stage, f)) }),
-      collate(batchSize, { reader, credits, partial: true }),
-      sink(reader),
-    ));
+    return await lastValueFrom(feedBatches({
+      dataset, sampler: inOrder(dataset.keys), reader, spec, credits, batchSize, seed: 0, stream: 0, count: dataset.keys.length,
+      onSkip: (e) => log(skipLine(e)), onRepair: (stage, f) => log(repairLine(stage, f)),
+    }).pipe(sink(reader)));
   } finally {
     await reader.close();
   }

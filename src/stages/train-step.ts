@@ -22,12 +22,18 @@ export interface StepReport {
   waitSeconds: number;
   /** The update was skipped (non-finite loss). */
   skipped: boolean;
+  /** Learning rates of further optimiser groups of the step (e.g. discriminator). */
+  lrs?: Record<string, number>;
+  /** Images the step trained on, by domain. */
+  samples?: Record<string, number>;
 }
 
 export interface StepOutcome {
   losses: Record<string, number>;
   lr: number;
   skipped?: boolean;
+  lrs?: Record<string, number>;
+  samples?: Record<string, number>;
 }
 
 export interface TrainStepOptions<B> {
@@ -70,6 +76,7 @@ export function trainStep<B>(opts: TrainStepOptions<B>): OperatorFunction<B, Ste
       iteration++;
       report = {
         phase: opts.phase, iteration, losses: out.losses, lr: out.lr, skipped: out.skipped ?? false,
+        ...(out.lrs ? { lrs: out.lrs } : {}), ...(out.samples ? { samples: out.samples } : {}),
         seconds: (performance.now() - arrived) / 1000, waitSeconds: (arrived - idleSince) / 1000,
       };
     } finally {

@@ -58,10 +58,11 @@ test('run events become metric values: steps, data wait, losses (raw and smoothe
   const m = createMetrics({ defaultMetrics: false });
   const cfg = PRESETS.synthetic!();
   const names = ['road', 'car', 'sky'];
-  const ev = metricsEvents(m, cfg, names, 'wasm', { log: () => {} });
+  const ev = metricsEvents(m, { preset: cfg.preset, classifierLrMult: cfg.optimizer.classifierLrMult }, names, 'wasm', { log: () => {} });
   ev.phase!('spcl', 'start');
   const step = (iteration: number, total: number) => ev.step!({
     phase: 'spcl', iteration, losses: { total, seg: total / 2 }, lr: 0.01, seconds: 0.2, waitSeconds: 0.05, skipped: iteration === 2,
+    samples: { source: cfg.batch.source, target: cfg.batch.target }, ...(iteration === 2 ? { lrs: { discriminator: 1e-4 } } : {}),
   });
   step(1, 4);
   step(2, 2);
@@ -72,6 +73,8 @@ test('run events become metric values: steps, data wait, losses (raw and smoothe
   assert.equal(await value(m, 'spcl_train_learning_rate', { group: 'classifier' }), 0.1);
   assert.equal(await value(m, 'spcl_train_skipped_steps_total', { reason: 'non_finite_loss' }), 1);
   assert.equal(await value(m, 'spcl_train_samples_total', { domain: 'source' }), 2 * cfg.batch.source);
+  assert.equal(await value(m, 'spcl_train_samples_total', { domain: 'target' }), 2 * cfg.batch.target);
+  assert.equal(await value(m, 'spcl_train_learning_rate', { group: 'discriminator' }), 1e-4);
   assert.equal(await value(m, 'spcl_build_info', { phase: 'spcl', backend: 'wasm', preset: 'synthetic' }), 1);
   // the reason is the error's own, never read from its text; an error without one (or an unknown one) is 'other'
   ev.skip!('decode-augment', new StageError('decode-augment', 'k', new SampleFault({ reason: 'corrupt_image', file: 'x', key: 'k', message: "x: record 'k': no pseudo-label" })));
@@ -102,7 +105,7 @@ test('run events become metric values: steps, data wait, losses (raw and smoothe
 
 test('continuous-phase events become metric values: target images, arrivals by source, pending images, refreshes by trigger', async () => {
   const m = createMetrics({ defaultMetrics: false });
-  const ev = metricsEvents(m, PRESETS.synthetic!(), ['road'], 'wasm', { log: () => {} }, 120);
+  const ev = metricsEvents(m, { preset: 'synthetic', classifierLrMult: 10 }, ['road'], 'wasm', { log: () => {} }, 120);
   assert.equal(await value(m, 'spcl_target_images'), 120);
   assert.equal(await value(m, 'spcl_pseudo_label_pending_images'), 0);
   assert.equal(await value(m, 'spcl_target_arrivals_total', { source: 'watch' }), 0);
