@@ -483,7 +483,7 @@ async function profileOurs(ds: Dataset, keys: string[], count: number): Promise<
       t.push(performance.now());
       // (1) the draws, then contrast's mean over the whole image, staging the source pixels the crop reads
       const rng = new Rng(i);
-      const factors = drawColorJitter(spec.jitter, rng);
+      const factors = drawColorJitter(spec.jitter!, rng) // the reference ssl spec jitters;
       const p = drawScaleCrop(w, h, { scaleRange: spec.scale, crop: spec.crop }, rng);
       const vx = Math.max(0, p.cropX);
       const vy = Math.max(0, p.cropY);

@@ -18,9 +18,11 @@ import { cp, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseCli } from '../src/cli.ts';
-import { writeSyntheticArrivals } from '../src/data/synthetic.ts';
+import { writeSyntheticArrivals } from '../src/synthetic/render.ts';
 import { SYNTHETIC_QUICK_DATA } from '../src/recipe/config.ts';
-import { prepareSynthetic, type RunReport } from '../src/recipe/run.ts';
+import type { RunReport } from '../src/recipe/run.ts';
+import { prepareSynthetic } from '../src/synthetic/benchmark.ts';
+import type { ContinuousSummary } from '../src/methods/continuous.ts';
 
 const USAGE = `usage: node bench/soak.ts [options]
   --minutes M         how long the pipeline runs before SIGTERM (default 60)
@@ -227,7 +229,7 @@ async function main(): Promise<number> {
   if (!child.stderr.readableEnded) await new Promise((resolve) => child.stderr.once('end', resolve));
   await new Promise((resolve) => logFile.end(resolve));
   const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as RunReport;
-  const c = report.continuous!;
+  const c = report.continuous as ContinuousSummary;
   const seconds = (stopAt - t0) / 1000;
   const half = rss.filter((s) => s.t >= seconds / 2);
   // the bound is on anonymous memory: file-backed pages are the LMDB data the run reads, which grows with

@@ -16,7 +16,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseCli } from '../src/cli.ts';
 import { SYNTHETIC_DATA } from '../src/recipe/config.ts';
-import { prepareSynthetic, type RunReport } from '../src/recipe/run.ts';
+import type { RunReport } from '../src/recipe/run.ts';
+import { prepareSynthetic } from '../src/synthetic/benchmark.ts';
 
 const USAGE = `usage: node bench/synthetic-results.ts [options]
   --seeds LIST    seeds, comma-separated (default 0,1,2)

@@ -7,7 +7,7 @@
  */
 import { parseCli } from '../src/cli.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
-import { DEFAULT_SOURCE_SIZE, DEFAULT_TARGET_SIZE, writeSyntheticBenchmark, type SyntheticProgress } from '../src/data/synthetic.ts';
+import { DEFAULT_SOURCE_SIZE, DEFAULT_TARGET_SIZE, writeSyntheticBenchmark, type SyntheticProgress } from '../src/synthetic/render.ts';
 
 const USAGE = `usage: node pipelines/make-synthetic.ts --out DIR [options]
   --out DIR                  folder to write: DIR/gta5 (source) and DIR/cityscapes (target)

@@ -15,7 +15,9 @@ import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { parseCli } from '../src/cli.ts';
 import { PRESETS, mergeConfig, parseSet } from '../src/recipe/config.ts';
-import { prepareSynthetic, runRecipe } from '../src/recipe/run.ts';
+import { runRecipe } from '../src/recipe/run.ts';
+import { prepareSynthetic } from '../src/synthetic/benchmark.ts';
+import { SOURCE_ONLY } from '../src/methods/registry.ts';
 import { applyModelState, disposeCheckpoint, loadCheckpoint, saveModelSafetensors } from '../src/io/weights.ts';
 import { deeplabV2 } from '../src/ops/model/deeplab.ts';
 import { ParamStore } from '../src/ops/model/params.ts';
@@ -57,7 +59,7 @@ try {
   const before = await store.latest();
   // an interrupted run resumes where it stopped; a finished one is only exported again
   if (!before || before.phase !== 'warmup' || before.iteration < iterations) {
-    const report = await runRecipe({ cfg, only: ['warmup'], resume: true, events: { log } });
+    const report = await runRecipe({ cfg, recipe: SOURCE_ONLY, resume: true, events: { log } });
     if (report.stopped) process.exit(0);
   }
   const latest = await store.latest();

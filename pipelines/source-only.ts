@@ -13,7 +13,9 @@ process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 
 import { join } from 'node:path';
 import { PRESETS, SYNTHETIC_DATA, checkConfig, computeMatched, mergeConfig, parseSet } from '../src/recipe/config.ts';
-import { runRecipe, useSyntheticData } from '../src/recipe/run.ts';
+import { runRecipe } from '../src/recipe/run.ts';
+import { useSyntheticData } from '../src/synthetic/benchmark.ts';
+import { SOURCE_ONLY } from '../src/methods/registry.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { parseCli } from '../src/cli.ts';
 import { stepLogEvents } from '../src/observe/step-log.ts';
@@ -44,7 +46,7 @@ try {
   await useSyntheticData(cfg, SYNTHETIC_DATA, log);
   checkConfig(cfg);
   const { metrics, server } = await startMetrics(args, log);
-  const report = await runRecipe({ cfg, only: ['warmup'], events: args['step-log'] ? stepLogEvents(args['step-log'], { log }) : { log }, metrics });
+  const report = await runRecipe({ cfg, recipe: SOURCE_ONLY, events: args['step-log'] ? stepLogEvents(args['step-log'], { log }) : { log }, metrics });
   await server.close();
   const w = report.phases[0]!;
   console.log(`source-only  target val mIoU ${w.miou === null ? '-' : (100 * w.miou).toFixed(2)}  (${w.seconds.toFixed(0)} s, backend ${report.backend}, seed ${report.seed})`);

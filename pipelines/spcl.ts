@@ -7,10 +7,12 @@
 import { availableParallelism } from 'node:os';
 process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PHASES, PRESETS, SYNTHETIC_DATA, SYNTHETIC_QUICK_DATA, checkConfig, mergeConfig, parseSet, quick, type PhaseName, type SpclConfig } from '../src/recipe/config.ts';
-import { runRecipe, useSyntheticData, type RunReport } from '../src/recipe/run.ts';
+import { PRESETS, SYNTHETIC_DATA, SYNTHETIC_QUICK_DATA, checkConfig, quick } from '../src/recipe/config.ts';
+import { configFromArgs } from '../src/recipe/cli-config.ts';
+import { runRecipe, type RunReport } from '../src/recipe/run.ts';
+import { METHODS } from '../src/methods/registry.ts';
+import { useSyntheticData } from '../src/synthetic/benchmark.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 import { parseCli } from '../src/cli.ts';
 import { stepLogEvents } from '../src/observe/step-log.ts';
@@ -23,7 +25,7 @@ const USAGE = `usage: node pipelines/spcl.ts [options]
   --out DIR            run folder (checkpoints, pseudo-labels, report.json); default runs/<preset>
   --backend NAME       auto | tensorflow | wasm | cpu (default auto)
   --seed N             run seed (default 0)
-  --phase NAME[,NAME]  run only these phases (${PHASES.join(', ')}), from the run's last checkpoint
+  --phase NAME[,NAME]  run only these phases (${Object.keys(METHODS).join(', ')}), from the run's last checkpoint
   --checkpoint FILE    with --phase: start from this checkpoint instead
   --resume             continue from the last checkpoint in --out
   --continuous         after the recipe (or the --phase phases), keep adapting: new target images are picked
@@ -53,41 +55,18 @@ const cli = parseCli('spcl', USAGE, {
 const args = cli.values;
 const usageError: (message: string) => never = cli.fail;
 
-async function buildConfig(): Promise<SpclConfig> {
-  const preset = PRESETS[args.preset];
-  if (!preset) usageError(`--preset must be one of ${Object.keys(PRESETS).join(', ')}, got '${args.preset}'`);
-  let cfg = preset();
-  if (args.quick) {
-    if (args.preset !== 'synthetic') usageError('--quick only applies to the synthetic preset');
-    cfg = quick(cfg);
-  }
-  if (args.config) {
-    let text: string;
-    try {
-      text = await readFile(args.config, 'utf8');
-    } catch {
-      throw new Error(`${args.config}: cannot read the config file`);
-    }
-    let json;
-    try {
-      json = JSON.parse(text);
-    } catch (err) {
-      throw new Error(`${args.config}: invalid JSON (${(err as Error).message})`);
-    }
-    cfg = mergeConfig(cfg, json, args.config);
-  }
-  for (const s of args.set) cfg = mergeConfig(cfg, parseSet(s), `--set ${s}`);
-  const flags: Record<string, unknown> = {};
-  if (args.out) flags.out = args.out;
-  if (args.backend) flags.backend = args.backend;
-  if (args.seed !== undefined) {
-    const seed = Number(args.seed);
-    flags.seed = Number.isInteger(seed) ? seed : args.seed;
-  }
-  cfg = mergeConfig(cfg, flags as Parameters<typeof mergeConfig>[1], 'flags');
-  if (args.quick && !args.out) cfg.out = 'runs/synthetic-quick';
-  return cfg;
-}
+/**
+ * The SPCL recipe, REFERENCE 1 step by step (steps 2 and 6, checkpoint selection on target val, are
+ * `checkpoint.select: best-val`); `--continuous` follows it with continuous adaptation.
+ */
+const RECIPE = [
+  METHODS.warmup!, //             1  source CE on logits / 1.8 (+ output-space adversarial term)
+  METHODS.prototypes!, //         3  class prototypes: source feature centroids (Eq. 2)
+  METHODS['pseudo-labels']!, //   4  class thresholds + offline target pseudo-labels
+  METHODS.spcl!, //               5  seg + lambda (Lcl_s + Lcl_t) against EMA prototypes (Eq. 3-8)
+  METHODS['pseudo-labels-2']!, // 7  thresholds + pseudo-labels again, from the contrastive model
+  METHODS.ssl!, //                8  self-training on them (Eq. 9)
+];
 
 const log = (line: string) => process.stderr.write(`${line}\n`);
 const pct = (v: number | null) => (v === null ? '   -  ' : (100 * v).toFixed(2).padStart(6));
@@ -99,15 +78,14 @@ function table(r: RunReport): string {
 }
 
 try {
-  const cfg = await buildConfig();
+  if (args.quick && args.preset !== 'synthetic') usageError('--quick only applies to the synthetic preset');
+  const cfg = await configFromArgs(args, usageError, args.quick ? quick : undefined);
+  if (args.quick && !args.out) cfg.out = 'runs/synthetic-quick';
   await useSyntheticData(cfg, args.quick ? SYNTHETIC_QUICK_DATA : SYNTHETIC_DATA, log);
   checkConfig(cfg);
-  let only: PhaseName[] | undefined;
-  if (args.phase) {
-    only = args.phase.split(',') as PhaseName[];
-    const bad = only.find((p) => !PHASES.includes(p));
-    if (bad) usageError(`--phase must name phases among ${PHASES.join(', ')}, got '${bad}'`);
-  }
+  const only = args.phase?.split(',');
+  const bad = only?.find((p) => !(p in METHODS));
+  if (bad) usageError(`--phase must name phases among ${Object.keys(METHODS).join(', ')}, got '${bad}'`);
   const controller = new AbortController();
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
@@ -118,7 +96,7 @@ try {
   if (args.checkpoint && !only) usageError('--checkpoint needs --phase');
   const { metrics, server } = await startMetrics(args, log);
   const report = await runRecipe({
-    cfg, resume: args.resume || Boolean(only), only, checkpoint: args.checkpoint, continuous: args.continuous,
+    cfg, recipe: RECIPE, endless: METHODS.continuous, resume: args.resume || Boolean(only), only, checkpoint: args.checkpoint, continuous: args.continuous,
     events: args['step-log'] ? stepLogEvents(args['step-log'], { log }) : { log }, signal: controller.signal, metrics,
   });
   await server.close();

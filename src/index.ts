@@ -39,7 +39,7 @@ export { ingestDataset, type IngestOptions, type IngestSummary } from './data/in
 export { listDataset, DATASETS, type DatasetName } from './data/adapters.ts';
 export { AUGMENT_PRESETS, augmentSample, scaleAugmentSpec, type AugmentSpec } from './data/augment.ts';
 export { PseudoLabelWriter, currentGeneration, currentGenerationPath, type GenerationInfo } from './data/pseudo-labels.ts';
-export { writeSyntheticBenchmark, renderScene } from './data/synthetic.ts';
+export { writeSyntheticBenchmark, renderScene } from './synthetic/render.ts';
 export { readShards, inOrder, type SampleRef } from './stages/read-shards.ts';
 export { decodeAugment, type DecodedSample } from './stages/decode-augment.ts';
 export { collate, type Batch } from './stages/collate.ts';
@@ -49,7 +49,9 @@ export { estimateThresholds, type ThresholdResult } from './stages/estimate-thre
 export { writePseudoLabels, writeGeneration } from './stages/write-pseudo-labels.ts';
 export { evaluate, type EvalReport } from './stages/evaluate.ts';
 export { CheckpointStore, type CheckpointPointer } from './stages/checkpoint.ts';
-export { PRESETS, PHASES, mergeConfig, checkConfig, type SpclConfig, type PhaseName } from './recipe/config.ts';
+export { PRESETS, mergeConfig, checkConfig, type SpclConfig } from './recipe/config.ts';
+export { METHODS, SOURCE_ONLY } from './methods/registry.ts';
+export type { Method } from './recipe/method.ts';
 export { runRecipe, type RunReport, type RunOptions } from './recipe/run.ts';
 export { batches, type RunContext } from './recipe/context.ts';
 export type { RunEvents } from './observe/run-events.ts';

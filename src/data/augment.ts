@@ -1240,28 +1240,44 @@ export interface AugmentSpec {
   resizeLabel?: boolean;
 }
 
+/** ColorJitter of the authors' training transforms (REFERENCE 6.3). */
+export const JITTER: Readonly<JitterParams> = { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 };
+
+/** The input sizes [h, w] of a run, and how self-training crops (REFERENCE 6.3: scale 0.5-1.5, jitter on). */
+export interface PhaseSpecSizes {
+  source: readonly [number, number];
+  target: readonly [number, number];
+  eval: readonly [number, number];
+  ssl?: { scale: readonly [number, number]; jitter: boolean };
+}
+
 /**
- * Per-phase specs of REFERENCE 6.3 at the reference resolutions (GTA5 1914x1052 -> 1280x720,
- * Cityscapes 2048x1024). Plain data: callers running at reduced resolution derive theirs with
- * `scaleAugmentSpec`.
+ * The per-phase augmentation specs of REFERENCE 6.3 at a run's sizes: the one place they are written
+ * (the recipe calls this with its config; `AUGMENT_PRESETS` is it at the reference resolutions).
  */
-export const AUGMENT_PRESETS = {
-  /** Warm-up / CL source (GTA5): jitter + resize 720x1280. */
-  warmupSource: { jitter: { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 }, resize: [720, 1280] },
-  /** Warm-up / CL target (Cityscapes): resize 512x1024 only. */
-  warmupTarget: { resize: [512, 1024] },
-  /** Prototype initialisation over the source set: resize only. */
-  prototypeInit: { resize: [720, 1280] },
-  /** Threshold / pseudo-label pass over the target set: resize only. */
-  threshold: { resize: [512, 1024] },
-  /** SSL self-training on the target with pseudo-labels: jitter + scale 0.5-1.5 + crop 512x1024 + flip 0.5. */
-  sslTarget: {
-    jitter: { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 },
-    scale: [0.5, 1.5], crop: [512, 1024], flipProb: 0.5,
-  },
-  /** Evaluation (REFERENCE 7): image resized to 512x1024, label kept at native resolution. */
-  evaluation: { resize: [512, 1024], resizeLabel: false },
-} as const satisfies Record<string, AugmentSpec>;
+export function augmentSpecs(size: PhaseSpecSizes) {
+  const ssl = size.ssl ?? { scale: [0.5, 1.5] as const, jitter: true };
+  return {
+    /** Warm-up / CL source (GTA5): jitter + resize. */
+    warmupSource: { jitter: JITTER, resize: size.source },
+    /** Warm-up / CL target (Cityscapes): resize only. */
+    warmupTarget: { resize: size.target },
+    /** Prototype initialisation over the source set: resize only. */
+    prototypeInit: { resize: size.source },
+    /** Threshold / pseudo-label pass over the target set: resize only. */
+    threshold: { resize: size.target },
+    /** SSL self-training on the target with pseudo-labels: jitter + random scale + crop at the target size + flip 0.5. */
+    sslTarget: { ...(ssl.jitter ? { jitter: JITTER } : {}), scale: ssl.scale, crop: size.target, flipProb: 0.5 },
+    /** Evaluation (REFERENCE 7): image resized, label kept at native resolution. */
+    evaluation: { resize: size.eval, resizeLabel: false },
+  } satisfies Record<string, AugmentSpec>;
+}
+
+/**
+ * The specs at the reference resolutions (GTA5 1914x1052 -> 1280x720, Cityscapes 2048x1024). Callers
+ * running at reduced resolution derive theirs with `augmentSpecs` or `scaleAugmentSpec`.
+ */
+export const AUGMENT_PRESETS = augmentSpecs({ source: [720, 1280], target: [512, 1024], eval: [512, 1024] });
 
 export type AugmentPresetName = keyof typeof AUGMENT_PRESETS;
 

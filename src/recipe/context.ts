@@ -19,7 +19,7 @@ import { feedBatches } from '../stages/feed-batches.ts';
 import type { EvalReport } from '../stages/evaluate.ts';
 import { inOrder } from '../stages/read-shards.ts';
 import { Prototypes } from '../stages/update-prototypes.ts';
-import type { PhaseName, SpclConfig } from './config.ts';
+import type { SpclConfig } from './config.ts';
 import type { Domain, RunEvents } from '../observe/run-events.ts';
 
 export interface RunContext {
@@ -50,7 +50,7 @@ export interface RunContext {
   /** Where the continuous phase is (null outside it); checkpointed with everything else. */
   continuous: ContinuousState | null;
   /** Phases completed, and their results (checkpointed, so a resume skips them). */
-  done: PhaseName[];
+  done: string[];
   results: PhaseResultLike[];
 }
 
@@ -69,13 +69,15 @@ export interface ContinuousState {
 
 /** A finished phase as the report and checkpoints keep it. */
 export interface PhaseResultLike {
-  phase: PhaseName;
+  phase: string;
   /** Stopped early by a signal (not done; --resume continues it). */
   aborted?: boolean;
   seconds: number;
   iterations: number;
   eval: EvalReport | null;
   losses: Record<string, number>;
+  /** What an endless phase reports beyond this (the continuous phase's summary). */
+  summary?: object;
 }
 
 export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds' | 'pseudo' | 'checkpoints' | 'dirs' | 'skipped' | 'repaired' | 'starvation' | 'done' | 'results' | 'continuous' | 'lrScale' | 'rollbacks'>): RunContext {

@@ -1,31 +1,29 @@
 /**
- * Runs a recipe: backend, data (the embedded synthetic benchmark is generated and ingested when
- * absent), model, phases in order with resume, evaluation after each training phase, and the report.
+ * Runs a recipe, a list of method phases (src/methods/registry.ts): backend, data, model, then each phase
+ * in order with resume (resume.ts), rollback after a non-finite streak, evaluation after each training
+ * phase, a checkpoint after each phase, and the report.
  */
-import { access, mkdir, rename, rm } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { FaultCounts } from '../data/faults.ts';
-import { ingestDataset } from '../data/ingest.ts';
-import { recoverGenerations } from '../data/pseudo-labels.ts';
 import { writeJsonAtomic } from '../io/atomic.ts';
 import { openDataset, SampleReader, type Dataset } from '../data/reader.ts';
-import { writeSyntheticBenchmark } from '../data/synthetic.ts';
-import { applyModelState, disposeCheckpoint, loadCheckpoint, loadSafetensors } from '../io/weights.ts';
+import { loadSafetensors } from '../io/weights.ts';
 import { selectBackend } from '../ops/backend.ts';
 import { deeplabV2 } from '../ops/model/deeplab.ts';
-import type { PhaseName, SpclConfig } from './config.ts';
-import { PHASES, RECIPE_PHASES } from './config.ts';
-import { continuousPhase, type ContinuousSummary } from './continuous.ts';
+import type { SpclConfig } from './config.ts';
 import type { SpclMetrics } from '../observe/metrics.ts';
 import { metricsEvents } from '../observe/events.ts';
-import { createContext, type ContinuousState, type PhaseResultLike, type RunContext } from './context.ts';
 import type { RunEvents } from '../observe/run-events.ts';
-import { evaluatePhase, prototypesPhase, pseudoLabelPhase, spclPhase, sslPhase, warmupPhase, checkpointState, type ResumePoint } from './phases.ts';
+import { createContext, type PhaseResultLike } from './context.ts';
+import type { Method } from './method.ts';
+import { restore, rollBack, selectBest } from './resume.ts';
+import { checkpointState, evaluatePhase, type ResumePoint } from './trainer.ts';
 import { NonFiniteStreak } from '../stages/train-step.ts';
 
 export interface PhaseReport {
-  phase: PhaseName;
+  phase: string;
   miou: number | null;
   classIoU: number[] | null;
   tailMiou: number | null;
@@ -51,75 +49,13 @@ export interface RunReport {
   stopped: boolean;
   classNames: string[];
   tensorsAtEnd: number;
-  /** The continuous phase, when it ran. */
-  continuous?: ContinuousSummary;
+  /** The summary of the endless phase (continuous adaptation, src/methods/continuous.ts), when it ran. */
+  continuous?: object;
   /** Rollbacks after non-finite streaks, and the learning-rate factor they left (1 = none). */
   rollbacks: number;
   lrScale: number;
   config: SpclConfig;
 }
-
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(() => true, () => false);
-}
-
-/**
- * Generates and ingests the synthetic benchmark under `root` (data/synthetic) unless it is there. The
- * work happens in a folder of this process's own that is renamed into place when complete: concurrent
- * runs on a fresh checkout (CI) never read a half-written dataset; the slower one discards its copy.
- */
-export interface SyntheticDataOptions {
-  /** Scene seed (the benchmark renders 0). */
-  sceneSeed?: number;
-  /** Look of the target scenes ('night': the second target domain). */
-  targetDomain?: 'target' | 'night';
-  /** Only the source shards (pretraining data). */
-  sourceOnly?: boolean;
-}
-
-export async function prepareSynthetic(root: string, counts: { source: number; targetTrain: number; targetVal: number }, log: (l: string) => void,
-  opts: SyntheticDataOptions = {}): Promise<{ source: string; target: string; targetVal: string }> {
-  const shardsOf = (dir: string) => ({ source: join(dir, 'shards/source'), target: join(dir, 'shards/target'), targetVal: join(dir, 'shards/target-val') });
-  const shards = shardsOf(root);
-  const wanted = opts.sourceOnly ? [shards.source] : Object.values(shards);
-  const complete = async () => (await Promise.all(wanted.map((d) => exists(join(d, 'manifest.json'))))).every(Boolean);
-  if (await complete()) return shards;
-  log(`data: generating the synthetic benchmark in ${root} (${counts.source} source, ${counts.targetTrain} + ${counts.targetVal} target images)`);
-  const work = `${root}.tmp-${process.pid}`;
-  await rm(work, { recursive: true, force: true });
-  const raw = await writeSyntheticBenchmark(join(work, 'raw'), {
-    seed: opts.sceneSeed ?? 0, sourceCount: counts.source, targetTrainCount: counts.targetTrain, targetValCount: counts.targetVal, targetDomain: opts.targetDomain,
-  });
-  const quiet = { log: () => {}, progressStream: null };
-  const out = shardsOf(work);
-  await ingestDataset({ ...quiet, dataset: 'gta5', root: raw.source, out: out.source });
-  if (!opts.sourceOnly) {
-    await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: out.target, split: 'train', labels: 'optional' });
-    await ingestDataset({ ...quiet, dataset: 'cityscapes', root: raw.target, out: out.targetVal, split: 'val' });
-  }
-  await mkdir(dirname(root), { recursive: true });
-  try {
-    await rename(work, root);
-    log(`data: ingested into ${join(root, 'shards')}`);
-  } catch {
-    // another run finished first (the rename fails on a non-empty folder): use its copy
-    await rm(work, { recursive: true, force: true });
-    if (!(await complete())) throw new Error(`data: ${root} exists but is incomplete; delete it to generate the benchmark again`);
-  }
-  return shards;
-}
-
-/**
- * Points the dataset folders of `cfg` that still name the embedded benchmark (`data/synthetic/...`) at
- * `where` (generated and ingested there on first use); folders set to other data are left alone.
- */
-export async function useSyntheticData(cfg: SpclConfig, where: { root: string; counts: { source: number; targetTrain: number; targetVal: number } }, log: (l: string) => void): Promise<void> {
-  const keys = (['source', 'target', 'targetVal'] as const).filter((k) => cfg.data[k].startsWith('data/synthetic/'));
-  if (cfg.preset !== 'synthetic' || keys.length === 0) return;
-  const shards = await prepareSynthetic(where.root, where.counts, log);
-  for (const k of keys) cfg.data[k] = shards[k];
-}
-
 async function open(dir: string, what: string, numClasses: number): Promise<Dataset> {
   const ds = await openDataset(dir).catch((err: Error) => {
     throw new Error(`config: data.${what}: ${err.message}`);
@@ -132,10 +68,14 @@ async function open(dir: string, what: string, numClasses: number): Promise<Data
 
 export interface RunOptions {
   cfg: SpclConfig;
+  /** The phases, in order (SPCL_RECIPE: REFERENCE 1). */
+  recipe: readonly Method[];
+  /** The endless phase that may follow (`continuous` below says whether it runs). */
+  endless?: Method;
   /** Continue from the last checkpoint of cfg.out. */
   resume?: boolean;
   /** Run only these phases (with --resume or a checkpoint that has what they need), even if done before. */
-  only?: PhaseName[];
+  only?: string[];
   /** Start from this checkpoint file instead of the run's latest (with `only`). */
   checkpoint?: string;
   /** After the recipe (or the `only` phases), adapt continuously (the `continuous` phase, until stopped). */
@@ -172,39 +112,43 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
   ctx.signal = opts.signal;
   ctx.checkpoints.onSaved = (seconds, bytes) => events.checkpoint?.(seconds, bytes);
   try {
-    const tensorsAfter = new Map<PhaseName, number>();
-    let resumePoint: { phase: PhaseName; point: ResumePoint } | null = null;
+    const tensorsAfter = new Map<string, number>();
+    let resumePoint: { phase: string; point: ResumePoint } | null = null;
     if (opts.resume || opts.checkpoint) resumePoint = await restore(ctx, opts.checkpoint);
-    const wanted: PhaseName[] = [...(opts.only ?? RECIPE_PHASES)];
-    if (opts.continuous && !wanted.includes('continuous')) wanted.push('continuous');
+    const phases = [...opts.recipe, ...(opts.endless ? [opts.endless] : [])];
+    const wanted = new Set(opts.only ?? opts.recipe.map((m) => m.name));
+    if (opts.continuous && opts.endless) wanted.add(opts.endless.name);
+    const unknown = [...wanted].filter((n) => !phases.some((m) => m.name === n));
+    if (unknown.length) throw new Error(`no phase named ${unknown.join(', ')} in this recipe (phases: ${phases.map((m) => m.name).join(', ')})`);
     if (opts.only) ctx.done = ctx.done.filter((p) => !opts.only!.includes(p));
-    let continuous: ContinuousSummary | undefined;
-    for (const phase of PHASES) {
-      if (!wanted.includes(phase) || ctx.done.includes(phase)) continue;
+    let continuous: object | undefined;
+    for (const method of phases) {
+      const phase = method.name;
+      if (!wanted.has(phase) || ctx.done.includes(phase)) continue;
       if (opts.signal?.aborted) break;
       events.phase?.(phase, 'start');
       let point = resumePoint?.phase === phase ? resumePoint.point : { iteration: 0 };
       let result: PhaseResultLike;
       for (;;) {
         try {
-          result = await runPhase(ctx, phase, point);
+          result = await method.run(ctx, point);
           break;
         } catch (err) {
           if (!(err instanceof NonFiniteStreak)) throw err;
           point = await rollBack(ctx, phase, err);
         }
       }
-      if (phase === 'continuous') continuous = (result as PhaseResultLike & { summary: ContinuousSummary }).summary;
+      if (method.kind === 'endless') continuous = result.summary;
       if (result.aborted) break;
-      if (phase === 'continuous') {
-        // never "done": a resume (or a larger continuous.steps) goes on from its iteration
+      if (method.kind === 'endless') {
+        // never "done": a resume (or a larger step budget) goes on from its iteration
         result.eval = await evaluatePhase(ctx, phase);
         ctx.results.push(result);
         tensorsAfter.set(phase, tf.memory().numTensors);
         events.phase?.(phase, 'end');
         continue;
       }
-      if (phase === 'warmup' || phase === 'spcl' || phase === 'ssl') {
+      if (method.kind === 'train') {
         result.eval = await evaluatePhase(ctx, phase);
         if (cfg.checkpoint.select === 'best-val') await selectBest(ctx, phase, result);
         if (opts.signal?.aborted) break; // the evaluation was cut short: the phase is not done, --resume evaluates again
@@ -241,100 +185,4 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     ctx.prototypes.dispose();
     model.dispose();
   }
-}
-
-async function runPhase(ctx: RunContext, phase: PhaseName, point: ResumePoint): Promise<PhaseResultLike> {
-  switch (phase) {
-    case 'warmup': return warmupPhase(ctx, point);
-    case 'prototypes': return prototypesPhase(ctx);
-    case 'pseudo-labels': case 'pseudo-labels-2': return pseudoLabelPhase(ctx, phase);
-    case 'spcl': return spclPhase(ctx, point);
-    case 'ssl': return sslPhase(ctx, point);
-    case 'continuous': return continuousPhase(ctx, point);
-  }
-}
-
-/**
- * A streak of non-finite steps (`nonFinite`): with action 'rollback', back to the last complete checkpoint
- * with every learning rate x lrFactor, at most maxRollbacks times in a run; otherwise the run stops with a
- * message that says where its last good state is. Returns where the phase starts again.
- */
-async function rollBack(ctx: RunContext, phase: PhaseName, streak: NonFiniteStreak): Promise<ResumePoint> {
-  const nf = ctx.cfg.nonFinite;
-  const latest = await ctx.checkpoints.latest();
-  const where = latest ? `the last complete checkpoint is ${join(ctx.checkpoints.dir, latest.file)} (phase ${latest.phase}, iteration ${latest.iteration})` : 'no checkpoint was written yet';
-  if (nf.action === 'stop') {
-    throw new Error(`${streak.message}; stopping (nonFinite.action is 'stop'); ${where}: lower the learning rate and --resume`);
-  }
-  if (ctx.rollbacks >= nf.maxRollbacks) {
-    throw new Error(`${streak.message}; stopping after ${ctx.rollbacks} rollback(s) (nonFinite.maxRollbacks ${nf.maxRollbacks}); ${where}: lower the learning rate and --resume`);
-  }
-  if (!latest) throw new Error(`${streak.message}; cannot roll back: ${where} (checkpoint.every sets how often one is)`);
-  const scale = ctx.lrScale * nf.lrFactor;
-  const rollbacks = ctx.rollbacks + 1;
-  const back = await restore(ctx);
-  ctx.lrScale = scale;
-  ctx.rollbacks = rollbacks;
-  ctx.events.log(`${streak.message}: rolling back to ${latest.file} (phase ${latest.phase}, iteration ${latest.iteration}), ` +
-    `learning rates x${scale} from now on (rollback ${rollbacks} of at most ${nf.maxRollbacks})`);
-  ctx.events.rolledBack?.(phase, scale);
-  return back?.phase === phase ? back.point : { iteration: 0 };
-}
-
-/**
- * `checkpoint.select: best-val` (the authors' choice, REFERENCE 1 steps 2 and 6): the next phase starts
- * from the checkpoint of this phase with the best target-val mIoU, not from the last weights.
- */
-async function selectBest(ctx: RunContext, phase: PhaseName, result: PhaseResultLike): Promise<void> {
-  const best = await ctx.checkpoints.best(phase);
-  if (!best || best.miou === null || result.eval === null || best.miou <= result.eval.miou) return;
-  const state = await ctx.checkpoints.load(best);
-  try {
-    applyModelState(ctx.model, state.model, { source: best.file });
-    const protos = state.extra?.get('prototypes');
-    if (protos) ctx.prototypes.set(protos as tf.Tensor2D);
-  } finally {
-    disposeCheckpoint(state);
-  }
-  ctx.events.log(`${phase}: best-val selection: continuing from ${best.file} (mIoU ${(100 * best.miou).toFixed(2)} > last ${(100 * result.eval.miou).toFixed(2)})`);
-  result.eval = await evaluatePhase(ctx, `${phase} (best-val checkpoint)`);
-}
-
-/** Restores the last checkpoint: weights, prototypes, thresholds, pseudo-labels, phases done. */
-async function restore(ctx: RunContext, file?: string): Promise<{ phase: PhaseName; point: ResumePoint } | null> {
-  // what interrupted writes left (temporary files, a generation never committed) is deleted, never read
-  for (const f of [...await ctx.checkpoints.recover(), ...await recoverGenerations(ctx.dirs.pseudo)]) ctx.events.log(`resume: removed ${f} (left by an interrupted write)`);
-  const pointer = file ? { file, phase: '', iteration: 0, miou: null, savedAt: '' } : await ctx.checkpoints.latest();
-  if (!pointer) {
-    ctx.events.log(`resume: no checkpoint in ${ctx.checkpoints.dir}, starting from scratch`);
-    return null;
-  }
-  const state = file ? await loadCheckpoint(file) : await ctx.checkpoints.load(pointer);
-  const meta = state.meta as {
-    phase: PhaseName; iteration: number; losses?: Record<string, number>; done: PhaseName[]; results: PhaseResultLike[]; bn: 'frozen' | 'trainable';
-    thresholds: number[] | null; pseudo: string | null; continuous?: ContinuousState | null; lrScale?: number; rollbacks?: number;
-  };
-  ctx.model.setBatchNorm(meta.bn);
-  applyModelState(ctx.model, state.model, { source: pointer.file });
-  const protos = state.extra?.get('prototypes');
-  if (protos) ctx.prototypes.set(protos as tf.Tensor2D);
-  ctx.thresholds = meta.thresholds;
-  ctx.pseudo = meta.pseudo;
-  ctx.continuous = meta.continuous ?? null;
-  ctx.lrScale = meta.lrScale ?? 1;
-  ctx.rollbacks = meta.rollbacks ?? 0;
-  if (meta.pseudo && !(await exists(meta.pseudo))) throw new Error(`resume: ${pointer.file} names the pseudo-label generation ${meta.pseudo}, which does not exist`);
-  ctx.done = [...meta.done];
-  ctx.results = meta.results.filter((r) => meta.done.includes(r.phase));
-  ctx.events.log(`resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'}; ` +
-    `pseudo-labels: ${meta.pseudo ? basename(meta.pseudo) : 'none'})`);
-  const point: ResumePoint = {
-    iteration: meta.iteration,
-    losses: meta.losses,
-    optimizer: state.optimizer ? { ...state.optimizer, slots: new Map([...state.optimizer.slots].map(([k, v]) => [k, v.clone()])) } : undefined,
-    discriminator: state.discriminator ? new Map([...state.discriminator].map(([k, v]) => [k, v.clone()])) : undefined,
-    discriminatorOptimizer: state.discriminatorOptimizer ? { ...state.discriminatorOptimizer, slots: new Map([...state.discriminatorOptimizer.slots].map(([k, v]) => [k, v.clone()])) } : undefined,
-  };
-  disposeCheckpoint(state);
-  return meta.done.includes(meta.phase) ? null : { phase: meta.phase, point };
 }

@@ -9,7 +9,7 @@ import { decodePng, encodePng } from '../../src/data/png.ts';
 import {
   LABEL_ID, SYNTHETIC_LABEL_IDS, VAL_INDEX_OFFSET, renderScene, writeSyntheticBenchmark,
   type SyntheticProgress, type SyntheticScene,
-} from '../../src/data/synthetic.ts';
+} from '../../src/synthetic/render.ts';
 
 const NODE = process.execPath;
 const CLI = new URL('../../pipelines/make-synthetic.ts', import.meta.url).pathname;

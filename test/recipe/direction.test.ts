@@ -16,7 +16,8 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PRESETS, SYNTHETIC_QUICK_DATA, quick } from '../../src/recipe/config.ts';
-import { prepareSynthetic, type RunReport } from '../../src/recipe/run.ts';
+import type { RunReport } from '../../src/recipe/run.ts';
+import { prepareSynthetic } from '../../src/synthetic/benchmark.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { lastRecordPerStep, readStepLog, type StepLogRecord } from '../../src/observe/step-log.ts';
 import type { RunReport } from '../../src/recipe/run.ts';
+import type { ContinuousSummary } from '../../src/methods/continuous.ts';
 import { seededValues } from '../helpers.ts';
 import { committedState, currentOf, exists, readJson, root, runNode, smallData, type RunOptions, type SmallData } from './harness.ts';
 
@@ -93,7 +94,7 @@ test('continuous phase: kill -9 at each kind of crash point and at seeded instan
   }
   assert.deepEqual((await currentOf(out))!.thresholds, reference.thresholds);
   const report = (await readJson<RunReport>(join(out, 'report.json')))!;
-  assert.equal(report.continuous!.iterations, 30);
+  assert.equal((report.continuous as ContinuousSummary).iterations, 30);
   assert.deepEqual(report.phases.at(-1)!.classIoU, reference.report.phases.at(-1)!.classIoU);
 });
 

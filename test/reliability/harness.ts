@@ -8,7 +8,7 @@ import { mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/prom
 import { join } from 'node:path';
 import { open } from 'lmdb';
 import { readManifest, type Manifest } from '../../src/data/shards.ts';
-import { prepareSynthetic } from '../../src/recipe/run.ts';
+import { prepareSynthetic } from '../../src/synthetic/benchmark.ts';
 import { SYNTHETIC_QUICK_DATA } from '../../src/recipe/config.ts';
 import { readSafetensorsHeader } from '../../src/ops/safetensors.ts';
 import type { CheckpointPointer } from '../../src/stages/checkpoint.ts';

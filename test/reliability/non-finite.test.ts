@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { disposeCheckpoint, loadCheckpoint } from '../../src/io/weights.ts';
 import { polyLR } from '../../src/ops/optim.ts';
 import { SYNTHETIC_QUICK_DATA } from '../../src/recipe/config.ts';
-import { prepareSynthetic, type RunReport } from '../../src/recipe/run.ts';
+import type { RunReport } from '../../src/recipe/run.ts';
+import { prepareSynthetic } from '../../src/synthetic/benchmark.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 

@@ -23,16 +23,16 @@ import { generationKeys } from '../data/pseudo-labels.ts';
 import { watchTarget, type TargetArrival } from '../stages/watch-target.ts';
 import type { EvalReport } from '../stages/evaluate.ts';
 import type { Batch } from '../stages/collate.ts';
-import { batches, type RunContext } from './context.ts';
-import {
-  anchoredSelfTrainingStep, checkpointState, evaluatePhase, refreshPseudoLabels, releaseBatches, restoreOptimizer, sgd, sourceBatches, specs, train,
-  type PhaseResult, type ResumePoint,
-} from './phases.ts';
+import { batches, type RunContext } from '../recipe/context.ts';
+import type { Method } from '../recipe/method.ts';
+import { STREAMS } from '../recipe/streams.ts';
+import { checkpointState, evaluatePhase, releaseBatches, restoreOptimizer, sgd, sourceBatches, specs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
+import { refreshPseudoLabels } from './pseudo-labels.ts';
+import { anchoredSelfTrainingStep } from './self-training.ts';
 
-/** Per-sample seed stream of the continuous phase's first generation; refresh r uses BASE + r. */
-const STREAM_BASE = 100_000;
-/** ...and of its source batches (continuous.sourceWeight > 0). */
-const SOURCE_STREAM_BASE = 200_000;
+/** Seed streams of refresh r: target STREAM_BASE + r, source SOURCE_STREAM_BASE + r (continuous.sourceWeight > 0). */
+const STREAM_BASE = STREAMS.continuousTarget;
+const SOURCE_STREAM_BASE = STREAMS.continuousSource;
 
 type Step = { t: Batch; s: Batch | null };
 
@@ -142,7 +142,7 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
       const keys = await generationKeys(ctx.pseudo!);
       const segmentEnd = Math.min(end, c.refreshEvery > 0 ? state!.since + c.refreshEvery : Infinity);
       const target = batches(ctx, {
-        domain: 'target', spec: specs(ctx).targetSsl, batchSize: size, mode: 'train', keys, pseudo: ctx.pseudo,
+        domain: 'target', spec: specs(ctx).sslTarget, batchSize: size, mode: 'train', keys, pseudo: ctx.pseudo,
         stream: STREAM_BASE + state!.refresh, start: (iteration - state!.since) * size,
       });
       // the source anchor: labelled source batches beside the target ones, resumed at the same draw
@@ -173,3 +173,5 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
     losses: last?.losses ?? {}, aborted, summary,
   };
 }
+
+export const continuous: Method = { name: 'continuous', kind: 'endless', run: continuousPhase };

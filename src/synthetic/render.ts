@@ -19,8 +19,8 @@
 import { mkdir, open, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { encodePng } from './png.ts';
-import { Rng } from './rng.ts';
+import { encodePng } from '../data/png.ts';
+import { Rng } from '../data/rng.ts';
 
 /**
  * 'night' is a second target domain the default benchmark never renders (a test fixture for adaptation

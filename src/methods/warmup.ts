@@ -1,0 +1,92 @@
+/**
+ * Warm-up (REFERENCE 1 step 1, paper section 3.1 / Eq. 1 for the segmentation loss): source cross-entropy
+ * on logits / 1.8, plus the output-space adversarial term of AdaptSegNet when `warmup.lambdaAdv` > 0, with
+ * its discriminator (checkpointed in the file's discriminator sections).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { map, type Observable } from 'rxjs';
+import { bceWithLogits, segCrossEntropy } from '../ops/losses.ts';
+import { discriminator, type Discriminator } from '../ops/model/discriminator.ts';
+import { Adam, polyLR } from '../ops/optim.ts';
+import type { Batch } from '../stages/collate.ts';
+import { applyIfFinite } from '../stages/train-step.ts';
+import { batchTensors } from '../stages/update-prototypes.ts';
+import type { RunContext } from '../recipe/context.ts';
+import type { Method } from '../recipe/method.ts';
+import { STREAMS } from '../recipe/streams.ts';
+import { releaseBatches, restoreOptimizer, sgd, sourceBatches, sourceTargetPairs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
+
+/**
+ * Step 1 (REFERENCE 1): source CE on logits / 1.8 + lambda_adv * BCE(D(target softmax), source); then D.
+ * With lambdaAdv = 0 there is no discriminator: source CE only. Then, when BN is trainable and its
+ * running statistics follow the target (`model.bnStats: 'target'`), each step still passes its target
+ * batch forward, without gradient, so the running statistics are the target's (the synthetic preset's
+ * warm-up); with `model.bnStats: 'all'` the target batch is not used at all (the source-only baseline).
+ */
+export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
+  const { cfg, model } = ctx;
+  const w = cfg.warmup;
+  const adversarial = w.lambdaAdv > 0;
+  const trackSource = cfg.model.bnStats === 'all';
+  ctx.model.setBatchNorm(w.bn);
+  const targetStats = !adversarial && !trackSource && ctx.model.batchNorm === 'trainable';
+  const disc: Discriminator = discriminator({ numClasses: cfg.data.numClasses, ndf: w.ndf, seed: cfg.seed + 17 });
+  const params = model.trainableParams();
+  const opt = sgd(ctx, params);
+  const dParams = [...disc.store.params.values()];
+  const dOpt = new Adam([{ params: dParams, lrMult: 1 }], { beta1: 0.9, beta2: 0.99 });
+  restoreOptimizer(opt, resume.optimizer);
+  restoreOptimizer(dOpt, resume.discriminatorOptimizer);
+  if (resume.discriminator) {
+    for (const [k, v] of resume.discriminator) disc.store.get(k).assign(v);
+    tf.dispose([...resume.discriminator.values()]);
+  }
+  const start = resume.iteration;
+  // a target batch is read only when this step uses it (the adversarial term, or target BN statistics);
+  // the source-only baseline never decodes a target image
+  const usesTarget = adversarial || targetStats;
+  const input: Observable<{ s: Batch; t: Batch | null }> = usesTarget
+    ? sourceTargetPairs(ctx, start, STREAMS.warmup, null)
+    : sourceBatches(ctx, STREAMS.warmup, start).pipe(map((s) => ({ s, t: null as Batch | null })));
+  try {
+    return await train(ctx, 'warmup', w, resume, input, ({ s: sb, t: tb }, it) => {
+      const lr = polyLR(w.lr, it, w.maxIter) * ctx.lrScale;
+      const lrD = polyLR(w.lrD, it, w.maxIter) * ctx.lrScale;
+      return tf.tidy(() => {
+        const xs = batchTensors(sb);
+        const xt = tb ? batchTensors(tb).images : null;
+        let predS: tf.Tensor4D | null = null;
+        let predT: tf.Tensor4D | null = null;
+        // the weights of this step, as the adversarial target pass would see them
+        if (targetStats) tf.tidy(() => { model.forward(xt!, { training: true, trackStats: true }); });
+        const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
+          // source batches update BN's running statistics unless they follow the target (model.bnStats)
+          const ls = tf.image.resizeBilinear(model.forward(xs.images, { training: true, trackStats: trackSource }).logits, [sb.labelHeight, sb.labelWidth], true);
+          const seg = segCrossEntropy(ls, xs.labels!, { temperature: w.sourceTemperature });
+          if (!adversarial) return { total: seg, terms: { seg } };
+          const lt = tf.image.resizeBilinear(model.forward(xt!, { training: true }).logits, [tb!.height, tb!.width], true);
+          const pt = tf.softmax(lt) as tf.Tensor4D;
+          const adv = tf.mul(bceWithLogits(disc.forward(pt), 0), w.lambdaAdv) as tf.Scalar;
+          // D sees the /1.8-tempered source prediction and the plain target one (REFERENCE 8.11), detached.
+          predS = tf.keep(tf.softmax(tf.div(ls, w.sourceTemperature)) as tf.Tensor4D);
+          predT = tf.keep(pt);
+          return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };
+        }, params, opt, lr);
+        const samples = { source: sb.n, target: tb ? tb.n : 0 };
+        if (!adversarial) return { losses: g.losses, lr, skipped: !g.finite, samples };
+        const d = applyIfFinite(() => {
+          const l = tf.add(tf.mul(bceWithLogits(disc.forward(predS!), 0), 0.5), tf.mul(bceWithLogits(disc.forward(predT!), 1), 0.5)) as tf.Scalar;
+          return { total: l, terms: {} };
+        }, dParams, dOpt, lrD);
+        tf.dispose([predS!, predT!]);
+        return { losses: { ...g.losses, disc: d.losses.total! }, lr, lrs: { discriminator: lrD }, skipped: !g.finite || !d.finite, samples };
+      });
+    }, releaseBatches, () => ({ optimizer: opt.getState(), discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])), discriminatorOptimizer: dOpt.getState() }));
+  } finally {
+    opt.dispose();
+    dOpt.dispose();
+    disc.dispose();
+  }
+}
+
+export const warmup: Method = { name: 'warmup', kind: 'train', run: warmupPhase };

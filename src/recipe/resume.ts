@@ -1,0 +1,102 @@
+/**
+ * Resume, rollback and best-checkpoint selection: how a run gets back to a checkpointed state. `restore`
+ * loads the last checkpoint (or a named one) into the run context and says where the interrupted phase
+ * goes on; `rollBack` answers a streak of non-finite steps; `selectBest` is `checkpoint.select: best-val`.
+ */
+import { access } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { recoverGenerations } from '../data/pseudo-labels.ts';
+import { applyModelState, disposeCheckpoint, loadCheckpoint } from '../io/weights.ts';
+import type { NonFiniteStreak } from '../stages/train-step.ts';
+import type { ContinuousState, PhaseResultLike, RunContext } from './context.ts';
+import { evaluatePhase, type ResumePoint } from './trainer.ts';
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(() => true, () => false);
+}
+
+/**
+ * A streak of non-finite steps (`nonFinite`): with action 'rollback', back to the last complete checkpoint
+ * with every learning rate x lrFactor, at most maxRollbacks times in a run; otherwise the run stops with a
+ * message that says where its last good state is. Returns where the phase starts again.
+ */
+export async function rollBack(ctx: RunContext, phase: string, streak: NonFiniteStreak): Promise<ResumePoint> {
+  const nf = ctx.cfg.nonFinite;
+  const latest = await ctx.checkpoints.latest();
+  const where = latest ? `the last complete checkpoint is ${join(ctx.checkpoints.dir, latest.file)} (phase ${latest.phase}, iteration ${latest.iteration})` : 'no checkpoint was written yet';
+  if (nf.action === 'stop') {
+    throw new Error(`${streak.message}; stopping (nonFinite.action is 'stop'); ${where}: lower the learning rate and --resume`);
+  }
+  if (ctx.rollbacks >= nf.maxRollbacks) {
+    throw new Error(`${streak.message}; stopping after ${ctx.rollbacks} rollback(s) (nonFinite.maxRollbacks ${nf.maxRollbacks}); ${where}: lower the learning rate and --resume`);
+  }
+  if (!latest) throw new Error(`${streak.message}; cannot roll back: ${where} (checkpoint.every sets how often one is)`);
+  const scale = ctx.lrScale * nf.lrFactor;
+  const rollbacks = ctx.rollbacks + 1;
+  const back = await restore(ctx);
+  ctx.lrScale = scale;
+  ctx.rollbacks = rollbacks;
+  ctx.events.log(`${streak.message}: rolling back to ${latest.file} (phase ${latest.phase}, iteration ${latest.iteration}), ` +
+    `learning rates x${scale} from now on (rollback ${rollbacks} of at most ${nf.maxRollbacks})`);
+  ctx.events.rolledBack?.(phase, scale);
+  return back?.phase === phase ? back.point : { iteration: 0 };
+}
+
+/**
+ * `checkpoint.select: best-val` (the authors' choice, REFERENCE 1 steps 2 and 6): the next phase starts
+ * from the checkpoint of this phase with the best target-val mIoU, not from the last weights.
+ */
+export async function selectBest(ctx: RunContext, phase: string, result: PhaseResultLike): Promise<void> {
+  const best = await ctx.checkpoints.best(phase);
+  if (!best || best.miou === null || result.eval === null || best.miou <= result.eval.miou) return;
+  const state = await ctx.checkpoints.load(best);
+  try {
+    applyModelState(ctx.model, state.model, { source: best.file });
+    const protos = state.extra?.get('prototypes');
+    if (protos) ctx.prototypes.set(protos as tf.Tensor2D);
+  } finally {
+    disposeCheckpoint(state);
+  }
+  ctx.events.log(`${phase}: best-val selection: continuing from ${best.file} (mIoU ${(100 * best.miou).toFixed(2)} > last ${(100 * result.eval.miou).toFixed(2)})`);
+  result.eval = await evaluatePhase(ctx, `${phase} (best-val checkpoint)`);
+}
+
+/** Restores the last checkpoint: weights, prototypes, thresholds, pseudo-labels, phases done. */
+export async function restore(ctx: RunContext, file?: string): Promise<{ phase: string; point: ResumePoint } | null> {
+  // what interrupted writes left (temporary files, a generation never committed) is deleted, never read
+  for (const f of [...await ctx.checkpoints.recover(), ...await recoverGenerations(ctx.dirs.pseudo)]) ctx.events.log(`resume: removed ${f} (left by an interrupted write)`);
+  const pointer = file ? { file, phase: '', iteration: 0, miou: null, savedAt: '' } : await ctx.checkpoints.latest();
+  if (!pointer) {
+    ctx.events.log(`resume: no checkpoint in ${ctx.checkpoints.dir}, starting from scratch`);
+    return null;
+  }
+  const state = file ? await loadCheckpoint(file) : await ctx.checkpoints.load(pointer);
+  const meta = state.meta as {
+    phase: string; iteration: number; losses?: Record<string, number>; done: string[]; results: PhaseResultLike[]; bn: 'frozen' | 'trainable';
+    thresholds: number[] | null; pseudo: string | null; continuous?: ContinuousState | null; lrScale?: number; rollbacks?: number;
+  };
+  ctx.model.setBatchNorm(meta.bn);
+  applyModelState(ctx.model, state.model, { source: pointer.file });
+  const protos = state.extra?.get('prototypes');
+  if (protos) ctx.prototypes.set(protos as tf.Tensor2D);
+  ctx.thresholds = meta.thresholds;
+  ctx.pseudo = meta.pseudo;
+  ctx.continuous = meta.continuous ?? null;
+  ctx.lrScale = meta.lrScale ?? 1;
+  ctx.rollbacks = meta.rollbacks ?? 0;
+  if (meta.pseudo && !(await exists(meta.pseudo))) throw new Error(`resume: ${pointer.file} names the pseudo-label generation ${meta.pseudo}, which does not exist`);
+  ctx.done = [...meta.done];
+  ctx.results = meta.results.filter((r) => meta.done.includes(r.phase));
+  ctx.events.log(`resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'}; ` +
+    `pseudo-labels: ${meta.pseudo ? basename(meta.pseudo) : 'none'})`);
+  const point: ResumePoint = {
+    iteration: meta.iteration,
+    losses: meta.losses,
+    optimizer: state.optimizer ? { ...state.optimizer, slots: new Map([...state.optimizer.slots].map(([k, v]) => [k, v.clone()])) } : undefined,
+    discriminator: state.discriminator ? new Map([...state.discriminator].map(([k, v]) => [k, v.clone()])) : undefined,
+    discriminatorOptimizer: state.discriminatorOptimizer ? { ...state.discriminatorOptimizer, slots: new Map([...state.discriminatorOptimizer.slots].map(([k, v]) => [k, v.clone()])) } : undefined,
+  };
+  disposeCheckpoint(state);
+  return meta.done.includes(meta.phase) ? null : { phase: meta.phase, point };
+}
