@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { lastValueFrom, take, toArray } from 'rxjs';
 import { ingestDataset } from '../../src/data/ingest.ts';
 import { openDataset } from '../../src/data/reader.ts';
-import { writeSyntheticArrivals } from '../../src/data/synthetic.ts';
+import { writeSyntheticArrivals } from '../../src/synthetic/render.ts';
 import { lookAtTarget, watchTarget, WATCH_PREFIX } from '../../src/stages/watch-target.ts';
 
 const quiet = { log: () => {}, progressStream: null, threads: 1 } as const;
