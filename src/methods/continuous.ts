@@ -23,6 +23,7 @@ import { generationKeys } from '../data/pseudo-labels.ts';
 import { watchTarget, type TargetArrival } from '../stages/watch-target.ts';
 import type { EvalReport } from '../stages/evaluate.ts';
 import type { Batch } from '../stages/collate.ts';
+import type { StepReport } from '../stages/train-step.ts';
 import { batches, type RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
@@ -90,15 +91,10 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
     targetImages: ctx.data.target.keys.length, arrived: 0, ingested: 0, ingestProblems: 0, generationImages: ctx.continuous?.images ?? 0, lastEval: null,
     memory: [],
   };
-  const events = ctx.events;
-  ctx.events = {
-    ...events,
-    step(r) {
-      events.step?.(r);
-      if (r.iteration % cfg.logEvery !== 0) return;
-      summary.memory.push(memorySample(r.iteration, (performance.now() - t0) / 1000));
-      if (summary.memory.length > MEMORY_SAMPLES) summary.memory.splice(0, summary.memory.length - MEMORY_SAMPLES);
-    },
+  const sampleMemory = (r: StepReport) => {
+    if (r.iteration % cfg.logEvery !== 0) return;
+    summary.memory.push(memorySample(r.iteration, (performance.now() - t0) / 1000));
+    if (summary.memory.length > MEMORY_SAMPLES) summary.memory.splice(0, summary.memory.length - MEMORY_SAMPLES);
   };
   const pending = () => ctx.data.target.keys.length - (ctx.continuous?.images ?? 0);
   const arrivalsDue = () => c.refreshNewImages > 0 && ctx.continuous !== null && pending() >= c.refreshNewImages;
@@ -150,9 +146,11 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
         ? zip(target, sourceBatches(ctx, SOURCE_STREAM_BASE + state!.refresh, iteration - state!.since)).pipe(map(([t, s]) => ({ t, s })))
         : target.pipe(map((t) => ({ t, s: null })));
       segmentDue = new Subject<void>();
-      last = await train(ctx, 'continuous', { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr }, { iteration }, input,
-        anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight), releaseBatches, () => ({ optimizer: opt.getState() }),
-        { until: segmentDue, evalEvery: c.evalEvery, total: c.steps > 0 ? String(c.steps) : 'inf' });
+      last = await train(ctx, {
+        phase: 'continuous', schedule: { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr }, resume: { iteration }, input, release: releaseBatches,
+        state: () => ({ optimizer: opt.getState() }), step: anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight),
+        until: segmentDue, evalEvery: c.evalEvery, total: c.steps > 0 ? String(c.steps) : 'inf', onStep: sampleMemory,
+      });
       segmentDue = null;
       iteration = last.iterations;
       summary.iterations = iteration;
@@ -164,7 +162,6 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
   } finally {
     watching.unsubscribe();
     opt.dispose();
-    ctx.events = events;
   }
   summary.iterations = iteration;
   const aborted = Boolean(ctx.signal?.aborted) && iteration < end;

@@ -35,7 +35,10 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
     : tgt.pipe(map((t) => ({ t, s: null as Batch | null })));
   const lrAt = (it: number) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
   try {
-    return await train(ctx, 'ssl', c, resume, input, anchoredSelfTrainingStep(params, opt, lrAt, ctx, c.sourceWeight, c.pseudoWeight), releaseBatches, () => ({ optimizer: opt.getState() }));
+    return await train(ctx, {
+      phase: 'ssl', schedule: c, resume, input, release: releaseBatches, state: () => ({ optimizer: opt.getState() }),
+      step: anchoredSelfTrainingStep(params, opt, lrAt, ctx, c.sourceWeight, c.pseudoWeight),
+    });
   } finally {
     opt.dispose();
   }

@@ -27,7 +27,10 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
   restoreOptimizer(opt, resume.optimizer);
   const start = resume.iteration;
   try {
-    return await train(ctx, 'spcl', c, resume, sourceTargetPairs(ctx, start, STREAMS.spcl, ctx.pseudo), ({ s: sb, t: tb }, it) => {
+    return await train(ctx, {
+      phase: 'spcl', schedule: c, resume, input: sourceTargetPairs(ctx, start, STREAMS.spcl, ctx.pseudo), release: releaseBatches,
+      state: () => ({ optimizer: opt.getState() }),
+      step: ({ s: sb, t: tb }, it) => {
       const lr = polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
       return tf.tidy(() => {
         const xs = batchTensors(sb);
@@ -50,7 +53,8 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
         }, params, opt, lr);
         return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb.n } };
       });
-    }, releaseBatches, () => ({ optimizer: opt.getState() }));
+    },
+    });
   } finally {
     opt.dispose();
   }

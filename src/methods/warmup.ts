@@ -49,7 +49,11 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
     ? sourceTargetPairs(ctx, start, STREAMS.warmup, null)
     : sourceBatches(ctx, STREAMS.warmup, start).pipe(map((s) => ({ s, t: null as Batch | null })));
   try {
-    return await train(ctx, 'warmup', w, resume, input, ({ s: sb, t: tb }, it) => {
+    return await train(ctx, {
+      phase: 'warmup', schedule: w, resume, input, release: releaseBatches,
+      // the discriminator and its Adam state go into the checkpoint's own sections
+      state: () => ({ optimizer: opt.getState(), discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])), discriminatorOptimizer: dOpt.getState() }),
+      step: ({ s: sb, t: tb }, it) => {
       const lr = polyLR(w.lr, it, w.maxIter) * ctx.lrScale;
       const lrD = polyLR(w.lrD, it, w.maxIter) * ctx.lrScale;
       return tf.tidy(() => {
@@ -81,7 +85,8 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
         tf.dispose([predS!, predT!]);
         return { losses: { ...g.losses, disc: d.losses.total! }, lr, lrs: { discriminator: lrD }, skipped: !g.finite || !d.finite, samples };
       });
-    }, releaseBatches, () => ({ optimizer: opt.getState(), discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])), discriminatorOptimizer: dOpt.getState() }));
+    },
+    });
   } finally {
     opt.dispose();
     dOpt.dispose();

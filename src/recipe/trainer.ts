@@ -13,7 +13,7 @@ import { Adam, SGD, type OptimizerState } from '../ops/optim.ts';
 import { modelState, type CheckpointState } from '../io/weights.ts';
 import type { Batch } from '../stages/collate.ts';
 import { evaluate, type EvalReport } from '../stages/evaluate.ts';
-import { NonFiniteStreak, forceNonFinite, nonFiniteInjection, trainStep, type StepReport } from '../stages/train-step.ts';
+import { NonFiniteStreak, forceNonFinite, nonFiniteInjection, trainStep, type StepOutcome, type StepReport } from '../stages/train-step.ts';
 import { AbortedError, failOnAbort } from '../graph/flow.ts';
 import { batches, type PhaseResultLike, type RunContext } from './context.ts';
 import { STREAMS, targetStreamOf } from './streams.ts';
@@ -121,23 +121,38 @@ export function checkpointState(ctx: RunContext, phase: string, iteration: numbe
 /** Test fault injection of non-finite steps (SPCL_INJECT_NONFINITE), once per process across phases and rollbacks. */
 const injected = nonFiniteInjection(process.env.SPCL_INJECT_NONFINITE);
 
-/** What the continuous phase adds to the shared training loop. */
-export interface TrainExtras {
-  /** Ends the loop after the step in progress when it emits (a pseudo-label refresh is due). */
+/** One training phase as the loop runs it: what the method gives `train`. */
+export interface TrainLoop<B> {
+  /** Phase name (logs, step reports, checkpoints). */
+  phase: string;
+  /** Its iterations (the loop ends there) and the poly schedule's horizon and base rate. */
+  schedule: TrainPhaseConfig;
+  /** Where it starts (iteration 0, or a checkpoint's). */
+  resume: ResumePoint;
+  /** Training batches, resumed at `resume.iteration`. */
+  input: Observable<B>;
+  /** One step on one batch: update the weights, report the loss terms and the learning rate. */
+  step: (batch: B, iteration: number) => StepOutcome;
+  /** Gives a batch's buffers back once its step is done. */
+  release: (batch: B) => void;
+  /** What the method adds to each checkpoint beyond the model and prototypes (optimiser states, its own tensors). */
+  state: (iteration: number) => Partial<CheckpointState>;
+  /** Ends the loop after the step in progress when it emits (the continuous phase: a pseudo-label refresh is due). */
   until?: Observable<unknown>;
   /** Evaluation period in iterations (default: eval.every, or checkpoint.every with best-val). */
   evalEvery?: number;
   /** How the progress line names the end (default: the phase's iterations). */
   total?: string;
+  /** Called after each step with its report (after the run's own step event). */
+  onStep?: (report: StepReport) => void;
 }
 
 /**
  * Shared loop of the training phases: take `iterations - start` batches from `input`, run `step`,
  * log, checkpoint every `checkpoint.every` and at the end.
  */
-export async function train<B>(ctx: RunContext, phase: string, pc: TrainPhaseConfig, resume: ResumePoint, input: Observable<B>,
-  step: (batch: B, iteration: number) => { losses: Record<string, number>; lr: number; skipped?: boolean },
-  releaseBatch: (b: B) => void, state: (iteration: number) => Partial<CheckpointState>, extras: TrainExtras = {}): Promise<PhaseResult> {
+export async function train<B>(ctx: RunContext, loop: TrainLoop<B>): Promise<PhaseResult> {
+  const { phase, schedule: pc, resume, input, step, state } = loop;
   const t0 = performance.now();
   const start = resume.iteration;
   const finite = (l: Record<string, number>) => Object.fromEntries(Object.entries(l).filter(([, v]) => Number.isFinite(v)));
@@ -145,8 +160,8 @@ export async function train<B>(ctx: RunContext, phase: string, pc: TrainPhaseCon
   const withLosses = (it: number, losses: Record<string, number>) => ({ ...state(it), meta: { losses: finite(losses) } });
   const every = ctx.cfg.checkpoint.every;
   // best-val selection needs a validation score at every checkpoint
-  const evalEvery = extras.evalEvery ?? (ctx.cfg.checkpoint.select === 'best-val' && every > 0 ? every : ctx.cfg.eval.every);
-  const total = extras.total ?? String(pc.iterations);
+  const evalEvery = loop.evalEvery ?? (ctx.cfg.checkpoint.select === 'best-val' && every > 0 ? every : ctx.cfg.eval.every);
+  const total = loop.total ?? String(pc.iterations);
   const starv = (ctx.starvation[phase] ??= { wait: 0, compute: 0 });
   let last: StepReport | null = null;
   let streak: StepReport[] = [];
@@ -162,14 +177,15 @@ export async function train<B>(ctx: RunContext, phase: string, pc: TrainPhaseCon
   const reports = input.pipe(
     take(Math.max(0, pc.iterations - start)),
     takeUntil(stop$),
-    takeUntil(extras.until ?? NEVER),
+    takeUntil(loop.until ?? NEVER),
     trainStep({
-      phase, startIteration: start, step: guardedStep, release: releaseBatch, stop: ctx.signal,
+      phase, startIteration: start, step: guardedStep, release: loop.release, stop: ctx.signal,
       after: async (r) => {
         last = r;
         starv.wait += r.waitSeconds;
         starv.compute += r.seconds;
         ctx.events.step?.(r);
+        loop.onStep?.(r);
         if (r.iteration % ctx.cfg.logEvery === 0 || r.iteration === pc.iterations) {
           const terms = Object.entries(r.losses).map(([k, v]) => `${k} ${v.toFixed(4)}`).join('  ');
           ctx.events.log(`${phase} ${r.iteration}/${total}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms${r.skipped ? '  (update skipped: non-finite loss)' : ''}`);
