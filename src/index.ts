@@ -42,9 +42,10 @@ export { PseudoLabelWriter, currentGeneration, currentGenerationPath, type Gener
 export { writeSyntheticBenchmark, renderScene } from './synthetic/render.ts';
 export { readShards, inOrder, type SampleRef } from './stages/read-shards.ts';
 export { decodeAugment, type DecodedSample } from './stages/decode-augment.ts';
-export { collate, type Batch } from './stages/collate.ts';
+export { batchTensors, collate, type Batch } from './stages/collate.ts';
 export { trainStep, applyIfFinite, type StepReport } from './stages/train-step.ts';
-export { Prototypes, accumulatePrototypes, batchTensors } from './stages/update-prototypes.ts';
+export { Prototypes } from './stages/update-prototypes.ts';
+export { accumulatePrototypes } from './stages/init-prototypes.ts';
 export { estimateThresholds, type ThresholdResult } from './stages/estimate-thresholds.ts';
 export { writePseudoLabels, writeGeneration } from './stages/write-pseudo-labels.ts';
 export { evaluate, type EvalReport } from './stages/evaluate.ts';

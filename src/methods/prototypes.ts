@@ -5,7 +5,7 @@
  */
 import { lastValueFrom } from 'rxjs';
 import { failOnAbort } from '../graph/flow.ts';
-import { accumulatePrototypes } from '../stages/update-prototypes.ts';
+import { accumulatePrototypes } from '../stages/init-prototypes.ts';
 import { batches, type RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';

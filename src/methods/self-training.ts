@@ -8,15 +8,14 @@ import { map, zip } from 'rxjs';
 import { segCrossEntropy } from '../ops/losses.ts';
 import type { Param } from '../ops/model/params.ts';
 import { polyLR, type SGD } from '../ops/optim.ts';
-import type { Batch } from '../stages/collate.ts';
+import { batchTensors, type Batch } from '../stages/collate.ts';
 import { applyIfFinite } from '../stages/train-step.ts';
-import { batchTensors } from '../stages/update-prototypes.ts';
 import { batches, type RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
 import { releaseBatches, restoreOptimizer, sgd, sourceBatches, specs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
 
-/** Step 8: self-training on target pseudo-labels only, trainable BN (ssl.bn), plain CE. */
+/** REFERENCE 1 step 8, paper Eq. 9: self-training on target pseudo-labels, BN as ssl.bn, plain CE. */
 export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
   const { cfg, model } = ctx;
   const c = cfg.ssl;
@@ -57,7 +56,7 @@ export function anchoredSelfTrainingStep(params: Param[], opt: SGD, lrAt: (itera
       const xs = sb && sourceWeight > 0 ? batchTensors(sb) : null;
       const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
         const lt = tf.image.resizeBilinear(ctx.model.forward(xt.images, { training: true }).logits, [tb.labelHeight, tb.labelWidth], true);
-        const ce = segCrossEntropy(lt, xt.labels!);
+        const ce = segCrossEntropy(lt, xt.labels!); // Eq. 9
         const ssl = pseudoWeight === 1 ? ce : tf.mul(ce, pseudoWeight) as tf.Scalar;
         if (!xs) return { total: ssl, terms: { ssl } };
         const ls = tf.image.resizeBilinear(ctx.model.forward(xs.images, { training: true, trackStats: ctx.cfg.model.bnStats === 'all' }).logits, [sb!.labelHeight, sb!.labelWidth], true);

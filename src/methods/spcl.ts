@@ -1,22 +1,23 @@
 /**
- * Semantic prototype-based contrastive learning (REFERENCE 1 step 5; paper section 3.2): segmentation
- * cross-entropy on logits / 1.8 plus lambda (Lcl_s + Lcl_t), the pixel-to-prototype contrastive loss of
- * Eq. 3-4 on source features with their (agreement-refined, Eq. 8) labels and on target features with the
- * offline pseudo-labels downsampled to the feature grid (the target mask of Eq. 5); the prototypes follow
- * an EMA of the source batch's class centroids each step (Eq. 6-7).
+ * Semantic prototype-based contrastive learning (REFERENCE 1 step 5; paper section 3.2), the objective of
+ * paper Eq. 8: L_seg (Eq. 7, on source logits / 1.8) + lambda (L_cl^s (Eq. 4) + L_cl^t (Eq. 6)), both
+ * contrastive terms the pixel-to-prototype loss of Eq. 1. The source mask M_s is the label downsampled to
+ * the feature grid, kept where the prediction agrees (REFERENCE 4.2); the target mask M_t (Eq. 5) is the
+ * offline pseudo-label (REFERENCE 5) downsampled likewise. The prototypes follow the EMA of Eq. 3 with the
+ * current source batch before the loss.
  */
 import * as tf from '@tensorflow/tfjs';
 import { contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
 import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
 import { polyLR } from '../ops/optim.ts';
 import { applyIfFinite } from '../stages/train-step.ts';
-import { batchTensors } from '../stages/update-prototypes.ts';
+import { batchTensors } from '../stages/collate.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
 import { releaseBatches, restoreOptimizer, sgd, sourceTargetPairs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
 
-/** Step 5: seg (/1.8) + lambda (Lcl_s + Lcl_t); prototype EMA with the current source batch first. */
+/** REFERENCE 1 step 5: paper Eq. 8, the prototype EMA (Eq. 3) with the current source batch first. */
 export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
   const { cfg, model } = ctx;
   const c = cfg.spcl;
@@ -39,16 +40,19 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
           const { features: fs, logits: ls } = model.forward(xs.images, { training: true, trackStats: cfg.model.bnStats === 'all' });
           const up = tf.image.resizeBilinear(ls, [sb.labelHeight, sb.labelWidth], true);
           const seg = segCrossEntropy(up, xs.labels!, { temperature: c.sourceTemperature });
+          // M_s: the label at the feature grid, kept where the prediction agrees (REFERENCE 4.2)
           let ms = downsampleLabels(xs.labels!, [fs.shape[1], fs.shape[2]]);
           if (c.refineSource) ms = refineSourceMask(ms, detach(ls));
+          // Eq. 3: the prototypes' EMA with this batch, before the loss (the authors' order)
           ctx.prototypes.update(fs, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent });
           ctx.events.prototypes?.(ctx.prototypes);
           const ft = model.forward(xt.images, { training: true }).features;
+          // Eq. 5, M_t: the offline pseudo-label (class thresholds on the output, REFERENCE 5) at the feature grid
           const mt = downsampleLabels(xt.labels!, [ft.shape[1], ft.shape[2]]);
           const P = ctx.prototypes.tensor;
-          const clS = contrastiveLoss(fs, ms, P, { temperature: c.temperature });
-          const clT = contrastiveLoss(ft, mt, P, { temperature: c.temperature });
-          const total = tf.add(seg, tf.mul(tf.add(clS, clT), c.lambda)) as tf.Scalar;
+          const clS = contrastiveLoss(fs, ms, P, { temperature: c.temperature }); // Eq. 4
+          const clT = contrastiveLoss(ft, mt, P, { temperature: c.temperature }); // Eq. 6
+          const total = tf.add(seg, tf.mul(tf.add(clS, clT), c.lambda)) as tf.Scalar; // Eq. 8
           return { total, terms: { seg, cl_source: clS, cl_target: clT } };
         }, params, opt, lr);
         return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb.n } };

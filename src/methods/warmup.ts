@@ -1,5 +1,5 @@
 /**
- * Warm-up (REFERENCE 1 step 1, paper section 3.1 / Eq. 1 for the segmentation loss): source cross-entropy
+ * Warm-up (REFERENCE 1 step 1, AdaptSegNet-style): source cross-entropy (paper Eq. 7)
  * on logits / 1.8, plus the output-space adversarial term of AdaptSegNet when `warmup.lambdaAdv` > 0, with
  * its discriminator (checkpointed in the file's discriminator sections).
  */
@@ -8,9 +8,8 @@ import { map, type Observable } from 'rxjs';
 import { bceWithLogits, segCrossEntropy } from '../ops/losses.ts';
 import { discriminator, type Discriminator } from '../ops/model/discriminator.ts';
 import { Adam, polyLR } from '../ops/optim.ts';
-import type { Batch } from '../stages/collate.ts';
+import { batchTensors, type Batch } from '../stages/collate.ts';
 import { applyIfFinite } from '../stages/train-step.ts';
-import { batchTensors } from '../stages/update-prototypes.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';

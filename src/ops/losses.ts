@@ -76,8 +76,9 @@ export interface SegCrossEntropyOptions {
 }
 
 /**
- * Softmax cross-entropy of logits [B,h,w,K] / temperature against int32 labels [B,h,w]; mean over the
- * pixels whose label is not 255; 0 if none. Differentiable w.r.t. logits.
+ * Paper Eq. 7 (L_seg), and Eq. 9 (L_ssl) with pseudo-labels: softmax cross-entropy of logits [B,h,w,K] /
+ * temperature against int32 labels [B,h,w]; mean over the pixels whose label is not 255; 0 if none.
+ * Differentiable w.r.t. logits.
  */
 export function segCrossEntropy(logits: tf.Tensor4D, labels: tf.Tensor3D, opts: SegCrossEntropyOptions = {}): tf.Scalar {
   const fn = 'segCrossEntropy';
@@ -99,7 +100,8 @@ export interface ContrastiveLossOptions {
 }
 
 /**
- * Pixel-to-prototype contrastive loss (REFERENCE 4.1, paper Eq. 4): features [B,h,w,C] are
+ * Pixel-to-prototype contrastive loss (REFERENCE 4.1): paper Eq. 1 (the InfoNCE term l(u, v+, {v-}))
+ * summed as Eq. 4 (source, L_cl^s) or Eq. 6 (target, L_cl^t) over the masked pixels: features [B,h,w,C] are
  * L2-normalised per pixel, logits = f̂·Pᵀ / temperature with prototypes [K,C] (row = class, used as
  * constants), cross-entropy against mask [B,h,w], mean over non-255 pixels; 0 if none. With τ = 100
  * the value sits near ln K per domain (2·ln K for source + target).

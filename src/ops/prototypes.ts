@@ -1,11 +1,12 @@
 /**
- * Semantic prototypes [K, C] (row = class): their initialisation and their per-iteration EMA.
+ * Semantic prototypes [K, C] (row = class): their initialisation (paper Eq. 2) and their per-iteration
+ * EMA (Eq. 3).
  *
  * - `updatePrototypes`: REFERENCE 4.4 / paper Eq. 3. For each class k present in the mask, the mean of
  *   the L2-normalised features over all its pixels in the batch (pixel-weighted), then
  *   P_k ← α·P_k + (1−α)·mean_k. Absent classes: `'keep'` (paper, default) leaves P_k, `'decay'` applies
  *   P_k ← α·P_k as the authors' code does (it zero-fills the batch means of absent classes).
- * - `PrototypeAccumulator`: REFERENCE 4.3 (`semantic_prototype.py`): per image the class means of the
+ * - `PrototypeAccumulator`: REFERENCE 4.3 / paper Eq. 2 (`semantic_prototype.py`): per image the class means of the
  *   normalised features; the prototype is the mean of those over the images that contain the class.
  *   Unlike the authors' script, a class that never appears is reported in `missing` (zero row) instead
  *   of crashing, and memory is O(K·C), not O(images·K·C).

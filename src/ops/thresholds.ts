@@ -156,7 +156,8 @@ export class ConfidenceHistogram {
 }
 
 /**
- * Pseudo-labels from softmax probabilities [B,H,W,K] (REFERENCE 5, labelling pass): argmax, set to 255
+ * Pseudo-labels from softmax probabilities [B,H,W,K] (REFERENCE 5, labelling pass; paper section 3.3, the
+ * Y^_t of Eq. 9, and Eq. 5's rule where the offline labels stand in for M_t): argmax, set to 255
  * where the max prob is below the threshold of the argmax class (p ≥ σ kept). Returns int32 [B,H,W].
  */
 export function pseudoLabels(probs: tf.Tensor4D, thresholds: number[] | tf.Tensor1D): tf.Tensor3D {

@@ -10,8 +10,7 @@ import * as tf from '@tensorflow/tfjs';
 import { defer, type OperatorFunction } from 'rxjs';
 import { reduceItems } from '../graph/flow.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
-import type { Batch } from './collate.ts';
-import { batchTensors } from './update-prototypes.ts';
+import { batchTensors, type Batch } from './collate.ts';
 
 export interface AdaptBnOptions {
   model: SegModel;

@@ -7,6 +7,7 @@ import { Observable, type OperatorFunction } from 'rxjs';
 import type { Credits } from '../graph/flow.ts';
 import type { SampleReader } from '../data/reader.ts';
 import type { DecodedSample } from './decode-augment.ts';
+import * as tf from '@tensorflow/tfjs';
 
 export interface Batch {
   n: number;
@@ -96,4 +97,12 @@ export function collate(size: number, opts: CollateOptions): OperatorFunction<De
       });
       return () => sub.unsubscribe();
     });
+}
+
+/** Images [B,H,W,3] and int32 labels [B,Hl,Wl] of a batch as tensors (caller disposes). */
+export function batchTensors(batch: Batch): { images: tf.Tensor4D; labels: tf.Tensor3D | null } {
+  return {
+    images: tf.tensor4d(batch.images, [batch.n, batch.height, batch.width, 3]),
+    labels: batch.labels ? tf.tensor3d(batch.labels, [batch.n, batch.labelHeight, batch.labelWidth], 'int32') : null,
+  };
 }

@@ -17,8 +17,7 @@ import { describeWriteFailureSync } from '../io/atomic.ts';
 import { crashPoint } from '../io/crash-points.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import { ConfidenceHistogram } from '../ops/thresholds.ts';
-import type { Batch } from './collate.ts';
-import { batchTensors } from './update-prototypes.ts';
+import { batchTensors, type Batch } from './collate.ts';
 
 export interface ScratchPrediction {
   width: number;

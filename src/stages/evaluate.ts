@@ -10,8 +10,7 @@ import { crashPoint } from '../io/crash-points.ts';
 import { downsampleLabels } from '../ops/masks.ts';
 import { ConfusionMatrix, classCenterDistance } from '../ops/metrics.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
-import type { Batch } from './collate.ts';
-import { batchTensors } from './update-prototypes.ts';
+import { batchTensors, type Batch } from './collate.ts';
 
 export interface EvalReport {
   miou: number;
