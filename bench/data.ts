@@ -24,8 +24,16 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import {
-  AUGMENT_PRESETS, IMAGENET_MEAN, IMAGENET_STD, augmentSample, bicubicSourceRect, compileJitter, drawColorJitter,
-  drawScaleCrop, normalizeInto, scaleAndCrop,
+  AUGMENT_PRESETS,
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  augmentSample,
+  bicubicSourceRect,
+  compileJitter,
+  drawColorJitter,
+  drawScaleCrop,
+  normalizeInto,
+  scaleAndCrop,
 } from '../src/data/augment.ts';
 import { ingestDataset } from '../src/data/ingest.ts';
 import { CITYSCAPES_TO_TRAIN19 } from '../src/data/labels.ts';
@@ -102,7 +110,9 @@ function listFlag<T extends string>(name: string, text: string, parse: (item: st
 const cores = availableParallelism();
 const numImages = intFlag('images', args.images, 1, 99999);
 const numSamples = intFlag('samples', args.samples, 1, 1_000_000);
-const workerCounts = listFlag('workers', args.workers, (s) => (/^\d+$/.test(s) && Number(s) >= 1 && Number(s) <= 256 ? s : null)).map(Number);
+const workerCounts = listFlag('workers', args.workers, (s) => (/^\d+$/.test(s) && Number(s) >= 1 && Number(s) <= 256 ? s : null)).map(
+  Number,
+);
 const warmupFlag = args.warmup === undefined ? null : intFlag('warmup', args.warmup, 1, 1_000_000);
 type Format = 'png' | 'jpeg';
 const formats = listFlag<Format>('formats', args.formats, (s) => (s === 'png' || s === 'jpeg' ? s : null));
@@ -157,7 +167,14 @@ function streetScene(index: number, w: number, h: number): Scene {
       const t = y / horizon;
       for (let x = 0; x < w; x++) {
         const cloud = Math.max(0, Math.sin(x * 0.004 + p1) * Math.sin(y * 0.011 + p2) + 0.3 * Math.sin(x * 0.013 + y * 0.007 + p3)) * 45;
-        put(x, y, ID.sky, top[0]! + (low[0]! - top[0]!) * t + cloud, top[1]! + (low[1]! - top[1]!) * t + cloud, top[2]! + (low[2]! - top[2]!) * t + cloud * 0.8);
+        put(
+          x,
+          y,
+          ID.sky,
+          top[0]! + (low[0]! - top[0]!) * t + cloud,
+          top[1]! + (low[1]! - top[1]!) * t + cloud,
+          top[2]! + (low[2]! - top[2]!) * t + cloud * 0.8,
+        );
       }
     } else {
       const d = (y - horizon) / (h - horizon);
@@ -266,7 +283,8 @@ function streetScene(index: number, w: number, h: number): Scene {
         const v = (t.yb - y) / ph; // 0 feet .. 1 head top
         const halfW = v > 0.87 ? pw * 0.22 : v > 0.45 ? pw * 0.5 : pw * 0.3;
         const tone = v > 0.87 ? [200, 160, 130] : v > 0.45 ? c : [40, 40, 60];
-        for (let x = Math.max(0, Math.round(t.cx - halfW)); x < Math.min(w, t.cx + halfW); x++) put(x, y, ID.person, tone[0]!, tone[1]!, tone[2]!);
+        for (let x = Math.max(0, Math.round(t.cx - halfW)); x < Math.min(w, t.cx + halfW); x++)
+          put(x, y, ID.person, tone[0]!, tone[1]!, tone[2]!);
       }
     } else {
       const ch = (t.yb - horizon) * 0.75 + 10;
@@ -289,7 +307,7 @@ function streetScene(index: number, w: number, h: number): Scene {
   const rgb = new Uint8Array(w * h * 3);
   for (let p = 0; p < w * h; p++) {
     const n = rng.nextU32();
-    const lum = (((n & 255) + ((n >>> 8) & 255)) - 255) / 128;
+    const lum = ((n & 255) + ((n >>> 8) & 255) - 255) / 128;
     const cr = (((n >>> 16) & 255) - 128) / 192;
     const cb = ((n >>> 24) - 128) / 192;
     const q = p * 3;
@@ -324,8 +342,12 @@ async function generateTrees(n: number): Promise<number> {
   const todo: number[] = [];
   for (let i = 0; i < n; i++) {
     const k = keyOf(i);
-    const paths = [join(treeDir('png'), 'images', `${k}.png`), join(treeDir('png'), 'labels', `${k}.png`),
-      join(treeDir('jpeg'), 'images', `${k}.jpg`), join(treeDir('jpeg'), 'labels', `${k}.png`)];
+    const paths = [
+      join(treeDir('png'), 'images', `${k}.png`),
+      join(treeDir('png'), 'labels', `${k}.png`),
+      join(treeDir('jpeg'), 'images', `${k}.jpg`),
+      join(treeDir('jpeg'), 'labels', `${k}.png`),
+    ];
     if (!paths.every((p) => existsSync(p))) todo.push(i);
   }
   const started = performance.now();
@@ -364,15 +386,21 @@ async function ingestTree(f: Format, n: number): Promise<{ ds: Dataset; keys: st
   const out = join(workDir, 'shards', f);
   const lines: string[] = [];
   const summary = await ingestDataset({
-    dataset: f === 'png' ? 'gta5' : 'folder', root: treeDir(f), out, progressStream: null, log: (l) => lines.push(l),
+    dataset: f === 'png' ? 'gta5' : 'folder',
+    root: treeDir(f),
+    out,
+    progressStream: null,
+    log: (l) => lines.push(l),
   });
-  if (summary.problemCount > 0) throw new Error(`ingest of ${treeDir(f)} into ${out}: ${summary.problemCount} problems:\n${lines.join('\n')}`);
+  if (summary.problemCount > 0)
+    throw new Error(`ingest of ${treeDir(f)} into ${out}: ${summary.problemCount} problems:\n${lines.join('\n')}`);
   if (summary.written) process.stderr.write(`ingested ${summary.written} ${f} records into ${out}\n`);
   const ds = await openDataset(out);
   const wanted = Array.from({ length: n }, (_, i) => keyOf(i));
   const have = new Set(ds.keys);
   const missing = wanted.filter((k) => !have.has(k));
-  if (missing.length) throw new Error(`${out}: records ${missing.slice(0, 5).join(', ')} missing after ingest (expected keys 00001..${keyOf(n - 1)})`);
+  if (missing.length)
+    throw new Error(`${out}: records ${missing.slice(0, 5).join(', ')} missing after ingest (expected keys 00001..${keyOf(n - 1)})`);
   return { ds, keys: wanted };
 }
 
@@ -445,8 +473,13 @@ const STAGES = ['read', 'decode_image', 'decode_label', 'jitter', 'scale_crop', 
 type Stage = (typeof STAGES)[number];
 type StageMs = Record<Stage, number>;
 const STAGE_NAMES: Record<Stage, string> = {
-  read: 'read bytes', decode_image: 'decode image', decode_label: 'decode label', jitter: 'colour jitter (1)',
-  scale_crop: 'scale + crop (2)', flip: 'flip (3)', normalize: 'to tensor + normalise (3)',
+  read: 'read bytes',
+  decode_image: 'decode image',
+  decode_label: 'decode label',
+  jitter: 'colour jitter (1)',
+  scale_crop: 'scale + crop (2)',
+  flip: 'flip (3)',
+  normalize: 'to tensor + normalise (3)',
 };
 
 /**
@@ -483,12 +516,20 @@ async function profileOurs(ds: Dataset, keys: string[], count: number): Promise<
       t.push(performance.now());
       // (1) the draws, then contrast's mean over the whole image, staging the source pixels the crop reads
       const rng = new Rng(i);
-      const factors = drawColorJitter(spec.jitter!, rng) // the reference ssl spec jitters;
+      const factors = drawColorJitter(spec.jitter!, rng); // the reference ssl spec jitters;
       const p = drawScaleCrop(w, h, { scaleRange: spec.scale, crop: spec.crop }, rng);
       const vx = Math.max(0, p.cropX);
       const vy = Math.max(0, p.cropY);
-      const keep = bicubicSourceRect(w, h, p.scaledWidth, p.scaledHeight, vx, vy,
-        Math.min(p.scaledWidth, p.cropX + cw) - vx, Math.min(p.scaledHeight, p.cropY + ch) - vy);
+      const keep = bicubicSourceRect(
+        w,
+        h,
+        p.scaledWidth,
+        p.scaledHeight,
+        vx,
+        vy,
+        Math.min(p.scaledWidth, p.cropX + cw) - vx,
+        Math.min(p.scaledHeight, p.cropY + ch) - vy,
+      );
       const program = compileJitter(image, w, h, factors, keep);
       t.push(performance.now());
       // (2) the rest of the jitter, on those source pixels only, inside the resize of the crop window
@@ -534,15 +575,31 @@ function peerUnavailable(): string | null {
 }
 
 function runPeer(dir: string, n: number): { label: string; runs: PeerRun[] } | string {
-  const argv = [new URL('./data_torch.py', import.meta.url).pathname, '--root', dir, '--images', String(n),
-    '--samples', String(numSamples), '--workers', workerCounts.join(','), '--batch', String(peerBatch)];
+  const argv = [
+    new URL('./data_torch.py', import.meta.url).pathname,
+    '--root',
+    dir,
+    '--images',
+    String(n),
+    '--samples',
+    String(numSamples),
+    '--workers',
+    workerCounts.join(','),
+    '--batch',
+    String(peerBatch),
+  ];
   if (warmupFlag !== null) argv.push('--warmup', String(warmupFlag));
   const r = spawnSync(python, argv, { encoding: 'utf8', maxBuffer: 1 << 24 });
   if (r.status !== 0) return `peer failed: ${(r.stderr || r.error?.message || '').trim().split('\n').pop()}`;
   const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as PeerOutput;
   return {
     label: out.peer,
-    runs: out.results.map((x) => ({ workers: x.workers, imagesPerSec: x.images_per_s, coresBusy: x.cpu_s / x.wall_s, stageMs: x.stage_ms })),
+    runs: out.results.map((x) => ({
+      workers: x.workers,
+      imagesPerSec: x.images_per_s,
+      coresBusy: x.cpu_s / x.wall_s,
+      stageMs: x.stage_ms,
+    })),
   };
 }
 
@@ -558,7 +615,7 @@ const sizes: string[] = [];
 let peerLabel = '';
 for (const f of formats) {
   const { ds, keys } = await ingestTree(f, numImages);
-  sizes.push(`${f} ${(await meanFileBytes(join(treeDir(f), 'images'), numImages, f === 'png' ? 'png' : 'jpg') / 2 ** 20).toFixed(2)} MB`);
+  sizes.push(`${f} ${((await meanFileBytes(join(treeDir(f), 'images'), numImages, f === 'png' ? 'png' : 'jpg')) / 2 ** 20).toFixed(2)} MB`);
   const ours: Run[] = [];
   for (const w of workerCounts) {
     ours.push(await runOurs(ds, keys, w, numSamples, warmupFlag ?? 2 * w));
@@ -573,9 +630,17 @@ for (const f of formats) {
     }
     const p = peer.runs.find((x) => x.workers === o.workers)!;
     const ratio = o.imagesPerSec / p.imagesPerSec;
-    const perCore = (o.imagesPerSec / o.coresBusy) / (p.imagesPerSec / p.coresBusy);
-    rows.push([f, String(o.workers), o.imagesPerSec.toFixed(2), o.coresBusy.toFixed(2), p.imagesPerSec.toFixed(2), p.coresBusy.toFixed(2),
-      `${ratio.toFixed(2)}x`, `${perCore.toFixed(2)}x`]);
+    const perCore = o.imagesPerSec / o.coresBusy / (p.imagesPerSec / p.coresBusy);
+    rows.push([
+      f,
+      String(o.workers),
+      o.imagesPerSec.toFixed(2),
+      o.coresBusy.toFixed(2),
+      p.imagesPerSec.toFixed(2),
+      p.coresBusy.toFixed(2),
+      `${ratio.toFixed(2)}x`,
+      `${perCore.toFixed(2)}x`,
+    ]);
   }
   if (profileCount > 0) {
     stageCols.push({ title: `${f} ours`, ms: await profileOurs(ds, keys, profileCount) });
@@ -585,20 +650,24 @@ for (const f of formats) {
 }
 
 const cpuModel = os.cpus()[0]?.model.trim() ?? 'unknown CPU';
-console.log(`data pipeline, sslTarget (jitter + scale 0.5-1.5 + crop 512x1024 + flip + normalise) of ${numImages} ${WIDTH}x${HEIGHT} images ` +
-  `(${sizes.join(', ')}), ${numSamples} timed samples after warm-up; ${cores} cores (${cpuModel}), UV_THREADPOOL_SIZE ${process.env.UV_THREADPOOL_SIZE}, ` +
-  `load average ${loadBefore.toFixed(2)} before the run, ${new Date().toISOString().slice(0, 10)}`);
+console.log(
+  `data pipeline, sslTarget (jitter + scale 0.5-1.5 + crop 512x1024 + flip + normalise) of ${numImages} ${WIDTH}x${HEIGHT} images ` +
+    `(${sizes.join(', ')}), ${numSamples} timed samples after warm-up; ${cores} cores (${cpuModel}), UV_THREADPOOL_SIZE ${process.env.UV_THREADPOOL_SIZE}, ` +
+    `load average ${loadBefore.toFixed(2)} before the run, ${new Date().toISOString().slice(0, 10)}`,
+);
 console.log(`peer: ${skipPeer ? `skipped (${skipPeer})` : peerLabel}`);
 console.log('cores busy = CPU seconds of the whole process tree / wall seconds; per-core ratio = ratio of images per CPU second');
 console.log(['format', 'workers', 'ours img/s', 'ours cores busy', 'peer img/s', 'peer cores busy', 'ratio', 'per-core ratio'].join(' | '));
 for (const r of rows) console.log(r.join(' | '));
 if (stageCols.length) {
-  console.log(`\nper-sample stage times, ms (ours: the worker's steps on one thread, ${profileCount} samples; peer: inside its DataLoader workers, mean over the ${workerCounts[0]}-worker run)`);
+  console.log(
+    `\nper-sample stage times, ms (ours: the worker's steps on one thread, ${profileCount} samples; peer: inside its DataLoader workers, mean over the ${workerCounts[0]}-worker run)`,
+  );
   console.log(['stage', ...stageCols.map((c) => c.title)].join(' | '));
   for (const s of STAGES) console.log([STAGE_NAMES[s], ...stageCols.map((c) => (c.ms ? c.ms[s].toFixed(1) : 'n/a'))].join(' | '));
   console.log(['jitter + scale + crop', ...stageCols.map((c) => (c.ms ? (c.ms.jitter + c.ms.scale_crop).toFixed(1) : 'n/a'))].join(' | '));
   console.log(['total', ...stageCols.map((c) => (c.ms ? STAGES.reduce((a, s) => a + c.ms![s], 0).toFixed(1) : 'n/a'))].join(' | '));
-  console.log('(1) ours: the draws + one pass over the whole image for contrast\'s mean (luma only, through the ops drawn before contrast;');
+  console.log("(1) ours: the draws + one pass over the whole image for contrast's mean (luma only, through the ops drawn before contrast;");
   console.log('    it keeps the source pixels the crop reads as they are before contrast); peer: ColorJitter on the whole image');
   console.log('(2) ours: the rest of the jitter on the source pixels the crop reads, inside the resize of the crop window only;');
   console.log('    peer: resize of the whole image, then crop');

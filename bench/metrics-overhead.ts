@@ -17,7 +17,13 @@ import { metricsEvents } from '../src/observe/events.ts';
 import { PRESETS } from '../src/recipe/config.ts';
 import { Prototypes } from '../src/stages/update-prototypes.ts';
 
-const { values: args } = parseArgs({ options: { steps: { type: 'string', default: '30' }, batch: { type: 'string', default: '8' }, help: { type: 'boolean', short: 'h', default: false } } });
+const { values: args } = parseArgs({
+  options: {
+    steps: { type: 'string', default: '30' },
+    batch: { type: 'string', default: '8' },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+});
 if (args.help) {
   console.log('usage: node bench/metrics-overhead.ts [--steps 30] [--batch 8]');
   process.exit(0);
@@ -32,19 +38,37 @@ const x = tf.randomNormal([batch, 64, 128, 3], 0, 1, 'float32', 1) as tf.Tensor4
 const y = tf.randomUniformInt([batch, 64, 128], 0, 19, 2) as tf.Tensor3D;
 const metrics = createMetrics();
 const cfg = PRESETS.synthetic!();
-const events = metricsEvents(metrics, { preset: cfg.preset, classifierLrMult: cfg.optimizer.classifierLrMult }, cfg.data.numClasses === 19 ? Array.from({ length: 19 }, (_, k) => `c${k}`) : [], 'wasm', { log: () => {} });
+const events = metricsEvents(
+  metrics,
+  { preset: cfg.preset, classifierLrMult: cfg.optimizer.classifierLrMult },
+  cfg.data.numClasses === 19 ? Array.from({ length: 19 }, (_, k) => `c${k}`) : [],
+  'wasm',
+  { log: () => {} },
+);
 const protos = new Prototypes();
 protos.set(tf.randomUniform([19, model.featureChannels], 0, 1, 'float32', 3) as tf.Tensor2D);
 
-const step = () => tf.tidy(() => {
-  const { value, grads } = gradients(() => segCrossEntropy(tf.image.resizeBilinear(model.forward(x, { training: true }).logits, [64, 128], true), y), params);
-  opt.step(grads, 1e-3);
-  return value.dataSync()[0]!;
-});
+const step = () =>
+  tf.tidy(() => {
+    const { value, grads } = gradients(
+      () => segCrossEntropy(tf.image.resizeBilinear(model.forward(x, { training: true }).logits, [64, 128], true), y),
+      params,
+    );
+    opt.step(grads, 1e-3);
+    return value.dataSync()[0]!;
+  });
 const record = (i: number, loss: number) => {
   for (let s = 0; s < batch; s++) events.decoded!({ seconds: 0.01, encodedBytes: 20_000 });
   events.batched!('source', batch);
-  events.step!({ phase: 'spcl', iteration: i, losses: { total: loss, seg: loss, cl_source: 2.9, cl_target: 2.9 }, lr: 1e-3, seconds: 0.1, waitSeconds: 0.01, skipped: false });
+  events.step!({
+    phase: 'spcl',
+    iteration: i,
+    losses: { total: loss, seg: loss, cl_source: 2.9, cl_target: 2.9 },
+    lr: 1e-3,
+    seconds: 0.1,
+    waitSeconds: 0.01,
+    skipped: false,
+  });
   events.prototypes!(protos);
 };
 step();
@@ -65,6 +89,10 @@ const scrapeMs = (performance.now() - s0) / 10;
 const perStep = stepMs / steps;
 const perRecord = recordMs / steps;
 const scrapeShare = scrapeMs / 15_000;
-console.log(`metrics overhead, small DeepLab-v2 step (batch ${batch}, 64x128, wasm), ${steps} steps, ${new Date().toISOString().slice(0, 10)}`);
-console.log(`step ${perStep.toFixed(1)} ms | metric updates per step ${perRecord.toFixed(3)} ms (${((100 * perRecord) / perStep).toFixed(3)}%) | one scrape ${scrapeMs.toFixed(2)} ms every 15 s (${(100 * scrapeShare).toFixed(4)}% of time)`);
+console.log(
+  `metrics overhead, small DeepLab-v2 step (batch ${batch}, 64x128, wasm), ${steps} steps, ${new Date().toISOString().slice(0, 10)}`,
+);
+console.log(
+  `step ${perStep.toFixed(1)} ms | metric updates per step ${perRecord.toFixed(3)} ms (${((100 * perRecord) / perStep).toFixed(3)}%) | one scrape ${scrapeMs.toFixed(2)} ms every 15 s (${(100 * scrapeShare).toFixed(4)}% of time)`,
+);
 console.log(`total added: ${((100 * perRecord) / perStep + 100 * scrapeShare).toFixed(3)}% of step time`);

@@ -83,10 +83,19 @@ const root = new URL('../', import.meta.url).pathname;
 const log = (line: string) => process.stderr.write(`soak: ${line}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface DiskSample { bytes: number; checkpoints: number; generations: number; pointers: number; other: number }
+interface DiskSample {
+  bytes: number;
+  checkpoints: number;
+  generations: number;
+  pointers: number;
+  other: number;
+}
 
 /** Size of a folder and what it holds: checkpoint files, pseudo-label generations, anything else. */
-async function diskOf(path: string, into: DiskSample = { bytes: 0, checkpoints: 0, generations: 0, pointers: 0, other: 0 }): Promise<DiskSample> {
+async function diskOf(
+  path: string,
+  into: DiskSample = { bytes: 0, checkpoints: 0, generations: 0, pointers: 0, other: 0 },
+): Promise<DiskSample> {
   let entries;
   try {
     entries = await readdir(path, { withFileTypes: true });
@@ -155,11 +164,37 @@ async function main(): Promise<number> {
   await mkdir(watch, { recursive: true });
 
   const pipelineArgs = [
-    join(root, 'pipelines/spcl.ts'), '--quick', '--phase', 'continuous', '--continuous', '--out', out, '--metrics-port', '0',
-    '--set', `data.target=${JSON.stringify(target)}`, '--set', `continuous.watch=${JSON.stringify(watch)}`,
-    '--set', 'continuous.pollSeconds=5', '--set', 'continuous.settleSeconds=1', '--set', 'continuous.refreshEvery=200',
-    '--set', 'continuous.refreshNewImages=20', '--set', 'continuous.evalEvery=200', '--set', 'checkpoint.every=100', '--set', 'logEvery=10',
-    '--set', `checkpoint.keep=${CHECKPOINT_KEEP}`, '--set', `pseudo.keep=${PSEUDO_KEEP}`,
+    join(root, 'pipelines/spcl.ts'),
+    '--quick',
+    '--phase',
+    'continuous',
+    '--continuous',
+    '--out',
+    out,
+    '--metrics-port',
+    '0',
+    '--set',
+    `data.target=${JSON.stringify(target)}`,
+    '--set',
+    `continuous.watch=${JSON.stringify(watch)}`,
+    '--set',
+    'continuous.pollSeconds=5',
+    '--set',
+    'continuous.settleSeconds=1',
+    '--set',
+    'continuous.refreshEvery=200',
+    '--set',
+    'continuous.refreshNewImages=20',
+    '--set',
+    'continuous.evalEvery=200',
+    '--set',
+    'checkpoint.every=100',
+    '--set',
+    'logEvery=10',
+    '--set',
+    `checkpoint.keep=${CHECKPOINT_KEEP}`,
+    '--set',
+    `pseudo.keep=${PSEUDO_KEEP}`,
   ];
   for (const kv of args.set) pipelineArgs.push('--set', kv);
   // from the recipe: the same run does warm-up, prototypes, contrastive and self-training first
@@ -186,7 +221,9 @@ async function main(): Promise<number> {
   const end = t0 + minutes * 60_000;
   let nextArrival = t0 + arrivalEvery * 1000;
   let running = true;
-  void exited.then(() => { running = false; });
+  void exited.then(() => {
+    running = false;
+  });
   while (running && performance.now() < end) {
     const now = performance.now();
     const r = await rssOf(child.pid!);
@@ -201,8 +238,25 @@ async function main(): Promise<number> {
         // through another process, as a user's ingest job would append them
         const raw = join(work, `ingest-${batch}`);
         await writeSyntheticArrivals(raw, { from: fed, count: perBatch, city: `ingest${batch}` });
-        const ing = spawn(process.execPath, [join(root, 'pipelines/ingest.ts'), '--dataset', 'cityscapes', '--root', raw, '--labels', 'none',
-          '--out', target, '--threads', '1', '--metrics-port', '0'], { cwd: root, stdio: 'ignore' });
+        const ing = spawn(
+          process.execPath,
+          [
+            join(root, 'pipelines/ingest.ts'),
+            '--dataset',
+            'cityscapes',
+            '--root',
+            raw,
+            '--labels',
+            'none',
+            '--out',
+            target,
+            '--threads',
+            '1',
+            '--metrics-port',
+            '0',
+          ],
+          { cwd: root, stdio: 'ignore' },
+        );
         const code = await new Promise<number | null>((resolve) => ing.on('exit', resolve));
         if (code !== 0) throw new Error(`ingest of ${raw} exited ${code}`);
         viaIngest += perBatch;
@@ -218,7 +272,12 @@ async function main(): Promise<number> {
   const stopAt = performance.now();
   child.kill('SIGTERM');
   let timer: NodeJS.Timeout | undefined;
-  const code = await Promise.race([exited, new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), 120_000); })]);
+  const code = await Promise.race([
+    exited,
+    new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), 120_000);
+    }),
+  ]);
   clearTimeout(timer);
   const shutdownSeconds = (performance.now() - stopAt) / 1000;
   if (code === 'timeout') {
@@ -234,8 +293,16 @@ async function main(): Promise<number> {
   const half = rss.filter((s) => s.t >= seconds / 2);
   // the bound is on anonymous memory: file-backed pages are the LMDB data the run reads, which grows with
   // the target set by design and which the kernel reclaims under pressure
-  const driftPerHour = slope(half.map((s) => s.t), half.map((s) => s.anon)) * 3600;
-  const fileDriftPerHour = slope(half.map((s) => s.t), half.map((s) => s.file)) * 3600;
+  const driftPerHour =
+    slope(
+      half.map((s) => s.t),
+      half.map((s) => s.anon),
+    ) * 3600;
+  const fileDriftPerHour =
+    slope(
+      half.map((s) => s.t),
+      half.map((s) => s.file),
+    ) * 3600;
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
   const quarter = Math.max(1, Math.floor(rss.length / 4));
   const tensors = c.memory.map((m) => m.tensors);
@@ -243,14 +310,21 @@ async function main(): Promise<number> {
   const atEnd = await diskOf(out);
   const { generations, checkpoints } = atEnd;
   const peakDisk = Math.max(0, ...disk.map((d) => d.bytes));
-  const most = { checkpoints: Math.max(0, ...disk.map((d) => d.checkpoints)), generations: Math.max(0, ...disk.map((d) => d.generations)), other: Math.max(0, ...disk.map((d) => d.other)) };
+  const most = {
+    checkpoints: Math.max(0, ...disk.map((d) => d.checkpoints)),
+    generations: Math.max(0, ...disk.map((d) => d.generations)),
+    other: Math.max(0, ...disk.map((d) => d.other)),
+  };
   const overBounds = disk.filter((d) => !diskWithinBounds(d));
   const current = JSON.parse(await readFile(join(out, 'pseudo-labels', 'current.json'), 'utf8')) as { file: string; count: number };
   const lastGeneration = await stat(join(out, 'pseudo-labels', current.file));
   // the model's quality over the run: every evaluation the pipeline logged ("<phase> <iteration>: target val mIoU <x>")
   // (percent), from the whole log file: the in-memory tail is cut on long runs
   const logText = await readFile(join(work, 'pipeline.log'), 'utf8');
-  const evals = [...logText.matchAll(/^continuous (\d+): target val mIoU ([\d.]+)/gm)].map((m) => ({ iteration: Number(m[1]), miou: Number(m[2]) }));
+  const evals = [...logText.matchAll(/^continuous (\d+): target val mIoU ([\d.]+)/gm)].map((m) => ({
+    iteration: Number(m[1]),
+    miou: Number(m[2]),
+  }));
   const recipeMiou = /^ssl: target val mIoU ([\d.]+)/m.exec(logText);
   const summary = {
     minutes: seconds / 60,
@@ -263,15 +337,29 @@ async function main(): Promise<number> {
     targetImagesAtEnd: c.targetImages,
     generationImagesAtEnd: c.generationImages,
     watchIngested: c.ingested,
-    rssMiB: { firstQuarterMedian: median(rss.slice(0, quarter).map((s) => s.rss)) / MiB, lastQuarterMedian: median(rss.slice(-quarter).map((s) => s.rss)) / MiB, peak: hwm / MiB },
-    anonMiB: { firstQuarterMedian: median(rss.slice(0, quarter).map((s) => s.anon)) / MiB, lastQuarterMedian: median(rss.slice(-quarter).map((s) => s.anon)) / MiB },
-    fileMiB: { firstQuarterMedian: median(rss.slice(0, quarter).map((s) => s.file)) / MiB, lastQuarterMedian: median(rss.slice(-quarter).map((s) => s.file)) / MiB },
+    rssMiB: {
+      firstQuarterMedian: median(rss.slice(0, quarter).map((s) => s.rss)) / MiB,
+      lastQuarterMedian: median(rss.slice(-quarter).map((s) => s.rss)) / MiB,
+      peak: hwm / MiB,
+    },
+    anonMiB: {
+      firstQuarterMedian: median(rss.slice(0, quarter).map((s) => s.anon)) / MiB,
+      lastQuarterMedian: median(rss.slice(-quarter).map((s) => s.anon)) / MiB,
+    },
+    fileMiB: {
+      firstQuarterMedian: median(rss.slice(0, quarter).map((s) => s.file)) / MiB,
+      lastQuarterMedian: median(rss.slice(-quarter).map((s) => s.file)) / MiB,
+    },
     rssDriftSecondHalfMiBPerHour: driftPerHour / MiB,
     fileDriftSecondHalfMiBPerHour: fileDriftPerHour / MiB,
     rssSamples: rss.length,
     tensors: { min: Math.min(...tensors), max: Math.max(...tensors), samples: tensors.length },
     tensorsAtEnd: report.tensorsAtEnd,
-    diskMiB: { firstQuarterMedian: median(disk.slice(0, Math.max(1, Math.floor(disk.length / 4))).map((d) => d.bytes)) / MiB, peak: peakDisk / MiB, end: atEnd.bytes / MiB },
+    diskMiB: {
+      firstQuarterMedian: median(disk.slice(0, Math.max(1, Math.floor(disk.length / 4))).map((d) => d.bytes)) / MiB,
+      peak: peakDisk / MiB,
+      end: atEnd.bytes / MiB,
+    },
     generationsOnDisk: generations,
     checkpointsOnDisk: checkpoints,
     mostOnDisk: most,
@@ -292,29 +380,48 @@ async function main(): Promise<number> {
     disk: overBounds.length === 0,
     exitedCleanly: code === 0 && report.stopped,
   };
-  const thin = <T,>(xs: T[], n: number) => xs.filter((_, i) => i % Math.max(1, Math.ceil(xs.length / n)) === 0);
-  const result = { ...summary, rssSeries: thin(rss, 400).map((x) => [Math.round(x.t), Math.round(x.rss / MiB), Math.round(x.anon / MiB), Math.round(x.file / MiB)]), memoryTrace: thin(c.memory, 400), bounds: { rssDriftMiBPerHour: RSS_DRIFT_MIB_PER_HOUR, driftMinSeconds: DRIFT_MIN_SECONDS, rssPeakMiB: RSS_PEAK_MIB, checkpoints: `${CHECKPOINT_KEEP + 1} + pinned by best-*.json`, generations: `${PSEUDO_KEEP + 1} + checkpoints on disk`, otherFiles: OTHER_FILES }, bounded };
+  const thin = <T>(xs: T[], n: number) => xs.filter((_, i) => i % Math.max(1, Math.ceil(xs.length / n)) === 0);
+  const result = {
+    ...summary,
+    rssSeries: thin(rss, 400).map((x) => [Math.round(x.t), Math.round(x.rss / MiB), Math.round(x.anon / MiB), Math.round(x.file / MiB)]),
+    memoryTrace: thin(c.memory, 400),
+    bounds: {
+      rssDriftMiBPerHour: RSS_DRIFT_MIB_PER_HOUR,
+      driftMinSeconds: DRIFT_MIN_SECONDS,
+      rssPeakMiB: RSS_PEAK_MIB,
+      checkpoints: `${CHECKPOINT_KEEP + 1} + pinned by best-*.json`,
+      generations: `${PSEUDO_KEEP + 1} + checkpoints on disk`,
+      otherFiles: OTHER_FILES,
+    },
+    bounded,
+  };
   if (args.json) await writeFile(args.json, `${JSON.stringify(result, null, 1)}\n`);
   const f = (v: number) => v.toFixed(1);
-  console.log([
-    `soak: ${f(summary.minutes)} min, ${summary.steps} steps (${summary.stepsPerSecond.toFixed(2)}/s), ${summary.refreshes} refreshes ` +
-      `(start ${c.refreshTriggers.start}, steps ${c.refreshTriggers.steps}, arrivals ${c.refreshTriggers.arrivals})`,
-    `arrivals: ${fed} images fed (${viaIngest} through pipelines/ingest.ts), ${c.ingested} ingested from the watched folder; ` +
-      `${c.targetImages} target images at the end, ${c.generationImages} in the last generation`,
-    `RSS: first-quarter median ${f(summary.rssMiB.firstQuarterMedian)} MiB, last-quarter median ${f(summary.rssMiB.lastQuarterMedian)} MiB, peak ${f(summary.rssMiB.peak)} MiB`,
-    `  anonymous: ${f(summary.anonMiB.firstQuarterMedian)} -> ${f(summary.anonMiB.lastQuarterMedian)} MiB, drift over the second half ${f(summary.rssDriftSecondHalfMiBPerHour)} MiB/h (bound ${RSS_DRIFT_MIB_PER_HOUR}, judged from 20 min on)`,
-    `  file-backed (LMDB data read): ${f(summary.fileMiB.firstQuarterMedian)} -> ${f(summary.fileMiB.lastQuarterMedian)} MiB, drift ${f(summary.fileDriftSecondHalfMiBPerHour)} MiB/h`,
-    `tfjs tensors: ${summary.tensors.min}..${summary.tensors.max} over ${summary.tensors.samples} samples`,
-    `disk (run folder): first-quarter median ${f(summary.diskMiB.firstQuarterMedian)} MiB, peak ${f(summary.diskMiB.peak)}, ${f(summary.diskMiB.end)} at the end; ` +
-      `${generations} generations, ${checkpoints} checkpoints at the end, at most ${most.generations} and ${most.checkpoints} ` +
-      `(bounds per sample: ${PSEUDO_KEEP + 1} + checkpoints, ${CHECKPOINT_KEEP + 1} + pinned; ${overBounds.length} of ${disk.length} samples over); ` +
-      `last generation ${current.count} images, ${(lastGeneration.size / 1024 / current.count).toFixed(1)} KiB per image`,
-    `target val mIoU (%): ${summary.recipeMiou === null ? 'no recipe' : `after the recipe ${summary.recipeMiou}`}; continuous ${evals.length} evaluations` +
-      (evals.length ? `: first ${evals[0]!.miou} (step ${evals[0]!.iteration}), last ${evals.at(-1)!.miou} (step ${evals.at(-1)!.iteration}), ` +
-        `min ${Math.min(...evals.map((e) => e.miou))}, max ${Math.max(...evals.map((e) => e.miou))}` : ''),
-    `SIGTERM -> exit ${code} in ${summary.shutdownSeconds.toFixed(1)} s`,
-    `bounded: ${Object.entries(bounded).map(([k, v]) => `${k} ${v === null ? 'not judged (under 20 min)' : v ? 'yes' : 'NO'}`).join(', ')}`,
-  ].join('\n'));
+  console.log(
+    [
+      `soak: ${f(summary.minutes)} min, ${summary.steps} steps (${summary.stepsPerSecond.toFixed(2)}/s), ${summary.refreshes} refreshes ` +
+        `(start ${c.refreshTriggers.start}, steps ${c.refreshTriggers.steps}, arrivals ${c.refreshTriggers.arrivals})`,
+      `arrivals: ${fed} images fed (${viaIngest} through pipelines/ingest.ts), ${c.ingested} ingested from the watched folder; ` +
+        `${c.targetImages} target images at the end, ${c.generationImages} in the last generation`,
+      `RSS: first-quarter median ${f(summary.rssMiB.firstQuarterMedian)} MiB, last-quarter median ${f(summary.rssMiB.lastQuarterMedian)} MiB, peak ${f(summary.rssMiB.peak)} MiB`,
+      `  anonymous: ${f(summary.anonMiB.firstQuarterMedian)} -> ${f(summary.anonMiB.lastQuarterMedian)} MiB, drift over the second half ${f(summary.rssDriftSecondHalfMiBPerHour)} MiB/h (bound ${RSS_DRIFT_MIB_PER_HOUR}, judged from 20 min on)`,
+      `  file-backed (LMDB data read): ${f(summary.fileMiB.firstQuarterMedian)} -> ${f(summary.fileMiB.lastQuarterMedian)} MiB, drift ${f(summary.fileDriftSecondHalfMiBPerHour)} MiB/h`,
+      `tfjs tensors: ${summary.tensors.min}..${summary.tensors.max} over ${summary.tensors.samples} samples`,
+      `disk (run folder): first-quarter median ${f(summary.diskMiB.firstQuarterMedian)} MiB, peak ${f(summary.diskMiB.peak)}, ${f(summary.diskMiB.end)} at the end; ` +
+        `${generations} generations, ${checkpoints} checkpoints at the end, at most ${most.generations} and ${most.checkpoints} ` +
+        `(bounds per sample: ${PSEUDO_KEEP + 1} + checkpoints, ${CHECKPOINT_KEEP + 1} + pinned; ${overBounds.length} of ${disk.length} samples over); ` +
+        `last generation ${current.count} images, ${(lastGeneration.size / 1024 / current.count).toFixed(1)} KiB per image`,
+      `target val mIoU (%): ${summary.recipeMiou === null ? 'no recipe' : `after the recipe ${summary.recipeMiou}`}; continuous ${evals.length} evaluations` +
+        (evals.length
+          ? `: first ${evals[0]!.miou} (step ${evals[0]!.iteration}), last ${evals.at(-1)!.miou} (step ${evals.at(-1)!.iteration}), ` +
+            `min ${Math.min(...evals.map((e) => e.miou))}, max ${Math.max(...evals.map((e) => e.miou))}`
+          : ''),
+      `SIGTERM -> exit ${code} in ${summary.shutdownSeconds.toFixed(1)} s`,
+      `bounded: ${Object.entries(bounded)
+        .map(([k, v]) => `${k} ${v === null ? 'not judged (under 20 min)' : v ? 'yes' : 'NO'}`)
+        .join(', ')}`,
+    ].join('\n'),
+  );
   const ok = Object.values(bounded).every((v) => v !== false);
   // a failed soak keeps its folder (pipeline.log, the run) for a look
   if (ok && !args.keep && !args.work) await rm(work, { recursive: true, force: true });

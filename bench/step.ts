@@ -54,14 +54,15 @@ async function timeBackend(name: BackendName, steps: number): Promise<{ median: 
   ]);
   const x = tf.randomNormal([batch, height, width, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
   const labels = tf.randomUniformInt([batch, height, width], 0, classes, 2) as tf.Tensor3D;
-  const step = () => tf.tidy(() => {
-    const { value, grads } = gradients(() => {
-      const { logits } = model.forward(x, { training: true });
-      return segCrossEntropy(tf.image.resizeBilinear(logits, [height, width], true), labels);
-    }, params);
-    opt.step(grads, 1e-3);
-    return value.dataSync()[0]!;
-  });
+  const step = () =>
+    tf.tidy(() => {
+      const { value, grads } = gradients(() => {
+        const { logits } = model.forward(x, { training: true });
+        return segCrossEntropy(tf.image.resizeBilinear(logits, [height, width], true), labels);
+      }, params);
+      opt.step(grads, 1e-3);
+      return value.dataSync()[0]!;
+    });
   step();
   const times: number[] = [];
   for (let i = 0; i < steps; i++) {
@@ -78,11 +79,25 @@ async function timeBackend(name: BackendName, steps: number): Promise<{ median: 
 
 function timeTorch(): { median: number; label: string } | string {
   if (!existsSync(args.python!)) return `${args.python} not found`;
-  const r = spawnSync(args.python!, [
-    new URL('./step_torch.py', import.meta.url).pathname,
-    '--batch', String(batch), '--height', String(height), '--width', String(width), '--classes', String(classes),
-    '--steps', args.steps!, '--threads', String(os.availableParallelism()),
-  ], { encoding: 'utf8' });
+  const r = spawnSync(
+    args.python!,
+    [
+      new URL('./step_torch.py', import.meta.url).pathname,
+      '--batch',
+      String(batch),
+      '--height',
+      String(height),
+      '--width',
+      String(width),
+      '--classes',
+      String(classes),
+      '--steps',
+      args.steps!,
+      '--threads',
+      String(os.availableParallelism()),
+    ],
+    { encoding: 'utf8' },
+  );
   if (r.status !== 0) return `peer failed: ${(r.stderr || r.error?.message || '').trim().split('\n').pop()}`;
   const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { peer: string; threads: number; ms_per_step_median: number };
   return { median: out.ms_per_step_median, label: `${out.peer}, ${out.threads} threads` };
@@ -100,6 +115,8 @@ for (const name of args.backends!.split(',') as BackendName[]) {
 }
 rows.push(typeof peer === 'string' ? ['pytorch', 'skipped', '', peer] : [`pytorch (${peer.label})`, peer.median.toFixed(1), '1.00x', '']);
 
-console.log(`training step, small DeepLab-v2, batch ${batch}, ${height}x${width}, ${classes} classes, ${os.cpus().length} cores, ${new Date().toISOString().slice(0, 10)}`);
+console.log(
+  `training step, small DeepLab-v2, batch ${batch}, ${height}x${width}, ${classes} classes, ${os.cpus().length} cores, ${new Date().toISOString().slice(0, 10)}`,
+);
 console.log(['engine', 'ms/step (median)', 'vs PyTorch', 'note'].join(' | '));
 for (const r of rows) console.log(r.join(' | '));

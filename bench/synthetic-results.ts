@@ -31,8 +31,13 @@ const USAGE = `usage: node bench/synthetic-results.ts [options]
   -h, --help      this text`;
 
 const cli = parseCli('synthetic-results', USAGE, {
-  seeds: { type: 'string', default: '0,1,2' }, out: { type: 'string', default: 'runs/results' }, jobs: { type: 'string', default: '1' },
-  set: { type: 'string', multiple: true, default: [] }, collect: { type: 'boolean', default: false }, domain: { type: 'string', default: 'target' }, only: { type: 'string' },
+  seeds: { type: 'string', default: '0,1,2' },
+  out: { type: 'string', default: 'runs/results' },
+  jobs: { type: 'string', default: '1' },
+  set: { type: 'string', multiple: true, default: [] },
+  collect: { type: 'boolean', default: false },
+  domain: { type: 'string', default: 'target' },
+  only: { type: 'string' },
 });
 const args = cli.values;
 const seeds = args.seeds.split(',').map(Number);
@@ -40,26 +45,51 @@ if (!seeds.every((s) => Number.isInteger(s) && s >= 0)) cli.fail(`--seeds must b
 const jobs = Number(args.jobs);
 if (!Number.isInteger(jobs) || jobs < 1) cli.fail(`--jobs must be an integer >= 1, got '${args.jobs}'`);
 const root = new URL('../', import.meta.url).pathname;
-if (args.only !== undefined && args.only !== 'spcl' && args.only !== 'source-only') cli.fail(`--only must be spcl or source-only, got '${args.only}'`);
+if (args.only !== undefined && args.only !== 'spcl' && args.only !== 'source-only')
+  cli.fail(`--only must be spcl or source-only, got '${args.only}'`);
 if (args.domain !== 'target' && args.domain !== 'night') cli.fail(`--domain must be target or night, got '${args.domain}'`);
 if (args.domain === 'night' && args.out === 'runs/results') args.out = 'runs/results-night';
 if (args.domain === 'night' && !args.collect) {
-  const shards = await prepareSynthetic(join(root, 'data/synthetic-night'), SYNTHETIC_DATA.counts, (l) => console.error(l), { targetDomain: 'night' });
+  const shards = await prepareSynthetic(join(root, 'data/synthetic-night'), SYNTHETIC_DATA.counts, (l) => console.error(l), {
+    targetDomain: 'night',
+  });
   args.set.unshift(...Object.entries(shards).map(([k, v]) => `data.${k}=${JSON.stringify(v)}`));
 }
 
 /** Runs one pipeline to completion; its progress lines go to stderr prefixed with the run's name. */
 function runPipeline(script: string, dir: string, seed: number): Promise<void> {
-  return run(script, dir, ['--seed', String(seed), '--out', join(args.out, dir), '--metrics-port', '0', ...args.set.flatMap((s) => ['--set', s])]);
+  return run(script, dir, [
+    '--seed',
+    String(seed),
+    '--out',
+    join(args.out, dir),
+    '--metrics-port',
+    '0',
+    ...args.set.flatMap((s) => ['--set', s]),
+  ]);
 }
 
 /** AdaBN on the source-only run's last checkpoint, its own data paths: <out>/source-only-<seed>/adabn.json. */
 async function adaBn(seed: number): Promise<void> {
   const dir = join(args.out, `source-only-${seed}`);
-  const report = JSON.parse(await readFile(join(dir, 'report.json'), 'utf8')) as RunReport & { config: { data: { target: string; targetVal: string } } };
+  const report = JSON.parse(await readFile(join(dir, 'report.json'), 'utf8')) as RunReport & {
+    config: { data: { target: string; targetVal: string } };
+  };
   const latest = JSON.parse(await readFile(join(dir, 'checkpoints', 'latest.json'), 'utf8')) as { file: string };
-  await run('evaluate.ts', `adabn-${seed}`, ['--checkpoint', join(dir, 'checkpoints', latest.file), '--data', report.config.data.targetVal,
-    '--adapt-bn', report.config.data.target, '--ccd', '0', '--metrics-port', '0', '--out', join(dir, 'adabn.json')]);
+  await run('evaluate.ts', `adabn-${seed}`, [
+    '--checkpoint',
+    join(dir, 'checkpoints', latest.file),
+    '--data',
+    report.config.data.targetVal,
+    '--adapt-bn',
+    report.config.data.target,
+    '--ccd',
+    '0',
+    '--metrics-port',
+    '0',
+    '--out',
+    join(dir, 'adabn.json'),
+  ]);
 }
 
 function run(script: string, dir: string, rest: string[]): Promise<void> {
@@ -67,7 +97,13 @@ function run(script: string, dir: string, rest: string[]): Promise<void> {
   const argv = [join(root, 'pipelines', script), ...rest];
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const prefix = (chunk: Buffer) => chunk.toString().split('\n').filter(Boolean).map((l) => `[${dir}] ${l}\n`).join('');
+    const prefix = (chunk: Buffer) =>
+      chunk
+        .toString()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => `[${dir}] ${l}\n`)
+        .join('');
     child.stdout.on('data', (c: Buffer) => process.stderr.write(prefix(c)));
     child.stderr.on('data', (c: Buffer) => process.stderr.write(prefix(c)));
     child.on('error', reject);
@@ -80,7 +116,11 @@ function run(script: string, dir: string, rest: string[]): Promise<void> {
 }
 
 if (!args.collect) {
-  const queue: [string, string, number][] = seeds.flatMap((seed): [string, string, number][] => [['spcl.ts', `spcl-${seed}`, seed], ['source-only.ts', `source-only-${seed}`, seed]])
+  const queue: [string, string, number][] = seeds
+    .flatMap((seed): [string, string, number][] => [
+      ['spcl.ts', `spcl-${seed}`, seed],
+      ['source-only.ts', `source-only-${seed}`, seed],
+    ])
     .filter(([script]) => args.only === undefined || script === `${args.only}.ts`);
   const worker = async () => {
     for (let item = queue.shift(); item; item = queue.shift()) {
@@ -105,7 +145,10 @@ const perSeed = new Map<number, Map<string, number>>();
 const starve: number[] = [];
 for (const seed of seeds) {
   perSeed.set(seed, new Map());
-  for (const [dir, prefix] of [[`source-only-${seed}`, 'source-only'], [`spcl-${seed}`, '']] as const) {
+  for (const [dir, prefix] of [
+    [`source-only-${seed}`, 'source-only'],
+    [`spcl-${seed}`, ''],
+  ] as const) {
     const file = join(args.out, dir, 'report.json');
     let report: RunReport;
     try {
@@ -148,13 +191,22 @@ for (const name of names) {
   console.log(`| ${name} | ${r.iterations} | ${pm(r.miou)} | ${pm(r.tail)} | ${name === ADABN ? '-' : mean(r.secs).toFixed(0)} |`);
 }
 console.log('');
-for (const [seed, m] of perSeed) console.log(`seed ${seed}: ${names.map((n) => `${n} ${m.has(n) ? (100 * m.get(n)!).toFixed(2) : '-'}`).join(' / ')}`);
+for (const [seed, m] of perSeed)
+  console.log(`seed ${seed}: ${names.map((n) => `${n} ${m.has(n) ? (100 * m.get(n)!).toFixed(2) : '-'}`).join(' / ')}`);
 const means = Object.fromEntries(names.map((n) => [n, mean(rows.get(n)!.miou)]));
 if (['source-only', 'warmup', 'spcl', 'ssl'].every((n) => n in means)) {
   const gain = 100 * (means.ssl! - means['source-only']!);
   const everySeed = [...perSeed.values()].every((m) => m.get('ssl')! > m.get('source-only')!);
-  console.log(`\nmeans rise source-only <= warmup < spcl < ssl: ${means['source-only']! <= means.warmup! && means.warmup! < means.spcl! && means.spcl! < means.ssl! ? 'yes' : 'no'}; ` +
-    `mean ssl - mean source-only: ${gain.toFixed(2)} points; every seed's ssl above its source-only: ${everySeed ? 'yes' : 'no'}`);
-  if (ADABN in means) console.log(`mean ssl - mean source-only + AdaBN: ${(100 * (means.ssl! - means[ADABN]!)).toFixed(2)} points (what the recipe adds beyond target BN statistics)`);
+  console.log(
+    `\nmeans rise source-only <= warmup < spcl < ssl: ${means['source-only']! <= means.warmup! && means.warmup! < means.spcl! && means.spcl! < means.ssl! ? 'yes' : 'no'}; ` +
+      `mean ssl - mean source-only: ${gain.toFixed(2)} points; every seed's ssl above its source-only: ${everySeed ? 'yes' : 'no'}`,
+  );
+  if (ADABN in means)
+    console.log(
+      `mean ssl - mean source-only + AdaBN: ${(100 * (means.ssl! - means[ADABN]!)).toFixed(2)} points (what the recipe adds beyond target BN statistics)`,
+    );
 }
-if (starve.length) console.log(`trainer starvation (share of step time waiting for data), per training phase and seed: mean ${(100 * mean(starve)).toFixed(1)}%, max ${(100 * Math.max(...starve)).toFixed(1)}%`);
+if (starve.length)
+  console.log(
+    `trainer starvation (share of step time waiting for data), per training phase and seed: mean ${(100 * mean(starve)).toFixed(1)}%, max ${(100 * Math.max(...starve)).toFixed(1)}%`,
+  );

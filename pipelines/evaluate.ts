@@ -36,9 +36,16 @@ ${METRICS_USAGE}
   -h, --help          this text`;
 
 const cli = parseCli('evaluate', USAGE, {
-  checkpoint: { type: 'string' }, data: { type: 'string' }, size: { type: 'string' }, ccd: { type: 'string', default: '100' },
-  png: { type: 'string' }, out: { type: 'string' }, backend: { type: 'string', default: 'auto' }, ...METRICS_OPTIONS,
-  'adapt-bn': { type: 'string' }, 'adapt-size': { type: 'string' },
+  checkpoint: { type: 'string' },
+  data: { type: 'string' },
+  size: { type: 'string' },
+  ccd: { type: 'string', default: '100' },
+  png: { type: 'string' },
+  out: { type: 'string' },
+  backend: { type: 'string', default: 'auto' },
+  ...METRICS_OPTIONS,
+  'adapt-bn': { type: 'string' },
+  'adapt-size': { type: 'string' },
 });
 const args = cli.values;
 const usageError: (message: string) => never = cli.fail;
@@ -56,35 +63,66 @@ try {
   metrics.buildInfo.set({ version: process.env.npm_package_version ?? '0.1.0', backend, phase: 'evaluate', preset: 'none' }, 1);
   const { model, meta } = await modelFromCheckpoint(args.checkpoint);
   const dataset = await openDataset(args.data);
-  if (dataset.manifest.numClasses !== meta.numClasses) throw new Error(`${args.data} has ${dataset.manifest.numClasses} classes, the checkpoint ${meta.numClasses}`);
+  if (dataset.manifest.numClasses !== meta.numClasses)
+    throw new Error(`${args.data} has ${dataset.manifest.numClasses} classes, the checkpoint ${meta.numClasses}`);
   const evalSize: [number, number] = size ?? meta.size?.eval ?? [512, 1024];
   if (args['adapt-bn']) {
-    if (model.batchNorm !== 'trainable') throw new Error(`--adapt-bn: ${args.checkpoint} has '${model.batchNorm}' BN; only a checkpoint with trainable BN has running statistics to adapt`);
+    if (model.batchNorm !== 'trainable')
+      throw new Error(
+        `--adapt-bn: ${args.checkpoint} has '${model.batchNorm}' BN; only a checkpoint with trainable BN has running statistics to adapt`,
+      );
     const adaptSet = await openDataset(args['adapt-bn']);
     const at: [number, number] = adaptSize ?? meta.size?.target ?? evalSize;
-    const r = await pass(adaptSet, { resize: at, resizeLabel: false }, 4, undefined, () => adaptBatchNorm({ model, release: (b) => b.release() }));
+    const r = await pass(adaptSet, { resize: at, resizeLabel: false }, 4, undefined, () =>
+      adaptBatchNorm({ model, release: (b) => b.release() }),
+    );
     process.stderr.write(`adapt-bn: BN running statistics re-estimated on ${r.images} images of ${args['adapt-bn']} at ${at.join('x')}\n`);
   }
   const pngs: Promise<unknown>[] = [];
-  const report = await pass(dataset, { resize: evalSize, resizeLabel: false }, 4, undefined, () => evaluate({
-    model, numClasses: meta.numClasses, ccdImages: ccd, release: (b) => b.release(),
-    onPredictions: args.png ? (keys, pred, h, w) => keys.forEach((key, i) => {
-      const file = join(args.png!, `${key}.png`);
-      pngs.push(mkdir(dirname(file), { recursive: true }).then(async () =>
-        writeFile(file, await sharp(colourise(pred.subarray(i * h * w, (i + 1) * h * w)), { raw: { width: w, height: h, channels: 3 } }).png().toBuffer())));
-    }) : undefined,
-  }));
+  const report = await pass(dataset, { resize: evalSize, resizeLabel: false }, 4, undefined, () =>
+    evaluate({
+      model,
+      numClasses: meta.numClasses,
+      ccdImages: ccd,
+      release: (b) => b.release(),
+      onPredictions: args.png
+        ? (keys, pred, h, w) =>
+            keys.forEach((key, i) => {
+              const file = join(args.png!, `${key}.png`);
+              pngs.push(
+                mkdir(dirname(file), { recursive: true }).then(async () =>
+                  writeFile(
+                    file,
+                    await sharp(colourise(pred.subarray(i * h * w, (i + 1) * h * w)), { raw: { width: w, height: h, channels: 3 } })
+                      .png()
+                      .toBuffer(),
+                  ),
+                ),
+              );
+            })
+        : undefined,
+    }),
+  );
   await Promise.all(pngs);
   metrics.evalMiou.set({ split: 'eval' }, report.miou);
   report.classIoU.forEach((v, k) => metrics.evalClassIou.set({ class: dataset.manifest.classNames[k]! }, v));
   metrics.evalLastSuccess.set(Date.now() / 1000);
   metrics.stageItems.inc({ stage: 'evaluate' }, report.images);
   const names = dataset.manifest.classNames;
-  const lines = [`mIoU ${(100 * report.miou).toFixed(2)}  over ${report.images} images at ${evalSize.join('x')}`,
+  const lines = [
+    `mIoU ${(100 * report.miou).toFixed(2)}  over ${report.images} images at ${evalSize.join('x')}`,
     report.tailMiou !== null ? `tail mIoU ${(100 * report.tailMiou).toFixed(2)}` : `mIoU* (13) ${(100 * report.miou13!).toFixed(2)}`,
-    ...names.map((n, k) => `  ${n.padEnd(14)} IoU ${(100 * report.classIoU[k]!).toFixed(2).padStart(6)}${report.ccd ? `  CCD ${Number.isNaN(report.ccd[k]) ? '   -' : report.ccd[k]!.toFixed(3)}` : ''}`)];
+    ...names.map(
+      (n, k) =>
+        `  ${n.padEnd(14)} IoU ${(100 * report.classIoU[k]!).toFixed(2).padStart(6)}${report.ccd ? `  CCD ${Number.isNaN(report.ccd[k]) ? '   -' : report.ccd[k]!.toFixed(3)}` : ''}`,
+    ),
+  ];
   console.log(lines.join('\n'));
-  if (args.out) await writeFile(args.out, `${JSON.stringify({ checkpoint: args.checkpoint, data: args.data, size: evalSize, ...report, classNames: names }, (_, v) => (Number.isNaN(v) ? null : v), 1)}\n`);
+  if (args.out)
+    await writeFile(
+      args.out,
+      `${JSON.stringify({ checkpoint: args.checkpoint, data: args.data, size: evalSize, ...report, classNames: names }, (_, v) => (Number.isNaN(v) ? null : v), 1)}\n`,
+    );
   model.dispose();
   await server.close();
 } catch (err) {

@@ -58,21 +58,31 @@ const int = (flag: string, v: string | undefined, min: number): number | undefin
   return n;
 };
 if (!values.dataset) usageError('--dataset is required');
-if (!DATASETS.includes(values.dataset as DatasetName)) usageError(`--dataset must be one of ${DATASETS.join(', ')}, got '${values.dataset}'`);
+if (!DATASETS.includes(values.dataset as DatasetName))
+  usageError(`--dataset must be one of ${DATASETS.join(', ')}, got '${values.dataset}'`);
 if (!values.root) usageError('--root is required');
 if (!values.out) usageError('--out is required');
-if (values.classes !== undefined && values.classes !== '19' && values.classes !== '16') usageError(`--classes must be 19 or 16, got '${values.classes}'`);
-if (!['required', 'optional', 'none'].includes(values.labels)) usageError(`--labels must be required, optional or none, got '${values.labels}'`);
+if (values.classes !== undefined && values.classes !== '19' && values.classes !== '16')
+  usageError(`--classes must be 19 or 16, got '${values.classes}'`);
+if (!['required', 'optional', 'none'].includes(values.labels))
+  usageError(`--labels must be required, optional or none, got '${values.labels}'`);
 const shardCount = int('shard-count', values['shard-count'], 1)!;
 const shardIndex = int('shard-index', values['shard-index'], 0)!;
 if (shardIndex >= shardCount) usageError(`--shard-index ${shardIndex} must be < --shard-count ${shardCount}`);
 
 const shardFile = int('shard-file', values['shard-file'], 0);
-if (shardFile !== undefined && shardFile > 99999) usageError(`--shard-file must be an integer <= 99999 (5-digit shard names), got '${values['shard-file']}'`);
+if (shardFile !== undefined && shardFile > 99999)
+  usageError(`--shard-file must be an integer <= 99999 (5-digit shard names), got '${values['shard-file']}'`);
 let only: Set<string> | undefined;
 if (values.only !== undefined) {
   try {
-    only = new Set((await readFile(values.only, 'utf8')).split('\n').map((l) => l.trim()).filter(Boolean).map((l) => resolve(values.root!, l)));
+    only = new Set(
+      (await readFile(values.only, 'utf8'))
+        .split('\n')
+        .map((l) => l.trim())
+        .filter(Boolean)
+        .map((l) => resolve(values.root!, l)),
+    );
   } catch (err) {
     usageError(`--only ${values.only}: cannot read the list (${(err as Error).message})`);
   }
@@ -88,7 +98,10 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 
 try {
   const { metrics, server } = await startMetrics(values, (l) => process.stderr.write(`${l}\n`));
-  metrics.buildInfo.set({ version: process.env.npm_package_version ?? '0.1.0', backend: 'none', phase: 'ingest', preset: values.dataset }, 1);
+  metrics.buildInfo.set(
+    { version: process.env.npm_package_version ?? '0.1.0', backend: 'none', phase: 'ingest', preset: values.dataset },
+    1,
+  );
   const s = await ingestDataset({
     dataset: values.dataset as DatasetName,
     root: values.root,
@@ -113,10 +126,16 @@ try {
     },
   });
   await server.close();
-  const kinds = Object.entries(s.problems).map(([k, n]) => `${k} ${n}`).join(', ');
-  const unknown = s.unknownLabelIds.files ? `, labels with unknown IDs ${s.unknownLabelIds.files} (${s.unknownLabelIds.pixels} pixels set to 255)` : '';
-  console.log(`ingest: written ${s.written}, already there ${s.existing}, problems ${s.problemCount}${kinds ? ` (${kinds})` : ''}${unknown}; ` +
-    `shard ${s.shard}; dataset total ${s.manifest?.count ?? 0} records${s.aborted ? '; interrupted (run again to resume)' : ''}`);
+  const kinds = Object.entries(s.problems)
+    .map(([k, n]) => `${k} ${n}`)
+    .join(', ');
+  const unknown = s.unknownLabelIds.files
+    ? `, labels with unknown IDs ${s.unknownLabelIds.files} (${s.unknownLabelIds.pixels} pixels set to 255)`
+    : '';
+  console.log(
+    `ingest: written ${s.written}, already there ${s.existing}, problems ${s.problemCount}${kinds ? ` (${kinds})` : ''}${unknown}; ` +
+      `shard ${s.shard}; dataset total ${s.manifest?.count ?? 0} records${s.aborted ? '; interrupted (run again to resume)' : ''}`,
+  );
   if (s.written + s.existing === 0) {
     process.stderr.write(`ingest: nothing usable found under ${values.root} for dataset ${values.dataset}\n`);
     process.exit(1);

@@ -60,7 +60,8 @@ const opts = {
   targetSize: size('target-size', values['target-size']),
   targetDomain: values['target-domain'] as 'target' | 'night',
 };
-if (opts.targetDomain !== 'target' && opts.targetDomain !== 'night') usageError(`--target-domain must be target or night, got '${values['target-domain']}'`);
+if (opts.targetDomain !== 'target' && opts.targetDomain !== 'night')
+  usageError(`--target-domain must be target or night, got '${values['target-domain']}'`);
 
 // A progress line per ~10% of each part, and at its end.
 const t0 = performance.now();
@@ -73,7 +74,10 @@ const onProgress = (p: SyntheticProgress): void => {
 
 try {
   const { metrics, server } = await startMetrics(values, (l) => process.stderr.write(`${l}\n`));
-  metrics.buildInfo.set({ version: process.env.npm_package_version ?? '0.1.0', backend: 'none', phase: 'make-synthetic', preset: 'synthetic' }, 1);
+  metrics.buildInfo.set(
+    { version: process.env.npm_package_version ?? '0.1.0', backend: 'none', phase: 'make-synthetic', preset: 'synthetic' },
+    1,
+  );
   let last = 0;
   const res = await writeSyntheticBenchmark(out, {
     ...opts,

@@ -33,8 +33,11 @@ const USAGE = `usage: node pipelines/pretrain.ts [options]
 Takes about 10 minutes on 2 cores (wasm).`;
 
 const cli = parseCli('pretrain', USAGE, {
-  out: { type: 'string', default: 'assets/synthetic-start.safetensors' }, images: { type: 'string', default: '1000' },
-  iterations: { type: 'string', default: '3000' }, run: { type: 'string', default: 'runs/pretrain' }, set: { type: 'string', multiple: true, default: [] },
+  out: { type: 'string', default: 'assets/synthetic-start.safetensors' },
+  images: { type: 'string', default: '1000' },
+  iterations: { type: 'string', default: '3000' },
+  run: { type: 'string', default: 'runs/pretrain' },
+  set: { type: 'string', multiple: true, default: [] },
 });
 const args = cli.values;
 const images = Number(args.images);
@@ -44,16 +47,23 @@ if (!Number.isInteger(iterations) || iterations < 1) cli.fail(`--iterations must
 const log = (line: string) => process.stderr.write(`${line}\n`);
 
 try {
-  const data = await prepareSynthetic('data/synthetic-pretrain', { source: images, targetTrain: 0, targetVal: 0 }, log, { sceneSeed: 1, sourceOnly: true });
-  let cfg = mergeConfig(PRESETS.synthetic!(), {
-    out: args.run,
-    // the source set stands in as "target": the source-only warm-up never reads its labels or trains on it
-    data: { source: data.source, target: data.source, targetVal: '' },
-    model: { weights: '' },
-    warmup: { lambdaAdv: 0, bn: 'trainable', iterations, maxIter: Math.round(iterations * 1.4) },
-    checkpoint: { every: 500, keep: 1 },
-    logEvery: 100,
-  }, 'pretrain');
+  const data = await prepareSynthetic('data/synthetic-pretrain', { source: images, targetTrain: 0, targetVal: 0 }, log, {
+    sceneSeed: 1,
+    sourceOnly: true,
+  });
+  let cfg = mergeConfig(
+    PRESETS.synthetic!(),
+    {
+      out: args.run,
+      // the source set stands in as "target": the source-only warm-up never reads its labels or trains on it
+      data: { source: data.source, target: data.source, targetVal: '' },
+      model: { weights: '' },
+      warmup: { lambdaAdv: 0, bn: 'trainable', iterations, maxIter: Math.round(iterations * 1.4) },
+      checkpoint: { every: 500, keep: 1 },
+      logEvery: 100,
+    },
+    'pretrain',
+  );
   for (const s of args.set) cfg = mergeConfig(cfg, parseSet(s), `--set ${s}`);
   const store = new CheckpointStore(join(cfg.out, 'checkpoints'), 1);
   const before = await store.latest();

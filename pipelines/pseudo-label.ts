@@ -29,8 +29,14 @@ ${METRICS_USAGE}
   -h, --help          this text`;
 
 const cli = parseCli('pseudo-label', USAGE, {
-  checkpoint: { type: 'string' }, target: { type: 'string' }, out: { type: 'string' }, size: { type: 'string' },
-  cap: { type: 'string', default: '0.9' }, keep: { type: 'string', default: '2' }, backend: { type: 'string', default: 'auto' }, ...METRICS_OPTIONS,
+  checkpoint: { type: 'string' },
+  target: { type: 'string' },
+  out: { type: 'string' },
+  size: { type: 'string' },
+  cap: { type: 'string', default: '0.9' },
+  keep: { type: 'string', default: '2' },
+  backend: { type: 'string', default: 'auto' },
+  ...METRICS_OPTIONS,
 });
 const args = cli.values;
 const usageError: (message: string) => never = cli.fail;
@@ -48,16 +54,31 @@ try {
   const { model, meta } = await modelFromCheckpoint(args.checkpoint!);
   const dataset = await openDataset(args.target!);
   const inputSize: [number, number] = size ?? meta.size?.target ?? [512, 1024];
-  const t = await pass(dataset, { resize: inputSize }, 4, undefined, () => estimateThresholds({
-    model, numClasses: meta.numClasses, bins: 4096, cap, scratch: join(args.out!, 'scratch-predictions.lmdb'), release: (b) => b.release(),
-  }));
-  const info = await writeGeneration(t, { dir: args.out!, numClasses: meta.numClasses, keep, source: { checkpoint: args.checkpoint, target: args.target } });
+  const t = await pass(dataset, { resize: inputSize }, 4, undefined, () =>
+    estimateThresholds({
+      model,
+      numClasses: meta.numClasses,
+      bins: 4096,
+      cap,
+      scratch: join(args.out!, 'scratch-predictions.lmdb'),
+      release: (b) => b.release(),
+    }),
+  );
+  const info = await writeGeneration(t, {
+    dir: args.out!,
+    numClasses: meta.numClasses,
+    keep,
+    source: { checkpoint: args.checkpoint, target: args.target },
+  });
   const names = dataset.manifest.classNames;
   metrics.pseudoGeneration.set(info.generation);
   metrics.pseudoWritten.inc(info.count);
   info.thresholds.forEach((t, k) => metrics.classThreshold.set({ class: names[k]! }, t));
   console.log(`generation ${info.generation}: ${info.count} images -> ${join(args.out!, info.file)}`);
-  for (const [k, n] of names.entries()) console.log(`  ${n.padEnd(14)} threshold ${info.thresholds[k]!.toFixed(3)}  kept ${(100 * info.coverage[k]!).toFixed(1)}% of its ${t.counts[k]} pixels`);
+  for (const [k, n] of names.entries())
+    console.log(
+      `  ${n.padEnd(14)} threshold ${info.thresholds[k]!.toFixed(3)}  kept ${(100 * info.coverage[k]!).toFixed(1)}% of its ${t.counts[k]} pixels`,
+    );
   model.dispose();
   await server.close();
 } catch (err) {

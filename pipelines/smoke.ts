@@ -34,7 +34,8 @@ const int = (name: string, v: string, min: number) => {
   if (!Number.isInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}, got '${v}'`);
   return n;
 };
-if (!BACKEND_REQUESTS.includes(args.backend as BackendRequest)) fail(`--backend must be one of ${BACKEND_REQUESTS.join(', ')}, got '${args.backend}'`);
+if (!BACKEND_REQUESTS.includes(args.backend as BackendRequest))
+  fail(`--backend must be one of ${BACKEND_REQUESTS.join(', ')}, got '${args.backend}'`);
 const steps = int('steps', args.steps, 6); // the loss check compares the first and last 3 steps
 const batch = int('batch', args.batch, 1);
 const classes = int('classes', args.classes, 2);
@@ -95,11 +96,20 @@ const accuracy = tf.tidy(() => {
 tf.dispose([evalScene.images, evalScene.labels]);
 const first = losses.slice(0, 3).reduce((a, b) => a + b) / 3;
 const last = losses.slice(-3).reduce((a, b) => a + b) / 3;
-console.log(JSON.stringify({
-  backend, steps, batch, size: [height, width], classes,
-  lossFirst: +first.toFixed(4), lossLast: +last.toFixed(4), pixelAccuracy: +accuracy.toFixed(4),
-  msPerStep: +msPerStep.toFixed(1), tensorsLeaked: tf.memory().numTensors - tensorsAtStart,
-}));
+console.log(
+  JSON.stringify({
+    backend,
+    steps,
+    batch,
+    size: [height, width],
+    classes,
+    lossFirst: +first.toFixed(4),
+    lossLast: +last.toFixed(4),
+    pixelAccuracy: +accuracy.toFixed(4),
+    msPerStep: +msPerStep.toFixed(1),
+    tensorsLeaked: tf.memory().numTensors - tensorsAtStart,
+  }),
+);
 optimizer.dispose();
 model.dispose();
 if (!(last < first)) {

@@ -31,8 +31,13 @@ ${METRICS_USAGE}
   -h, --help        this text`;
 
 const cli = parseCli('source-only', USAGE, {
-  preset: { type: 'string', default: 'synthetic' }, set: { type: 'string', multiple: true, default: [] },
-  out: { type: 'string' }, seed: { type: 'string', default: '0' }, iterations: { type: 'string' }, 'step-log': { type: 'string' }, ...METRICS_OPTIONS,
+  preset: { type: 'string', default: 'synthetic' },
+  set: { type: 'string', multiple: true, default: [] },
+  out: { type: 'string' },
+  seed: { type: 'string', default: '0' },
+  iterations: { type: 'string' },
+  'step-log': { type: 'string' },
+  ...METRICS_OPTIONS,
 });
 const args = cli.values;
 const usageError: (message: string) => never = cli.fail;
@@ -40,16 +45,27 @@ const preset = PRESETS[args.preset];
 if (!preset) usageError(`--preset must be one of ${Object.keys(PRESETS).join(', ')}, got '${args.preset}'`);
 const log = (line: string) => process.stderr.write(`${line}\n`);
 try {
-  let cfg = mergeConfig(preset(), { out: args.out ?? `runs/source-only-${args.preset}`, seed: Number(args.seed), warmup: { lambdaAdv: 0 }, model: { bnStats: 'all' } }, 'flags');
+  let cfg = mergeConfig(
+    preset(),
+    { out: args.out ?? `runs/source-only-${args.preset}`, seed: Number(args.seed), warmup: { lambdaAdv: 0 }, model: { bnStats: 'all' } },
+    'flags',
+  );
   for (const s of args.set) cfg = mergeConfig(cfg, parseSet(s), `--set ${s}`);
   cfg = computeMatched(cfg, args.iterations === undefined ? undefined : Number(args.iterations));
   await useSyntheticData(cfg, SYNTHETIC_DATA, log);
   checkConfig(cfg);
   const { metrics, server } = await startMetrics(args, log);
-  const report = await runRecipe({ cfg, recipe: SOURCE_ONLY, events: args['step-log'] ? stepLogEvents(args['step-log'], { log }) : { log }, metrics });
+  const report = await runRecipe({
+    cfg,
+    recipe: SOURCE_ONLY,
+    events: args['step-log'] ? stepLogEvents(args['step-log'], { log }) : { log },
+    metrics,
+  });
   await server.close();
   const w = report.phases[0]!;
-  console.log(`source-only  target val mIoU ${w.miou === null ? '-' : (100 * w.miou).toFixed(2)}  (${w.seconds.toFixed(0)} s, backend ${report.backend}, seed ${report.seed})`);
+  console.log(
+    `source-only  target val mIoU ${w.miou === null ? '-' : (100 * w.miou).toFixed(2)}  (${w.seconds.toFixed(0)} s, backend ${report.backend}, seed ${report.seed})`,
+  );
   log(`report: ${join(cfg.out, 'report.json')}`);
 } catch (err) {
   log(`source-only: ${(err as Error).message}`);

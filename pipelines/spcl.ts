@@ -63,7 +63,7 @@ const RECIPE = [
   METHODS.warmup!, //             1  source CE on logits / 1.8 (+ output-space adversarial term)
   METHODS.prototypes!, //         3  class prototypes: source feature centroids (Eq. 2)
   METHODS['pseudo-labels']!, //   4  class thresholds + offline target pseudo-labels
-  METHODS.spcl!, //               5  seg + lambda (Lcl_s + Lcl_t) against EMA prototypes (Eq. 3-8)
+  METHODS.spcl!, //               5  seg + lambda (Lcl_s + Lcl_t) against EMA prototypes (Eq. 8)
   METHODS['pseudo-labels-2']!, // 7  thresholds + pseudo-labels again, from the contrastive model
   METHODS.ssl!, //                8  self-training on them (Eq. 9)
 ];
@@ -73,8 +73,13 @@ const pct = (v: number | null) => (v === null ? '   -  ' : (100 * v).toFixed(2).
 
 function table(r: RunReport): string {
   const rows = r.phases.map((p) => `${p.phase.padEnd(16)} ${pct(p.miou)}  ${pct(p.tailMiou)}  ${p.seconds.toFixed(0).padStart(6)}`);
-  return [`phase            mIoU %  tail %  time s   (target val, backend ${r.backend}, seed ${r.seed})`, ...rows,
-    `total ${r.seconds.toFixed(0)} s; trainer waited for data: ${Object.entries(r.starvation).map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`).join(', ')}`].join('\n');
+  return [
+    `phase            mIoU %  tail %  time s   (target val, backend ${r.backend}, seed ${r.seed})`,
+    ...rows,
+    `total ${r.seconds.toFixed(0)} s; trainer waited for data: ${Object.entries(r.starvation)
+      .map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`)
+      .join(', ')}`,
+  ].join('\n');
 }
 
 try {
@@ -96,14 +101,23 @@ try {
   if (args.checkpoint && !only) usageError('--checkpoint needs --phase');
   const { metrics, server } = await startMetrics(args, log);
   const report = await runRecipe({
-    cfg, recipe: RECIPE, endless: METHODS.continuous, resume: args.resume || Boolean(only), only, checkpoint: args.checkpoint, continuous: args.continuous,
-    events: args['step-log'] ? stepLogEvents(args['step-log'], { log }) : { log }, signal: controller.signal, metrics,
+    cfg,
+    recipe: RECIPE,
+    endless: METHODS.continuous,
+    resume: args.resume || Boolean(only),
+    only,
+    checkpoint: args.checkpoint,
+    continuous: args.continuous,
+    events: args['step-log'] ? stepLogEvents(args['step-log'], { log }) : { log },
+    signal: controller.signal,
+    metrics,
   });
   await server.close();
   console.log(table(report));
   log(`report: ${join(cfg.out, 'report.json')}`);
 } catch (err) {
   log(`spcl: ${process.env.SPCL_DEBUG ? (err as Error).stack : (err as Error).message}`);
-  if (err instanceof DiskFullError) log('spcl: free space, then run again with --resume: it continues from the checkpoint latest.json names');
+  if (err instanceof DiskFullError)
+    log('spcl: free space, then run again with --resume: it continues from the checkpoint latest.json names');
   process.exit(1);
 }

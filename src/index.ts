@@ -7,7 +7,16 @@
 export * as tf from '@tensorflow/tfjs';
 
 export { selectBackend, BACKEND_REQUESTS, type BackendName, type BackendRequest, type SelectBackendOptions } from './ops/backend.ts';
-export { conv2d, convInputGrad, convFilterGrad, convGeometry, convOutSize, type ConvOptions, type ConvGeometry, type Pad4 } from './ops/conv.ts';
+export {
+  conv2d,
+  convInputGrad,
+  convFilterGrad,
+  convGeometry,
+  convOutSize,
+  type ConvOptions,
+  type ConvGeometry,
+  type Pad4,
+} from './ops/conv.ts';
 export { registerWasmTrainingKernels } from './ops/wasm-kernels.ts';
 
 export { deeplabV2, BACKBONES, type BackboneName, type DeeplabConfig, type SegModel, type ForwardResult } from './ops/model/deeplab.ts';
@@ -18,22 +27,70 @@ export type { BnMode } from './ops/model/layers.ts';
 
 export { polyLR, SGD, Adam, gradients, type ParamGroupSpec, type OptimizerState } from './ops/optim.ts';
 
-export { segCrossEntropy, contrastiveLoss, bceWithLogits, stopGradient, normalizeFeatures, type SegCrossEntropyOptions, type ContrastiveLossOptions } from './ops/losses.ts';
-export { updatePrototypes, PrototypeAccumulator, type AbsentClassPolicy, type UpdatePrototypesOptions, type AccumulatedPrototypes } from './ops/prototypes.ts';
+export {
+  segCrossEntropy,
+  contrastiveLoss,
+  bceWithLogits,
+  stopGradient,
+  normalizeFeatures,
+  type SegCrossEntropyOptions,
+  type ContrastiveLossOptions,
+} from './ops/losses.ts';
+export {
+  updatePrototypes,
+  PrototypeAccumulator,
+  type AbsentClassPolicy,
+  type UpdatePrototypesOptions,
+  type AccumulatedPrototypes,
+} from './ops/prototypes.ts';
 export { refineSourceMask, downsampleLabels, validateMask, maskOneHot, IGNORE_LABEL } from './ops/masks.ts';
 export { ConfidenceHistogram, pseudoLabels, upperMedianIndex } from './ops/thresholds.ts';
-export { ConfusionMatrix, classCenterDistance, CITYSCAPES_CLASSES, SYNTHIA_CLASSES, TAIL_CLASSES_19, SYNTHIA_13_OF_16 } from './ops/metrics.ts';
+export {
+  ConfusionMatrix,
+  classCenterDistance,
+  CITYSCAPES_CLASSES,
+  SYNTHIA_CLASSES,
+  TAIL_CLASSES_19,
+  SYNTHIA_13_OF_16,
+} from './ops/metrics.ts';
 
 export { decodeSafetensors, encodeSafetensors } from './ops/safetensors.ts';
 export {
-  loadSafetensors, saveModelSafetensors, saveCheckpoint, loadCheckpoint, disposeCheckpoint, modelState, applyModelState,
-  type LoadOptions, type LoadReport, type CheckpointState,
+  loadSafetensors,
+  saveModelSafetensors,
+  saveCheckpoint,
+  loadCheckpoint,
+  disposeCheckpoint,
+  modelState,
+  applyModelState,
+  type LoadOptions,
+  type LoadReport,
+  type CheckpointState,
 } from './io/weights.ts';
 
 // The dataflow runtime, data layer, stages and recipe: build other adaptation pipelines from these.
-export { Credits, END, pullSource, stage, orderedMergeMap, reduceItems, onTeardown, StageError, type ErrorPolicy, type StageOptions, type Pulled } from './graph/flow.ts';
+export {
+  Credits,
+  END,
+  pullSource,
+  stage,
+  orderedMergeMap,
+  reduceItems,
+  onTeardown,
+  StageError,
+  type ErrorPolicy,
+  type StageOptions,
+  type Pulled,
+} from './graph/flow.ts';
 export { openDataset, SampleReader, type Dataset, type Sample } from './data/reader.ts';
-export { FAULT_REASONS, SampleFault, type FaultCounts, type FaultReason, type FaultReport, type UnknownLabelPolicy } from './data/faults.ts';
+export {
+  FAULT_REASONS,
+  SampleFault,
+  type FaultCounts,
+  type FaultReason,
+  type FaultReport,
+  type UnknownLabelPolicy,
+} from './data/faults.ts';
 export { ShuffleSampler, ClassBalancedSampler, type Sampler, type SamplerState } from './data/sampler.ts';
 export { ingestDataset, type IngestOptions, type IngestSummary } from './data/ingest.ts';
 export { listDataset, DATASETS, type DatasetName } from './data/adapters.ts';

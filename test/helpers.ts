@@ -36,9 +36,15 @@ export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
   let at = -1;
   for (let i = 0; i < expected.length; i++) {
     const d = Math.abs(actual[i]! - expected[i]!);
-    if (!(d <= worst)) { worst = d; at = i; }
+    if (!(d <= worst)) {
+      worst = d;
+      at = i;
+    }
   }
-  assert.ok(worst / scale <= tol, `${what}: max error ${worst} (relative ${worst / scale}) at ${at}: ${actual[at]} vs ${expected[at]}; tol ${tol}`);
+  assert.ok(
+    worst / scale <= tol,
+    `${what}: max error ${worst} (relative ${worst / scale}) at ${at}: ${actual[at]} vs ${expected[at]}; tol ${tol}`,
+  );
 }
 
 /**
@@ -47,8 +53,10 @@ export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
  */
 export function finiteDiff(f: (x: Float32Array) => number, x: Float32Array, indices: number[], eps = 1e-2): number[] {
   return indices.map((i) => {
-    const xp = x.slice(); xp[i] = xp[i]! + eps;
-    const xm = x.slice(); xm[i] = xm[i]! - eps;
+    const xp = x.slice();
+    xp[i] = xp[i]! + eps;
+    const xm = x.slice();
+    xm[i] = xm[i]! - eps;
     return (f(xp) - f(xm)) / (2 * eps);
   });
 }

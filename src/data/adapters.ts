@@ -7,7 +7,15 @@ import { access, readFile } from 'node:fs/promises';
 import { basename, join, relative } from 'node:path';
 import fg from 'fast-glob';
 import {
-  CITYSCAPES_LABEL_IDS, CITYSCAPES_TO_TRAIN16, CITYSCAPES_TO_TRAIN19, SYNTHIA_LABEL_IDS, SYNTHIA_TO_TRAIN16, knownIdTable, labelLut, parseLabelMap, type NumClasses,
+  CITYSCAPES_LABEL_IDS,
+  CITYSCAPES_TO_TRAIN16,
+  CITYSCAPES_TO_TRAIN19,
+  SYNTHIA_LABEL_IDS,
+  SYNTHIA_TO_TRAIN16,
+  knownIdTable,
+  labelLut,
+  parseLabelMap,
+  type NumClasses,
 } from './labels.ts';
 
 export type DatasetName = 'gta5' | 'cityscapes' | 'synthia' | 'synscapes' | 'folder';
@@ -168,7 +176,9 @@ export async function listDataset(dataset: DatasetName, root: string, opts: List
   const numClasses = opts.numClasses ?? layout.defaultClasses;
   const idMap = layout.lut(numClasses);
   const lut = labelLut(idMap);
-  const known = knownIdTable(layout.labelIds === undefined ? Object.keys(idMap).map(Number) : Array.from({ length: layout.labelIds }, (_, i) => i));
+  const known = knownIdTable(
+    layout.labelIds === undefined ? Object.keys(idMap).map(Number) : Array.from({ length: layout.labelIds }, (_, i) => i),
+  );
   const pattern = layout.images.replace('{split}', split);
   const base = join(root, layout.imageBase.replace('{split}', split));
   const files = await fg(pattern, { cwd: root, absolute: true, onlyFiles: true, caseSensitiveMatch: false });
@@ -192,5 +202,15 @@ export async function listDataset(dataset: DatasetName, root: string, opts: List
     }
   }
   samples.sort(byKey);
-  return { dataset, split, numClasses, samples, problems, lut, known, labelSpace: layout.labelSpace, labelMayBeScaled: layout.labelMayBeScaled ?? false };
+  return {
+    dataset,
+    split,
+    numClasses,
+    samples,
+    problems,
+    lut,
+    known,
+    labelSpace: layout.labelSpace,
+    labelMayBeScaled: layout.labelMayBeScaled ?? false,
+  };
 }

@@ -159,8 +159,17 @@ function horizontalRow(src: Uint8Array, base: number, dst: Uint8Array, d: number
  * once per four taps; the last group writes the clipped bytes. The sums are int32 with wrap-around
  * (`Math.imul`, `| 0`): the total is PIL's int32 sum, which fits, so no intermediate wrap can change it.
  */
-function verticalRow(temp: Uint8Array, from: number, stride: number, c: Coefficients, yy: number, acc: Int32Array,
-  len: number, out: Uint8Array, o: number): void {
+function verticalRow(
+  temp: Uint8Array,
+  from: number,
+  stride: number,
+  c: Coefficients,
+  yy: number,
+  acc: Int32Array,
+  len: number,
+  out: Uint8Array,
+  o: number,
+): void {
   const taps = c.bounds[yy * 2 + 1]!;
   const kb = yy * c.ksize;
   const weights = c.weights;
@@ -178,19 +187,45 @@ function verticalRow(temp: Uint8Array, from: number, stride: number, c: Coeffici
     const last = k + 4 >= taps;
     if (first && last) {
       for (let i = 0; i < len; i++) {
-        out[o + i] = clip8((HALF + Math.imul(temp[r0 + i]!, w0) + Math.imul(temp[r1 + i]!, w1) + Math.imul(temp[r2 + i]!, w2) + Math.imul(temp[r3 + i]!, w3)) | 0);
+        out[o + i] = clip8(
+          (HALF +
+            Math.imul(temp[r0 + i]!, w0) +
+            Math.imul(temp[r1 + i]!, w1) +
+            Math.imul(temp[r2 + i]!, w2) +
+            Math.imul(temp[r3 + i]!, w3)) |
+            0,
+        );
       }
     } else if (first) {
       for (let i = 0; i < len; i++) {
-        acc[i] = (HALF + Math.imul(temp[r0 + i]!, w0) + Math.imul(temp[r1 + i]!, w1) + Math.imul(temp[r2 + i]!, w2) + Math.imul(temp[r3 + i]!, w3)) | 0;
+        acc[i] =
+          (HALF +
+            Math.imul(temp[r0 + i]!, w0) +
+            Math.imul(temp[r1 + i]!, w1) +
+            Math.imul(temp[r2 + i]!, w2) +
+            Math.imul(temp[r3 + i]!, w3)) |
+          0;
       }
     } else if (last) {
       for (let i = 0; i < len; i++) {
-        out[o + i] = clip8((acc[i]! + Math.imul(temp[r0 + i]!, w0) + Math.imul(temp[r1 + i]!, w1) + Math.imul(temp[r2 + i]!, w2) + Math.imul(temp[r3 + i]!, w3)) | 0);
+        out[o + i] = clip8(
+          (acc[i]! +
+            Math.imul(temp[r0 + i]!, w0) +
+            Math.imul(temp[r1 + i]!, w1) +
+            Math.imul(temp[r2 + i]!, w2) +
+            Math.imul(temp[r3 + i]!, w3)) |
+            0,
+        );
       }
     } else {
       for (let i = 0; i < len; i++) {
-        acc[i] = (acc[i]! + Math.imul(temp[r0 + i]!, w0) + Math.imul(temp[r1 + i]!, w1) + Math.imul(temp[r2 + i]!, w2) + Math.imul(temp[r3 + i]!, w3)) | 0;
+        acc[i] =
+          (acc[i]! +
+            Math.imul(temp[r0 + i]!, w0) +
+            Math.imul(temp[r1 + i]!, w1) +
+            Math.imul(temp[r2 + i]!, w2) +
+            Math.imul(temp[r3 + i]!, w3)) |
+          0;
       }
     }
   }
@@ -227,7 +262,16 @@ function planWindow(sw: number, sh: number, dw: number, dh: number, x0: number, 
 /**
  * The source rectangle `resizeBicubicWindow` reads for a window (what `compileJitter` can stage).
  */
-export function bicubicSourceRect(sw: number, sh: number, dw: number, dh: number, x0: number, y0: number, ow: number, oh: number): SourceRect {
+export function bicubicSourceRect(
+  sw: number,
+  sh: number,
+  dw: number,
+  dh: number,
+  x0: number,
+  y0: number,
+  ow: number,
+  oh: number,
+): SourceRect {
   checkSize('bicubicSourceRect source', sw, sh);
   checkSize('bicubicSourceRect window', ow, oh);
   if (x0 < 0 || y0 < 0 || x0 + ow > dw || y0 + oh > dh) {
@@ -248,9 +292,19 @@ export function bicubicSourceRect(sw: number, sh: number, dw: number, dh: number
  * to `compileJitter`) start from their staged pixels.
  */
 export function resizeBicubicWindow(
-  src: Uint8Array, sw: number, sh: number, dw: number, dh: number,
-  x0: number, y0: number, ow: number, oh: number,
-  out: Uint8Array, outStride = ow, outOffset = 0, jitter: JitterProgram | null = null,
+  src: Uint8Array,
+  sw: number,
+  sh: number,
+  dw: number,
+  dh: number,
+  x0: number,
+  y0: number,
+  ow: number,
+  oh: number,
+  out: Uint8Array,
+  outStride = ow,
+  outOffset = 0,
+  jitter: JitterProgram | null = null,
 ): void {
   checkSize('resizeBicubic source', sw, sh);
   checkSize('resizeBicubic target', dw, dh);
@@ -261,7 +315,9 @@ export function resizeBicubicWindow(
   checkLength('resizeBicubic source', src, sw * sh * 3);
   checkLength('resizeBicubic output', out, (outOffset + (oh - 1) * outStride + ow) * 3);
   if (jitter && (jitter.width !== sw || jitter.height !== sh)) {
-    throw new RangeError(`resizeBicubicWindow: the jitter program was compiled for a ${jitter.width}x${jitter.height} image, the source is ${sw}x${sh}`);
+    throw new RangeError(
+      `resizeBicubicWindow: the jitter program was compiled for a ${jitter.width}x${jitter.height} image, the source is ${sw}x${sh}`,
+    );
   }
   const { vert, horiz, rect } = planWindow(sw, sh, dw, dh, x0, y0, ow, oh);
   const rowFirst = rect.y;
@@ -356,9 +412,19 @@ function nearestTable(inSize: number, outSize: number, first: number, count: num
  * `outStride` pixels from pixel `outOffset`; see `resizeBicubicWindow`.
  */
 export function resizeNearestWindow(
-  src: Uint8Array, sw: number, sh: number, dw: number, dh: number, channels: number,
-  x0: number, y0: number, ow: number, oh: number,
-  out: Uint8Array, outStride = ow, outOffset = 0,
+  src: Uint8Array,
+  sw: number,
+  sh: number,
+  dw: number,
+  dh: number,
+  channels: number,
+  x0: number,
+  y0: number,
+  ow: number,
+  oh: number,
+  out: Uint8Array,
+  outStride = ow,
+  outOffset = 0,
 ): void {
   checkSize('resizeNearest source', sw, sh);
   checkSize('resizeNearest target', dw, dh);
@@ -422,9 +488,18 @@ function visibleWindow(scaledW: number, scaledH: number, cropX: number, cropY: n
  * read are jittered (as if the whole image had been jittered first).
  */
 export function scaleAndCrop(
-  image: Uint8Array, label: Uint8Array | null, w: number, h: number,
-  scaledW: number, scaledH: number, cropX: number, cropY: number, cropW: number, cropH: number,
-  out?: { image?: Uint8Array; label?: Uint8Array }, jitter: JitterProgram | null = null,
+  image: Uint8Array,
+  label: Uint8Array | null,
+  w: number,
+  h: number,
+  scaledW: number,
+  scaledH: number,
+  cropX: number,
+  cropY: number,
+  cropW: number,
+  cropH: number,
+  out?: { image?: Uint8Array; label?: Uint8Array },
+  jitter: JitterProgram | null = null,
 ): CropResult {
   checkSize('scaleAndCrop crop', cropW, cropH);
   const outImage = out?.image ?? new Uint8Array(cropW * cropH * 3);
@@ -475,7 +550,9 @@ export function drawScaleCrop(w: number, h: number, opts: ScaleCropOptions, rng:
   const scaledWidth = Math.floor(w * scale);
   const scaledHeight = Math.floor(h * scale);
   if (scaledWidth < 1 || scaledHeight < 1) {
-    throw new RangeError(`randomScaleCrop: scale ${scale} turns ${w}x${h} into an empty ${scaledWidth}x${scaledHeight} image; raise scaleRange[0] (${lo})`);
+    throw new RangeError(
+      `randomScaleCrop: scale ${scale} turns ${w}x${h} into an empty ${scaledWidth}x${scaledHeight} image; raise scaleRange[0] (${lo})`,
+    );
   }
   const padX = Math.max(0, cw - scaledWidth);
   const padY = Math.max(0, ch - scaledHeight);
@@ -492,8 +569,13 @@ export function drawScaleCrop(w: number, h: number, opts: ScaleCropOptions, rng:
 
 /** RandomScale -> RandomCrop of REFERENCE 6.3 (bicubic image, nearest label); see `drawScaleCrop`. */
 export function randomScaleCrop(
-  image: Uint8Array, label: Uint8Array | null, w: number, h: number,
-  opts: ScaleCropOptions, rng: Rng, out?: { image?: Uint8Array; label?: Uint8Array },
+  image: Uint8Array,
+  label: Uint8Array | null,
+  w: number,
+  h: number,
+  opts: ScaleCropOptions,
+  rng: Rng,
+  out?: { image?: Uint8Array; label?: Uint8Array },
 ): CropResult & ScaleCropPlacement {
   const p = drawScaleCrop(w, h, opts, rng);
   const [ch, cw] = opts.crop;
@@ -606,7 +688,9 @@ export function adjustSaturation(src: Uint8Array, w: number, h: number, factor: 
   for (let l = 0; l < 256; l++) for (let v = 0; v < 256; v++) lut[(l << 8) | v] = blendValue(l, v, alpha);
   const n = w * h * 3;
   for (let p = 0; p < n; p += 3) {
-    const r = src[p]!; const g = src[p + 1]!; const b = src[p + 2]!;
+    const r = src[p]!;
+    const g = src[p + 1]!;
+    const b = src[p + 2]!;
     const l = luma(r, g, b) << 8;
     out[p] = lut[l | r]!;
     out[p + 1] = lut[l | g]!;
@@ -699,23 +783,46 @@ export function adjustHue(src: Uint8Array, w: number, h: number, hue: number, ou
   const { hue: hueOf, sat: satOf, sector: sectorOf, pMul, qMul, tMul } = t;
   const n = w * h * 3;
   for (let p = 0; p < n; p += 3) {
-    const r = src[p]!; const g = src[p + 1]!; const b = src[p + 2]!;
+    const r = src[p]!;
+    const g = src[p + 1]!;
+    const b = src[p + 2]!;
     let v: number;
     let key: number; // case << 16 | d (cr added below)
     let cr: number;
     if (r >= g && r >= b) {
       v = r;
-      if (g <= b) { cr = r - g; key = (0 << 16) | (r - b); } else { cr = r - b; key = (1 << 16) | (r - g); }
+      if (g <= b) {
+        cr = r - g;
+        key = (0 << 16) | (r - b);
+      } else {
+        cr = r - b;
+        key = (1 << 16) | (r - g);
+      }
     } else if (g >= b) {
       v = g;
-      if (r <= b) { cr = g - r; key = (2 << 16) | (g - b); } else { cr = g - b; key = (3 << 16) | (g - r); }
+      if (r <= b) {
+        cr = g - r;
+        key = (2 << 16) | (g - b);
+      } else {
+        cr = g - b;
+        key = (3 << 16) | (g - r);
+      }
     } else {
       v = b;
-      if (r <= g) { cr = b - r; key = (4 << 16) | (b - g); } else { cr = b - g; key = (5 << 16) | (b - r); }
+      if (r <= g) {
+        cr = b - r;
+        key = (4 << 16) | (b - g);
+      } else {
+        cr = b - g;
+        key = (5 << 16) | (b - r);
+      }
     }
     const us = cr === 0 ? 0 : satOf[(cr << 8) | v]!;
-    if (us === 0) { // grey (or S rounded to 0): V everywhere, whatever H becomes
-      out[p] = v; out[p + 1] = v; out[p + 2] = v;
+    if (us === 0) {
+      // grey (or S rounded to 0): V everywhere, whatever H becomes
+      out[p] = v;
+      out[p + 1] = v;
+      out[p + 2] = v;
       continue;
     }
     const hh = (hueOf[key | (cr << 8)]! + shift) & 255;
@@ -724,12 +831,36 @@ export function adjustHue(src: Uint8Array, w: number, h: number, hue: number, ou
     const qv = Math.round(v * qMul[at]!);
     const tv = Math.round(v * tMul[at]!);
     switch (sectorOf[hh]) {
-      case 0: out[p] = v; out[p + 1] = tv; out[p + 2] = pv; break;
-      case 1: out[p] = qv; out[p + 1] = v; out[p + 2] = pv; break;
-      case 2: out[p] = pv; out[p + 1] = v; out[p + 2] = tv; break;
-      case 3: out[p] = pv; out[p + 1] = qv; out[p + 2] = v; break;
-      case 4: out[p] = tv; out[p + 1] = pv; out[p + 2] = v; break;
-      default: out[p] = v; out[p + 1] = pv; out[p + 2] = qv; break;
+      case 0:
+        out[p] = v;
+        out[p + 1] = tv;
+        out[p + 2] = pv;
+        break;
+      case 1:
+        out[p] = qv;
+        out[p + 1] = v;
+        out[p + 2] = pv;
+        break;
+      case 2:
+        out[p] = pv;
+        out[p + 1] = v;
+        out[p + 2] = tv;
+        break;
+      case 3:
+        out[p] = pv;
+        out[p + 1] = qv;
+        out[p + 2] = v;
+        break;
+      case 4:
+        out[p] = tv;
+        out[p + 1] = pv;
+        out[p + 2] = v;
+        break;
+      default:
+        out[p] = v;
+        out[p + 1] = pv;
+        out[p + 2] = qv;
+        break;
     }
   }
   return out;
@@ -776,7 +907,14 @@ export function drawColorJitter(params: JitterParams, rng: Rng): JitterFactors {
 }
 
 /** torchvision ColorJitter on a uint8 RGB image (REFERENCE 2, 6.3). Writes `out` (default in place). */
-export function colorJitter(image: Uint8Array, w: number, h: number, params: JitterParams, rng: Rng, out: Uint8Array = image): JitterFactors {
+export function colorJitter(
+  image: Uint8Array,
+  w: number,
+  h: number,
+  params: JitterParams,
+  rng: Rng,
+  out: Uint8Array = image,
+): JitterFactors {
   const factors = drawColorJitter(params, rng);
   applyColorJitter(image, w, h, factors, out);
   return factors;
@@ -874,11 +1012,19 @@ let stageOwner: JitterProgram | null = null;
  * `keep` (the source rectangle the resize will read, see `bicubicSourceRect`) the mean pass stages that
  * rectangle, so the ops before contrast are not run on it again.
  */
-export function compileJitter(image: Uint8Array, w: number, h: number, factors: JitterFactors, keep: SourceRect | null = null): JitterProgram {
+export function compileJitter(
+  image: Uint8Array,
+  w: number,
+  h: number,
+  factors: JitterFactors,
+  keep: SourceRect | null = null,
+): JitterProgram {
   checkSize('compileJitter image', w, h);
   checkLength('compileJitter image', image, w * h * 3);
   if (keep && !(keep.x >= 0 && keep.y >= 0 && keep.width > 0 && keep.height > 0 && keep.x + keep.width <= w && keep.y + keep.height <= h)) {
-    throw new RangeError(`compileJitter: keep rectangle ${keep.width}x${keep.height} at (${keep.x}, ${keep.y}) is not inside the ${w}x${h} image`);
+    throw new RangeError(
+      `compileJitter: keep rectangle ${keep.width}x${keep.height} at (${keep.x}, ${keep.y}) is not inside the ${w}x${h} image`,
+    );
   }
   const steps: JitterStep[] = [];
   let contrastMean: number | null = null;
@@ -916,7 +1062,13 @@ export function compileJitter(image: Uint8Array, w: number, h: number, factors: 
     add(steps, op, f, table);
   }
   if (!rest || !stagedRect) return { width: w, height: h, steps, contrastMean, staged: null };
-  const program: JitterProgram = { width: w, height: h, steps, contrastMean, staged: { rect: stagedRect, data: stageScratch, steps: rest } };
+  const program: JitterProgram = {
+    width: w,
+    height: h,
+    steps,
+    contrastMean,
+    staged: { rect: stagedRect, data: stageScratch, steps: rest },
+  };
   stageOwner = program;
   return program;
 }
@@ -950,7 +1102,14 @@ function meanLumaThrough(image: Uint8Array, s: number, len: number, steps: reado
  * `meanLumaThrough` that also writes the pixels of `rect` after `steps` into `stage` (rows of
  * rect.width pixels): outside the rectangle luma only, inside the steps' output is kept and summed.
  */
-function meanLumaStaging(image: Uint8Array, w: number, h: number, steps: readonly JitterStep[], rect: SourceRect, stage: Uint8Array): number {
+function meanLumaStaging(
+  image: Uint8Array,
+  w: number,
+  h: number,
+  steps: readonly JitterStep[],
+  rect: SourceRect,
+  stage: Uint8Array,
+): number {
   const row = w * 3;
   const left = rect.x * 3;
   const mid = rect.width * 3;
@@ -1017,7 +1176,9 @@ function tableLuma(src: Uint8Array, s: number, len: number, table: Uint8Array): 
 function saturationLuma(src: Uint8Array, s: number, len: number, table: Uint8Array): number {
   let sum = 0;
   for (let i = s, end = s + len; i < end; i += 3) {
-    const r = src[i]!; const g = src[i + 1]!; const b = src[i + 2]!;
+    const r = src[i]!;
+    const g = src[i + 1]!;
+    const b = src[i + 2]!;
     const l = ((r * LR + g * LG + b * LB + 0x8000) >> 16) << 8;
     sum += (table[l | r]! * LR + table[l | g]! * LG + table[l | b]! * LB + 0x8000) >> 16;
   }
@@ -1028,7 +1189,15 @@ function saturationLuma(src: Uint8Array, s: number, len: number, table: Uint8Arr
  * Runs the first `count` steps (default all) on `len` bytes (whole pixels) of `src` from byte s into
  * `dst` from byte d: the first step reads src, the others work in place on dst.
  */
-export function runJitterSteps(steps: readonly JitterStep[], src: Uint8Array, s: number, dst: Uint8Array, d: number, len: number, count = steps.length): void {
+export function runJitterSteps(
+  steps: readonly JitterStep[],
+  src: Uint8Array,
+  s: number,
+  dst: Uint8Array,
+  d: number,
+  len: number,
+  count = steps.length,
+): void {
   if (count === 0) {
     dst.set(src.subarray(s, s + len), d);
     return;
@@ -1053,7 +1222,9 @@ function tableRun(src: Uint8Array, s: number, dst: Uint8Array, d: number, len: n
 
 function saturationRun(src: Uint8Array, s: number, dst: Uint8Array, d: number, len: number, table: Uint8Array): void {
   for (let i = s, o = d, end = s + len; i < end; i += 3, o += 3) {
-    const r = src[i]!; const g = src[i + 1]!; const b = src[i + 2]!;
+    const r = src[i]!;
+    const g = src[i + 1]!;
+    const b = src[i + 2]!;
     const l = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) << 8;
     dst[o] = table[l | r]!;
     dst[o + 1] = table[l | g]!;
@@ -1088,8 +1259,14 @@ function buildFastHueTables(): FastHueTables {
     }
   }
   // hsv2rgb: sector 0 (v, t, p), 1 (q, v, p), 2 (p, v, t), 3 (p, q, v), 4 (t, p, v), 5 (v, p, q).
-  const PLACES = [0 | (1 << 2) | (2 << 4), 1 | (0 << 2) | (2 << 4), 1 | (2 << 2) | (0 << 4),
-    2 | (1 << 2) | (0 << 4), 2 | (0 << 2) | (1 << 4), 0 | (2 << 2) | (1 << 4)];
+  const PLACES = [
+    0 | (1 << 2) | (2 << 4),
+    1 | (0 << 2) | (2 << 4),
+    1 | (2 << 2) | (0 << 4),
+    2 | (1 << 2) | (0 << 4),
+    2 | (0 << 2) | (1 << 4),
+    0 | (2 << 2) | (1 << 4),
+  ];
   const { sector, qMul, tMul } = (hsvTables ??= buildHsvTables());
   const place = new Uint8Array(256);
   const mMul = new Float64Array(1 << 16);
@@ -1109,16 +1286,24 @@ function hueRun(src: Uint8Array, s: number, dst: Uint8Array, d: number, len: num
   const { hue, place, mMul } = (fastHueTables ??= buildFastHueTables());
   const { sat, pMul } = hsvTables!;
   for (let i = 0; i < len; i += 3) {
-    const r = src[s + i]!; const g = src[s + i + 1]!; const b = src[s + i + 2]!;
+    const r = src[s + i]!;
+    const g = src[s + i + 1]!;
+    const b = src[s + i + 2]!;
     let v: number;
     let mn: number;
     let key: number;
     if (r >= g && r >= b) {
-      v = r; mn = g < b ? g : b; key = ((r - g) << 8) | (r - b);
+      v = r;
+      mn = g < b ? g : b;
+      key = ((r - g) << 8) | (r - b);
     } else if (g >= b) {
-      v = g; mn = r < b ? r : b; key = (1 << 16) | ((g - r) << 8) | (g - b);
+      v = g;
+      mn = r < b ? r : b;
+      key = (1 << 16) | ((g - r) << 8) | (g - b);
     } else {
-      v = b; mn = r < g ? r : g; key = (2 << 16) | ((b - r) << 8) | (b - g);
+      v = b;
+      mn = r < g ? r : g;
+      key = (2 << 16) | ((b - r) << 8) | (b - g);
     }
     const us = sat[((v - mn) << 8) | v]!;
     const hh = (hue[key]! + shift) & 255;
@@ -1143,16 +1328,24 @@ function hueLuma(src: Uint8Array, s: number, len: number, shift: number): number
   const weight = PLACE_WEIGHTS;
   let sum = 0;
   for (let i = s, end = s + len; i < end; i += 3) {
-    const r = src[i]!; const g = src[i + 1]!; const b = src[i + 2]!;
+    const r = src[i]!;
+    const g = src[i + 1]!;
+    const b = src[i + 2]!;
     let v: number;
     let mn: number;
     let key: number;
     if (r >= g && r >= b) {
-      v = r; mn = g < b ? g : b; key = ((r - g) << 8) | (r - b);
+      v = r;
+      mn = g < b ? g : b;
+      key = ((r - g) << 8) | (r - b);
     } else if (g >= b) {
-      v = g; mn = r < b ? r : b; key = (1 << 16) | ((g - r) << 8) | (g - b);
+      v = g;
+      mn = r < b ? r : b;
+      key = (1 << 16) | ((g - r) << 8) | (g - b);
     } else {
-      v = b; mn = r < g ? r : g; key = (2 << 16) | ((b - r) << 8) | (b - g);
+      v = b;
+      mn = r < g ? r : g;
+      key = (2 << 16) | ((b - r) << 8) | (b - g);
     }
     const us = sat[((v - mn) << 8) | v]!;
     const hh = (hue[key]! + shift) & 255;
@@ -1179,8 +1372,14 @@ let normKey = '';
  * row is written left-right mirrored (a horizontal flip fused into this pass, saving one over the image).
  */
 export function normalizeInto(
-  image: Uint8Array, w: number, h: number, out: Float32Array, offset: number,
-  mean: readonly number[] = IMAGENET_MEAN, std: readonly number[] = IMAGENET_STD, mirror = false,
+  image: Uint8Array,
+  w: number,
+  h: number,
+  out: Float32Array,
+  offset: number,
+  mean: readonly number[] = IMAGENET_MEAN,
+  std: readonly number[] = IMAGENET_STD,
+  mirror = false,
 ): void {
   const n = w * h * 3;
   checkLength('normalizeInto image', image, n);
@@ -1397,8 +1596,20 @@ export function augmentSample(input: AugmentInput, spec: AugmentSpec, rng: Rng, 
   } else {
     [labelW, labelH] = [ow, oh];
     if (label) labelScratch = grow(labelScratch, ow * oh);
-    const r = scaleAndCrop(src, label, w, h, placement.scaledWidth, placement.scaledHeight,
-      placement.cropX, placement.cropY, ow, oh, { image: imageScratch, label: labelScratch }, program);
+    const r = scaleAndCrop(
+      src,
+      label,
+      w,
+      h,
+      placement.scaledWidth,
+      placement.scaledHeight,
+      placement.cropX,
+      placement.cropY,
+      ow,
+      oh,
+      { image: imageScratch, label: labelScratch },
+      program,
+    );
     outLabel = r.label;
   }
 
@@ -1419,8 +1630,16 @@ export function augmentSample(input: AugmentInput, spec: AugmentSpec, rng: Rng, 
     out.labels.set(outLabel.subarray(0, n), at);
   }
   return {
-    width: ow, height: oh, labelWidth: labelW, labelHeight: labelH,
-    scale: placement.scale, scaledWidth: placement.scaledWidth, scaledHeight: placement.scaledHeight,
-    cropX: placement.cropX, cropY: placement.cropY, flipped, jitter,
+    width: ow,
+    height: oh,
+    labelWidth: labelW,
+    labelHeight: labelH,
+    scale: placement.scale,
+    scaledWidth: placement.scaledWidth,
+    scaledHeight: placement.scaledHeight,
+    cropX: placement.cropX,
+    cropY: placement.cropY,
+    flipped,
+    jitter,
   };
 }

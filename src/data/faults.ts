@@ -26,8 +26,15 @@
  * - `other`: anything unforeseen (a worker that died, a bug); the log line has the message.
  */
 export const FAULT_REASONS = [
-  'missing_record', 'corrupt_record', 'corrupt_image', 'wrong_size', 'corrupt_label', 'unknown_label_ids', 'missing_pseudo_label',
-  'shard_unavailable', 'other',
+  'missing_record',
+  'corrupt_record',
+  'corrupt_image',
+  'wrong_size',
+  'corrupt_label',
+  'unknown_label_ids',
+  'missing_pseudo_label',
+  'shard_unavailable',
+  'other',
 ] as const;
 export type FaultReason = (typeof FAULT_REASONS)[number];
 
@@ -82,7 +89,8 @@ export function faultReason(reason: string): FaultReason {
  * 2048x1024 label instead of 6 ms byte by byte; see test/data/faults.test.ts for its share of a read).
  */
 export function unknownLabelIds(labels: Uint8Array, numClasses: number, examples = 5): { pixels: number; ids: number[] } {
-  if (!(Number.isInteger(numClasses) && numClasses >= 1 && numClasses <= 128)) throw new RangeError(`unknownLabelIds: numClasses ${numClasses} is not in 1..128`);
+  if (!(Number.isInteger(numClasses) && numClasses >= 1 && numClasses <= 128))
+    throw new RangeError(`unknownLabelIds: numClasses ${numClasses} is not in 1..128`);
   let pixels = 0;
   const slow = (from: number, to: number) => {
     for (let j = from; j < to; j++) {

@@ -52,8 +52,16 @@ sharp.concurrency(1);
 sharp.cache(false);
 const data = workerData as IngestWorkerData;
 
-async function readImage(task: IngestTask): Promise<{ bytes: Buffer; width: number; height: number; format: 'png' | 'jpeg' } | IngestResult> {
-  const problem = (kind: ProblemKind, message: string): IngestResult => ({ ok: false, key: task.key, kind, path: task.image, message: `${task.image}: ${message}` });
+async function readImage(
+  task: IngestTask,
+): Promise<{ bytes: Buffer; width: number; height: number; format: 'png' | 'jpeg' } | IngestResult> {
+  const problem = (kind: ProblemKind, message: string): IngestResult => ({
+    ok: false,
+    key: task.key,
+    kind,
+    path: task.image,
+    message: `${task.image}: ${message}`,
+  });
   let bytes: Buffer;
   try {
     bytes = await readFile(task.image);
@@ -63,7 +71,8 @@ async function readImage(task: IngestTask): Promise<{ bytes: Buffer; width: numb
   try {
     const { info } = await sharp(bytes, { failOn: 'truncated' }).raw().toBuffer({ resolveWithObject: true });
     const meta = await sharp(bytes).metadata();
-    if (meta.format !== 'png' && meta.format !== 'jpeg') return problem('image-format', `format ${meta.format} is not supported (png or jpeg)`);
+    if (meta.format !== 'png' && meta.format !== 'jpeg')
+      return problem('image-format', `format ${meta.format} is not supported (png or jpeg)`);
     return { bytes, width: info.width, height: info.height, format: meta.format };
   } catch (err) {
     return problem('image-unreadable', `does not decode (${(err as Error).message.split('\n')[0]})`);
@@ -74,17 +83,30 @@ export default async function ingest(task: IngestTask): Promise<IngestResult | M
   const img = await readImage(task);
   if ('ok' in img) return img;
   const record: ShardRecord = {
-    width: img.width, height: img.height, format: img.format, image: ownBytes(img.bytes),
-    label: null, labelWidth: 0, labelHeight: 0,
+    width: img.width,
+    height: img.height,
+    format: img.format,
+    image: ownBytes(img.bytes),
+    label: null,
+    labelWidth: 0,
+    labelHeight: 0,
   };
   if (task.label === null) return moveWith({ ok: true, key: task.key, record, mask: 0, classes: [] }, [record.image.buffer]);
-  const problem = (kind: ProblemKind, message: string): IngestResult => ({ ok: false, key: task.key, kind, path: task.label!, message: `${task.label}: ${message}` });
+  const problem = (kind: ProblemKind, message: string): IngestResult => ({
+    ok: false,
+    key: task.key,
+    kind,
+    path: task.label!,
+    message: `${task.label}: ${message}`,
+  });
   let decoded;
   try {
     decoded = decodePng(await readFile(task.label), task.label);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    return e.code ? problem('label-unreadable', `cannot read (${e.code})`) : problem('label-unreadable', e.message.replace(`${task.label}: `, ''));
+    return e.code
+      ? problem('label-unreadable', `cannot read (${e.code})`)
+      : problem('label-unreadable', e.message.replace(`${task.label}: `, ''));
   }
   const { width, height, channels } = decoded;
   if (data.labelChannels === 'single' && channels !== 1) {
@@ -113,8 +135,11 @@ export default async function ingest(task: IngestTask): Promise<IngestResult | M
     for (let i = 0; i < train.length; i++) if (!data.known[src[i * channels]!]) ids.add(src[i * channels]!);
     const shown = [...ids].sort((a, b) => a - b).slice(0, 5);
     unknownIds = {
-      path: task.label, pixels: unknownPixels, ids: shown,
-      message: `${task.label}: ${unknownPixels} pixels have IDs outside the ${data.labelSpace} (${shown.join(', ')}${ids.size > 5 ? ', ...' : ''}); ` +
+      path: task.label,
+      pixels: unknownPixels,
+      ids: shown,
+      message:
+        `${task.label}: ${unknownPixels} pixels have IDs outside the ${data.labelSpace} (${shown.join(', ')}${ids.size > 5 ? ', ...' : ''}); ` +
         'they become 255 (ignored), the record is kept',
     };
   }
@@ -123,5 +148,8 @@ export default async function ingest(task: IngestTask): Promise<IngestResult | M
   record.label = ownBytes(encodePng({ width, height, channels: 1, bitDepth: 8, data: train }));
   record.labelWidth = width;
   record.labelHeight = height;
-  return moveWith({ ok: true, key: task.key, record, mask: classMask(classes), classes, unknownIds }, [record.image.buffer, record.label.buffer]);
+  return moveWith({ ok: true, key: task.key, record, mask: classMask(classes), classes, unknownIds }, [
+    record.image.buffer,
+    record.label.buffer,
+  ]);
 }

@@ -107,8 +107,10 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
   const shard = openShardForWrite(shardPath, { dataset: opts.dataset, split: listing.split, numClasses: listing.numClasses });
   const todo = mine.filter((s) => shard.index.get(s.key) === undefined);
   const existing = mine.length - todo.length;
-  log(`ingest: ${opts.dataset}/${listing.split} ${listing.numClasses} classes: found ${listing.samples.length + listing.problems.length}, ` +
-    `this shard ${shardIndex}/${shardCount}: ${mine.length}, already written ${existing}, to do ${todo.length}`);
+  log(
+    `ingest: ${opts.dataset}/${listing.split} ${listing.numClasses} classes: found ${listing.samples.length + listing.problems.length}, ` +
+      `this shard ${shardIndex}/${shardCount}: ${mine.length}, already written ${existing}, to do ${todo.length}`,
+  );
 
   const threads = Math.max(1, opts.threads ?? availableParallelism());
   const workerData: IngestWorkerData = {
@@ -118,8 +120,16 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
     labelChannels: opts.dataset === 'synthia' ? 'first' : 'single',
     labelMayBeScaled: listing.labelMayBeScaled,
   };
-  const pool = new Piscina({ filename: new URL('./ingest-worker.ts', import.meta.url).href, maxThreads: threads, minThreads: threads, workerData });
-  const progress = opts.progressStream === null ? null : createProgress({ label: `ingest ${opts.dataset}`, total: todo.length, stream: opts.progressStream });
+  const pool = new Piscina({
+    filename: new URL('./ingest-worker.ts', import.meta.url).href,
+    maxThreads: threads,
+    minThreads: threads,
+    workerData,
+  });
+  const progress =
+    opts.progressStream === null
+      ? null
+      : createProgress({ label: `ingest ${opts.dataset}`, total: todo.length, stream: opts.progressStream });
   let written = 0;
   let aborted = false;
   // Records go in synchronous transactions of WRITE_BATCH: a record and its index entry commit together,
@@ -188,10 +198,20 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
   let manifest: Manifest | null = null;
   if (written + existing > 0) manifest = await rebuildManifest(opts.out);
   if (unknownLabelIds.files > 0) {
-    log(`ingest: ${unknownLabelIds.files} label files had ${unknownLabelIds.pixels} pixels with IDs outside the ${listing.labelSpace}; they are 255 (ignored)`);
+    log(
+      `ingest: ${unknownLabelIds.files} label files had ${unknownLabelIds.pixels} pixels with IDs outside the ${listing.labelSpace}; they are 255 (ignored)`,
+    );
   }
   return {
-    found: listing.samples.length + listing.problems.length, assigned: mine.length, written, existing, problems, problemCount, unknownLabelIds,
-    shard: shardPath, manifest, aborted,
+    found: listing.samples.length + listing.problems.length,
+    assigned: mine.length,
+    written,
+    existing,
+    problems,
+    problemCount,
+    unknownLabelIds,
+    shard: shardPath,
+    manifest,
+    aborted,
   };
 }

@@ -8,18 +8,65 @@ export const IGNORE = 255;
 
 /** Cityscapes / GTA5 / Synscapes label ID -> 19-class train ID. */
 export const CITYSCAPES_TO_TRAIN19: Readonly<Record<number, number>> = {
-  7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14,
-  28: 15, 31: 16, 32: 17, 33: 18,
+  7: 0,
+  8: 1,
+  11: 2,
+  12: 3,
+  13: 4,
+  17: 5,
+  19: 6,
+  20: 7,
+  21: 8,
+  22: 9,
+  23: 10,
+  24: 11,
+  25: 12,
+  26: 13,
+  27: 14,
+  28: 15,
+  31: 16,
+  32: 17,
+  33: 18,
 };
 
 /** Cityscapes label ID -> 16-class (SYNTHIA protocol) train ID; terrain, truck, train -> 255. */
 export const CITYSCAPES_TO_TRAIN16: Readonly<Record<number, number>> = {
-  7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 23: 9, 24: 10, 25: 11, 26: 12, 28: 13, 32: 14, 33: 15,
+  7: 0,
+  8: 1,
+  11: 2,
+  12: 3,
+  13: 4,
+  17: 5,
+  19: 6,
+  20: 7,
+  21: 8,
+  23: 9,
+  24: 10,
+  25: 11,
+  26: 12,
+  28: 13,
+  32: 14,
+  33: 15,
 };
 
 /** SYNTHIA (RAND_CITYSCAPES, channel 0 of the 16-bit label PNG) ID -> 16-class train ID. */
 export const SYNTHIA_TO_TRAIN16: Readonly<Record<number, number>> = {
-  3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 9, 10: 10, 17: 11, 8: 12, 19: 13, 12: 14, 11: 15,
+  3: 0,
+  4: 1,
+  2: 2,
+  21: 3,
+  5: 4,
+  7: 5,
+  15: 6,
+  9: 7,
+  6: 8,
+  1: 9,
+  10: 10,
+  17: 11,
+  8: 12,
+  19: 13,
+  12: 14,
+  11: 15,
 };
 
 export type NumClasses = 19 | 16;

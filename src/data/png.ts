@@ -136,10 +136,18 @@ export function decodePng(bytes: Uint8Array, source: string): DecodedPng {
       const b = y > 0 ? out[prev + i]! : 0;
       let v: number;
       switch (filter) {
-        case 0: v = x; break;
-        case 1: v = x + a; break;
-        case 2: v = x + b; break;
-        case 3: v = x + ((a + b) >> 1); break;
+        case 0:
+          v = x;
+          break;
+        case 1:
+          v = x + a;
+          break;
+        case 2:
+          v = x + b;
+          break;
+        case 3:
+          v = x + ((a + b) >> 1);
+          break;
         case 4: {
           const c = y > 0 && i >= bpp ? out[prev + i - bpp]! : 0;
           const p = a + b - c;
@@ -149,7 +157,8 @@ export function decodePng(bytes: Uint8Array, source: string): DecodedPng {
           v = x + (pa <= pb && pa <= pc ? a : pb <= pc ? b : c);
           break;
         }
-        default: return fail(`unknown filter type ${filter} in row ${y}`);
+        default:
+          return fail(`unknown filter type ${filter} in row ${y}`);
       }
       out[dst + i] = v & 0xff;
     }

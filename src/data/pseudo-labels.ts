@@ -60,7 +60,8 @@ export async function currentGeneration(dir: string): Promise<GenerationInfo | n
     return null;
   }
   const info = JSON.parse(text) as GenerationInfo;
-  if (info.format !== 'spcl-pseudo-labels/1') throw new Error(`${join(dir, 'current.json')}: format ${JSON.stringify(info.format)}, expected "spcl-pseudo-labels/1"`);
+  if (info.format !== 'spcl-pseudo-labels/1')
+    throw new Error(`${join(dir, 'current.json')}: format ${JSON.stringify(info.format)}, expected "spcl-pseudo-labels/1"`);
   return info;
 }
 
@@ -165,7 +166,10 @@ export class PseudoLabelWriter {
     this.committed = true;
     const keepNewest = Math.max(1, keep);
     const pins = new Set(pinned);
-    const older = (await readdir(this.dir)).filter((f) => /^gen-\d{6}\.lmdb$/.test(f) && generationOf(f)! < this.generation).sort().reverse();
+    const older = (await readdir(this.dir))
+      .filter((f) => /^gen-\d{6}\.lmdb$/.test(f) && generationOf(f)! < this.generation)
+      .sort()
+      .reverse();
     for (const f of older.slice(keepNewest - 1)) if (!pins.has(f)) await removeGeneration(this.dir, f);
     crashPoint('pseudo-commit');
     return info;

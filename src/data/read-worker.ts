@@ -92,7 +92,14 @@ class Fault extends Error {
 
   constructor(reason: FaultReason, file: string, key: string, detail: string, changed?: string) {
     super(detail);
-    this.report = { reason, file, key, detail, message: `${file}: record '${key}': ${detail}`, ...(changed === undefined ? {} : { changed }) };
+    this.report = {
+      reason,
+      file,
+      key,
+      detail,
+      message: `${file}: record '${key}': ${detail}`,
+      ...(changed === undefined ? {} : { changed }),
+    };
   }
 }
 
@@ -159,7 +166,13 @@ function drop(path: string): void {
 const WHAT = { shard: 'shard', pseudo: 'pseudo-label generation' } as const;
 
 /** The open file at `path`, checked against its identity on disk and the one the workers are known to hold. */
-function acquire(path: string, kind: 'shard' | 'pseudo', key: string, expect: string | undefined, opened: Record<string, string>): OpenFile {
+function acquire(
+  path: string,
+  kind: 'shard' | 'pseudo',
+  key: string,
+  expect: string | undefined,
+  opened: Record<string, string>,
+): OpenFile {
   const now = identity(path);
   const cached = files.get(path);
   if (now === null) {
@@ -170,7 +183,13 @@ function acquire(path: string, kind: 'shard' | 'pseudo', key: string, expect: st
   const held = cached?.id ?? expect;
   if (held !== undefined && held !== id) {
     drop(path);
-    throw new Fault('shard_unavailable', path, key, `${WHAT[kind]} file was replaced (inode ${held.split(':')[1]} -> ${id.split(':')[1]})`, id);
+    throw new Fault(
+      'shard_unavailable',
+      path,
+      key,
+      `${WHAT[kind]} file was replaced (inode ${held.split(':')[1]} -> ${id.split(':')[1]})`,
+      id,
+    );
   }
   if (cached && size < cached.size) {
     drop(path);
@@ -219,22 +238,36 @@ function acquire(path: string, kind: 'shard' | 'pseudo', key: string, expect: st
  * the detail may mix both; the reason and the rest of the message are ours.
  */
 function libvipsText(err: unknown): string {
-  const lines = [...new Set(String((err as Error).message ?? err).split('\n').map((l) => l.trim()).filter(Boolean))];
+  const lines = [
+    ...new Set(
+      String((err as Error).message ?? err)
+        .split('\n')
+        .map((l) => l.trim())
+        .filter(Boolean),
+    ),
+  ];
   const text = lines.join(' ');
   return text.length > 200 ? `${text.slice(0, 197)}...` : text;
 }
 
 function isRecord(v: unknown): v is ShardRecord {
   const r = v as ShardRecord;
-  return typeof r === 'object' && r !== null && r.image instanceof Uint8Array && Number.isInteger(r.width) && Number.isInteger(r.height) &&
-    (r.label === null || r.label instanceof Uint8Array);
+  return (
+    typeof r === 'object' &&
+    r !== null &&
+    r.image instanceof Uint8Array &&
+    Number.isInteger(r.width) &&
+    Number.isInteger(r.height) &&
+    (r.label === null || r.label instanceof Uint8Array)
+  );
 }
 
 /** Checks a label's values: unknown IDs are a fault ('skip') or set to 255 and reported as a repair ('ignore'). */
 function checkIds(label: Uint8Array, task: ReadTask, file: string, what: string): { label: Uint8Array; repaired: FaultReport | null } {
   const { pixels, ids } = unknownLabelIds(label, task.numClasses);
   if (pixels === 0) return { label, repaired: null };
-  const detail = `${what} has ${pixels} pixels with unknown IDs (${ids.join(', ')}${ids.length === 5 ? ', ...' : ''}), ` +
+  const detail =
+    `${what} has ${pixels} pixels with unknown IDs (${ids.join(', ')}${ids.length === 5 ? ', ...' : ''}), ` +
     `expected train IDs 0..${task.numClasses - 1} or 255`;
   if (task.unknownLabels === 'skip') throw new Fault('unknown_label_ids', file, task.key, detail);
   const own = new Uint8Array(label); // the stored bytes may be shared (an LMDB read buffer)
@@ -254,7 +287,8 @@ async function readSample(task: ReadTask, opened: Record<string, string>): Promi
     throw new Fault('corrupt_record', path, key, `stored value does not decode (${(err as Error).message.split('\n')[0]})`);
   }
   if (record === undefined) throw new Fault('missing_record', path, key, 'not in the shard (the manifest lists it there)');
-  if (!isRecord(record)) throw new Fault('corrupt_record', path, key, 'stored value is not a record (expected width, height, image bytes, label)');
+  if (!isRecord(record))
+    throw new Fault('corrupt_record', path, key, 'stored value is not a record (expected width, height, image bytes, label)');
   let decoded;
   try {
     decoded = await sharp(record.image).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
@@ -263,7 +297,12 @@ async function readSample(task: ReadTask, opened: Record<string, string>): Promi
   }
   const { width, height, channels } = decoded.info;
   if (width !== record.width || height !== record.height || channels !== 3) {
-    throw new Fault('wrong_size', path, key, `image decodes to ${width}x${height}x${channels}, the record says ${record.width}x${record.height}x3`);
+    throw new Fault(
+      'wrong_size',
+      path,
+      key,
+      `image decodes to ${width}x${height}x${channels}, the record says ${record.width}x${record.height}x3`,
+    );
   }
   let label: Uint8Array | null = null;
   let repaired: FaultReport | null = null;
@@ -277,7 +316,12 @@ async function readSample(task: ReadTask, opened: Record<string, string>): Promi
     }
     if (!p) throw new Fault('missing_pseudo_label', task.pseudo, key, 'no pseudo-label in this generation');
     if (!(p.labels instanceof Uint8Array) || p.labels.length !== p.width * p.height) {
-      throw new Fault('corrupt_label', task.pseudo, key, `pseudo-label holds ${p.labels?.length ?? 'no'} values for ${p.width}x${p.height}`);
+      throw new Fault(
+        'corrupt_label',
+        task.pseudo,
+        key,
+        `pseudo-label holds ${p.labels?.length ?? 'no'} values for ${p.width}x${p.height}`,
+      );
     }
     ({ label, repaired } = checkIds(p.labels, task, task.pseudo, 'pseudo-label'));
     if (p.width !== width || p.height !== height) label = resizeNearest(label, p.width, p.height, width, height);
@@ -289,8 +333,13 @@ async function readSample(task: ReadTask, opened: Record<string, string>): Promi
       throw new Fault('corrupt_label', path, key, (err as Error).message);
     }
     if (png.channels !== 1 || png.bitDepth !== 8 || png.width !== record.labelWidth || png.height !== record.labelHeight) {
-      throw new Fault('corrupt_label', path, key, `label decodes to ${png.width}x${png.height}x${png.channels}@${png.bitDepth} bits, ` +
-        `the record says ${record.labelWidth}x${record.labelHeight}x1@8`);
+      throw new Fault(
+        'corrupt_label',
+        path,
+        key,
+        `label decodes to ${png.width}x${png.height}x${png.channels}@${png.bitDepth} bits, ` +
+          `the record says ${record.labelWidth}x${record.labelHeight}x1@8`,
+      );
     }
     ({ label, repaired } = checkIds(png.data as Uint8Array, task, path, 'label'));
     if (record.labelWidth !== width || record.labelHeight !== height) {
@@ -307,12 +356,23 @@ async function readSample(task: ReadTask, opened: Record<string, string>): Promi
   // Use the lent buffers when they have the right size (the usual case), else allocate.
   const outImage = task.image?.length === oh * ow * 3 ? task.image : new Float32Array(oh * ow * 3);
   const outLabel = label ? (task.label?.length === lw * lh ? task.label : new Uint8Array(lw * lh)) : null;
-  const info = augmentSample({ image, label, width, height }, task.spec, new Rng(task.seed), { images: outImage, labels: outLabel, index: 0 });
+  const info = augmentSample({ image, label, width, height }, task.spec, new Rng(task.seed), {
+    images: outImage,
+    labels: outLabel,
+    index: 0,
+  });
   const result: ReadResult = {
-    key, width: info.width, height: info.height, image: outImage,
-    labelWidth: info.labelWidth, labelHeight: info.labelHeight, label: outLabel, info,
+    key,
+    width: info.width,
+    height: info.height,
+    image: outImage,
+    labelWidth: info.labelWidth,
+    labelHeight: info.labelHeight,
+    label: outLabel,
+    info,
     spare: !label && task.label ? task.label : null,
-    seconds: (performance.now() - t0) / 1000, encodedBytes: record.image.byteLength + (record.label?.byteLength ?? 0),
+    seconds: (performance.now() - t0) / 1000,
+    encodedBytes: record.image.byteLength + (record.label?.byteLength ?? 0),
     repaired,
   };
   const buffers: ArrayBufferLike[] = [result.image.buffer];
@@ -327,7 +387,8 @@ export default async function read(task: ReadTask): Promise<Movable<ReadReply>> 
     const { result, buffers } = await readSample(task, opened);
     return moveWith<ReadReply>({ ok: true, sample: result, opened }, buffers);
   } catch (err) {
-    const fault = err instanceof Fault ? err.report : new Fault('other', task.shard, task.key, (err as Error).message ?? String(err)).report;
+    const fault =
+      err instanceof Fault ? err.report : new Fault('other', task.shard, task.key, (err as Error).message ?? String(err)).report;
     // the lent buffers go back with the fault, so that faults cost no allocation either
     const buffers: ArrayBufferLike[] = [];
     if (task.image) buffers.push(task.image.buffer);

@@ -114,7 +114,11 @@ export class SampleReader {
   constructor(opts: ReaderOptions = {}) {
     this.workers = Math.max(1, opts.threads ?? availableParallelism());
     workerHeapHeadroom(opts.workerOldSpaceMb ?? DEFAULT_WORKER_OLD_SPACE_MB);
-    this.pool = new Piscina({ filename: new URL('./read-worker.ts', import.meta.url).href, minThreads: this.workers, maxThreads: this.workers });
+    this.pool = new Piscina({
+      filename: new URL('./read-worker.ts', import.meta.url).href,
+      minThreads: this.workers,
+      maxThreads: this.workers,
+    });
     this.unknownLabels = opts.unknownLabels ?? 'ignore';
     this.retries = opts.retries ?? 3;
     this.retryDelay = opts.retryDelay ?? 0.5;
@@ -168,8 +172,10 @@ export class SampleReader {
       if (retry >= this.retries) {
         const waited = seconds(this.retryDelay * (2 ** this.retries - 1));
         state.down = { cause: f.detail, checkAt: performance.now() + this.checkInterval() };
-        this.log(`${f.file}: unavailable (${f.detail}) after ${this.retries} retries over ${waited} s; its samples are skipped, ` +
-          `checked again every ${seconds(this.checkInterval() / 1000)} s`);
+        this.log(
+          `${f.file}: unavailable (${f.detail}) after ${this.retries} retries over ${waited} s; its samples are skipped, ` +
+            `checked again every ${seconds(this.checkInterval() / 1000)} s`,
+        );
         throw this.unavailable(f.file, key, `unavailable (${f.detail}); gave up after ${this.retries} retries over ${waited} s`);
       }
       await sleep(1000 * this.retryDelay * 2 ** retry++);
@@ -192,7 +198,14 @@ export class SampleReader {
   }
 
   /** Runs one read task with a lent buffer pair from free-list `slot` (null: none lent). */
-  private async submit(shard: string, key: string, spec: AugmentSpec, seed: number, pseudo: string | null, numClasses: number): Promise<{ reply: ReadReply; slot: string | null }> {
+  private async submit(
+    shard: string,
+    key: string,
+    spec: AugmentSpec,
+    seed: number,
+    pseudo: string | null,
+    numClasses: number,
+  ): Promise<{ reply: ReadReply; slot: string | null }> {
     const size = spec.resize ?? spec.crop ?? null;
     const keepLabel = Boolean(spec.resize) && spec.resizeLabel === false;
     const slot = size && !keepLabel ? `${size[0]}x${size[1]}` : null;
@@ -210,7 +223,16 @@ export class SampleReader {
       if (id !== undefined) expect[path] = id;
     }
     const task: ReadTask = {
-      shard, key, spec, seed, pseudo, numClasses, unknownLabels: this.unknownLabels, expect, image: lent?.image ?? null, label: lent?.label ?? null,
+      shard,
+      key,
+      spec,
+      seed,
+      pseudo,
+      numClasses,
+      unknownLabels: this.unknownLabels,
+      expect,
+      image: lent?.image ?? null,
+      label: lent?.label ?? null,
     };
     const transferList = lent ? [lent.image.buffer, lent.label.buffer] : [];
     const run = this.pool.run(task, { transferList: transferList as ArrayBuffer[] }) as Promise<ReadReply>;
@@ -250,7 +272,12 @@ export class SampleReader {
   private opened(path: string, id: string): void {
     const s = this.state(path);
     if (s.identity === undefined) s.identity = id;
-    else if (s.identity !== id) void this.closeEverywhere(path, `opened as two different files (inodes ${s.identity.split(':')[1]} and ${id.split(':')[1]})`, s.identity);
+    else if (s.identity !== id)
+      void this.closeEverywhere(
+        path,
+        `opened as two different files (inodes ${s.identity.split(':')[1]} and ${id.split(':')[1]})`,
+        s.identity,
+      );
   }
 
   private available(path: string): void {
@@ -272,14 +299,18 @@ export class SampleReader {
       const arrived = new Int32Array(new SharedArrayBuffer(4));
       const task: CloseTask = { path, arrived, workers: this.workers, timeoutMs: BARRIER_TIMEOUT_MS };
       // never rejects (reads wait on it): a task that cannot run counts as a worker not reached
-      const all = Array.from({ length: this.workers }, () => Promise.resolve().then(() => this.pool.run(task, { name: 'closeFile' }) as Promise<boolean>));
+      const all = Array.from({ length: this.workers }, () =>
+        Promise.resolve().then(() => this.pool.run(task, { name: 'closeFile' }) as Promise<boolean>),
+      );
       for (const p of all) this.inFlight.add(p);
       const done = await Promise.allSettled(all);
       for (const p of all) this.inFlight.delete(p);
       this.state(path).identity = undefined;
       const ok = done.every((d) => d.status === 'fulfilled' && d.value);
-      this.log(`${path}: ${why}; closed in ${ok ? 'all' : 'NOT all'} ${this.workers} workers in ${(performance.now() - t0).toFixed(1)} ms, ` +
-        'the next reads open it again');
+      this.log(
+        `${path}: ${why}; closed in ${ok ? 'all' : 'NOT all'} ${this.workers} workers in ${(performance.now() - t0).toFixed(1)} ms, ` +
+          'the next reads open it again',
+      );
     };
     this.closing = this.closing.then(run, run);
     return this.closing;

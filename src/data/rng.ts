@@ -27,7 +27,10 @@ export class Rng {
   constructor(seed: number | RngState) {
     if (typeof seed === 'number') {
       const sm = splitmix32(seed);
-      this.a = sm(); this.b = sm(); this.c = sm(); this.d = sm();
+      this.a = sm();
+      this.b = sm();
+      this.c = sm();
+      this.d = sm();
       for (let i = 0; i < 12; i++) this.nextU32();
     } else {
       [this.a, this.b, this.c, this.d] = seed.map((v) => v >>> 0) as [number, number, number, number];

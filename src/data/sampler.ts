@@ -68,7 +68,8 @@ export class ShuffleSampler implements Sampler {
       this.epoch++;
       this.position = 0;
       this.order = this.epochOrder(this.epoch);
-      if (this.order.length === 0) throw new Error(`sampler: shard ${this.shard.index} of ${this.shard.count} gets no keys from ${this.keys.length}`);
+      if (this.order.length === 0)
+        throw new Error(`sampler: shard ${this.shard.index} of ${this.shard.count} gets no keys from ${this.keys.length}`);
     }
     return this.order[this.position++]!;
   }
@@ -109,13 +110,15 @@ export class ClassBalancedSampler implements Sampler {
     this.keyClasses = new Map(samples.map(([k, c]) => [k, [...c]]));
     this.lists = Array.from({ length: numClasses }, () => [] as string[]);
     for (const [key, classes] of samples) for (const c of classes) if (c < numClasses) this.lists[c]!.push(key);
-    if (this.lists.every((l) => l.length === 0)) throw new Error('sampler: no labelled image contains any class; the class-balanced sampler needs labels');
+    if (this.lists.every((l) => l.length === 0))
+      throw new Error('sampler: no labelled image contains any class; the class-balanced sampler needs labels');
     this.counts = new Array<number>(numClasses).fill(0);
     this.cursors = new Array<number>(numClasses).fill(0);
     this.generations = new Array<number>(numClasses).fill(0);
     this.rng = new Rng(opts.seed);
     if (opts.state) {
-      if (opts.state.kind !== 'class-balanced') throw new Error(`sampler: cannot restore a '${opts.state.kind}' state into a class-balanced sampler`);
+      if (opts.state.kind !== 'class-balanced')
+        throw new Error(`sampler: cannot restore a '${opts.state.kind}' state into a class-balanced sampler`);
       this.drawn = opts.state.drawn;
       this.counts = [...opts.state.counts];
       this.cursors = [...opts.state.cursors];
@@ -175,6 +178,13 @@ export class ClassBalancedSampler implements Sampler {
   }
 
   state(): SamplerState {
-    return { kind: 'class-balanced', drawn: this.drawn, counts: [...this.counts], cursors: [...this.cursors], generations: [...this.generations], rng: this.rng.state() };
+    return {
+      kind: 'class-balanced',
+      drawn: this.drawn,
+      counts: [...this.counts],
+      cursors: [...this.cursors],
+      generations: [...this.generations],
+      rng: this.rng.state(),
+    };
   }
 }

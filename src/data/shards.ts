@@ -68,8 +68,10 @@ export function openShardForWrite(path: string, info: ShardInfo): ShardHandle {
   const existing = meta.get('info');
   if (existing && (existing.numClasses !== info.numClasses || existing.dataset !== info.dataset || existing.split !== info.split)) {
     root.close();
-    throw new Error(`${path}: holds ${existing.dataset}/${existing.split} with ${existing.numClasses} classes, ` +
-      `cannot add ${info.dataset}/${info.split} with ${info.numClasses} classes (use another --out)`);
+    throw new Error(
+      `${path}: holds ${existing.dataset}/${existing.split} with ${existing.numClasses} classes, ` +
+        `cannot add ${info.dataset}/${info.split} with ${info.numClasses} classes (use another --out)`,
+    );
   }
   if (!existing) meta.putSync('info', info);
   return handle(root);
@@ -135,8 +137,10 @@ export async function rebuildManifest(dir: string): Promise<Manifest> {
       const meta = h.root.openDB<ShardInfo, string>({ name: 'meta', encoding: 'msgpack' }).get('info');
       if (!meta) continue;
       if (info && (info.numClasses !== meta.numClasses || info.dataset !== meta.dataset || info.split !== meta.split)) {
-        throw new Error(`${join(dir, file)}: holds ${meta.dataset}/${meta.split} (${meta.numClasses} classes) but other shards ` +
-          `hold ${info.dataset}/${info.split} (${info.numClasses} classes)`);
+        throw new Error(
+          `${join(dir, file)}: holds ${meta.dataset}/${meta.split} (${meta.numClasses} classes) but other shards ` +
+            `hold ${info.dataset}/${info.split} (${info.numClasses} classes)`,
+        );
       }
       info = meta;
       let count = 0;

@@ -12,8 +12,25 @@
  * Nothing here knows about images or tensors.
  */
 import {
-  EMPTY, Observable, Subject, catchError, concat, concatMap, defer, finalize, from, ignoreElements, map, mergeMap, range,
-  takeUntil, takeWhile, tap, throwError, type ObservableInput, type OperatorFunction,
+  EMPTY,
+  Observable,
+  Subject,
+  catchError,
+  concat,
+  concatMap,
+  defer,
+  finalize,
+  from,
+  ignoreElements,
+  map,
+  mergeMap,
+  range,
+  takeUntil,
+  takeWhile,
+  tap,
+  throwError,
+  type ObservableInput,
+  type OperatorFunction,
 } from 'rxjs';
 
 /** Token pool of a bounded flow. */
@@ -166,7 +183,13 @@ export function orderedMergeMap<I, O>(fn: (item: I) => Observable<O>, concurrenc
             const slot = { values: [] as O[], done: false };
             slots.set(nextIn++, slot);
             return fn(item).pipe(
-              tap({ next: (v) => slot.values.push(v), complete: () => { slot.done = true; flush(); } }),
+              tap({
+                next: (v) => slot.values.push(v),
+                complete: () => {
+                  slot.done = true;
+                  flush();
+                },
+              }),
               ignoreElements(),
             );
           }, concurrency),
@@ -185,7 +208,11 @@ export function onTeardown<T>(cleanup: () => void): OperatorFunction<T, T> {
  * after it (buffers, credits), `done` makes the result once the stream completes (may be async).
  * An error in `each` or `done` errors the flow.
  */
-export function reduceItems<T, R>(each: (item: T) => void, done: () => R | Promise<R>, release: (item: T) => void = () => {}): OperatorFunction<T, R> {
+export function reduceItems<T, R>(
+  each: (item: T) => void,
+  done: () => R | Promise<R>,
+  release: (item: T) => void = () => {},
+): OperatorFunction<T, R> {
   return (source) =>
     new Observable<R>((subscriber) => {
       let failed = false;
@@ -204,10 +231,13 @@ export function reduceItems<T, R>(each: (item: T) => void, done: () => R | Promi
         complete() {
           Promise.resolve()
             .then(done)
-            .then((r) => {
-              subscriber.next(r);
-              subscriber.complete();
-            }, (e: unknown) => subscriber.error(e));
+            .then(
+              (r) => {
+                subscriber.next(r);
+                subscriber.complete();
+              },
+              (e: unknown) => subscriber.error(e),
+            );
         },
       });
       return () => sub.unsubscribe();

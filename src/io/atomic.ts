@@ -75,13 +75,22 @@ export async function describeWriteFailure(what: string, path: string, cause: un
   // lmdb-js rejects a failed asynchronous commit with 'Commit failed (see commitError for details)'; the
   // cause (e.g. EIO from a full disk) is the rejection of the `commitError` promise it carries.
   const commit = (err as { commitError?: Promise<unknown> }).commitError;
-  if (commit instanceof Promise) err = await commit.then(() => err, (e: unknown) => (e instanceof Error ? e : err));
+  if (commit instanceof Promise)
+    err = await commit.then(
+      () => err,
+      (e: unknown) => (e instanceof Error ? e : err),
+    );
   return describeWriteFailureSync(what, path, err, neededBytes, await freeBytes(dirname(path)));
 }
 
 /** `describeWriteFailure` for synchronous writers (an LMDB `transactionSync`). */
-export function describeWriteFailureSync(what: string, path: string, cause: unknown, neededBytes: number | null = null,
-  free: number | null = freeBytesSync(dirname(path))): Error {
+export function describeWriteFailureSync(
+  what: string,
+  path: string,
+  cause: unknown,
+  neededBytes: number | null = null,
+  free: number | null = freeBytesSync(dirname(path)),
+): Error {
   const err = cause instanceof Error ? cause : new Error(String(cause));
   if (err instanceof DiskFullError) return err;
   // Node gives errno names ('ENOSPC'); lmdb-js gives the number (28 on Linux)
@@ -118,7 +127,7 @@ export async function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>
       let written = 0;
       let halfway = false;
       for (const chunk of list) {
-        for (let at = 0; at < chunk.length;) {
+        for (let at = 0; at < chunk.length; ) {
           const { bytesWritten } = await fh.write(chunk, at, Math.min(WRITE_CHUNK, chunk.length - at));
           at += bytesWritten;
           written += bytesWritten;

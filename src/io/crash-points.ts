@@ -30,7 +30,15 @@
 import { writeSync } from 'node:fs';
 
 export const CRASH_POINTS = [
-  'step', 'checkpoint-write', 'checkpoint-commit', 'prototypes', 'thresholds', 'pseudo-write', 'pseudo-commit', 'evaluate', 'ingest',
+  'step',
+  'checkpoint-write',
+  'checkpoint-commit',
+  'prototypes',
+  'thresholds',
+  'pseudo-write',
+  'pseudo-commit',
+  'evaluate',
+  'ingest',
 ] as const;
 export type CrashPointName = (typeof CRASH_POINTS)[number];
 
@@ -42,9 +50,13 @@ export type CrashSignal = (typeof SIGNALS)[number];
 /** Parses `NAME:N[:SIGNAL]`; errors name the variable, the value and what is expected. */
 export function parseCrashAt(value: string): { point: CrashPointName; occurrence: number; signal: CrashSignal } {
   const m = /^([a-z-]+):(\d+)(?::([A-Z]+))?$/.exec(value);
-  if (!m) throw new Error(`${CRASH_ENV}=${value}: expected NAME:N[:SIGNAL] (e.g. checkpoint-write:2) with NAME one of ${CRASH_POINTS.join(', ')}`);
+  if (!m)
+    throw new Error(
+      `${CRASH_ENV}=${value}: expected NAME:N[:SIGNAL] (e.g. checkpoint-write:2) with NAME one of ${CRASH_POINTS.join(', ')}`,
+    );
   const point = m[1] as CrashPointName;
-  if (!CRASH_POINTS.includes(point)) throw new Error(`${CRASH_ENV}=${value}: unknown crash point '${m[1]}' (expected one of ${CRASH_POINTS.join(', ')})`);
+  if (!CRASH_POINTS.includes(point))
+    throw new Error(`${CRASH_ENV}=${value}: unknown crash point '${m[1]}' (expected one of ${CRASH_POINTS.join(', ')})`);
   const occurrence = Number(m[2]);
   if (occurrence < 1) throw new Error(`${CRASH_ENV}=${value}: the occurrence must be >= 1, got ${occurrence}`);
   const signal = (m[3] ?? 'SIGKILL') as CrashSignal;

@@ -22,8 +22,13 @@ import type { SegModel } from '../ops/model/deeplab.ts';
 import type { Param, ParamStore } from '../ops/model/params.ts';
 import type { OptimizerState } from '../ops/optim.ts';
 import {
-  checkTensorToEncode, decodeTensorData, encodeSafetensorsHeader, float32Bytes, readSafetensorsHeader,
-  type SafetensorsEntry, type TensorToEncode,
+  checkTensorToEncode,
+  decodeTensorData,
+  encodeSafetensorsHeader,
+  float32Bytes,
+  readSafetensorsHeader,
+  type SafetensorsEntry,
+  type TensorToEncode,
 } from '../ops/safetensors.ts';
 import { shapeStr } from '../ops/shape.ts';
 
@@ -110,7 +115,9 @@ export async function loadSafetensors(model: SegModel, path: string, opts: LoadO
     const expected = torchShape(param.variable.shape);
     if (shapeStr(expected) !== shapeStr(entry.shape)) {
       const layout = expected.length === 4 ? ' (OIHW)' : '';
-      throw new Error(`${path}: tensor '${entry.name}' has shape ${shapeStr(entry.shape)}, expected ${shapeStr(expected)}${layout} for model parameter '${name}'`);
+      throw new Error(
+        `${path}: tensor '${entry.name}' has shape ${shapeStr(entry.shape)}, expected ${shapeStr(expected)}${layout} for model parameter '${name}'`,
+      );
     }
     plan.push({ entry, param });
   }
@@ -125,7 +132,7 @@ export async function loadSafetensors(model: SegModel, path: string, opts: LoadO
   if (missingBackbone.length > 0) {
     throw new Error(
       `${path}: missing ${missingBackbone.length} backbone tensor(s) for model parameter(s): ${listFirst(missingBackbone)} ` +
-      `(only the classifier may be missing; is this a ${model.config.backbone} checkpoint?)`,
+        `(only the classifier may be missing; is this a ${model.config.backbone} checkpoint?)`,
     );
   }
   for (const { entry, param } of plan) {
@@ -150,9 +157,10 @@ export async function saveModelSafetensors(model: HasParams, path: string, opts:
   const tensors = new Map<string, TensorToEncode>();
   for (const p of model.store.params.values()) {
     const v = p.variable;
-    const data = layout === 'pytorch' && v.rank === 4
-      ? tf.tidy(() => tf.transpose(v, [3, 2, 0, 1]).dataSync() as Float32Array)
-      : (v.dataSync() as Float32Array);
+    const data =
+      layout === 'pytorch' && v.rank === 4
+        ? tf.tidy(() => tf.transpose(v, [3, 2, 0, 1]).dataSync() as Float32Array)
+        : (v.dataSync() as Float32Array);
     tensors.set(p.name, { shape: layout === 'pytorch' ? torchShape(v.shape) : v.shape, data });
   }
   // 'pt' is what PyTorch's safetensors writer puts there; HF tooling checks it.
@@ -214,7 +222,9 @@ export function applyModelState(model: HasParams, state: ReadonlyMap<string, tf.
   for (const p of model.store.params.values()) {
     const t = state.get(p.name)!;
     if (shapeStr(t.shape) !== shapeStr(p.variable.shape) || t.dtype !== p.variable.dtype) {
-      throw new Error(`${source}: parameter '${p.name}' is ${t.dtype} ${shapeStr(t.shape)} in the state, expected ${p.variable.dtype} ${shapeStr(p.variable.shape)}`);
+      throw new Error(
+        `${source}: parameter '${p.name}' is ${t.dtype} ${shapeStr(t.shape)} in the state, expected ${p.variable.dtype} ${shapeStr(p.variable.shape)}`,
+      );
     }
   }
   for (const p of model.store.params.values()) p.variable.assign(state.get(p.name)!);
@@ -241,7 +251,8 @@ export async function saveCheckpoint(path: string, state: CheckpointState, opts:
   try {
     const header: CheckpointHeader = { format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, meta: state.meta };
     if (state.optimizer) header.optimizer = { kind: state.optimizer.kind, step: state.optimizer.step };
-    if (state.discriminatorOptimizer) header.discriminatorOptimizer = { kind: state.discriminatorOptimizer.kind, step: state.discriminatorOptimizer.step };
+    if (state.discriminatorOptimizer)
+      header.discriminatorOptimizer = { kind: state.discriminatorOptimizer.kind, step: state.discriminatorOptimizer.step };
     metaJson = JSON.stringify(header, jsonReplacer);
   } catch (err) {
     throw new Error(`saveCheckpoint ${path}: ${(err as Error).message}`);
@@ -252,7 +263,9 @@ export async function saveCheckpoint(path: string, state: CheckpointState, opts:
       const key = `${section}/${name}`;
       if (t.isDisposed) throw new Error(`saveCheckpoint ${path}: tensor '${key}' is disposed`);
       if (t.dtype !== 'float32') {
-        throw new Error(`saveCheckpoint ${path}: tensor '${key}' is ${t.dtype}; checkpoints hold float32 tensors (cast it, or put it in meta)`);
+        throw new Error(
+          `saveCheckpoint ${path}: tensor '${key}' is ${t.dtype}; checkpoints hold float32 tensors (cast it, or put it in meta)`,
+        );
       }
       tensors.set(key, { shape: t.shape, data: t.dataSync() as Float32Array });
     }
@@ -275,7 +288,9 @@ export async function loadCheckpoint(path: string): Promise<CheckpointState> {
   const file = readSafetensorsHeader(bytes, path);
   const raw = file.metadata[METADATA_KEY];
   if (raw === undefined) {
-    throw new Error(`${path}: not an SPCL checkpoint (no '${METADATA_KEY}' key in the safetensors __metadata__); PyTorch weights load with loadSafetensors`);
+    throw new Error(
+      `${path}: not an SPCL checkpoint (no '${METADATA_KEY}' key in the safetensors __metadata__); PyTorch weights load with loadSafetensors`,
+    );
   }
   let header: CheckpointHeader;
   try {
@@ -284,7 +299,9 @@ export async function loadCheckpoint(path: string): Promise<CheckpointState> {
     throw new Error(`${path}: checkpoint metadata is not valid JSON: ${(err as Error).message}`);
   }
   if (header === null || typeof header !== 'object' || header.format !== CHECKPOINT_FORMAT || header.version !== CHECKPOINT_VERSION) {
-    throw new Error(`${path}: checkpoint format ${JSON.stringify(header?.format)} version ${header?.version}, expected '${CHECKPOINT_FORMAT}' version ${CHECKPOINT_VERSION}`);
+    throw new Error(
+      `${path}: checkpoint format ${JSON.stringify(header?.format)} version ${header?.version}, expected '${CHECKPOINT_FORMAT}' version ${CHECKPOINT_VERSION}`,
+    );
   }
   if (header.meta === null || typeof header.meta !== 'object' || Array.isArray(header.meta)) {
     throw new Error(`${path}: checkpoint meta must be a JSON object, found ${JSON.stringify(header.meta)}`);
@@ -301,7 +318,9 @@ export async function loadCheckpoint(path: string): Promise<CheckpointState> {
     const slash = entry.name.indexOf('/');
     const section = entry.name.slice(0, slash) as Section;
     if (slash < 0 || !SECTIONS.includes(section)) {
-      throw new Error(`${path}: checkpoint tensor '${entry.name}' is in no known section (expected a prefix ${SECTIONS.map((s) => `'${s}/'`).join(', ')})`);
+      throw new Error(
+        `${path}: checkpoint tensor '${entry.name}' is in no known section (expected a prefix ${SECTIONS.map((s) => `'${s}/'`).join(', ')})`,
+      );
     }
     if ((section === 'optimizer' || section === 'discriminatorOptimizer') && !header[section]) {
       throw new Error(`${path}: checkpoint has tensor '${entry.name}' but no ${section} kind/step in its metadata`);
@@ -314,7 +333,8 @@ export async function loadCheckpoint(path: string): Promise<CheckpointState> {
   }
   const state: CheckpointState = { model: maps.get('model')!, extra: maps.get('extra')!, meta: header.meta };
   if (header.optimizer) state.optimizer = { ...header.optimizer, slots: maps.get('optimizer')! };
-  if (header.discriminatorOptimizer) state.discriminatorOptimizer = { ...header.discriminatorOptimizer, slots: maps.get('discriminatorOptimizer')! };
+  if (header.discriminatorOptimizer)
+    state.discriminatorOptimizer = { ...header.discriminatorOptimizer, slots: maps.get('discriminatorOptimizer')! };
   if (maps.get('discriminator')!.size > 0) state.discriminator = maps.get('discriminator')!;
   return state;
 }
@@ -328,9 +348,11 @@ export async function readCheckpointMeta(path: string): Promise<Record<string, u
   try {
     const size = (await fh.stat()).size;
     const prefix = Buffer.alloc(8);
-    if (size < 8 || (await fh.read(prefix, 0, 8, 0)).bytesRead < 8) throw new Error(`${path}: not a safetensors file: ${size} bytes, expected at least 8 (the header length)`);
+    if (size < 8 || (await fh.read(prefix, 0, 8, 0)).bytesRead < 8)
+      throw new Error(`${path}: not a safetensors file: ${size} bytes, expected at least 8 (the header length)`);
     const n = prefix.readBigUInt64LE(0);
-    if (n > BigInt(size - 8)) throw new Error(`${path}: safetensors header length ${n} exceeds the ${size - 8} bytes after the length prefix (truncated file?)`);
+    if (n > BigInt(size - 8))
+      throw new Error(`${path}: safetensors header length ${n} exceeds the ${size - 8} bytes after the length prefix (truncated file?)`);
     const text = Buffer.alloc(Number(n));
     await fh.read(text, 0, text.length, 8);
     let header: CheckpointHeader;
@@ -356,7 +378,12 @@ export function disposeCheckpoint(state: CheckpointState): void {
 // ------------------------------------------------------------------------------------------------
 // Atomic writing (src/io/atomic.ts)
 
-async function writeSafetensorsAtomic(path: string, tensors: ReadonlyMap<string, TensorToEncode>, metadata: Record<string, string>, opts: AtomicWriteOptions = {}): Promise<void> {
+async function writeSafetensorsAtomic(
+  path: string,
+  tensors: ReadonlyMap<string, TensorToEncode>,
+  metadata: Record<string, string>,
+  opts: AtomicWriteOptions = {},
+): Promise<void> {
   for (const [name, t] of tensors) checkTensorToEncode(name, t);
   const chunks = [encodeSafetensorsHeader(tensors, metadata), ...[...tensors.values()].map((t) => float32Bytes(t.data))];
   await writeFileAtomic(path, chunks, opts);

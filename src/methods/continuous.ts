@@ -27,7 +27,18 @@ import type { StepReport } from '../stages/train-step.ts';
 import { batches, type RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
-import { checkpointState, evaluatePhase, releaseBatches, restoreOptimizer, sgd, sourceBatches, specs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
+import {
+  checkpointState,
+  evaluatePhase,
+  releaseBatches,
+  restoreOptimizer,
+  sgd,
+  sourceBatches,
+  specs,
+  train,
+  type PhaseResult,
+  type ResumePoint,
+} from '../recipe/trainer.ts';
 import { refreshPseudoLabels } from './pseudo-labels.ts';
 import { anchoredSelfTrainingStep } from './self-training.ts';
 
@@ -73,10 +84,22 @@ const MEMORY_SAMPLES = 2000;
 function memorySample(iteration: number, seconds: number): MemorySample {
   const m = process.memoryUsage();
   const t = tf.memory();
-  return { iteration, seconds, rss: m.rss, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, tensors: t.numTensors, tensorBytes: t.numBytes };
+  return {
+    iteration,
+    seconds,
+    rss: m.rss,
+    heapUsed: m.heapUsed,
+    external: m.external,
+    arrayBuffers: m.arrayBuffers,
+    tensors: t.numTensors,
+    tensorBytes: t.numBytes,
+  };
 }
 
-export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult & { summary: ContinuousSummary }> {
+export async function continuousPhase(
+  ctx: RunContext,
+  resume: ResumePoint = { iteration: 0 },
+): Promise<PhaseResult & { summary: ContinuousSummary }> {
   const { cfg, model } = ctx;
   const c = cfg.continuous;
   const t0 = performance.now();
@@ -87,8 +110,15 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
   const size = cfg.batch.source + cfg.batch.target;
   const end = c.steps > 0 ? c.steps : Infinity;
   const summary: ContinuousSummary = {
-    iterations: resume.iteration, refreshes: 0, refreshTriggers: { start: 0, steps: 0, arrivals: 0 },
-    targetImages: ctx.data.target.keys.length, arrived: 0, ingested: 0, ingestProblems: 0, generationImages: ctx.continuous?.images ?? 0, lastEval: null,
+    iterations: resume.iteration,
+    refreshes: 0,
+    refreshTriggers: { start: 0, steps: 0, arrivals: 0 },
+    targetImages: ctx.data.target.keys.length,
+    arrived: 0,
+    ingested: 0,
+    ingestProblems: 0,
+    generationImages: ctx.continuous?.images ?? 0,
+    lastEval: null,
     memory: [],
   };
   const sampleMemory = (r: StepReport) => {
@@ -106,12 +136,19 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
     summary.ingestProblems += a.problems;
     summary.targetImages = a.dataset.keys.length;
     ctx.events.arrivals?.({ added: a.added, ingested: a.ingested, problems: a.problems, total: a.dataset.keys.length, pending: pending() });
-    ctx.events.log(`continuous: ${a.added} new target images (${a.ingested} from the watched folder${a.problems ? `, ${a.problems} files with problems` : ''}); ` +
-      `${a.dataset.keys.length} in all, ${pending()} without pseudo-labels yet`);
+    ctx.events.log(
+      `continuous: ${a.added} new target images (${a.ingested} from the watched folder${a.problems ? `, ${a.problems} files with problems` : ''}); ` +
+        `${a.dataset.keys.length} in all, ${pending()} without pseudo-labels yet`,
+    );
     if (arrivalsDue()) segmentDue?.next();
   };
   const watching = watchTarget({
-    dataset: ctx.data.target, watch: c.watch || null, pollSeconds: c.pollSeconds, settleSeconds: c.settleSeconds, log: ctx.events.log, signal: ctx.signal,
+    dataset: ctx.data.target,
+    watch: c.watch || null,
+    pollSeconds: c.pollSeconds,
+    settleSeconds: c.settleSeconds,
+    log: ctx.events.log,
+    signal: ctx.signal,
   }).subscribe({ next: onArrival, error: (err: Error) => ctx.events.log(`continuous: watching the target stopped: ${err.message}`) });
 
   let iteration = resume.iteration;
@@ -119,12 +156,22 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
   try {
     while (iteration < end && !ctx.signal?.aborted) {
       const state = ctx.continuous;
-      const trigger: RefreshTrigger | null = state === null || !ctx.pseudo ? 'start'
-        : c.refreshEvery > 0 && iteration >= state.since + c.refreshEvery ? 'steps'
-          : arrivalsDue() ? 'arrivals' : null;
+      const trigger: RefreshTrigger | null =
+        state === null || !ctx.pseudo
+          ? 'start'
+          : c.refreshEvery > 0 && iteration >= state.since + c.refreshEvery
+            ? 'steps'
+            : arrivalsDue()
+              ? 'arrivals'
+              : null;
       if (trigger) {
         const refresh = (state?.refresh ?? 0) + 1;
-        const info = await refreshPseudoLabels(ctx, `continuous ${iteration}: refresh ${refresh} (${trigger})`, { phase: 'continuous', iteration, refresh, trigger }, ctx.cfg.ssl.pseudoCap);
+        const info = await refreshPseudoLabels(
+          ctx,
+          `continuous ${iteration}: refresh ${refresh} (${trigger})`,
+          { phase: 'continuous', iteration, refresh, trigger },
+          ctx.cfg.ssl.pseudoCap,
+        );
         if (!info) break; // stopped by a signal: the last checkpoint (before this refresh) stays the state
         ctx.continuous = { refresh, since: iteration, images: info.count };
         summary.refreshes++;
@@ -138,18 +185,33 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
       const keys = await generationKeys(ctx.pseudo!);
       const segmentEnd = Math.min(end, c.refreshEvery > 0 ? state!.since + c.refreshEvery : Infinity);
       const target = batches(ctx, {
-        domain: 'target', spec: specs(ctx).sslTarget, batchSize: size, mode: 'train', keys, pseudo: ctx.pseudo,
-        stream: STREAM_BASE + state!.refresh, start: (iteration - state!.since) * size,
+        domain: 'target',
+        spec: specs(ctx).sslTarget,
+        batchSize: size,
+        mode: 'train',
+        keys,
+        pseudo: ctx.pseudo,
+        stream: STREAM_BASE + state!.refresh,
+        start: (iteration - state!.since) * size,
       });
       // the source anchor: labelled source batches beside the target ones, resumed at the same draw
-      const input: Observable<Step> = c.sourceWeight > 0
-        ? zip(target, sourceBatches(ctx, SOURCE_STREAM_BASE + state!.refresh, iteration - state!.since)).pipe(map(([t, s]) => ({ t, s })))
-        : target.pipe(map((t) => ({ t, s: null })));
+      const input: Observable<Step> =
+        c.sourceWeight > 0
+          ? zip(target, sourceBatches(ctx, SOURCE_STREAM_BASE + state!.refresh, iteration - state!.since)).pipe(map(([t, s]) => ({ t, s })))
+          : target.pipe(map((t) => ({ t, s: null })));
       segmentDue = new Subject<void>();
       last = await train(ctx, {
-        phase: 'continuous', schedule: { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr }, resume: { iteration }, input, release: releaseBatches,
-        state: () => ({ optimizer: opt.getState() }), step: anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight),
-        until: segmentDue, evalEvery: c.evalEvery, total: c.steps > 0 ? String(c.steps) : 'inf', onStep: sampleMemory,
+        phase: 'continuous',
+        schedule: { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr },
+        resume: { iteration },
+        input,
+        release: releaseBatches,
+        state: () => ({ optimizer: opt.getState() }),
+        step: anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight),
+        until: segmentDue,
+        evalEvery: c.evalEvery,
+        total: c.steps > 0 ? String(c.steps) : 'inf',
+        onStep: sampleMemory,
       });
       segmentDue = null;
       iteration = last.iterations;
@@ -166,8 +228,13 @@ export async function continuousPhase(ctx: RunContext, resume: ResumePoint = { i
   summary.iterations = iteration;
   const aborted = Boolean(ctx.signal?.aborted) && iteration < end;
   return {
-    phase: 'continuous', seconds: (performance.now() - t0) / 1000, iterations: iteration, eval: null,
-    losses: last?.losses ?? {}, aborted, summary,
+    phase: 'continuous',
+    seconds: (performance.now() - t0) / 1000,
+    iterations: iteration,
+    eval: null,
+    losses: last?.losses ?? {},
+    aborted,
+    summary,
   };
 }
 

@@ -28,26 +28,61 @@ export async function pseudoLabelPhase(ctx: RunContext, phase: string): Promise<
  * confidence cap (pseudo.cap for the first pass, ssl.pseudoCap for the ones self-training learns from).
  * Null when a signal stopped it: nothing of the pass is kept and the current generation stays.
  */
-export async function refreshPseudoLabels(ctx: RunContext, label: string, source: Record<string, unknown>, cap: number): Promise<GenerationInfo | null> {
+export async function refreshPseudoLabels(
+  ctx: RunContext,
+  label: string,
+  source: Record<string, unknown>,
+  cap: number,
+): Promise<GenerationInfo | null> {
   const { cfg } = ctx;
-  const made = await unlessAborted(ctx, label, (async () => {
-    const t = await lastValueFrom(batches(ctx, { domain: 'target', spec: specs(ctx).threshold, batchSize: 4, mode: 'pass', stream: STREAMS.pseudoLabels }).pipe(
-      failOnAbort(ctx.signal, 'thresholds'),
-      estimateThresholds({ model: ctx.model, numClasses: cfg.data.numClasses, bins: cfg.pseudo.bins, cap, scratch: ctx.dirs.scratch, release }),
-    ));
-    // generations that retained checkpoints (or this run) use stay: a resume from one of them needs its labels
-    const pinned = await ctx.checkpoints.pseudoLabelGenerations();
-    if (ctx.pseudo) pinned.add(basename(ctx.pseudo));
-    return { t, info: await writeGeneration(t, { dir: ctx.dirs.pseudo, numClasses: cfg.data.numClasses, keep: cfg.pseudo.keep, source: { ...source, cap }, pinned, signal: ctx.signal }) };
-  })());
+  const made = await unlessAborted(
+    ctx,
+    label,
+    (async () => {
+      const t = await lastValueFrom(
+        batches(ctx, { domain: 'target', spec: specs(ctx).threshold, batchSize: 4, mode: 'pass', stream: STREAMS.pseudoLabels }).pipe(
+          failOnAbort(ctx.signal, 'thresholds'),
+          estimateThresholds({
+            model: ctx.model,
+            numClasses: cfg.data.numClasses,
+            bins: cfg.pseudo.bins,
+            cap,
+            scratch: ctx.dirs.scratch,
+            release,
+          }),
+        ),
+      );
+      // generations that retained checkpoints (or this run) use stay: a resume from one of them needs its labels
+      const pinned = await ctx.checkpoints.pseudoLabelGenerations();
+      if (ctx.pseudo) pinned.add(basename(ctx.pseudo));
+      return {
+        t,
+        info: await writeGeneration(t, {
+          dir: ctx.dirs.pseudo,
+          numClasses: cfg.data.numClasses,
+          keep: cfg.pseudo.keep,
+          source: { ...source, cap },
+          pinned,
+          signal: ctx.signal,
+        }),
+      };
+    })(),
+  );
   if (!made) return null;
   const { t, info } = made;
   ctx.thresholds = t.thresholds;
   ctx.pseudo = `${ctx.dirs.pseudo}/${info.file}`;
   ctx.events.pseudoLabels?.(info, t.counts);
-  const labelled = info.coverage.reduce((a, c, k) => a + c * t.counts[k]!, 0) / Math.max(1, t.counts.reduce((a, b) => a + b, 0));
-  ctx.events.log(`${label}: generation ${info.generation}, ${info.count} images, ${(100 * labelled).toFixed(1)}% of pixels labelled; ` +
-    `thresholds (cap ${cap}) ${t.thresholds.map((v) => v.toFixed(2)).join(' ')}`);
+  const labelled =
+    info.coverage.reduce((a, c, k) => a + c * t.counts[k]!, 0) /
+    Math.max(
+      1,
+      t.counts.reduce((a, b) => a + b, 0),
+    );
+  ctx.events.log(
+    `${label}: generation ${info.generation}, ${info.count} images, ${(100 * labelled).toFixed(1)}% of pixels labelled; ` +
+      `thresholds (cap ${cap}) ${t.thresholds.map((v) => v.toFixed(2)).join(' ')}`,
+  );
   return info;
 }
 

@@ -13,7 +13,16 @@ import { applyIfFinite } from '../stages/train-step.ts';
 import { batches, type RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
-import { releaseBatches, restoreOptimizer, sgd, sourceBatches, specs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
+import {
+  releaseBatches,
+  restoreOptimizer,
+  sgd,
+  sourceBatches,
+  specs,
+  train,
+  type PhaseResult,
+  type ResumePoint,
+} from '../recipe/trainer.ts';
 
 /** REFERENCE 1 step 8, paper Eq. 9: self-training on target pseudo-labels, BN as ssl.bn, plain CE. */
 export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
@@ -26,16 +35,29 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
   restoreOptimizer(opt, resume.optimizer);
   const size = cfg.batch.source + cfg.batch.target;
   const start = resume.iteration;
-  const tgt = batches(ctx, { domain: 'target', spec: specs(ctx).sslTarget, batchSize: size, mode: 'train', stream: STREAMS.sslTarget, start: start * size, pseudo: ctx.pseudo });
+  const tgt = batches(ctx, {
+    domain: 'target',
+    spec: specs(ctx).sslTarget,
+    batchSize: size,
+    mode: 'train',
+    stream: STREAMS.sslTarget,
+    start: start * size,
+    pseudo: ctx.pseudo,
+  });
   // ssl.sourceWeight > 0: a labelled source batch beside each target batch (not in the paper; a documented switch)
-  const input = c.sourceWeight > 0
-    ? zip(tgt, sourceBatches(ctx, STREAMS.sslSource, start))
-      .pipe(map(([t, s]) => ({ t, s: s as Batch | null })))
-    : tgt.pipe(map((t) => ({ t, s: null as Batch | null })));
+  const input =
+    c.sourceWeight > 0
+      ? zip(tgt, sourceBatches(ctx, STREAMS.sslSource, start)).pipe(map(([t, s]) => ({ t, s: s as Batch | null })))
+      : tgt.pipe(map((t) => ({ t, s: null as Batch | null })));
   const lrAt = (it: number) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
   try {
     return await train(ctx, {
-      phase: 'ssl', schedule: c, resume, input, release: releaseBatches, state: () => ({ optimizer: opt.getState() }),
+      phase: 'ssl',
+      schedule: c,
+      resume,
+      input,
+      release: releaseBatches,
+      state: () => ({ optimizer: opt.getState() }),
       step: anchoredSelfTrainingStep(params, opt, lrAt, ctx, c.sourceWeight, c.pseudoWeight),
     });
   } finally {
@@ -48,21 +70,41 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
  * target prediction against its pseudo-labels, plus `sourceWeight` x the cross-entropy of a labelled
  * source batch when one comes along (`ssl.sourceWeight`, `continuous.sourceWeight`; 0 = none, the paper).
  */
-export function anchoredSelfTrainingStep(params: Param[], opt: SGD, lrAt: (iteration: number) => number, ctx: RunContext, sourceWeight: number, pseudoWeight = 1) {
+export function anchoredSelfTrainingStep(
+  params: Param[],
+  opt: SGD,
+  lrAt: (iteration: number) => number,
+  ctx: RunContext,
+  sourceWeight: number,
+  pseudoWeight = 1,
+) {
   return ({ t: tb, s: sb }: { t: Batch; s: Batch | null }, it: number) => {
     const lr = lrAt(it);
     return tf.tidy(() => {
       const xt = batchTensors(tb);
       const xs = sb && sourceWeight > 0 ? batchTensors(sb) : null;
-      const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
-        const lt = tf.image.resizeBilinear(ctx.model.forward(xt.images, { training: true }).logits, [tb.labelHeight, tb.labelWidth], true);
-        const ce = segCrossEntropy(lt, xt.labels!); // Eq. 9
-        const ssl = pseudoWeight === 1 ? ce : tf.mul(ce, pseudoWeight) as tf.Scalar;
-        if (!xs) return { total: ssl, terms: { ssl } };
-        const ls = tf.image.resizeBilinear(ctx.model.forward(xs.images, { training: true, trackStats: ctx.cfg.model.bnStats === 'all' }).logits, [sb!.labelHeight, sb!.labelWidth], true);
-        const source = segCrossEntropy(ls, xs.labels!);
-        return { total: tf.add(ssl, tf.mul(source, sourceWeight)) as tf.Scalar, terms: { ssl, source } };
-      }, params, opt, lr);
+      const g = applyIfFinite(
+        (): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
+          const lt = tf.image.resizeBilinear(
+            ctx.model.forward(xt.images, { training: true }).logits,
+            [tb.labelHeight, tb.labelWidth],
+            true,
+          );
+          const ce = segCrossEntropy(lt, xt.labels!); // Eq. 9
+          const ssl = pseudoWeight === 1 ? ce : (tf.mul(ce, pseudoWeight) as tf.Scalar);
+          if (!xs) return { total: ssl, terms: { ssl } };
+          const ls = tf.image.resizeBilinear(
+            ctx.model.forward(xs.images, { training: true, trackStats: ctx.cfg.model.bnStats === 'all' }).logits,
+            [sb!.labelHeight, sb!.labelWidth],
+            true,
+          );
+          const source = segCrossEntropy(ls, xs.labels!);
+          return { total: tf.add(ssl, tf.mul(source, sourceWeight)) as tf.Scalar, terms: { ssl, source } };
+        },
+        params,
+        opt,
+        lr,
+      );
       return { losses: g.losses, lr, skipped: !g.finite, samples: { target: tb.n, source: xs ? sb!.n : 0 } };
     });
   };

@@ -29,35 +29,44 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
   const start = resume.iteration;
   try {
     return await train(ctx, {
-      phase: 'spcl', schedule: c, resume, input: sourceTargetPairs(ctx, start, STREAMS.spcl, ctx.pseudo), release: releaseBatches,
+      phase: 'spcl',
+      schedule: c,
+      resume,
+      input: sourceTargetPairs(ctx, start, STREAMS.spcl, ctx.pseudo),
+      release: releaseBatches,
       state: () => ({ optimizer: opt.getState() }),
       step: ({ s: sb, t: tb }, it) => {
-      const lr = polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
-      return tf.tidy(() => {
-        const xs = batchTensors(sb);
-        const xt = batchTensors(tb);
-        const g = applyIfFinite(() => {
-          const { features: fs, logits: ls } = model.forward(xs.images, { training: true, trackStats: cfg.model.bnStats === 'all' });
-          const up = tf.image.resizeBilinear(ls, [sb.labelHeight, sb.labelWidth], true);
-          const seg = segCrossEntropy(up, xs.labels!, { temperature: c.sourceTemperature });
-          // M_s: the label at the feature grid, kept where the prediction agrees (REFERENCE 4.2)
-          let ms = downsampleLabels(xs.labels!, [fs.shape[1], fs.shape[2]]);
-          if (c.refineSource) ms = refineSourceMask(ms, detach(ls));
-          // Eq. 3: the prototypes' EMA with this batch, before the loss (the authors' order)
-          ctx.prototypes.update(fs, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent });
-          ctx.events.prototypes?.(ctx.prototypes);
-          const ft = model.forward(xt.images, { training: true }).features;
-          // Eq. 5, M_t: the offline pseudo-label (class thresholds on the output, REFERENCE 5) at the feature grid
-          const mt = downsampleLabels(xt.labels!, [ft.shape[1], ft.shape[2]]);
-          const P = ctx.prototypes.tensor;
-          const clS = contrastiveLoss(fs, ms, P, { temperature: c.temperature }); // Eq. 4
-          const clT = contrastiveLoss(ft, mt, P, { temperature: c.temperature }); // Eq. 6
-          const total = tf.add(seg, tf.mul(tf.add(clS, clT), c.lambda)) as tf.Scalar; // Eq. 8
-          return { total, terms: { seg, cl_source: clS, cl_target: clT } };
-        }, params, opt, lr);
-        return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb.n } };
-      });
-    },
+        const lr = polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
+        return tf.tidy(() => {
+          const xs = batchTensors(sb);
+          const xt = batchTensors(tb);
+          const g = applyIfFinite(
+            () => {
+              const { features: fs, logits: ls } = model.forward(xs.images, { training: true, trackStats: cfg.model.bnStats === 'all' });
+              const up = tf.image.resizeBilinear(ls, [sb.labelHeight, sb.labelWidth], true);
+              const seg = segCrossEntropy(up, xs.labels!, { temperature: c.sourceTemperature });
+              // M_s: the label at the feature grid, kept where the prediction agrees (REFERENCE 4.2)
+              let ms = downsampleLabels(xs.labels!, [fs.shape[1], fs.shape[2]]);
+              if (c.refineSource) ms = refineSourceMask(ms, detach(ls));
+              // Eq. 3: the prototypes' EMA with this batch, before the loss (the authors' order)
+              ctx.prototypes.update(fs, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent });
+              ctx.events.prototypes?.(ctx.prototypes);
+              const ft = model.forward(xt.images, { training: true }).features;
+              // Eq. 5, M_t: the offline pseudo-label (class thresholds on the output, REFERENCE 5) at the feature grid
+              const mt = downsampleLabels(xt.labels!, [ft.shape[1], ft.shape[2]]);
+              const P = ctx.prototypes.tensor;
+              const clS = contrastiveLoss(fs, ms, P, { temperature: c.temperature }); // Eq. 4
+              const clT = contrastiveLoss(ft, mt, P, { temperature: c.temperature }); // Eq. 6
+              const total = tf.add(seg, tf.mul(tf.add(clS, clT), c.lambda)) as tf.Scalar; // Eq. 8
+              return { total, terms: { seg, cl_source: clS, cl_target: clT } };
+            },
+            params,
+            opt,
+            lr,
+          );
+          return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb.n } };
+        });
+      },
     });
   } finally {
     opt.dispose();

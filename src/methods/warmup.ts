@@ -13,7 +13,16 @@ import { applyIfFinite } from '../stages/train-step.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
-import { releaseBatches, restoreOptimizer, sgd, sourceBatches, sourceTargetPairs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
+import {
+  releaseBatches,
+  restoreOptimizer,
+  sgd,
+  sourceBatches,
+  sourceTargetPairs,
+  train,
+  type PhaseResult,
+  type ResumePoint,
+} from '../recipe/trainer.ts';
 
 /**
  * Step 1 (REFERENCE 1): source CE on logits / 1.8 + lambda_adv * BCE(D(target softmax), source); then D.
@@ -49,42 +58,76 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
     : sourceBatches(ctx, STREAMS.warmup, start).pipe(map((s) => ({ s, t: null as Batch | null })));
   try {
     return await train(ctx, {
-      phase: 'warmup', schedule: w, resume, input, release: releaseBatches,
+      phase: 'warmup',
+      schedule: w,
+      resume,
+      input,
+      release: releaseBatches,
       // the discriminator and its Adam state go into the checkpoint's own sections
-      state: () => ({ optimizer: opt.getState(), discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])), discriminatorOptimizer: dOpt.getState() }),
+      state: () => ({
+        optimizer: opt.getState(),
+        discriminator: new Map([...disc.store.params].map(([k, p]) => [k, p.variable as tf.Tensor])),
+        discriminatorOptimizer: dOpt.getState(),
+      }),
       step: ({ s: sb, t: tb }, it) => {
-      const lr = polyLR(w.lr, it, w.maxIter) * ctx.lrScale;
-      const lrD = polyLR(w.lrD, it, w.maxIter) * ctx.lrScale;
-      return tf.tidy(() => {
-        const xs = batchTensors(sb);
-        const xt = tb ? batchTensors(tb).images : null;
-        let predS: tf.Tensor4D | null = null;
-        let predT: tf.Tensor4D | null = null;
-        // the weights of this step, as the adversarial target pass would see them
-        if (targetStats) tf.tidy(() => { model.forward(xt!, { training: true, trackStats: true }); });
-        const g = applyIfFinite((): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
-          // source batches update BN's running statistics unless they follow the target (model.bnStats)
-          const ls = tf.image.resizeBilinear(model.forward(xs.images, { training: true, trackStats: trackSource }).logits, [sb.labelHeight, sb.labelWidth], true);
-          const seg = segCrossEntropy(ls, xs.labels!, { temperature: w.sourceTemperature });
-          if (!adversarial) return { total: seg, terms: { seg } };
-          const lt = tf.image.resizeBilinear(model.forward(xt!, { training: true }).logits, [tb!.height, tb!.width], true);
-          const pt = tf.softmax(lt) as tf.Tensor4D;
-          const adv = tf.mul(bceWithLogits(disc.forward(pt), 0), w.lambdaAdv) as tf.Scalar;
-          // D sees the /1.8-tempered source prediction and the plain target one (REFERENCE 8.11), detached.
-          predS = tf.keep(tf.softmax(tf.div(ls, w.sourceTemperature)) as tf.Tensor4D);
-          predT = tf.keep(pt);
-          return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };
-        }, params, opt, lr);
-        const samples = { source: sb.n, target: tb ? tb.n : 0 };
-        if (!adversarial) return { losses: g.losses, lr, skipped: !g.finite, samples };
-        const d = applyIfFinite(() => {
-          const l = tf.add(tf.mul(bceWithLogits(disc.forward(predS!), 0), 0.5), tf.mul(bceWithLogits(disc.forward(predT!), 1), 0.5)) as tf.Scalar;
-          return { total: l, terms: {} };
-        }, dParams, dOpt, lrD);
-        tf.dispose([predS!, predT!]);
-        return { losses: { ...g.losses, disc: d.losses.total! }, lr, lrs: { discriminator: lrD }, skipped: !g.finite || !d.finite, samples };
-      });
-    },
+        const lr = polyLR(w.lr, it, w.maxIter) * ctx.lrScale;
+        const lrD = polyLR(w.lrD, it, w.maxIter) * ctx.lrScale;
+        return tf.tidy(() => {
+          const xs = batchTensors(sb);
+          const xt = tb ? batchTensors(tb).images : null;
+          let predS: tf.Tensor4D | null = null;
+          let predT: tf.Tensor4D | null = null;
+          // the weights of this step, as the adversarial target pass would see them
+          if (targetStats)
+            tf.tidy(() => {
+              model.forward(xt!, { training: true, trackStats: true });
+            });
+          const g = applyIfFinite(
+            (): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
+              // source batches update BN's running statistics unless they follow the target (model.bnStats)
+              const ls = tf.image.resizeBilinear(
+                model.forward(xs.images, { training: true, trackStats: trackSource }).logits,
+                [sb.labelHeight, sb.labelWidth],
+                true,
+              );
+              const seg = segCrossEntropy(ls, xs.labels!, { temperature: w.sourceTemperature });
+              if (!adversarial) return { total: seg, terms: { seg } };
+              const lt = tf.image.resizeBilinear(model.forward(xt!, { training: true }).logits, [tb!.height, tb!.width], true);
+              const pt = tf.softmax(lt) as tf.Tensor4D;
+              const adv = tf.mul(bceWithLogits(disc.forward(pt), 0), w.lambdaAdv) as tf.Scalar;
+              // D sees the /1.8-tempered source prediction and the plain target one (REFERENCE 8.11), detached.
+              predS = tf.keep(tf.softmax(tf.div(ls, w.sourceTemperature)) as tf.Tensor4D);
+              predT = tf.keep(pt);
+              return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };
+            },
+            params,
+            opt,
+            lr,
+          );
+          const samples = { source: sb.n, target: tb ? tb.n : 0 };
+          if (!adversarial) return { losses: g.losses, lr, skipped: !g.finite, samples };
+          const d = applyIfFinite(
+            () => {
+              const l = tf.add(
+                tf.mul(bceWithLogits(disc.forward(predS!), 0), 0.5),
+                tf.mul(bceWithLogits(disc.forward(predT!), 1), 0.5),
+              ) as tf.Scalar;
+              return { total: l, terms: {} };
+            },
+            dParams,
+            dOpt,
+            lrD,
+          );
+          tf.dispose([predS!, predT!]);
+          return {
+            losses: { ...g.losses, disc: d.losses.total! },
+            lr,
+            lrs: { discriminator: lrD },
+            skipped: !g.finite || !d.finite,
+            samples,
+          };
+        });
+      },
     });
   } finally {
     opt.dispose();

@@ -15,7 +15,14 @@ export interface MetricsRun {
   classifierLrMult: number;
 }
 
-export function metricsEvents(m: SpclMetrics, run: MetricsRun, classNames: readonly string[], backend: string, base: RunEvents, targetImages = 0): RunEvents {
+export function metricsEvents(
+  m: SpclMetrics,
+  run: MetricsRun,
+  classNames: readonly string[],
+  backend: string,
+  base: RunEvents,
+  targetImages = 0,
+): RunEvents {
   const smoothed = new Map<string, number>();
   const flows = new Map<string, Credits>();
   const version = process.env.npm_package_version ?? '0.1.0';

@@ -65,11 +65,15 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetr
     // prom-client also exports three gauges named *_total, which `promtool check metrics` rejects (that
     // suffix means a counter); the same figures stay available per type as nodejs_active_{handles,
     // requests,resources}.
-    for (const name of ['active_handles', 'active_requests', 'active_resources']) registry.removeSingleMetric(`${METRIC_PREFIX}nodejs_${name}_total`);
+    for (const name of ['active_handles', 'active_requests', 'active_resources'])
+      registry.removeSingleMetric(`${METRIC_PREFIX}nodejs_${name}_total`);
   }
-  const counter = <L extends string>(name: string, help: string, labelNames: L[] = []) => new Counter<L>({ name: METRIC_PREFIX + name, help, labelNames, registers });
-  const gauge = <L extends string>(name: string, help: string, labelNames: L[] = []) => new Gauge<L>({ name: METRIC_PREFIX + name, help, labelNames, registers });
-  const histogram = <L extends string>(name: string, help: string, labelNames: L[], buckets: number[]) => new Histogram<L>({ name: METRIC_PREFIX + name, help, labelNames, buckets, registers });
+  const counter = <L extends string>(name: string, help: string, labelNames: L[] = []) =>
+    new Counter<L>({ name: METRIC_PREFIX + name, help, labelNames, registers });
+  const gauge = <L extends string>(name: string, help: string, labelNames: L[] = []) =>
+    new Gauge<L>({ name: METRIC_PREFIX + name, help, labelNames, registers });
+  const histogram = <L extends string>(name: string, help: string, labelNames: L[], buckets: number[]) =>
+    new Histogram<L>({ name: METRIC_PREFIX + name, help, labelNames, buckets, registers });
   const seconds = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
   const m: SpclMetrics = {
     registry,
@@ -77,46 +81,99 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetr
     stageDuration: histogram('stage_duration_seconds', 'Time one item spends in a stage.', ['stage'], seconds),
     queueLength: gauge('queue_length', 'Items taken from a source and not yet released (in flight) per bounded flow.', ['queue']),
     queueCapacity: gauge('queue_capacity', 'Credits (maximum items in flight) of each bounded flow.', ['queue']),
-    trainDataWait: counter('train_data_wait_seconds_total', 'Seconds the trainer waited for the next batch; its rate is the starved fraction of time.'),
+    trainDataWait: counter(
+      'train_data_wait_seconds_total',
+      'Seconds the trainer waited for the next batch; its rate is the starved fraction of time.',
+    ),
     trainSteps: counter('train_steps_total', 'Training steps completed.', ['phase']),
-    trainStepDuration: histogram('train_step_duration_seconds', 'Compute time of one training step (data wait excluded).', ['phase'], seconds),
+    trainStepDuration: histogram(
+      'train_step_duration_seconds',
+      'Compute time of one training step (data wait excluded).',
+      ['phase'],
+      seconds,
+    ),
     trainSamples: counter('train_samples_total', 'Samples consumed by training steps.', ['domain']),
     trainSkippedSteps: counter('train_skipped_steps_total', 'Steps whose update was skipped.', ['reason']),
-    trainRollbacks: counter('train_rollbacks_total', 'Rollbacks to the last checkpoint after a streak of non-finite steps (nonFinite.limit).', ['phase']),
-    trainLrScale: gauge('train_learning_rate_scale_ratio', 'Factor on every learning rate left by rollbacks (1 = none; x nonFinite.lrFactor per rollback).'),
+    trainRollbacks: counter(
+      'train_rollbacks_total',
+      'Rollbacks to the last checkpoint after a streak of non-finite steps (nonFinite.limit).',
+      ['phase'],
+    ),
+    trainLrScale: gauge(
+      'train_learning_rate_scale_ratio',
+      'Factor on every learning rate left by rollbacks (1 = none; x nonFinite.lrFactor per rollback).',
+    ),
     trainLoss: gauge('train_loss', 'Loss of the last step, per term.', ['term']),
     trainLossSmoothed: gauge('train_loss_smoothed', 'Exponential moving average (0.98) of the loss per term.', ['term']),
     trainIteration: gauge('train_iteration', 'Completed iterations of the current training phase.', ['phase']),
     learningRate: gauge('train_learning_rate', 'Learning rate per parameter group.', ['group']),
     prototypeUpdateNorm: gauge('prototype_update_norm', 'Frobenius norm of the last EMA change of the prototypes.'),
     prototypeClassesSeen: gauge('prototype_classes_seen', 'Classes with a non-zero prototype.'),
-    prototypeMaxCosine: gauge('prototype_max_cosine_similarity', 'Largest cosine similarity between two different class prototypes (collapse shows as 1).'),
+    prototypeMaxCosine: gauge(
+      'prototype_max_cosine_similarity',
+      'Largest cosine similarity between two different class prototypes (collapse shows as 1).',
+    ),
     classThreshold: gauge('class_threshold', 'Confidence threshold of each class in the current pseudo-label generation.', ['class']),
     pseudoCoverage: gauge('pseudo_label_coverage_ratio', 'Share of the pixels predicted as a class that keep a pseudo-label.', ['class']),
     pseudoGeneration: gauge('pseudo_label_generation', 'Number of the current pseudo-label generation.'),
     pseudoWritten: counter('pseudo_labels_written_total', 'Images written to pseudo-label generations.'),
     targetImages: gauge('target_images', 'Target images known: the target dataset manifest, as last read.'),
-    targetArrivals: counter('target_arrivals_total', 'Target images that arrived while the run went on: written by another ingest, or ingested from the watched folder.', ['source']),
-    pseudoPending: gauge('pseudo_label_pending_images', 'Target images that the current pseudo-label generation does not cover yet (they train after the next refresh).'),
-    pseudoRefreshes: counter('pseudo_label_refreshes_total', 'Threshold + pseudo-label refreshes of the continuous phase, by what triggered them.', ['trigger']),
+    targetArrivals: counter(
+      'target_arrivals_total',
+      'Target images that arrived while the run went on: written by another ingest, or ingested from the watched folder.',
+      ['source'],
+    ),
+    pseudoPending: gauge(
+      'pseudo_label_pending_images',
+      'Target images that the current pseudo-label generation does not cover yet (they train after the next refresh).',
+    ),
+    pseudoRefreshes: counter(
+      'pseudo_label_refreshes_total',
+      'Threshold + pseudo-label refreshes of the continuous phase, by what triggered them.',
+      ['trigger'],
+    ),
     pseudoLastRefresh: gauge('pseudo_label_last_refresh_timestamp_seconds', 'Unix time of the last pseudo-label generation written.'),
     evalMiou: gauge('eval_miou_ratio', 'Mean IoU of the last evaluation.', ['split']),
     evalTailMiou: gauge('eval_tail_miou_ratio', 'Mean IoU over the tail classes of the last evaluation.', ['split']),
     evalClassIou: gauge('eval_class_iou_ratio', 'IoU per class of the last evaluation.', ['class']),
     evalLastSuccess: gauge('eval_last_success_timestamp_seconds', 'Unix time of the last completed evaluation.'),
     checkpointLastSuccess: gauge('checkpoint_last_success_timestamp_seconds', 'Unix time of the last checkpoint written.'),
-    checkpointDuration: histogram('checkpoint_save_duration_seconds', 'Time to write a checkpoint.', [], [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]),
+    checkpointDuration: histogram(
+      'checkpoint_save_duration_seconds',
+      'Time to write a checkpoint.',
+      [],
+      [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    ),
     checkpointSize: gauge('checkpoint_size_bytes', 'Size of the last checkpoint file.'),
-    samplesSkipped: counter('samples_skipped_total', `Samples skipped by stage and reason (${FAULT_REASONS.join(', ')}).`, ['stage', 'reason']),
-    samplesRepaired: counter('samples_repaired_total', 'Samples kept after a repair, by stage and reason (unknown_label_ids: label values that are neither a train ID nor 255 set to 255).', ['stage', 'reason']),
+    samplesSkipped: counter('samples_skipped_total', `Samples skipped by stage and reason (${FAULT_REASONS.join(', ')}).`, [
+      'stage',
+      'reason',
+    ]),
+    samplesRepaired: counter(
+      'samples_repaired_total',
+      'Samples kept after a repair, by stage and reason (unknown_label_ids: label values that are neither a train ID nor 255 set to 255).',
+      ['stage', 'reason'],
+    ),
     errors: counter('errors_total', 'Errors by stage and kind.', ['stage', 'kind']),
     decodeDuration: histogram('decode_duration_seconds', 'Decode + augment time of one sample in a worker thread.', [], seconds),
     decodeBytes: counter('decode_bytes_total', 'Encoded bytes read and decoded by the workers.'),
     // tfjs memory is read when Prometheus scrapes, not on every step.
-    tfTensors: new Gauge({ name: `${METRIC_PREFIX}tf_tensors`, help: 'Live tfjs tensors (a leak shows as a climbing line).', registers,
-      collect() { this.set(tf.memory().numTensors); } }),
-    tfBytes: new Gauge({ name: `${METRIC_PREFIX}tf_bytes`, help: 'Bytes held by live tfjs tensors.', registers,
-      collect() { this.set(tf.memory().numBytes); } }),
+    tfTensors: new Gauge({
+      name: `${METRIC_PREFIX}tf_tensors`,
+      help: 'Live tfjs tensors (a leak shows as a climbing line).',
+      registers,
+      collect() {
+        this.set(tf.memory().numTensors);
+      },
+    }),
+    tfBytes: new Gauge({
+      name: `${METRIC_PREFIX}tf_bytes`,
+      help: 'Bytes held by live tfjs tensors.',
+      registers,
+      collect() {
+        this.set(tf.memory().numBytes);
+      },
+    }),
     buildInfo: gauge('build_info', 'Version, backend, phase and preset of the run (value 1).', ['version', 'backend', 'phase', 'preset']),
     phaseInfo: gauge('phase_info', 'The phase running now (value 1).', ['phase']),
   };

@@ -19,15 +19,25 @@ export async function serveMetrics(registry: Registry, opts: { host?: string; po
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics\n');
       return;
     }
-    registry.metrics().then((text) => {
-      res.writeHead(200, { 'content-type': registry.contentType }).end(text);
-    }, (err: Error) => {
-      res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics: ${err.message}\n`);
-    });
+    registry.metrics().then(
+      (text) => {
+        res.writeHead(200, { 'content-type': registry.contentType }).end(text);
+      },
+      (err: Error) => {
+        res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics: ${err.message}\n`);
+      },
+    );
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(new Error(err.code === 'EADDRINUSE' ? `metrics: ${host}:${port} is in use; pick another with --metrics-port (0 = off)` : `metrics: ${err.message}`)));
+      reject(
+        new Error(
+          err.code === 'EADDRINUSE'
+            ? `metrics: ${host}:${port} is in use; pick another with --metrics-port (0 = off)`
+            : `metrics: ${err.message}`,
+        ),
+      ),
+    );
     server.listen(port, host, () => resolve());
   });
   server.unref();

@@ -28,7 +28,8 @@ export interface StepLogRecord {
 }
 
 const encodeNumber = (v: number): number | string => (Number.isFinite(v) ? v : String(v));
-const decodeNumber = (v: unknown): number => (typeof v === 'string' && ['NaN', 'Infinity', '-Infinity'].includes(v) ? Number(v) : (v as number));
+const decodeNumber = (v: unknown): number =>
+  typeof v === 'string' && ['NaN', 'Infinity', '-Infinity'].includes(v) ? Number(v) : (v as number);
 
 export function stepLogLine(r: Pick<StepReport, 'phase' | 'iteration' | 'losses' | 'lr' | 'skipped'>): string {
   const losses = Object.fromEntries(Object.entries(r.losses).map(([k, v]) => [k, encodeNumber(v)]));

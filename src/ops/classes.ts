@@ -6,14 +6,45 @@
 
 /** Cityscapes 19 train-ID class names, in order (REFERENCE 6.2). */
 export const CITYSCAPES_CLASSES: readonly string[] = [
-  'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
-  'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
+  'road',
+  'sidewalk',
+  'building',
+  'wall',
+  'fence',
+  'pole',
+  'traffic light',
+  'traffic sign',
+  'vegetation',
+  'terrain',
+  'sky',
+  'person',
+  'rider',
+  'car',
+  'truck',
+  'bus',
+  'train',
+  'motorcycle',
+  'bicycle',
 ];
 
 /** SYNTHIA 16-class protocol names, in order (REFERENCE 6.2). */
 export const SYNTHIA_CLASSES: readonly string[] = [
-  'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'light', 'sign', 'vegetation', 'sky', 'person',
-  'rider', 'car', 'bus', 'motorcycle', 'bicycle',
+  'road',
+  'sidewalk',
+  'building',
+  'wall',
+  'fence',
+  'pole',
+  'light',
+  'sign',
+  'vegetation',
+  'sky',
+  'person',
+  'rider',
+  'car',
+  'bus',
+  'motorcycle',
+  'bicycle',
 ];
 
 /**

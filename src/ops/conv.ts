@@ -48,8 +48,7 @@ export function convGeometry(opts: ConvOptions = {}): ConvGeometry {
   const strides = pair(opts.stride, 'stride');
   const dilations = pair(opts.dilation, 'dilation');
   const p = opts.pad ?? 0;
-  const pad: Pad4 =
-    typeof p === 'number' ? [p, p, p, p] : p.length === 2 ? [p[0], p[0], p[1], p[1]] : [p[0], p[1], p[2], p[3]];
+  const pad: Pad4 = typeof p === 'number' ? [p, p, p, p] : p.length === 2 ? [p[0], p[0], p[1], p[1]] : [p[0], p[1], p[2], p[3]];
   if (!pad.every((n) => Number.isInteger(n) && n >= 0)) {
     throw new Error(`conv2d: pad must be non-negative integers, got ${JSON.stringify(p)}`);
   }
@@ -65,7 +64,12 @@ export function convOutSize(inSize: number, kernel: number, stride: number, dila
 }
 
 function explicitPadding(pad: Pad4): [[number, number], [number, number], [number, number], [number, number]] {
-  return [[0, 0], [pad[0], pad[1]], [pad[2], pad[3]], [0, 0]];
+  return [
+    [0, 0],
+    [pad[0], pad[1]],
+    [pad[2], pad[3]],
+    [0, 0],
+  ];
 }
 
 function checkRank4(t: tf.Tensor, name: string): asserts t is tf.Tensor4D {
@@ -132,13 +136,13 @@ function trimmedAtrous(x: tf.Tensor4D, filter: tf.Tensor4D, g: ConvGeometry, tap
   const [dh, dw] = g.dilations;
   const sub = filter.slice([taps.h[0], taps.w[0], 0, 0], [taps.h[1] - taps.h[0] + 1, taps.w[1] - taps.w[0] + 1, cin, cout]);
   const pads = [
-    g.pad[0] - taps.h[0] * dh, g.pad[1] - (kh - 1 - taps.h[1]) * dh,
-    g.pad[2] - taps.w[0] * dw, g.pad[3] - (kw - 1 - taps.w[1]) * dw,
+    g.pad[0] - taps.h[0] * dh,
+    g.pad[1] - (kh - 1 - taps.h[1]) * dh,
+    g.pad[2] - taps.w[0] * dw,
+    g.pad[3] - (kw - 1 - taps.w[1]) * dw,
   ];
   const [ct, cb, cl, cr] = pads.map((p) => Math.max(0, -p)) as [number, number, number, number];
-  const cropped = ct + cb + cl + cr > 0
-    ? x.slice([0, ct, cl, 0], [x.shape[0], x.shape[1] - ct - cb, x.shape[2] - cl - cr, cin])
-    : x;
+  const cropped = ct + cb + cl + cr > 0 ? x.slice([0, ct, cl, 0], [x.shape[0], x.shape[1] - ct - cb, x.shape[2] - cl - cr, cin]) : x;
   const pad = pads.map((p) => Math.max(0, p)) as [number, number, number, number];
   return atrous(cropped, sub, { ...g, pad });
 }
@@ -153,10 +157,7 @@ function atrous(x: tf.Tensor4D, filter: tf.Tensor4D, g: ConvGeometry): tf.Tensor
       value: tf.conv2d(xx, ww, g.strides, pad, 'NHWC', g.dilations),
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [sx, sw] = saved as [tf.Tensor4D, tf.Tensor4D];
-        return [
-          convInputGrad(dy as tf.Tensor4D, sw, sx.shape, g),
-          convFilterGrad(sx, dy as tf.Tensor4D, sw.shape, g),
-        ];
+        return [convInputGrad(dy as tf.Tensor4D, sw, sx.shape, g), convFilterGrad(sx, dy as tf.Tensor4D, sw.shape, g)];
       },
     };
   });
@@ -190,7 +191,14 @@ export function convInputGrad(
     let up: tf.Tensor4D = dy;
     if (sh > 1 || sw > 1) {
       const six = dy.reshape([n, ho, 1, wo, 1, cout]);
-      const spread = tf.pad(six, [[0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1], [0, 0]]);
+      const spread = tf.pad(six, [
+        [0, 0],
+        [0, 0],
+        [0, sh - 1],
+        [0, 0],
+        [0, sw - 1],
+        [0, 0],
+      ]);
       up = spread.reshape([n, ho * sh, wo * sw, cout]);
     }
     // dx[i] = sum_k up[i + pt - k*d] * W[k]; with k' = K-1-k this is a correlation of `up`, shifted by
@@ -218,8 +226,13 @@ export function setHostFilterShuffle(enabled: boolean): void {
  * Reverse, Gather, StridedSlice and Slice run 10-30x slower than a loop on filter-sized tensors).
  * Elsewhere (GPU) it is built from tensor ops on the device.
  */
-function rearrangeTaps(filter: tf.Tensor4D, oh: number, ow: number, groups: number,
-  source: (u: number, v: number, g: number) => [number, number] | null): tf.Tensor4D {
+function rearrangeTaps(
+  filter: tf.Tensor4D,
+  oh: number,
+  ow: number,
+  groups: number,
+  source: (u: number, v: number, g: number) => [number, number] | null,
+): tf.Tensor4D {
   const [kh, kw, cin, cout] = filter.shape;
   const backend = tf.getBackend();
   if (hostShuffle && (backend === 'wasm' || backend === 'cpu')) {
@@ -270,7 +283,12 @@ function flipTaps(filter: tf.Tensor4D): tf.Tensor4D {
  * correlation of dy with its sub-filter. All phases run as ONE conv whose output channels stack them,
  * then depth-to-space interleaves them. Same flops as the gradient itself, not s*s times more.
  */
-function stridedInputGrad(dy: tf.Tensor4D, filter: tf.Tensor4D, inputShape: readonly [number, number, number, number], g: ConvGeometry): tf.Tensor4D {
+function stridedInputGrad(
+  dy: tf.Tensor4D,
+  filter: tf.Tensor4D,
+  inputShape: readonly [number, number, number, number],
+  g: ConvGeometry,
+): tf.Tensor4D {
   const [n, h, w, cin] = inputShape;
   const [kh, kw] = filter.shape;
   const s = g.strides[0];
@@ -278,10 +296,17 @@ function stridedInputGrad(dy: tf.Tensor4D, filter: tf.Tensor4D, inputShape: read
   const tw = Math.ceil(kw / s);
   // Tap (u_h, u_w) of phase (r_h, r_w) is W[r_h + s*(T_h-1-u_h), r_w + s*(T_w-1-u_w)] (flipped over t),
   // zero past the kernel; phases stack along the output channels in depth-to-space order.
-  const sub = rearrangeTaps(filter, th, tw, s * s, (uh, uw, phase) =>
-    [Math.floor(phase / s) + s * (th - 1 - uh), (phase % s) + s * (tw - 1 - uw)]);
+  const sub = rearrangeTaps(filter, th, tw, s * s, (uh, uw, phase) => [
+    Math.floor(phase / s) + s * (th - 1 - uh),
+    (phase % s) + s * (tw - 1 - uw),
+  ]);
   // out_r[q] = sum_t dy[q - t] F_r[t]: a correlation of dy padded by T-1 with F_r flipped over t.
-  const dyPad = tf.pad(dy, [[0, 0], [th - 1, th - 1], [tw - 1, tw - 1], [0, 0]]);
+  const dyPad = tf.pad(dy, [
+    [0, 0],
+    [th - 1, th - 1],
+    [tw - 1, tw - 1],
+    [0, 0],
+  ]);
   const stacked = tf.conv2d(dyPad as tf.Tensor4D, sub, 1, 'valid'); // [n, Q, Qw, s*s*cin]
   const [, q, qw] = stacked.shape;
   const full = tf.depthToSpace(stacked, s, 'NHWC'); // [n, s*Q, s*Qw, cin], padded coordinates
@@ -318,7 +343,12 @@ export function convFilterGrad(
     }
     // Transpose before padding: the padded map can be many times larger (ASPP).
     const [pt, pb, pl, pr] = g.pad;
-    const xT = tf.pad(x.transpose([3, 1, 2, 0]), [[0, 0], [pt, pb], [pl, pr], [0, 0]]) as tf.Tensor4D; // [Cin, Hp, Wp, N]
+    const xT = tf.pad(x.transpose([3, 1, 2, 0]), [
+      [0, 0],
+      [pt, pb],
+      [pl, pr],
+      [0, 0],
+    ]) as tf.Tensor4D; // [Cin, Hp, Wp, N]
     const dyT = dy.transpose([1, 2, 0, 3]) as tf.Tensor4D; // [Ho, Wo, N, Cout] used as HWIO filter
     const r = tf.conv2d(xT, dyT, [dh, dw], 'valid', 'NHWC', [sh, sw]); // [Cin, >=KH, >=KW, Cout]
     const exact = r.shape[1] === kh && r.shape[2] === kw ? r : r.slice([0, 0, 0, 0], [cin, kh, kw, cout]);
@@ -339,6 +369,12 @@ function cropOrPad(t: tf.Tensor4D, top: number, bottom: number, left: number, ri
   const pb = Math.max(0, bottom);
   const pl = Math.max(0, left);
   const pr = Math.max(0, right);
-  if (pt + pb + pl + pr > 0) out = tf.pad(out, [[0, 0], [pt, pb], [pl, pr], [0, 0]]);
+  if (pt + pb + pl + pr > 0)
+    out = tf.pad(out, [
+      [0, 0],
+      [pt, pb],
+      [pl, pr],
+      [0, 0],
+    ]);
   return out;
 }

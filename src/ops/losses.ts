@@ -89,7 +89,7 @@ export function segCrossEntropy(logits: tf.Tensor4D, labels: tf.Tensor3D, opts: 
   const k = logits.shape[3];
   return tf.tidy(() => {
     const z = logits.reshape([-1, k]) as tf.Tensor2D;
-    const scaled = temperature === 1 ? z : z.div(temperature) as tf.Tensor2D;
+    const scaled = temperature === 1 ? z : (z.div(temperature) as tf.Tensor2D);
     return maskedCrossEntropy(scaled, maskOneHot(labels.flatten(), k) as tf.Tensor2D);
   });
 }
@@ -118,7 +118,9 @@ export function contrastiveLoss(
   checkRank(prototypes, 2, fn, 'prototypes', '[K,C]');
   const c = features.shape[3];
   if (prototypes.shape[1] !== c) {
-    throw new Error(`${fn}: prototypes ${shapeStr(prototypes.shape)} have ${prototypes.shape[1]} channels but features ${shapeStr(features.shape)} have ${c}`);
+    throw new Error(
+      `${fn}: prototypes ${shapeStr(prototypes.shape)} have ${prototypes.shape[1]} channels but features ${shapeStr(features.shape)} have ${c}`,
+    );
   }
   const temperature = opts.temperature ?? 100;
   if (!(temperature > 0)) throw new Error(`${fn}: temperature must be > 0, got ${temperature}`);

@@ -27,21 +27,20 @@ export function validateMask(mask: tf.Tensor, numClasses: number, what: string):
     throw new Error(`${what}: mask must be int32 (train IDs, 255 = ignore), got ${mask.dtype} of shape ${shapeStr(mask.shape)}`);
   }
   if (mask.size === 0) return;
-  const [bad, hi, lo] = tf.tidy(() => {
-    const m = mask.flatten();
-    const outside = tf.logicalAnd(
-      tf.logicalOr(tf.less(m, 0), tf.greaterEqual(m, numClasses)),
-      tf.notEqual(m, IGNORE_LABEL),
-    );
-    const nBad = outside.cast('int32').sum();
-    const maxBad = tf.where(outside, m, tf.fill(m.shape, -2147483648, 'int32')).max();
-    const minBad = tf.where(outside, m, tf.fill(m.shape, 2147483647, 'int32')).min();
-    return [nBad, maxBad, minBad];
-  }).map((t) => {
-    const v = t.dataSync()[0]!;
-    t.dispose();
-    return v;
-  }) as [number, number, number];
+  const [bad, hi, lo] = tf
+    .tidy(() => {
+      const m = mask.flatten();
+      const outside = tf.logicalAnd(tf.logicalOr(tf.less(m, 0), tf.greaterEqual(m, numClasses)), tf.notEqual(m, IGNORE_LABEL));
+      const nBad = outside.cast('int32').sum();
+      const maxBad = tf.where(outside, m, tf.fill(m.shape, -2147483648, 'int32')).max();
+      const minBad = tf.where(outside, m, tf.fill(m.shape, 2147483647, 'int32')).min();
+      return [nBad, maxBad, minBad];
+    })
+    .map((t) => {
+      const v = t.dataSync()[0]!;
+      t.dispose();
+      return v;
+    }) as [number, number, number];
   if (bad > 0) {
     const value = hi >= numClasses ? hi : lo;
     throw new Error(
@@ -104,5 +103,10 @@ export function refineSourceMask(labels: tf.Tensor3D, logits: tf.Tensor4D): tf.T
 export function maskOneHot(mask: tf.Tensor, numClasses: number): tf.Tensor {
   // int32 oneHot then cast: wasm's float32 oneHot writes integer bit patterns (tfjs 4.22), and a
   // broadcast `equal` against 0..K-1 is ~15x slower on wasm. Out-of-range indices give all-zero rows.
-  return tf.tidy(() => tf.oneHot(mask.flatten(), numClasses, 1, 0, 'int32').reshape([...mask.shape, numClasses]).cast('float32'));
+  return tf.tidy(() =>
+    tf
+      .oneHot(mask.flatten(), numClasses, 1, 0, 'int32')
+      .reshape([...mask.shape, numClasses])
+      .cast('float32'),
+  );
 }

@@ -73,7 +73,9 @@ export class ConfusionMatrix {
       throw new Error(`ConfusionMatrix.add: label has ${pixels(data[badLabelCell]!)} with values outside 0..${k - 1} and ${IGNORE_LABEL}`);
     }
     if (data[badPredCell]! > 0) {
-      throw new Error(`ConfusionMatrix.add: pred has ${pixels(data[badPredCell]!)} (where the label is not ${IGNORE_LABEL}) with values outside 0..${k - 1}`);
+      throw new Error(
+        `ConfusionMatrix.add: pred has ${pixels(data[badPredCell]!)} (where the label is not ${IGNORE_LABEL}) with values outside 0..${k - 1}`,
+      );
     }
     for (let i = 0; i < k * k; i++) this.m[i] += data[i]!;
   }
@@ -154,10 +156,12 @@ export class ConfusionMatrix {
     if (!Array.isArray(json.counts) || json.counts.length !== k || json.counts.some((row) => !Array.isArray(row) || row.length !== k)) {
       throw new Error(`ConfusionMatrix.fromJSON: counts must be a ${k}x${k} array`);
     }
-    json.counts.forEach((row, r) => row.forEach((v, c) => {
-      if (!(v >= 0)) throw new Error(`ConfusionMatrix.fromJSON: counts[${r}][${c}] = ${v} is not a non-negative number`);
-      cm.m[r * k + c] = v;
-    }));
+    json.counts.forEach((row, r) =>
+      row.forEach((v, c) => {
+        if (!(v >= 0)) throw new Error(`ConfusionMatrix.fromJSON: counts[${r}][${c}] = ${v} is not a non-negative number`);
+        cm.m[r * k + c] = v;
+      }),
+    );
     return cm;
   }
 

@@ -174,7 +174,10 @@ export class Adam extends NamedOptimizer {
  * freed; the caller disposes the returned gradients (or passes them to `step` inside its own tidy).
  */
 export function gradients(loss: () => tf.Scalar, params: Param[]): { value: tf.Scalar; grads: Map<string, tf.Tensor> } {
-  const { value, grads } = tf.variableGrads(loss, params.map((p) => p.variable));
+  const { value, grads } = tf.variableGrads(
+    loss,
+    params.map((p) => p.variable),
+  );
   const byVariable = new Map(params.map((p) => [p.variable.name, p.name]));
   const named = new Map<string, tf.Tensor>();
   for (const [varName, g] of Object.entries(grads)) named.set(byVariable.get(varName)!, g);

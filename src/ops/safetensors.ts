@@ -17,7 +17,16 @@ import { shapeStr } from './shape.ts';
 export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
 const DTYPE_BYTES: Readonly<Record<SafetensorsDtype, number>> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  BOOL: 1,
 };
 export const SAFETENSORS_DTYPES = Object.keys(DTYPE_BYTES) as SafetensorsDtype[];
 
@@ -73,7 +82,9 @@ export function readSafetensorsHeader(bytes: Uint8Array, source: string): Safete
   const n = view.getBigUint64(0, true);
   const available = bytes.length - 8;
   if (n > BigInt(available)) {
-    throw new Error(`${source}: safetensors header length ${n} exceeds the ${available} bytes after the length prefix (truncated file, or not safetensors)`);
+    throw new Error(
+      `${source}: safetensors header length ${n} exceeds the ${available} bytes after the length prefix (truncated file, or not safetensors)`,
+    );
   }
   const headerLength = Number(n);
   const dataStart = 8 + headerLength;
@@ -84,7 +95,9 @@ export function readSafetensorsHeader(bytes: Uint8Array, source: string): Safete
     throw new Error(`${source}: safetensors header (${headerLength} bytes) is not valid UTF-8 JSON: ${(err as Error).message}`);
   }
   if (header === null || typeof header !== 'object' || Array.isArray(header)) {
-    throw new Error(`${source}: safetensors header must be a JSON object, found ${Array.isArray(header) ? 'an array' : header === null ? 'null' : typeof header}`);
+    throw new Error(
+      `${source}: safetensors header must be a JSON object, found ${Array.isArray(header) ? 'an array' : header === null ? 'null' : typeof header}`,
+    );
   }
   const dataLength = bytes.length - dataStart;
   const entries = new Map<string, SafetensorsEntry>();
@@ -101,7 +114,12 @@ export function readSafetensorsHeader(bytes: Uint8Array, source: string): Safete
       throw new Error(`${what} has unsupported dtype ${JSON.stringify(dtype)}, expected one of ${SAFETENSORS_DTYPES.join(', ')}`);
     }
     if (!isShape(shape)) throw new Error(`${what}: shape must be an array of non-negative integers, found ${JSON.stringify(shape)}`);
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) || offsets[0] > offsets[1]) {
+    if (
+      !Array.isArray(offsets) ||
+      offsets.length !== 2 ||
+      !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
+      offsets[0] > offsets[1]
+    ) {
       throw new Error(`${what}: data_offsets must be [begin, end] with 0 <= begin <= end, found ${JSON.stringify(offsets)}`);
     }
     const [b, e] = offsets as [number, number];
@@ -110,7 +128,9 @@ export function readSafetensorsHeader(bytes: Uint8Array, source: string): Safete
     }
     const expected = elementCount(shape) * DTYPE_BYTES[dtype];
     if (e - b !== expected) {
-      throw new Error(`${what}: data_offsets [${b}, ${e}] span ${e - b} bytes, expected ${expected} for dtype ${dtype} and shape ${shapeStr(shape)}`);
+      throw new Error(
+        `${what}: data_offsets [${b}, ${e}] span ${e - b} bytes, expected ${expected} for dtype ${dtype} and shape ${shapeStr(shape)}`,
+      );
     }
     entries.set(name, { name, dtype, shape, begin: dataStart + b, end: dataStart + e });
   }

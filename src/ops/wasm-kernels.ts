@@ -24,7 +24,14 @@ interface BackpropAttrs {
 function geometry(xShape: Shape4, filterShape: Shape4, attrs: BackpropAttrs, kernel: string): ConvGeometry {
   if (attrs.dataFormat !== 'NHWC') throw new Error(`${kernel} (wasm): only NHWC is supported, got ${attrs.dataFormat}`);
   const info = tf.backend_util.computeConv2DInfo(
-    xShape, filterShape, attrs.strides, 1, attrs.pad, attrs.dimRoundingMode, false, 'channelsLast',
+    xShape,
+    filterShape,
+    attrs.strides,
+    1,
+    attrs.pad,
+    attrs.dimRoundingMode,
+    false,
+    'channelsLast',
   );
   const p = info.padInfo;
   return { strides: [info.strideHeight, info.strideWidth], dilations: [1, 1], pad: [p.top, p.bottom, p.left, p.right] };

@@ -16,7 +16,11 @@ export interface ConfigArgs {
 }
 
 /** `transform` runs on the preset before the overrides (e.g. --quick's cut-down schedule). */
-export async function configFromArgs(args: ConfigArgs, usageError: (message: string) => never, transform?: (cfg: SpclConfig) => SpclConfig): Promise<SpclConfig> {
+export async function configFromArgs(
+  args: ConfigArgs,
+  usageError: (message: string) => never,
+  transform?: (cfg: SpclConfig) => SpclConfig,
+): Promise<SpclConfig> {
   const preset = PRESETS[args.preset];
   if (!preset) usageError(`--preset must be one of ${Object.keys(PRESETS).join(', ')}, got '${args.preset}'`);
   let cfg = transform ? transform(preset()) : preset();

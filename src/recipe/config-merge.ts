@@ -33,7 +33,21 @@ const RULES: Record<string, [(v: unknown) => boolean, string]> = {
   seed: [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0'],
 };
 const positiveInt = (v: unknown) => Number.isInteger(v) && (v as number) >= 1;
-for (const k of ['nonFinite.limit', 'batch.source', 'batch.target', 'warmup.iterations', 'spcl.iterations', 'ssl.iterations', 'warmup.maxIter', 'spcl.maxIter', 'ssl.maxIter', 'logEvery', 'checkpoint.keep', 'pseudo.keep', 'warmup.ndf']) {
+for (const k of [
+  'nonFinite.limit',
+  'batch.source',
+  'batch.target',
+  'warmup.iterations',
+  'spcl.iterations',
+  'ssl.iterations',
+  'warmup.maxIter',
+  'spcl.maxIter',
+  'ssl.maxIter',
+  'logEvery',
+  'checkpoint.keep',
+  'pseudo.keep',
+  'warmup.ndf',
+]) {
   RULES[k] = [positiveInt, 'an integer >= 1'];
 }
 for (const k of ['continuous.steps', 'continuous.refreshEvery', 'continuous.refreshNewImages', 'continuous.evalEvery']) {
@@ -44,13 +58,33 @@ RULES['continuous.settleSeconds'] = [(v) => (v as number) >= 0 && Number.isFinit
 RULES['ssl.sourceWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (0 = no source batch, the paper)'];
 RULES['ssl.pseudoWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (1 = the paper; 0 = no pseudo-label term)'];
 RULES['continuous.sourceWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (0 = no source batch)'];
-for (const k of ['eval.every', 'checkpoint.every']) RULES[k] = [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = at phase ends only)'];
-for (const k of ['warmup.lr', 'warmup.lrD', 'spcl.lr', 'ssl.lr', 'continuous.lr', 'spcl.temperature', 'spcl.sourceTemperature', 'warmup.sourceTemperature']) {
+for (const k of ['eval.every', 'checkpoint.every'])
+  RULES[k] = [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = at phase ends only)'];
+for (const k of [
+  'warmup.lr',
+  'warmup.lrD',
+  'spcl.lr',
+  'ssl.lr',
+  'continuous.lr',
+  'spcl.temperature',
+  'spcl.sourceTemperature',
+  'warmup.sourceTemperature',
+]) {
   RULES[k] = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number > 0'];
 }
-RULES['ssl.scale'] = [(v) => Array.isArray(v) && v.length === 2 && v.every((n) => typeof n === 'number' && n > 0 && Number.isFinite(n)) && (v[0] as number) <= (v[1] as number), '[low, high], numbers > 0 with low <= high'];
+RULES['ssl.scale'] = [
+  (v) =>
+    Array.isArray(v) &&
+    v.length === 2 &&
+    v.every((n) => typeof n === 'number' && n > 0 && Number.isFinite(n)) &&
+    (v[0] as number) <= (v[1] as number),
+  '[low, high], numbers > 0 with low <= high',
+];
 for (const k of ['size.source', 'size.target', 'size.eval']) {
-  RULES[k] = [(v) => Array.isArray(v) && v.length === 2 && v.every((n) => Number.isInteger(n) && n >= 16), '[height, width], integers >= 16'];
+  RULES[k] = [
+    (v) => Array.isArray(v) && v.length === 2 && v.every((n) => Number.isInteger(n) && n >= 16),
+    '[height, width], integers >= 16',
+  ];
 }
 
 function typeName(v: unknown): string {
@@ -98,7 +132,9 @@ export function mergeConfig(base: SpclConfig, patch: Json, source: string): Spcl
         continue;
       }
       if (typeName(value) !== typeName(current)) {
-        throw new Error(`${source}: ${full} must be ${typeName(current) === 'array' ? 'an array' : `a ${typeName(current)}`}, got ${JSON.stringify(value)} (${typeName(value)})`);
+        throw new Error(
+          `${source}: ${full} must be ${typeName(current) === 'array' ? 'an array' : `a ${typeName(current)}`}, got ${JSON.stringify(value)} (${typeName(value)})`,
+        );
       }
       const rule = RULES[full];
       if (rule && !rule[0](value)) throw new Error(`${source}: ${full} must be ${rule[1]}, got ${JSON.stringify(value)}`);
@@ -131,7 +167,9 @@ export function parseSet(assignment: string): Json {
 export function checkConfig(cfg: SpclConfig): void {
   for (const phase of ['warmup', 'spcl', 'ssl'] as const) {
     if (cfg[phase].iterations > cfg[phase].maxIter) {
-      throw new Error(`config: ${phase}.iterations (${cfg[phase].iterations}) must be <= ${phase}.maxIter (${cfg[phase].maxIter}), the poly LR horizon`);
+      throw new Error(
+        `config: ${phase}.iterations (${cfg[phase].iterations}) must be <= ${phase}.maxIter (${cfg[phase].maxIter}), the poly LR horizon`,
+      );
     }
   }
   for (const key of ['source', 'target'] as const) {

@@ -66,7 +66,13 @@ export interface SpclConfig {
   warmup: TrainPhaseConfig & { lrD: number; lambdaAdv: number; sourceTemperature: number; ndf: number; bn: 'frozen' | 'trainable' };
   prototypes: { alpha: number; absent: AbsentClassPolicy };
   pseudo: { cap: number; bins: number; keep: number };
-  spcl: TrainPhaseConfig & { lambda: number; temperature: number; sourceTemperature: number; refineSource: boolean; bn: 'frozen' | 'trainable' };
+  spcl: TrainPhaseConfig & {
+    lambda: number;
+    temperature: number;
+    sourceTemperature: number;
+    refineSource: boolean;
+    bn: 'frozen' | 'trainable';
+  };
   /**
    * `scale`: the random scale range of the target crops, relative to the stored image (REFERENCE 2: 0.5-1.5);
    * `jitter`: ColorJitter 0.5/0.5/0.5/0.2 on the target crops (REFERENCE 2: on);
@@ -79,7 +85,14 @@ export interface SpclConfig {
    * from (the second pass and continuous refreshes; `pseudo.cap` sets the first pass, which feeds spcl).
    * The paper uses one cap, 0.9, for both.
    */
-  ssl: TrainPhaseConfig & { bn: 'frozen' | 'trainable'; scale: [number, number]; jitter: boolean; sourceWeight: number; pseudoWeight: number; pseudoCap: number };
+  ssl: TrainPhaseConfig & {
+    bn: 'frozen' | 'trainable';
+    scale: [number, number];
+    jitter: boolean;
+    sourceWeight: number;
+    pseudoWeight: number;
+    pseudoCap: number;
+  };
   eval: { every: number };
   /** Steps whose loss or gradients are NaN/Inf never update the weights; this says what a streak of them does. */
   nonFinite: {
@@ -133,7 +146,18 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     out: `runs/${preset}`,
     backend: 'auto',
     seed: 0,
-    data: { source: '', target: '', targetVal: '', numClasses, workers: 0, prefetch: 16, classBalanced: true, unknownLabelIds: 'ignore', retries: 3, retryDelay: 0.5 },
+    data: {
+      source: '',
+      target: '',
+      targetVal: '',
+      numClasses,
+      workers: 0,
+      prefetch: 16,
+      classBalanced: true,
+      unknownLabelIds: 'ignore',
+      retries: 3,
+      retryDelay: 0.5,
+    },
     model: { backbone: 'resnet101', weights: '', bnStats: 'all' },
     size: { source, target: [512, 1024], eval: [512, 1024] },
     batch: { source: 4, target: 4 },
@@ -142,11 +166,29 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     prototypes: { alpha: 0.1, absent: 'keep' },
     pseudo: { cap: 0.9, bins: 4096, keep: 2 },
     spcl: { ...paperPhase(40_000, 62_500, 2.5e-4), lambda: 1, temperature: 100, sourceTemperature: 1.8, refineSource: true, bn: 'frozen' },
-    ssl: { ...paperPhase(20_000, 31_250, 5e-4), bn: 'trainable', scale: [0.5, 1.5], jitter: true, sourceWeight: 0, pseudoWeight: 1, pseudoCap: 0.9 },
+    ssl: {
+      ...paperPhase(20_000, 31_250, 5e-4),
+      bn: 'trainable',
+      scale: [0.5, 1.5],
+      jitter: true,
+      sourceWeight: 0,
+      pseudoWeight: 1,
+      pseudoCap: 0.9,
+    },
     eval: { every: 2000 },
     nonFinite: { limit: 5, action: 'rollback', lrFactor: 0.5, maxRollbacks: 3 },
     // lr: about where the self-training poly schedule ends (5e-4 x (1 - 20000/31250)^0.9)
-    continuous: { steps: 0, lr: 2e-4, refreshEvery: 2000, refreshNewImages: 500, watch: '', pollSeconds: 30, settleSeconds: 5, evalEvery: 2000, sourceWeight: 0 },
+    continuous: {
+      steps: 0,
+      lr: 2e-4,
+      refreshEvery: 2000,
+      refreshNewImages: 500,
+      watch: '',
+      pollSeconds: 30,
+      settleSeconds: 5,
+      evalEvery: 2000,
+      sourceWeight: 0,
+    },
     checkpoint: { every: 2000, keep: 3, select: 'last' },
     logEvery: 50,
   };
@@ -165,7 +207,12 @@ function synthetic(): SpclConfig {
   return {
     ...base,
     out: 'runs/synthetic',
-    data: { ...base.data, source: 'data/synthetic/shards/source', target: 'data/synthetic/shards/target', targetVal: 'data/synthetic/shards/target-val' },
+    data: {
+      ...base.data,
+      source: 'data/synthetic/shards/source',
+      target: 'data/synthetic/shards/target',
+      targetVal: 'data/synthetic/shards/target-val',
+    },
     model: { ...base.model, backbone: 'small', bnStats: 'target' },
     size: { source: [72, 128], target: [64, 128], eval: [64, 128] },
     batch: { source: 4, target: 4 },
@@ -181,7 +228,17 @@ function synthetic(): SpclConfig {
     // pixels of them (README "Self-training")
     ssl: { ...base.ssl, iterations: 300, maxIter: 420, lr: 0.004, bn: 'trainable', scale: [0.5, 0.5], sourceWeight: 1, pseudoCap: 0.99 },
     eval: { every: 0 },
-    continuous: { steps: 0, lr: 1e-3, refreshEvery: 300, refreshNewImages: 50, watch: '', pollSeconds: 10, settleSeconds: 2, evalEvery: 300, sourceWeight: 1 },
+    continuous: {
+      steps: 0,
+      lr: 1e-3,
+      refreshEvery: 300,
+      refreshNewImages: 50,
+      watch: '',
+      pollSeconds: 10,
+      settleSeconds: 2,
+      evalEvery: 300,
+      sourceWeight: 1,
+    },
     checkpoint: { every: 250, keep: 2, select: 'last' },
     logEvery: 50,
   };

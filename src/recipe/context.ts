@@ -80,7 +80,24 @@ export interface PhaseResultLike {
   summary?: object;
 }
 
-export function createContext(parts: Omit<RunContext, 'prototypes' | 'thresholds' | 'pseudo' | 'checkpoints' | 'dirs' | 'skipped' | 'repaired' | 'starvation' | 'done' | 'results' | 'continuous' | 'lrScale' | 'rollbacks'>): RunContext {
+export function createContext(
+  parts: Omit<
+    RunContext,
+    | 'prototypes'
+    | 'thresholds'
+    | 'pseudo'
+    | 'checkpoints'
+    | 'dirs'
+    | 'skipped'
+    | 'repaired'
+    | 'starvation'
+    | 'done'
+    | 'results'
+    | 'continuous'
+    | 'lrScale'
+    | 'rollbacks'
+  >,
+): RunContext {
   const run = parts.cfg.out;
   return {
     ...parts,
@@ -133,8 +150,17 @@ export function batches(ctx: RunContext, opts: BatchStreamOptions): Observable<B
   const start = opts.start ?? 0;
   for (let i = 0; i < start; i++) sampler.next(); // resume: replay the draws already consumed
   return feedBatches({
-    dataset, sampler, credits, reader: ctx.reader, spec: opts.spec, batchSize: opts.batchSize, seed: ctx.cfg.seed, stream: opts.stream, start,
-    count: opts.mode === 'pass' ? dataset.keys.length : undefined, pseudo: opts.pseudo ?? null,
+    dataset,
+    sampler,
+    credits,
+    reader: ctx.reader,
+    spec: opts.spec,
+    batchSize: opts.batchSize,
+    seed: ctx.cfg.seed,
+    stream: opts.stream,
+    start,
+    count: opts.mode === 'pass' ? dataset.keys.length : undefined,
+    pseudo: opts.pseudo ?? null,
     onSkip: (e) => {
       countFault(ctx.skipped, e.stage, faultReason(e.reason));
       ctx.events.log(skipLine(e));

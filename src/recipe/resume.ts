@@ -13,7 +13,10 @@ import type { ContinuousState, PhaseResultLike, RunContext } from './context.ts'
 import { evaluatePhase, type ResumePoint } from './trainer.ts';
 
 async function exists(path: string): Promise<boolean> {
-  return access(path).then(() => true, () => false);
+  return access(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /**
@@ -24,12 +27,16 @@ async function exists(path: string): Promise<boolean> {
 export async function rollBack(ctx: RunContext, phase: string, streak: NonFiniteStreak): Promise<ResumePoint> {
   const nf = ctx.cfg.nonFinite;
   const latest = await ctx.checkpoints.latest();
-  const where = latest ? `the last complete checkpoint is ${join(ctx.checkpoints.dir, latest.file)} (phase ${latest.phase}, iteration ${latest.iteration})` : 'no checkpoint was written yet';
+  const where = latest
+    ? `the last complete checkpoint is ${join(ctx.checkpoints.dir, latest.file)} (phase ${latest.phase}, iteration ${latest.iteration})`
+    : 'no checkpoint was written yet';
   if (nf.action === 'stop') {
     throw new Error(`${streak.message}; stopping (nonFinite.action is 'stop'); ${where}: lower the learning rate and --resume`);
   }
   if (ctx.rollbacks >= nf.maxRollbacks) {
-    throw new Error(`${streak.message}; stopping after ${ctx.rollbacks} rollback(s) (nonFinite.maxRollbacks ${nf.maxRollbacks}); ${where}: lower the learning rate and --resume`);
+    throw new Error(
+      `${streak.message}; stopping after ${ctx.rollbacks} rollback(s) (nonFinite.maxRollbacks ${nf.maxRollbacks}); ${where}: lower the learning rate and --resume`,
+    );
   }
   if (!latest) throw new Error(`${streak.message}; cannot roll back: ${where} (checkpoint.every sets how often one is)`);
   const scale = ctx.lrScale * nf.lrFactor;
@@ -37,8 +44,10 @@ export async function rollBack(ctx: RunContext, phase: string, streak: NonFinite
   const back = await restore(ctx);
   ctx.lrScale = scale;
   ctx.rollbacks = rollbacks;
-  ctx.events.log(`${streak.message}: rolling back to ${latest.file} (phase ${latest.phase}, iteration ${latest.iteration}), ` +
-    `learning rates x${scale} from now on (rollback ${rollbacks} of at most ${nf.maxRollbacks})`);
+  ctx.events.log(
+    `${streak.message}: rolling back to ${latest.file} (phase ${latest.phase}, iteration ${latest.iteration}), ` +
+      `learning rates x${scale} from now on (rollback ${rollbacks} of at most ${nf.maxRollbacks})`,
+  );
   ctx.events.rolledBack?.(phase, scale);
   return back?.phase === phase ? back.point : { iteration: 0 };
 }
@@ -58,14 +67,17 @@ export async function selectBest(ctx: RunContext, phase: string, result: PhaseRe
   } finally {
     disposeCheckpoint(state);
   }
-  ctx.events.log(`${phase}: best-val selection: continuing from ${best.file} (mIoU ${(100 * best.miou).toFixed(2)} > last ${(100 * result.eval.miou).toFixed(2)})`);
+  ctx.events.log(
+    `${phase}: best-val selection: continuing from ${best.file} (mIoU ${(100 * best.miou).toFixed(2)} > last ${(100 * result.eval.miou).toFixed(2)})`,
+  );
   result.eval = await evaluatePhase(ctx, `${phase} (best-val checkpoint)`);
 }
 
 /** Restores the last checkpoint: weights, prototypes, thresholds, pseudo-labels, phases done. */
 export async function restore(ctx: RunContext, file?: string): Promise<{ phase: string; point: ResumePoint } | null> {
   // what interrupted writes left (temporary files, a generation never committed) is deleted, never read
-  for (const f of [...await ctx.checkpoints.recover(), ...await recoverGenerations(ctx.dirs.pseudo)]) ctx.events.log(`resume: removed ${f} (left by an interrupted write)`);
+  for (const f of [...(await ctx.checkpoints.recover()), ...(await recoverGenerations(ctx.dirs.pseudo))])
+    ctx.events.log(`resume: removed ${f} (left by an interrupted write)`);
   const pointer = file ? { file, phase: '', iteration: 0, miou: null, savedAt: '' } : await ctx.checkpoints.latest();
   if (!pointer) {
     ctx.events.log(`resume: no checkpoint in ${ctx.checkpoints.dir}, starting from scratch`);
@@ -73,8 +85,17 @@ export async function restore(ctx: RunContext, file?: string): Promise<{ phase: 
   }
   const state = file ? await loadCheckpoint(file) : await ctx.checkpoints.load(pointer);
   const meta = state.meta as {
-    phase: string; iteration: number; losses?: Record<string, number>; done: string[]; results: PhaseResultLike[]; bn: 'frozen' | 'trainable';
-    thresholds: number[] | null; pseudo: string | null; continuous?: ContinuousState | null; lrScale?: number; rollbacks?: number;
+    phase: string;
+    iteration: number;
+    losses?: Record<string, number>;
+    done: string[];
+    results: PhaseResultLike[];
+    bn: 'frozen' | 'trainable';
+    thresholds: number[] | null;
+    pseudo: string | null;
+    continuous?: ContinuousState | null;
+    lrScale?: number;
+    rollbacks?: number;
   };
   ctx.model.setBatchNorm(meta.bn);
   applyModelState(ctx.model, state.model, { source: pointer.file });
@@ -85,17 +106,24 @@ export async function restore(ctx: RunContext, file?: string): Promise<{ phase: 
   ctx.continuous = meta.continuous ?? null;
   ctx.lrScale = meta.lrScale ?? 1;
   ctx.rollbacks = meta.rollbacks ?? 0;
-  if (meta.pseudo && !(await exists(meta.pseudo))) throw new Error(`resume: ${pointer.file} names the pseudo-label generation ${meta.pseudo}, which does not exist`);
+  if (meta.pseudo && !(await exists(meta.pseudo)))
+    throw new Error(`resume: ${pointer.file} names the pseudo-label generation ${meta.pseudo}, which does not exist`);
   ctx.done = [...meta.done];
   ctx.results = meta.results.filter((r) => meta.done.includes(r.phase));
-  ctx.events.log(`resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'}; ` +
-    `pseudo-labels: ${meta.pseudo ? basename(meta.pseudo) : 'none'})`);
+  ctx.events.log(
+    `resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'}; ` +
+      `pseudo-labels: ${meta.pseudo ? basename(meta.pseudo) : 'none'})`,
+  );
   const point: ResumePoint = {
     iteration: meta.iteration,
     losses: meta.losses,
-    optimizer: state.optimizer ? { ...state.optimizer, slots: new Map([...state.optimizer.slots].map(([k, v]) => [k, v.clone()])) } : undefined,
+    optimizer: state.optimizer
+      ? { ...state.optimizer, slots: new Map([...state.optimizer.slots].map(([k, v]) => [k, v.clone()])) }
+      : undefined,
     discriminator: state.discriminator ? new Map([...state.discriminator].map(([k, v]) => [k, v.clone()])) : undefined,
-    discriminatorOptimizer: state.discriminatorOptimizer ? { ...state.discriminatorOptimizer, slots: new Map([...state.discriminatorOptimizer.slots].map(([k, v]) => [k, v.clone()])) } : undefined,
+    discriminatorOptimizer: state.discriminatorOptimizer
+      ? { ...state.discriminatorOptimizer, slots: new Map([...state.discriminatorOptimizer.slots].map(([k, v]) => [k, v.clone()])) }
+      : undefined,
   };
   disposeCheckpoint(state);
   return meta.done.includes(meta.phase) ? null : { phase: meta.phase, point };

@@ -61,7 +61,9 @@ async function open(dir: string, what: string, numClasses: number): Promise<Data
     throw new Error(`config: data.${what}: ${err.message}`);
   });
   if (ds.manifest.numClasses !== numClasses) {
-    throw new Error(`config: data.numClasses is ${numClasses} but ${join(dir, 'manifest.json')} (data.${what}) has ${ds.manifest.numClasses} classes`);
+    throw new Error(
+      `config: data.numClasses is ${numClasses} but ${join(dir, 'manifest.json')} (data.${what}) has ${ds.manifest.numClasses} classes`,
+    );
   }
   return ds;
 }
@@ -98,15 +100,30 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     target: await open(cfg.data.target, 'target', numClasses),
     targetVal: cfg.data.targetVal ? await open(cfg.data.targetVal, 'targetVal', numClasses) : null,
   };
-  if (opts.metrics) events = metricsEvents(opts.metrics, { preset: cfg.preset, classifierLrMult: cfg.optimizer.classifierLrMult }, data.source.manifest.classNames, backend, events, data.target.keys.length);
+  if (opts.metrics)
+    events = metricsEvents(
+      opts.metrics,
+      { preset: cfg.preset, classifierLrMult: cfg.optimizer.classifierLrMult },
+      data.source.manifest.classNames,
+      backend,
+      events,
+      data.target.keys.length,
+    );
   const model = deeplabV2({ backbone: cfg.model.backbone, numClasses, seed: cfg.seed });
   if (cfg.model.weights) {
     const r = await loadSafetensors(model, cfg.model.weights);
-    events.log(`model: loaded ${r.loaded.length} tensors from ${cfg.model.weights}` + (r.missing.length ? ` (${r.missing.length} missing, kept at init: ${r.missing.slice(0, 4).join(', ')}...)` : ''));
+    events.log(
+      `model: loaded ${r.loaded.length} tensors from ${cfg.model.weights}` +
+        (r.missing.length ? ` (${r.missing.length} missing, kept at init: ${r.missing.slice(0, 4).join(', ')}...)` : ''),
+    );
   }
   await mkdir(cfg.out, { recursive: true });
   const reader = new SampleReader({
-    threads: cfg.data.workers || undefined, unknownLabels: cfg.data.unknownLabelIds, retries: cfg.data.retries, retryDelay: cfg.data.retryDelay, log: events.log,
+    threads: cfg.data.workers || undefined,
+    unknownLabels: cfg.data.unknownLabelIds,
+    retries: cfg.data.retries,
+    retryDelay: cfg.data.retryDelay,
+    log: events.log,
   });
   const ctx = createContext({ cfg, backend, model, reader, data, events });
   ctx.signal = opts.signal;
@@ -119,7 +136,8 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     const wanted = new Set(opts.only ?? opts.recipe.map((m) => m.name));
     if (opts.continuous && opts.endless) wanted.add(opts.endless.name);
     const unknown = [...wanted].filter((n) => !phases.some((m) => m.name === n));
-    if (unknown.length) throw new Error(`no phase named ${unknown.join(', ')} in this recipe (phases: ${phases.map((m) => m.name).join(', ')})`);
+    if (unknown.length)
+      throw new Error(`no phase named ${unknown.join(', ')} in this recipe (phases: ${phases.map((m) => m.name).join(', ')})`);
     if (opts.only) ctx.done = ctx.done.filter((p) => !opts.only!.includes(p));
     let continuous: object | undefined;
     for (const method of phases) {
@@ -160,10 +178,18 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       events.phase?.(phase, 'end');
     }
     const report: RunReport = {
-      preset: cfg.preset, backend, seed: cfg.seed,
+      preset: cfg.preset,
+      backend,
+      seed: cfg.seed,
       phases: ctx.results.map((r) => ({
-        phase: r.phase, miou: r.eval?.miou ?? null, classIoU: r.eval?.classIoU ?? null, tailMiou: r.eval?.tailMiou ?? null,
-        seconds: r.seconds, iterations: r.iterations, losses: r.losses, tensors: tensorsAfter.get(r.phase) ?? -1,
+        phase: r.phase,
+        miou: r.eval?.miou ?? null,
+        classIoU: r.eval?.classIoU ?? null,
+        tailMiou: r.eval?.tailMiou ?? null,
+        seconds: r.seconds,
+        iterations: r.iterations,
+        losses: r.losses,
+        tensors: tensorsAfter.get(r.phase) ?? -1,
       })),
       seconds: (performance.now() - t0) / 1000,
       starvation: Object.fromEntries(Object.entries(ctx.starvation).map(([k, v]) => [k, v.wait / Math.max(1e-9, v.wait + v.compute)])),

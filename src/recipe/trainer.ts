@@ -38,10 +38,13 @@ export function specs(ctx: RunContext) {
 
 export function sgd(ctx: RunContext, params: Param[]): SGD {
   const o = ctx.cfg.optimizer;
-  return new SGD([
-    { params: params.filter((p) => p.group === 'backbone'), lrMult: 1 },
-    { params: params.filter((p) => p.group === 'classifier'), lrMult: o.classifierLrMult },
-  ], { momentum: o.momentum, weightDecay: o.weightDecay });
+  return new SGD(
+    [
+      { params: params.filter((p) => p.group === 'backbone'), lrMult: 1 },
+      { params: params.filter((p) => p.group === 'classifier'), lrMult: o.classifierLrMult },
+    ],
+    { momentum: o.momentum, weightDecay: o.weightDecay },
+  );
 }
 
 /** Loads a checkpointed optimiser state (the optimiser takes its own references; ours are freed). */
@@ -64,10 +67,23 @@ export function sourceBatches(ctx: RunContext, stream: number, steps: number): O
  * target batch (labels from `pseudo`, or none), side by side; streams `stream` and `stream + 1`, resumed
  * after `start` iterations.
  */
-export function sourceTargetPairs(ctx: RunContext, start: number, stream: number, pseudo: string | null): Observable<{ s: Batch; t: Batch }> {
+export function sourceTargetPairs(
+  ctx: RunContext,
+  start: number,
+  stream: number,
+  pseudo: string | null,
+): Observable<{ s: Batch; t: Batch }> {
   const n = ctx.cfg.batch.target;
   const src = sourceBatches(ctx, stream, start);
-  const tgt = batches(ctx, { domain: 'target', spec: specs(ctx).warmupTarget, batchSize: n, mode: 'train', stream: targetStreamOf(stream), start: start * n, pseudo });
+  const tgt = batches(ctx, {
+    domain: 'target',
+    spec: specs(ctx).warmupTarget,
+    batchSize: n,
+    mode: 'train',
+    stream: targetStreamOf(stream),
+    start: start * n,
+    pseudo,
+  });
   return zip(src, tgt).pipe(map(([a, b]) => ({ s: a, t: b })));
 }
 
@@ -91,10 +107,16 @@ export async function unlessAborted<T>(ctx: RunContext, what: string, pass: Prom
 /** Evaluation pass over the labelled target validation set (null when there is none, or when stopped by a signal). */
 export async function evaluatePhase(ctx: RunContext, phase: string): Promise<EvalReport | null> {
   if (!ctx.data.targetVal) return null;
-  const report = await unlessAborted(ctx, `${phase}: evaluation`, lastValueFrom(batches(ctx, { domain: 'targetVal', spec: specs(ctx).evaluation, batchSize: 4, mode: 'pass', stream: STREAMS.evaluation }).pipe(
-    failOnAbort(ctx.signal, 'evaluation'),
-    evaluate({ model: ctx.model, numClasses: ctx.cfg.data.numClasses, release }),
-  )));
+  const report = await unlessAborted(
+    ctx,
+    `${phase}: evaluation`,
+    lastValueFrom(
+      batches(ctx, { domain: 'targetVal', spec: specs(ctx).evaluation, batchSize: 4, mode: 'pass', stream: STREAMS.evaluation }).pipe(
+        failOnAbort(ctx.signal, 'evaluation'),
+        evaluate({ model: ctx.model, numClasses: ctx.cfg.data.numClasses, release }),
+      ),
+    ),
+  );
   if (!report) return null;
   ctx.events.log(`${phase}: target val mIoU ${(100 * report.miou).toFixed(2)} over ${report.images} images`);
   ctx.events.evaluated?.(phase, report);
@@ -110,10 +132,23 @@ export function checkpointState(ctx: RunContext, phase: string, iteration: numbe
     ...extra,
     meta: {
       ...extra.meta,
-      phase, iteration, done: ctx.done, results: ctx.results, bn: ctx.model.batchNorm, thresholds: ctx.thresholds, pseudo: ctx.pseudo,
-      continuous: ctx.continuous, lrScale: ctx.lrScale, rollbacks: ctx.rollbacks,
-      preset: ctx.cfg.preset, seed: ctx.cfg.seed, backend: ctx.backend, savedAt: new Date().toISOString(),
-      backbone: ctx.cfg.model.backbone, numClasses: ctx.cfg.data.numClasses, size: ctx.cfg.size,
+      phase,
+      iteration,
+      done: ctx.done,
+      results: ctx.results,
+      bn: ctx.model.batchNorm,
+      thresholds: ctx.thresholds,
+      pseudo: ctx.pseudo,
+      continuous: ctx.continuous,
+      lrScale: ctx.lrScale,
+      rollbacks: ctx.rollbacks,
+      preset: ctx.cfg.preset,
+      seed: ctx.cfg.seed,
+      backend: ctx.backend,
+      savedAt: new Date().toISOString(),
+      backbone: ctx.cfg.model.backbone,
+      numClasses: ctx.cfg.data.numClasses,
+      size: ctx.cfg.size,
     },
   };
 }
@@ -179,7 +214,11 @@ export async function train<B>(ctx: RunContext, loop: TrainLoop<B>): Promise<Pha
     takeUntil(stop$),
     takeUntil(loop.until ?? NEVER),
     trainStep({
-      phase, startIteration: start, step: guardedStep, release: loop.release, stop: ctx.signal,
+      phase,
+      startIteration: start,
+      step: guardedStep,
+      release: loop.release,
+      stop: ctx.signal,
       after: async (r) => {
         last = r;
         starv.wait += r.waitSeconds;
@@ -187,8 +226,12 @@ export async function train<B>(ctx: RunContext, loop: TrainLoop<B>): Promise<Pha
         ctx.events.step?.(r);
         loop.onStep?.(r);
         if (r.iteration % ctx.cfg.logEvery === 0 || r.iteration === pc.iterations) {
-          const terms = Object.entries(r.losses).map(([k, v]) => `${k} ${v.toFixed(4)}`).join('  ');
-          ctx.events.log(`${phase} ${r.iteration}/${total}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms${r.skipped ? '  (update skipped: non-finite loss)' : ''}`);
+          const terms = Object.entries(r.losses)
+            .map(([k, v]) => `${k} ${v.toFixed(4)}`)
+            .join('  ');
+          ctx.events.log(
+            `${phase} ${r.iteration}/${total}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms${r.skipped ? '  (update skipped: non-finite loss)' : ''}`,
+          );
         }
         streak = r.skipped ? [...streak, r] : [];
         if (streak.length >= ctx.cfg.nonFinite.limit) throw new NonFiniteStreak(phase, streak);
@@ -197,8 +240,9 @@ export async function train<B>(ctx: RunContext, loop: TrainLoop<B>): Promise<Pha
         // no checkpoint while non-finite steps are piling up: a rollback must land before the trouble
         const saveNow = every > 0 && r.iteration % every === 0 && streak.length === 0;
         // Evaluation and checkpoint between steps: the weights do not move meanwhile.
-        const miou = evalNow ? (await evaluatePhase(ctx, `${phase} ${r.iteration}`))?.miou ?? null : null;
-        if (saveNow) await ctx.checkpoints.save(checkpointState(ctx, phase, r.iteration, withLosses(r.iteration, r.losses)), phase, r.iteration, miou);
+        const miou = evalNow ? ((await evaluatePhase(ctx, `${phase} ${r.iteration}`))?.miou ?? null) : null;
+        if (saveNow)
+          await ctx.checkpoints.save(checkpointState(ctx, phase, r.iteration, withLosses(r.iteration, r.losses)), phase, r.iteration, miou);
       },
     }),
     toArray(),

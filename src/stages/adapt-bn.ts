@@ -24,17 +24,26 @@ export interface AdaptBnReport {
 
 /** Runs every batch through `model` in training mode (BN tracking), then reports how much it saw. */
 export function adaptBatchNorm(opts: AdaptBnOptions): OperatorFunction<Batch, AdaptBnReport> {
-  return (source) => defer(() => {
-    if (opts.model.batchNorm !== 'trainable') {
-      throw new Error(`adaptBatchNorm: the model's BN is '${opts.model.batchNorm}'; only trainable BN has running statistics to adapt`);
-    }
-    let images = 0;
-    let batches = 0;
-    return source.pipe(reduceItems((batch: Batch) => {
-      // the outputs are discarded; the running statistics are assigned inside the forward
-      tf.tidy(() => { opts.model.forward(batchTensors(batch).images, { training: true, trackStats: true }); });
-      images += batch.n;
-      batches++;
-    }, () => ({ images, batches }), opts.release));
-  });
+  return (source) =>
+    defer(() => {
+      if (opts.model.batchNorm !== 'trainable') {
+        throw new Error(`adaptBatchNorm: the model's BN is '${opts.model.batchNorm}'; only trainable BN has running statistics to adapt`);
+      }
+      let images = 0;
+      let batches = 0;
+      return source.pipe(
+        reduceItems(
+          (batch: Batch) => {
+            // the outputs are discarded; the running statistics are assigned inside the forward
+            tf.tidy(() => {
+              opts.model.forward(batchTensors(batch).images, { training: true, trackStats: true });
+            });
+            images += batch.n;
+            batches++;
+          },
+          () => ({ images, batches }),
+          opts.release,
+        ),
+      );
+    });
 }

@@ -53,12 +53,15 @@ export class CheckpointStore {
       await writeJsonAtomic(join(this.dir, 'latest.json'), pointer, { what: 'checkpoint pointer' });
       if (miou !== null) {
         const best = await this.best(phase);
-        if (!best || best.miou === null || miou > best.miou) await writeJsonAtomic(join(this.dir, `best-${phase}.json`), pointer, { what: 'checkpoint pointer' });
+        if (!best || best.miou === null || miou > best.miou)
+          await writeJsonAtomic(join(this.dir, `best-${phase}.json`), pointer, { what: 'checkpoint pointer' });
       }
     } catch (err) {
       if (!(err instanceof DiskFullError)) throw err;
       const latest = await this.latest();
-      const still = latest ? `latest.json names ${latest.file} (${latest.phase}, iteration ${latest.iteration}), which is complete` : 'there is no earlier checkpoint';
+      const still = latest
+        ? `latest.json names ${latest.file} (${latest.phase}, iteration ${latest.iteration}), which is complete`
+        : 'there is no earlier checkpoint';
       throw new DiskFullError(`${err.message}; ${still}`, err.path, err.freeBytes, err.neededBytes);
     }
     await this.prune();
@@ -132,7 +135,9 @@ export class CheckpointStore {
       const p = await this.pointer(name);
       if (p) pinned.add(p.file);
     }
-    const sorted = (await Promise.all(files.map(async (f) => ({ f, t: (await stat(join(this.dir, f))).mtimeMs })))).sort((a, b) => b.t - a.t);
+    const sorted = (await Promise.all(files.map(async (f) => ({ f, t: (await stat(join(this.dir, f))).mtimeMs })))).sort(
+      (a, b) => b.t - a.t,
+    );
     for (const { f } of sorted.slice(this.keep)) if (!pinned.has(f)) await rm(join(this.dir, f), { force: true });
     // temporary files of crashed processes (saves run one at a time: none of this process is in use here)
     await removeStaleTemporaries(this.dir);

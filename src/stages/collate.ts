@@ -41,8 +41,10 @@ export function collate(size: number, opts: CollateOptions): OperatorFunction<De
     const lpx = labelHeight * labelWidth;
     for (const s of samples) {
       if (s.height !== height || s.width !== width || s.labelHeight !== labelHeight || s.labelWidth !== labelWidth) {
-        throw new Error(`collate: sample '${s.key}' is ${s.height}x${s.width} (label ${s.labelHeight}x${s.labelWidth}) but the batch is ` +
-          `${height}x${width} (label ${labelHeight}x${labelWidth})`);
+        throw new Error(
+          `collate: sample '${s.key}' is ${s.height}x${s.width} (label ${s.labelHeight}x${s.labelWidth}) but the batch is ` +
+            `${height}x${width} (label ${labelHeight}x${labelWidth})`,
+        );
       }
     }
     let buf = pool.pop();
@@ -57,7 +59,13 @@ export function collate(size: number, opts: CollateOptions): OperatorFunction<De
     let released = false;
     const own = buf;
     return {
-      n: samples.length, height, width, images: buf.images, labelHeight, labelWidth, labels: labelled ? buf.labels : null,
+      n: samples.length,
+      height,
+      width,
+      images: buf.images,
+      labelHeight,
+      labelWidth,
+      labels: labelled ? buf.labels : null,
       keys: samples.map((s) => s.key),
       decodeSeconds: samples.reduce((a, s) => a + s.seconds, 0),
       release() {

@@ -34,7 +34,10 @@ export interface DecodeAugmentOptions {
 export function decodeAugment(opts: DecodeAugmentOptions): OperatorFunction<SampleRef, DecodedSample> {
   const decode = stage(
     DECODE_AUGMENT,
-    async (ref: SampleRef): Promise<DecodedSample> => ({ ...(await opts.reader.read(ref.dataset, ref.key, opts.spec, ref.seed, opts.pseudo ?? null)), ref }),
+    async (ref: SampleRef): Promise<DecodedSample> => ({
+      ...(await opts.reader.read(ref.dataset, ref.key, opts.spec, ref.seed, opts.pseudo ?? null)),
+      ref,
+    }),
     {
       concurrency: opts.concurrency ?? Math.max(2, opts.reader.threads * 2),
       onError: 'skip',
@@ -43,9 +46,13 @@ export function decodeAugment(opts: DecodeAugmentOptions): OperatorFunction<Samp
       onSkip: (e) => opts.onSkip?.(e),
     },
   );
-  return (source) => source.pipe(decode, tap((s) => {
-    if (s.repaired) opts.onRepair?.(DECODE_AUGMENT, s.repaired);
-  }));
+  return (source) =>
+    source.pipe(
+      decode,
+      tap((s) => {
+        if (s.repaired) opts.onRepair?.(DECODE_AUGMENT, s.repaired);
+      }),
+    );
 }
 
 /** The log line of a skipped sample: reason, stage, key, and the file in the message. */

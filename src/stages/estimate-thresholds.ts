@@ -52,46 +52,68 @@ export interface EstimateThresholdsOptions {
 }
 
 export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFunction<Batch, ThresholdResult> {
-  return (source) => from(removeScratch(opts.scratch)).pipe(switchMap(() => defer(() => {
-    const hist = new ConfidenceHistogram(opts.numClasses, { bins: opts.bins });
-    const db: RootDatabase<ScratchPrediction, string> = open<ScratchPrediction, string>({ path: opts.scratch, compression: true, encoding: 'msgpack' });
-    let images = 0;
-    let closed = false;
-    return source.pipe(reduceItems((batch: Batch) => {
-      const [pred, conf] = tf.tidy(() => {
-        const { images: x } = batchTensors(batch);
-        const { logits } = opts.model.forward(x);
-        const probs = tf.softmax(tf.image.resizeBilinear(logits, [batch.height, batch.width], true)) as tf.Tensor4D;
-        hist.add(probs);
-        return [probs.argMax(-1).dataSync(), probs.max(-1).dataSync()];
-      });
-      const px = batch.height * batch.width;
-      // one synchronous transaction per batch: a full disk throws here (src/io/atomic.ts says why not async)
-      try {
-        db.transactionSync(() => batch.keys.forEach((key, i) => {
-          const p = new Uint8Array(px);
-          const c = new Uint16Array(px);
-          for (let j = 0; j < px; j++) {
-            p[j] = pred[i * px + j]!;
-            c[j] = Math.round(conf[i * px + j]! * 65535);
-          }
-          db.putSync(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) });
-        }));
-      } catch (err) {
-        throw describeWriteFailureSync('threshold pass scratch', opts.scratch, err);
-      }
-      images += batch.n;
-      crashPoint('thresholds');
-    }, async () => {
-      closed = true;
-      await db.close();
-      return { thresholds: hist.thresholds({ cap: opts.cap }), counts: hist.counts(), images, scratch: opts.scratch };
-    }, opts.release), finalize(() => {
-      // an aborted or failed pass: close, and give the space back (the next pass starts afresh anyway)
-      if (closed) return;
-      void db.close().catch(() => undefined).then(() => removeScratch(opts.scratch)).catch(() => undefined);
-    }));
-  })));
+  return (source) =>
+    from(removeScratch(opts.scratch)).pipe(
+      switchMap(() =>
+        defer(() => {
+          const hist = new ConfidenceHistogram(opts.numClasses, { bins: opts.bins });
+          const db: RootDatabase<ScratchPrediction, string> = open<ScratchPrediction, string>({
+            path: opts.scratch,
+            compression: true,
+            encoding: 'msgpack',
+          });
+          let images = 0;
+          let closed = false;
+          return source.pipe(
+            reduceItems(
+              (batch: Batch) => {
+                const [pred, conf] = tf.tidy(() => {
+                  const { images: x } = batchTensors(batch);
+                  const { logits } = opts.model.forward(x);
+                  const probs = tf.softmax(tf.image.resizeBilinear(logits, [batch.height, batch.width], true)) as tf.Tensor4D;
+                  hist.add(probs);
+                  return [probs.argMax(-1).dataSync(), probs.max(-1).dataSync()];
+                });
+                const px = batch.height * batch.width;
+                // one synchronous transaction per batch: a full disk throws here (src/io/atomic.ts says why not async)
+                try {
+                  db.transactionSync(() =>
+                    batch.keys.forEach((key, i) => {
+                      const p = new Uint8Array(px);
+                      const c = new Uint16Array(px);
+                      for (let j = 0; j < px; j++) {
+                        p[j] = pred[i * px + j]!;
+                        c[j] = Math.round(conf[i * px + j]! * 65535);
+                      }
+                      db.putSync(key, { width: batch.width, height: batch.height, pred: p, conf: new Uint8Array(c.buffer) });
+                    }),
+                  );
+                } catch (err) {
+                  throw describeWriteFailureSync('threshold pass scratch', opts.scratch, err);
+                }
+                images += batch.n;
+                crashPoint('thresholds');
+              },
+              async () => {
+                closed = true;
+                await db.close();
+                return { thresholds: hist.thresholds({ cap: opts.cap }), counts: hist.counts(), images, scratch: opts.scratch };
+              },
+              opts.release,
+            ),
+            finalize(() => {
+              // an aborted or failed pass: close, and give the space back (the next pass starts afresh anyway)
+              if (closed) return;
+              void db
+                .close()
+                .catch(() => undefined)
+                .then(() => removeScratch(opts.scratch))
+                .catch(() => undefined);
+            }),
+          );
+        }),
+      ),
+    );
 }
 
 async function removeScratch(path: string): Promise<void> {

@@ -37,43 +37,54 @@ export interface EvaluateOptions {
 }
 
 export function evaluate(opts: EvaluateOptions): OperatorFunction<Batch, EvalReport> {
-  return (source) => defer(() => {
-    const cm = new ConfusionMatrix(opts.numClasses);
-    let images = 0;
-    const ccdFeatures: tf.Tensor2D[] = [];
-    const ccdLabels: tf.Tensor1D[] = [];
-    let ccdTaken = 0;
-    return source.pipe(reduceItems((batch: Batch) => {
-      tf.tidy(() => {
-        const { images: x, labels } = batchTensors(batch);
-        if (!labels) throw new Error(`evaluate: batch (${batch.keys[0]}...) has no labels`);
-        const { features, logits } = opts.model.forward(x);
-        const pred = tf.image.resizeBilinear(logits, [batch.labelHeight, batch.labelWidth], true).argMax(-1);
-        cm.add(pred, labels);
-        if (opts.onPredictions) opts.onPredictions(batch.keys, pred.dataSync() as Int32Array, batch.labelHeight, batch.labelWidth);
-        const take = Math.min(batch.n, (opts.ccdImages ?? 0) - ccdTaken);
-        if (take > 0) {
-          const [, h, w, c] = features.shape;
-          const f = features.slice([0, 0, 0, 0], [take, h, w, c]);
-          const l = downsampleLabels(labels.slice([0, 0, 0], [take, batch.labelHeight, batch.labelWidth]) as tf.Tensor3D, [h, w]);
-          ccdFeatures.push(tf.keep(f.reshape([-1, c]) as tf.Tensor2D));
-          ccdLabels.push(tf.keep(l.flatten() as tf.Tensor1D));
-          ccdTaken += take;
-        }
-      });
-      images += batch.n;
-      crashPoint('evaluate');
-    }, () => {
-      let ccd: number[] | null = null;
-      if (ccdFeatures.length) {
-        ccd = tf.tidy(() => classCenterDistance(tf.concat(ccdFeatures, 0), tf.concat(ccdLabels, 0), opts.numClasses));
-        tf.dispose([...ccdFeatures, ...ccdLabels]);
-      }
-      return {
-        miou: cm.miou(), classIoU: cm.iou(), images, pixelAccuracy: cm.pixelAccuracy(), ccd,
-        tailMiou: opts.numClasses === 19 ? cm.tailMiou() : null,
-        miou13: opts.numClasses === 16 ? cm.miou13() : null,
-      };
-    }, opts.release));
-  });
+  return (source) =>
+    defer(() => {
+      const cm = new ConfusionMatrix(opts.numClasses);
+      let images = 0;
+      const ccdFeatures: tf.Tensor2D[] = [];
+      const ccdLabels: tf.Tensor1D[] = [];
+      let ccdTaken = 0;
+      return source.pipe(
+        reduceItems(
+          (batch: Batch) => {
+            tf.tidy(() => {
+              const { images: x, labels } = batchTensors(batch);
+              if (!labels) throw new Error(`evaluate: batch (${batch.keys[0]}...) has no labels`);
+              const { features, logits } = opts.model.forward(x);
+              const pred = tf.image.resizeBilinear(logits, [batch.labelHeight, batch.labelWidth], true).argMax(-1);
+              cm.add(pred, labels);
+              if (opts.onPredictions) opts.onPredictions(batch.keys, pred.dataSync() as Int32Array, batch.labelHeight, batch.labelWidth);
+              const take = Math.min(batch.n, (opts.ccdImages ?? 0) - ccdTaken);
+              if (take > 0) {
+                const [, h, w, c] = features.shape;
+                const f = features.slice([0, 0, 0, 0], [take, h, w, c]);
+                const l = downsampleLabels(labels.slice([0, 0, 0], [take, batch.labelHeight, batch.labelWidth]) as tf.Tensor3D, [h, w]);
+                ccdFeatures.push(tf.keep(f.reshape([-1, c]) as tf.Tensor2D));
+                ccdLabels.push(tf.keep(l.flatten() as tf.Tensor1D));
+                ccdTaken += take;
+              }
+            });
+            images += batch.n;
+            crashPoint('evaluate');
+          },
+          () => {
+            let ccd: number[] | null = null;
+            if (ccdFeatures.length) {
+              ccd = tf.tidy(() => classCenterDistance(tf.concat(ccdFeatures, 0), tf.concat(ccdLabels, 0), opts.numClasses));
+              tf.dispose([...ccdFeatures, ...ccdLabels]);
+            }
+            return {
+              miou: cm.miou(),
+              classIoU: cm.iou(),
+              images,
+              pixelAccuracy: cm.pixelAccuracy(),
+              ccd,
+              tailMiou: opts.numClasses === 19 ? cm.tailMiou() : null,
+              miou13: opts.numClasses === 16 ? cm.miou13() : null,
+            };
+          },
+          opts.release,
+        ),
+      );
+    });
 }

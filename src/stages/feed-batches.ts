@@ -38,7 +38,15 @@ export interface FeedOptions {
 
 export function feedBatches(opts: FeedOptions): Observable<Batch> {
   const { reader, credits } = opts;
-  return readShards({ dataset: opts.dataset, sampler: opts.sampler, credits, seed: opts.seed, stream: opts.stream, start: opts.start, count: opts.count }).pipe(
+  return readShards({
+    dataset: opts.dataset,
+    sampler: opts.sampler,
+    credits,
+    seed: opts.seed,
+    stream: opts.stream,
+    start: opts.start,
+    count: opts.count,
+  }).pipe(
     decodeAugment({ reader, spec: opts.spec, credits, pseudo: opts.pseudo ?? null, onSkip: opts.onSkip, onRepair: opts.onRepair }),
     tap((s) => opts.onDecoded?.(s)),
     collate(opts.batchSize, { reader, credits, partial: opts.count !== undefined }),

@@ -27,24 +27,33 @@ export interface AccumulateOptions {
 }
 
 /** Paper Eq. 2: emits, at the end of the pass, the initial prototypes and the classes never seen. */
-export function accumulatePrototypes(opts: AccumulateOptions): OperatorFunction<Batch, { prototypes: tf.Tensor2D; counts: number[]; missing: number[] }> {
-  return (source) => defer(() => {
-    const acc = new PrototypeAccumulator(opts.numClasses, opts.model.featureChannels);
-    return source.pipe(reduceItems((batch: Batch) => {
-      tf.tidy(() => {
-        const { images, labels } = batchTensors(batch);
-        if (!labels) throw new Error(`prototypes: source batch (${batch.keys[0]}...) has no labels`);
-        const batchStats = opts.bnStats === 'batch';
-        const { features, logits } = opts.model.forward(images, { training: batchStats, trackStats: !batchStats });
-        let mask = downsampleLabels(labels, [features.shape[1], features.shape[2]]);
-        if (opts.refine ?? true) mask = refineSourceMask(mask, logits);
-        acc.add(features, mask);
-      });
-      crashPoint('prototypes');
-    }, () => {
-      const r = acc.result();
-      acc.dispose();
-      return r;
-    }, opts.release));
-  });
+export function accumulatePrototypes(
+  opts: AccumulateOptions,
+): OperatorFunction<Batch, { prototypes: tf.Tensor2D; counts: number[]; missing: number[] }> {
+  return (source) =>
+    defer(() => {
+      const acc = new PrototypeAccumulator(opts.numClasses, opts.model.featureChannels);
+      return source.pipe(
+        reduceItems(
+          (batch: Batch) => {
+            tf.tidy(() => {
+              const { images, labels } = batchTensors(batch);
+              if (!labels) throw new Error(`prototypes: source batch (${batch.keys[0]}...) has no labels`);
+              const batchStats = opts.bnStats === 'batch';
+              const { features, logits } = opts.model.forward(images, { training: batchStats, trackStats: !batchStats });
+              let mask = downsampleLabels(labels, [features.shape[1], features.shape[2]]);
+              if (opts.refine ?? true) mask = refineSourceMask(mask, logits);
+              acc.add(features, mask);
+            });
+            crashPoint('prototypes');
+          },
+          () => {
+            const r = acc.result();
+            acc.dispose();
+            return r;
+          },
+          opts.release,
+        ),
+      );
+    });
 }

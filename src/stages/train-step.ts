@@ -61,11 +61,13 @@ export interface TrainStepOptions<B> {
 export function trainStep<B>(opts: TrainStepOptions<B>): OperatorFunction<B, StepReport> {
   let iteration = opts.startIteration;
   let idleSince = performance.now();
-  return concatMap((batch: B) => defer(() => {
-    if (!opts.stop?.aborted) return runStep(batch);
-    opts.release(batch);
-    return EMPTY;
-  }));
+  return concatMap((batch: B) =>
+    defer(() => {
+      if (!opts.stop?.aborted) return runStep(batch);
+      opts.release(batch);
+      return EMPTY;
+    }),
+  );
 
   async function runStep(batch: B): Promise<StepReport> {
     const arrived = performance.now();
@@ -75,9 +77,15 @@ export function trainStep<B>(opts: TrainStepOptions<B>): OperatorFunction<B, Ste
       crashPoint('step'); // the weights moved in memory; nothing of this step is reported or saved yet
       iteration++;
       report = {
-        phase: opts.phase, iteration, losses: out.losses, lr: out.lr, skipped: out.skipped ?? false,
-        ...(out.lrs ? { lrs: out.lrs } : {}), ...(out.samples ? { samples: out.samples } : {}),
-        seconds: (performance.now() - arrived) / 1000, waitSeconds: (arrived - idleSince) / 1000,
+        phase: opts.phase,
+        iteration,
+        losses: out.losses,
+        lr: out.lr,
+        skipped: out.skipped ?? false,
+        ...(out.lrs ? { lrs: out.lrs } : {}),
+        ...(out.samples ? { samples: out.samples } : {}),
+        seconds: (performance.now() - arrived) / 1000,
+        waitSeconds: (arrived - idleSince) / 1000,
       };
     } finally {
       opts.release(batch);
@@ -101,8 +109,12 @@ export class NonFiniteStreak extends Error {
 
   constructor(phase: string, reports: readonly StepReport[]) {
     const last = reports[reports.length - 1]!;
-    const losses = Object.entries(last.losses).map(([k, v]) => `${k} ${v}`).join(', ');
-    super(`${phase}: ${reports.length} steps in a row with a non-finite loss (iterations ${reports[0]!.iteration}-${last.iteration}; last step: ${losses})`);
+    const losses = Object.entries(last.losses)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ');
+    super(
+      `${phase}: ${reports.length} steps in a row with a non-finite loss (iterations ${reports[0]!.iteration}-${last.iteration}; last step: ${losses})`,
+    );
     this.name = 'NonFiniteStreak';
     this.phase = phase;
     this.reports = reports;

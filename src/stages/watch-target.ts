@@ -74,10 +74,14 @@ export function watchTarget(opts: WatchTargetOptions): Observable<TargetArrival>
   const ms = Math.max(1, opts.pollSeconds * 1000);
   return timer(0, ms).pipe(
     // a failed look (an I/O error, an ingest that could not start) is logged; the next one tries again
-    exhaustMap(() => from(look().catch((err: Error) => {
-      opts.log(`watch: looking at ${opts.dataset.dir} failed (${err.message}); trying again in ${opts.pollSeconds} s`);
-      return null;
-    }))),
+    exhaustMap(() =>
+      from(
+        look().catch((err: Error) => {
+          opts.log(`watch: looking at ${opts.dataset.dir} failed (${err.message}); trying again in ${opts.pollSeconds} s`);
+          return null;
+        }),
+      ),
+    ),
     filter((a): a is TargetArrival => a !== null),
   );
 }
@@ -129,14 +133,41 @@ export function lookAtTarget(opts: WatchTargetOptions): () => Promise<TargetArri
     const list = join(tmpdir(), `spcl-watch-${process.pid}-${Date.now()}.txt`);
     await writeFile(list, [...todo.values()].map((f) => f.image).join('\n'));
     try {
-      const child = spawn(process.execPath, [INGEST, '--dataset', m.dataset, '--root', opts.watch!, '--out', dir, '--split', m.split,
-        '--classes', String(m.numClasses), '--labels', 'none', '--only', list, '--shard-file', String(WATCH_SHARD), '--key-prefix', WATCH_PREFIX,
-        '--threads', String(opts.threads ?? 1), '--metrics-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(
+        process.execPath,
+        [
+          INGEST,
+          '--dataset',
+          m.dataset,
+          '--root',
+          opts.watch!,
+          '--out',
+          dir,
+          '--split',
+          m.split,
+          '--classes',
+          String(m.numClasses),
+          '--labels',
+          'none',
+          '--only',
+          list,
+          '--shard-file',
+          String(WATCH_SHARD),
+          '--key-prefix',
+          WATCH_PREFIX,
+          '--threads',
+          String(opts.threads ?? 1),
+          '--metrics-port',
+          '0',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
       const stop = () => child.kill('SIGINT'); // ingest finishes the files in flight and rewrites the manifest
       opts.signal?.addEventListener('abort', stop, { once: true });
-      const forward = (stream: NodeJS.ReadableStream) => createInterface({ input: stream }).on('line', (line) => {
-        if (line.trim()) opts.log(`watch: ${line}`);
-      });
+      const forward = (stream: NodeJS.ReadableStream) =>
+        createInterface({ input: stream }).on('line', (line) => {
+          if (line.trim()) opts.log(`watch: ${line}`);
+        });
       forward(child.stdout!);
       forward(child.stderr!);
       // exit 1 = nothing usable in this batch (every file failed): its problems are named above

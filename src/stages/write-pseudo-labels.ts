@@ -54,8 +54,7 @@ export async function writeGeneration(t: ThresholdResult, opts: WritePseudoLabel
     if (!(err instanceof DiskFullError)) throw err;
     const current = await currentGeneration(opts.dir);
     const still = current ? `current.json still names ${current.file}, which is complete` : 'there is no earlier generation';
-    throw new DiskFullError(`${err.message}; the partial ${writer.file} was deleted; ${still}`,
-      err.path, err.freeBytes, err.neededBytes);
+    throw new DiskFullError(`${err.message}; the partial ${writer.file} was deleted; ${still}`, err.path, err.freeBytes, err.neededBytes);
   }
   await rm(t.scratch, { force: true });
   await rm(`${t.scratch}-lock`, { force: true });

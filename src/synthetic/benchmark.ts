@@ -9,7 +9,10 @@ import type { SpclConfig } from '../recipe/config.ts';
 import { writeSyntheticBenchmark } from './render.ts';
 
 async function exists(path: string): Promise<boolean> {
-  return access(path).then(() => true, () => false);
+  return access(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /**
@@ -26,18 +29,32 @@ export interface SyntheticDataOptions {
   sourceOnly?: boolean;
 }
 
-export async function prepareSynthetic(root: string, counts: { source: number; targetTrain: number; targetVal: number }, log: (l: string) => void,
-  opts: SyntheticDataOptions = {}): Promise<{ source: string; target: string; targetVal: string }> {
-  const shardsOf = (dir: string) => ({ source: join(dir, 'shards/source'), target: join(dir, 'shards/target'), targetVal: join(dir, 'shards/target-val') });
+export async function prepareSynthetic(
+  root: string,
+  counts: { source: number; targetTrain: number; targetVal: number },
+  log: (l: string) => void,
+  opts: SyntheticDataOptions = {},
+): Promise<{ source: string; target: string; targetVal: string }> {
+  const shardsOf = (dir: string) => ({
+    source: join(dir, 'shards/source'),
+    target: join(dir, 'shards/target'),
+    targetVal: join(dir, 'shards/target-val'),
+  });
   const shards = shardsOf(root);
   const wanted = opts.sourceOnly ? [shards.source] : Object.values(shards);
   const complete = async () => (await Promise.all(wanted.map((d) => exists(join(d, 'manifest.json'))))).every(Boolean);
   if (await complete()) return shards;
-  log(`data: generating the synthetic benchmark in ${root} (${counts.source} source, ${counts.targetTrain} + ${counts.targetVal} target images)`);
+  log(
+    `data: generating the synthetic benchmark in ${root} (${counts.source} source, ${counts.targetTrain} + ${counts.targetVal} target images)`,
+  );
   const work = `${root}.tmp-${process.pid}`;
   await rm(work, { recursive: true, force: true });
   const raw = await writeSyntheticBenchmark(join(work, 'raw'), {
-    seed: opts.sceneSeed ?? 0, sourceCount: counts.source, targetTrainCount: counts.targetTrain, targetValCount: counts.targetVal, targetDomain: opts.targetDomain,
+    seed: opts.sceneSeed ?? 0,
+    sourceCount: counts.source,
+    targetTrainCount: counts.targetTrain,
+    targetValCount: counts.targetVal,
+    targetDomain: opts.targetDomain,
   });
   const quiet = { log: () => {}, progressStream: null };
   const out = shardsOf(work);
@@ -62,7 +79,11 @@ export async function prepareSynthetic(root: string, counts: { source: number; t
  * Points the dataset folders of `cfg` that still name the embedded benchmark (`data/synthetic/...`) at
  * `where` (generated and ingested there on first use); folders set to other data are left alone.
  */
-export async function useSyntheticData(cfg: SpclConfig, where: { root: string; counts: { source: number; targetTrain: number; targetVal: number } }, log: (l: string) => void): Promise<void> {
+export async function useSyntheticData(
+  cfg: SpclConfig,
+  where: { root: string; counts: { source: number; targetTrain: number; targetVal: number } },
+  log: (l: string) => void,
+): Promise<void> {
   const keys = (['source', 'target', 'targetVal'] as const).filter((k) => cfg.data[k].startsWith('data/synthetic/'));
   if (cfg.preset !== 'synthetic' || keys.length === 0) return;
   const shards = await prepareSynthetic(where.root, where.counts, log);

@@ -31,9 +31,26 @@ export const SYNTHETIC_DOMAINS: readonly SyntheticDomain[] = ['source', 'target'
 
 /** Cityscapes label IDs (REFERENCE 6.2) drawn by the generator; 0 is unlabelled (the target's hood). */
 export const LABEL_ID = {
-  unlabelled: 0, road: 7, sidewalk: 8, building: 11, wall: 12, fence: 13, pole: 17, trafficLight: 19,
-  trafficSign: 20, vegetation: 21, terrain: 22, sky: 23, person: 24, rider: 25, car: 26, truck: 27,
-  bus: 28, train: 31, motorcycle: 32, bicycle: 33,
+  unlabelled: 0,
+  road: 7,
+  sidewalk: 8,
+  building: 11,
+  wall: 12,
+  fence: 13,
+  pole: 17,
+  trafficLight: 19,
+  trafficSign: 20,
+  vegetation: 21,
+  terrain: 22,
+  sky: 23,
+  person: 24,
+  rider: 25,
+  car: 26,
+  truck: 27,
+  bus: 28,
+  train: 31,
+  motorcycle: 32,
+  bicycle: 33,
 } as const;
 
 /** Every value a generated label map may hold. */
@@ -153,7 +170,7 @@ class Canvas {
       for (let i = 0, j = n - 1; i < n; j = i++) {
         const ya = pts[2 * i + 1]!;
         const yb = pts[2 * j + 1]!;
-        if ((ya <= yc) !== (yb <= yc)) {
+        if (ya <= yc !== yb <= yc) {
           const xa = pts[2 * i]!;
           xs[k++] = xa + ((yc - ya) * (pts[2 * j]! - xa)) / (yb - ya);
         }
@@ -161,7 +178,10 @@ class Canvas {
       for (let a = 1; a < k; a++) {
         const v = xs[a]!;
         let b = a - 1;
-        while (b >= 0 && xs[b]! > v) { xs[b + 1] = xs[b]!; b--; }
+        while (b >= 0 && xs[b]! > v) {
+          xs[b + 1] = xs[b]!;
+          b--;
+        }
         xs[b + 1] = v;
       }
       for (let a = 0; a + 1 < k; a += 2) this.span(y, xs[a]!, xs[a + 1]!, p);
@@ -170,8 +190,16 @@ class Canvas {
 
   /** Axis-aligned rectangle at least one pixel wide and tall (thin poles stay visible far away). */
   rect(xa: number, ya: number, xb: number, yb: number, p: Paint): void {
-    if (xb - xa < 1) { const c = (xa + xb) / 2; xa = c - 0.5; xb = c + 0.5; }
-    if (yb - ya < 1) { const c = (ya + yb) / 2; ya = c - 0.5; yb = c + 0.5; }
+    if (xb - xa < 1) {
+      const c = (xa + xb) / 2;
+      xa = c - 0.5;
+      xb = c + 0.5;
+    }
+    if (yb - ya < 1) {
+      const c = (ya + yb) / 2;
+      ya = c - 0.5;
+      yb = c + 0.5;
+    }
     const y0 = Math.max(0, Math.ceil(ya - 0.5));
     const y1 = Math.min(this.height - 1, Math.ceil(yb - 0.5) - 1);
     for (let y = y0; y <= y1; y++) this.span(y, xa, xb, p);
@@ -205,8 +233,12 @@ class View {
     this.camH = camH;
   }
 
-  x(X: number, Z: number): number { return this.vx + (this.f * X) / Z; }
-  y(Y: number, Z: number): number { return this.hy + (this.f * (this.camH - Y)) / Z; }
+  x(X: number, Z: number): number {
+    return this.vx + (this.f * X) / Z;
+  }
+  y(Y: number, Z: number): number {
+    return this.hy + (this.f * (this.camH - Y)) / Z;
+  }
 
   /** Depth of the plane X = const seen at pixel column x. */
   zOnSide(X: number, x: number): number {
@@ -214,8 +246,12 @@ class View {
     return Math.min(1e4, Math.max(0.1, d === 0 ? 1e4 : (this.f * X) / d));
   }
   /** World height seen at pixel row y on a surface at depth Z. */
-  yWorld(y: number, Z: number): number { return this.camH - ((y + 0.5 - this.hy) * Z) / this.f; }
-  xWorld(x: number, Z: number): number { return ((x + 0.5 - this.vx) * Z) / this.f; }
+  yWorld(y: number, Z: number): number {
+    return this.camH - ((y + 0.5 - this.hy) * Z) / this.f;
+  }
+  xWorld(x: number, Z: number): number {
+    return ((x + 0.5 - this.vx) * Z) / this.f;
+  }
 
   /** Vertical plane X = const between depths z0..z1 and heights y0..y1. */
   side(X: number, z0: number, z1: number, y0: number, y1: number): number[] {
@@ -226,9 +262,20 @@ class View {
 /** World-coordinate detail on a vertical face: (along, Y) in metres from the face's corner. */
 type FaceFn = (along: number, Y: number) => number;
 
-interface Box { X0: number; X1: number; Y0: number; Y1: number; Z0: number; Z1: number }
+interface Box {
+  X0: number;
+  X1: number;
+  Y0: number;
+  Y1: number;
+  Z0: number;
+  Z1: number;
+}
 
-interface Instance { cls: number; variant: number; tone: number }
+interface Instance {
+  cls: number;
+  variant: number;
+  tone: number;
+}
 
 /** Ground layout shared by the rasteriser and the target's ground textures and shadows. */
 interface Street {
@@ -282,16 +329,52 @@ interface Layout {
 
 const LAYOUT: Record<'source' | 'target', Layout> = {
   source: {
-    horizon: [0.4, 0.5], focal: [0.72, 0.86], camH: [1.5, 1.9], roadHalf: [4, 7.5], sidewalk: [2, 4],
-    terrainP: 0.35, buildingH: [12, 38], gapP: 0.22, cars: [1, 4], parkedP: 0.2, persons: [0, 2],
-    groupP: 0.1, poles: [1, 3], sidewalkTrees: [0, 2], riderP: 0.3, motoP: 0.3, parkedBikeP: 0.15,
-    truckP: 0.3, busP: 0.2, trainP: 0.08, crosswalkP: 0.2, hood: null,
+    horizon: [0.4, 0.5],
+    focal: [0.72, 0.86],
+    camH: [1.5, 1.9],
+    roadHalf: [4, 7.5],
+    sidewalk: [2, 4],
+    terrainP: 0.35,
+    buildingH: [12, 38],
+    gapP: 0.22,
+    cars: [1, 4],
+    parkedP: 0.2,
+    persons: [0, 2],
+    groupP: 0.1,
+    poles: [1, 3],
+    sidewalkTrees: [0, 2],
+    riderP: 0.3,
+    motoP: 0.3,
+    parkedBikeP: 0.15,
+    truckP: 0.3,
+    busP: 0.2,
+    trainP: 0.08,
+    crosswalkP: 0.2,
+    hood: null,
   },
   target: {
-    horizon: [0.32, 0.41], focal: [0.85, 1.0], camH: [1.2, 1.45], roadHalf: [3.5, 6], sidewalk: [2.5, 4.5],
-    terrainP: 0.5, buildingH: [7, 20], gapP: 0.38, cars: [3, 8], parkedP: 0.6, persons: [2, 6],
-    groupP: 0.4, poles: [2, 5], sidewalkTrees: [1, 4], riderP: 0.55, motoP: 0.15, parkedBikeP: 0.4,
-    truckP: 0.15, busP: 0.2, trainP: 0.1, crosswalkP: 0.35, hood: [0.06, 0.1],
+    horizon: [0.32, 0.41],
+    focal: [0.85, 1.0],
+    camH: [1.2, 1.45],
+    roadHalf: [3.5, 6],
+    sidewalk: [2.5, 4.5],
+    terrainP: 0.5,
+    buildingH: [7, 20],
+    gapP: 0.38,
+    cars: [3, 8],
+    parkedP: 0.6,
+    persons: [2, 6],
+    groupP: 0.4,
+    poles: [2, 5],
+    sidewalkTrees: [1, 4],
+    riderP: 0.55,
+    motoP: 0.15,
+    parkedBikeP: 0.4,
+    truckP: 0.15,
+    busP: 0.2,
+    trainP: 0.1,
+    crosswalkP: 0.35,
+    hood: [0.06, 0.1],
   },
 };
 
@@ -322,15 +405,27 @@ function buildScene(domain: SyntheticDomain, rng: Rng, h: number, w: number): Bu
   const facadeL = walkL - (rng.next() < lay.terrainP ? rng.uniform(1, 4) : 0);
   const facadeR = walkR + (rng.next() < lay.terrainP ? rng.uniform(1, 4) : 0);
   const street: Street = {
-    roadL, roadR, walkL, walkR, facadeL, facadeR,
-    shadowSide: rng.next() < 0.5 ? -1 : 1, shadowWidth: rng.uniform(2, 9), treeShadows: [],
+    roadL,
+    roadR,
+    walkL,
+    walkR,
+    facadeL,
+    facadeR,
+    shadowSide: rng.next() < 0.5 ? -1 : 1,
+    shadowWidth: rng.uniform(2, 9),
+    treeShadows: [],
   };
   const crosswalk = rng.next() < lay.crosswalkP ? rng.uniform(8, 22) : -1;
   const lanes: number[] = [];
   for (let X = roadL + 1.7; X <= roadR - 1.7; X += 3.3) lanes.push(X);
   if (lanes.length === 0) lanes.push((roadL + roadR) / 2);
 
-  paintGround(cv, view, street, crosswalk, { sky: newInst(L.sky), road: newInst(L.road), walk: newInst(L.sidewalk), terrain: newInst(L.terrain) });
+  paintGround(cv, view, street, crosswalk, {
+    sky: newInst(L.sky),
+    road: newInst(L.road),
+    walk: newInst(L.sidewalk),
+    terrain: newInst(L.terrain),
+  });
   paintSkyline(cv, view, rng, newInst);
 
   // Facades, gaps and what stands in the gaps, far to near (the facade plane hides what is behind it).
@@ -348,10 +443,16 @@ function buildScene(domain: SyntheticDomain, rng: Rng, h: number, w: number): Bu
         const pitch = rng.uniform(2.4, 3.6);
         const floorH = rng.uniform(2.8, 3.4);
         const shop = rng.next() < 0.5;
-        back.push({ z: z0, draw: () => facade(cv, view, Xf, z0, z1, 0, H, L.building, inst, s, (a, Y) => {
-          if (Y < 3.2) return shop && frac(a / 6) > 0.2 && Y > 0.4 && Y < 2.6 ? D_WINDOW : D_NONE;
-          return frac(a / pitch) > 0.3 && frac(a / pitch) < 0.75 && frac(Y / floorH) > 0.35 && frac(Y / floorH) < 0.8 && Y < H - 0.8 ? D_WINDOW : D_NONE;
-        }) });
+        back.push({
+          z: z0,
+          draw: () =>
+            facade(cv, view, Xf, z0, z1, 0, H, L.building, inst, s, (a, Y) => {
+              if (Y < 3.2) return shop && frac(a / 6) > 0.2 && Y > 0.4 && Y < 2.6 ? D_WINDOW : D_NONE;
+              return frac(a / pitch) > 0.3 && frac(a / pitch) < 0.75 && frac(Y / floorH) > 0.35 && frac(Y / floorH) < 0.8 && Y < H - 0.8
+                ? D_WINDOW
+                : D_NONE;
+            }),
+        });
       } else {
         const kind = rng.next();
         if (kind < 0.35) {
@@ -361,7 +462,11 @@ function buildScene(domain: SyntheticDomain, rng: Rng, h: number, w: number): Bu
         } else if (kind < 0.65) {
           const hf = rng.uniform(1.2, 2.2);
           const inst = newInst(L.fence);
-          back.push({ z: z0, draw: () => facade(cv, view, Xf, z0, z1, 0, hf, L.fence, inst, s, (a, Y) => (frac(a / 0.25) < 0.3 || Y > hf - 0.12 ? D_FRAME : D_NONE)) });
+          back.push({
+            z: z0,
+            draw: () =>
+              facade(cv, view, Xf, z0, z1, 0, hf, L.fence, inst, s, (a, Y) => (frac(a / 0.25) < 0.3 || Y > hf - 0.12 ? D_FRAME : D_NONE)),
+          });
         } else if (kind < 0.8) {
           const hh = rng.uniform(0.8, 1.8);
           const inst = newInst(L.vegetation);
@@ -383,7 +488,8 @@ function buildScene(domain: SyntheticDomain, rng: Rng, h: number, w: number): Bu
   // Street furniture, vehicles and people, far to near.
   const front: { z: number; draw: () => void }[] = [];
   const side = (): number => (rng.next() < 0.5 ? -1 : 1);
-  const onWalk = (s: number, from: number, to: number): number => (s < 0 ? roadL - rng.uniform(from, to) * (roadL - walkL) : roadR + rng.uniform(from, to) * (walkR - roadR));
+  const onWalk = (s: number, from: number, to: number): number =>
+    s < 0 ? roadL - rng.uniform(from, to) * (roadL - walkL) : roadR + rng.uniform(from, to) * (walkR - roadR);
 
   const nTrees = count(rng, lay.sidewalkTrees);
   for (let i = 0; i < nTrees; i++) {
@@ -409,34 +515,41 @@ function buildScene(domain: SyntheticDomain, rng: Rng, h: number, w: number): Bu
     const signY = light ? rng.uniform(2.2, H - 1.5) : H - rng.uniform(0.4, 0.7);
     const signR = rng.uniform(0.3, 0.45);
     const signShape = rng.int(0, 2);
-    front.push({ z: Z, draw: () => {
-      const hw = 0.09;
-      cv.rect(view.x(X - hw, Z), view.y(H, Z), view.x(X + hw, Z), view.y(0, Z), paint(L.pole, pole, F_FRONT, D_NONE, Z));
-      if (light) {
-        const lx = X - s * 0.2;
-        const p = paint(L.trafficLight, lightInst, F_FRONT, D_NONE, Z);
-        const xa = view.x(lx - 0.18, Z); const xb = view.x(lx + 0.18, Z);
-        const ya = view.y(H, Z); const yb = view.y(H - 0.95, Z);
-        const lit = instances[lightInst]!.variant;
-        p.detail = (x, y) => {
-          const u = (x + 0.5 - xa) / (xb - xa);
-          const v = (y + 0.5 - ya) / (yb - ya);
-          const row = Math.min(2, Math.floor(v * 3));
-          const dv = v * 3 - row - 0.5;
-          if ((u - 0.5) ** 2 * 1.0 + dv * dv * 0.11 > 0.06) return D_NONE;
-          const code = row === 0 ? D_LAMP_RED : row === 1 ? D_LAMP_AMBER : D_LAMP_GREEN;
-          return Math.floor(lit * 3) === row ? code : D_DARK;
-        };
-        cv.rect(xa, ya, xb, yb, p);
-      }
-      if (sign) {
-        const sx = view.x(X, Z); const sy = view.y(signY, Z); const rr = (view.f * signR) / Z;
-        const p = paint(L.trafficSign, signInst, F_FRONT, D_NONE, Z);
-        if (signShape === 0) cv.ellipse(sx, sy, rr, rr, p);
-        else if (signShape === 1) cv.rect(sx - rr, sy - rr * 0.8, sx + rr, sy + rr * 0.8, p);
-        else cv.polygon([sx, sy - rr * 1.1, sx + rr * 1.1, sy, sx, sy + rr * 1.1, sx - rr * 1.1, sy], p);
-      }
-    } });
+    front.push({
+      z: Z,
+      draw: () => {
+        const hw = 0.09;
+        cv.rect(view.x(X - hw, Z), view.y(H, Z), view.x(X + hw, Z), view.y(0, Z), paint(L.pole, pole, F_FRONT, D_NONE, Z));
+        if (light) {
+          const lx = X - s * 0.2;
+          const p = paint(L.trafficLight, lightInst, F_FRONT, D_NONE, Z);
+          const xa = view.x(lx - 0.18, Z);
+          const xb = view.x(lx + 0.18, Z);
+          const ya = view.y(H, Z);
+          const yb = view.y(H - 0.95, Z);
+          const lit = instances[lightInst]!.variant;
+          p.detail = (x, y) => {
+            const u = (x + 0.5 - xa) / (xb - xa);
+            const v = (y + 0.5 - ya) / (yb - ya);
+            const row = Math.min(2, Math.floor(v * 3));
+            const dv = v * 3 - row - 0.5;
+            if ((u - 0.5) ** 2 * 1.0 + dv * dv * 0.11 > 0.06) return D_NONE;
+            const code = row === 0 ? D_LAMP_RED : row === 1 ? D_LAMP_AMBER : D_LAMP_GREEN;
+            return Math.floor(lit * 3) === row ? code : D_DARK;
+          };
+          cv.rect(xa, ya, xb, yb, p);
+        }
+        if (sign) {
+          const sx = view.x(X, Z);
+          const sy = view.y(signY, Z);
+          const rr = (view.f * signR) / Z;
+          const p = paint(L.trafficSign, signInst, F_FRONT, D_NONE, Z);
+          if (signShape === 0) cv.ellipse(sx, sy, rr, rr, p);
+          else if (signShape === 1) cv.rect(sx - rr, sy - rr * 0.8, sx + rr, sy + rr * 0.8, p);
+          else cv.polygon([sx, sy - rr * 1.1, sx + rr * 1.1, sy, sx, sy + rr * 1.1, sx - rr * 1.1, sy], p);
+        }
+      },
+    });
   }
 
   // Vehicles in lanes (or parked at the kerb), without overlapping each other.
@@ -464,15 +577,24 @@ function buildScene(domain: SyntheticDomain, rng: Rng, h: number, w: number): Bu
   }
   if (rng.next() < lay.truckP) {
     const at = place(8, true, 0);
-    if (at) { const v = makeTruck(rng, newInst(L.truck)); front.push({ z: at.Z, draw: () => v(cv, view, at.X, at.Z) }); }
+    if (at) {
+      const v = makeTruck(rng, newInst(L.truck));
+      front.push({ z: at.Z, draw: () => v(cv, view, at.X, at.Z) });
+    }
   }
   if (rng.next() < lay.busP) {
     const at = place(12, true, 0);
-    if (at) { const v = makeBus(newInst(L.bus)); front.push({ z: at.Z, draw: () => v(cv, view, at.X, at.Z) }); }
+    if (at) {
+      const v = makeBus(newInst(L.bus));
+      front.push({ z: at.Z, draw: () => v(cv, view, at.X, at.Z) });
+    }
   }
   if (rng.next() < lay.trainP) {
     const at = place(26, true, 0);
-    if (at) { const v = makeTrain(newInst(L.train)); front.push({ z: at.Z, draw: () => v(cv, view, at.X, at.Z) }); }
+    if (at) {
+      const v = makeTrain(newInst(L.train));
+      front.push({ z: at.Z, draw: () => v(cv, view, at.X, at.Z) });
+    }
   }
 
   // Two-wheelers: ridden on the road near the kerb, or parked on the sidewalk.
@@ -533,7 +655,13 @@ function paint(cls: number, inst: number, face: number, detail: number | PixelFn
 }
 
 /** Sky above the horizon; road, sidewalks and terrain below it, with markings and kerbs as details. */
-function paintGround(cv: Canvas, view: View, st: Street, crosswalk: number, inst: { sky: number; road: number; walk: number; terrain: number }): void {
+function paintGround(
+  cv: Canvas,
+  view: View,
+  st: Street,
+  crosswalk: number,
+  inst: { sky: number; road: number; walk: number; terrain: number },
+): void {
   const { width: w, height: h, label, detail, depth } = cv;
   const centre = (st.roadL + st.roadR) / 2;
   const twoWay = st.roadR - st.roadL > 7;
@@ -555,17 +683,20 @@ function paintGround(cv: Canvas, view: View, st: Street, crosswalk: number, inst
       let d = D_NONE;
       let id: number;
       if (X >= st.roadL && X <= st.roadR) {
-        cls = L.road; id = inst.road;
+        cls = L.road;
+        id = inst.road;
         const fromL = X - st.roadL;
         const fromR = st.roadR - X;
         if (twoWay && Math.abs(X - centre) < 0.08 && frac(Z / 9) < 0.45) d = D_MARKING;
         else if ((fromL > 0.25 && fromL < 0.38) || (fromR > 0.25 && fromR < 0.38)) d = D_MARKING;
         else if (crosswalk > 0 && Z > crosswalk && Z < crosswalk + 3.2 && frac(fromL / 1.1) < 0.5) d = D_MARKING;
       } else if (X >= st.walkL && X <= st.walkR) {
-        cls = L.sidewalk; id = inst.walk;
+        cls = L.sidewalk;
+        id = inst.walk;
         if (X > st.roadR ? X - st.roadR < 0.22 : st.roadL - X < 0.22) d = D_KERB;
       } else {
-        cls = L.terrain; id = inst.terrain;
+        cls = L.terrain;
+        id = inst.terrain;
       }
       label[i] = cls;
       cv.inst[i] = id;
@@ -592,27 +723,83 @@ function paintSkyline(cv: Canvas, view: View, rng: Rng, newInst: (cls: number) =
 }
 
 /** A vertical plane along the street (X = const), with a detail pattern in facade coordinates. */
-function facade(cv: Canvas, view: View, X: number, z0: number, z1: number, y0: number, y1: number, cls: number, inst: number, s: number, fn: FaceFn): void {
+function facade(
+  cv: Canvas,
+  view: View,
+  X: number,
+  z0: number,
+  z1: number,
+  y0: number,
+  y1: number,
+  cls: number,
+  inst: number,
+  s: number,
+  fn: FaceFn,
+): void {
   const zAt = (x: number): number => view.zOnSide(X, x);
-  cv.polygon(view.side(X, z0, z1, y0, y1), paint(cls, inst, s < 0 ? F_POS_X : F_NEG_X, (x, y) => {
-    const Z = zAt(x);
-    return fn(Z - z0, view.yWorld(y, Z) - y0);
-  }, zAt));
+  cv.polygon(
+    view.side(X, z0, z1, y0, y1),
+    paint(
+      cls,
+      inst,
+      s < 0 ? F_POS_X : F_NEG_X,
+      (x, y) => {
+        const Z = zAt(x);
+        return fn(Z - z0, view.yWorld(y, Z) - y0);
+      },
+      zAt,
+    ),
+  );
 }
 
 /** The faces of a box the camera sees (front, one side, top), each with its own detail pattern. */
 function drawBox(cv: Canvas, view: View, b: Box, cls: number, inst: number, front: FaceFn, sideFn: FaceFn): void {
   const { X0, X1, Y0, Y1, Z0, Z1 } = b;
-  if (X0 > 0) cv.polygon(view.side(X0, Z0, Z1, Y0, Y1), paint(cls, inst, F_NEG_X, (x, y) => { const Z = view.zOnSide(X0, x); return sideFn(Z - Z0, view.yWorld(y, Z) - Y0); }, (x) => view.zOnSide(X0, x)));
-  if (X1 < 0) cv.polygon(view.side(X1, Z0, Z1, Y0, Y1), paint(cls, inst, F_POS_X, (x, y) => { const Z = view.zOnSide(X1, x); return sideFn(Z - Z0, view.yWorld(y, Z) - Y0); }, (x) => view.zOnSide(X1, x)));
+  if (X0 > 0)
+    cv.polygon(
+      view.side(X0, Z0, Z1, Y0, Y1),
+      paint(
+        cls,
+        inst,
+        F_NEG_X,
+        (x, y) => {
+          const Z = view.zOnSide(X0, x);
+          return sideFn(Z - Z0, view.yWorld(y, Z) - Y0);
+        },
+        (x) => view.zOnSide(X0, x),
+      ),
+    );
+  if (X1 < 0)
+    cv.polygon(
+      view.side(X1, Z0, Z1, Y0, Y1),
+      paint(
+        cls,
+        inst,
+        F_POS_X,
+        (x, y) => {
+          const Z = view.zOnSide(X1, x);
+          return sideFn(Z - Z0, view.yWorld(y, Z) - Y0);
+        },
+        (x) => view.zOnSide(X1, x),
+      ),
+    );
   if (Y1 < view.camH) {
-    cv.polygon([view.x(X0, Z0), view.y(Y1, Z0), view.x(X1, Z0), view.y(Y1, Z0), view.x(X1, Z1), view.y(Y1, Z1), view.x(X0, Z1), view.y(Y1, Z1)], paint(cls, inst, F_TOP, D_NONE, Z0));
+    cv.polygon(
+      [view.x(X0, Z0), view.y(Y1, Z0), view.x(X1, Z0), view.y(Y1, Z0), view.x(X1, Z1), view.y(Y1, Z1), view.x(X0, Z1), view.y(Y1, Z1)],
+      paint(cls, inst, F_TOP, D_NONE, Z0),
+    );
   }
   const xa = view.x(X0, Z0);
   const xb = view.x(X1, Z0);
   const ya = view.y(Y1, Z0);
   const yb = view.y(Y0, Z0);
-  cv.rect(xa, ya, xb, yb, paint(cls, inst, F_FRONT, (x, y) => front(((x + 0.5 - xa) / (xb - xa)) * (X1 - X0), ((yb - y - 0.5) / (yb - ya)) * (Y1 - Y0)), Z0));
+  cv.rect(
+    xa,
+    ya,
+    xb,
+    yb,
+    paint(cls, inst, F_FRONT, (x, y) => front(((x + 0.5 - xa) / (xb - xa)) * (X1 - X0), ((yb - y - 0.5) / (yb - ya)) * (Y1 - Y0)), Z0),
+  );
 }
 
 type Drawer = (cv: Canvas, view: View, X: number, Z: number) => void;
@@ -624,7 +811,13 @@ function makeTree(rng: Rng, inst: number): Drawer {
   const n = rng.int(2, 4);
   for (let i = 0; i < n; i++) blobs.push(rng.uniform(-0.6, 0.6) * R, trunkH + R * rng.uniform(0.6, 1.3), R * rng.uniform(0.6, 0.9));
   return (cv, view, X, Z) => {
-    cv.rect(view.x(X - 0.15, Z), view.y(trunkH + R * 0.5, Z), view.x(X + 0.15, Z), view.y(0, Z), paint(L.vegetation, inst, F_FRONT, D_TRUNK, Z));
+    cv.rect(
+      view.x(X - 0.15, Z),
+      view.y(trunkH + R * 0.5, Z),
+      view.x(X + 0.15, Z),
+      view.y(0, Z),
+      paint(L.vegetation, inst, F_FRONT, D_TRUNK, Z),
+    );
     for (let i = 0; i < blobs.length; i += 3) {
       const r = (view.f * blobs[i + 2]!) / Z;
       cv.ellipse(view.x(X + blobs[i]!, Z), view.y(blobs[i + 1]!, Z), r, r * 0.9, paint(L.vegetation, inst, F_FRONT, D_NONE, Z));
@@ -638,46 +831,105 @@ function makeCar(rng: Rng, inst: number, len: number): Drawer {
   const top = rng.uniform(1.38, 1.75);
   return (cv, view, X, Z) => {
     const b: Box = { X0: X - wid / 2, X1: X + wid / 2, Y0: 0, Y1: body, Z0: Z, Z1: Z + len };
-    drawBox(cv, view, b, L.car, inst, (u, Y) => {
-      if (Y < 0.28 && (u < 0.45 || u > wid - 0.45) && (u > 0.12 && u < wid - 0.12)) return D_TYRE;
-      if (Y > body - 0.32 && Y < body - 0.12 && (u < 0.35 || u > wid - 0.35)) return D_TAIL;
-      return D_NONE;
-    }, (a, Y) => ((a - 0.8) ** 2 + (Y - 0.33) ** 2 < 0.1 || (a - (len - 0.8)) ** 2 + (Y - 0.33) ** 2 < 0.1 ? D_TYRE : D_NONE));
+    drawBox(
+      cv,
+      view,
+      b,
+      L.car,
+      inst,
+      (u, Y) => {
+        if (Y < 0.28 && (u < 0.45 || u > wid - 0.45) && u > 0.12 && u < wid - 0.12) return D_TYRE;
+        if (Y > body - 0.32 && Y < body - 0.12 && (u < 0.35 || u > wid - 0.35)) return D_TAIL;
+        return D_NONE;
+      },
+      (a, Y) => ((a - 0.8) ** 2 + (Y - 0.33) ** 2 < 0.1 || (a - (len - 0.8)) ** 2 + (Y - 0.33) ** 2 < 0.1 ? D_TYRE : D_NONE),
+    );
     const cab: Box = { X0: b.X0 + 0.1, X1: b.X1 - 0.1, Y0: body, Y1: top, Z0: Z + 0.9, Z1: Z + len - 1.1 };
     const cw = cab.X1 - cab.X0;
     const ch = top - body;
-    drawBox(cv, view, cab, L.car, inst,
+    drawBox(
+      cv,
+      view,
+      cab,
+      L.car,
+      inst,
       (u, Y) => (u > 0.12 && u < cw - 0.12 && Y > 0.06 && Y < ch - 0.1 ? D_GLASS : D_NONE),
-      (a, Y) => (Y > 0.08 && Y < ch - 0.08 && a > 0.25 && a < cab.Z1 - cab.Z0 - 0.2 && frac(a / ((cab.Z1 - cab.Z0) / 2)) > 0.06 ? D_GLASS : D_NONE));
+      (a, Y) =>
+        Y > 0.08 && Y < ch - 0.08 && a > 0.25 && a < cab.Z1 - cab.Z0 - 0.2 && frac(a / ((cab.Z1 - cab.Z0) / 2)) > 0.06 ? D_GLASS : D_NONE,
+    );
   };
 }
 
 function makeTruck(rng: Rng, inst: number): Drawer {
   const H = rng.uniform(3.2, 3.9);
   return (cv, view, X, Z) => {
-    drawBox(cv, view, { X0: X - 1.25, X1: X + 1.25, Y0: 0.5, Y1: H, Z0: Z, Z1: Z + 6 }, L.truck, inst,
+    drawBox(
+      cv,
+      view,
+      { X0: X - 1.25, X1: X + 1.25, Y0: 0.5, Y1: H, Z0: Z, Z1: Z + 6 },
+      L.truck,
+      inst,
       (u, Y) => (frac(u / 1.25) < 0.04 || Y < 0.15 ? D_FRAME : D_NONE),
-      (a, Y) => (Y < 0.12 || frac(a / 1.5) < 0.04 ? D_FRAME : D_NONE));
-    drawBox(cv, view, { X0: X - 1.2, X1: X + 1.2, Y0: 0, Y1: 0.5, Z0: Z + 0.3, Z1: Z + 6 }, L.truck, inst,
-      (u) => (u < 0.5 || u > 1.9 ? D_TYRE : D_FRAME), (a, Y) => ((a - 1) ** 2 + (Y - 0.5) ** 2 < 0.22 || (a - 5) ** 2 + (Y - 0.5) ** 2 < 0.22 ? D_TYRE : D_FRAME));
-    drawBox(cv, view, { X0: X - 1.2, X1: X + 1.2, Y0: 0, Y1: 2.9, Z0: Z + 6, Z1: Z + 8 }, L.truck, inst,
-      () => D_NONE, (a, Y) => (Y > 1.7 && Y < 2.6 && a > 0.8 && a < 1.8 ? D_GLASS : (a - 1) ** 2 + (Y - 0.5) ** 2 < 0.22 ? D_TYRE : D_NONE));
+      (a, Y) => (Y < 0.12 || frac(a / 1.5) < 0.04 ? D_FRAME : D_NONE),
+    );
+    drawBox(
+      cv,
+      view,
+      { X0: X - 1.2, X1: X + 1.2, Y0: 0, Y1: 0.5, Z0: Z + 0.3, Z1: Z + 6 },
+      L.truck,
+      inst,
+      (u) => (u < 0.5 || u > 1.9 ? D_TYRE : D_FRAME),
+      (a, Y) => ((a - 1) ** 2 + (Y - 0.5) ** 2 < 0.22 || (a - 5) ** 2 + (Y - 0.5) ** 2 < 0.22 ? D_TYRE : D_FRAME),
+    );
+    drawBox(
+      cv,
+      view,
+      { X0: X - 1.2, X1: X + 1.2, Y0: 0, Y1: 2.9, Z0: Z + 6, Z1: Z + 8 },
+      L.truck,
+      inst,
+      () => D_NONE,
+      (a, Y) => (Y > 1.7 && Y < 2.6 && a > 0.8 && a < 1.8 ? D_GLASS : (a - 1) ** 2 + (Y - 0.5) ** 2 < 0.22 ? D_TYRE : D_NONE),
+    );
   };
 }
 
 function makeBus(inst: number): Drawer {
   return (cv, view, X, Z) => {
-    drawBox(cv, view, { X0: X - 1.27, X1: X + 1.27, Y0: 0, Y1: 3.1, Z0: Z, Z1: Z + 12 }, L.bus, inst,
-      (u, Y) => (Y > 1.5 && Y < 2.8 && u > 0.15 && u < 2.39 ? D_GLASS : Y < 0.3 && (u < 0.5 || u > 2.04) ? D_TYRE : Y > 0.7 && Y < 0.95 && (u < 0.3 || u > 2.24) ? D_TAIL : D_NONE),
-      (a, Y) => (Y > 1.3 && Y < 2.65 && frac(a / 1.6) > 0.12 ? D_GLASS : (a - 2.2) ** 2 + (Y - 0.5) ** 2 < 0.2 || (a - 9.5) ** 2 + (Y - 0.5) ** 2 < 0.2 ? D_TYRE : D_NONE));
+    drawBox(
+      cv,
+      view,
+      { X0: X - 1.27, X1: X + 1.27, Y0: 0, Y1: 3.1, Z0: Z, Z1: Z + 12 },
+      L.bus,
+      inst,
+      (u, Y) =>
+        Y > 1.5 && Y < 2.8 && u > 0.15 && u < 2.39
+          ? D_GLASS
+          : Y < 0.3 && (u < 0.5 || u > 2.04)
+            ? D_TYRE
+            : Y > 0.7 && Y < 0.95 && (u < 0.3 || u > 2.24)
+              ? D_TAIL
+              : D_NONE,
+      (a, Y) =>
+        Y > 1.3 && Y < 2.65 && frac(a / 1.6) > 0.12
+          ? D_GLASS
+          : (a - 2.2) ** 2 + (Y - 0.5) ** 2 < 0.2 || (a - 9.5) ** 2 + (Y - 0.5) ** 2 < 0.2
+            ? D_TYRE
+            : D_NONE,
+    );
   };
 }
 
 function makeTrain(inst: number): Drawer {
   return (cv, view, X, Z) => {
-    drawBox(cv, view, { X0: X - 1.3, X1: X + 1.3, Y0: 0.2, Y1: 3.5, Z0: Z, Z1: Z + 26 }, L.train, inst,
+    drawBox(
+      cv,
+      view,
+      { X0: X - 1.3, X1: X + 1.3, Y0: 0.2, Y1: 3.5, Z0: Z, Z1: Z + 26 },
+      L.train,
+      inst,
       (u, Y) => (Y > 1.7 && Y < 3.0 && u > 0.2 && u < 2.4 ? D_GLASS : Y < 0.5 ? D_FRAME : D_NONE),
-      (a, Y) => (Y > 1.5 && Y < 2.8 && frac(a / 2.2) > 0.15 ? D_GLASS : Y < 0.4 || frac(a / 8.6) < 0.02 ? D_FRAME : D_NONE));
+      (a, Y) => (Y > 1.5 && Y < 2.8 && frac(a / 2.2) > 0.15 ? D_GLASS : Y < 0.4 || frac(a / 8.6) < 0.02 ? D_FRAME : D_NONE),
+    );
   };
 }
 
@@ -694,13 +946,19 @@ function makeTwoWheeler(rng: Rng, moto: boolean, inst: number, rider: number): D
     const xf = view.x(X + (dir * base) / 2, Z);
     const yw = view.y(r, Z);
     const p = paint(cls, inst, F_FRONT, D_NONE, Z);
-    const tyre = paint(cls, inst, F_FRONT, (x, y) => {
-      const dxb = (x + 0.5 - xb) ** 2;
-      const dxf = (x + 0.5 - xf) ** 2;
-      const dy = (y + 0.5 - yw) ** 2;
-      const inner = (s(r) * (moto ? 0.55 : 0.8)) ** 2;
-      return Math.min(dxb, dxf) + dy > inner ? D_TYRE : moto ? D_FRAME : D_NONE;
-    }, Z);
+    const tyre = paint(
+      cls,
+      inst,
+      F_FRONT,
+      (x, y) => {
+        const dxb = (x + 0.5 - xb) ** 2;
+        const dxf = (x + 0.5 - xf) ** 2;
+        const dy = (y + 0.5 - yw) ** 2;
+        const inner = (s(r) * (moto ? 0.55 : 0.8)) ** 2;
+        return Math.min(dxb, dxf) + dy > inner ? D_TYRE : moto ? D_FRAME : D_NONE;
+      },
+      Z,
+    );
     cv.ellipse(xb, yw, s(r), s(r), tyre);
     cv.ellipse(xf, yw, s(r), s(r), tyre);
     const seat = view.y(moto ? 0.8 : 0.9, Z);
@@ -709,7 +967,11 @@ function makeTwoWheeler(rng: Rng, moto: boolean, inst: number, rider: number): D
     const xh = view.x(X + dir * (base / 2 - 0.1), Z);
     const t = Math.max(1, s(moto ? 0.25 : 0.06));
     cv.polygon([xb, yw, xs, seat, xs + t, seat, xh, bar, xh + t, bar, xf + t, yw, xf, yw], p);
-    if (moto) cv.polygon([xs - s(0.3) * dir, view.y(0.75, Z), xh, view.y(0.95, Z), xh, view.y(0.45, Z), xs, view.y(0.3, Z)], paint(cls, inst, F_FRONT, D_FRAME, Z));
+    if (moto)
+      cv.polygon(
+        [xs - s(0.3) * dir, view.y(0.75, Z), xh, view.y(0.95, Z), xh, view.y(0.45, Z), xs, view.y(0.3, Z)],
+        paint(cls, inst, F_FRONT, D_FRAME, Z),
+      );
     person?.(cv, view, X - dir * 0.2, Z - 0.05);
   };
 }
@@ -768,26 +1030,95 @@ const SOURCE_STYLE: Style = {
     [L.unlabelled]: [[0, 0, 0]],
     [L.road]: [[92, 92, 100]],
     [L.sidewalk]: [[182, 170, 152]],
-    [L.building]: [[176, 118, 86], [214, 190, 140], [140, 144, 160], [122, 86, 76], [222, 210, 186]],
-    [L.wall]: [[206, 194, 160], [168, 156, 142]],
-    [L.fence]: [[140, 104, 58], [96, 98, 112]],
+    [L.building]: [
+      [176, 118, 86],
+      [214, 190, 140],
+      [140, 144, 160],
+      [122, 86, 76],
+      [222, 210, 186],
+    ],
+    [L.wall]: [
+      [206, 194, 160],
+      [168, 156, 142],
+    ],
+    [L.fence]: [
+      [140, 104, 58],
+      [96, 98, 112],
+    ],
     [L.pole]: [[112, 112, 124]],
     [L.trafficLight]: [[48, 48, 40]],
-    [L.trafficSign]: [[30, 92, 210], [225, 38, 30], [245, 205, 20], [245, 245, 245]],
-    [L.vegetation]: [[52, 152, 40], [72, 166, 58], [40, 126, 36]],
-    [L.terrain]: [[152, 186, 68], [168, 146, 92]],
+    [L.trafficSign]: [
+      [30, 92, 210],
+      [225, 38, 30],
+      [245, 205, 20],
+      [245, 245, 245],
+    ],
+    [L.vegetation]: [
+      [52, 152, 40],
+      [72, 166, 58],
+      [40, 126, 36],
+    ],
+    [L.terrain]: [
+      [152, 186, 68],
+      [168, 146, 92],
+    ],
     [L.sky]: [[80, 150, 240]],
-    [L.person]: [[205, 58, 48], [48, 70, 178], [236, 204, 58], [56, 146, 70], [222, 110, 190]],
-    [L.rider]: [[240, 122, 28], [36, 166, 210]],
-    [L.car]: [[208, 28, 28], [28, 62, 196], [244, 244, 244], [36, 36, 42], [186, 186, 196], [236, 184, 18]],
-    [L.truck]: [[226, 226, 214], [208, 92, 26]],
-    [L.bus]: [[246, 192, 18], [36, 112, 208]],
-    [L.train]: [[196, 196, 208], [178, 28, 40]],
-    [L.motorcycle]: [[188, 18, 28], [28, 28, 34]],
-    [L.bicycle]: [[18, 122, 230], [210, 28, 122]],
+    [L.person]: [
+      [205, 58, 48],
+      [48, 70, 178],
+      [236, 204, 58],
+      [56, 146, 70],
+      [222, 110, 190],
+    ],
+    [L.rider]: [
+      [240, 122, 28],
+      [36, 166, 210],
+    ],
+    [L.car]: [
+      [208, 28, 28],
+      [28, 62, 196],
+      [244, 244, 244],
+      [36, 36, 42],
+      [186, 186, 196],
+      [236, 184, 18],
+    ],
+    [L.truck]: [
+      [226, 226, 214],
+      [208, 92, 26],
+    ],
+    [L.bus]: [
+      [246, 192, 18],
+      [36, 112, 208],
+    ],
+    [L.train]: [
+      [196, 196, 208],
+      [178, 28, 40],
+    ],
+    [L.motorcycle]: [
+      [188, 18, 28],
+      [28, 28, 34],
+    ],
+    [L.bicycle]: [
+      [18, 122, 230],
+      [210, 28, 122],
+    ],
   },
-  details: [[0, 0, 0], [64, 112, 170], [244, 244, 244], [24, 24, 24], [56, 80, 118], [232, 180, 138], [255, 32, 32],
-    [255, 200, 0], [32, 232, 64], [226, 18, 18], [112, 72, 38], [206, 200, 190], [40, 40, 52], [64, 64, 66]],
+  details: [
+    [0, 0, 0],
+    [64, 112, 170],
+    [244, 244, 244],
+    [24, 24, 24],
+    [56, 80, 118],
+    [232, 180, 138],
+    [255, 32, 32],
+    [255, 200, 0],
+    [32, 232, 64],
+    [226, 18, 18],
+    [112, 72, 38],
+    [206, 200, 190],
+    [40, 40, 52],
+    [64, 64, 66],
+  ],
   skyTop: [64, 134, 236],
   skyHorizon: [170, 208, 252],
   faces: [0.96, 1.12, 0.78, 1.12],
@@ -799,27 +1130,99 @@ const TARGET_STYLE: Style = {
   palette: {
     [L.unlabelled]: [[36, 36, 40]],
     [L.road]: [[88, 85, 84]],
-    [L.sidewalk]: [[164, 148, 136], [146, 140, 134]],
-    [L.building]: [[152, 142, 128], [118, 114, 110], [172, 156, 134], [112, 96, 86], [160, 160, 156]],
-    [L.wall]: [[168, 160, 146], [132, 126, 118]],
-    [L.fence]: [[106, 100, 88], [80, 82, 84]],
+    [L.sidewalk]: [
+      [164, 148, 136],
+      [146, 140, 134],
+    ],
+    [L.building]: [
+      [152, 142, 128],
+      [118, 114, 110],
+      [172, 156, 134],
+      [112, 96, 86],
+      [160, 160, 156],
+    ],
+    [L.wall]: [
+      [168, 160, 146],
+      [132, 126, 118],
+    ],
+    [L.fence]: [
+      [106, 100, 88],
+      [80, 82, 84],
+    ],
     [L.pole]: [[86, 86, 82]],
     [L.trafficLight]: [[40, 40, 38]],
-    [L.trafficSign]: [[68, 98, 150], [170, 70, 60], [198, 178, 82], [208, 208, 202]],
-    [L.vegetation]: [[74, 114, 52], [62, 98, 46], [94, 122, 58]],
-    [L.terrain]: [[134, 146, 82], [150, 134, 98]],
+    [L.trafficSign]: [
+      [68, 98, 150],
+      [170, 70, 60],
+      [198, 178, 82],
+      [208, 208, 202],
+    ],
+    [L.vegetation]: [
+      [74, 114, 52],
+      [62, 98, 46],
+      [94, 122, 58],
+    ],
+    [L.terrain]: [
+      [134, 146, 82],
+      [150, 134, 98],
+    ],
     [L.sky]: [[150, 176, 212]],
-    [L.person]: [[70, 64, 70], [110, 90, 80], [58, 68, 94], [142, 132, 120], [36, 36, 40]],
-    [L.rider]: [[92, 80, 70], [60, 80, 102]],
-    [L.car]: [[62, 62, 66], [166, 166, 170], [214, 214, 208], [34, 38, 42], [70, 80, 110], [122, 42, 40]],
-    [L.truck]: [[192, 188, 178], [150, 82, 52]],
-    [L.bus]: [[200, 180, 82], [90, 120, 150]],
-    [L.train]: [[172, 170, 160], [150, 62, 56]],
-    [L.motorcycle]: [[42, 42, 44], [120, 42, 40]],
-    [L.bicycle]: [[52, 60, 80], [92, 40, 60]],
+    [L.person]: [
+      [70, 64, 70],
+      [110, 90, 80],
+      [58, 68, 94],
+      [142, 132, 120],
+      [36, 36, 40],
+    ],
+    [L.rider]: [
+      [92, 80, 70],
+      [60, 80, 102],
+    ],
+    [L.car]: [
+      [62, 62, 66],
+      [166, 166, 170],
+      [214, 214, 208],
+      [34, 38, 42],
+      [70, 80, 110],
+      [122, 42, 40],
+    ],
+    [L.truck]: [
+      [192, 188, 178],
+      [150, 82, 52],
+    ],
+    [L.bus]: [
+      [200, 180, 82],
+      [90, 120, 150],
+    ],
+    [L.train]: [
+      [172, 170, 160],
+      [150, 62, 56],
+    ],
+    [L.motorcycle]: [
+      [42, 42, 44],
+      [120, 42, 40],
+    ],
+    [L.bicycle]: [
+      [52, 60, 80],
+      [92, 40, 60],
+    ],
   },
-  details: [[0, 0, 0], [56, 64, 74], [204, 200, 190], [30, 30, 30], [46, 50, 58], [192, 150, 126], [222, 62, 50],
-    [222, 170, 62], [82, 200, 122], [150, 40, 36], [82, 66, 50], [168, 162, 152], [44, 44, 50], [50, 50, 52]],
+  details: [
+    [0, 0, 0],
+    [56, 64, 74],
+    [204, 200, 190],
+    [30, 30, 30],
+    [46, 50, 58],
+    [192, 150, 126],
+    [222, 62, 50],
+    [222, 170, 62],
+    [82, 200, 122],
+    [150, 40, 36],
+    [82, 66, 50],
+    [168, 162, 152],
+    [44, 44, 50],
+    [50, 50, 52],
+  ],
   skyTop: [138, 166, 208],
   skyHorizon: [206, 210, 212],
   faces: [0.98, 1.05, 0.9, 1.04],
@@ -906,7 +1309,9 @@ function baseColours(b: Built, style: Style, sunPosX: boolean): Float32Array {
       const cls = cv.label[i]!;
       const d = cv.detail[i]!;
       if (cls === L.sky) {
-        rgb[o] = sky0; rgb[o + 1] = sky1; rgb[o + 2] = sky2;
+        rgb[o] = sky0;
+        rgb[o + 1] = sky1;
+        rgb[o + 2] = sky2;
         continue;
       }
       const f = faces[cv.face[i]!]!;
@@ -914,10 +1319,14 @@ function baseColours(b: Built, style: Style, sunPosX: boolean): Float32Array {
         const c = style.details[d]!;
         // Glass and windows reflect a little of the instance's own tone.
         const k = d === D_WINDOW || d === D_GLASS ? f * (0.85 + 0.3 * b.instances[cv.inst[i]!]!.variant) : f;
-        rgb[o] = c[0] * k; rgb[o + 1] = c[1] * k; rgb[o + 2] = c[2] * k;
+        rgb[o] = c[0] * k;
+        rgb[o + 1] = c[1] * k;
+        rgb[o + 2] = c[2] * k;
       } else {
         const s = cv.inst[i]! * 3;
-        rgb[o] = inst[s]! * f; rgb[o + 1] = inst[s + 1]! * f; rgb[o + 2] = inst[s + 2]! * f;
+        rgb[o] = inst[s]! * f;
+        rgb[o + 1] = inst[s + 1]! * f;
+        rgb[o + 2] = inst[s + 2]! * f;
       }
     }
   }
@@ -972,7 +1381,10 @@ function shadeTarget(b: Built, rng: Rng): Uint8Array {
           for (let t = 0; t < st.treeShadows.length; t += 2) {
             const ex = X - st.treeShadows[t]!;
             const ez = (Zg - st.treeShadows[t + 1]!) * 0.7;
-            if (ex * ex + ez * ez < treeR * treeR * (1 + 0.3 * fine[i]!)) { k *= shadowK + 0.1; break; }
+            if (ex * ex + ez * ez < treeR * treeR * (1 + 0.3 * fine[i]!)) {
+              k *= shadowK + 0.1;
+              break;
+            }
           }
         }
         if (cls === L.sidewalk && (frac(X / tiles) < 0.07 || frac(Zg / tiles) < 0.07)) k *= 0.86;
@@ -999,14 +1411,16 @@ function shadeTarget(b: Built, rng: Rng): Uint8Array {
     for (let x = 0; x < w; x++) {
       const l = Math.max(0, x - 1);
       const r = Math.min(w - 1, x + 1);
-      for (let c = 0; c < 3; c++) tmp[(y * w + x) * 3 + c] = 0.25 * rgb[(y * w + l) * 3 + c]! + 0.5 * rgb[(y * w + x) * 3 + c]! + 0.25 * rgb[(y * w + r) * 3 + c]!;
+      for (let c = 0; c < 3; c++)
+        tmp[(y * w + x) * 3 + c] = 0.25 * rgb[(y * w + l) * 3 + c]! + 0.5 * rgb[(y * w + x) * 3 + c]! + 0.25 * rgb[(y * w + r) * 3 + c]!;
     }
   }
   for (let y = 0; y < h; y++) {
     const u = Math.max(0, y - 1);
     const d = Math.min(h - 1, y + 1);
     for (let x = 0; x < w; x++) {
-      for (let c = 0; c < 3; c++) rgb[(y * w + x) * 3 + c] = 0.25 * tmp[(u * w + x) * 3 + c]! + 0.5 * tmp[(y * w + x) * 3 + c]! + 0.25 * tmp[(d * w + x) * 3 + c]!;
+      for (let c = 0; c < 3; c++)
+        rgb[(y * w + x) * 3 + c] = 0.25 * tmp[(u * w + x) * 3 + c]! + 0.5 * tmp[(y * w + x) * 3 + c]! + 0.25 * tmp[(d * w + x) * 3 + c]!;
     }
   }
   // Sensor: luminance noise plus weaker chroma noise (approximately Gaussian: sums of four bytes).
@@ -1047,7 +1461,9 @@ function shadeNight(b: Built, rng: Rng): Uint8Array {
       const cls = cv.label[i]!;
       if (cls === L.sky) {
         const t = Math.min(1, y / Math.max(1, view.hy));
-        rgb[o] = 8 + 10 * t; rgb[o + 1] = 10 + 12 * t; rgb[o + 2] = 22 + 16 * t;
+        rgb[o] = 8 + 10 * t;
+        rgb[o + 1] = 10 + 12 * t;
+        rgb[o + 2] = 22 + 16 * t;
         continue;
       }
       let glow = 0;
@@ -1091,7 +1507,8 @@ function checkSize(size: readonly [number, number], what: string): void {
  * map holds Cityscapes label IDs (`SYNTHETIC_LABEL_IDS`); the image is RGB HWC.
  */
 export function renderScene(domain: SyntheticDomain, index: number, seed: number, size: readonly [number, number]): SyntheticScene {
-  if (!SYNTHETIC_DOMAINS.includes(domain)) throw new Error(`renderScene: domain must be one of ${SYNTHETIC_DOMAINS.join(', ')}, got '${String(domain)}'`);
+  if (!SYNTHETIC_DOMAINS.includes(domain))
+    throw new Error(`renderScene: domain must be one of ${SYNTHETIC_DOMAINS.join(', ')}, got '${String(domain)}'`);
   if (!Number.isInteger(index) || index < 0) throw new Error(`renderScene: index must be a non-negative integer, got ${index}`);
   if (!Number.isInteger(seed)) throw new Error(`renderScene: seed must be an integer, got ${seed}`);
   checkSize(size, 'renderScene');
@@ -1164,8 +1581,15 @@ async function pngMatches(path: string, width: number, height: number, colourTyp
   try {
     const head = Buffer.alloc(26);
     const { bytesRead } = await fh.read(head, 0, 26, 0);
-    return bytesRead === 26 && head.readUInt32BE(0) === 0x89504e47 && head.toString('latin1', 12, 16) === 'IHDR'
-      && head.readUInt32BE(16) === width && head.readUInt32BE(20) === height && head[24] === 8 && head[25] === colourType;
+    return (
+      bytesRead === 26 &&
+      head.readUInt32BE(0) === 0x89504e47 &&
+      head.toString('latin1', 12, 16) === 'IHDR' &&
+      head.readUInt32BE(16) === width &&
+      head.readUInt32BE(20) === height &&
+      head[24] === 8 &&
+      head[25] === colourType
+    );
   } finally {
     await fh.close();
   }
@@ -1204,7 +1628,8 @@ export async function writeSyntheticBenchmark(outDir: string, opts: SyntheticBen
     targetTrain: checkCount(opts.targetTrainCount ?? 300, 'targetTrainCount'),
     targetVal: checkCount(opts.targetValCount ?? 100, 'targetValCount'),
   };
-  if (counts.source > 99999) throw new Error(`writeSyntheticBenchmark: sourceCount must be at most 99999 (5-digit GTA5 names), got ${counts.source}`);
+  if (counts.source > 99999)
+    throw new Error(`writeSyntheticBenchmark: sourceCount must be at most 99999 (5-digit GTA5 names), got ${counts.source}`);
   const sourceSize = opts.sourceSize ?? DEFAULT_SOURCE_SIZE;
   const targetSize = opts.targetSize ?? DEFAULT_TARGET_SIZE;
   checkSize(sourceSize, 'writeSyntheticBenchmark: sourceSize');
@@ -1212,7 +1637,12 @@ export async function writeSyntheticBenchmark(outDir: string, opts: SyntheticBen
   const source = join(outDir, 'gta5');
   const target = join(outDir, 'cityscapes');
 
-  interface Job { domain: SyntheticDomain; index: number; image: string; label: string }
+  interface Job {
+    domain: SyntheticDomain;
+    index: number;
+    image: string;
+    label: string;
+  }
   const parts: { part: string; size: readonly [number, number]; jobs: Job[] }[] = [];
   const gta: Job[] = [];
   for (let i = 0; i < counts.source; i++) {
@@ -1220,12 +1650,16 @@ export async function writeSyntheticBenchmark(outDir: string, opts: SyntheticBen
     gta.push({ domain: 'source', index: i, image: join(source, 'images', name), label: join(source, 'labels', name) });
   }
   parts.push({ part: 'gta5', size: sourceSize, jobs: gta });
-  for (const [split, total, offset] of [['train', counts.targetTrain, 0], ['val', counts.targetVal, VAL_INDEX_OFFSET]] as const) {
+  for (const [split, total, offset] of [
+    ['train', counts.targetTrain, 0],
+    ['val', counts.targetVal, VAL_INDEX_OFFSET],
+  ] as const) {
     const jobs: Job[] = [];
     for (let i = 0; i < total; i++) {
       const stem = syntheticCityscapesName(split, i, total);
       jobs.push({
-        domain: opts.targetDomain ?? 'target', index: offset + i,
+        domain: opts.targetDomain ?? 'target',
+        index: offset + i,
         image: join(target, 'leftImg8bit', split, `${stem}_leftImg8bit.png`),
         label: join(target, 'gtFine', split, `${stem}_gtFine_labelIds.png`),
       });
@@ -1254,7 +1688,9 @@ export async function writeSyntheticBenchmark(outDir: string, opts: SyntheticBen
       } else {
         const scene = renderScene(job.domain, job.index, seed, size);
         const labelPng = encodePng({ width: w, height: h, channels: 1, bitDepth: 8, data: scene.labelIds });
-        const imagePng = await sharp(scene.image, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer();
+        const imagePng = await sharp(scene.image, { raw: { width: w, height: h, channels: 3 } })
+          .png()
+          .toBuffer();
         await ensureDir(job.image);
         await ensureDir(job.label);
         await writeAtomic(job.image, imagePng);
@@ -1309,7 +1745,9 @@ export async function writeSyntheticArrivals(root: string, opts: SyntheticArriva
   const paths: string[] = [];
   for (let i = opts.from; i < opts.from + opts.count; i++) {
     const scene = renderScene('target', ARRIVAL_INDEX_OFFSET + i, opts.seed ?? 0, size);
-    const png = await sharp(scene.image, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer();
+    const png = await sharp(scene.image, { raw: { width: w, height: h, channels: 3 } })
+      .png()
+      .toBuffer();
     const path = join(dir, `${city}_${String(i).padStart(6, '0')}_000019_leftImg8bit.png`);
     await writeAtomic(path, png);
     paths.push(path);

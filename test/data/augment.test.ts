@@ -3,10 +3,32 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { Rng } from '../../src/data/rng.ts';
 import {
-  AUGMENT_PRESETS, JITTER_OPS, adjustBrightness, adjustContrast, adjustHue, adjustSaturation, applyColorJitter,
-  applyJitterProgram, augmentSample, bicubicSourceRect, compileJitter, drawColorJitter, drawScaleCrop, hflip, luma,
-  meanLuma, normalizeInto, randomScaleCrop, resizeBicubic, resizeBicubicWindow, resizeNearest, scaleAndCrop,
-  scaleAugmentSpec, type AugmentSpec, type JitterFactors, type JitterOp,
+  AUGMENT_PRESETS,
+  JITTER_OPS,
+  adjustBrightness,
+  adjustContrast,
+  adjustHue,
+  adjustSaturation,
+  applyColorJitter,
+  applyJitterProgram,
+  augmentSample,
+  bicubicSourceRect,
+  compileJitter,
+  drawColorJitter,
+  drawScaleCrop,
+  hflip,
+  luma,
+  meanLuma,
+  normalizeInto,
+  randomScaleCrop,
+  resizeBicubic,
+  resizeBicubicWindow,
+  resizeNearest,
+  scaleAndCrop,
+  scaleAugmentSpec,
+  type AugmentSpec,
+  type JitterFactors,
+  type JitterOp,
 } from '../../src/data/augment.ts';
 import { assertClose } from '../helpers.ts';
 
@@ -31,7 +53,8 @@ function patternImage(w: number, h: number, seed: number): Uint8Array {
 
 function patternLabel(w: number, h: number): Uint8Array {
   const out = new Uint8Array(w * h);
-  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) out[y * w + x] = (x + y) % 23 === 0 ? 255 : (Math.floor(x / 3) * 5 + Math.floor(y / 2) * 7) % 19;
+  for (let y = 0; y < h; y++)
+    for (let x = 0; x < w; x++) out[y * w + x] = (x + y) % 23 === 0 ? 255 : (Math.floor(x / 3) * 5 + Math.floor(y / 2) * 7) % 19;
   return out;
 }
 
@@ -130,14 +153,26 @@ test('resizeBicubic: identity at the same size, constant images stay constant', 
   const img = patternImage(13, 9, 1);
   assert.deepEqual(resizeBicubic(img, 13, 9, 13, 9), img);
   const flat = new Uint8Array(20 * 10 * 3).fill(201);
-  for (const [dw, dh] of [[7, 3], [33, 17], [20, 4]] as const) {
-    assert.ok(resizeBicubic(flat, 20, 10, dw, dh).every((v) => v === 201), `${dw}x${dh}`);
+  for (const [dw, dh] of [
+    [7, 3],
+    [33, 17],
+    [20, 4],
+  ] as const) {
+    assert.ok(
+      resizeBicubic(flat, 20, 10, dw, dh).every((v) => v === 201),
+      `${dw}x${dh}`,
+    );
   }
 });
 
 test('resizeBicubicWindow equals resize-then-crop, into a strided buffer', () => {
   const img = patternImage(61, 43, 2);
-  for (const [dw, dh] of [[23, 17], [150, 90], [61, 20], [30, 43]] as const) {
+  for (const [dw, dh] of [
+    [23, 17],
+    [150, 90],
+    [61, 20],
+    [30, 43],
+  ] as const) {
     const full = resizeBicubic(img, 61, 43, dw, dh);
     const [x0, y0, ow, oh] = [3, 2, dw - 7, dh - 5];
     const stride = ow + 4;
@@ -152,7 +187,10 @@ test('resizeBicubicWindow equals resize-then-crop, into a strided buffer', () =>
 });
 
 test('resizeBicubic and resizeNearest match PIL', (t) => {
-  if (!hasPil) { t.skip('python3-pil not installed'); return; }
+  if (!hasPil) {
+    t.skip('python3-pil not installed');
+    return;
+  }
   const [w, h] = [97, 61];
   const cases: [number, number][] = [
     [Math.round(w / 2.7), Math.round(h / 2.7)], // downscale 2.7x (antialiased)
@@ -240,7 +278,10 @@ test('jitter factors stay in range over 1000 draws and all 24 orders appear', ()
 });
 
 test('colour jitter matches PIL ImageEnhance + torchvision adjust_hue', (t) => {
-  if (!hasPil) { t.skip('python3-pil not installed'); return; }
+  if (!hasPil) {
+    t.skip('python3-pil not installed');
+    return;
+  }
   const [w, h] = [53, 37];
   const rng = new Rng(2024);
   const draws: JitterFactors[] = [
@@ -251,8 +292,12 @@ test('colour jitter matches PIL ImageEnhance + torchvision adjust_hue', (t) => {
   ];
   for (let i = 0; i < 8; i++) draws.push(drawColorJitter({ brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 }, rng));
   const jobs: PyJob[] = draws.map((f, i) => ({
-    kind: 'jitter', w, h, seed: i,
-    factors: { brightness: f.brightness, contrast: f.contrast, saturation: f.saturation, hue: f.hue }, order: f.order,
+    kind: 'jitter',
+    w,
+    h,
+    seed: i,
+    factors: { brightness: f.brightness, contrast: f.contrast, saturation: f.saturation, hue: f.hue },
+    order: f.order,
   }));
   const pil = runPil(jobs);
   draws.forEach((f, i) => {
@@ -268,7 +313,13 @@ test('colour jitter matches PIL ImageEnhance + torchvision adjust_hue', (t) => {
 // Scale, crop, flip: geometry and image/label alignment
 
 const PALETTE: readonly (readonly [number, number, number])[] = [
-  [200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 60], [60, 200, 200], [180, 60, 200], [120, 120, 120],
+  [200, 40, 40],
+  [40, 200, 40],
+  [40, 40, 200],
+  [200, 200, 60],
+  [60, 200, 200],
+  [180, 60, 200],
+  [120, 120, 120],
 ];
 
 /** Blocky scene: cells 8..19 px wide/high, one class per cell; image colour = PALETTE[class]. */
@@ -310,11 +361,19 @@ function checkAlignment(image: ArrayLike<number>, label: Uint8Array, w: number, 
       const k = label[y * w + x]!;
       if (k === 255) continue;
       let uniform = true;
-      for (let dy = -r; dy <= r && uniform; dy++) for (let dx = -r; dx <= r; dx++) if (label[(y + dy) * w + x + dx] !== k) { uniform = false; break; }
+      for (let dy = -r; dy <= r && uniform; dy++)
+        for (let dx = -r; dx <= r; dx++)
+          if (label[(y + dy) * w + x + dx] !== k) {
+            uniform = false;
+            break;
+          }
       if (!uniform) continue;
       for (let c = 0; c < 3; c++) {
         const v = image[(y * w + x) * 3 + c]!;
-        assert.ok(Math.abs(v - PALETTE[k]![c]!) <= 1, `${what}: pixel (${x},${y}) class ${k} channel ${c} = ${v}, palette ${PALETTE[k]![c]}`);
+        assert.ok(
+          Math.abs(v - PALETTE[k]![c]!) <= 1,
+          `${what}: pixel (${x},${y}) class ${k} channel ${c} = ${v}, palette ${PALETTE[k]![c]}`,
+        );
       }
       checked++;
     }
@@ -329,7 +388,10 @@ test('random scale + crop + flip keeps image and label aligned; padding is image
   let checked = 0;
   let padded = 0;
   let flips = 0;
-  for (const scaleRange of [[0.5, 1.5], [0.3, 0.7]] as const) {
+  for (const scaleRange of [
+    [0.5, 1.5],
+    [0.3, 0.7],
+  ] as const) {
     for (let it = 0; it < 40; it++) {
       const crop = [64, 96] as const;
       const r = randomScaleCrop(scene.image, scene.label, W, H, { scaleRange, crop }, rng);
@@ -431,8 +493,11 @@ test('augmentSample resize presets: bicubic image, nearest label, native label f
   normalizeInto(resizeBicubic(image, W, H, 32, 16), 32, 16, expected, 0);
   assert.deepEqual(images, expected);
   // Evaluation: image resized, label kept at native size.
-  const ev = augmentSample({ image, label, width: W, height: H }, scaleAugmentSpec(AUGMENT_PRESETS.evaluation, 1 / 32), new Rng(1),
-    { images, labels: new Uint8Array(W * H), index: 0 });
+  const ev = augmentSample({ image, label, width: W, height: H }, scaleAugmentSpec(AUGMENT_PRESETS.evaluation, 1 / 32), new Rng(1), {
+    images,
+    labels: new Uint8Array(W * H),
+    index: 0,
+  });
   assert.deepEqual([ev.width, ev.height, ev.labelWidth, ev.labelHeight], [32, 16, W, H]);
 });
 
@@ -440,8 +505,12 @@ test('normalizeInto writes (v/255 - mean)/std at a non-zero offset', () => {
   const out = new Float32Array(14).fill(-7);
   normalizeInto(Uint8Array.of(255, 0, 128, 51, 102, 153), 2, 1, out, 6);
   const expected = [
-    (1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225,
-    (0.2 - 0.485) / 0.229, (0.4 - 0.456) / 0.224, (0.6 - 0.406) / 0.225,
+    (1 - 0.485) / 0.229,
+    (0 - 0.456) / 0.224,
+    (128 / 255 - 0.406) / 0.225,
+    (0.2 - 0.485) / 0.229,
+    (0.4 - 0.456) / 0.224,
+    (0.6 - 0.406) / 0.225,
   ];
   assertClose(out.subarray(6, 12), expected, 1e-6, 'normalised');
   assert.deepEqual([...out.subarray(0, 6), ...out.subarray(12)], [-7, -7, -7, -7, -7, -7, -7, -7]);
@@ -496,7 +565,11 @@ test('compiled jitter steps equal adjustSaturation/adjustHue on all 2^24 colours
     ['contrast 0.62', { contrast: 0.62 }, (o: Uint8Array) => adjustContrast(img, w, h, 0.62, o)],
   ] as const) {
     const program = compileJitter(img, w, h, { ...NONE, ...f, order: JITTER_OPS });
-    assert.equal(firstDifference(applyJitterProgram(img, program, new Uint8Array(img.length)), reference(new Uint8Array(img.length))), 'none', name);
+    assert.equal(
+      firstDifference(applyJitterProgram(img, program, new Uint8Array(img.length)), reference(new Uint8Array(img.length))),
+      'none',
+      name,
+    );
   }
   assert.equal(compileJitter(img, w, h, { ...NONE, contrast: 0.62, order: JITTER_OPS }).contrastMean, meanLuma(img, w, h));
 });
@@ -537,11 +610,15 @@ function noisyImage(w: number, h: number, seed: number): Uint8Array {
       const p = (y * w + x) * 3;
       const kind = rng.nextU32() % 20;
       for (let c = 0; c < 3; c++) {
-        const base = (x * (3 + c) * 255) / w * 0.5 + (y * (5 - c) * 255) / h * 0.3;
+        const base = ((x * (3 + c) * 255) / w) * 0.5 + ((y * (5 - c) * 255) / h) * 0.3;
         out[p + c] = Math.max(0, Math.min(255, Math.round((base % 256) + rng.uniform(-24, 24))));
       }
       if (kind === 0) out[p + 1] = out[p + 2] = out[p]!; // grey
-      if (kind === 1) { out[p] = 255; out[p + 1] = 0; out[p + 2] = rng.nextU32() & 255; } // saturated
+      if (kind === 1) {
+        out[p] = 255;
+        out[p + 1] = 0;
+        out[p + 2] = rng.nextU32() & 255;
+      } // saturated
     }
   }
   return out;
@@ -564,7 +641,11 @@ test('resizeBicubicWindow through a compiled jitter equals jittering the whole i
   // (target size, window): downscale, an upscale window, width kept (vertical pass only), height kept
   // (horizontal pass only), both kept (jitter alone).
   const windows: [number, number, number, number, number, number][] = [
-    [40, 25, 0, 0, 40, 25], [150, 94, 30, 20, 60, 40], [97, 80, 5, 3, 80, 70], [130, 61, 10, 0, 100, 61], [97, 61, 7, 9, 50, 40],
+    [40, 25, 0, 0, 40, 25],
+    [150, 94, 30, 20, 60, 40],
+    [97, 80, 5, 3, 80, 70],
+    [130, 61, 10, 0, 100, 61],
+    [97, 61, 7, 9, 50, 40],
   ];
   const orders = allOrders();
   assert.equal(orders.length, 24);
@@ -573,7 +654,11 @@ test('resizeBicubicWindow through a compiled jitter equals jittering the whole i
   let compared = 0;
   for (const order of orders) {
     const factors: JitterFactors = {
-      brightness: rng.uniform(0.5, 1.5), contrast: rng.uniform(0.5, 1.5), saturation: rng.uniform(0.5, 1.5), hue: rng.uniform(-0.2, 0.2), order,
+      brightness: rng.uniform(0.5, 1.5),
+      contrast: rng.uniform(0.5, 1.5),
+      saturation: rng.uniform(0.5, 1.5),
+      hue: rng.uniform(-0.2, 0.2),
+      order,
     };
     const jittered = applyColorJitter(image, w, h, factors, new Uint8Array(w * h * 3));
     for (const [dw, dh, x0, y0, ow, oh] of windows) {
@@ -584,7 +669,11 @@ test('resizeBicubicWindow through a compiled jitter equals jittering the whole i
         if (program.staged) staged++;
         const got = new Uint8Array(ow * oh * 3);
         resizeBicubicWindow(image, w, h, dw, dh, x0, y0, ow, oh, got, ow, 0, program);
-        assert.equal(firstDifference(got, expected), 'none', `${order.join('>')} ${w}x${h} -> ${dw}x${dh}, window ${ow}x${oh} at (${x0},${y0}), staged ${program.staged !== null}`);
+        assert.equal(
+          firstDifference(got, expected),
+          'none',
+          `${order.join('>')} ${w}x${h} -> ${dw}x${dh}, window ${ow}x${oh} at (${x0},${y0}), staged ${program.staged !== null}`,
+        );
         compared++;
       }
     }
@@ -598,7 +687,13 @@ test('a staged program whose staging buffer was reused falls back to the source 
   const [w, h] = [64, 48];
   const a = noisyImage(w, h, 1);
   const b = noisyImage(w, h, 2);
-  const factors: JitterFactors = { brightness: 1.3, contrast: 0.7, saturation: 1.2, hue: 0.1, order: ['hue', 'saturation', 'contrast', 'brightness'] };
+  const factors: JitterFactors = {
+    brightness: 1.3,
+    contrast: 0.7,
+    saturation: 1.2,
+    hue: 0.1,
+    order: ['hue', 'saturation', 'contrast', 'brightness'],
+  };
   const keep = bicubicSourceRect(w, h, 32, 24, 0, 0, 32, 24);
   const pa = compileJitter(a, w, h, factors, keep);
   const pb = compileJitter(b, w, h, factors, keep); // overwrites the per-thread staging buffer
@@ -610,7 +705,14 @@ test('a staged program whose staging buffer was reused falls back to the source 
 });
 
 /** The full-image path: jitter the whole image, then resize or scale + crop, flip, normalise. */
-function fullImagePath(image: Uint8Array, label: Uint8Array, w: number, h: number, spec: AugmentSpec, rng: Rng): { images: Float32Array; labels: Uint8Array } {
+function fullImagePath(
+  image: Uint8Array,
+  label: Uint8Array,
+  w: number,
+  h: number,
+  spec: AugmentSpec,
+  rng: Rng,
+): { images: Float32Array; labels: Uint8Array } {
   const factors = spec.jitter ? drawColorJitter(spec.jitter, rng) : null;
   const src = factors ? applyColorJitter(image, w, h, factors, new Uint8Array(w * h * 3)) : image;
   let img: Uint8Array;
@@ -649,7 +751,10 @@ test('augmentSample (jitter on the crop window only) equals the full-image path 
     ['warm-up resize up', { jitter, resize: [100, 200] }],
     ['jitter alone', { jitter }],
   ];
-  for (const [w, h] of [[150, 77], [61, 130]] as const) {
+  for (const [w, h] of [
+    [150, 77],
+    [61, 130],
+  ] as const) {
     const image = noisyImage(w, h, w);
     const label = patternLabel(w, h);
     for (const [name, spec] of specs) {
@@ -688,15 +793,24 @@ test('normalizeInto with mirror equals flipping first', () => {
 test('compiled jitter and source rectangles reject inconsistent sizes with what was expected', () => {
   const [w, h] = [20, 10];
   const image = noisyImage(w, h, 5);
-  const f: JitterFactors = { brightness: 1.1, contrast: 0.9, saturation: null, hue: null, order: ['brightness', 'contrast', 'saturation', 'hue'] };
-  assert.throws(() => compileJitter(image, w, h, f, { x: 15, y: 0, width: 10, height: 10 }),
-    { message: 'compileJitter: keep rectangle 10x10 at (15, 0) is not inside the 20x10 image' });
+  const f: JitterFactors = {
+    brightness: 1.1,
+    contrast: 0.9,
+    saturation: null,
+    hue: null,
+    order: ['brightness', 'contrast', 'saturation', 'hue'],
+  };
+  assert.throws(() => compileJitter(image, w, h, f, { x: 15, y: 0, width: 10, height: 10 }), {
+    message: 'compileJitter: keep rectangle 10x10 at (15, 0) is not inside the 20x10 image',
+  });
   assert.throws(() => compileJitter(image, w, h, { ...f, hue: 0.7 }), { message: 'compileJitter: hue factor 0.7 is not in [-0.5, 0.5]' });
   const program = compileJitter(image, w, h, f);
-  assert.throws(() => resizeBicubicWindow(noisyImage(10, 10, 1), 10, 10, 5, 5, 0, 0, 5, 5, new Uint8Array(75), 5, 0, program),
-    { message: 'resizeBicubicWindow: the jitter program was compiled for a 20x10 image, the source is 10x10' });
-  assert.throws(() => bicubicSourceRect(w, h, 40, 20, 30, 0, 20, 20),
-    { message: 'bicubicSourceRect: window 20x20 at (30, 0) is outside the 40x20 target' });
+  assert.throws(() => resizeBicubicWindow(noisyImage(10, 10, 1), 10, 10, 5, 5, 0, 0, 5, 5, new Uint8Array(75), 5, 0, program), {
+    message: 'resizeBicubicWindow: the jitter program was compiled for a 20x10 image, the source is 10x10',
+  });
+  assert.throws(() => bicubicSourceRect(w, h, 40, 20, 30, 0, 20, 20), {
+    message: 'bicubicSourceRect: window 20x20 at (30, 0) is outside the 40x20 target',
+  });
   // 20x10 -> 10x5 (support 4), output columns 0..4: the last one is centred on (4 + 0.5) * 2 = 9 and reads
   // source columns trunc(9 - 4 + 0.5) = 5 up to trunc(9 + 4 + 0.5) = 13 (exclusive); rows likewise up to
   // 13, clipped to the 10 rows there are.

@@ -27,7 +27,12 @@ import { writeBands, writeRgb } from './trees.ts';
 const W = 16;
 const H = 9;
 /** A random scale + crop + flip + colour jitter: "bit-identical" then means the same seeds, the same pixels. */
-const SPEC: AugmentSpec = { jitter: { brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.1 }, scale: [0.75, 1.25], crop: [8, 12], flipProb: 0.5 };
+const SPEC: AugmentSpec = {
+  jitter: { brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.1 },
+  scale: [0.75, 1.25],
+  crop: [8, 12],
+  flipProb: 0.5,
+};
 const keyOf = (i: number) => String(i).padStart(5, '0');
 
 /** `n` GTA5-layout samples (16x9, labels sky / car / road = train IDs 10, 13, 0), ingested into `shards` shard files. */
@@ -48,8 +53,12 @@ async function makeDataset(dir: string, n: number, opts: { shards?: number; imag
 /** The parts of a run context that `batches` uses. */
 function context(dataset: Dataset, reader: SampleReader, log: string[]): RunContext & { skipped: FaultCounts; repaired: FaultCounts } {
   return {
-    cfg: { seed: 0, data: { prefetch: 4, classBalanced: false } }, data: { source: dataset, target: dataset, targetVal: null },
-    reader, events: { log: (l: string) => log.push(l) }, skipped: {}, repaired: {},
+    cfg: { seed: 0, data: { prefetch: 4, classBalanced: false } },
+    data: { source: dataset, target: dataset, targetVal: null },
+    reader,
+    events: { log: (l: string) => log.push(l) },
+    skipped: {},
+    repaired: {},
   } as unknown as RunContext;
 }
 
@@ -60,14 +69,16 @@ interface Read {
 
 /** One pass over every record through the run's input chain; the samples that came out, by key. */
 async function pass(ctx: RunContext, pseudo: string | null = null): Promise<Map<string, Read>> {
-  const out = await lastValueFrom(batches(ctx, { domain: 'target', spec: SPEC, batchSize: 1, mode: 'pass', stream: 5, pseudo }).pipe(
-    map((b) => {
-      const r: [string, Read] = [b.keys[0]!, { image: b.images.slice(), label: b.labels?.slice() ?? null }];
-      b.release();
-      return r;
-    }),
-    toArray(),
-  ));
+  const out = await lastValueFrom(
+    batches(ctx, { domain: 'target', spec: SPEC, batchSize: 1, mode: 'pass', stream: 5, pseudo }).pipe(
+      map((b) => {
+        const r: [string, Read] = [b.keys[0]!, { image: b.images.slice(), label: b.labels?.slice() ?? null }];
+        b.release();
+        return r;
+      }),
+      toArray(),
+    ),
+  );
   return new Map(out);
 }
 
@@ -102,7 +113,9 @@ test('reader: one record of each fault kind is skipped with its reason, named (k
     const ctx = context(faulty, reader, log);
     const got = await pass(ctx);
     assert.deepEqual([...got.keys()], ['00001', '00005', '00009', '00010']);
-    assert.deepEqual(ctx.skipped, { 'decode-augment': { corrupt_image: 2, wrong_size: 1, corrupt_label: 1, missing_record: 1, corrupt_record: 1 } });
+    assert.deepEqual(ctx.skipped, {
+      'decode-augment': { corrupt_image: 2, wrong_size: 1, corrupt_label: 1, missing_record: 1, corrupt_record: 1 },
+    });
     assert.deepEqual(ctx.repaired, { 'decode-augment': { unknown_label_ids: 1 } });
     const at = (key: string, what: string) => `stage decode-augment (sample ${key}): ${shard}: record '${key}': ${what}`;
     // skips are logged as they happen (concurrent reads): compare sorted
@@ -132,9 +145,16 @@ test('reader: one record of each fault kind is skipped with its reason, named (k
     const log2: string[] = [];
     const ctx2 = context(faulty, skipper, log2);
     assert.deepEqual([...(await pass(ctx2)).keys()], ['00001', '00009', '00010']);
-    assert.deepEqual(ctx2.skipped, { 'decode-augment': { corrupt_image: 2, wrong_size: 1, corrupt_label: 1, missing_record: 1, corrupt_record: 1, unknown_label_ids: 1 } });
+    assert.deepEqual(ctx2.skipped, {
+      'decode-augment': { corrupt_image: 2, wrong_size: 1, corrupt_label: 1, missing_record: 1, corrupt_record: 1, unknown_label_ids: 1 },
+    });
     assert.deepEqual(ctx2.repaired, {});
-    assert.ok(log2.includes(`skipped (unknown_label_ids): ${at('00005', 'label has 96 pixels with unknown IDs (19, 40), expected train IDs 0..18 or 255')}`), log2.join('\n'));
+    assert.ok(
+      log2.includes(
+        `skipped (unknown_label_ids): ${at('00005', 'label has 96 pixels with unknown IDs (19, 40), expected train IDs 0..18 or 255')}`,
+      ),
+      log2.join('\n'),
+    );
 
     // pseudo-labels: 00010 has none in the generation; 00009's has 3 pixels of ID 77
     const gen = await PseudoLabelWriter.next(join(dir, 'pseudo'), 19);
@@ -150,17 +170,32 @@ test('reader: one record of each fault kind is skipped with its reason, named (k
     const got3 = await pass(ctx3, pseudo);
     // 00005 and 00006 take their label from the generation now: read fine
     assert.deepEqual([...got3.keys()], ['00001', '00005', '00006', '00009']);
-    assert.deepEqual(ctx3.skipped, { 'decode-augment': { corrupt_image: 2, wrong_size: 1, missing_record: 1, corrupt_record: 1, missing_pseudo_label: 1 } });
+    assert.deepEqual(ctx3.skipped, {
+      'decode-augment': { corrupt_image: 2, wrong_size: 1, missing_record: 1, corrupt_record: 1, missing_pseudo_label: 1 },
+    });
     assert.deepEqual(ctx3.repaired, { 'decode-augment': { unknown_label_ids: 1 } });
-    assert.ok(log3.includes(`skipped (missing_pseudo_label): stage decode-augment (sample 00010): ${pseudo}: record '00010': no pseudo-label in this generation`), log3.join('\n'));
-    assert.ok(log3.includes(`repaired (unknown_label_ids): stage decode-augment (sample 00009): ${pseudo}: record '00009': ` +
-      'pseudo-label has 3 pixels with unknown IDs (77), expected train IDs 0..18 or 255; set to 255'), log3.join('\n'));
+    assert.ok(
+      log3.includes(
+        `skipped (missing_pseudo_label): stage decode-augment (sample 00010): ${pseudo}: record '00010': no pseudo-label in this generation`,
+      ),
+      log3.join('\n'),
+    );
+    assert.ok(
+      log3.includes(
+        `repaired (unknown_label_ids): stage decode-augment (sample 00009): ${pseudo}: record '00009': ` +
+          'pseudo-label has 3 pixels with unknown IDs (77), expected train IDs 0..18 or 255; set to 255',
+      ),
+      log3.join('\n'),
+    );
     const l1 = got3.get('00001')!.label!;
     assert.ok(l1.every((v) => v === 13 || v === 255) && l1.includes(13), `pseudo-label of 00001: ${[...new Set(l1)]}`); // 255: crop padding only
 
     // a key the manifest does not list
     await assert.rejects(reader.read(faulty, 'nope', SPEC, 0), (e: SampleFault) => {
-      assert.deepEqual([e.reason, e.file, e.key, e.message], ['missing_record', join(faulty.dir, 'manifest.json'), 'nope', `${faulty.dir}: no record 'nope' in the manifest`]);
+      assert.deepEqual(
+        [e.reason, e.file, e.key, e.message],
+        ['missing_record', join(faulty.dir, 'manifest.json'), 'nope', `${faulty.dir}: no record 'nope' in the manifest`],
+      );
       return true;
     });
   } finally {
@@ -172,24 +207,28 @@ test('reader: one record of each fault kind is skipped with its reason, named (k
 
 /** Lines of this process's memory map naming `file` (LMDB maps the data file and its -lock file). */
 function mapped(file: string): string[] {
-  return readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes(file));
+  return readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(file));
 }
 
 /** decode-augment over every key in order, one at a time (so that file events fall between known reads). */
 function stream(dataset: Dataset, reader: SampleReader, onSample: (key: string, n: number) => void, onSkip: (line: string) => void) {
   const credits = new Credits(4);
   let n = 0;
-  return lastValueFrom(readShards({ dataset, sampler: inOrder(dataset.keys), credits, seed: 0, stream: 5, count: dataset.keys.length }).pipe(
-    decodeAugment({ reader, spec: SPEC, credits, concurrency: 1, onSkip: (e) => onSkip(skipLine(e)) }),
-    map((s) => {
-      const r: [string, Read] = [s.key, { image: s.image.slice(), label: s.label ? Int32Array.from(s.label) : null }];
-      reader.recycle(s);
-      credits.release();
-      return r;
-    }),
-    tap(([key]) => onSample(key, ++n)),
-    toArray(),
-  )).then((r) => new Map(r));
+  return lastValueFrom(
+    readShards({ dataset, sampler: inOrder(dataset.keys), credits, seed: 0, stream: 5, count: dataset.keys.length }).pipe(
+      decodeAugment({ reader, spec: SPEC, credits, concurrency: 1, onSkip: (e) => onSkip(skipLine(e)) }),
+      map((s) => {
+        const r: [string, Read] = [s.key, { image: s.image.slice(), label: s.label ? Int32Array.from(s.label) : null }];
+        reader.recycle(s);
+        credits.release();
+        return r;
+      }),
+      tap(([key]) => onSample(key, ++n)),
+      toArray(),
+    ),
+  ).then((r) => new Map(r));
 }
 
 test('a shard deleted mid-stream: retried, then its samples skipped as shard_unavailable and its pages let go; read again once it is back; the stream completes', async () => {
@@ -200,9 +239,17 @@ test('a shard deleted mid-stream: retried, then its samples skipped as shard_una
   try {
     const ds = await makeDataset(dir, 12, { shards: 2 });
     // keys alternate between the shards: 00001 -> shard 0, 00002 -> shard 1, ...
-    assert.deepEqual(ds.manifest.samples.slice(0, 4).map(([k, s]) => `${k}@${s}`), ['00001@0', '00002@1', '00003@0', '00004@1']);
+    assert.deepEqual(
+      ds.manifest.samples.slice(0, 4).map(([k, s]) => `${k}@${s}`),
+      ['00001@0', '00002@1', '00003@0', '00004@1'],
+    );
     const shard1 = join(ds.dir, shardFileName(1));
-    const reference = await stream(ds, reader, () => {}, () => {});
+    const reference = await stream(
+      ds,
+      reader,
+      () => {},
+      () => {},
+    );
     // both workers hold shard 1 open
     await Promise.all(['00002', '00004', '00006', '00008'].map((k) => reader.read(ds, k, SPEC, 0).then((s) => reader.recycle(s))));
     const canSeeMaps = existsSync('/proc/self/maps');
@@ -210,14 +257,20 @@ test('a shard deleted mid-stream: retried, then its samples skipped as shard_una
     copyFileSync(shard1, join(dir, 'backup.lmdb'));
     const skips: string[] = [];
     let mappedAfterGivingUp: string[] = [];
-    const got = await stream(ds, reader, (_key, n) => {
-      if (n === 4) unlinkSync(shard1); // after 00004: gone
-    }, (line) => {
-      skips.push(line);
-      if (skips.length === 1 && canSeeMaps) mappedAfterGivingUp = mapped(shard1);
-      if (skips.length === 2) copyFileSync(join(dir, 'backup.lmdb'), shard1); // back (a new file) after the second skip
-    });
-    const k = (key: string, what: string) => `skipped (shard_unavailable): stage decode-augment (sample ${key}): ${shard1}: record '${key}': ${what}`;
+    const got = await stream(
+      ds,
+      reader,
+      (_key, n) => {
+        if (n === 4) unlinkSync(shard1); // after 00004: gone
+      },
+      (line) => {
+        skips.push(line);
+        if (skips.length === 1 && canSeeMaps) mappedAfterGivingUp = mapped(shard1);
+        if (skips.length === 2) copyFileSync(join(dir, 'backup.lmdb'), shard1); // back (a new file) after the second skip
+      },
+    );
+    const k = (key: string, what: string) =>
+      `skipped (shard_unavailable): stage decode-augment (sample ${key}): ${shard1}: record '${key}': ${what}`;
     assert.deepEqual(skips, [
       k('00006', 'unavailable (shard file is missing); gave up after 2 retries over 0 s'),
       k('00008', 'still unavailable (shard file is missing)'),
@@ -227,8 +280,14 @@ test('a shard deleted mid-stream: retried, then its samples skipped as shard_una
     // the deleted file was unmapped in every worker (without it, the workers would read the deleted file for ever)
     assert.deepEqual(mappedAfterGivingUp, []);
     assert.equal(log.length, 3, log.join('\n'));
-    assert.match(log[0]!, new RegExp(`^${shard1}: shard file is missing; closed in all 2 workers in \\d+\\.\\d ms, the next reads open it again$`));
-    assert.equal(log[1], `${shard1}: unavailable (shard file is missing) after 2 retries over 0 s; its samples are skipped, checked again every 0 s`);
+    assert.match(
+      log[0]!,
+      new RegExp(`^${shard1}: shard file is missing; closed in all 2 workers in \\d+\\.\\d ms, the next reads open it again$`),
+    );
+    assert.equal(
+      log[1],
+      `${shard1}: unavailable (shard file is missing) after 2 retries over 0 s; its samples are skipped, checked again every 0 s`,
+    );
     assert.equal(log[2], `${shard1}: available again; its samples are read again`);
   } finally {
     await reader.close();
@@ -247,19 +306,36 @@ test('a shard replaced mid-stream by renaming another shard into place: closed i
     const w = openShardForWrite(join(v2.dir, shardFileName(1)), { dataset: 'gta5', split: 'train', numClasses: 19 });
     await w.records.remove('00008');
     await w.close();
-    const reference = await stream(ds, reader, () => {}, () => {});
+    const reference = await stream(
+      ds,
+      reader,
+      () => {},
+      () => {},
+    );
     // version 2 is read by a reader of its own, closed before the rename (its threads let go of the file)
     const other = new SampleReader({ threads: 1 });
-    const reference2 = await stream(v2, other, () => {}, () => {}).finally(() => other.close());
+    const reference2 = await stream(
+      v2,
+      other,
+      () => {},
+      () => {},
+    ).finally(() => other.close());
     assert.notDeepEqual(reference.get('00006')!.image, reference2.get('00006')!.image);
     await Promise.all(['00002', '00004', '00006', '00010'].map((k) => reader.read(ds, k, SPEC, 0).then((s) => reader.recycle(s))));
     const shard1 = join(ds.dir, shardFileName(1));
     const inodes = [statSync(shard1).ino, statSync(join(v2.dir, shardFileName(1))).ino];
     const skips: string[] = [];
-    const got = await stream(ds, reader, (_key, n) => {
-      if (n === 4) renameSync(join(v2.dir, shardFileName(1)), shard1); // after 00004
-    }, (line) => skips.push(line));
-    assert.deepEqual(skips, [`skipped (missing_record): stage decode-augment (sample 00008): ${shard1}: record '00008': not in the shard (the manifest lists it there)`]);
+    const got = await stream(
+      ds,
+      reader,
+      (_key, n) => {
+        if (n === 4) renameSync(join(v2.dir, shardFileName(1)), shard1); // after 00004
+      },
+      (line) => skips.push(line),
+    );
+    assert.deepEqual(skips, [
+      `skipped (missing_record): stage decode-augment (sample 00008): ${shard1}: record '00008': not in the shard (the manifest lists it there)`,
+    ]);
     assert.deepEqual([...got.keys()], ['00001', '00002', '00003', '00004', '00005', '00006', '00007', '00009', '00010', '00011', '00012']);
     for (const [key, r] of got) {
       // shard 1 after the replacement comes from version 2; everything else as before
@@ -267,8 +343,13 @@ test('a shard replaced mid-stream by renaming another shard into place: closed i
       assert.deepEqual(r, (fromV2 ? reference2 : reference).get(key), `${key} from ${fromV2 ? 'version 2' : 'version 1'}`);
     }
     assert.equal(log.length, 1, log.join('\n'));
-    assert.match(log[0]!, new RegExp(`^${shard1}: shard file was replaced \\(inode ${inodes[0]} -> ${inodes[1]}\\); closed in all 2 workers in \\d+\\.\\d ms, ` +
-      'the next reads open it again$'));
+    assert.match(
+      log[0]!,
+      new RegExp(
+        `^${shard1}: shard file was replaced \\(inode ${inodes[0]} -> ${inodes[1]}\\); closed in all 2 workers in \\d+\\.\\d ms, ` +
+          'the next reads open it again$',
+      ),
+    );
   } finally {
     await reader.close();
     await rm(dir, { recursive: true });
@@ -287,7 +368,10 @@ test('retry timing: a missing shard is retried after 0.1, 0.2 s, then skipped at
     renameSync(shard1, `${shard1}.away`);
     const timed = async (key: string) => {
       const t0 = performance.now();
-      const err = await reader.read(ds, key, SPEC, 7).then(() => null, (e: SampleFault) => e);
+      const err = await reader.read(ds, key, SPEC, 7).then(
+        () => null,
+        (e: SampleFault) => e,
+      );
       return { err, ms: performance.now() - t0 };
     };
     const first = await timed('00002');
@@ -296,14 +380,18 @@ test('retry timing: a missing shard is retried after 0.1, 0.2 s, then skipped at
     assert.equal(first.err?.message, `${shard1}: record '00002': unavailable (shard file is missing); gave up after 2 retries over 0.3 s`);
     assert.ok(first.ms >= 300 && first.ms < 1500, `gave up after ${first.ms.toFixed(0)} ms (retries at 100 + 200 ms)`);
     const fast = await timed('00004');
-    assert.equal(fast.err?.message, `${shard1}: record '00004': unavailable (shard file is missing); skipped without reading until it is checked again`);
+    assert.equal(
+      fast.err?.message,
+      `${shard1}: record '00004': unavailable (shard file is missing); skipped without reading until it is checked again`,
+    );
     assert.ok(fast.ms < 100, `skipped in ${fast.ms.toFixed(0)} ms`);
     const other = await reader.read(ds, '00001', SPEC, 7);
     assert.equal(other.key, '00001');
     reader.recycle(other);
     renameSync(`${shard1}.away`, shard1);
     // back, but not checked before its time
-    if (performance.now() - givenUpAt < 300) assert.match((await timed('00002')).err?.message ?? '', /skipped without reading until it is checked again$/);
+    if (performance.now() - givenUpAt < 300)
+      assert.match((await timed('00002')).err?.message ?? '', /skipped without reading until it is checked again$/);
     await new Promise((r) => setTimeout(r, Math.max(0, 400 - (performance.now() - givenUpAt)) + 20));
     const again = await reader.read(ds, '00002', SPEC, 7);
     assert.deepEqual({ image: again.image, label: again.label }, saved);
@@ -322,31 +410,43 @@ test('a shard replaced while several reads of it are in flight: no read fails (L
     const ds = await makeDataset(join(dir, 'a'), n, { shards: 2 });
     const v2 = await makeDataset(join(dir, 'b'), n, { shards: 2, imageSeed: 100 });
     const other = new SampleReader({ threads: 1 });
-    const reference2 = await stream(v2, other, () => {}, () => {}).finally(() => other.close());
-    const reference = await stream(ds, reader, () => {}, () => {});
+    const reference2 = await stream(
+      v2,
+      other,
+      () => {},
+      () => {},
+    ).finally(() => other.close());
+    const reference = await stream(
+      ds,
+      reader,
+      () => {},
+      () => {},
+    );
     const shard1 = join(ds.dir, shardFileName(1));
     for (let round = 0; round < 3; round++) {
       // both workers read shard 1 concurrently, the file is replaced in the middle of it
       const credits = new Credits(8);
       const skips: string[] = [];
       let emitted = 0;
-      const got = await lastValueFrom(readShards({ dataset: ds, sampler: inOrder(ds.keys), credits, seed: 0, stream: 5, count: n }).pipe(
-        decodeAugment({ reader, spec: SPEC, credits, concurrency: 4, onSkip: (e) => skips.push(skipLine(e)) }),
-        map((s) => {
-          const r: [string, Read] = [s.key, { image: s.image.slice(), label: s.label ? Int32Array.from(s.label) : null }];
-          reader.recycle(s);
-          credits.release();
-          if (++emitted === 6) {
-            // swap versions: v1 <-> v2 (the next round swaps back)
-            const spare = join(dir, 'spare.lmdb');
-            renameSync(shard1, spare);
-            renameSync(join(v2.dir, shardFileName(1)), shard1);
-            renameSync(spare, join(v2.dir, shardFileName(1)));
-          }
-          return r;
-        }),
-        toArray(),
-      ));
+      const got = await lastValueFrom(
+        readShards({ dataset: ds, sampler: inOrder(ds.keys), credits, seed: 0, stream: 5, count: n }).pipe(
+          decodeAugment({ reader, spec: SPEC, credits, concurrency: 4, onSkip: (e) => skips.push(skipLine(e)) }),
+          map((s) => {
+            const r: [string, Read] = [s.key, { image: s.image.slice(), label: s.label ? Int32Array.from(s.label) : null }];
+            reader.recycle(s);
+            credits.release();
+            if (++emitted === 6) {
+              // swap versions: v1 <-> v2 (the next round swaps back)
+              const spare = join(dir, 'spare.lmdb');
+              renameSync(shard1, spare);
+              renameSync(join(v2.dir, shardFileName(1)), shard1);
+              renameSync(spare, join(v2.dir, shardFileName(1)));
+            }
+            return r;
+          }),
+          toArray(),
+        ),
+      );
       assert.deepEqual(skips, [], `round ${round}`);
       assert.equal(got.length, n);
       const [before, after] = round % 2 === 0 ? [reference, reference2] : [reference2, reference];
@@ -392,7 +492,10 @@ test('cost per sample: the file identity check and the label ID scan, next to th
   const dir = await mkdtemp(join(tmpdir(), 'spcl-faults-'));
   const reader = new SampleReader({ threads: 1 });
   try {
-    const sizes = [[128, 72], [2048, 1024]] as const;
+    const sizes = [
+      [128, 72],
+      [2048, 1024],
+    ] as const;
     const shares: number[] = [];
     for (const [w, h] of sizes) {
       const root = join(dir, `${w}`, 'raw');
@@ -401,7 +504,12 @@ test('cost per sample: the file identity check and the label ID scan, next to th
       await ingestDataset({ dataset: 'gta5', root, out: join(dir, `${w}`, 'shards'), log: () => {}, progressStream: null, threads: 1 });
       const ds = await openDataset(join(dir, `${w}`, 'shards'));
       // the recipe's source augmentation: colour jitter, random scale, crop to half the image, flip
-      const spec: AugmentSpec = { jitter: { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 }, scale: [0.5, 1.5], crop: [h / 2, w / 2], flipProb: 0.5 };
+      const spec: AugmentSpec = {
+        jitter: { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 },
+        scale: [0.5, 1.5],
+        crop: [h / 2, w / 2],
+        flipProb: 0.5,
+      };
       const n = w > 1000 ? 6 : 60;
       let read = 0;
       for (let i = 0; i <= n; i++) {
@@ -414,17 +522,22 @@ test('cost per sample: the file identity check and the label ID scan, next to th
       const label = new Uint8Array(w * h).fill(13);
       label.fill(255, 0, w * 8);
       // seconds per call, the fastest of 5 batches (the machine is shared: other processes only add time)
-      const perCall = (f: () => void, reps: number) => Math.min(...Array.from({ length: 5 }, () => {
-        const t0 = performance.now();
-        for (let i = 0; i < reps; i++) f();
-        return (performance.now() - t0) / 1000 / reps;
-      }));
+      const perCall = (f: () => void, reps: number) =>
+        Math.min(
+          ...Array.from({ length: 5 }, () => {
+            const t0 = performance.now();
+            for (let i = 0; i < reps; i++) f();
+            return (performance.now() - t0) / 1000 / reps;
+          }),
+        );
       const scan = perCall(() => unknownLabelIds(label, 19), Math.round(1e7 / (w * h)) + 10);
       const stat = perCall(() => statSync(shard, { bigint: true, throwIfNoEntry: false }), 4000);
       const share = (scan + stat) / read;
       shares.push(share);
-      t.diagnostic(`${w}x${h}: read ${(1000 * read).toFixed(2)} ms/sample; stat ${(1e6 * stat).toFixed(1)} us + label scan ${(1e6 * scan).toFixed(0)} us = ` +
-        `${(100 * share).toFixed(2)} % of it`);
+      t.diagnostic(
+        `${w}x${h}: read ${(1000 * read).toFixed(2)} ms/sample; stat ${(1e6 * stat).toFixed(1)} us + label scan ${(1e6 * scan).toFixed(0)} us = ` +
+          `${(100 * share).toFixed(2)} % of it`,
+      );
     }
     // negligible: measured 0.3-0.6 % of a sample's read (128x72 synthetic images to Cityscapes' 2048x1024); the bound leaves room for a loaded machine
     for (const [i, s] of shares.entries()) assert.ok(s < 0.02, `${sizes[i]!.join('x')}: ${(100 * s).toFixed(2)} %`);
@@ -449,16 +562,29 @@ test('a shard replaced by a file that is not (yet) a whole LMDB file, or cut sho
       writeFileSync(join(dir, 'next.lmdb'), bytes);
       renameSync(join(dir, 'next.lmdb'), shard1);
     };
-    const failure = (key: string) => reader.read(ds, key, SPEC, 3).then(() => 'read', (e: SampleFault) => `${e.reason}: ${e.message}`);
+    const failure = (key: string) =>
+      reader.read(ds, key, SPEC, 3).then(
+        () => 'read',
+        (e: SampleFault) => `${e.reason}: ${e.message}`,
+      );
     const at = (key: string, what: string) => `shard_unavailable: ${shard1}: record '${key}': ${what}`;
     // lmdb 3.5 takes the process down with SIGBUS on this one, and SIGSEGV on the two after it
     const half = Math.floor(whole.length / 2);
     put(whole.subarray(0, half));
-    assert.equal(await failure('00002'), at('00002', `unavailable (shard file is cut short (${half} bytes, its last page ends at ${whole.length}: a copy in progress?)); gave up after 0 retries over 0 s`));
+    assert.equal(
+      await failure('00002'),
+      at(
+        '00002',
+        `unavailable (shard file is cut short (${half} bytes, its last page ends at ${whole.length}: a copy in progress?)); gave up after 0 retries over 0 s`,
+      ),
+    );
     put(new Uint8Array(0));
     assert.equal(await failure('00004'), at('00004', 'still unavailable (shard file is not an LMDB file (0 bytes))'));
     put(new Uint8Array(20000).fill(7));
-    assert.equal(await failure('00002'), at('00002', 'still unavailable (shard file is not an LMDB file (no LMDB magic number in its first page))'));
+    assert.equal(
+      await failure('00002'),
+      at('00002', 'still unavailable (shard file is not an LMDB file (no LMDB magic number in its first page))'),
+    );
     const other = await reader.read(ds, '00001', SPEC, 3); // shard 0 reads on
     reader.recycle(other);
     put(whole);
@@ -467,7 +593,13 @@ test('a shard replaced by a file that is not (yet) a whole LMDB file, or cut sho
     reader.recycle(back);
     // cut short in place (same inode) under the open mapping, then written back whole
     truncateSync(shard1, half);
-    assert.equal(await failure('00002'), at('00002', `unavailable (shard file is cut short (${half} bytes, its last page ends at ${whole.length}: a copy in progress?)); gave up after 0 retries over 0 s`));
+    assert.equal(
+      await failure('00002'),
+      at(
+        '00002',
+        `unavailable (shard file is cut short (${half} bytes, its last page ends at ${whole.length}: a copy in progress?)); gave up after 0 retries over 0 s`,
+      ),
+    );
     writeFileSync(shard1, whole);
     const again = await reader.read(ds, '00004', SPEC, 3);
     assert.equal(again.key, '00004');

@@ -47,19 +47,29 @@ test('gta5: records, label IDs -> train IDs (unknown -> 255, counted and named),
   assert.equal(s.found, 3);
   assert.equal(s.written, 2);
   assert.deepEqual(s.problems, { 'label-missing': 1 });
-  assert.ok(problems.some((l) => l === `problem (label-missing): ${join(root, 'images/00003.png')}: label missing (expected ${join(root, 'labels/00003.png')})`));
+  assert.ok(
+    problems.some(
+      (l) => l === `problem (label-missing): ${join(root, 'images/00003.png')}: label missing (expected ${join(root, 'labels/00003.png')})`,
+    ),
+  );
   // 00002: rows 3..5 of 16x9 are ID 34, which Cityscapes does not define (0, unlabeled, is defined: not counted)
   assert.deepEqual(s.unknownLabelIds, { files: 1, pixels: 48 });
-  assert.deepEqual(problems.filter((l) => l.includes('unknown label IDs') || l.includes('outside')), [
-    `unknown label IDs: ${join(root, 'labels/00002.png')}: 48 pixels have IDs outside the Cityscapes label IDs 0..33 (34); they become 255 (ignored), the record is kept`,
-    'ingest: 1 label files had 48 pixels with IDs outside the Cityscapes label IDs 0..33; they are 255 (ignored)',
-  ]);
+  assert.deepEqual(
+    problems.filter((l) => l.includes('unknown label IDs') || l.includes('outside')),
+    [
+      `unknown label IDs: ${join(root, 'labels/00002.png')}: 48 pixels have IDs outside the Cityscapes label IDs 0..33 (34); they become 255 (ignored), the record is kept`,
+      'ingest: 1 label files had 48 pixels with IDs outside the Cityscapes label IDs 0..33; they are 255 (ignored)',
+    ],
+  );
   const m = await readManifest(out);
   assert.equal(m.count, 2);
   assert.equal(m.numClasses, 19);
   assert.equal(m.classNames[13], 'car');
   assert.deepEqual(m.classImageCounts, counts(19, { 0: 2, 10: 1, 13: 1 }));
-  assert.deepEqual(m.samples.map(([k]) => k), ['00001', '00002']);
+  assert.deepEqual(
+    m.samples.map(([k]) => k),
+    ['00001', '00002'],
+  );
   // 9 rows in 3 bands: sky(23)->10, car(26)->13, road(7)->0; 0 and 34 -> 255
   const a = storedLabel(out, '00001');
   assert.deepEqual([a.ids[0], a.ids[16 * 3], a.ids[16 * 8]], [10, 13, 0]);
@@ -79,7 +89,10 @@ test('cityscapes: train/val splits, 19 vs 16 classes, label-free target ingest, 
   const o19 = join(dir, 'cs19');
   await ingestDataset({ ...quiet, dataset: 'cityscapes', root, out: o19 });
   const m19 = await readManifest(o19);
-  assert.deepEqual(m19.samples.map(([k]) => k), ['aachen/aachen_000000_000019', 'aachen/aachen_000000_000020', 'bremen/bremen_000000_000005']);
+  assert.deepEqual(
+    m19.samples.map(([k]) => k),
+    ['aachen/aachen_000000_000019', 'aachen/aachen_000000_000020', 'bremen/bremen_000000_000005'],
+  );
   assert.deepEqual(m19.classImageCounts, counts(19, { 0: 3, 9: 3, 10: 3, 14: 3 }));
   const o16 = join(dir, 'cs16');
   await ingestDataset({ ...quiet, dataset: 'cityscapes', root, out: o16, numClasses: 16 });
@@ -113,8 +126,10 @@ test('synthia: 16-bit 3-channel labels, class ID from channel 0, 16-class protoc
   assert.deepEqual(s.unknownLabelIds, { files: 0, pixels: 0 });
   const l = storedLabel(out, '0000000');
   assert.deepEqual([l.ids[0], l.ids[12 * 3], l.ids[12 * 7]], [9, 12, 0]);
-  await assert.rejects(ingestDataset({ ...quiet, dataset: 'synthia', root, out: join(dir, 'x'), numClasses: 19 }),
-    /synthia: the SYNTHIA protocol has 16 classes \(--classes 16\)/);
+  await assert.rejects(
+    ingestDataset({ ...quiet, dataset: 'synthia', root, out: join(dir, 'x'), numClasses: 19 }),
+    /synthia: the SYNTHIA protocol has 16 classes \(--classes 16\)/,
+  );
   await rm(dir, { recursive: true });
 });
 
@@ -142,15 +157,25 @@ test('folder: user label map, nested folders, jpeg images; a bad label map is na
   const s = await ingestDataset({ ...quiet, dataset: 'folder', root, out, log: (l) => lines.push(l) });
   // a.png: rows 7..9 of 10x10 are ID 9, which labelmap.json does not name
   assert.deepEqual(s.unknownLabelIds, { files: 1, pixels: 30 });
-  assert.ok(lines.includes(`unknown label IDs: ${join(root, 'labels/cam0/a.png')}: 30 pixels have IDs outside the label IDs of ${join(root, 'labelmap.json')} (9); ` +
-    'they become 255 (ignored), the record is kept'), lines.join('\n'));
+  assert.ok(
+    lines.includes(
+      `unknown label IDs: ${join(root, 'labels/cam0/a.png')}: 30 pixels have IDs outside the label IDs of ${join(root, 'labelmap.json')} (9); ` +
+        'they become 255 (ignored), the record is kept',
+    ),
+    lines.join('\n'),
+  );
   assert.equal(s.problemCount, 0);
   const m = await readManifest(out);
-  assert.deepEqual(m.samples.map(([k]) => k), ['cam0/a', 'cam1/b']);
+  assert.deepEqual(
+    m.samples.map(([k]) => k),
+    ['cam0/a', 'cam1/b'],
+  );
   assert.deepEqual(m.classImageCounts, counts(19, { 0: 1, 13: 2 }));
   await writeFile(join(root, 'labelmap.json'), JSON.stringify({ 1: 40 }));
-  await assert.rejects(ingestDataset({ ...quiet, dataset: 'folder', root, out: join(dir, 'x') }),
-    new RegExp(`${join(root, 'labelmap.json')}: label ID 1 maps to 40, expected a train ID in 0..18 or 255`));
+  await assert.rejects(
+    ingestDataset({ ...quiet, dataset: 'folder', root, out: join(dir, 'x') }),
+    new RegExp(`${join(root, 'labelmap.json')}: label ID 1 maps to 40, expected a train ID in 0..18 or 255`),
+  );
   await rm(dir, { recursive: true });
 });
 
@@ -165,15 +190,28 @@ test('bad input: truncated image, size mismatch, RGB label, corrupt label are sk
   await writeRgb(join(root, 'images/00005.png'), 16, 9, 5);
   await writeBands(join(root, 'labels/00005.png'), 8, 8, [7]);
   await writeRgb(join(root, 'images/00006.png'), 16, 9, 6);
-  await writeFile(join(root, 'labels/00006.png'), encodePng({ width: 16, height: 9, channels: 3, bitDepth: 8, data: new Uint8Array(16 * 9 * 3).fill(7) }));
+  await writeFile(
+    join(root, 'labels/00006.png'),
+    encodePng({ width: 16, height: 9, channels: 3, bitDepth: 8, data: new Uint8Array(16 * 9 * 3).fill(7) }),
+  );
   await writeRgb(join(root, 'images/00007.png'), 16, 9, 7);
   await writeFile(join(root, 'labels/00007.png'), Buffer.from('not a png at all'));
   const out = join(dir, 'out');
   const lines: string[] = [];
   const s = await ingestDataset({ ...quiet, dataset: 'gta5', root, out, log: (l) => lines.push(l) });
   assert.equal(s.written, 2);
-  assert.deepEqual(s.problems, { 'label-missing': 1, 'image-unreadable': 1, 'size-mismatch': 1, 'label-channels': 1, 'label-unreadable': 1 });
-  const has = (re: RegExp) => assert.ok(lines.some((l) => re.test(l)), `no log line matches ${re}: ${lines.join('\n')}`);
+  assert.deepEqual(s.problems, {
+    'label-missing': 1,
+    'image-unreadable': 1,
+    'size-mismatch': 1,
+    'label-channels': 1,
+    'label-unreadable': 1,
+  });
+  const has = (re: RegExp) =>
+    assert.ok(
+      lines.some((l) => re.test(l)),
+      `no log line matches ${re}: ${lines.join('\n')}`,
+    );
   has(/^problem \(image-unreadable\): .*images\/00004\.png: does not decode/);
   has(/^problem \(size-mismatch\): .*labels\/00005\.png: label is 8x8 but the image .*images\/00005\.png is 16x9$/);
   has(/^problem \(label-channels\): .*labels\/00006\.png: label has 3 channels, expected 1 \(grey or palette indices\)$/);
@@ -192,8 +230,14 @@ test('shards: two processes ingest disjoint parts; the manifest merges both', as
   assert.deepEqual([a.written, b.written], [2, 1]);
   const m = await readManifest(out);
   assert.equal(m.count, 3);
-  assert.deepEqual(m.shards, [{ file: 'shard-00000.lmdb', count: 2 }, { file: 'shard-00001.lmdb', count: 1 }]);
-  assert.deepEqual(m.samples.map(([k, s]) => `${k}@${s}`), ['aachen/aachen_000000_000019@0', 'aachen/aachen_000000_000020@1', 'bremen/bremen_000000_000005@0']);
+  assert.deepEqual(m.shards, [
+    { file: 'shard-00000.lmdb', count: 2 },
+    { file: 'shard-00001.lmdb', count: 1 },
+  ]);
+  assert.deepEqual(
+    m.samples.map(([k, s]) => `${k}@${s}`),
+    ['aachen/aachen_000000_000019@0', 'aachen/aachen_000000_000020@1', 'bremen/bremen_000000_000005@0'],
+  );
   await rm(dir, { recursive: true });
 });
 
@@ -215,7 +259,10 @@ test('CLI: --help, bad flags exit 2 naming the flag, nothing usable exits 1, --s
   await gta5Tree(join(dir, 'g'));
   const ok = run('--dataset', 'gta5', '--root', join(dir, 'g'), '--out', join(dir, 'o2'));
   assert.equal(ok.status, 0, ok.stderr);
-  assert.match(ok.stdout, /^ingest: written 2, already there 0, problems 1 \(label-missing 1\), labels with unknown IDs 1 \(48 pixels set to 255\); /);
+  assert.match(
+    ok.stdout,
+    /^ingest: written 2, already there 0, problems 1 \(label-missing 1\), labels with unknown IDs 1 \(48 pixels set to 255\); /,
+  );
   const strict = run('--dataset', 'gta5', '--root', join(dir, 'g'), '--out', join(dir, 'o2'), '--strict');
   assert.equal(strict.status, 1);
   await rm(dir, { recursive: true });

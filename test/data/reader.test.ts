@@ -35,7 +35,12 @@ test('reader: identity resize gives the ImageNet-normalised original pixels and 
     for (let i = 0; i < expected.length; i++) assert.ok(Math.abs(s.image[i]! - expected[i]!) < 1e-5, `pixel ${i}`);
     // bands sky(10) / car(13) / road(0) over 9 rows
     assert.deepEqual([s.label![0], s.label![16 * 3], s.label![16 * 8]], [10, 13, 0]);
-    const jitter = { jitter: { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 }, scale: [0.5, 1.5] as [number, number], crop: [8, 8] as [number, number], flipProb: 0.5 };
+    const jitter = {
+      jitter: { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 },
+      scale: [0.5, 1.5] as [number, number],
+      crop: [8, 8] as [number, number],
+      flipProb: 0.5,
+    };
     const a = await reader.read(dataset, '00002', jitter, 77);
     const b = await reader.read(dataset, '00002', jitter, 77);
     const c = await reader.read(dataset, '00002', jitter, 78);
@@ -57,18 +62,26 @@ test('reader: a corrupt record is an error naming the shard and key; in a skip s
   await w.close();
   const reader = new SampleReader({ threads: 1 });
   try {
-    await assert.rejects(reader.read(dataset, '00002', { resize: [9, 16] }, 0), new RegExp(`${shardPath}: record '00002': image does not decode`));
+    await assert.rejects(
+      reader.read(dataset, '00002', { resize: [9, 16] }, 0),
+      new RegExp(`${shardPath}: record '00002': image does not decode`),
+    );
     const credits = new Credits(2);
     const keys = ['00001', '00002', '00001'];
     let i = 0;
     const skipped: string[] = [];
-    const out = await lastValueFrom(pullSource(credits, () => [i < keys.length ? keys[i++]! : END]).pipe(
-      stage('decode', (key: string) => reader.read(dataset, key, { resize: [9, 16] }, 0), {
-        onError: 'skip', credits, keyOf: (k) => k, onSkip: (e) => skipped.push(e.message),
-      }),
-      tap(() => credits.release()),
-      toArray(),
-    ));
+    const out = await lastValueFrom(
+      pullSource(credits, () => [i < keys.length ? keys[i++]! : END]).pipe(
+        stage('decode', (key: string) => reader.read(dataset, key, { resize: [9, 16] }, 0), {
+          onError: 'skip',
+          credits,
+          keyOf: (k) => k,
+          onSkip: (e) => skipped.push(e.message),
+        }),
+        tap(() => credits.release()),
+        toArray(),
+      ),
+    );
     assert.equal(out.length, 2);
     assert.equal(skipped.length, 1);
     assert.match(skipped[0]!, /^stage decode \(sample 00002\): .*record '00002': image does not decode/);
@@ -93,18 +106,24 @@ test('memory: reading 120x the prefetch depth keeps RSS bounded (flat once warm)
     let n = 0;
     const total = depth * 120;
     const rss: number[] = [];
-    await lastValueFrom(pullSource(credits, () => [n < total ? dataset.keys[n++ % dataset.keys.length]! : END]).pipe(
-      mergeMap((key) => reader.read(dataset, key, { resize: [256, 512], jitter: { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 } }, n), depth),
-      tap((s) => {
-        reader.recycle(s);
-        credits.release();
-        if (n % depth === 0) {
-          gc();
-          rss.push(process.memoryUsage().rss);
-        }
-      }),
-      toArray(),
-    ));
+    await lastValueFrom(
+      pullSource(credits, () => [n < total ? dataset.keys[n++ % dataset.keys.length]! : END]).pipe(
+        mergeMap(
+          (key) =>
+            reader.read(dataset, key, { resize: [256, 512], jitter: { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.2 } }, n),
+          depth,
+        ),
+        tap((s) => {
+          reader.recycle(s);
+          credits.release();
+          if (n % depth === 0) {
+            gc();
+            rss.push(process.memoryUsage().rss);
+          }
+        }),
+        toArray(),
+      ),
+    );
     assert.ok(credits.peak <= depth, `in flight peaked at ${credits.peak}`);
     // every output buffer pair (1.5 MiB + 128 KiB) is reused: at most one per item in flight
     assert.ok(reader.allocated <= depth, `allocated ${reader.allocated} buffer pairs for ${total} samples`);
@@ -114,7 +133,10 @@ test('memory: reading 120x the prefetch depth keeps RSS bounded (flat once warm)
     const growth = (Math.max(...rss.slice(q3)) - rss[q3]!) / 2 ** 20;
     assert.ok(growth < 12, `RSS grew ${growth.toFixed(1)} MiB in the last quarter (${rss.map((r) => (r / 2 ** 20).toFixed(0)).join(' ')})`);
     // and the main thread holds no sample buffers beyond the recycled ones
-    assert.ok(process.memoryUsage().arrayBuffers < 64 * 2 ** 20, `main-thread ArrayBuffers ${(process.memoryUsage().arrayBuffers / 2 ** 20).toFixed(0)} MiB`);
+    assert.ok(
+      process.memoryUsage().arrayBuffers < 64 * 2 ** 20,
+      `main-thread ArrayBuffers ${(process.memoryUsage().arrayBuffers / 2 ** 20).toFixed(0)} MiB`,
+    );
   } finally {
     await reader.close();
     await rm(dir, { recursive: true });

@@ -38,7 +38,10 @@ test('ShuffleSampler shards: readers get disjoint parts that cover the epoch', (
   const b = take(new ShuffleSampler(keys, { seed: 1, shard: { index: 1, count: 3 } }), 3);
   const c = take(new ShuffleSampler(keys, { seed: 1, shard: { index: 2, count: 3 } }), 3);
   assert.deepEqual([...a, ...b, ...c].sort(), [...keys].sort());
-  assert.throws(() => new ShuffleSampler(keys, { seed: 1, shard: { index: 3, count: 3 } }), /sampler: shard 3 of 3: expected 0 <= index < count/);
+  assert.throws(
+    () => new ShuffleSampler(keys, { seed: 1, shard: { index: 3, count: 3 } }),
+    /sampler: shard 3 of 3: expected 0 <= index < count/,
+  );
   assert.throws(() => new ShuffleSampler([], { seed: 1 }), /sampler: no keys to sample from/);
 });
 
@@ -48,7 +51,10 @@ const samples: [string, number[]][] = Array.from({ length: 100 }, (_, i) => [`im
 test('ClassBalancedSampler: weights 1/ln(1.01 + d) by hand, 0 for a class without images', () => {
   const s = new ClassBalancedSampler(samples, 4, { seed: 0 });
   // no draws yet: d = 0 for all classes -> equal weights over the 3 classes with images
-  assert.deepEqual(s.weights().map((w) => +w.toFixed(6)), [1 / 3, 1 / 3, 1 / 3, 0].map((w) => +w.toFixed(6)));
+  assert.deepEqual(
+    s.weights().map((w) => +w.toFixed(6)),
+    [1 / 3, 1 / 3, 1 / 3, 0].map((w) => +w.toFixed(6)),
+  );
   const first = s.next();
   const classes = samples.find(([k]) => k === first)![1];
   const c = [0, 0, 0, 0];
@@ -56,7 +62,10 @@ test('ClassBalancedSampler: weights 1/ln(1.01 + d) by hand, 0 for a class withou
   const total = c.reduce((a, b) => a + b, 0);
   const raw = c.map((v, k) => (k === 3 ? 0 : 1 / Math.log(1.01 + v / total)));
   const sum = raw.reduce((a, b) => a + b, 0);
-  assert.deepEqual(s.weights().map((w) => +w.toFixed(9)), raw.map((w) => +(w / sum).toFixed(9)));
+  assert.deepEqual(
+    s.weights().map((w) => +w.toFixed(9)),
+    raw.map((w) => +(w / sum).toFixed(9)),
+  );
 });
 
 test('ClassBalancedSampler: a rare class is drawn far above its frequency; lists of length 1 wrap without crashing', () => {
@@ -79,7 +88,13 @@ test('ClassBalancedSampler: same seed same stream, state resumes exactly, shards
   assert.deepEqual(take(resumed, 123), take(c, 123));
   const s0 = take(new ClassBalancedSampler(samples, 4, { seed: 9, subEpoch: 50, shard: { index: 0, count: 2 } }), 100);
   const s1 = take(new ClassBalancedSampler(samples, 4, { seed: 9, subEpoch: 50, shard: { index: 1, count: 2 } }), 100);
-  assert.deepEqual(s0, a.filter((_, i) => i % 2 === 0));
-  assert.deepEqual(s1, a.filter((_, i) => i % 2 === 1));
+  assert.deepEqual(
+    s0,
+    a.filter((_, i) => i % 2 === 0),
+  );
+  assert.deepEqual(
+    s1,
+    a.filter((_, i) => i % 2 === 1),
+  );
   assert.throws(() => new ClassBalancedSampler([['x', []]], 3, { seed: 0 }), /sampler: no labelled image contains any class/);
 });

@@ -7,8 +7,13 @@ import { join, relative } from 'node:path';
 import sharp from 'sharp';
 import { decodePng, encodePng } from '../../src/data/png.ts';
 import {
-  LABEL_ID, SYNTHETIC_LABEL_IDS, VAL_INDEX_OFFSET, renderScene, writeSyntheticBenchmark,
-  type SyntheticProgress, type SyntheticScene,
+  LABEL_ID,
+  SYNTHETIC_LABEL_IDS,
+  VAL_INDEX_OFFSET,
+  renderScene,
+  writeSyntheticBenchmark,
+  type SyntheticProgress,
+  type SyntheticScene,
 } from '../../src/synthetic/render.ts';
 
 const NODE = process.execPath;
@@ -56,7 +61,10 @@ function statsOf(scenes: SyntheticScene[]): DomainStats {
   for (let c = 0; c < 256; c++) for (let k = 0; k < 3; k++) mean[c * 3 + k] = pixels[c]! > 0 ? sum[c * 3 + k]! / pixels[c]! : 0;
   const half = diffs.reduce((a, b) => a + b, 0) / 2;
   let median = 0;
-  for (let acc = 0; median < 256; median++) { acc += diffs[median]!; if (acc >= half) break; }
+  for (let acc = 0; median < 256; median++) {
+    acc += diffs[median]!;
+    if (acc >= half) break;
+  }
   return { share: pixels.map((v) => v / total), mean, scenes: seen, medianNeighbourDiff: median };
 }
 
@@ -115,9 +123,18 @@ test('layout statistics differ: the target has more cars, persons and vegetation
   const [src, tgt] = [stats.source.share, stats.target.share];
   const pct = (v: number): string => `${(100 * v).toFixed(2)}%`;
   assert.ok(tgt[LABEL_ID.car]! > 1.5 * src[LABEL_ID.car]!, `car: source ${pct(src[LABEL_ID.car]!)}, target ${pct(tgt[LABEL_ID.car]!)}`);
-  assert.ok(tgt[LABEL_ID.person]! > 2 * src[LABEL_ID.person]!, `person: source ${pct(src[LABEL_ID.person]!)}, target ${pct(tgt[LABEL_ID.person]!)}`);
-  assert.ok(tgt[LABEL_ID.vegetation]! > 1.3 * src[LABEL_ID.vegetation]!, `vegetation: source ${pct(src[LABEL_ID.vegetation]!)}, target ${pct(tgt[LABEL_ID.vegetation]!)}`);
-  assert.ok(src[LABEL_ID.building]! > 1.2 * tgt[LABEL_ID.building]!, `building: source ${pct(src[LABEL_ID.building]!)}, target ${pct(tgt[LABEL_ID.building]!)}`);
+  assert.ok(
+    tgt[LABEL_ID.person]! > 2 * src[LABEL_ID.person]!,
+    `person: source ${pct(src[LABEL_ID.person]!)}, target ${pct(tgt[LABEL_ID.person]!)}`,
+  );
+  assert.ok(
+    tgt[LABEL_ID.vegetation]! > 1.3 * src[LABEL_ID.vegetation]!,
+    `vegetation: source ${pct(src[LABEL_ID.vegetation]!)}, target ${pct(tgt[LABEL_ID.vegetation]!)}`,
+  );
+  assert.ok(
+    src[LABEL_ID.building]! > 1.2 * tgt[LABEL_ID.building]!,
+    `building: source ${pct(src[LABEL_ID.building]!)}, target ${pct(tgt[LABEL_ID.building]!)}`,
+  );
   // Both look like streets: road is the largest ground class in each.
   for (const share of [src, tgt]) assert.ok(share[LABEL_ID.road]! > 0.2 && share[LABEL_ID.road]! > 3 * share[LABEL_ID.sidewalk]!);
 });
@@ -153,7 +170,14 @@ async function listFiles(root: string): Promise<string[]> {
 test('writeSyntheticBenchmark: GTA5 and Cityscapes layouts, files equal the renders, a re-run skips, a wrong file is redone', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'spcl-synthetic-'));
   const events: SyntheticProgress[] = [];
-  const opts = { seed: 5, sourceCount: 3, targetTrainCount: 2, targetValCount: 2, sourceSize: [36, 64] as const, targetSize: [32, 64] as const };
+  const opts = {
+    seed: 5,
+    sourceCount: 3,
+    targetTrainCount: 2,
+    targetValCount: 2,
+    sourceSize: [36, 64] as const,
+    targetSize: [32, 64] as const,
+  };
   const res = await writeSyntheticBenchmark(dir, { ...opts, onProgress: (p) => events.push(p) });
   assert.equal(res.source, join(dir, 'gta5'));
   assert.equal(res.target, join(dir, 'cityscapes'));
@@ -168,8 +192,12 @@ test('writeSyntheticBenchmark: GTA5 and Cityscapes layouts, files equal the rend
     'cityscapes/leftImg8bit/train/brackenfeld/brackenfeld_000000_000019_leftImg8bit.png',
     'cityscapes/leftImg8bit/val/elbenau/elbenau_000000_000019_leftImg8bit.png',
     'cityscapes/leftImg8bit/val/fennwick/fennwick_000000_000019_leftImg8bit.png',
-    'gta5/images/00001.png', 'gta5/images/00002.png', 'gta5/images/00003.png',
-    'gta5/labels/00001.png', 'gta5/labels/00002.png', 'gta5/labels/00003.png',
+    'gta5/images/00001.png',
+    'gta5/images/00002.png',
+    'gta5/images/00003.png',
+    'gta5/labels/00001.png',
+    'gta5/labels/00002.png',
+    'gta5/labels/00003.png',
   ]);
   const last = (part: string): SyntheticProgress | undefined => events.filter((e) => e.part === part).at(-1);
   assert.deepEqual(last('gta5'), { part: 'gta5', done: 3, total: 3, written: 3, skipped: 0 });
@@ -185,8 +213,11 @@ test('writeSyntheticBenchmark: GTA5 and Cityscapes layouts, files equal the rend
     assert.deepEqual(data, Buffer.from(scene.image));
   };
   await check('gta5/images/00002.png', 'gta5/labels/00002.png', renderScene('source', 1, 5, [36, 64]));
-  await check('cityscapes/leftImg8bit/val/fennwick/fennwick_000000_000019_leftImg8bit.png',
-    'cityscapes/gtFine/val/fennwick/fennwick_000000_000019_gtFine_labelIds.png', renderScene('target', VAL_INDEX_OFFSET + 1, 5, [32, 64]));
+  await check(
+    'cityscapes/leftImg8bit/val/fennwick/fennwick_000000_000019_leftImg8bit.png',
+    'cityscapes/gtFine/val/fennwick/fennwick_000000_000019_gtFine_labelIds.png',
+    renderScene('target', VAL_INDEX_OFFSET + 1, 5, [32, 64]),
+  );
 
   const mtimes = async (): Promise<number[]> => Promise.all((await listFiles(dir)).map(async (f) => (await stat(join(dir, f))).mtimeMs));
   const before = await mtimes();
@@ -226,9 +257,30 @@ test('CLI: --help exits 0; bad flags exit 2 naming flag, value and expectation; 
   assert.match(unknown.stderr.split('\n')[0]!, /^make-synthetic: Unknown option '--colour'/);
 
   const dir = await mkdtemp(join(tmpdir(), 'spcl-synthetic-cli-'));
-  const ok = run('--out', dir, '--seed', '2', '--source-count', '2', '--target-train-count', '1', '--target-val-count', '1', '--source-size', '36x64', '--target-size', '32x64');
+  const ok = run(
+    '--out',
+    dir,
+    '--seed',
+    '2',
+    '--source-count',
+    '2',
+    '--target-train-count',
+    '1',
+    '--target-val-count',
+    '1',
+    '--source-size',
+    '36x64',
+    '--target-size',
+    '32x64',
+  );
   assert.equal(ok.status, 0, ok.stderr);
-  assert.deepEqual(JSON.parse(ok.stdout), { source: join(dir, 'gta5'), target: join(dir, 'cityscapes'), counts: { source: 2, targetTrain: 1, targetVal: 1 }, written: 4, skipped: 0 });
+  assert.deepEqual(JSON.parse(ok.stdout), {
+    source: join(dir, 'gta5'),
+    target: join(dir, 'cityscapes'),
+    counts: { source: 2, targetTrain: 1, targetVal: 1 },
+    written: 4,
+    skipped: 0,
+  });
   assert.match(ok.stderr, /^make-synthetic: gta5 2\/2 \(written 2, skipped 0\)/m);
   assert.match(ok.stderr, /^make-synthetic: cityscapes\/val 1\/1 \(written 1, skipped 0\)/m);
   assert.equal((await listFiles(dir)).length, 8);

@@ -16,7 +16,13 @@ export async function writeRgb(path: string, w: number, h: number, seed: number,
 }
 
 /** Label with horizontal bands of the given IDs (8-bit grey, or 16-bit with extra channels). */
-export async function writeBands(path: string, w: number, h: number, ids: number[], opts: { bitDepth?: 8 | 16; channels?: 1 | 3 } = {}): Promise<void> {
+export async function writeBands(
+  path: string,
+  w: number,
+  h: number,
+  ids: number[],
+  opts: { bitDepth?: 8 | 16; channels?: 1 | 3 } = {},
+): Promise<void> {
   const channels = opts.channels ?? 1;
   const bitDepth = opts.bitDepth ?? 8;
   const data = bitDepth === 16 ? new Uint16Array(w * h * channels) : new Uint8Array(w * h * channels);
@@ -43,7 +49,11 @@ export async function gta5Tree(root: string): Promise<void> {
 }
 
 export async function cityscapesTree(root: string): Promise<void> {
-  for (const [split, city, frames] of [['train', 'aachen', [19, 20]], ['train', 'bremen', [5]], ['val', 'lindau', [1]]] as const) {
+  for (const [split, city, frames] of [
+    ['train', 'aachen', [19, 20]],
+    ['train', 'bremen', [5]],
+    ['val', 'lindau', [1]],
+  ] as const) {
     for (const f of frames) {
       const base = `${city}_000000_${String(f).padStart(6, '0')}`;
       await writeRgb(join(root, 'leftImg8bit', split, city, `${base}_leftImg8bit.png`), 16, 8, f);

@@ -20,12 +20,17 @@ test('a slow consumer never lets more than capacity items be in flight; items ar
   scheduler().run(({ flush }) => {
     const credits = new Credits(3);
     const values: number[] = [];
-    numbers(credits, 20, 1, [], () => 0).pipe(
-      concatMap((x) => timer(10).pipe(map(() => x))),
-      tap(() => credits.release()),
-    ).subscribe((v) => values.push(v));
+    numbers(credits, 20, 1, [], () => 0)
+      .pipe(
+        concatMap((x) => timer(10).pipe(map(() => x))),
+        tap(() => credits.release()),
+      )
+      .subscribe((v) => values.push(v));
     flush();
-    assert.deepEqual(values, Array.from({ length: 20 }, (_, i) => i));
+    assert.deepEqual(
+      values,
+      Array.from({ length: 20 }, (_, i) => i),
+    );
     assert.equal(credits.peak, 3);
     assert.equal(credits.inFlight, 0);
   });
@@ -81,9 +86,14 @@ test('policy skip drops the item, counts it, releases its credit and goes on', (
     credits.taken();
     const skipped: string[] = [];
     const fn = (x: string) => (x === 'b' ? throwError(() => new Error('corrupt record')) : of(x));
-    const out = cold('a-b-c|').pipe(stage('decode', fn, {
-      onError: 'skip', credits, keyOf: (x) => x, onSkip: (e) => skipped.push(e.message),
-    }));
+    const out = cold('a-b-c|').pipe(
+      stage('decode', fn, {
+        onError: 'skip',
+        credits,
+        keyOf: (x) => x,
+        onSkip: (e) => skipped.push(e.message),
+      }),
+    );
     expectObservable(out).toBe('a---c|');
     flush();
     assert.deepEqual(skipped, ['stage decode (sample b): corrupt record']);
@@ -97,15 +107,20 @@ test('teardown: unsubscribing runs the cleanup and no pull happens afterwards', 
     const credits = new Credits(2);
     const pulls: number[] = [];
     let cleaned = 0;
-    const sub = numbers(credits, 100, 1, pulls, () => ts.now()).pipe(
-      concatMap((x) => timer(3).pipe(map(() => x))),
-      tap(() => credits.release()),
-      onTeardown(() => cleaned++),
-    ).subscribe();
+    const sub = numbers(credits, 100, 1, pulls, () => ts.now())
+      .pipe(
+        concatMap((x) => timer(3).pipe(map(() => x))),
+        tap(() => credits.release()),
+        onTeardown(() => cleaned++),
+      )
+      .subscribe();
     ts.schedule(() => sub.unsubscribe(), 10);
     flush();
     assert.equal(cleaned, 1);
-    assert.ok(pulls.every((t) => t <= 10), `pulls after teardown: ${pulls}`);
+    assert.ok(
+      pulls.every((t) => t <= 10),
+      `pulls after teardown: ${pulls}`,
+    );
     assert.ok(pulls.length <= 5);
   });
 });
@@ -117,14 +132,19 @@ test('stop: the source takes no new item, items in flight drain, the flow comple
     const pulls: number[] = [];
     const values: number[] = [];
     let completed = false;
-    numbers(credits, 100, 1, pulls, () => ts.now()).pipe(
-      concatMap((x) => timer(4).pipe(map(() => x))),
-      tap(() => credits.release()),
-    ).subscribe({ next: (v) => values.push(v), complete: () => (completed = true) });
+    numbers(credits, 100, 1, pulls, () => ts.now())
+      .pipe(
+        concatMap((x) => timer(4).pipe(map(() => x))),
+        tap(() => credits.release()),
+      )
+      .subscribe({ next: (v) => values.push(v), complete: () => (completed = true) });
     ts.schedule(() => credits.stop(), 6);
     flush();
     assert.ok(completed);
-    assert.deepEqual(values, Array.from({ length: values.length }, (_, i) => i));
+    assert.deepEqual(
+      values,
+      Array.from({ length: values.length }, (_, i) => i),
+    );
     assert.ok(values.length >= 3 && values.length <= 5, `drained ${values.length}`);
   });
 });
@@ -139,14 +159,38 @@ test('reduceItems: folds a finite stream, releases every item even when one fail
   const { reduceItems } = await import('../../src/graph/flow.ts');
   const released: number[] = [];
   let sum = 0;
-  assert.equal(await lastValueFrom(from([1, 2, 3]).pipe(reduceItems((x: number) => { sum += x; }, async () => sum * 10, (x) => released.push(x)))), 60);
+  assert.equal(
+    await lastValueFrom(
+      from([1, 2, 3]).pipe(
+        reduceItems(
+          (x: number) => {
+            sum += x;
+          },
+          async () => sum * 10,
+          (x) => released.push(x),
+        ),
+      ),
+    ),
+    60,
+  );
   assert.deepEqual(released, [1, 2, 3]);
   released.length = 0;
   const seen: number[] = [];
-  await assert.rejects(lastValueFrom(from([1, 2, 3]).pipe(reduceItems((x: number) => {
-    seen.push(x);
-    if (x === 2) throw new Error('bad batch');
-  }, () => 0, (x) => released.push(x)))), /bad batch/);
+  await assert.rejects(
+    lastValueFrom(
+      from([1, 2, 3]).pipe(
+        reduceItems(
+          (x: number) => {
+            seen.push(x);
+            if (x === 2) throw new Error('bad batch');
+          },
+          () => 0,
+          (x) => released.push(x),
+        ),
+      ),
+    ),
+    /bad batch/,
+  );
   assert.deepEqual(seen, [1, 2]);
   assert.deepEqual(released, [1, 2, 3]);
 });

@@ -10,7 +10,13 @@ import { discriminator } from '../../src/ops/model/discriminator.ts';
 import { Adam, SGD, gradients } from '../../src/ops/optim.ts';
 import { decodeSafetensors, encodeSafetensors, readSafetensorsHeader, type TensorToEncode } from '../../src/ops/safetensors.ts';
 import {
-  applyModelState, disposeCheckpoint, loadCheckpoint, loadSafetensors, modelState, saveCheckpoint, saveModelSafetensors,
+  applyModelState,
+  disposeCheckpoint,
+  loadCheckpoint,
+  loadSafetensors,
+  modelState,
+  saveCheckpoint,
+  saveModelSafetensors,
 } from '../../src/io/weights.ts';
 import { useBackend, seededValues } from '../helpers.ts';
 
@@ -57,7 +63,7 @@ test('safetensors: encode/decode round trip is bit-exact, metadata kept, header 
     ['empty', { shape: [0, 3], data: new Float32Array(0) }],
     ['big', { shape: [3, 4, 5], data: seededValues(60, 7) }],
   ]);
-  const bytes = encodeSafetensors(tensors, { note: 'hello', 'ü': 'ß' });
+  const bytes = encodeSafetensors(tensors, { note: 'hello', ü: 'ß' });
   const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
   assert.equal(n % 8, 0);
   assert.equal(bytes.length, 8 + n + (10 + 1 + 0 + 60) * 4);
@@ -69,9 +75,10 @@ test('safetensors: encode/decode round trip is bit-exact, metadata kept, header 
     assert.deepEqual(d.shape, t.shape);
     assert.deepEqual(new Uint8Array(d.data.buffer, d.data.byteOffset, d.data.byteLength), new Uint8Array(t.data.buffer), name);
   }
-  assert.deepEqual(readSafetensorsHeader(bytes, 'mem').metadata, { note: 'hello', 'ü': 'ß' });
-  assert.throws(() => encodeSafetensors(new Map([['x', { shape: [2, 2], data: new Float32Array(3) }]])),
-    { message: "safetensors: tensor 'x' has 3 values, expected 4 for shape [2,2]" });
+  assert.deepEqual(readSafetensorsHeader(bytes, 'mem').metadata, { note: 'hello', ü: 'ß' });
+  assert.throws(() => encodeSafetensors(new Map([['x', { shape: [2, 2], data: new Float32Array(3) }]])), {
+    message: "safetensors: tensor 'x' has 3 values, expected 4 for shape [2,2]",
+  });
 });
 
 test('safetensors: a hand-built file with F32, F16, BF16, F64, I64, I32, U8, BOOL tensors decodes to known values', () => {
@@ -79,14 +86,20 @@ test('safetensors: a hand-built file with F32, F16, BF16, F64, I64, I32, U8, BOO
   const v = new DataView(data.buffer);
   // F64 [2] at 0..16, F32 [2,1] at 16..24, F16 [4] at 24..32, BF16 [2] at 32..36, I64 [2] at 40..56,
   // I32 [1] at 56..60, U8 [2] at 60..62, BOOL [2] at 62..64. Offsets need not be contiguous (36..40 unused).
-  v.setFloat64(0, 0.1, true); v.setFloat64(8, -1e10, true);
-  v.setFloat32(16, 2.5, true); v.setFloat32(20, -7, true);
+  v.setFloat64(0, 0.1, true);
+  v.setFloat64(8, -1e10, true);
+  v.setFloat32(16, 2.5, true);
+  v.setFloat32(20, -7, true);
   [0x3c00, 0xc100, 0x7bff, 0x0001].forEach((h, i) => v.setUint16(24 + 2 * i, h, true)); // 1, -2.5, 65504, 2^-24
-  v.setUint16(32, 0x3f80, true); v.setUint16(34, 0xc040, true); // bf16: 1, -3
-  v.setBigInt64(40, -5n, true); v.setBigInt64(48, 1000n, true);
+  v.setUint16(32, 0x3f80, true);
+  v.setUint16(34, 0xc040, true); // bf16: 1, -3
+  v.setBigInt64(40, -5n, true);
+  v.setBigInt64(48, 1000n, true);
   v.setInt32(56, -123456, true);
-  v.setUint8(60, 200); v.setUint8(61, 7);
-  v.setUint8(62, 1); v.setUint8(63, 0);
+  v.setUint8(60, 200);
+  v.setUint8(61, 7);
+  v.setUint8(62, 1);
+  v.setUint8(63, 0);
   const header = {
     __metadata__: { format: 'pt' },
     f64: { dtype: 'F64', shape: [2], data_offsets: [0, 16] },
@@ -114,25 +127,39 @@ test('safetensors: a hand-built file with F32, F16, BF16, F64, I64, I32, U8, BOO
 });
 
 test('safetensors: malformed buffers fail with the source and expected vs found', () => {
-  const good = encodeSafetensors(new Map([['a', { shape: [2, 3], data: seededValues(6, 1) }], ['b', { shape: [4], data: seededValues(4, 2) }]]));
+  const good = encodeSafetensors(
+    new Map([
+      ['a', { shape: [2, 3], data: seededValues(6, 1) }],
+      ['b', { shape: [4], data: seededValues(4, 2) }],
+    ]),
+  );
   const n = Number(new DataView(good.buffer).getBigUint64(0, true));
-  assert.throws(() => decodeSafetensors(good.subarray(0, 5), 'f.st'),
-    { message: 'f.st: not a safetensors file: 5 bytes, expected at least 8 (the header length)' });
-  assert.throws(() => decodeSafetensors(good.subarray(0, 8 + n - 1), 'f.st'),
-    { message: `f.st: safetensors header length ${n} exceeds the ${n - 1} bytes after the length prefix (truncated file, or not safetensors)` });
-  assert.throws(() => decodeSafetensors(good.subarray(0, good.length - 3), 'f.st'),
-    { message: "f.st: tensor 'b': data_offsets [24, 40] exceed the data buffer of 37 bytes (truncated file?)" });
+  assert.throws(() => decodeSafetensors(good.subarray(0, 5), 'f.st'), {
+    message: 'f.st: not a safetensors file: 5 bytes, expected at least 8 (the header length)',
+  });
+  assert.throws(() => decodeSafetensors(good.subarray(0, 8 + n - 1), 'f.st'), {
+    message: `f.st: safetensors header length ${n} exceeds the ${n - 1} bytes after the length prefix (truncated file, or not safetensors)`,
+  });
+  assert.throws(() => decodeSafetensors(good.subarray(0, good.length - 3), 'f.st'), {
+    message: "f.st: tensor 'b': data_offsets [24, 40] exceed the data buffer of 37 bytes (truncated file?)",
+  });
   const badJson = good.slice();
   badJson[8] = 0x5b; // '[' instead of '{'
   assert.throws(() => decodeSafetensors(badJson, 'f.st'), /^Error: f\.st: safetensors header \(\d+ bytes\) is not valid UTF-8 JSON: /);
-  assert.throws(() => decodeSafetensors(rawFile({ a: { dtype: 'F8_E4M3', shape: [1], data_offsets: [0, 1] } }, new Uint8Array(1)), 'f.st'),
-    { message: `f.st: tensor 'a' has unsupported dtype "F8_E4M3", expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL` });
-  assert.throws(() => decodeSafetensors(rawFile({ a: { dtype: 'F32', shape: [2, 2], data_offsets: [0, 12] } }, new Uint8Array(16)), 'f.st'),
-    { message: "f.st: tensor 'a': data_offsets [0, 12] span 12 bytes, expected 16 for dtype F32 and shape [2,2]" });
-  assert.throws(() => decodeSafetensors(rawFile({ a: { dtype: 'F32', shape: [-1], data_offsets: [0, 4] } }, new Uint8Array(4)), 'f.st'),
-    { message: "f.st: tensor 'a': shape must be an array of non-negative integers, found [-1]" });
-  assert.throws(() => decodeSafetensors(rawFile({ __metadata__: { a: 1 } }, new Uint8Array(0)), 'f.st'),
-    { message: "f.st: safetensors __metadata__ value 'a' must be a string, found number" });
+  assert.throws(
+    () => decodeSafetensors(rawFile({ a: { dtype: 'F8_E4M3', shape: [1], data_offsets: [0, 1] } }, new Uint8Array(1)), 'f.st'),
+    { message: `f.st: tensor 'a' has unsupported dtype "F8_E4M3", expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL` },
+  );
+  assert.throws(
+    () => decodeSafetensors(rawFile({ a: { dtype: 'F32', shape: [2, 2], data_offsets: [0, 12] } }, new Uint8Array(16)), 'f.st'),
+    { message: "f.st: tensor 'a': data_offsets [0, 12] span 12 bytes, expected 16 for dtype F32 and shape [2,2]" },
+  );
+  assert.throws(() => decodeSafetensors(rawFile({ a: { dtype: 'F32', shape: [-1], data_offsets: [0, 4] } }, new Uint8Array(4)), 'f.st'), {
+    message: "f.st: tensor 'a': shape must be an array of non-negative integers, found [-1]",
+  });
+  assert.throws(() => decodeSafetensors(rawFile({ __metadata__: { a: 1 } }, new Uint8Array(0)), 'f.st'), {
+    message: "f.st: safetensors __metadata__ value 'a' must be a string, found number",
+  });
 });
 
 /** Reads a variable as a flat array. */
@@ -159,12 +186,25 @@ test('loadSafetensors: torchvision names, OIHW -> HWIO element by element, BN st
   assert.deepEqual(report.ignored, ['module.fc.weight', 'module.fc.bias', 'module.layer1.0.bn1.num_batches_tracked']);
 
   // torch w[o, i, h, w] == ours[h, w, i, o]
-  for (const [name, [kh, kw, cin, cout]] of [['conv1', [7, 7, 3, 16]], ['layer2.0.conv2', [3, 3, 16, 16]], ['layer4.0.downsample.0', [1, 1, 128, 256]]] as const) {
+  for (const [name, [kh, kw, cin, cout]] of [
+    ['conv1', [7, 7, 3, 16]],
+    ['layer2.0.conv2', [3, 3, 16, 16]],
+    ['layer4.0.downsample.0', [1, 1, 128, 256]],
+  ] as const) {
     const src = torch.get(`${name}.weight`)!.data;
     const ours = values(m, `backbone.${name}.weight`);
     assert.deepEqual(m.store.get(`backbone.${name}.weight`).shape, [kh, kw, cin, cout]);
-    for (const [o, i, h, w] of [[0, 0, 0, 0], [cout - 1, cin - 1, kh - 1, kw - 1], [Math.floor(cout / 3), cin - 1, 0, kw - 1], [1, Math.floor(cin / 2), kh - 1, 0]]) {
-      assert.equal(ours[((h! * kw + w!) * cin + i!) * cout + o!], src[((o! * cin + i!) * kh + h!) * kw + w!], `${name}[${o},${i},${h},${w}]`);
+    for (const [o, i, h, w] of [
+      [0, 0, 0, 0],
+      [cout - 1, cin - 1, kh - 1, kw - 1],
+      [Math.floor(cout / 3), cin - 1, 0, kw - 1],
+      [1, Math.floor(cin / 2), kh - 1, 0],
+    ]) {
+      assert.equal(
+        ours[((h! * kw + w!) * cin + i!) * cout + o!],
+        src[((o! * cin + i!) * kh + h!) * kw + w!],
+        `${name}[${o},${i},${h},${w}]`,
+      );
     }
   }
   const aspp = torch.get('conv2d_list.2.weight')!.data; // [5, 256, 3, 3]
@@ -186,11 +226,15 @@ test('loadSafetensors: ImageNet backbone without ASPP loads non-strictly; strict
   writeFileSync(path, encodeSafetensors(backboneOnly));
   const asppBefore = values(m, 'classifier.conv2d_list.0.weight').slice();
   const report = await loadSafetensors(m, path);
-  assert.deepEqual(report.missing, [0, 1, 2, 3].flatMap((i) => [`classifier.conv2d_list.${i}.weight`, `classifier.conv2d_list.${i}.bias`]));
+  assert.deepEqual(
+    report.missing,
+    [0, 1, 2, 3].flatMap((i) => [`classifier.conv2d_list.${i}.weight`, `classifier.conv2d_list.${i}.bias`]),
+  );
   assert.equal(report.loaded.length, m.store.params.size - 8);
   assert.deepEqual(values(m, 'classifier.conv2d_list.0.weight'), asppBefore);
   await assert.rejects(loadSafetensors(m, path, { strict: true }), {
-    message: `${path}: strict load failed: missing 8 model parameter(s): classifier.conv2d_list.0.weight, classifier.conv2d_list.0.bias, ` +
+    message:
+      `${path}: strict load failed: missing 8 model parameter(s): classifier.conv2d_list.0.weight, classifier.conv2d_list.0.bias, ` +
       'classifier.conv2d_list.1.weight, classifier.conv2d_list.1.bias, classifier.conv2d_list.2.weight, classifier.conv2d_list.2.bias, ' +
       'classifier.conv2d_list.3.weight, classifier.conv2d_list.3.bias',
   });
@@ -252,7 +296,8 @@ test('loadSafetensors errors: truncated file, header beyond file, wrong shape, m
   missing.delete('layer1.0.conv1.weight');
   const ms = write('missing.safetensors', encodeSafetensors(missing));
   await assert.rejects(loadSafetensors(m, ms), {
-    message: `${ms}: missing 2 backbone tensor(s) for model parameter(s): backbone.layer1.0.conv1.weight, backbone.layer3.0.bn2.running_var ` +
+    message:
+      `${ms}: missing 2 backbone tensor(s) for model parameter(s): backbone.layer1.0.conv1.weight, backbone.layer3.0.bn2.running_var ` +
       '(only the classifier may be missing; is this a small checkpoint?)',
   });
 
@@ -302,7 +347,10 @@ test('PyTorch cross-check: weights written by PyTorch give the same features and
     // back to NCHW to compare with PyTorch
     return [tf.transpose(out.features, [0, 3, 1, 2]), tf.transpose(out.logits, [0, 3, 1, 2])];
   });
-  for (const [name, got] of [['features', features!], ['logits', logits!]] as const) {
+  for (const [name, got] of [
+    ['features', features!],
+    ['logits', logits!],
+  ] as const) {
     const want = io.get(name)!;
     assert.deepEqual(got.shape, want.shape, name);
     const g = got.dataSync();
@@ -328,7 +376,10 @@ test('checkpoint: model + SGD + discriminator + Adam + extra + meta round-trip e
   const d = discriminator({ numClasses: 5, ndf: 4, seed: 2 });
   const groups = (model: SegModel) => {
     const ps = model.trainableParams();
-    return [{ params: ps.filter((p) => p.group === 'backbone'), lrMult: 1 }, { params: ps.filter((p) => p.group === 'classifier'), lrMult: 10 }];
+    return [
+      { params: ps.filter((p) => p.group === 'backbone'), lrMult: 1 },
+      { params: ps.filter((p) => p.group === 'classifier'), lrMult: 10 },
+    ];
   };
   const sgd = new SGD(groups(m));
   const adam = new Adam([{ params: [...d.store.params.values()], lrMult: 1 }]);
@@ -341,10 +392,21 @@ test('checkpoint: model + SGD + discriminator + Adam + extra + meta round-trip e
     adam.step(gd.grads, 1e-3);
   });
   const prototypes = tf.tensor2d(seededValues(5 * 256, 9), [5, 256]);
-  const meta = { iteration: 1, phase: 'warmup', config: { lr: 2.5e-4, crop: [512, 1024] }, thresholds: [0.9, 0.5, 0], rng: [1, 2, 3, 4], note: null };
+  const meta = {
+    iteration: 1,
+    phase: 'warmup',
+    config: { lr: 2.5e-4, crop: [512, 1024] },
+    thresholds: [0.9, 0.5, 0],
+    rng: [1, 2, 3, 4],
+    note: null,
+  };
   await saveCheckpoint(path, {
-    model: modelState(m), optimizer: sgd.getState(), discriminator: modelState(d), discriminatorOptimizer: adam.getState(),
-    extra: new Map([['prototypes', prototypes]]), meta,
+    model: modelState(m),
+    optimizer: sgd.getState(),
+    discriminator: modelState(d),
+    discriminatorOptimizer: adam.getState(),
+    extra: new Map([['prototypes', prototypes]]),
+    meta,
   });
   assert.deepEqual(readdirSync(dir), ['ckpt.safetensors'], 'no temporary file remains');
   const names = [...readSafetensorsHeader(readFileSync(path), path).entries.keys()];
@@ -360,8 +422,12 @@ test('checkpoint: model + SGD + discriminator + Adam + extra + meta round-trip e
   const baseline = tf.memory().numTensors;
   for (let cycle = 0; cycle < 3; cycle++) {
     await saveCheckpoint(path, {
-      model: modelState(m), optimizer: sgd.getState(), discriminator: modelState(d), discriminatorOptimizer: adam.getState(),
-      extra: new Map([['prototypes', prototypes]]), meta,
+      model: modelState(m),
+      optimizer: sgd.getState(),
+      discriminator: modelState(d),
+      discriminatorOptimizer: adam.getState(),
+      extra: new Map([['prototypes', prototypes]]),
+      meta,
     });
     const loaded = await loadCheckpoint(path);
     applyModelState(m2, loaded.model, { source: path });
@@ -375,7 +441,10 @@ test('checkpoint: model + SGD + discriminator + Adam + extra + meta round-trip e
   }
   for (const [name, v] of modelState(m)) assert.deepEqual(m2.store.get(name).dataSync(), v.dataSync(), name);
   for (const [name, v] of modelState(d)) assert.deepEqual(d2.store.get(name).dataSync(), v.dataSync(), name);
-  for (const [a, b] of [[sgd, sgd2], [adam, adam2]] as const) {
+  for (const [a, b] of [
+    [sgd, sgd2],
+    [adam, adam2],
+  ] as const) {
     const s1 = a.getState();
     const s2 = b.getState();
     assert.equal(s2.step, 1);

@@ -23,7 +23,10 @@ async function freePort(): Promise<number> {
 async function value(m: ReturnType<typeof createMetrics>, name: string, labels: Record<string, string> = {}): Promise<number | undefined> {
   const metric = m.registry.getSingleMetric(name);
   const data = await metric!.get();
-  const v = data.values.find((x) => Object.entries(labels).every(([k, l]) => x.labels[k] === l) && (Object.keys(labels).length > 0 || Object.keys(x.labels).length === 0));
+  const v = data.values.find(
+    (x) =>
+      Object.entries(labels).every(([k, l]) => x.labels[k] === l) && (Object.keys(labels).length > 0 || Object.keys(x.labels).length === 0),
+  );
   return v?.value;
 }
 
@@ -38,12 +41,25 @@ test('/metrics on loopback: 200 with the registry, 404 elsewhere, port 0 is off,
     const text = await res.text();
     assert.match(text, /^# HELP spcl_build_info /m);
     assert.match(text, /^spcl_process_resident_memory_bytes \d+/m);
-    for (const reason of ['missing_record', 'corrupt_record', 'corrupt_image', 'wrong_size', 'corrupt_label', 'unknown_label_ids', 'missing_pseudo_label', 'shard_unavailable', 'other']) {
+    for (const reason of [
+      'missing_record',
+      'corrupt_record',
+      'corrupt_image',
+      'wrong_size',
+      'corrupt_label',
+      'unknown_label_ids',
+      'missing_pseudo_label',
+      'shard_unavailable',
+      'other',
+    ]) {
       assert.match(text, new RegExp(`^spcl_samples_skipped_total\\{stage="decode-augment",reason="${reason}"\\} 0$`, 'm'));
     }
     assert.match(text, /^spcl_samples_repaired_total\{stage="decode-augment",reason="unknown_label_ids"\} 0$/m);
     assert.equal((await fetch(`http://127.0.0.1:${port}/`)).status, 404);
-    await assert.rejects(serveMetrics(m.registry, { port }), new RegExp(`metrics: 127\\.0\\.0\\.1:${port} is in use; pick another with --metrics-port \\(0 = off\\)`));
+    await assert.rejects(
+      serveMetrics(m.registry, { port }),
+      new RegExp(`metrics: 127\\.0\\.0\\.1:${port} is in use; pick another with --metrics-port \\(0 = off\\)`),
+    );
     const promtool = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
     if (promtool.error) return;
     assert.equal(promtool.status, 0, promtool.stdout + promtool.stderr);
@@ -60,10 +76,18 @@ test('run events become metric values: steps, data wait, losses (raw and smoothe
   const names = ['road', 'car', 'sky'];
   const ev = metricsEvents(m, { preset: cfg.preset, classifierLrMult: cfg.optimizer.classifierLrMult }, names, 'wasm', { log: () => {} });
   ev.phase!('spcl', 'start');
-  const step = (iteration: number, total: number) => ev.step!({
-    phase: 'spcl', iteration, losses: { total, seg: total / 2 }, lr: 0.01, seconds: 0.2, waitSeconds: 0.05, skipped: iteration === 2,
-    samples: { source: cfg.batch.source, target: cfg.batch.target }, ...(iteration === 2 ? { lrs: { discriminator: 1e-4 } } : {}),
-  });
+  const step = (iteration: number, total: number) =>
+    ev.step!({
+      phase: 'spcl',
+      iteration,
+      losses: { total, seg: total / 2 },
+      lr: 0.01,
+      seconds: 0.2,
+      waitSeconds: 0.05,
+      skipped: iteration === 2,
+      samples: { source: cfg.batch.source, target: cfg.batch.target },
+      ...(iteration === 2 ? { lrs: { discriminator: 1e-4 } } : {}),
+    });
   step(1, 4);
   step(2, 2);
   assert.equal(await value(m, 'spcl_train_steps_total', { phase: 'spcl' }), 2);
@@ -77,7 +101,14 @@ test('run events become metric values: steps, data wait, losses (raw and smoothe
   assert.equal(await value(m, 'spcl_train_learning_rate', { group: 'discriminator' }), 1e-4);
   assert.equal(await value(m, 'spcl_build_info', { phase: 'spcl', backend: 'wasm', preset: 'synthetic' }), 1);
   // the reason is the error's own, never read from its text; an error without one (or an unknown one) is 'other'
-  ev.skip!('decode-augment', new StageError('decode-augment', 'k', new SampleFault({ reason: 'corrupt_image', file: 'x', key: 'k', message: "x: record 'k': no pseudo-label" })));
+  ev.skip!(
+    'decode-augment',
+    new StageError(
+      'decode-augment',
+      'k',
+      new SampleFault({ reason: 'corrupt_image', file: 'x', key: 'k', message: "x: record 'k': no pseudo-label" }),
+    ),
+  );
   ev.skip!('decode-augment', new StageError('decode-augment', 'k', new Error("x: record 'k': image does not decode (bad)")));
   ev.skip!('decode-augment', new StageError('decode-augment', 'k', Object.assign(new Error('x'), { reason: 'cosmic_ray' })));
   assert.equal(await value(m, 'spcl_samples_skipped_total', { stage: 'decode-augment', reason: 'corrupt_image' }), 1);
@@ -86,13 +117,32 @@ test('run events become metric values: steps, data wait, losses (raw and smoothe
   assert.equal(await value(m, 'spcl_errors_total', { stage: 'decode-augment', kind: 'skipped_sample' }), 3);
   ev.repaired!('decode-augment', { reason: 'unknown_label_ids', file: 'x', key: 'k', message: 'm' });
   assert.equal(await value(m, 'spcl_samples_repaired_total', { stage: 'decode-augment', reason: 'unknown_label_ids' }), 1);
-  ev.pseudoLabels!({ format: 'spcl-pseudo-labels/1', generation: 3, file: 'gen-000003.lmdb', numClasses: 3, thresholds: [0.9, 0.5, 0], count: 7, coverage: [0.6, 0.4, 0], createdAt: '', source: {} }, [10, 5, 0]);
+  ev.pseudoLabels!(
+    {
+      format: 'spcl-pseudo-labels/1',
+      generation: 3,
+      file: 'gen-000003.lmdb',
+      numClasses: 3,
+      thresholds: [0.9, 0.5, 0],
+      count: 7,
+      coverage: [0.6, 0.4, 0],
+      createdAt: '',
+      source: {},
+    },
+    [10, 5, 0],
+  );
   assert.equal(await value(m, 'spcl_pseudo_label_generation'), 3);
   assert.equal(await value(m, 'spcl_class_threshold', { class: 'car' }), 0.5);
   assert.equal(await value(m, 'spcl_pseudo_label_coverage_ratio', { class: 'road' }), 0.6);
   const p = new Prototypes();
   // road and car at 60 degrees (cos 0.5), sky unseen (zero row)
-  p.set(tf.tensor2d([[1, 0], [0.5, Math.sqrt(3) / 2], [0, 0]]));
+  p.set(
+    tf.tensor2d([
+      [1, 0],
+      [0.5, Math.sqrt(3) / 2],
+      [0, 0],
+    ]),
+  );
   ev.prototypes!(p);
   assert.equal(await value(m, 'spcl_prototype_classes_seen'), 2);
   assert.ok(Math.abs((await value(m, 'spcl_prototype_max_cosine_similarity'))! - 0.5) < 1e-6);
@@ -122,6 +172,19 @@ test('continuous-phase events become metric values: target images, arrivals by s
   assert.equal(await value(m, 'spcl_pseudo_label_refreshes_total', { trigger: 'steps' }), 1);
   assert.equal(await value(m, 'spcl_pseudo_label_refreshes_total', { trigger: 'start' }), 0);
   assert.equal(await value(m, 'spcl_pseudo_label_pending_images'), 0);
-  ev.pseudoLabels!({ format: 'spcl-pseudo-labels/1', generation: 4, file: 'gen-000004.lmdb', numClasses: 1, thresholds: [0.9], count: 132, coverage: [0.5], createdAt: '', source: {} }, [10]);
+  ev.pseudoLabels!(
+    {
+      format: 'spcl-pseudo-labels/1',
+      generation: 4,
+      file: 'gen-000004.lmdb',
+      numClasses: 1,
+      thresholds: [0.9],
+      count: 132,
+      coverage: [0.5],
+      createdAt: '',
+      source: {},
+    },
+    [10],
+  );
   assert.ok(Math.abs((await value(m, 'spcl_pseudo_label_last_refresh_timestamp_seconds'))! - Date.now() / 1000) < 5);
 });

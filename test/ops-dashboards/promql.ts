@@ -13,15 +13,75 @@ export const PROMETHEUS_CONFIG = join(PROMETHEUS_DIR, 'prometheus.yml');
 
 const AGGREGATIONS = ['sum', 'min', 'max', 'avg', 'group', 'stddev', 'stdvar', 'count', 'count_values', 'bottomk', 'topk', 'quantile'];
 const FUNCTIONS = [
-  'abs', 'absent', 'absent_over_time', 'ceil', 'changes', 'clamp', 'clamp_max', 'clamp_min', 'day_of_month', 'day_of_week',
-  'day_of_year', 'days_in_month', 'delta', 'deriv', 'exp', 'floor', 'histogram_quantile', 'holt_winters', 'hour', 'idelta',
-  'increase', 'irate', 'label_join', 'label_replace', 'ln', 'log2', 'log10', 'minute', 'month', 'predict_linear', 'rate',
-  'resets', 'round', 'scalar', 'sgn', 'sort', 'sort_desc', 'sqrt', 'time', 'timestamp', 'vector', 'year',
-  'avg_over_time', 'min_over_time', 'max_over_time', 'sum_over_time', 'count_over_time', 'quantile_over_time',
-  'stddev_over_time', 'stdvar_over_time', 'last_over_time', 'present_over_time',
+  'abs',
+  'absent',
+  'absent_over_time',
+  'ceil',
+  'changes',
+  'clamp',
+  'clamp_max',
+  'clamp_min',
+  'day_of_month',
+  'day_of_week',
+  'day_of_year',
+  'days_in_month',
+  'delta',
+  'deriv',
+  'exp',
+  'floor',
+  'histogram_quantile',
+  'holt_winters',
+  'hour',
+  'idelta',
+  'increase',
+  'irate',
+  'label_join',
+  'label_replace',
+  'ln',
+  'log2',
+  'log10',
+  'minute',
+  'month',
+  'predict_linear',
+  'rate',
+  'resets',
+  'round',
+  'scalar',
+  'sgn',
+  'sort',
+  'sort_desc',
+  'sqrt',
+  'time',
+  'timestamp',
+  'vector',
+  'year',
+  'avg_over_time',
+  'min_over_time',
+  'max_over_time',
+  'sum_over_time',
+  'count_over_time',
+  'quantile_over_time',
+  'stddev_over_time',
+  'stdvar_over_time',
+  'last_over_time',
+  'present_over_time',
 ];
 const KNOWN_CALLS = new Set([...AGGREGATIONS, ...FUNCTIONS]);
-const KEYWORDS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'and', 'or', 'unless', 'bool', 'offset', 'inf', 'nan']);
+const KEYWORDS = new Set([
+  'by',
+  'without',
+  'on',
+  'ignoring',
+  'group_left',
+  'group_right',
+  'and',
+  'or',
+  'unless',
+  'bool',
+  'offset',
+  'inf',
+  'nan',
+]);
 const LABEL_LIST = /\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)/g;
 
 const stripStrings = (expr: string) => expr.replace(/"(?:[^"\\]|\\.)*"/g, '""');
@@ -45,10 +105,17 @@ export function parseExpr(expr: string): ParsedExpr {
     matchers.push({ metric: m[1]!, text: m[2]!, labels: [...m[2]!.matchAll(/([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)\s*"/g)].map((x) => x[1]!) });
   }
   const ranges = [...expr.matchAll(/\[([^\]]+)\]/g)].map((m) => m[1]!.trim());
-  let e = stripStrings(expr).replace(/\{[^}]*\}/g, '').replace(/\[[^\]]*\]/g, '');
+  let e = stripStrings(expr)
+    .replace(/\{[^}]*\}/g, '')
+    .replace(/\[[^\]]*\]/g, '');
   const labelLists: string[] = [];
   e = e.replace(LABEL_LIST, (_all, kw: string, list: string) => {
-    labelLists.push(...list.split(',').map((s) => s.trim()).filter(Boolean));
+    labelLists.push(
+      ...list
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+    );
     return kw;
   });
   const metrics: string[] = [];
@@ -113,6 +180,13 @@ export function readAlerts(path = RULES_FILE): AlertRule[] {
       }
       expr = body.join('\n').trim();
     }
-    return { name: field('- alert')!, expr, for: field('for'), severity: field('severity'), summary: field('summary'), description: field('description') };
+    return {
+      name: field('- alert')!,
+      expr,
+      for: field('for'),
+      severity: field('severity'),
+      summary: field('summary'),
+      description: field('description'),
+    };
   });
 }

@@ -4,7 +4,14 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createMetrics } from '../../src/observe/metrics.ts';
 import {
-  DASHBOARD_PATH, DASHBOARD_UID, DATASOURCE_UID, annotationQueries, dashboard, panelQueries, render, variableQueries,
+  DASHBOARD_PATH,
+  DASHBOARD_UID,
+  DATASOURCE_UID,
+  annotationQueries,
+  dashboard,
+  panelQueries,
+  render,
+  variableQueries,
 } from '../../ops-dashboards/build.ts';
 import { PROMETHEUS_CONFIG, callArguments, parseExpr, readAlerts, root } from './promql.ts';
 
@@ -60,7 +67,10 @@ test('dashboard: fixed uid and title, datasource / job / instance variables', ()
   }
   assert.equal(vars.job!.definition, 'label_values(spcl_build_info, job)');
   assert.equal(vars.instance!.definition, 'label_values(spcl_build_info{job=~"$job"}, instance)');
-  assert.deepEqual(variableQueries.map((v) => v.query), [vars.job!.definition, vars.instance!.definition]);
+  assert.deepEqual(
+    variableQueries.map((v) => v.query),
+    [vars.job!.definition, vars.instance!.definition],
+  );
 });
 
 test('panels: unique ids, a title, a description, a unit, the ${datasource} datasource, a grid position without overlap', () => {
@@ -98,7 +108,10 @@ test('panels: unique ids, a title, a description, a unit, the ${datasource} data
 });
 
 test('queries: every selector filtered by job and instance, every rate/increase on $__rate_interval', () => {
-  assert.equal(panelQueries.length, contentPanels.reduce((n, p) => n + p.targets!.length, 0));
+  assert.equal(
+    panelQueries.length,
+    contentPanels.reduce((n, p) => n + p.targets!.length, 0),
+  );
   for (const { where, expr } of allQueries) {
     const parsed = parseExpr(expr);
     assert.deepEqual(parsed.unknownCalls, [], `${where}: unknown functions in ${expr}`);
@@ -110,9 +123,13 @@ test('queries: every selector filtered by job and instance, every rate/increase 
       assert.match(s.text, /(^|,\s*)instance=~"\$instance"/, `${where}: ${s.metric} not filtered by instance`);
     }
     for (const fn of ['rate', 'increase', 'irate']) {
-      for (const args of callArguments(expr, fn)) assert.match(args, /\[\$__rate_interval\]$/, `${where}: ${fn}(${args}) must use [$__rate_interval]`);
+      for (const args of callArguments(expr, fn))
+        assert.match(args, /\[\$__rate_interval\]$/, `${where}: ${fn}(${args}) must use [$__rate_interval]`);
     }
-    assert.ok(parsed.ranges.every((r) => r === '$__rate_interval'), `${where}: range windows ${parsed.ranges} (use $__rate_interval)`);
+    assert.ok(
+      parsed.ranges.every((r) => r === '$__rate_interval'),
+      `${where}: range windows ${parsed.ranges} (use $__rate_interval)`,
+    );
   }
 });
 
@@ -136,7 +153,8 @@ test('every metric and label in panel queries, legends and alert expressions exi
         if (l !== 'job' && l !== 'instance' && m && !m.labels.includes(l)) problems.push(`${where}: ${s.metric} has no label ${l}`);
       }
     }
-    for (const l of parsed.labelLists) if (!known.has(l)) problems.push(`${where}: label ${l} (by/on list) is on none of ${parsed.metrics}`);
+    for (const l of parsed.labelLists)
+      if (!known.has(l)) problems.push(`${where}: label ${l} (by/on list) is on none of ${parsed.metrics}`);
     for (const m of (legend ?? '').matchAll(/\{\{\s*(\w+)\s*\}\}/g)) {
       // a legend label survives aggregation only if it is in the by list (or there is no aggregation)
       if (!known.has(m[1]!)) problems.push(`${where}: legend label ${m[1]} is on none of ${parsed.metrics}`);
@@ -148,24 +166,43 @@ test('every metric and label in panel queries, legends and alert expressions exi
   for (const a of alerts) check(`alert ${a.name}`, a.expr);
   assert.deepEqual(problems, []);
   // and the default metrics the Runtime row needs are really named with the spcl_ prefix
-  for (const name of ['spcl_process_resident_memory_bytes', 'spcl_nodejs_eventloop_lag_seconds', 'spcl_process_cpu_seconds_total', 'spcl_nodejs_heap_size_used_bytes']) {
+  for (const name of [
+    'spcl_process_resident_memory_bytes',
+    'spcl_nodejs_eventloop_lag_seconds',
+    'spcl_process_cpu_seconds_total',
+    'spcl_nodejs_heap_size_used_bytes',
+  ]) {
     assert.ok(registry.has(name), name);
   }
 });
 
 test('every pipeline metric of the registry is shown on the dashboard', async () => {
   const registry = await registryMetrics();
-  const used = new Set(allQueries.flatMap((q) => parseExpr(q.expr).metrics)
-    .map((n) => (registry.get(n)?.type === 'histogram-series' ? n.replace(/_(bucket|sum|count)$/, '') : n)));
-  const own = [...registry].filter(([name, m]) => m.type !== 'histogram-series' && !/^spcl_(process|nodejs)_/.test(name)).map(([name]) => name);
+  const used = new Set(
+    allQueries
+      .flatMap((q) => parseExpr(q.expr).metrics)
+      .map((n) => (registry.get(n)?.type === 'histogram-series' ? n.replace(/_(bucket|sum|count)$/, '') : n)),
+  );
+  const own = [...registry]
+    .filter(([name, m]) => m.type !== 'histogram-series' && !/^spcl_(process|nodejs)_/.test(name))
+    .map(([name]) => name);
   assert.ok(own.length > 30, `${own.length} pipeline metrics`);
-  assert.deepEqual(own.filter((n) => !used.has(n)), [], 'metrics with no panel');
+  assert.deepEqual(
+    own.filter((n) => !used.has(n)),
+    [],
+    'metrics with no panel',
+  );
 });
 
 test('alerts: the expected set, each with for, severity, summary, description and explicit range windows', () => {
   assert.deepEqual(alerts.map((a) => a.name).sort(), [
-    'SpclCheckpointTooOld', 'SpclEvaluationRegression', 'SpclLossExploding', 'SpclLossNotFinite',
-    'SpclSkippedSampleSpike', 'SpclTrainerStarved', 'SpclTrainingStalled',
+    'SpclCheckpointTooOld',
+    'SpclEvaluationRegression',
+    'SpclLossExploding',
+    'SpclLossNotFinite',
+    'SpclSkippedSampleSpike',
+    'SpclTrainerStarved',
+    'SpclTrainingStalled',
   ]);
   for (const a of alerts) {
     assert.ok(a.expr.length > 0, `${a.name}: expr`);

@@ -25,14 +25,19 @@ test('auto prefers tensorflow, else wasm, and logs the choice with the reason fo
   } else {
     assert.equal(name, 'wasm');
     assert.equal(lines.length, 1);
-    assert.match(lines[0]!, /^backend: wasm \(auto\) \(skipped: tensorflow: @tensorflow\/tfjs-node-gpu is not installed; @tensorflow\/tfjs-node is not installed\)$/);
+    assert.match(
+      lines[0]!,
+      /^backend: wasm \(auto\) \(skipped: tensorflow: @tensorflow\/tfjs-node-gpu is not installed; @tensorflow\/tfjs-node is not installed\)$/,
+    );
   }
 });
 
 test('an explicitly requested backend that is unavailable fails with how to install it', async (t) => {
   if (await tensorflowInstalled()) return t.skip('tensorflow backend is installed here');
-  await assert.rejects(selectBackend('tensorflow', { log: () => {} }),
-    /^Error: backend 'tensorflow' is unavailable: @tensorflow\/tfjs-node-gpu is not installed; @tensorflow\/tfjs-node is not installed\. To use it, install it with `npm install @tensorflow\/tfjs-node-gpu` on a machine with CUDA 11\.2 \+ cuDNN 8\.1/);
+  await assert.rejects(
+    selectBackend('tensorflow', { log: () => {} }),
+    /^Error: backend 'tensorflow' is unavailable: @tensorflow\/tfjs-node-gpu is not installed; @tensorflow\/tfjs-node is not installed\. To use it, install it with `npm install @tensorflow\/tfjs-node-gpu` on a machine with CUDA 11\.2 \+ cuDNN 8\.1/,
+  );
 });
 
 test('explicit wasm and cpu switch the backend; an unknown name is rejected', async () => {
@@ -42,5 +47,8 @@ test('explicit wasm and cpu switch the backend; an unknown name is rejected', as
   assert.equal(tf.getBackend(), 'wasm');
   // the registered wasm training kernels are present
   assert.ok(tf.getKernel('Conv2DBackpropFilter', 'wasm'));
-  await assert.rejects(selectBackend('webgpu' as BackendRequest), /backend: unknown backend 'webgpu', expected one of auto, tensorflow, wasm, cpu/);
+  await assert.rejects(
+    selectBackend('webgpu' as BackendRequest),
+    /backend: unknown backend 'webgpu', expected one of auto, tensorflow, wasm, cpu/,
+  );
 });

@@ -13,7 +13,12 @@ function nativeGrads(xs: number[], ws: number[], xv: Float32Array, wv: Float32Ar
     const w = tf.tensor4d(wv, ws as [number, number, number, number]);
     const out = tf.conv2d(x, w, stride, pad);
     const r = tf.tensor(seededValues(out.size, 99), out.shape);
-    const [gx, gw] = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, stride, pad).mul(r).sum())([x, w]);
+    const [gx, gw] = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
+      tf
+        .conv2d(a as tf.Tensor4D, b as tf.Tensor4D, stride, pad)
+        .mul(r)
+        .sum(),
+    )([x, w]);
     return { gx: gx!.dataSync().slice(), gw: gw!.dataSync().slice(), out: out.dataSync().slice() };
   });
 }
@@ -23,20 +28,81 @@ const cases: { name: string; x: number[]; w: number[]; stride: number; pad: Pad 
   { name: '3x3 s2 same even', x: [2, 8, 6, 3], w: [3, 3, 3, 5], stride: 2, pad: 'same' },
   { name: '3x3 s2 valid odd', x: [1, 9, 7, 2], w: [3, 3, 2, 3], stride: 2, pad: 'valid' },
   { name: '3x3 s1 valid', x: [2, 6, 5, 2], w: [3, 3, 2, 2], stride: 1, pad: 'valid' },
-  { name: '7x7 s2 explicit 3', x: [1, 12, 10, 3], w: [7, 7, 3, 4], stride: 2, pad: [[0, 0], [3, 3], [3, 3], [0, 0]] },
-  { name: '3x3 s2 explicit 1', x: [2, 8, 8, 3], w: [3, 3, 3, 4], stride: 2, pad: [[0, 0], [1, 1], [1, 1], [0, 0]] },
-  { name: '3x3 s1 explicit asym', x: [1, 6, 6, 2], w: [3, 3, 2, 3], stride: 1, pad: [[0, 0], [2, 0], [0, 1], [0, 0]] },
+  {
+    name: '7x7 s2 explicit 3',
+    x: [1, 12, 10, 3],
+    w: [7, 7, 3, 4],
+    stride: 2,
+    pad: [
+      [0, 0],
+      [3, 3],
+      [3, 3],
+      [0, 0],
+    ],
+  },
+  {
+    name: '3x3 s2 explicit 1',
+    x: [2, 8, 8, 3],
+    w: [3, 3, 3, 4],
+    stride: 2,
+    pad: [
+      [0, 0],
+      [1, 1],
+      [1, 1],
+      [0, 0],
+    ],
+  },
+  {
+    name: '3x3 s1 explicit asym',
+    x: [1, 6, 6, 2],
+    w: [3, 3, 2, 3],
+    stride: 1,
+    pad: [
+      [0, 0],
+      [2, 0],
+      [0, 1],
+      [0, 0],
+    ],
+  },
   { name: '1x1 s1', x: [2, 5, 4, 6], w: [1, 1, 6, 3], stride: 1, pad: 'valid' },
   { name: '1x1 s2', x: [2, 8, 7, 4], w: [1, 1, 4, 3], stride: 2, pad: 'valid' },
-  { name: '4x4 s2 explicit 1 (discriminator)', x: [1, 10, 8, 3], w: [4, 4, 3, 2], stride: 2, pad: [[0, 0], [1, 1], [1, 1], [0, 0]] },
-  { name: '5x5 s3 explicit asym', x: [2, 11, 13, 2], w: [5, 5, 2, 3], stride: 3, pad: [[0, 0], [2, 1], [0, 2], [0, 0]] },
+  {
+    name: '4x4 s2 explicit 1 (discriminator)',
+    x: [1, 10, 8, 3],
+    w: [4, 4, 3, 2],
+    stride: 2,
+    pad: [
+      [0, 0],
+      [1, 1],
+      [1, 1],
+      [0, 0],
+    ],
+  },
+  {
+    name: '5x5 s3 explicit asym',
+    x: [2, 11, 13, 2],
+    w: [5, 5, 2, 3],
+    stride: 3,
+    pad: [
+      [0, 0],
+      [2, 1],
+      [0, 2],
+      [0, 0],
+    ],
+  },
   { name: '2x2 s2 valid (stride = kernel)', x: [1, 8, 6, 3], w: [2, 2, 3, 4], stride: 2, pad: 'valid' },
 ];
 
 test('wasm Conv2DBackpropFilter/Input equal the cpu backend on strides 1/2, same/valid/explicit padding', async () => {
   for (const c of cases) {
-    const xv = seededValues(c.x.reduce((a, b) => a * b), 1);
-    const wv = seededValues(c.w.reduce((a, b) => a * b), 2);
+    const xv = seededValues(
+      c.x.reduce((a, b) => a * b),
+      1,
+    );
+    const wv = seededValues(
+      c.w.reduce((a, b) => a * b),
+      2,
+    );
     await useBackend('cpu');
     const ref = nativeGrads(c.x, c.w, xv, wv, c.stride, c.pad);
     await useBackend('wasm');
@@ -60,14 +126,24 @@ const atrous: { name: string; x: number[]; w: number[]; opts: ConvOptions }[] = 
   { name: 'dilation 5 pad [4,2,4,2] (trim with crop)', x: [1, 8, 8, 2], w: [3, 3, 2, 2], opts: { dilation: 5, pad: [4, 2, 4, 2] } },
 ];
 
-for (const [backend, hostShuffle] of [['wasm', true], ['cpu', true], ['cpu', false]] as const) {
+for (const [backend, hostShuffle] of [
+  ['wasm', true],
+  ['cpu', true],
+  ['cpu', false],
+] as const) {
   const how = hostShuffle ? '' : ' with device-side filter shuffles (the GPU path)';
   test(`atrous conv2d on ${backend}${how}: forward equals tf.conv2d(dilation), gradients match finite differences`, async () => {
     await useBackend(backend);
     setHostFilterShuffle(hostShuffle);
     for (const c of atrous) {
-      const xv = seededValues(c.x.reduce((a, b) => a * b), 3);
-      const wv = seededValues(c.w.reduce((a, b) => a * b), 4);
+      const xv = seededValues(
+        c.x.reduce((a, b) => a * b),
+        3,
+      );
+      const wv = seededValues(
+        c.w.reduce((a, b) => a * b),
+        4,
+      );
       const xShape = c.x as [number, number, number, number];
       const wShape = c.w as [number, number, number, number];
       const d = c.opts.dilation ?? 1;
@@ -78,28 +154,59 @@ for (const [backend, hostShuffle] of [['wasm', true], ['cpu', true], ['cpu', fal
       const ho = convOutSize(xShape[1], wShape[0], s, dil[0], pad4[0]! + pad4[1]!);
       const wo = convOutSize(xShape[2], wShape[1], s, dil[1], pad4[2]! + pad4[3]!);
       const rv = seededValues(xShape[0] * ho * wo * wShape[3], 5);
-      const loss = (a: Float32Array, b: Float32Array) => tf.tidy(() =>
-        conv2d(tf.tensor4d(a, xShape), tf.tensor4d(b, wShape), c.opts).mul(tf.tensor(rv, [xShape[0], ho, wo, wShape[3]])).sum().dataSync()[0]!);
+      const loss = (a: Float32Array, b: Float32Array) =>
+        tf.tidy(
+          () =>
+            conv2d(tf.tensor4d(a, xShape), tf.tensor4d(b, wShape), c.opts)
+              .mul(tf.tensor(rv, [xShape[0], ho, wo, wShape[3]]))
+              .sum()
+              .dataSync()[0]!,
+        );
       // Forward against tfjs's own dilated conv.
       const fwd = tf.tidy(() => {
         const x = tf.tensor4d(xv, xShape);
         const w = tf.tensor4d(wv, wShape);
         const mine = conv2d(x, w, c.opts);
-        const theirs = tf.conv2d(x, w, s, [[0, 0], [pad4[0]!, pad4[1]!], [pad4[2]!, pad4[3]!], [0, 0]], 'NHWC', dil);
+        const theirs = tf.conv2d(
+          x,
+          w,
+          s,
+          [
+            [0, 0],
+            [pad4[0]!, pad4[1]!],
+            [pad4[2]!, pad4[3]!],
+            [0, 0],
+          ],
+          'NHWC',
+          dil,
+        );
         assert.deepEqual(mine.shape, [xShape[0], ho, wo, wShape[3]]);
         return [mine.dataSync().slice(), theirs.dataSync().slice()];
       });
       assertClose(fwd[0]!, fwd[1]!, 1e-6, `${c.name} forward`);
       const [gx, gw] = tf.tidy(() => {
         const g = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
-          conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.opts).mul(tf.tensor(rv, [xShape[0], ho, wo, wShape[3]])).sum());
+          conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.opts)
+            .mul(tf.tensor(rv, [xShape[0], ho, wo, wShape[3]]))
+            .sum(),
+        );
         return g([tf.tensor4d(xv, xShape), tf.tensor4d(wv, wShape)]).map((t) => t.dataSync().slice());
       });
       // The loss is linear in x (and in w), so central differences are exact up to float32 rounding.
       const xi = [0, 7, 19, xv.length - 1, Math.floor(xv.length / 2)];
       const wi = [0, 3, wv.length - 1, Math.floor(wv.length / 3)];
-      assertClose(xi.map((i) => gx![i]!), finiteDiff((a) => loss(a, wv), xv, xi, 0.25), 2e-3, `${c.name} dX`);
-      assertClose(wi.map((i) => gw![i]!), finiteDiff((b) => loss(xv, b), wv, wi, 0.25), 2e-3, `${c.name} dW`);
+      assertClose(
+        xi.map((i) => gx![i]!),
+        finiteDiff((a) => loss(a, wv), xv, xi, 0.25),
+        2e-3,
+        `${c.name} dX`,
+      );
+      assertClose(
+        wi.map((i) => gw![i]!),
+        finiteDiff((b) => loss(xv, b), wv, wi, 0.25),
+        2e-3,
+        `${c.name} dW`,
+      );
     }
     setHostFilterShuffle(true);
   });
@@ -108,8 +215,14 @@ for (const [backend, hostShuffle] of [['wasm', true], ['cpu', true], ['cpu', fal
 test('strided input gradient with device-side filter shuffles (the GPU path) equals the cpu backend', async () => {
   await useBackend('cpu');
   for (const c of cases.filter((k) => k.stride > 1)) {
-    const xv = seededValues(c.x.reduce((a, b) => a * b), 1);
-    const wv = seededValues(c.w.reduce((a, b) => a * b), 2);
+    const xv = seededValues(
+      c.x.reduce((a, b) => a * b),
+      1,
+    );
+    const wv = seededValues(
+      c.w.reduce((a, b) => a * b),
+      2,
+    );
     const ref = nativeGrads(c.x, c.w, xv, wv, c.stride, c.pad);
     await useBackend('wasm');
     setHostFilterShuffle(false);
@@ -124,8 +237,14 @@ test('conv2d rejects bad shapes and options with clear messages', async () => {
   await useBackend('cpu');
   const x = tf.zeros([1, 4, 4, 3]) as tf.Tensor4D;
   assert.throws(() => conv2d(x, tf.zeros([3, 3, 2, 1]) as tf.Tensor4D), /input has 3 channels but the filter \[3,3,2,1\] expects 2/);
-  assert.throws(() => conv2d(tf.zeros([4, 4, 3]) as unknown as tf.Tensor4D, tf.zeros([3, 3, 3, 1]) as tf.Tensor4D), /input must be rank 4 \(NHWC\), got shape \[4,4,3\]/);
-  assert.throws(() => conv2d(x, tf.zeros([3, 3, 3, 1]) as tf.Tensor4D, { stride: 2, dilation: 2 }), /stride 2,2 with dilation 2,2 is not supported/);
+  assert.throws(
+    () => conv2d(tf.zeros([4, 4, 3]) as unknown as tf.Tensor4D, tf.zeros([3, 3, 3, 1]) as tf.Tensor4D),
+    /input must be rank 4 \(NHWC\), got shape \[4,4,3\]/,
+  );
+  assert.throws(
+    () => conv2d(x, tf.zeros([3, 3, 3, 1]) as tf.Tensor4D, { stride: 2, dilation: 2 }),
+    /stride 2,2 with dilation 2,2 is not supported/,
+  );
   assert.throws(() => conv2d(x, tf.zeros([3, 3, 3, 1]) as tf.Tensor4D, { pad: -1 }), /pad must be non-negative integers, got -1/);
   tf.dispose(x);
 });

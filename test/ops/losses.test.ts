@@ -63,10 +63,19 @@ for (const backend of ['cpu', 'wasm'] as const) {
       const before = tf.memory().numTensors;
       const got = scalar(segCrossEntropy(logits, labels, { temperature }));
       assert.equal(tf.memory().numTensors, before, 'segCrossEntropy leaks tensors');
-      const want = ceRef(z.map((x) => x / temperature), lv, k);
+      const want = ceRef(
+        z.map((x) => x / temperature),
+        lv,
+        k,
+      );
       assertClose([got], [want], 1e-6, `value T=${temperature}`);
 
-      const g = tf.tidy(() => tf.grad((x: tf.Tensor) => segCrossEntropy(x as tf.Tensor4D, labels, { temperature }))(logits).dataSync().slice());
+      const g = tf.tidy(() =>
+        tf
+          .grad((x: tf.Tensor) => segCrossEntropy(x as tf.Tensor4D, labels, { temperature }))(logits)
+          .dataSync()
+          .slice(),
+      );
       assert.equal(tf.memory().numTensors, before, 'segCrossEntropy gradient leaks tensors');
       // Reference gradient: (softmax(z/T) - onehot) / (N_valid * T), zero at ignored pixels.
       const nValid = lv.filter((y) => y !== 255).length;
@@ -75,13 +84,24 @@ for (const backend of ['cpu', 'wasm'] as const) {
         if (lv[i] === 255) continue;
         let s = 0;
         for (let j = 0; j < k; j++) s += Math.exp(z[i * k + j]! / temperature);
-        for (let j = 0; j < k; j++) ref[i * k + j] = (Math.exp(z[i * k + j]! / temperature) / s - (j === lv[i] ? 1 : 0)) / (nValid * temperature);
+        for (let j = 0; j < k; j++)
+          ref[i * k + j] = (Math.exp(z[i * k + j]! / temperature) / s - (j === lv[i] ? 1 : 0)) / (nValid * temperature);
       }
-      assertClose(g.map((x) => x * nValid), ref.map((x) => x * nValid), 1e-5, `analytic gradient T=${temperature}`);
+      assertClose(
+        g.map((x) => x * nValid),
+        ref.map((x) => x * nValid),
+        1e-5,
+        `analytic gradient T=${temperature}`,
+      );
       // Central differences of nValid * loss, so that the compared numbers are O(1).
       const idx = [0, 3, 17, 42, 64, 99, 119];
       const f = (a: Float32Array) => tf.tidy(() => nValid * segCrossEntropy(tf.tensor4d(a, shape), labels, { temperature }).dataSync()[0]!);
-      assertClose(idx.map((i) => g[i]! * nValid), finiteDiff(f, z, idx, 1e-2), 2e-3, `finite differences T=${temperature}`);
+      assertClose(
+        idx.map((i) => g[i]! * nValid),
+        finiteDiff(f, z, idx, 1e-2),
+        2e-3,
+        `finite differences T=${temperature}`,
+      );
       logits.dispose();
     }
     labels.dispose();
@@ -109,13 +129,28 @@ for (const backend of ['cpu', 'wasm'] as const) {
     const temperature = 0.3;
     const nValid = lv.filter((y) => y !== 255).length;
     const before = tf.memory().numTensors;
-    const [gf, gp] = tf.tidy(() => tf.grads((x: tf.Tensor, p: tf.Tensor) =>
-      contrastiveLoss(x as tf.Tensor4D, mask, p as tf.Tensor2D, { temperature }))([features, protos]).map((t) => t.dataSync().slice()));
+    const [gf, gp] = tf.tidy(() =>
+      tf
+        .grads((x: tf.Tensor, p: tf.Tensor) => contrastiveLoss(x as tf.Tensor4D, mask, p as tf.Tensor2D, { temperature }))([
+          features,
+          protos,
+        ])
+        .map((t) => t.dataSync().slice()),
+    );
     assert.equal(tf.memory().numTensors, before, 'contrastiveLoss gradient leaks tensors');
-    assert.ok(gp!.every((v) => v === 0), 'prototypes must receive no gradient');
+    assert.ok(
+      gp!.every((v) => v === 0),
+      'prototypes must receive no gradient',
+    );
     const idx = [0, 5, 13, 40, 61, 77, 100, 107];
-    const f = (a: Float32Array) => tf.tidy(() => nValid * contrastiveLoss(tf.tensor4d(a, shape), mask, protos, { temperature }).dataSync()[0]!);
-    assertClose(idx.map((i) => gf![i]! * nValid), finiteDiff(f, fv, idx, 1e-2), 2e-3, 'finite differences');
+    const f = (a: Float32Array) =>
+      tf.tidy(() => nValid * contrastiveLoss(tf.tensor4d(a, shape), mask, protos, { temperature }).dataSync()[0]!);
+    assertClose(
+      idx.map((i) => gf![i]! * nValid),
+      finiteDiff(f, fv, idx, 1e-2),
+      2e-3,
+      'finite differences',
+    );
     tf.dispose([features, mask, protos]);
   });
 }
@@ -144,13 +179,23 @@ test('both CE losses return 0 (not NaN) with zero gradient when every pixel is i
   const protos = tf.tensor2d(seededValues(3 * 3, 42), [3, 3]);
   assert.equal(scalar(segCrossEntropy(logits, none)), 0);
   assert.equal(scalar(contrastiveLoss(logits, none, protos)), 0);
-  const g = tf.tidy(() => tf.grad((x: tf.Tensor) => segCrossEntropy(x as tf.Tensor4D, none))(logits).dataSync().slice());
+  const g = tf.tidy(() =>
+    tf
+      .grad((x: tf.Tensor) => segCrossEntropy(x as tf.Tensor4D, none))(logits)
+      .dataSync()
+      .slice(),
+  );
   assert.ok(g.every((v) => v === 0));
   // An all-zero pixel feature (dead ReLU): value and gradient stay finite (normalised by max(‖f‖, 1e-12)).
   const zf = tf.tensor4d([0, 0, 0, 1, 2, 3], [1, 1, 2, 3]);
   const zm = tf.tensor3d([1, 2], [1, 1, 2], 'int32');
   const zl = scalar(contrastiveLoss(zf, zm, protos, { temperature: 0.5 }));
-  const zg = tf.tidy(() => tf.grad((x: tf.Tensor) => contrastiveLoss(x as tf.Tensor4D, zm, protos, { temperature: 0.5 }))(zf).dataSync().slice());
+  const zg = tf.tidy(() =>
+    tf
+      .grad((x: tf.Tensor) => contrastiveLoss(x as tf.Tensor4D, zm, protos, { temperature: 0.5 }))(zf)
+      .dataSync()
+      .slice(),
+  );
   assert.ok(Number.isFinite(zl) && zg.every(Number.isFinite), `loss ${zl}, gradient ${Array.from(zg)}`);
   tf.dispose([logits, none, protos, zf, zm]);
 });
@@ -171,8 +216,18 @@ for (const backend of ['cpu', 'wasm'] as const) {
       }
       assertClose([got], [want / xv.length], 1e-6, `t=${t}`);
       // d/dx mean BCE = (sigmoid(x) - t) / n
-      const g = tf.tidy(() => tf.grad((a: tf.Tensor) => bceWithLogits(a, t))(x).dataSync().slice());
-      assertClose(Array.from(g, (v) => v * xv.length), Array.from(xv, (v) => 1 / (1 + Math.exp(-v)) - t), 1e-5, `gradient t=${t}`);
+      const g = tf.tidy(() =>
+        tf
+          .grad((a: tf.Tensor) => bceWithLogits(a, t))(x)
+          .dataSync()
+          .slice(),
+      );
+      assertClose(
+        Array.from(g, (v) => v * xv.length),
+        Array.from(xv, (v) => 1 / (1 + Math.exp(-v)) - t),
+        1e-5,
+        `gradient t=${t}`,
+      );
     }
     const big = tf.tensor1d([200, -200]);
     assertClose([scalar(bceWithLogits(big, 0))], [100], 1e-6, 'large logits, t=0');
@@ -188,14 +243,29 @@ test('losses reject bad ranks, shapes and options with messages that name the ar
   const m = tf.zeros([2, 4, 4], 'int32') as tf.Tensor3D;
   const m5 = tf.zeros([2, 5, 5], 'int32') as tf.Tensor3D;
   const bad = tf.zeros([2, 3]);
-  assert.throws(() => contrastiveLoss(bad as unknown as tf.Tensor4D, m5, p), /^Error: contrastiveLoss: features must be rank 4 \[B,h,w,C\], got shape \[2,3\]$/);
+  assert.throws(
+    () => contrastiveLoss(bad as unknown as tf.Tensor4D, m5, p),
+    /^Error: contrastiveLoss: features must be rank 4 \[B,h,w,C\], got shape \[2,3\]$/,
+  );
   assert.throws(() => contrastiveLoss(f, m, p), /^Error: contrastiveLoss: mask \[2,4,4\] does not match features \[2,5,5,8\]$/);
-  assert.throws(() => contrastiveLoss(f, bad as unknown as tf.Tensor3D, p), /contrastiveLoss: mask must be rank 3 \[B,h,w\], got shape \[2,3\]/);
+  assert.throws(
+    () => contrastiveLoss(f, bad as unknown as tf.Tensor3D, p),
+    /contrastiveLoss: mask must be rank 3 \[B,h,w\], got shape \[2,3\]/,
+  );
   assert.throws(() => contrastiveLoss(f, tf.zeros([2, 5, 5]) as tf.Tensor3D, p), /contrastiveLoss: mask must be int32, got float32/);
-  assert.throws(() => contrastiveLoss(f, m5, tf.zeros([19, 7]) as tf.Tensor2D), /contrastiveLoss: prototypes \[19,7\] have 7 channels but features \[2,5,5,8\] have 8/);
-  assert.throws(() => contrastiveLoss(f, m5, tf.zeros([19]) as unknown as tf.Tensor2D), /contrastiveLoss: prototypes must be rank 2 \[K,C\], got shape \[19\]/);
+  assert.throws(
+    () => contrastiveLoss(f, m5, tf.zeros([19, 7]) as tf.Tensor2D),
+    /contrastiveLoss: prototypes \[19,7\] have 7 channels but features \[2,5,5,8\] have 8/,
+  );
+  assert.throws(
+    () => contrastiveLoss(f, m5, tf.zeros([19]) as unknown as tf.Tensor2D),
+    /contrastiveLoss: prototypes must be rank 2 \[K,C\], got shape \[19\]/,
+  );
   assert.throws(() => contrastiveLoss(f, m5, p, { temperature: 0 }), /contrastiveLoss: temperature must be > 0, got 0/);
-  assert.throws(() => segCrossEntropy(bad as unknown as tf.Tensor4D, m5), /segCrossEntropy: logits must be rank 4 \[B,h,w,K\], got shape \[2,3\]/);
+  assert.throws(
+    () => segCrossEntropy(bad as unknown as tf.Tensor4D, m5),
+    /segCrossEntropy: logits must be rank 4 \[B,h,w,K\], got shape \[2,3\]/,
+  );
   assert.throws(() => segCrossEntropy(f, m), /segCrossEntropy: labels \[2,4,4\] does not match logits \[2,5,5,8\]/);
   assert.throws(() => segCrossEntropy(f, m5, { temperature: -1 }), /segCrossEntropy: temperature must be > 0, got -1/);
   assert.throws(() => bceWithLogits(f, 0.5), /bceWithLogits: target must be 0 or 1, got 0.5/);

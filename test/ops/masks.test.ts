@@ -74,16 +74,29 @@ for (const backend of ['cpu', 'wasm'] as const) {
     validateMask(ok, 19, 'ok.png');
     assert.equal(tf.memory().numTensors, before, 'validateMask leaks on success');
     const high = tf.tensor3d([0, 19, 255, 19], [1, 2, 2], 'int32');
-    assert.throws(() => validateMask(high, 19, 'a.png'), (e: Error) => {
-      assert.equal(e.message, 'a.png: mask contains value 19 outside 0..18 and 255 (2 pixels)');
-      return true;
-    });
-    const neg = tf.tensor2d([[0, -3], [1, 2]], [2, 2], 'int32');
+    assert.throws(
+      () => validateMask(high, 19, 'a.png'),
+      (e: Error) => {
+        assert.equal(e.message, 'a.png: mask contains value 19 outside 0..18 and 255 (2 pixels)');
+        return true;
+      },
+    );
+    const neg = tf.tensor2d(
+      [
+        [0, -3],
+        [1, 2],
+      ],
+      [2, 2],
+      'int32',
+    );
     assert.throws(() => validateMask(neg, 19, 'b'), /^Error: b: mask contains value -3 outside 0\.\.18 and 255 \(1 pixel\)$/);
     const mid = tf.tensor1d([254, 0], 'int32');
     assert.throws(() => validateMask(mid, 16, 'pseudo'), /pseudo: mask contains value 254 outside 0\.\.15 and 255/);
     const flt = tf.tensor1d([0, 1], 'float32');
-    assert.throws(() => validateMask(flt, 19, 'c.png'), /c\.png: mask must be int32 \(train IDs, 255 = ignore\), got float32 of shape \[2\]/);
+    assert.throws(
+      () => validateMask(flt, 19, 'c.png'),
+      /c\.png: mask must be int32 \(train IDs, 255 = ignore\), got float32 of shape \[2\]/,
+    );
     assert.equal(tf.memory().numTensors, before + 4, 'validateMask leaks when it throws');
     tf.dispose([ok, high, neg, mid, flt]);
   });
@@ -99,7 +112,10 @@ test('mask ops reject wrong ranks, dtypes and sizes with clear messages', async 
   assert.throws(() => downsampleLabels(l3, [0, 2]), /size must be two positive integers \[h, w\], got \[0,2\]/);
   const lg = tf.zeros([1, 4, 5, 3]) as tf.Tensor4D;
   assert.throws(() => refineSourceMask(l3, lg), /refineSourceMask: labels \[1,4,4\] do not match logits \[1,4,5,3\]/);
-  assert.throws(() => refineSourceMask(l3, tf.zeros([4, 4, 3]) as unknown as tf.Tensor4D), /logits must be rank 4 \[B,h,w,K\], got shape \[4,4,3\]/);
+  assert.throws(
+    () => refineSourceMask(l3, tf.zeros([4, 4, 3]) as unknown as tf.Tensor4D),
+    /logits must be rank 4 \[B,h,w,K\], got shape \[4,4,3\]/,
+  );
   tf.dispose([l2, lf, l3, lg]);
 });
 

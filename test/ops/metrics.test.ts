@@ -1,14 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import {
-  ConfusionMatrix, classCenterDistance, CITYSCAPES_CLASSES, SYNTHIA_CLASSES, TAIL_CLASSES_19,
-} from '../../src/ops/metrics.ts';
+import { ConfusionMatrix, classCenterDistance, CITYSCAPES_CLASSES, SYNTHIA_CLASSES, TAIL_CLASSES_19 } from '../../src/ops/metrics.ts';
 import { useBackend, seededValues, assertClose } from '../helpers.ts';
 
 function randomInts(n: number, k: number, seed: number, ignoreEvery = 0): Int32Array {
   return Int32Array.from(seededValues(n, seed), (x, i) =>
-    (ignoreEvery && i % ignoreEvery === 1 ? 255 : Math.min(k - 1, Math.floor(((x + 1) / 2) * k))));
+    ignoreEvery && i % ignoreEvery === 1 ? 255 : Math.min(k - 1, Math.floor(((x + 1) / 2) * k)),
+  );
 }
 
 /** Per-class IoU by a plain loop over pixels: I / (pred area + label area - I + 1e-10), 255 skipped. */
@@ -30,9 +29,10 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 test('class name constants follow REFERENCE 6.2 and 7', () => {
   assert.equal(CITYSCAPES_CLASSES.length, 19);
   assert.equal(SYNTHIA_CLASSES.length, 16);
-  assert.deepEqual(TAIL_CLASSES_19.map((c) => CITYSCAPES_CLASSES[c]), [
-    'wall', 'fence', 'traffic light', 'traffic sign', 'terrain', 'rider', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
-  ]);
+  assert.deepEqual(
+    TAIL_CLASSES_19.map((c) => CITYSCAPES_CLASSES[c]),
+    ['wall', 'fence', 'traffic light', 'traffic sign', 'terrain', 'rider', 'truck', 'bus', 'train', 'motorcycle', 'bicycle'],
+  );
 });
 
 test('ConfusionMatrix on a hand example: IoU, mIoU with an absent class, accuracies, accumulation over adds', async () => {
@@ -47,7 +47,12 @@ test('ConfusionMatrix on a hand example: IoU, mIoU with an absent class, accurac
   cm.add(p1, l1);
   cm.add(p2, l2);
   assert.equal(tf.memory().numTensors, before, 'add leaks tensors');
-  assert.deepEqual(cm.counts(), [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]);
+  assert.deepEqual(cm.counts(), [
+    [2, 1, 0, 0],
+    [0, 2, 0, 0],
+    [1, 0, 1, 0],
+    [0, 0, 0, 0],
+  ]);
   // I = [2,2,1,0]; label areas [3,2,2,0]; pred areas [3,3,1,0]; U = [4,3,2,0].
   assertClose(cm.iou(), [0.5, 2 / 3, 0.5, 0], 1e-9, 'iou');
   assertClose([cm.miou()], [(0.5 + 2 / 3 + 0.5) / 4], 1e-9, 'miou counts the absent class as 0');
@@ -99,12 +104,27 @@ test('ConfusionMatrix rejects bad inputs with clear messages and counts nothing 
   const badLabel = tf.tensor1d([0, 19, 2], 'int32');
   const badPred = tf.tensor1d([0, 1, 255], 'int32');
   assert.throws(() => cm.add(ok, badLabel), /ConfusionMatrix.add: label has 1 pixel with values outside 0\.\.18 and 255/);
-  assert.throws(() => cm.add(badPred, ok), /ConfusionMatrix.add: pred has 1 pixel \(where the label is not 255\) with values outside 0\.\.18/);
-  assert.deepEqual(cm.counts().flat().reduce((a, b) => a + b, 0), 0);
+  assert.throws(
+    () => cm.add(badPred, ok),
+    /ConfusionMatrix.add: pred has 1 pixel \(where the label is not 255\) with values outside 0\.\.18/,
+  );
+  assert.deepEqual(
+    cm
+      .counts()
+      .flat()
+      .reduce((a, b) => a + b, 0),
+    0,
+  );
   // A prediction of 255 where the label is ignored is fine.
   const lIgn = tf.tensor1d([0, 1, 255], 'int32');
   cm.add(badPred, lIgn);
-  assert.equal(cm.counts().flat().reduce((a, b) => a + b, 0), 2);
+  assert.equal(
+    cm
+      .counts()
+      .flat()
+      .reduce((a, b) => a + b, 0),
+    2,
+  );
   assert.throws(() => cm.add(ok, tf.tensor2d([0, 1, 2], [1, 3], 'int32')), /ConfusionMatrix.add: pred \[3\] does not match label \[1,3\]/);
   assert.throws(() => cm.add(ok, tf.tensor1d([0, 1, 2])), /pred and label must be int32, got int32 and float32/);
   assert.throws(() => new ConfusionMatrix(4).tailMiou(), /tailMiou: needs the 19 Cityscapes classes, have 4/);
@@ -123,7 +143,11 @@ function ccdRef(x: Float32Array, labels: Int32Array, k: number, c: number): numb
     n[y]!++;
     for (let j = 0; j < c; j++) mu[y]![j]! += x[i * c + j]!;
   });
-  mu.forEach((m, q) => m.forEach((_, j) => { m[j] = n[q] ? m[j]! / n[q]! : 0; }));
+  mu.forEach((m, q) =>
+    m.forEach((_, j) => {
+      m[j] = n[q] ? m[j]! / n[q]! : 0;
+    }),
+  );
   const intra = new Array<number>(k).fill(0);
   labels.forEach((y, i) => {
     if (y === 255) return;
@@ -172,8 +196,14 @@ test('classCenterDistance: one present class gives NaN; bad shapes are rejected 
   const f = tf.tensor2d([1, 2, 3, 4], [2, 2]);
   const l = tf.tensor1d([1, 1], 'int32');
   assert.ok(classCenterDistance(f, l, 3).every(Number.isNaN));
-  assert.throws(() => classCenterDistance(tf.zeros([2, 2, 2]), l, 3), /classCenterDistance: features must be rank 2 \[N,C\] or rank 4 \[B,h,w,C\], got shape \[2,2,2\]/);
-  assert.throws(() => classCenterDistance(f, tf.tensor1d([1, 1, 1], 'int32'), 3), /classCenterDistance: labels \[3\] do not match features \[2,2\]/);
+  assert.throws(
+    () => classCenterDistance(tf.zeros([2, 2, 2]), l, 3),
+    /classCenterDistance: features must be rank 2 \[N,C\] or rank 4 \[B,h,w,C\], got shape \[2,2,2\]/,
+  );
+  assert.throws(
+    () => classCenterDistance(f, tf.tensor1d([1, 1, 1], 'int32'), 3),
+    /classCenterDistance: labels \[3\] do not match features \[2,2\]/,
+  );
   assert.throws(() => classCenterDistance(f, tf.tensor1d([1, 1]), 3), /classCenterDistance: labels must be int32, got float32/);
   tf.dispose([f, l]);
 });

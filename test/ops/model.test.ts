@@ -52,7 +52,11 @@ test('torchvision names and HWIO shapes, layer4 first block has a 1x1 stride-1 p
 test('output stride 8 with PyTorch floor arithmetic: 720x1280 -> 90x160, 512x1024 -> 64x128, odd sizes', async () => {
   await useBackend('wasm');
   const small = deeplabV2({ backbone: 'small', numClasses: 19 });
-  for (const [h, w, fh, fw] of [[720, 1280, 90, 160], [512, 1024, 64, 128], [65, 97, 9, 13]] as const) {
+  for (const [h, w, fh, fw] of [
+    [720, 1280, 90, 160],
+    [512, 1024, 64, 128],
+    [65, 97, 9, 13],
+  ] as const) {
     const out = tf.tidy(() => {
       const r = small.forward(tf.zeros([1, h, w, 3]) as tf.Tensor4D);
       return [r.features.shape, r.logits.shape];
@@ -68,7 +72,10 @@ test('output stride 8 with PyTorch floor arithmetic: 720x1280 -> 90x160, 512x102
     assert.ok(r.features.min().dataSync()[0]! >= 0);
     return [r.features.shape, r.logits.shape];
   });
-  assert.deepEqual(shapes, [[1, 9, 13, 2048], [1, 9, 13, 19]]);
+  assert.deepEqual(shapes, [
+    [1, 9, 13, 2048],
+    [1, 9, 13, 19],
+  ]);
   r101.dispose();
   const vgg = deeplabV2({ backbone: 'vgg16', numClasses: 16, vggWidthDivisor: 16 });
   const vshape = tf.tidy(() => vgg.forward(tf.zeros([1, 64, 128, 3]) as tf.Tensor4D).logits.shape);
@@ -88,24 +95,33 @@ test('frozen BN is eps-free y = x*w/sqrt(var) + (b - mean*w/sqrt(var)); trainabl
   const xs = [1, 3, -1, 0, 2, 5, 0.5, -4]; // [1,2,2,2]
   const x = tf.tensor4d(xs, [1, 2, 2, 2]);
   const frozen = bn(x).dataSync();
-  const expectFrozen = xs.map((v, i) => (i % 2 === 0 ? (v - 0.5) * 2 / 2 + 1 : (v + 2) * 0.5 / 0.5 - 1));
+  const expectFrozen = xs.map((v, i) => (i % 2 === 0 ? ((v - 0.5) * 2) / 2 + 1 : ((v + 2) * 0.5) / 0.5 - 1));
   assertClose(frozen, expectFrozen, 1e-6, 'frozen BN');
   state.mode = 'trainable';
   const trained = bn(x).dataSync();
   // channel 0 values 1,-1,2,0.5: mean 0.625, biased var; channel 1: 3,0,5,-4
-  const ch = [[1, -1, 2, 0.5], [3, 0, 5, -4]];
+  const ch = [
+    [1, -1, 2, 0.5],
+    [3, 0, 5, -4],
+  ];
   const stats = ch.map((v) => {
     const m = v.reduce((a, b) => a + b) / 4;
     const varB = v.reduce((a, b) => a + (b - m) ** 2, 0) / 4;
     return { m, varB, varU: (varB * 4) / 3 };
   });
   const expectTrained = xs.map((v, i) => {
-    const c = i % 2; const s = stats[c]!;
+    const c = i % 2;
+    const s = stats[c]!;
     return ((v - s.m) / Math.sqrt(s.varB + 1e-5)) * [2, 0.5][c]! + [1, -1][c]!;
   });
   assertClose(trained, expectTrained, 1e-5, 'trainable BN');
   assertClose(store.get('bn.running_mean').dataSync(), [0.9 * 0.5 + 0.1 * stats[0]!.m, 0.9 * -2 + 0.1 * stats[1]!.m], 1e-6, 'running mean');
-  assertClose(store.get('bn.running_var').dataSync(), [0.9 * 4 + 0.1 * stats[0]!.varU, 0.9 * 0.25 + 0.1 * stats[1]!.varU], 1e-6, 'running var');
+  assertClose(
+    store.get('bn.running_var').dataSync(),
+    [0.9 * 4 + 0.1 * stats[0]!.varU, 0.9 * 0.25 + 0.1 * stats[1]!.varU],
+    1e-6,
+    'running var',
+  );
   // track = false (a source batch under model.bnStats 'target'): the same batch-statistics output, buffers untouched
   const meanBefore = Array.from(store.get('bn.running_mean').dataSync());
   const varBefore = Array.from(store.get('bn.running_var').dataSync());
@@ -128,7 +144,10 @@ test('deeplabV2.forward trackStats: false leaves every running statistic as it w
   tf.dispose(Object.values(m.forward(x, { training: true })));
   const after = stats();
   assert.equal(after.length, before.length);
-  assert.ok(after.every((s, i) => s.some((v, j) => v !== before[i]![j])), 'a tracked training forward updates every BN layer');
+  assert.ok(
+    after.every((s, i) => s.some((v, j) => v !== before[i]![j])),
+    'a tracked training forward updates every BN layer',
+  );
   tf.dispose(x);
   m.dispose();
 });
@@ -209,27 +228,42 @@ test('tf.memory().numTensors is identical before and after 20 training steps on 
 test('discriminator: five 4x4/2 convs, patch logits 16x32 for 512x1024 and 22x40 for 720x1280', async () => {
   await useBackend('wasm');
   const d = discriminator({ numClasses: 19, ndf: 2 });
-  for (const [h, w, oh, ow] of [[512, 1024, 16, 32], [720, 1280, 22, 40]] as const) {
+  for (const [h, w, oh, ow] of [
+    [512, 1024, 16, 32],
+    [720, 1280, 22, 40],
+  ] as const) {
     const s = tf.tidy(() => d.forward(tf.fill([1, h, w, 19], 1 / 19) as tf.Tensor4D).shape);
     assert.deepEqual(s, [1, oh, ow, 1]);
   }
   assert.deepEqual(d.store.get('conv4.weight').shape, [4, 4, 8, 16]);
-  assert.throws(() => d.forward(tf.zeros([1, 8, 8, 3]) as tf.Tensor4D), /discriminator: expected softmax maps \[B,H,W,19\], got shape \[1,8,8,3\]/);
+  assert.throws(
+    () => d.forward(tf.zeros([1, 8, 8, 3]) as tf.Tensor4D),
+    /discriminator: expected softmax maps \[B,H,W,19\], got shape \[1,8,8,3\]/,
+  );
   d.dispose();
   const full = discriminator({ numClasses: 19 });
   let n = 0;
   for (const p of full.store.params.values()) n += p.variable.size;
   // AdaptSegNet FCDiscriminator with K=19: sum of 4*4*cin*cout + cout
   const widths = [19, 64, 128, 256, 512, 1];
-  assert.equal(n, widths.slice(0, 5).reduce((a, cin, i) => a + 16 * cin * widths[i + 1]! + widths[i + 1]!, 0));
+  assert.equal(
+    n,
+    widths.slice(0, 5).reduce((a, cin, i) => a + 16 * cin * widths[i + 1]! + widths[i + 1]!, 0),
+  );
   full.dispose();
 });
 
 test('deeplabV2 rejects bad configuration and input with clear messages', async () => {
   await useBackend('cpu');
-  assert.throws(() => deeplabV2({ backbone: 'resnet18' as 'small', numClasses: 19 }), /unknown backbone 'resnet18', expected one of resnet101, resnet50, vgg16, small/);
+  assert.throws(
+    () => deeplabV2({ backbone: 'resnet18' as 'small', numClasses: 19 }),
+    /unknown backbone 'resnet18', expected one of resnet101, resnet50, vgg16, small/,
+  );
   assert.throws(() => deeplabV2({ backbone: 'small', numClasses: 1 }), /numClasses must be an integer in 2..254, got 1/);
   const m = deeplabV2({ backbone: 'small', numClasses: 3 });
-  assert.throws(() => m.forward(tf.zeros([1, 3, 32, 32]) as tf.Tensor4D), /expected images \[B,H,W,3\] \(NHWC, normalised RGB\), got shape \[1,3,32,32\]/);
+  assert.throws(
+    () => m.forward(tf.zeros([1, 3, 32, 32]) as tf.Tensor4D),
+    /expected images \[B,H,W,3\] \(NHWC, normalised RGB\), got shape \[1,3,32,32\]/,
+  );
   m.dispose();
 });

@@ -22,13 +22,28 @@ test('SGD follows PyTorch: d = g + wd*p; buf = mu*buf + d; p -= lr*mult*buf (two
   await useBackend('cpu');
   const a = param('a', [1, -2], 'backbone');
   const b = param('b', [0.5], 'classifier');
-  const opt = new SGD([{ params: [a], lrMult: 1 }, { params: [b], lrMult: 10 }], { momentum: 0.9, weightDecay: 0.1 });
+  const opt = new SGD(
+    [
+      { params: [a], lrMult: 1 },
+      { params: [b], lrMult: 10 },
+    ],
+    { momentum: 0.9, weightDecay: 0.1 },
+  );
   const ga = [0.3, 0.4];
   const gb = [-1];
   // by hand, lr 0.1 then 0.05
-  let pa = [1, -2]; let pb = [0.5]; let ba = [0, 0]; let bb = [0];
+  let pa = [1, -2];
+  let pb = [0.5];
+  let ba = [0, 0];
+  let bb = [0];
   for (const lr of [0.1, 0.05]) {
-    opt.step(new Map([['a', tf.tensor1d(ga)], ['b', tf.tensor1d(gb)]]), lr);
+    opt.step(
+      new Map([
+        ['a', tf.tensor1d(ga)],
+        ['b', tf.tensor1d(gb)],
+      ]),
+      lr,
+    );
     ba = ba.map((v, i) => 0.9 * v + ga[i]! + 0.1 * pa[i]!);
     pa = pa.map((v, i) => v - lr * ba[i]!);
     bb = bb.map((v, i) => 0.9 * v + gb[i]! + 0.1 * pb[i]!);
@@ -48,15 +63,20 @@ test('Adam follows PyTorch with betas (0.9, 0.99) and bias correction (two steps
   await useBackend('cpu');
   const p = param('d', [0.2, -0.7], 'discriminator');
   const opt = new Adam([{ params: [p], lrMult: 1 }]);
-  const grads = [[0.5, -0.1], [0.2, 0.3]];
-  let w = [0.2, -0.7]; let m = [0, 0]; let v = [0, 0];
+  const grads = [
+    [0.5, -0.1],
+    [0.2, 0.3],
+  ];
+  let w = [0.2, -0.7];
+  let m = [0, 0];
+  let v = [0, 0];
   grads.forEach((g, t) => {
     opt.step(new Map([['d', tf.tensor1d(g)]]), 1e-2);
     m = m.map((x, i) => 0.9 * x + 0.1 * g[i]!);
     v = v.map((x, i) => 0.99 * x + 0.01 * g[i]! ** 2);
     const c1 = 1 - 0.9 ** (t + 1);
     const c2 = 1 - 0.99 ** (t + 1);
-    w = w.map((x, i) => x - (1e-2 / c1) * m[i]! / (Math.sqrt(v[i]!) / Math.sqrt(c2) + 1e-8));
+    w = w.map((x, i) => x - ((1e-2 / c1) * m[i]!) / (Math.sqrt(v[i]!) / Math.sqrt(c2) + 1e-8));
   });
   assertClose(p.variable.dataSync(), w, 1e-6, 'adam');
   opt.dispose();

@@ -68,8 +68,16 @@ for (const backend of ['cpu', 'wasm'] as const) {
     const e = tf.tidy(() => updatePrototypes(protos, features, mask, { alpha: 0.1, absent: 'keep' }).dataSync().slice());
     assert.deepEqual(d, e);
     // The features are detached: no gradient flows through the update.
-    const g = tf.tidy(() => tf.grad((x: tf.Tensor) => updatePrototypes(protos, x as tf.Tensor4D, mask).sum())(features).dataSync().slice());
-    assert.ok(g.every((v) => v === 0), 'features must receive no gradient from the prototype update');
+    const g = tf.tidy(() =>
+      tf
+        .grad((x: tf.Tensor) => updatePrototypes(protos, x as tf.Tensor4D, mask).sum())(features)
+        .dataSync()
+        .slice(),
+    );
+    assert.ok(
+      g.every((v) => v === 0),
+      'features must receive no gradient from the prototype update',
+    );
     tf.dispose([features, mask, protos]);
   });
 
@@ -93,7 +101,9 @@ for (const backend of ['cpu', 'wasm'] as const) {
         classMeans(fh, l, i * h * w, (i + 1) * h * w, k, c).forEach((m, q) => {
           if (!m) return;
           images[q]!++;
-          m.forEach((v, j) => { sums[q]![j]! += v; });
+          m.forEach((v, j) => {
+            sums[q]![j]! += v;
+          });
         });
       }
       const ft = tf.tensor4d(f, [b, h, w, c]);
@@ -123,16 +133,37 @@ test('prototype ops reject bad shapes and options with clear messages', async ()
   const p = tf.zeros([4, 5]) as tf.Tensor2D;
   const f = tf.zeros([2, 3, 3, 5]) as tf.Tensor4D;
   const m = tf.zeros([2, 3, 3], 'int32') as tf.Tensor3D;
-  assert.throws(() => updatePrototypes(tf.zeros([4]) as unknown as tf.Tensor2D, f, m), /updatePrototypes: prototypes must be rank 2 \[K,C\], got shape \[4\]/);
-  assert.throws(() => updatePrototypes(p, tf.zeros([2, 3, 3, 6]) as tf.Tensor4D, m), /updatePrototypes: features \[2,3,3,6\] have 6 channels, expected 5/);
-  assert.throws(() => updatePrototypes(p, tf.zeros([3, 5]) as unknown as tf.Tensor4D, m), /updatePrototypes: features must be rank 4 \[B,h,w,C\], got shape \[3,5\]/);
-  assert.throws(() => updatePrototypes(p, f, tf.zeros([2, 3, 4], 'int32') as tf.Tensor3D), /updatePrototypes: mask \[2,3,4\] does not match features \[2,3,3,5\]/);
+  assert.throws(
+    () => updatePrototypes(tf.zeros([4]) as unknown as tf.Tensor2D, f, m),
+    /updatePrototypes: prototypes must be rank 2 \[K,C\], got shape \[4\]/,
+  );
+  assert.throws(
+    () => updatePrototypes(p, tf.zeros([2, 3, 3, 6]) as tf.Tensor4D, m),
+    /updatePrototypes: features \[2,3,3,6\] have 6 channels, expected 5/,
+  );
+  assert.throws(
+    () => updatePrototypes(p, tf.zeros([3, 5]) as unknown as tf.Tensor4D, m),
+    /updatePrototypes: features must be rank 4 \[B,h,w,C\], got shape \[3,5\]/,
+  );
+  assert.throws(
+    () => updatePrototypes(p, f, tf.zeros([2, 3, 4], 'int32') as tf.Tensor3D),
+    /updatePrototypes: mask \[2,3,4\] does not match features \[2,3,3,5\]/,
+  );
   assert.throws(() => updatePrototypes(p, f, tf.zeros([2, 3, 3]) as tf.Tensor3D), /updatePrototypes: mask must be int32, got float32/);
   assert.throws(() => updatePrototypes(p, f, m, { alpha: 1.5 }), /updatePrototypes: alpha must be in \[0, 1\], got 1.5/);
-  assert.throws(() => updatePrototypes(p, f, m, { absent: 'zero' as 'keep' }), /updatePrototypes: absent must be 'keep' or 'decay', got 'zero'/);
+  assert.throws(
+    () => updatePrototypes(p, f, m, { absent: 'zero' as 'keep' }),
+    /updatePrototypes: absent must be 'keep' or 'decay', got 'zero'/,
+  );
   const acc = new PrototypeAccumulator(4, 5);
-  assert.throws(() => acc.add(tf.zeros([2, 3, 3, 7]) as tf.Tensor4D, m), /PrototypeAccumulator.add: features \[2,3,3,7\] have 7 channels, expected 5/);
-  assert.throws(() => acc.add(f, tf.zeros([1, 3, 3], 'int32') as tf.Tensor3D), /PrototypeAccumulator.add: mask \[1,3,3\] does not match features \[2,3,3,5\]/);
+  assert.throws(
+    () => acc.add(tf.zeros([2, 3, 3, 7]) as tf.Tensor4D, m),
+    /PrototypeAccumulator.add: features \[2,3,3,7\] have 7 channels, expected 5/,
+  );
+  assert.throws(
+    () => acc.add(f, tf.zeros([1, 3, 3], 'int32') as tf.Tensor3D),
+    /PrototypeAccumulator.add: mask \[1,3,3\] does not match features \[2,3,3,5\]/,
+  );
   assert.throws(() => new PrototypeAccumulator(0, 5), /numClasses must be a positive integer, got 0/);
   // Nothing added: every class is missing, prototypes are zeros (no crash).
   const r = acc.result();

@@ -10,7 +10,10 @@ import { useBackend, seededValues } from '../helpers.ts';
  */
 function randomProbs(shape: [number, number, number, number], seed: number): tf.Tensor4D {
   const k = shape[3];
-  const v = seededValues(shape.reduce((a, b) => a * b, 1), seed).map((x, i) => (i % k === k - 1 ? -100 : x * 4 + (i % k === 0 ? 6 : 0)));
+  const v = seededValues(
+    shape.reduce((a, b) => a * b, 1),
+    seed,
+  ).map((x, i) => (i % k === k - 1 ? -100 : x * 4 + (i % k === 0 ? 6 : 0)));
   return tf.tidy(() => tf.softmax(tf.tensor4d(v, shape)));
 }
 
@@ -38,7 +41,12 @@ test('ConfidenceHistogram thresholds are within 1e-3 of the exact sorted upper m
   const size0 = hist.storageSize;
   assert.equal(size0, k * 4096);
   const perClass: number[][] = Array.from({ length: k }, () => []);
-  for (const [i, shape] of ([[2, 100, 250, k], [1, 125, 400, k]] as [number, number, number, number][]).entries()) {
+  for (const [i, shape] of (
+    [
+      [2, 100, 250, k],
+      [1, 125, 400, k],
+    ] as [number, number, number, number][]
+  ).entries()) {
     const probs = randomProbs(shape, 100 + i);
     const { conf, cls } = maxArgmax(probs.dataSync() as Float32Array, k);
     conf.forEach((p, j) => perClass[cls[j]!]!.push(p));
@@ -55,7 +63,10 @@ test('ConfidenceHistogram thresholds are within 1e-3 of the exact sorted upper m
     const s = [...c].sort((a, b) => a - b);
     return s[upperMedianIndex(s.length)]!;
   });
-  assert.deepEqual(hist.counts(), perClass.map((c) => c.length));
+  assert.deepEqual(
+    hist.counts(),
+    perClass.map((c) => c.length),
+  );
   const raw = hist.thresholds({ cap: 1 });
   const capped = hist.thresholds();
   assert.equal(raw[k - 1], 0, 'a class with no pixels gets threshold 0');
@@ -96,7 +107,17 @@ test('ConfidenceHistogram on wasm counts the same cells as on cpu', async () => 
   const shape: [number, number, number, number] = [2, 30, 40, 5];
   // Same float32 probabilities on both backends: softmax once on cpu, then uploaded to each.
   await useBackend('cpu');
-  const pv = tf.tidy(() => tf.softmax(tf.tensor4d(seededValues(2 * 30 * 40 * 5, 7).map((x) => x * 3), shape)).dataSync().slice());
+  const pv = tf.tidy(() =>
+    tf
+      .softmax(
+        tf.tensor4d(
+          seededValues(2 * 30 * 40 * 5, 7).map((x) => x * 3),
+          shape,
+        ),
+      )
+      .dataSync()
+      .slice(),
+  );
   const runs: { counts: number[]; thr: number[]; json: string }[] = [];
   for (const backend of ['cpu', 'wasm'] as const) {
     await useBackend(backend);
@@ -110,7 +131,10 @@ test('ConfidenceHistogram on wasm counts the same cells as on cpu', async () => 
     probs.dispose();
   }
   assert.deepEqual(runs[1], runs[0]);
-  assert.equal(runs[0]!.counts.reduce((a, b) => a + b, 0), 2 * 2 * 30 * 40);
+  assert.equal(
+    runs[0]!.counts.reduce((a, b) => a + b, 0),
+    2 * 2 * 30 * 40,
+  );
 });
 
 test('ConfidenceHistogram on a hand example: ranks inside a bin are spread evenly', async () => {
@@ -118,7 +142,13 @@ test('ConfidenceHistogram on a hand example: ranks inside a bin are spread evenl
   // K = 2, bins = 10. Class 0 confidences 0.55, 0.62, 0.64, 0.66 (n = 4, index 2 -> 0.64):
   // bin 6 holds 3 values; the target is its 2nd (rank 1): 0.6 + (1 + 0.5)/3 * 0.1 = 0.65.
   // Class 1: a single pixel with confidence 0.95 -> index 0 -> bin 9, 0.95; capped at 0.9.
-  const rows = [[0.55, 0.45], [0.62, 0.38], [0.64, 0.36], [0.66, 0.34], [0.05, 0.95]];
+  const rows = [
+    [0.55, 0.45],
+    [0.62, 0.38],
+    [0.64, 0.36],
+    [0.66, 0.34],
+    [0.05, 0.95],
+  ];
   const probs = tf.tensor4d(rows.flat(), [1, 1, 5, 2]);
   const hist = new ConfidenceHistogram(2, { bins: 10 });
   hist.add(probs);
@@ -135,7 +165,13 @@ for (const backend of ['cpu', 'wasm'] as const) {
   test(`pseudoLabels on ${backend}: argmax, 255 where max prob < threshold of its class (equal kept)`, async () => {
     await useBackend(backend);
     // K = 3; pixels: argmax 0 p .5 | argmax 1 p .7 | argmax 2 p .4 | argmax 0 p .9 | argmax 1 p .6
-    const rows = [[0.5, 0.3, 0.2], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05], [0.25, 0.6, 0.15]];
+    const rows = [
+      [0.5, 0.3, 0.2],
+      [0.2, 0.7, 0.1],
+      [0.3, 0.3, 0.4],
+      [0.9, 0.05, 0.05],
+      [0.25, 0.6, 0.15],
+    ];
     const probs = tf.tensor4d(rows.flat(), [1, 1, 5, 3]);
     const sigma = [0.5, 0.65, 0.45]; // 0.5 >= 0.5 kept; 0.4 < 0.45 dropped; 0.6 < 0.65 dropped
     const before = tf.memory().numTensors;
@@ -164,6 +200,9 @@ test('threshold ops reject bad shapes and options with clear messages', async ()
   assert.throws(() => pseudoLabels(p4, [0.5, 0.5]), /pseudoLabels: thresholds must have one value per class \(3\), got 2 values/);
   const t2 = tf.zeros([3, 1]) as unknown as tf.Tensor1D;
   assert.throws(() => pseudoLabels(p4, t2), /pseudoLabels: thresholds must have one value per class \(3\), got shape \[3,1\]/);
-  assert.throws(() => ConfidenceHistogram.fromJSON({ numClasses: 2, bins: 4, counts: [[8, 1]] }), /fromJSON: bad entry \[8,1\] for 2 classes x 4 bins/);
+  assert.throws(
+    () => ConfidenceHistogram.fromJSON({ numClasses: 2, bins: 4, counts: [[8, 1]] }),
+    /fromJSON: bad entry \[8,1\] for 2 classes x 4 bins/,
+  );
   tf.dispose([p3, p4, t2]);
 });

@@ -26,7 +26,10 @@ test('spcl --quick: every phase runs end to end, the report has its structure, t
   // takes about 64 s (trainable BN); beside the rest of the suite (2 test files at once) CI saw 136 s
   assert.ok(seconds < 240, `quick run took ${seconds.toFixed(0)} s`);
   const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as RunReport;
-  assert.deepEqual(report.phases.map((p) => p.phase), ['warmup', 'prototypes', 'pseudo-labels', 'spcl', 'pseudo-labels-2', 'ssl']);
+  assert.deepEqual(
+    report.phases.map((p) => p.phase),
+    ['warmup', 'prototypes', 'pseudo-labels', 'spcl', 'pseudo-labels-2', 'ssl'],
+  );
   assert.equal(report.backend, 'wasm');
   assert.equal(report.seed, 0);
   for (const p of report.phases.filter((x) => ['warmup', 'spcl', 'ssl'].includes(x.phase))) {
@@ -39,25 +42,53 @@ test('spcl --quick: every phase runs end to end, the report has its structure, t
   // nothing leaks: the prototypes are the one tensor added after the warm-up
   const tensors = report.phases.map((p) => p.tensors);
   assert.equal(tensors[1], tensors[0]! + 1);
-  assert.ok(tensors.slice(1).every((t) => t === tensors[1]), `tensors per phase ${tensors}`);
+  assert.ok(
+    tensors.slice(1).every((t) => t === tensors[1]),
+    `tensors per phase ${tensors}`,
+  );
   assert.match(r.stdout, /^phase +mIoU %/);
   assert.match(r.stderr, /warmup \d+\/\d+ +total/);
   // two threshold caps: pseudo.cap (0.9) for the pass that feeds spcl, ssl.pseudoCap (0.99) for self-training's
   const first = /^pseudo-labels: generation 1, .*; thresholds \(cap 0\.9\) ([\d. ]+)$/m.exec(r.stderr);
   assert.ok(first, 'first pass log line');
-  assert.ok(first[1]!.trim().split(' ').every((v) => Number(v) <= 0.9), first[1]);
-  const second = JSON.parse(await readFile(join(out, 'pseudo-labels', 'current.json'), 'utf8')) as { generation: number; thresholds: number[]; source: { phase: string; cap: number } };
+  assert.ok(
+    first[1]!
+      .trim()
+      .split(' ')
+      .every((v) => Number(v) <= 0.9),
+    first[1],
+  );
+  const second = JSON.parse(await readFile(join(out, 'pseudo-labels', 'current.json'), 'utf8')) as {
+    generation: number;
+    thresholds: number[];
+    source: { phase: string; cap: number };
+  };
   assert.deepEqual([second.generation, second.source.phase, second.source.cap], [2, 'pseudo-labels-2', 0.99]);
   // some class's upper median is above 0.9 at this seed: the second cap is the one that bound it
   assert.ok(Math.max(...second.thresholds) <= 0.99 && Math.max(...second.thresholds) > 0.9, `${second.thresholds}`);
   // evaluate.ts on the last checkpoint gives the report's ssl figure; --adapt-bn re-estimates BN on the target first
   const data = (report as RunReport & { config: { data: { target: string; targetVal: string } } }).config.data;
-  const ckpt = join(out, 'checkpoints', (JSON.parse(await readFile(join(out, 'checkpoints', 'latest.json'), 'utf8')) as { file: string }).file);
+  const ckpt = join(
+    out,
+    'checkpoints',
+    (JSON.parse(await readFile(join(out, 'checkpoints', 'latest.json'), 'utf8')) as { file: string }).file,
+  );
   const plain = run('evaluate.ts', ['--checkpoint', ckpt, '--data', data.targetVal, '--ccd', '0', '--out', join(out, 'eval.json')]);
   assert.equal(plain.status, 0, plain.stderr.slice(-3000));
   const evaluated = JSON.parse(await readFile(join(out, 'eval.json'), 'utf8')) as { miou: number };
   assert.ok(Math.abs(evaluated.miou - miou.ssl!) < 1e-6, `evaluate.ts ${evaluated.miou} vs the run's ssl ${miou.ssl}`);
-  const adapted = run('evaluate.ts', ['--checkpoint', ckpt, '--data', data.targetVal, '--ccd', '0', '--adapt-bn', data.target, '--out', join(out, 'adabn.json')]);
+  const adapted = run('evaluate.ts', [
+    '--checkpoint',
+    ckpt,
+    '--data',
+    data.targetVal,
+    '--ccd',
+    '0',
+    '--adapt-bn',
+    data.target,
+    '--out',
+    join(out, 'adabn.json'),
+  ]);
   assert.equal(adapted.status, 0, adapted.stderr.slice(-3000));
   assert.match(adapted.stderr, new RegExp(`^adapt-bn: BN running statistics re-estimated on 120 images of ${data.target} at 64x128$`, 'm'));
   const adabn = JSON.parse(await readFile(join(out, 'adabn.json'), 'utf8')) as { miou: number };
@@ -89,7 +120,10 @@ test('data faults of six kinds are skipped or repaired, counted by reason in rep
   // class-balanced, src/recipe/phases.ts) are read by the first training steps, so their counts are final long
   // before the run ends (and any scrape after step 1 shows them).
   const src = await open('source');
-  const order = new ShuffleSampler(src.m.samples.map(([k]) => k), { seed: 11 });
+  const order = new ShuffleSampler(
+    src.m.samples.map(([k]) => k),
+    { seed: 11 },
+  );
   const [truncated, wrongSize, badLabel, unknownIds] = [order.next(), order.next(), order.next(), order.next()];
   const rec = (k: string) => src.w.records.get(k)!;
   await src.w.records.put(truncated, { ...rec(truncated), image: rec(truncated).image.subarray(0, rec(truncated).image.length - 20) });
@@ -109,36 +143,81 @@ test('data faults of six kinds are skipped or repaired, counted by reason in rep
   await val.w.close();
 
   const port = await freePort();
-  const child = spawn(node, [join(root, 'pipelines/source-only.ts'), '--metrics-port', String(port), '--set', `data.source="${join(dir, 'shards/source')}"`,
-    '--set', `data.target="${join(dir, 'shards/target')}"`, '--set', `data.targetVal="${join(dir, 'shards/target-val')}"`, '--set', 'data.classBalanced=false',
-    '--set', 'warmup.iterations=3', '--set', 'warmup.maxIter=10', '--iterations', '3', '--out', join(dir, 'run')], { cwd: root });
+  const child = spawn(
+    node,
+    [
+      join(root, 'pipelines/source-only.ts'),
+      '--metrics-port',
+      String(port),
+      '--set',
+      `data.source="${join(dir, 'shards/source')}"`,
+      '--set',
+      `data.target="${join(dir, 'shards/target')}"`,
+      '--set',
+      `data.targetVal="${join(dir, 'shards/target-val')}"`,
+      '--set',
+      'data.classBalanced=false',
+      '--set',
+      'warmup.iterations=3',
+      '--set',
+      'warmup.maxIter=10',
+      '--iterations',
+      '3',
+      '--out',
+      join(dir, 'run'),
+    ],
+    { cwd: root },
+  );
   let stdout = '';
   let stderr = '';
-  child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   const exit = new Promise<number | null>((resolve) => child.on('exit', resolve));
   let done = false;
-  void exit.then(() => { done = true; });
+  void exit.then(() => {
+    done = true;
+  });
   let scrape = '';
   while (!done) {
-    const r = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(2000) }).then((x) => x.text(), () => null);
+    const r = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(2000) }).then(
+      (x) => x.text(),
+      () => null,
+    );
     if (r) scrape = r;
     await Promise.race([exit, new Promise((res) => setTimeout(res, 200))]);
   }
   assert.equal(await exit, 0, stderr.slice(-3000));
   const report = JSON.parse(await readFile(join(dir, 'run/report.json'), 'utf8')) as RunReport;
-  assert.deepEqual(report.skipped, { 'decode-augment': { corrupt_image: 1, wrong_size: 1, corrupt_label: 1, missing_record: 1, corrupt_record: 1 } });
+  assert.deepEqual(report.skipped, {
+    'decode-augment': { corrupt_image: 1, wrong_size: 1, corrupt_label: 1, missing_record: 1, corrupt_record: 1 },
+  });
   assert.deepEqual(report.repaired, { 'decode-augment': { unknown_label_ids: 1 } });
-  const line = (what: string, key: string, file: string, detail: string) => `${what}: stage decode-augment (sample ${key}): ${file}: record '${key}': ${detail}`;
-  const logged = stderr.split('\n').filter((l) => /^(skipped|repaired) \(/.test(l)).sort();
-  assert.deepEqual(logged, [
-    line('repaired (unknown_label_ids)', unknownIds, src.file, 'label has 7 pixels with unknown IDs (250), expected train IDs 0..18 or 255; set to 255'),
-    line('skipped (corrupt_image)', truncated, src.file, 'image does not decode (vipspng: libpng read error)'),
-    line('skipped (corrupt_label)', badLabel, src.file, 'label: not a readable PNG: bad signature'),
-    line('skipped (corrupt_record)', garbage, val.file, 'stored value does not decode (Unexpected end of MessagePack data)'),
-    line('skipped (missing_record)', missing, val.file, 'not in the shard (the manifest lists it there)'),
-    line('skipped (wrong_size)', wrongSize, src.file, `image decodes to ${width}x${height}x3, the record says ${width + 1}x${height}x3`),
-  ].sort());
+  const line = (what: string, key: string, file: string, detail: string) =>
+    `${what}: stage decode-augment (sample ${key}): ${file}: record '${key}': ${detail}`;
+  const logged = stderr
+    .split('\n')
+    .filter((l) => /^(skipped|repaired) \(/.test(l))
+    .sort();
+  assert.deepEqual(
+    logged,
+    [
+      line(
+        'repaired (unknown_label_ids)',
+        unknownIds,
+        src.file,
+        'label has 7 pixels with unknown IDs (250), expected train IDs 0..18 or 255; set to 255',
+      ),
+      line('skipped (corrupt_image)', truncated, src.file, 'image does not decode (vipspng: libpng read error)'),
+      line('skipped (corrupt_label)', badLabel, src.file, 'label: not a readable PNG: bad signature'),
+      line('skipped (corrupt_record)', garbage, val.file, 'stored value does not decode (Unexpected end of MessagePack data)'),
+      line('skipped (missing_record)', missing, val.file, 'not in the shard (the manifest lists it there)'),
+      line('skipped (wrong_size)', wrongSize, src.file, `image decodes to ${width}x${height}x3, the record says ${width + 1}x${height}x3`),
+    ].sort(),
+  );
   assert.match(stdout, /^source-only  target val mIoU \d+\.\d\d/);
   // Prometheus: the last scrape taken while the run was alive (after its training steps)
   const metric = (name: string, labels: string) => {
@@ -147,7 +226,12 @@ test('data faults of six kinds are skipped or repaired, counted by reason in rep
   };
   const skipped = (reason: string) => metric('spcl_samples_skipped_total', `stage="decode-augment",reason="${reason}"`);
   assert.ok(metric('spcl_train_steps_total', 'phase="warmup"')! >= 1, 'the last scrape follows a training step');
-  assert.deepEqual(['corrupt_image', 'wrong_size', 'corrupt_label', 'unknown_label_ids', 'missing_pseudo_label', 'shard_unavailable', 'other'].map(skipped), [1, 1, 1, 0, 0, 0, 0]);
+  assert.deepEqual(
+    ['corrupt_image', 'wrong_size', 'corrupt_label', 'unknown_label_ids', 'missing_pseudo_label', 'shard_unavailable', 'other'].map(
+      skipped,
+    ),
+    [1, 1, 1, 0, 0, 0, 0],
+  );
   assert.equal(metric('spcl_samples_repaired_total', 'stage="decode-augment",reason="unknown_label_ids"'), 1);
   // the target-val skips happen in the final evaluation, at most a few hundred ms before the endpoint closes:
   // the last scrape may or may not hold them (report.json above has them exactly)
@@ -162,7 +246,10 @@ test('bad configuration is named: unknown key with a hint, wrong type, missing s
     [[...q, '--set', 'spcl.lambda="x"'], /spcl: --set spcl\.lambda="x": spcl\.lambda must be a number, got "x" \(string\)/],
     [[...q, '--set', 'data.source="/nowhere"'], /spcl: config: data\.source: \/nowhere\/manifest\.json: not found/],
     [[...q, '--set', 'data.numClasses=16'], /spcl: config: data\.numClasses is 16 but .*manifest\.json \(data\.source\) has 19 classes/],
-    [['--preset', 'kitti'], /spcl: --preset must be one of synthetic, gta5-cityscapes, synthia-cityscapes, synscapes-cityscapes, got 'kitti'/],
+    [
+      ['--preset', 'kitti'],
+      /spcl: --preset must be one of synthetic, gta5-cityscapes, synthia-cityscapes, synscapes-cityscapes, got 'kitti'/,
+    ],
     [['--preset', 'gta5-cityscapes'], /spcl: config: data\.source is required for preset gta5-cityscapes/],
   ];
   for (const [args, re] of cases) {
@@ -195,7 +282,10 @@ test('SIGINT stops after the current step with a checkpoint and exit 0; --resume
   assert.deepEqual([latest.phase, latest.iteration], ['warmup', at]);
   const resumed = run('spcl.ts', ['--quick', '--out', out, '--resume']);
   assert.equal(resumed.status, 0, resumed.stderr.slice(-2000));
-  assert.match(resumed.stderr, new RegExp(`resume: ckpt-warmup-${String(at).padStart(8, '0')}\\.safetensors \\(phase warmup, iteration ${at}`));
+  assert.match(
+    resumed.stderr,
+    new RegExp(`resume: ckpt-warmup-${String(at).padStart(8, '0')}\\.safetensors \\(phase warmup, iteration ${at}`),
+  );
   // the first progress line after resuming is the next multiple of 20 (logEvery), not 20 again
   const first = /warmup (\d+)\/60/.exec(resumed.stderr);
   assert.ok(first && Number(first[1]) > at, `first line after resume: ${first?.[0]}`);
@@ -208,15 +298,38 @@ test('SIGINT stops after the current step with a checkpoint and exit 0; --resume
 test('checkpoint.select best-val: evaluated at every checkpoint, the phase ends on the best one', async () => {
   const out = await mkdtemp(join(tmpdir(), 'spcl-bestval-'));
   const shards = join(root, 'data/synthetic-quick/shards');
-  const r = run('source-only.ts', ['--set', `data.source="${join(shards, 'source')}"`, '--set', `data.target="${join(shards, 'target')}"`,
-    '--set', `data.targetVal="${join(shards, 'target-val')}"`, '--set', 'warmup.iterations=30', '--set', 'warmup.maxIter=40', '--iterations', '30',
-    '--set', 'checkpoint.every=10', '--set', 'checkpoint.select="best-val"', '--out', out]);
+  const r = run('source-only.ts', [
+    '--set',
+    `data.source="${join(shards, 'source')}"`,
+    '--set',
+    `data.target="${join(shards, 'target')}"`,
+    '--set',
+    `data.targetVal="${join(shards, 'target-val')}"`,
+    '--set',
+    'warmup.iterations=30',
+    '--set',
+    'warmup.maxIter=40',
+    '--iterations',
+    '30',
+    '--set',
+    'checkpoint.every=10',
+    '--set',
+    'checkpoint.select="best-val"',
+    '--out',
+    out,
+  ]);
   assert.equal(r.status, 0, r.stderr.slice(-2000));
   const evals = [...r.stderr.matchAll(/^warmup(?: (\d+))?: target val mIoU ([\d.]+)/gm)].map((m) => [m[1] ?? 'end', Number(m[2])] as const);
   // checkpoints at 10 and 20 are evaluated, then the end of the phase
-  assert.deepEqual(evals.map(([at]) => at), ['10', '20', 'end']);
+  assert.deepEqual(
+    evals.map(([at]) => at),
+    ['10', '20', 'end'],
+  );
   const best = Math.max(...evals.map(([, v]) => v));
   const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as RunReport;
-  assert.ok(Math.abs(100 * report.phases[0]!.miou! - best) < 0.006, `report ${100 * report.phases[0]!.miou!} vs best ${best} of ${JSON.stringify(evals)}`);
+  assert.ok(
+    Math.abs(100 * report.phases[0]!.miou! - best) < 0.006,
+    `report ${100 * report.phases[0]!.miou!} vs best ${best} of ${JSON.stringify(evals)}`,
+  );
   await rm(out, { recursive: true });
 });

@@ -20,10 +20,18 @@ test('every config mistake names the key, the value and what was expected (table
     ['classes', { data: { numClasses: 21 } }, /^Error: f: data\.numClasses must be 19 or 16, got 21$/],
     ['workers', { data: { workers: -1 } }, /^Error: f: data\.workers must be an integer >= 0 \(0 = cores\), got -1$/],
     ['prefetch', { data: { prefetch: 0 } }, /^Error: f: data\.prefetch must be an integer >= 1, got 0$/],
-    ['unknown label IDs policy', { data: { unknownLabelIds: 'drop' } }, /^Error: f: data\.unknownLabelIds must be 'ignore' or 'skip', got "drop"$/],
+    [
+      'unknown label IDs policy',
+      { data: { unknownLabelIds: 'drop' } },
+      /^Error: f: data\.unknownLabelIds must be 'ignore' or 'skip', got "drop"$/,
+    ],
     ['retries', { data: { retries: -1 } }, /^Error: f: data\.retries must be an integer >= 0, got -1$/],
     ['retry delay', { data: { retryDelay: -0.5 } }, /^Error: f: data\.retryDelay must be a number of seconds >= 0, got -0\.5$/],
-    ['backbone', { model: { backbone: 'resnet18' } }, /^Error: f: model\.backbone must be one of resnet101, resnet50, vgg16, small, got "resnet18"$/],
+    [
+      'backbone',
+      { model: { backbone: 'resnet18' } },
+      /^Error: f: model\.backbone must be one of resnet101, resnet50, vgg16, small, got "resnet18"$/,
+    ],
     ['absent policy', { prototypes: { absent: 'drop' } }, /^Error: f: prototypes\.absent must be 'keep' or 'decay', got "drop"$/],
     ['alpha range', { prototypes: { alpha: 1.5 } }, /^Error: f: prototypes\.alpha must be a number in 0\.\.1, got 1\.5$/],
     ['cap range', { pseudo: { cap: 0 } }, /^Error: f: pseudo\.cap must be a number in \(0, 1\], got 0$/],
@@ -38,22 +46,50 @@ test('every config mistake names the key, the value and what was expected (table
     ['seed', { seed: 1.5 }, /^Error: f: seed must be an integer >= 0, got 1\.5$/],
     ['continuous steps', { continuous: { steps: -1 } }, /^Error: f: continuous\.steps must be an integer >= 0 \(0 = off\), got -1$/],
     ['continuous lr', { continuous: { lr: 0 } }, /^Error: f: continuous\.lr must be a number > 0, got 0$/],
-    ['refresh period', { continuous: { refreshEvery: 10.5 } }, /^Error: f: continuous\.refreshEvery must be an integer >= 0 \(0 = off\), got 10\.5$/],
+    [
+      'refresh period',
+      { continuous: { refreshEvery: 10.5 } },
+      /^Error: f: continuous\.refreshEvery must be an integer >= 0 \(0 = off\), got 10\.5$/,
+    ],
     ['poll period', { continuous: { pollSeconds: 0 } }, /^Error: f: continuous\.pollSeconds must be a number of seconds > 0, got 0$/],
-    ['settle time', { continuous: { settleSeconds: -2 } }, /^Error: f: continuous\.settleSeconds must be a number of seconds >= 0, got -2$/],
-    ['source anchor weight', { continuous: { sourceWeight: -0.5 } }, /^Error: f: continuous\.sourceWeight must be a number >= 0 \(0 = no source batch\), got -0\.5$/],
+    [
+      'settle time',
+      { continuous: { settleSeconds: -2 } },
+      /^Error: f: continuous\.settleSeconds must be a number of seconds >= 0, got -2$/,
+    ],
+    [
+      'source anchor weight',
+      { continuous: { sourceWeight: -0.5 } },
+      /^Error: f: continuous\.sourceWeight must be a number >= 0 \(0 = no source batch\), got -0\.5$/,
+    ],
     ['watch folder type', { continuous: { watch: true } }, /^Error: f: continuous\.watch must be a string, got true \(boolean\)$/],
-    ['unknown continuous key', { continuous: { refreshEvry: 5 } }, /^Error: f: unknown key 'continuous\.refreshEvry' \(did you mean 'continuous\.refreshEvery'\?\)$/],
+    [
+      'unknown continuous key',
+      { continuous: { refreshEvry: 5 } },
+      /^Error: f: unknown key 'continuous\.refreshEvry' \(did you mean 'continuous\.refreshEvery'\?\)$/,
+    ],
     ['non-finite action', { nonFinite: { action: 'retry' } }, /^Error: f: nonFinite\.action must be 'rollback' or 'stop', got "retry"$/],
     ['non-finite factor', { nonFinite: { lrFactor: 2 } }, /^Error: f: nonFinite\.lrFactor must be a number in \(0, 1\], got 2$/],
     ['non-finite limit', { nonFinite: { limit: 0 } }, /^Error: f: nonFinite\.limit must be an integer >= 1, got 0$/],
     ['warm-up bn', { warmup: { bn: 'batch' } }, /^Error: f: warmup\.bn must be 'frozen' or 'trainable', got "batch"$/],
     ['spcl bn', { spcl: { bn: true } }, /^Error: f: spcl\.bn must be a string, got true \(boolean\)$/],
     ['BN statistics', { model: { bnStats: 'source' } }, /^Error: f: model\.bnStats must be 'all' or 'target', got "source"$/],
-    ['ssl scale order', { ssl: { scale: [1.5, 0.5] } }, /^Error: f: ssl\.scale must be \[low, high\], numbers > 0 with low <= high, got \[1\.5,0\.5\]$/],
+    [
+      'ssl scale order',
+      { ssl: { scale: [1.5, 0.5] } },
+      /^Error: f: ssl\.scale must be \[low, high\], numbers > 0 with low <= high, got \[1\.5,0\.5\]$/,
+    ],
     ['ssl jitter type', { ssl: { jitter: 'yes' } }, /^Error: f: ssl\.jitter must be a boolean, got "yes" \(string\)$/],
-    ['ssl source weight', { ssl: { sourceWeight: -1 } }, /^Error: f: ssl\.sourceWeight must be a number >= 0 \(0 = no source batch, the paper\), got -1$/],
-    ['ssl pseudo-label weight', { ssl: { pseudoWeight: -2 } }, /^Error: f: ssl\.pseudoWeight must be a number >= 0 \(1 = the paper; 0 = no pseudo-label term\), got -2$/],
+    [
+      'ssl source weight',
+      { ssl: { sourceWeight: -1 } },
+      /^Error: f: ssl\.sourceWeight must be a number >= 0 \(0 = no source batch, the paper\), got -1$/,
+    ],
+    [
+      'ssl pseudo-label weight',
+      { ssl: { pseudoWeight: -2 } },
+      /^Error: f: ssl\.pseudoWeight must be a number >= 0 \(1 = the paper; 0 = no pseudo-label term\), got -2$/,
+    ],
     ['ssl threshold cap', { ssl: { pseudoCap: 1.5 } }, /^Error: f: ssl\.pseudoCap must be a number in \(0, 1\], got 1\.5$/],
   ];
   assert.ok(cases.length >= 20);
@@ -65,7 +101,10 @@ test('every config mistake names the key, the value and what was expected (table
 test('cross-field checks: poly horizon, required data folders, best-val needs a validation set', () => {
   const c = mergeConfig(base(), { spcl: { iterations: 500, maxIter: 400 } }, 'f');
   assert.throws(() => checkConfig(c), /^Error: config: spcl\.iterations \(500\) must be <= spcl\.maxIter \(400\), the poly LR horizon$/);
-  assert.throws(() => checkConfig(PRESETS['gta5-cityscapes']!()), /config: data\.source is required for preset gta5-cityscapes \(a dataset folder written by pipelines\/ingest\.ts\)/);
+  assert.throws(
+    () => checkConfig(PRESETS['gta5-cityscapes']!()),
+    /config: data\.source is required for preset gta5-cityscapes \(a dataset folder written by pipelines\/ingest\.ts\)/,
+  );
   const noVal = mergeConfig(base(), { data: { targetVal: '' }, checkpoint: { select: 'best-val' } }, 'f');
   assert.throws(() => checkConfig(noVal), /config: checkpoint\.select 'best-val' needs data\.targetVal/);
   checkConfig(base());
@@ -84,11 +123,20 @@ test('--set parses JSON values, falls back to strings, nests dotted keys; a vali
 
 test('presets carry the paper settings (REFERENCE 2)', () => {
   const p = PRESETS['gta5-cityscapes']!();
-  assert.deepEqual([p.warmup.iterations, p.warmup.maxIter, p.warmup.lr, p.warmup.lrD, p.warmup.lambdaAdv], [40_000, 62_500, 2.5e-4, 1e-4, 0.001]);
-  assert.deepEqual([p.spcl.iterations, p.spcl.maxIter, p.spcl.lambda, p.spcl.temperature, p.spcl.sourceTemperature], [40_000, 62_500, 1, 100, 1.8]);
+  assert.deepEqual(
+    [p.warmup.iterations, p.warmup.maxIter, p.warmup.lr, p.warmup.lrD, p.warmup.lambdaAdv],
+    [40_000, 62_500, 2.5e-4, 1e-4, 0.001],
+  );
+  assert.deepEqual(
+    [p.spcl.iterations, p.spcl.maxIter, p.spcl.lambda, p.spcl.temperature, p.spcl.sourceTemperature],
+    [40_000, 62_500, 1, 100, 1.8],
+  );
   assert.deepEqual([p.ssl.iterations, p.ssl.maxIter, p.ssl.lr, p.ssl.bn], [20_000, 31_250, 5e-4, 'trainable']);
   // the authors' BN semantics and augmentation: frozen BN until self-training, crops at 0.5-1.5 with jitter, no source in SSL
-  assert.deepEqual([p.warmup.bn, p.spcl.bn, p.model.bnStats, p.ssl.scale, p.ssl.jitter, p.ssl.sourceWeight, p.ssl.pseudoWeight], ['frozen', 'frozen', 'all', [0.5, 1.5], true, 0, 1]);
+  assert.deepEqual(
+    [p.warmup.bn, p.spcl.bn, p.model.bnStats, p.ssl.scale, p.ssl.jitter, p.ssl.sourceWeight, p.ssl.pseudoWeight],
+    ['frozen', 'frozen', 'all', [0.5, 1.5], true, 0, 1],
+  );
   assert.deepEqual([p.optimizer.momentum, p.optimizer.weightDecay, p.optimizer.classifierLrMult], [0.9, 5e-4, 10]);
   assert.deepEqual([p.prototypes.alpha, p.pseudo.cap, p.ssl.pseudoCap, p.batch.source, p.batch.target], [0.1, 0.9, 0.9, 4, 4]);
   assert.deepEqual([p.size.source, p.size.target, p.model.backbone], [[720, 1280], [512, 1024], 'resnet101']);
@@ -98,7 +146,10 @@ test('presets carry the paper settings (REFERENCE 2)', () => {
 test('the synthetic preset departs from the paper only in named keys (README: why the old setting failed)', () => {
   const s = PRESETS.synthetic!();
   assert.deepEqual([s.warmup.bn, s.spcl.bn, s.ssl.bn, s.model.bnStats], ['trainable', 'trainable', 'trainable', 'target']);
-  assert.deepEqual([s.spcl.temperature, s.ssl.scale, s.ssl.jitter, s.ssl.sourceWeight, s.ssl.pseudoWeight, s.continuous.sourceWeight], [0.1, [0.5, 0.5], true, 1, 1, 1]);
+  assert.deepEqual(
+    [s.spcl.temperature, s.ssl.scale, s.ssl.jitter, s.ssl.sourceWeight, s.ssl.pseudoWeight, s.continuous.sourceWeight],
+    [0.1, [0.5, 0.5], true, 1, 1, 1],
+  );
   assert.deepEqual([s.warmup.lambdaAdv, s.warmup.sourceTemperature, s.spcl.lambda, s.pseudo.cap, s.ssl.pseudoCap], [0, 1.8, 1, 0.9, 0.99]);
   assert.equal(s.model.weights, '');
 });

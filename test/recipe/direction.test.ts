@@ -26,9 +26,15 @@ const REDUCED = { warmup: Q.warmup.iterations, spcl: Q.spcl.iterations, ssl: Q.s
 
 function pipeline(script: string, out: string, args: string[]): Promise<{ code: number | null; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(root, 'pipelines', script), '--metrics-port', '0', '--out', out, '--set', 'data.workers=1', ...args], { cwd: root });
+    const child = spawn(
+      process.execPath,
+      [join(root, 'pipelines', script), '--metrics-port', '0', '--out', out, '--set', 'data.workers=1', ...args],
+      { cwd: root },
+    );
     let stderr = '';
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     child.on('exit', (code) => resolve({ code, stderr }));
   });
 }
@@ -38,9 +44,20 @@ test(`reduced recipe (warm-up ${REDUCED.warmup}, spcl ${REDUCED.spcl}, ssl ${RED
   const dir = await mkdtemp(join(tmpdir(), 'spcl-direction-'));
   try {
     // the same data --quick uses (data/synthetic-quick), named for the baseline
-    const data = ['--set', `data.source=${JSON.stringify(shards.source)}`, '--set', `data.target=${JSON.stringify(shards.target)}`,
-      '--set', `data.targetVal=${JSON.stringify(shards.targetVal)}`];
-    const sizes = (['warmup', 'spcl', 'ssl'] as const).flatMap((p) => ['--set', `${p}.iterations=${Q[p].iterations}`, '--set', `${p}.maxIter=${Q[p].maxIter}`]);
+    const data = [
+      '--set',
+      `data.source=${JSON.stringify(shards.source)}`,
+      '--set',
+      `data.target=${JSON.stringify(shards.target)}`,
+      '--set',
+      `data.targetVal=${JSON.stringify(shards.targetVal)}`,
+    ];
+    const sizes = (['warmup', 'spcl', 'ssl'] as const).flatMap((p) => [
+      '--set',
+      `${p}.iterations=${Q[p].iterations}`,
+      '--set',
+      `${p}.maxIter=${Q[p].maxIter}`,
+    ]);
     const [recipe, baseline] = await Promise.all([
       pipeline('spcl.ts', join(dir, 'spcl'), ['--quick']),
       pipeline('source-only.ts', join(dir, 'source-only'), [...data, ...sizes]),

@@ -25,13 +25,32 @@ let reference: { log: StepLogRecord[]; thresholds: number[]; report: RunReport }
 function args(out: string, stepLog: string): string[] {
   const set = (kv: string) => ['--set', kv];
   return [
-    join(root, 'pipelines/spcl.ts'), '--metrics-port', '0', '--backend', 'wasm', '--out', out, '--step-log', stepLog,
-    '--phase', 'continuous', '--continuous',
-    ...set(`data.source="${data.source}"`), ...set(`data.target="${data.target}"`), ...set(`data.targetVal="${data.targetVal}"`),
-    ...set('continuous.steps=30'), ...set('continuous.refreshEvery=5'), ...set('continuous.refreshNewImages=0'), ...set('continuous.evalEvery=0'),
+    join(root, 'pipelines/spcl.ts'),
+    '--metrics-port',
+    '0',
+    '--backend',
+    'wasm',
+    '--out',
+    out,
+    '--step-log',
+    stepLog,
+    '--phase',
+    'continuous',
+    '--continuous',
+    ...set(`data.source="${data.source}"`),
+    ...set(`data.target="${data.target}"`),
+    ...set(`data.targetVal="${data.targetVal}"`),
+    ...set('continuous.steps=30'),
+    ...set('continuous.refreshEvery=5'),
+    ...set('continuous.refreshNewImages=0'),
+    ...set('continuous.evalEvery=0'),
     // the reference runs without the source anchor (the preset's default is 1): the anchored path has its own test below
     ...set('continuous.sourceWeight=0'),
-    ...set('continuous.pollSeconds=600'), ...set('checkpoint.every=3'), ...set('checkpoint.keep=2'), ...set('pseudo.keep=1'), ...set('logEvery=1'),
+    ...set('continuous.pollSeconds=600'),
+    ...set('checkpoint.every=3'),
+    ...set('checkpoint.keep=2'),
+    ...set('pseudo.keep=1'),
+    ...set('logEvery=1'),
   ];
 }
 
@@ -42,9 +61,15 @@ before(async () => {
   const r = await runNode(args(out, join(dir, 'reference.log')));
   assert.equal(r.code, 0, r.stderr.slice(-3000));
   const log = readStepLog(join(dir, 'reference.log'));
-  assert.deepEqual(log.map((x) => `${x.phase} ${x.iteration}`), Array.from({ length: 30 }, (_, i) => `continuous ${i + 1}`));
+  assert.deepEqual(
+    log.map((x) => `${x.phase} ${x.iteration}`),
+    Array.from({ length: 30 }, (_, i) => `continuous ${i + 1}`),
+  );
   // refreshes at 0 (start), 5, 10 and 15
-  assert.deepEqual([...r.stderr.matchAll(/^continuous (\d+): refresh (\d+) \((\w+)\)/gm)].map((m) => `${m[1]}:${m[2]}:${m[3]}`), ['0:1:start', '5:2:steps', '10:3:steps', '15:4:steps', '20:5:steps', '25:6:steps']);
+  assert.deepEqual(
+    [...r.stderr.matchAll(/^continuous (\d+): refresh (\d+) \((\w+)\)/gm)].map((m) => `${m[1]}:${m[2]}:${m[3]}`),
+    ['0:1:start', '5:2:steps', '10:3:steps', '15:4:steps', '20:5:steps', '25:6:steps'],
+  );
   reference = { log, thresholds: (await currentOf(out))!.thresholds, report: (await readJson<RunReport>(join(out, 'report.json')))! };
 });
 
@@ -87,7 +112,10 @@ test('continuous phase: kill -9 at each kind of crash point and at seeded instan
   t.diagnostic(`${kills} kills:\n${outcomes.join('\n')}`);
   assert.ok(kills >= 7, `only ${kills} kills landed:\n${outcomes.join('\n')}`);
   const got = lastRecordPerStep(readStepLog(stepLog));
-  assert.deepEqual(got.map((x) => x.iteration), reference.log.map((x) => x.iteration));
+  assert.deepEqual(
+    got.map((x) => x.iteration),
+    reference.log.map((x) => x.iteration),
+  );
   for (let i = 0; i < got.length; i++) {
     assert.deepEqual(got[i]!.losses, reference.log[i]!.losses, `iteration ${got[i]!.iteration}`);
     assert.equal(got[i]!.lr, reference.log[i]!.lr);
@@ -101,7 +129,13 @@ test('continuous phase: kill -9 at each kind of crash point and at seeded instan
 test('continuous phase with a source anchor: total = ssl + sourceWeight x source, and a stopped-and-resumed run draws the same batches', async () => {
   // without the anchor (sourceWeight 0, the reference's) there is no source term
   assert.deepEqual(Object.keys(reference.log[0]!.losses).sort(), ['ssl', 'total']);
-  const anchored = (out: string, log: string, steps: number) => [...args(out, log), '--set', `continuous.steps=${steps}`, '--set', 'continuous.sourceWeight=0.5'];
+  const anchored = (out: string, log: string, steps: number) => [
+    ...args(out, log),
+    '--set',
+    `continuous.steps=${steps}`,
+    '--set',
+    'continuous.sourceWeight=0.5',
+  ];
   const whole = join(dir, 'anchor-whole');
   const r = await runNode(anchored(whole, join(dir, 'anchor-whole.log'), 7));
   assert.equal(r.code, 0, r.stderr.slice(-3000));
@@ -121,5 +155,8 @@ test('continuous phase with a source anchor: total = ssl + sourceWeight x source
   assert.equal((await runNode(anchored(split, splitLog, 3))).code, 0);
   const resumed = await runNode([...anchored(split, splitLog, 7), '--resume']);
   assert.equal(resumed.code, 0, resumed.stderr.slice(-3000));
-  assert.deepEqual(lastRecordPerStep(readStepLog(splitLog)).map((x) => x.losses), log.map((x) => x.losses));
+  assert.deepEqual(
+    lastRecordPerStep(readStepLog(splitLog)).map((x) => x.losses),
+    log.map((x) => x.losses),
+  );
 });

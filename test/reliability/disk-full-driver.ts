@@ -83,10 +83,12 @@ function run(step: Step): Promise<{ code: number | null; signal: string | null; 
     }
   });
   const timer = setTimeout(() => child.kill('SIGKILL'), 240_000);
-  return new Promise((resolve) => child.on('close', (code, signal) => {
-    clearTimeout(timer);
-    resolve({ code, signal, stdout, stderr, filled });
-  }));
+  return new Promise((resolve) =>
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, filled });
+    }),
+  );
 }
 
 for (const step of JSON.parse(stepsJson) as Step[]) {

@@ -57,11 +57,30 @@ export async function smallData(dir: string): Promise<SmallData> {
 export function smallRunArgs(data: SmallData, out: string, stepLog: string): string[] {
   const set = (kv: string) => ['--set', kv];
   return [
-    join(root, 'pipelines/spcl.ts'), '--metrics-port', '0', '--backend', 'wasm', '--out', out, '--step-log', stepLog,
-    ...set(`data.source="${data.source}"`), ...set(`data.target="${data.target}"`), ...set(`data.targetVal="${data.targetVal}"`),
-    ...set('warmup.iterations=8'), ...set('warmup.maxIter=80'), ...set('spcl.iterations=4'), ...set('spcl.maxIter=45'),
-    ...set('ssl.iterations=4'), ...set('ssl.maxIter=45'), ...set('checkpoint.every=3'), ...set('checkpoint.keep=2'),
-    ...set('pseudo.keep=1'), ...set('logEvery=1'), ...set('data.workers=1'), ...set('warmup.lambdaAdv=0.001'),
+    join(root, 'pipelines/spcl.ts'),
+    '--metrics-port',
+    '0',
+    '--backend',
+    'wasm',
+    '--out',
+    out,
+    '--step-log',
+    stepLog,
+    ...set(`data.source="${data.source}"`),
+    ...set(`data.target="${data.target}"`),
+    ...set(`data.targetVal="${data.targetVal}"`),
+    ...set('warmup.iterations=8'),
+    ...set('warmup.maxIter=80'),
+    ...set('spcl.iterations=4'),
+    ...set('spcl.maxIter=45'),
+    ...set('ssl.iterations=4'),
+    ...set('ssl.maxIter=45'),
+    ...set('checkpoint.every=3'),
+    ...set('checkpoint.keep=2'),
+    ...set('pseudo.keep=1'),
+    ...set('logEvery=1'),
+    ...set('data.workers=1'),
+    ...set('warmup.lambdaAdv=0.001'),
   ];
 }
 
@@ -99,11 +118,13 @@ export function runNode(args: string[], opts: RunOptions = {}): Promise<Outcome>
   const arm = () => {
     if (!opts.signal || armed) return;
     armed = true;
-    timers.push(setTimeout(() => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      signalledAtMs = performance.now() - t0;
-      child.kill(opts.signal!.signal ?? 'SIGKILL');
-    }, opts.signal.afterMs));
+    timers.push(
+      setTimeout(() => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        signalledAtMs = performance.now() - t0;
+        child.kill(opts.signal!.signal ?? 'SIGKILL');
+      }, opts.signal.afterMs),
+    );
   };
   if (opts.signal && !opts.signal.afterLine) arm();
   child.stderr.on('data', (d: Buffer) => {
@@ -178,5 +199,8 @@ export async function filesMatching(dir: string, re: RegExp): Promise<string[]> 
 }
 
 export async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }

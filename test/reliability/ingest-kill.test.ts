@@ -40,7 +40,10 @@ test('ingest killed -9 at the ingest crash point and at random instants, re-run 
     await writeBands(join(tree, 'labels', `${name}.png`), 64, 32, [23, [7, 26, 24, 11][i % 4]!, 7]);
   }
   const ingest = (out: string, opts: RunOptions = {}) =>
-    runNode([join(root, 'pipelines/ingest.ts'), '--dataset', 'gta5', '--root', tree, '--out', out, '--threads', '1', '--metrics-port', '0'], opts);
+    runNode(
+      [join(root, 'pipelines/ingest.ts'), '--dataset', 'gta5', '--root', tree, '--out', out, '--threads', '1', '--metrics-port', '0'],
+      opts,
+    );
 
   const clean = await ingest(join(dir, 'clean'));
   assert.equal(clean.code, 0, clean.stderr);
@@ -84,5 +87,7 @@ test('ingest killed -9 at the ingest crash point and at random instants, re-run 
     return m;
   };
   assert.deepEqual(await manifest(out), await manifest(join(dir, 'clean')));
-  t.diagnostic(`ingest kills survived: ${kills.point + kills.random} (${kills.point} at the ingest crash point, ${kills.random} at random instants; ${IMAGES} records)`);
+  t.diagnostic(
+    `ingest kills survived: ${kills.point + kills.random} (${kills.point} at the ingest crash point, ${kills.random} at random instants; ${IMAGES} records)`,
+  );
 });

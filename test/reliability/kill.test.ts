@@ -17,7 +17,19 @@ import { lastRecordPerStep, readStepLog, type StepLogRecord } from '../../src/ob
 import { readCheckpointMeta } from '../../src/io/weights.ts';
 import type { RunReport } from '../../src/recipe/run.ts';
 import { seededValues } from '../helpers.ts';
-import { committedState, currentOf, exists, filesMatching, readJson, runNode, smallData, smallRunArgs, type Outcome, type RunOptions, type SmallData } from './harness.ts';
+import {
+  committedState,
+  currentOf,
+  exists,
+  filesMatching,
+  readJson,
+  runNode,
+  smallData,
+  smallRunArgs,
+  type Outcome,
+  type RunOptions,
+  type SmallData,
+} from './harness.ts';
 
 let dir = '';
 let data: SmallData;
@@ -31,9 +43,14 @@ before(async () => {
   assert.equal(r.code, 0, r.stderr.slice(-3000));
   const log = readStepLog(join(dir, 'reference.log'));
   // 8 + 4 + 4 steps, each logged once
-  assert.deepEqual(log.map((x) => `${x.phase} ${x.iteration}`), [
-    ...[1, 2, 3, 4, 5, 6, 7, 8].map((i) => `warmup ${i}`), ...[1, 2, 3, 4].map((i) => `spcl ${i}`), ...[1, 2, 3, 4].map((i) => `ssl ${i}`),
-  ]);
+  assert.deepEqual(
+    log.map((x) => `${x.phase} ${x.iteration}`),
+    [
+      ...[1, 2, 3, 4, 5, 6, 7, 8].map((i) => `warmup ${i}`),
+      ...[1, 2, 3, 4].map((i) => `spcl ${i}`),
+      ...[1, 2, 3, 4].map((i) => `ssl ${i}`),
+    ],
+  );
   reference = { log, report: (await readJson<RunReport>(join(out, 'report.json')))! };
 });
 
@@ -44,8 +61,8 @@ after(async () => {
 const leftovers = async (out: string) => {
   const current = (await currentOf(out))?.generation ?? 0;
   return [
-    ...await filesMatching(join(out, 'checkpoints'), /\.tmp-\d+$/),
-    ...await filesMatching(join(out, 'pseudo-labels'), /\.tmp-\d+$/),
+    ...(await filesMatching(join(out, 'checkpoints'), /\.tmp-\d+$/)),
+    ...(await filesMatching(join(out, 'pseudo-labels'), /\.tmp-\d+$/)),
     ...(await filesMatching(join(out, 'pseudo-labels'), /^gen-\d{6}\.lmdb(-lock)?$/)).filter((f) => Number(f.slice(4, 10)) > current),
   ];
 };
@@ -54,9 +71,16 @@ const leftovers = async (out: string) => {
  * What every resume must show: it loaded the checkpoint `latest` named (when it got that far), removed
  * every leftover, and its first training step follows that checkpoint.
  */
-function checkResume(r: Outcome, latest: { file: string; phase: string; iteration: number } | null, left: string[], steps: StepLogRecord[], what: string): void {
+function checkResume(
+  r: Outcome,
+  latest: { file: string; phase: string; iteration: number } | null,
+  left: string[],
+  steps: StepLogRecord[],
+  what: string,
+): void {
   const resumed = /^resume: (\S+) \(phase (\S+), iteration (\d+)/m.exec(r.stderr);
-  if (latest && resumed) assert.deepEqual([resumed[1], resumed[2], Number(resumed[3])], [latest.file, latest.phase, latest.iteration], what);
+  if (latest && resumed)
+    assert.deepEqual([resumed[1], resumed[2], Number(resumed[3])], [latest.file, latest.phase, latest.iteration], what);
   if (!latest) assert.ok(!resumed, `${what}: resumed from ${resumed?.[1]} with no latest.json`);
   if (resumed || /^resume: no checkpoint/m.test(r.stderr)) {
     const removed = [...r.stderr.matchAll(/^resume: removed (\S+) \(left by an interrupted write\)$/gm)].map((m) => m[1]);
@@ -65,7 +89,11 @@ function checkResume(r: Outcome, latest: { file: string; phase: string; iteratio
   if (steps.length) {
     const first = steps[0]!;
     const expected = latest && first.phase === latest.phase ? latest.iteration + 1 : 1;
-    assert.equal(first.iteration, expected, `${what}: first step ${first.phase} ${first.iteration} after ${latest?.file ?? 'no checkpoint'}`);
+    assert.equal(
+      first.iteration,
+      expected,
+      `${what}: first step ${first.phase} ${first.iteration} after ${latest?.file ?? 'no checkpoint'}`,
+    );
   }
 }
 
@@ -85,11 +113,19 @@ const latestOrNull = async (out: string) => (await committedState(out)).latest;
 function compareWithReference(out: string, stepLog: string, report: RunReport): void {
   const got = lastRecordPerStep(readStepLog(stepLog));
   assert.equal(got.length, reference.log.length);
-  for (let i = 0; i < got.length; i++) assert.deepStrictEqual(got[i], reference.log[i], `step ${reference.log[i]!.phase} ${reference.log[i]!.iteration}`);
-  assert.deepEqual(report.phases.map((p) => p.phase), reference.report.phases.map((p) => p.phase));
+  for (let i = 0; i < got.length; i++)
+    assert.deepStrictEqual(got[i], reference.log[i], `step ${reference.log[i]!.phase} ${reference.log[i]!.iteration}`);
+  assert.deepEqual(
+    report.phases.map((p) => p.phase),
+    reference.report.phases.map((p) => p.phase),
+  );
   for (const [i, p] of report.phases.entries()) {
     const q = reference.report.phases[i]!;
-    assert.deepStrictEqual([p.miou, p.classIoU, p.iterations, p.losses], [q.miou, q.classIoU, q.iterations, q.losses], `${out}: phase ${p.phase}`);
+    assert.deepStrictEqual(
+      [p.miou, p.classIoU, p.iterations, p.losses],
+      [q.miou, q.classIoU, q.iterations, q.losses],
+      `${out}: phase ${p.phase}`,
+    );
   }
 }
 
@@ -104,11 +140,23 @@ async function checkFinalFolder(out: string): Promise<void> {
 
 // The crash points in the order the recipe reaches them (occurrences count within one process).
 const PLAN = [
-  'step:5', 'checkpoint-write:1', 'checkpoint-commit:1', 'evaluate:1', // warm-up: mid-step, torn checkpoint, uncommitted checkpoint, end evaluation
-  'prototypes:2', 'thresholds:3', 'pseudo-write:10', 'pseudo-commit:1', // prototypes, first generation
-  'step:2', 'checkpoint-write:1', 'evaluate:1', // contrastive phase
-  'thresholds:2', 'pseudo-write:5', 'pseudo-commit:1', // second generation
-  'step:2', 'checkpoint-commit:1', 'evaluate:1', // self-training
+  'step:5',
+  'checkpoint-write:1',
+  'checkpoint-commit:1',
+  'evaluate:1', // warm-up: mid-step, torn checkpoint, uncommitted checkpoint, end evaluation
+  'prototypes:2',
+  'thresholds:3',
+  'pseudo-write:10',
+  'pseudo-commit:1', // prototypes, first generation
+  'step:2',
+  'checkpoint-write:1',
+  'evaluate:1', // contrastive phase
+  'thresholds:2',
+  'pseudo-write:5',
+  'pseudo-commit:1', // second generation
+  'step:2',
+  'checkpoint-commit:1',
+  'evaluate:1', // self-training
 ];
 
 test('kill -9 at every crash point and at seeded-random instants: each resume continues from latest.json; the result equals an uninterrupted run exactly', async (t) => {
@@ -121,7 +169,12 @@ test('kill -9 at every crash point and at seeded-random instants: each resume co
   const kills = { points: new Map<string, number>(), random: 0, randomAt: [] as number[] };
   for (const [i, at] of PLAN.entries()) {
     for (const timed of delays[i] === null ? [false] : [true, false]) {
-      const { r, latest } = await resumeOnce(out, stepLog, { env: { SPCL_CRASH_AT: at }, signal: timed ? { afterMs: delays[i]! } : undefined }, `${at}${timed ? ` or ${delays[i]} ms` : ''}`);
+      const { r, latest } = await resumeOnce(
+        out,
+        stepLog,
+        { env: { SPCL_CRASH_AT: at }, signal: timed ? { afterMs: delays[i]! } : undefined },
+        `${at}${timed ? ` or ${delays[i]} ms` : ''}`,
+      );
       assert.equal(r.signal, 'SIGKILL', `${at}: the process was not killed (exit ${r.code}): ${r.stderr.slice(-2000)}`);
       const atPoint = r.stderr.includes(`crash-point: ${at}: SIGKILL`);
       // whatever instant it died at, the committed state is whole
@@ -134,13 +187,24 @@ test('kill -9 at every crash point and at seeded-random instants: each resume co
       const name = at.split(':')[0]!;
       kills.points.set(name, (kills.points.get(name) ?? 0) + 1);
       const left = await leftovers(out);
-      if (name === 'checkpoint-write') assert.ok(left.some((f) => /^ckpt-.*\.safetensors\.tmp-\d+$/.test(f)), `no torn checkpoint left: ${left}`);
+      if (name === 'checkpoint-write')
+        assert.ok(
+          left.some((f) => /^ckpt-.*\.safetensors\.tmp-\d+$/.test(f)),
+          `no torn checkpoint left: ${left}`,
+        );
       if (name === 'checkpoint-commit') {
         assert.deepEqual(now, latest, 'latest.json changed although the kill came before it');
         const files = await filesMatching(join(out, 'checkpoints'), /^ckpt-.*\.safetensors$/);
-        assert.ok(files.some((f) => f !== latest?.file), `no uncommitted checkpoint next to ${latest?.file}`);
+        assert.ok(
+          files.some((f) => f !== latest?.file),
+          `no uncommitted checkpoint next to ${latest?.file}`,
+        );
       }
-      if (name === 'pseudo-write') assert.ok(left.some((f) => /^gen-\d{6}\.lmdb$/.test(f)), `no partial generation left: ${left}`);
+      if (name === 'pseudo-write')
+        assert.ok(
+          left.some((f) => /^gen-\d{6}\.lmdb$/.test(f)),
+          `no partial generation left: ${left}`,
+        );
       if (name === 'pseudo-commit') {
         const named = (await readCheckpointMeta(join(out, 'checkpoints', now!.file))).pseudo as string | null;
         assert.notEqual(named && basename(named), current!.file, 'the committed generation is already named by a checkpoint');
@@ -153,9 +217,14 @@ test('kill -9 at every crash point and at seeded-random instants: each resume co
   compareWithReference(out, stepLog, (await readJson<RunReport>(join(out, 'report.json')))!);
   await checkFinalFolder(out);
   const total = [...kills.points.values()].reduce((a, b) => a + b, 0) + kills.random;
-  assert.equal([...kills.points.values()].reduce((a, b) => a + b, 0), PLAN.length);
-  t.diagnostic(`kills survived: ${total} (${PLAN.length} at crash points: ${[...kills.points].map(([k, n]) => `${k} ${n}`).join(', ')}; ` +
-    `${kills.random} at random instants: ${kills.randomAt.join(', ')} ms after start); steps ${reference.log.length}`);
+  assert.equal(
+    [...kills.points.values()].reduce((a, b) => a + b, 0),
+    PLAN.length,
+  );
+  t.diagnostic(
+    `kills survived: ${total} (${PLAN.length} at crash points: ${[...kills.points].map(([k, n]) => `${k} ${n}`).join(', ')}; ` +
+      `${kills.random} at random instants: ${kills.randomAt.join(', ')} ms after start); steps ${reference.log.length}`,
+  );
 });
 
 test('SIGTERM in each kind of phase exits 0 within 15 s with the last complete state; --resume completes with the reference results', async (t) => {
@@ -179,7 +248,9 @@ test('SIGTERM in each kind of phase exits 0 within 15 s with the last complete s
   for (const [at, stopped] of plan) {
     const generationBefore = await currentOf(out);
     const outside = at === 'outside';
-    const opts: RunOptions = outside ? { signal: { afterLine: /^warmup 1\/8 /, afterMs: 300, signal: 'SIGTERM' } } : { env: { SPCL_CRASH_AT: at } };
+    const opts: RunOptions = outside
+      ? { signal: { afterLine: /^warmup 1\/8 /, afterMs: 300, signal: 'SIGTERM' } }
+      : { env: { SPCL_CRASH_AT: at } };
     const { r, steps } = await resumeOnce(out, stepLog, opts, at);
     assert.equal(r.code, 0, `${at}: exit ${r.code} ${r.signal}: ${r.stderr.slice(-2000)}`);
     const sentAt = outside ? r.signalledAtMs : r.lines.find((l) => l.line === `crash-point: ${at.replace(/:(SIG[A-Z]+)$/, ': $1')}`)?.ms;
@@ -188,9 +259,18 @@ test('SIGTERM in each kind of phase exits 0 within 15 s with the last complete s
     assert.ok(r.ms - sentAt < BOUND_MS, `${at}: exit ${(r.ms - sentAt).toFixed(0)} ms after the signal`);
     assert.match(r.stderr, stopped, at);
     const { latest, current } = await committedState(out);
-    if (/^(step|outside)/.test(at)) assert.deepEqual([latest!.phase, latest!.iteration], [steps.at(-1)!.phase, steps.at(-1)!.iteration], `${at}: checkpoint of the last step`);
+    if (/^(step|outside)/.test(at))
+      assert.deepEqual(
+        [latest!.phase, latest!.iteration],
+        [steps.at(-1)!.phase, steps.at(-1)!.iteration],
+        `${at}: checkpoint of the last step`,
+      );
     if (at.startsWith('pseudo-write')) assert.deepEqual(current, generationBefore, `${at}: current.json changed`);
-    if (at.startsWith('evaluate')) assert.ok(!((await readCheckpointMeta(join(out, 'checkpoints', latest!.file))).done as string[]).includes(latest!.phase), `${at}: phase marked done`);
+    if (at.startsWith('evaluate'))
+      assert.ok(
+        !((await readCheckpointMeta(join(out, 'checkpoints', latest!.file))).done as string[]).includes(latest!.phase),
+        `${at}: phase marked done`,
+      );
     assert.deepEqual(await leftovers(out), [], `${at}: the stopped pass left files`);
   }
   const last = await resumeOnce(out, stepLog, {}, 'final run');

@@ -28,16 +28,23 @@ test('SPCL_CRASH_AT: NAME:N[:SIGNAL] parsed; a bad value names the variable, the
   assert.deepEqual(parseCrashAt('checkpoint-write:2'), { point: 'checkpoint-write', occurrence: 2, signal: 'SIGKILL' });
   assert.deepEqual(parseCrashAt('step:3:SIGTERM'), { point: 'step', occurrence: 3, signal: 'SIGTERM' });
   const points = 'step, checkpoint-write, checkpoint-commit, prototypes, thresholds, pseudo-write, pseudo-commit, evaluate, ingest';
-  assert.throws(() => parseCrashAt('step'), { message: `SPCL_CRASH_AT=step: expected NAME:N[:SIGNAL] (e.g. checkpoint-write:2) with NAME one of ${points}` });
-  assert.throws(() => parseCrashAt('stepp:2'), { message: `SPCL_CRASH_AT=stepp:2: unknown crash point 'stepp' (expected one of ${points})` });
+  assert.throws(() => parseCrashAt('step'), {
+    message: `SPCL_CRASH_AT=step: expected NAME:N[:SIGNAL] (e.g. checkpoint-write:2) with NAME one of ${points}`,
+  });
+  assert.throws(() => parseCrashAt('stepp:2'), {
+    message: `SPCL_CRASH_AT=stepp:2: unknown crash point 'stepp' (expected one of ${points})`,
+  });
   assert.throws(() => parseCrashAt('step:0'), { message: 'SPCL_CRASH_AT=step:0: the occurrence must be >= 1, got 0' });
-  assert.throws(() => parseCrashAt('step:1:SIGHUP'), { message: "SPCL_CRASH_AT=step:1:SIGHUP: unknown signal 'SIGHUP' (expected one of SIGKILL, SIGTERM, SIGINT, SIGSTOP)" });
+  assert.throws(() => parseCrashAt('step:1:SIGHUP'), {
+    message: "SPCL_CRASH_AT=step:1:SIGHUP: unknown signal 'SIGHUP' (expected one of SIGKILL, SIGTERM, SIGINT, SIGSTOP)",
+  });
 });
 
 test('a crash point kills the process the N-th time it is reached, not before; unset, it does nothing', () => {
   const script = `import { crashPoint } from ${JSON.stringify(join(root, 'src/io/crash-points.ts'))};
 for (let i = 1; i <= 3; i++) { crashPoint('evaluate'); crashPoint('step'); process.stdout.write('passed ' + i + '\\n'); }`;
-  const run = (env: Record<string, string>) => spawnSync(node, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, ...env } });
+  const run = (env: Record<string, string>) =>
+    spawnSync(node, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, ...env } });
   const killed = run({ SPCL_CRASH_AT: 'evaluate:2' });
   assert.equal(killed.signal, 'SIGKILL');
   assert.equal(killed.stdout, 'passed 1\n');
@@ -69,7 +76,7 @@ await writeFileAtomic(${JSON.stringify(target)}, Array.from({ length: 10 }, (_, 
   assert.deepEqual((await readdir(dir)).sort(), ['ckpt.bin', live]);
   // a complete write replaces the file; a failing one (no such folder) leaves no temporary file and keeps its error
   await writeFileAtomic(target, [new Uint8Array([1, 2, 3])]);
-  assert.deepEqual([...await readFile(target)], [1, 2, 3]);
+  assert.deepEqual([...(await readFile(target))], [1, 2, 3]);
   await assert.rejects(writeFileAtomic(join(dir, 'missing', 'f'), [new Uint8Array(4)]), { code: 'ENOENT' });
   await rm(dir, { recursive: true });
 });
@@ -81,7 +88,9 @@ test('describeWriteFailure: ENOSPC (by name or by number, as lmdb-js gives it) b
     const err = await describeWriteFailure('checkpoint', path, Object.assign(new Error('boom'), { code }), 3 * 2 ** 20);
     assert.ok(err instanceof DiskFullError);
     const free = await freeBytes(dir);
-    const m = new RegExp(`^checkpoint ${path.replace(/[.]/g, '\\.')}: no space left on the device \\(ENOSPC\\): 3145728 bytes \\(3\\.00 MiB\\) to write, (\\d+) bytes \\((\\d+\\.\\d\\d) MiB\\) free in ${dir}$`).exec(err.message);
+    const m = new RegExp(
+      `^checkpoint ${path.replace(/[.]/g, '\\.')}: no space left on the device \\(ENOSPC\\): 3145728 bytes \\(3\\.00 MiB\\) to write, (\\d+) bytes \\((\\d+\\.\\d\\d) MiB\\) free in ${dir}$`,
+    ).exec(err.message);
     assert.ok(m, err.message);
     assert.ok(Math.abs(Number(m[1]) - free!) < 64 * 2 ** 20, `free ${m[1]} vs statfs ${free}`);
     assert.equal(m[2], (Number(m[1]) / 2 ** 20).toFixed(2));
@@ -112,7 +121,7 @@ test('generations named by retained checkpoints are never pruned: a later genera
   const files = (await readdir(pseudo)).filter((f) => f.endsWith('.lmdb')).sort();
   // keep 1: generation 2 went, generation 1 stayed because ckpt-spcl-00000003 names it
   assert.deepEqual(files, [generationFile(1), generationFile(3)]);
-  assert.deepEqual([...await store.pseudoLabelGenerations()], [generationFile(1)]);
+  assert.deepEqual([...(await store.pseudoLabelGenerations())], [generationFile(1)]);
   // without the pin it would have gone
   await (await PseudoLabelWriter.next(pseudo, 2)).commit([0.5, 0.5], {}, 1, []);
   assert.deepEqual((await readdir(pseudo)).filter((f) => f.endsWith('.lmdb')).sort(), [generationFile(4)]);
@@ -134,7 +143,10 @@ test('recoverGenerations: removes an uncommitted generation and temporary files,
   await writeFile(join(dir, 'current.json.tmp-999999999'), '{');
   const removed = await recoverGenerations(dir);
   assert.deepEqual(removed.sort(), ['current.json.tmp-999999999', generationFile(3), `${generationFile(3)}-lock`].sort());
-  assert.deepEqual((await readdir(dir)).sort(), ['current.json', generationFile(1), `${generationFile(1)}-lock`, generationFile(2), `${generationFile(2)}-lock`].sort());
+  assert.deepEqual(
+    (await readdir(dir)).sort(),
+    ['current.json', generationFile(1), `${generationFile(1)}-lock`, generationFile(2), `${generationFile(2)}-lock`].sort(),
+  );
   assert.equal((await currentGeneration(dir))!.generation, 2);
   // a generation stopped by a signal (SIGTERM): AbortedError, its file deleted, current.json unchanged
   const scratch = join(dir, 'scratch.lmdb');
@@ -144,8 +156,13 @@ test('recoverGenerations: removes an uncommitted generation and temporary files,
   await db.close();
   const controller = new AbortController();
   controller.abort();
-  await assert.rejects(writeGeneration({ thresholds: [0.5, 0.5], counts: [0, 1], images: 1, scratch }, { dir, numClasses: 2, keep: 2, source: {}, signal: controller.signal }),
-    (err: Error) => err instanceof AbortedError && err.message === `pseudo-labels ${join(dir, generationFile(3))}: aborted`);
+  await assert.rejects(
+    writeGeneration(
+      { thresholds: [0.5, 0.5], counts: [0, 1], images: 1, scratch },
+      { dir, numClasses: 2, keep: 2, source: {}, signal: controller.signal },
+    ),
+    (err: Error) => err instanceof AbortedError && err.message === `pseudo-labels ${join(dir, generationFile(3))}: aborted`,
+  );
   assert.ok(!(await readdir(dir)).includes(generationFile(3)));
   assert.equal((await currentGeneration(dir))!.generation, 2);
   await rm(dir, { recursive: true });
@@ -155,8 +172,15 @@ test('step log: one line per step, float32 losses read back bit-exactly, non-fin
   const dir = await mkdtemp(join(tmpdir(), 'spcl-steplog-'));
   const path = join(dir, 'sub', 'steps.jsonl');
   const f32 = Math.fround(1.2345678);
-  const report = (phase: string, iteration: number, total: number): StepReport =>
-    ({ phase, iteration, losses: { total, seg: f32 }, lr: 0.01 * iteration, seconds: 0.1, waitSeconds: 0, skipped: !Number.isFinite(total) });
+  const report = (phase: string, iteration: number, total: number): StepReport => ({
+    phase,
+    iteration,
+    losses: { total, seg: f32 },
+    lr: 0.01 * iteration,
+    seconds: 0.1,
+    waitSeconds: 0,
+    skipped: !Number.isFinite(total),
+  });
   const seen: number[] = [];
   const events = stepLogEvents(path, { log: () => {}, step: (r) => seen.push(r.iteration) });
   events.step!(report('warmup', 1, 2.5));
@@ -170,9 +194,19 @@ test('step log: one line per step, float32 losses read back bit-exactly, non-fin
   assert.equal(records.length, 4);
   assert.equal(records[0]!.losses.seg, f32);
   assert.ok(Number.isNaN(records[1]!.losses.total));
-  assert.deepEqual(lastRecordPerStep(records).map((r) => [r.phase, r.iteration, r.losses.total]), [['warmup', 1, 2.5], ['warmup', 2, 1.75], ['spcl', 1, Infinity]]);
+  assert.deepEqual(
+    lastRecordPerStep(records).map((r) => [r.phase, r.iteration, r.losses.total]),
+    [
+      ['warmup', 1, 2.5],
+      ['warmup', 2, 1.75],
+      ['spcl', 1, Infinity],
+    ],
+  );
   await writeFile(path, `${lines[0]}\n{"phase":"warmup","iter`);
-  assert.throws(() => readStepLog(path), (err: Error) => err.message.startsWith(`${path}:2: not JSON (`) && err.message.endsWith('): {"phase":"warmup","iter'));
+  assert.throws(
+    () => readStepLog(path),
+    (err: Error) => err.message.startsWith(`${path}:2: not JSON (`) && err.message.endsWith('): {"phase":"warmup","iter'),
+  );
   await rm(dir, { recursive: true });
 });
 
@@ -180,10 +214,18 @@ test('failOnAbort: an abort mid-pass errors with AbortedError before the next it
   const items = new Subject<number>();
   const controller = new AbortController();
   const folded: number[] = [];
-  const result = lastValueFrom(items.pipe(failOnAbort(controller.signal, 'evaluation'), reduceItems((v: number) => {
-    folded.push(v);
-    if (v === 2) controller.abort(); // a SIGTERM handled while item 2 is processed
-  }, () => folded.length)));
+  const result = lastValueFrom(
+    items.pipe(
+      failOnAbort(controller.signal, 'evaluation'),
+      reduceItems(
+        (v: number) => {
+          folded.push(v);
+          if (v === 2) controller.abort(); // a SIGTERM handled while item 2 is processed
+        },
+        () => folded.length,
+      ),
+    ),
+  );
   for (const v of [1, 2, 3, 4]) items.next(v); // 3 and 4 are already waiting
   await assert.rejects(result, (err: Error) => err instanceof AbortedError && err.message === 'evaluation: aborted');
   assert.deepEqual(folded, [1, 2]);
@@ -196,22 +238,29 @@ test('trainStep with a stop signal: the step in progress completes (and its afte
   const controller = new AbortController();
   const stepped: number[] = [];
   const released: number[] = [];
-  const reports = await lastValueFrom(from([10, 11, 12, 13, 14]).pipe(
-    trainStep<number>({
-      phase: 'warmup', startIteration: 4, stop: controller.signal,
-      step: (b) => {
-        stepped.push(b);
-        return { losses: { total: b }, lr: 0.1 };
-      },
-      release: (b) => released.push(b),
-      after: async (r) => {
-        if (r.iteration === 6) controller.abort(); // SIGTERM during step 6's checkpoint
-        await new Promise((resolve) => setTimeout(resolve, 5));
-      },
-    }),
-    toArray(),
-  ));
-  assert.deepEqual(reports.map((r) => r.iteration), [5, 6]);
+  const reports = await lastValueFrom(
+    from([10, 11, 12, 13, 14]).pipe(
+      trainStep<number>({
+        phase: 'warmup',
+        startIteration: 4,
+        stop: controller.signal,
+        step: (b) => {
+          stepped.push(b);
+          return { losses: { total: b }, lr: 0.1 };
+        },
+        release: (b) => released.push(b),
+        after: async (r) => {
+          if (r.iteration === 6) controller.abort(); // SIGTERM during step 6's checkpoint
+          await new Promise((resolve) => setTimeout(resolve, 5));
+        },
+      }),
+      toArray(),
+    ),
+  );
+  assert.deepEqual(
+    reports.map((r) => r.iteration),
+    [5, 6],
+  );
   assert.deepEqual(stepped, [10, 11]);
   assert.deepEqual(released, [10, 11, 12, 13, 14]);
 });
@@ -225,7 +274,11 @@ test('readCheckpointMeta reads the meta from the header alone; a truncated file 
   w.dispose();
   assert.deepEqual(await readCheckpointMeta(path), { phase: 'spcl', iteration: 7, pseudo: 'pl/gen-000002.lmdb' });
   await truncate(path, 40);
-  await assert.rejects(readCheckpointMeta(path), { message: new RegExp(`^${path.replace(/[.]/g, '\\.')}: safetensors header length \\d+ exceeds the 32 bytes after the length prefix \\(truncated file\\?\\)$`) });
+  await assert.rejects(readCheckpointMeta(path), {
+    message: new RegExp(
+      `^${path.replace(/[.]/g, '\\.')}: safetensors header length \\d+ exceeds the 32 bytes after the length prefix \\(truncated file\\?\\)$`,
+    ),
+  });
   await rm(dir, { recursive: true });
 });
 
@@ -234,7 +287,11 @@ test('CheckpointStore: a missing latest.json means no checkpoint; an unreadable 
   const store = new CheckpointStore(dir, 2);
   assert.equal(await store.latest(), null);
   await writeFile(join(dir, 'latest.json'), '{"file": "ckpt-warmup-0000');
-  await assert.rejects(store.latest(), (err: Error) =>
-    err.message.startsWith(`${join(dir, 'latest.json')}: not valid JSON (`) && err.message.endsWith(`); it should name a checkpoint file of ${dir}`));
+  await assert.rejects(
+    store.latest(),
+    (err: Error) =>
+      err.message.startsWith(`${join(dir, 'latest.json')}: not valid JSON (`) &&
+      err.message.endsWith(`); it should name a checkpoint file of ${dir}`),
+  );
   await rm(dir, { recursive: true });
 });

@@ -16,14 +16,40 @@ const root = new URL('../../', import.meta.url).pathname;
 test('soak (reduced): arrivals are picked up and refreshed in, tfjs tensors flat, peak RSS and disk bounded, SIGTERM exits 0', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'spcl-soak-test-'));
   const json = join(dir, 'soak.json');
-  const r = spawnSync(process.execPath, [join(root, 'bench/soak.ts'), '--minutes', '1.7', '--from', 'scratch', '--arrival-every', '12', '--arrivals', '8',
-    '--work', join(dir, 'work'), '--json', json], { cwd: root, encoding: 'utf8', timeout: 400_000 });
+  const r = spawnSync(
+    process.execPath,
+    [
+      join(root, 'bench/soak.ts'),
+      '--minutes',
+      '1.7',
+      '--from',
+      'scratch',
+      '--arrival-every',
+      '12',
+      '--arrivals',
+      '8',
+      '--work',
+      join(dir, 'work'),
+      '--json',
+      json,
+    ],
+    { cwd: root, encoding: 'utf8', timeout: 400_000 },
+  );
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr.slice(-3000)}`);
   const s = JSON.parse(await readFile(json, 'utf8')) as {
-    steps: number; refreshes: number; refreshTriggers: Record<string, number>; imagesFed: number; imagesFedViaIngest: number;
-    targetImagesAtEnd: number; watchIngested: number; tensors: { min: number; max: number; samples: number };
-    generationsOnDisk: number; checkpointsOnDisk: number; shutdownSeconds: number;
-    exitCode: number; bounded: Record<string, boolean | null>;
+    steps: number;
+    refreshes: number;
+    refreshTriggers: Record<string, number>;
+    imagesFed: number;
+    imagesFedViaIngest: number;
+    targetImagesAtEnd: number;
+    watchIngested: number;
+    tensors: { min: number; max: number; samples: number };
+    generationsOnDisk: number;
+    checkpointsOnDisk: number;
+    shutdownSeconds: number;
+    exitCode: number;
+    bounded: Record<string, boolean | null>;
   };
   assert.ok(s.steps >= 50, `steps ${s.steps}`);
   // 120 target images at the start; every image fed (watched folder or ingest) reached the manifest

@@ -9,12 +9,21 @@ import { assertClose, seededValues, useBackend } from '../helpers.ts';
 
 function imageBatch(n: number, h: number, w: number): Batch {
   return {
-    n, height: h, width: w, images: seededValues(n * h * w * 3, 7), labelHeight: h, labelWidth: w,
-    labels: null, keys: Array.from({ length: n }, (_, i) => `img${i}`), decodeSeconds: 0, release: () => {},
+    n,
+    height: h,
+    width: w,
+    images: seededValues(n * h * w * 3, 7),
+    labelHeight: h,
+    labelWidth: w,
+    labels: null,
+    keys: Array.from({ length: n }, (_, i) => `img${i}`),
+    decodeSeconds: 0,
+    release: () => {},
   };
 }
 
-const values = (m: SegModel, role: string) => [...m.store.params.values()].filter((p) => p.role === role).map((p) => Array.from(p.variable.dataSync()));
+const values = (m: SegModel, role: string) =>
+  [...m.store.params.values()].filter((p) => p.role === role).map((p) => Array.from(p.variable.dataSync()));
 
 test('adaptBatchNorm: after N identical batches every BN layer holds (1 - 0.9^N) x its batch mean and the matching variance; weights untouched, no tensor leaks', async () => {
   await useBackend('cpu');
@@ -32,7 +41,16 @@ test('adaptBatchNorm: after N identical batches every BN layer holds (1 - 0.9^N)
   const weightsBefore = values(model, 'weight');
   const tensorsBefore = tf.memory().numTensors;
   let released = 0;
-  const r = await lastValueFrom(from(Array.from({ length: N }, () => batch)).pipe(adaptBatchNorm({ model, release: () => { released++; } })));
+  const r = await lastValueFrom(
+    from(Array.from({ length: N }, () => batch)).pipe(
+      adaptBatchNorm({
+        model,
+        release: () => {
+          released++;
+        },
+      }),
+    ),
+  );
   assert.deepEqual(r, { images: 2 * N, batches: N });
   assert.equal(released, N);
   assert.equal(tf.memory().numTensors, tensorsBefore);
@@ -41,12 +59,13 @@ test('adaptBatchNorm: after N identical batches every BN layer holds (1 - 0.9^N)
   const names = [...model.store.params.values()].filter((p) => p.role === 'bn-stat').map((p) => p.name);
   assert.ok(names.length >= 4 && names.every((n, i) => n.endsWith(i % 2 === 0 ? 'running_mean' : 'running_var')), names.join(','));
   for (let i = 0; i < names.length; i++) {
-    const expected = i % 2 === 0
-      ? m1[i]!.map((m) => (1 - decay) * 10 * m)
-      : m1[i]!.map((v) => decay + (1 - decay) * 10 * (v - 0.9));
+    const expected = i % 2 === 0 ? m1[i]!.map((m) => (1 - decay) * 10 * m) : m1[i]!.map((v) => decay + (1 - decay) * 10 * (v - 0.9));
     assertClose(mN[i]!, expected, 1e-4, names[i]!);
   }
-  assert.ok(mN[0]!.some((v) => Math.abs(v) > 1e-3), 'the first layer\'s running mean moved');
+  assert.ok(
+    mN[0]!.some((v) => Math.abs(v) > 1e-3),
+    "the first layer's running mean moved",
+  );
   assert.deepEqual(values(model, 'weight'), weightsBefore);
   one.dispose();
   model.dispose();
@@ -55,6 +74,7 @@ test('adaptBatchNorm: after N identical batches every BN layer holds (1 - 0.9^N)
 test('adaptBatchNorm: a frozen-BN model is an error naming the mode', async () => {
   await useBackend('cpu');
   const model = deeplabV2({ backbone: 'small', numClasses: 3, bn: 'frozen' });
-  await assert.rejects(lastValueFrom(of(imageBatch(1, 8, 8)).pipe(adaptBatchNorm({ model, release: () => {} }))),
-    { message: "adaptBatchNorm: the model's BN is 'frozen'; only trainable BN has running statistics to adapt" });
+  await assert.rejects(lastValueFrom(of(imageBatch(1, 8, 8)).pipe(adaptBatchNorm({ model, release: () => {} }))), {
+    message: "adaptBatchNorm: the model's BN is 'frozen'; only trainable BN has running statistics to adapt",
+  });
 });

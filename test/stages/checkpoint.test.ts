@@ -22,7 +22,10 @@ test('CheckpointStore: latest pointer, best per phase by mIoU, keeps the newest 
   assert.equal((await store.best('warmup'))!.iteration, 10);
   const files = (await readdir(dir)).filter((f) => f.endsWith('.safetensors')).sort();
   // newest two (spcl 5, warmup 30) + the best (warmup 10); warmup 20 pruned
-  assert.deepEqual(files, [CheckpointStore.fileName('spcl', 5), CheckpointStore.fileName('warmup', 10), CheckpointStore.fileName('warmup', 30)].sort());
+  assert.deepEqual(
+    files,
+    [CheckpointStore.fileName('spcl', 5), CheckpointStore.fileName('warmup', 10), CheckpointStore.fileName('warmup', 30)].sort(),
+  );
   const loaded = await store.load((await store.best('warmup'))!);
   assert.deepEqual(Array.from(loaded.model.get('w')!.dataSync()), [1]);
   await rm(dir, { recursive: true });

@@ -9,12 +9,23 @@ test('decodeAugment: ordered output under concurrency; failing samples are skipp
   const { decodeAugment, skipLine, repairLine } = await import('../../src/stages/decode-augment.ts');
   const { SampleFault } = await import('../../src/data/faults.ts');
   const delays: Record<string, number> = { a: 30, b: 5, c: 15, d: 1, e: 8 };
-  const fixed = { reason: 'unknown_label_ids' as const, file: 'shard-00000.lmdb', key: 'd', message: "shard-00000.lmdb: record 'd': label has 2 pixels with unknown IDs (40), expected train IDs 0..18 or 255; set to 255" };
+  const fixed = {
+    reason: 'unknown_label_ids' as const,
+    file: 'shard-00000.lmdb',
+    key: 'd',
+    message: "shard-00000.lmdb: record 'd': label has 2 pixels with unknown IDs (40), expected train IDs 0..18 or 255; set to 255",
+  };
   const reader = {
     threads: 2,
     read: async (_ds: unknown, key: string) => {
       await new Promise((r) => setTimeout(r, delays[key]));
-      if (key === 'c') throw new SampleFault({ reason: 'corrupt_image', file: 'shard-00000.lmdb', key, message: "shard-00000.lmdb: record 'c': image does not decode (truncated)" });
+      if (key === 'c')
+        throw new SampleFault({
+          reason: 'corrupt_image',
+          file: 'shard-00000.lmdb',
+          key,
+          message: "shard-00000.lmdb: record 'c': image does not decode (truncated)",
+        });
       if (key === 'e') throw new Error('a bug');
       return { ...sample(key, 1), repaired: key === 'd' ? fixed : null };
     },
@@ -23,12 +34,27 @@ test('decodeAugment: ordered output under concurrency; failing samples are skipp
   for (let i = 0; i < 5; i++) credits.taken();
   const skipped: string[] = [];
   const repairs: string[] = [];
-  const out = await lastValueFrom(from(['a', 'b', 'c', 'd', 'e'].map((key, index) => ({ key, index, seed: 0, dataset: {} as never }))).pipe(
-    decodeAugment({ reader, spec: { resize: [2, 3] }, credits, concurrency: 4, onSkip: (e) => skipped.push(skipLine(e)), onRepair: (st, f) => repairs.push(repairLine(st, f)) }),
-    toArray(),
-  ));
-  assert.deepEqual(out.map((s) => s.key), ['a', 'b', 'd']);
-  assert.deepEqual(out.map((s) => s.ref.index), [0, 1, 3]);
+  const out = await lastValueFrom(
+    from(['a', 'b', 'c', 'd', 'e'].map((key, index) => ({ key, index, seed: 0, dataset: {} as never }))).pipe(
+      decodeAugment({
+        reader,
+        spec: { resize: [2, 3] },
+        credits,
+        concurrency: 4,
+        onSkip: (e) => skipped.push(skipLine(e)),
+        onRepair: (st, f) => repairs.push(repairLine(st, f)),
+      }),
+      toArray(),
+    ),
+  );
+  assert.deepEqual(
+    out.map((s) => s.key),
+    ['a', 'b', 'd'],
+  );
+  assert.deepEqual(
+    out.map((s) => s.ref.index),
+    [0, 1, 3],
+  );
   // the reason travels with the error; an error without one is 'other' (skips are reported as they happen: sorted)
   assert.deepEqual(skipped.sort(), [
     "skipped (corrupt_image): stage decode-augment (sample c): shard-00000.lmdb: record 'c': image does not decode (truncated)",

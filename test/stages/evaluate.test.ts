@@ -7,9 +7,18 @@ import { oracleModel, batchOf } from './fixtures.ts';
 
 test('evaluate: a perfect model scores IoU 1 on present classes; one wrong column gives the hand-computed IoU', async () => {
   await useBackend('cpu');
-  const b = batchOf([[0, 0, 1, 1], [2, 2, 2, 255]], ['a', 'b']);
+  const b = batchOf(
+    [
+      [0, 0, 1, 1],
+      [2, 2, 2, 255],
+    ],
+    ['a', 'b'],
+  );
   const perfect = await lastValueFrom(of(b).pipe(evaluate({ model: oracleModel(3), numClasses: 3, release: () => {} })));
-  assert.deepEqual(perfect.classIoU.map((v) => +v.toFixed(6)), [1, 1, 1]);
+  assert.deepEqual(
+    perfect.classIoU.map((v) => +v.toFixed(6)),
+    [1, 1, 1],
+  );
   assert.equal(perfect.images, 2);
   // flipEvery 2: columns 0 and 2 are predicted as class 1
   const wrong = await lastValueFrom(of(b).pipe(evaluate({ model: oracleModel(3, 2), numClasses: 3, release: () => {} })));

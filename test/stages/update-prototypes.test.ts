@@ -8,7 +8,12 @@ test('Prototypes: EMA update with the batch, update norm reported; unset prototy
   await useBackend('cpu');
   const p = new Prototypes();
   assert.throws(() => p.tensor, /prototypes: not initialised/);
-  p.set(tf.tensor2d([[1, 0], [0, 1]]));
+  p.set(
+    tf.tensor2d([
+      [1, 0],
+      [0, 1],
+    ]),
+  );
   // one pixel of class 0 with feature (0, 2) -> normalised (0, 1); P0 <- 0.1 (1,0) + 0.9 (0,1)
   const f = tf.tensor4d([0, 2], [1, 1, 1, 2]);
   const m = tf.tensor3d([0], [1, 1, 1], 'int32');

@@ -37,8 +37,10 @@ test('watch: settled files of the watched folder are ingested under watch/ keys;
   const a = await look();
   assert.ok(a);
   assert.deepEqual([a.added, a.ingested, a.problems, a.dataset.keys.length], [3, 3, 0, 7]);
-  assert.deepEqual(a.dataset.keys.filter((k) => k.startsWith(WATCH_PREFIX)),
-    ['arrivals/arrivals_000010_000019', 'arrivals/arrivals_000011_000019', 'arrivals/arrivals_000012_000019'].map((k) => WATCH_PREFIX + k));
+  assert.deepEqual(
+    a.dataset.keys.filter((k) => k.startsWith(WATCH_PREFIX)),
+    ['arrivals/arrivals_000010_000019', 'arrivals/arrivals_000011_000019', 'arrivals/arrivals_000012_000019'].map((k) => WATCH_PREFIX + k),
+  );
   assert.match(a.dataset.shardOf(`${WATCH_PREFIX}arrivals/arrivals_000010_000019`), /shard-99999\.lmdb$/);
   assert.equal(await look(), null, 'ingested files are not taken twice');
 
@@ -80,7 +82,9 @@ test('watch: records appended by another ingest show up when it rewrites the man
   assert.equal(await look(), null);
 
   // the polling stage: two more arrivals while it runs, emitted once
-  const polled = lastValueFrom(watchTarget({ dataset: a.dataset, watch: null, pollSeconds: 0.05, settleSeconds: 0, log: () => {} }).pipe(take(1), toArray()));
+  const polled = lastValueFrom(
+    watchTarget({ dataset: a.dataset, watch: null, pollSeconds: 0.05, settleSeconds: 0, log: () => {} }).pipe(take(1), toArray()),
+  );
   await writeSyntheticArrivals(join(dir, 'more2'), { from: 70, count: 2, city: 'third', size: [32, 64] });
   await ingestDataset({ ...quiet, dataset: 'cityscapes', root: join(dir, 'more2'), out: target, labels: 'none' });
   const [e] = await polled;

@@ -12,8 +12,15 @@ export const ASPP_DILATIONS = [6, 12, 18, 24] as const;
 export function asppClassifier(store: ParamStore, channels: number, numClasses: number): Layer {
   const branches = ASPP_DILATIONS.map((d, i) =>
     convLayer(store, `classifier.conv2d_list.${i}`, 'classifier', {
-      cin: channels, cout: numClasses, kernel: 3, dilation: d, pad: d, bias: true,
-      init: { kind: 'normal', std: 0.01 }, biasInit: { kind: 'uniform', bound: torchDefaultBound(channels * 9) },
-    }));
+      cin: channels,
+      cout: numClasses,
+      kernel: 3,
+      dilation: d,
+      pad: d,
+      bias: true,
+      init: { kind: 'normal', std: 0.01 },
+      biasInit: { kind: 'uniform', bound: torchDefaultBound(channels * 9) },
+    }),
+  );
   return (x) => tf.addN(branches.map((branch) => branch(x))) as tf.Tensor4D;
 }

@@ -30,8 +30,14 @@ export function discriminator(cfg: DiscriminatorConfig): Discriminator {
     const cin = widths[i]!;
     const bound = torchDefaultBound(cin * 16);
     return convLayer(store, name, 'discriminator', {
-      cin, cout: widths[i + 1]!, kernel: 4, stride: 2, pad: 1, bias: true,
-      init: { kind: 'uniform', bound }, biasInit: { kind: 'uniform', bound },
+      cin,
+      cout: widths[i + 1]!,
+      kernel: 4,
+      stride: 2,
+      pad: 1,
+      bias: true,
+      init: { kind: 'uniform', bound },
+      biasInit: { kind: 'uniform', bound },
     });
   });
   return {

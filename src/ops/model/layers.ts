@@ -64,13 +64,21 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
     const moments = tf.moments(x, [0, 1, 2]);
     const n = x.shape[0] * x.shape[1] * x.shape[2];
     // Running statistics as PyTorch: momentum 0.1, unbiased batch variance.
-    if (state.track) tf.tidy(() => {
-      // Assignments are not recorded on the tape: no gradient flows through the running statistics.
-      const unbiased = tf.mul(moments.variance, n / Math.max(1, n - 1));
-      mean.assign(tf.add(tf.mul(mean, 1 - BN_MOMENTUM), tf.mul(moments.mean, BN_MOMENTUM)));
-      variance.assign(tf.add(tf.mul(variance, 1 - BN_MOMENTUM), tf.mul(unbiased, BN_MOMENTUM)));
-    });
-    return tf.batchNorm4d(x, moments.mean as tf.Tensor1D, moments.variance as tf.Tensor1D, beta as tf.Tensor1D, gamma as tf.Tensor1D, BN_EPS);
+    if (state.track)
+      tf.tidy(() => {
+        // Assignments are not recorded on the tape: no gradient flows through the running statistics.
+        const unbiased = tf.mul(moments.variance, n / Math.max(1, n - 1));
+        mean.assign(tf.add(tf.mul(mean, 1 - BN_MOMENTUM), tf.mul(moments.mean, BN_MOMENTUM)));
+        variance.assign(tf.add(tf.mul(variance, 1 - BN_MOMENTUM), tf.mul(unbiased, BN_MOMENTUM)));
+      });
+    return tf.batchNorm4d(
+      x,
+      moments.mean as tf.Tensor1D,
+      moments.variance as tf.Tensor1D,
+      beta as tf.Tensor1D,
+      gamma as tf.Tensor1D,
+      BN_EPS,
+    );
   };
 }
 

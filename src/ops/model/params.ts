@@ -11,10 +11,7 @@ export type ParamGroup = 'backbone' | 'classifier' | 'discriminator';
 /** weight/bias are trained; bn-affine (BN gamma/beta) only when BN is trainable; bn-stat never (buffers). */
 export type ParamRole = 'weight' | 'bias' | 'bn-affine' | 'bn-stat';
 
-export type Initializer =
-  | { kind: 'normal'; std: number }
-  | { kind: 'uniform'; bound: number }
-  | { kind: 'const'; value: number };
+export type Initializer = { kind: 'normal'; std: number } | { kind: 'uniform'; bound: number } | { kind: 'const'; value: number };
 
 export interface Param {
   readonly name: string;

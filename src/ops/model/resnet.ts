@@ -44,14 +44,26 @@ function bottleneck(store: ParamStore, name: string, s: BlockSpec, bn: BatchNorm
   const conv1 = convLayer(store, `${name}.conv1`, g, { cin: s.cin, cout: s.planes, kernel: 1, init: kaiming(s.planes, 1) });
   const bn1 = batchNormLayer(store, `${name}.bn1`, g, s.planes, bn);
   const conv2 = convLayer(store, `${name}.conv2`, g, {
-    cin: s.planes, cout: s.planes, kernel: 3, stride: s.stride, dilation: s.dilation, pad: s.dilation, init: kaiming(s.planes, 3),
+    cin: s.planes,
+    cout: s.planes,
+    kernel: 3,
+    stride: s.stride,
+    dilation: s.dilation,
+    pad: s.dilation,
+    init: kaiming(s.planes, 3),
   });
   const bn2 = batchNormLayer(store, `${name}.bn2`, g, s.planes, bn);
   const conv3 = convLayer(store, `${name}.conv3`, g, { cin: s.planes, cout: out, kernel: 1, init: kaiming(out, 1) });
   const bn3 = batchNormLayer(store, `${name}.bn3`, g, out, bn);
   let shortcut: Layer = (x) => x;
   if (s.downsample) {
-    const dconv = convLayer(store, `${name}.downsample.0`, g, { cin: s.cin, cout: out, kernel: 1, stride: s.stride, init: kaiming(out, 1) });
+    const dconv = convLayer(store, `${name}.downsample.0`, g, {
+      cin: s.cin,
+      cout: out,
+      kernel: 1,
+      stride: s.stride,
+      init: kaiming(out, 1),
+    });
     const dbn = batchNormLayer(store, `${name}.downsample.1`, g, out, bn);
     shortcut = (x) => dbn(dconv(x));
   }
@@ -69,10 +81,22 @@ export interface Encoder {
 
 export function resnetEncoder(store: ParamStore, cfg: ResNetConfig, bn: BatchNormState): Encoder {
   const g = 'backbone' as const;
-  const stemConv = convLayer(store, 'backbone.conv1', g, { cin: 3, cout: cfg.stemWidth, kernel: 7, stride: 2, pad: 3, init: kaiming(cfg.stemWidth, 7) });
+  const stemConv = convLayer(store, 'backbone.conv1', g, {
+    cin: 3,
+    cout: cfg.stemWidth,
+    kernel: 7,
+    stride: 2,
+    pad: 3,
+    init: kaiming(cfg.stemWidth, 7),
+  });
   const stemBn = batchNormLayer(store, 'backbone.bn1', g, cfg.stemWidth, bn);
   // layer: [stride, dilation of the first block, dilation of the others]
-  const geometry: readonly [number, number, number][] = [[1, 1, 1], [2, 1, 1], [1, 1, 2], [1, 2, 4]];
+  const geometry: readonly [number, number, number][] = [
+    [1, 1, 1],
+    [2, 1, 1],
+    [1, 1, 2],
+    [1, 2, 4],
+  ];
   const blocks: Layer[] = [];
   let cin = cfg.stemWidth;
   for (let l = 0; l < 4; l++) {
@@ -80,13 +104,20 @@ export function resnetEncoder(store: ParamStore, cfg: ResNetConfig, bn: BatchNor
     const planes = cfg.planes[l]!;
     for (let i = 0; i < cfg.blocks[l]!; i++) {
       const first = i === 0;
-      blocks.push(bottleneck(store, `backbone.layer${l + 1}.${i}`, {
-        cin,
-        planes,
-        stride: first ? stride : 1,
-        dilation: first ? firstDilation : dilation,
-        downsample: first && (stride !== 1 || cin !== planes * EXPANSION),
-      }, bn));
+      blocks.push(
+        bottleneck(
+          store,
+          `backbone.layer${l + 1}.${i}`,
+          {
+            cin,
+            planes,
+            stride: first ? stride : 1,
+            dilation: first ? firstDilation : dilation,
+            downsample: first && (stride !== 1 || cin !== planes * EXPANSION),
+          },
+          bn,
+        ),
+      );
       cin = planes * EXPANSION;
     }
   }

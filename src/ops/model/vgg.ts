@@ -11,11 +11,22 @@ import type { Encoder } from './resnet.ts';
 
 /** [torchvision features index, out channels, dilation]; 'M' = 2x2/2 max-pool. */
 const FEATURES: readonly ([number, number, number] | 'M')[] = [
-  [0, 64, 1], [2, 64, 1], 'M',
-  [5, 128, 1], [7, 128, 1], 'M',
-  [10, 256, 1], [12, 256, 1], [14, 256, 1], 'M',
-  [17, 512, 1], [19, 512, 1], [21, 512, 1],
-  [24, 512, 2], [26, 512, 2], [28, 512, 2],
+  [0, 64, 1],
+  [2, 64, 1],
+  'M',
+  [5, 128, 1],
+  [7, 128, 1],
+  'M',
+  [10, 256, 1],
+  [12, 256, 1],
+  [14, 256, 1],
+  'M',
+  [17, 512, 1],
+  [19, 512, 1],
+  [21, 512, 1],
+  [24, 512, 2],
+  [26, 512, 2],
+  [28, 512, 2],
 ];
 
 export interface VggConfig {
@@ -36,8 +47,14 @@ export function vgg16Encoder(store: ParamStore, cfg: VggConfig = { widthDivisor:
     const cout = Math.max(1, Math.round(width / cfg.widthDivisor));
     const bound = torchDefaultBound(cin * 9);
     const conv = convLayer(store, `backbone.features.${index}`, g, {
-      cin, cout, kernel: 3, dilation, pad: dilation, bias: true,
-      init: { kind: 'uniform', bound }, biasInit: { kind: 'uniform', bound },
+      cin,
+      cout,
+      kernel: 3,
+      dilation,
+      pad: dilation,
+      bias: true,
+      init: { kind: 'uniform', bound },
+      biasInit: { kind: 'uniform', bound },
     });
     layers.push((x) => relu(conv(x)));
     cin = cout;
@@ -46,8 +63,14 @@ export function vgg16Encoder(store: ParamStore, cfg: VggConfig = { widthDivisor:
   for (const name of ['fc6', 'fc7']) {
     const bound = torchDefaultBound(cin * 9);
     const conv = convLayer(store, `backbone.${name}`, g, {
-      cin, cout: fcWidth, kernel: 3, dilation: 4, pad: 4, bias: true,
-      init: { kind: 'uniform', bound }, biasInit: { kind: 'uniform', bound },
+      cin,
+      cout: fcWidth,
+      kernel: 3,
+      dilation: 4,
+      pad: 4,
+      bias: true,
+      init: { kind: 'uniform', bound },
+      biasInit: { kind: 'uniform', bound },
     });
     layers.push((x) => relu(conv(x)));
     cin = fcWidth;
