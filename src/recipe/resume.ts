@@ -114,8 +114,10 @@ export async function restore(ctx: RunContext, file?: string): Promise<{ phase: 
     `resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'}; ` +
       `pseudo-labels: ${meta.pseudo ? basename(meta.pseudo) : 'none'})`,
   );
+  const own = [...(state.extra ?? [])].filter(([k]) => k !== 'prototypes');
   const point: ResumePoint = {
     iteration: meta.iteration,
+    ...(own.length ? { extra: new Map(own.map(([k, v]) => [k, v.clone()])) } : {}),
     losses: meta.losses,
     optimizer: state.optimizer
       ? { ...state.optimizer, slots: new Map([...state.optimizer.slots].map(([k, v]) => [k, v.clone()])) }

@@ -29,6 +29,8 @@ export interface ResumePoint {
   optimizer?: OptimizerState;
   discriminator?: Map<string, tf.Tensor>;
   discriminatorOptimizer?: OptimizerState;
+  /** A method's own tensors from the checkpoint's extra section (copies: the method disposes them). */
+  extra?: Map<string, tf.Tensor>;
 }
 
 /** The recipe's augmentation specs at the run's sizes (REFERENCE 6.3; `augmentSpecs` is the one source). */
@@ -124,12 +126,13 @@ export async function evaluatePhase(ctx: RunContext, phase: string): Promise<Eva
 }
 
 export function checkpointState(ctx: RunContext, phase: string, iteration: number, extra: Partial<CheckpointState> = {}): CheckpointState {
-  const ex = new Map<string, tf.Tensor>();
+  // a method's own tensors (borrowed: it keeps owning them) go into the extra section beside the prototypes
+  const ex = new Map<string, tf.Tensor>(extra.extra ?? []);
   if (ctx.prototypes.ready) ex.set('prototypes', ctx.prototypes.tensor);
   return {
     model: modelState(ctx.model),
-    extra: ex,
     ...extra,
+    extra: ex,
     meta: {
       ...extra.meta,
       phase,
@@ -170,7 +173,10 @@ export interface TrainLoop<B> {
   step: (batch: B, iteration: number) => StepOutcome;
   /** Gives a batch's buffers back once its step is done. */
   release: (batch: B) => void;
-  /** What the method adds to each checkpoint beyond the model and prototypes (optimiser states, its own tensors). */
+  /**
+   * What the method adds to each checkpoint beyond the model and prototypes: optimiser states, its own
+   * tensors under `extra` (borrowed for the save; `resume.extra` hands copies back).
+   */
   state: (iteration: number) => Partial<CheckpointState>;
   /** Ends the loop after the step in progress when it emits (the continuous phase: a pseudo-label refresh is due). */
   until?: Observable<unknown>;
