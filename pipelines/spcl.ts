@@ -84,7 +84,7 @@ function table(r: RunReport): string {
 
 try {
   if (args.quick && args.preset !== 'synthetic') usageError('--quick only applies to the synthetic preset');
-  const cfg = await configFromArgs(args, usageError, args.quick ? quick : undefined);
+  const cfg = await configFromArgs(args, usageError, { methods: Object.values(METHODS), transform: args.quick ? quick : undefined });
   if (args.quick && !args.out) cfg.out = 'runs/synthetic-quick';
   await useSyntheticData(cfg, args.quick ? SYNTHETIC_QUICK_DATA : SYNTHETIC_DATA, log);
   checkConfig(cfg);

@@ -5,6 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { PRESETS, mergeConfig, parseSet, type SpclConfig } from './config.ts';
+import { methodRules, withMethods, type Method } from './method.ts';
 
 export interface ConfigArgs {
   preset: string;
@@ -15,15 +16,20 @@ export interface ConfigArgs {
   seed?: string;
 }
 
-/** `transform` runs on the preset before the overrides (e.g. --quick's cut-down schedule). */
+/**
+ * `methods`: the plug-in methods the pipeline may run (their defaults join the preset, their rules the
+ * validation); `transform` runs on the preset before the overrides (e.g. --quick's cut-down schedule).
+ */
 export async function configFromArgs(
   args: ConfigArgs,
   usageError: (message: string) => never,
-  transform?: (cfg: SpclConfig) => SpclConfig,
+  opts: { methods?: readonly Method[]; transform?: (cfg: SpclConfig) => SpclConfig } = {},
 ): Promise<SpclConfig> {
   const preset = PRESETS[args.preset];
   if (!preset) usageError(`--preset must be one of ${Object.keys(PRESETS).join(', ')}, got '${args.preset}'`);
-  let cfg = transform ? transform(preset()) : preset();
+  const methods = opts.methods ?? [];
+  const rules = methodRules(methods);
+  let cfg = withMethods(opts.transform ? opts.transform(preset()) : preset(), methods);
   if (args.config) {
     let text: string;
     try {
@@ -37,9 +43,9 @@ export async function configFromArgs(
     } catch (err) {
       throw new Error(`${args.config}: invalid JSON (${(err as Error).message})`);
     }
-    cfg = mergeConfig(cfg, json, args.config);
+    cfg = mergeConfig(cfg, json, args.config, rules);
   }
-  for (const s of args.set) cfg = mergeConfig(cfg, parseSet(s), `--set ${s}`);
+  for (const s of args.set) cfg = mergeConfig(cfg, parseSet(s), `--set ${s}`, rules);
   const flags: Record<string, unknown> = {};
   if (args.out) flags.out = args.out;
   if (args.backend) flags.backend = args.backend;

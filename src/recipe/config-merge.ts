@@ -8,7 +8,10 @@ import type { SpclConfig } from './config.ts';
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
 /** Value rules beyond the type of the default: [predicate, what is expected]. */
-const RULES: Record<string, [(v: unknown) => boolean, string]> = {
+/** A value rule: [predicate, what is expected (the error message's words)]. */
+export type Rule = [(v: unknown) => boolean, string];
+
+const RULES: Record<string, Rule> = {
   backend: [(v) => ['auto', 'tensorflow', 'wasm', 'cpu'].includes(v as string), 'one of auto, tensorflow, wasm, cpu'],
   'data.numClasses': [(v) => v === 19 || v === 16, '19 or 16'],
   'data.workers': [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = cores)'],
@@ -114,8 +117,11 @@ function closest(word: string, options: string[]): string | null {
   return best;
 }
 
-/** Deep-merges `patch` into `base`, checking every key and type against `base` (the preset). */
-export function mergeConfig(base: SpclConfig, patch: Json, source: string): SpclConfig {
+/**
+ * Deep-merges `patch` into `base`, checking every key and type against `base`, and values against the
+ * built-in rules and `rules` (a plug-in method's, keyed by full path: `methods.<name>.<key>`).
+ */
+export function mergeConfig(base: SpclConfig, patch: Json, source: string, rules: Readonly<Record<string, Rule>> = {}): SpclConfig {
   const walk = (target: Record<string, unknown>, p: Json, path: string): void => {
     if (typeof p !== 'object' || p === null || Array.isArray(p)) {
       throw new Error(`${source}: ${path || 'the config'} must be an object, got ${typeName(p)}`);
@@ -136,7 +142,7 @@ export function mergeConfig(base: SpclConfig, patch: Json, source: string): Spcl
           `${source}: ${full} must be ${typeName(current) === 'array' ? 'an array' : `a ${typeName(current)}`}, got ${JSON.stringify(value)} (${typeName(value)})`,
         );
       }
-      const rule = RULES[full];
+      const rule = RULES[full] ?? rules[full];
       if (rule && !rule[0](value)) throw new Error(`${source}: ${full} must be ${rule[1]}, got ${JSON.stringify(value)}`);
       target[key] = value;
     }

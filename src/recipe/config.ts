@@ -135,6 +135,11 @@ export interface SpclConfig {
   checkpoint: { every: number; keep: number; select: 'last' | 'best-val' };
   /** Print a progress line every this many iterations. */
   logEvery: number;
+  /**
+   * Settings of plug-in methods (src/methods), one object per method name, filled with the method's own
+   * defaults by `withMethods` (recipe/method.ts) and validated by its rules: `--set methods.<name>.<key>=...`.
+   */
+  methods: Record<string, Record<string, unknown>>;
 }
 
 const paperPhase = (iterations: number, maxIter: number, lr: number): TrainPhaseConfig => ({ iterations, maxIter, lr });
@@ -191,6 +196,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     },
     checkpoint: { every: 2000, keep: 3, select: 'last' },
     logEvery: 50,
+    methods: {},
   };
 }
 
@@ -280,4 +286,4 @@ export function computeMatched(cfg: SpclConfig, iterations?: number): SpclConfig
 }
 
 // Merging and validation live in config-merge.ts; these names are the config module's API.
-export { checkConfig, mergeConfig, parseSet, type Json } from './config-merge.ts';
+export { checkConfig, mergeConfig, parseSet, type Json, type Rule } from './config-merge.ts';

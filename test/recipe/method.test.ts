@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { of, repeat, type Observable } from 'rxjs';
 import { PRESETS, SYNTHETIC_QUICK_DATA, mergeConfig, quick } from '../../src/recipe/config.ts';
-import type { Method } from '../../src/recipe/method.ts';
+import { methodRules, withMethods, type Method } from '../../src/recipe/method.ts';
 import { runRecipe } from '../../src/recipe/run.ts';
 import { train, type ResumePoint } from '../../src/recipe/trainer.ts';
 import { prepareSynthetic } from '../../src/synthetic/benchmark.ts';
@@ -120,4 +120,37 @@ test('a method written outside src/methods runs through runRecipe: order, evalua
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test("a method's own settings: defaults per preset under methods.<name>, its rules in every merge, errors that name the key", () => {
+  const teacher: Method = {
+    name: 'teacher',
+    kind: 'train',
+    run: async () => ({ phase: 'teacher', seconds: 0, iterations: 0, eval: null, losses: {} }),
+    config: {
+      defaults: (preset) => ({ alpha: preset === 'synthetic' ? 0.99 : 0.999, threshold: 0.968 }),
+      rules: { alpha: [(v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)'] },
+    },
+  };
+  const synthetic = withMethods(PRESETS.synthetic!(), [teacher]);
+  const paper = withMethods(PRESETS['gta5-cityscapes']!(), [teacher]);
+  assert.deepEqual(synthetic.methods.teacher, { alpha: 0.99, threshold: 0.968 });
+  assert.deepEqual(paper.methods.teacher, { alpha: 0.999, threshold: 0.968 });
+  // settings already given are kept
+  assert.deepEqual(withMethods({ ...synthetic, methods: { teacher: { alpha: 0.5 } } }, [teacher]).methods.teacher, {
+    alpha: 0.5,
+    threshold: 0.968,
+  });
+  const rules = methodRules([teacher]);
+  assert.deepEqual(Object.keys(rules), ['methods.teacher.alpha']);
+  assert.equal(mergeConfig(synthetic, { methods: { teacher: { alpha: 0.9 } } }, 'f', rules).methods.teacher!.alpha, 0.9);
+  assert.throws(() => mergeConfig(synthetic, { methods: { teacher: { alpha: 1 } } }, 'f', rules), {
+    message: 'f: methods.teacher.alpha must be a number in [0, 1), got 1',
+  });
+  assert.throws(() => mergeConfig(synthetic, { methods: { teacher: { alhpa: 0.9 } } }, 'f', rules), {
+    message: "f: unknown key 'methods.teacher.alhpa' (did you mean 'methods.teacher.alpha'?)",
+  });
+  assert.throws(() => mergeConfig(synthetic, { methods: { teacher: { threshold: 'high' } } }, 'f', rules), {
+    message: 'f: methods.teacher.threshold must be a number, got "high" (string)',
+  });
 });
