@@ -10,7 +10,7 @@ process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 import { join } from 'node:path';
 import { PRESETS, SYNTHETIC_DATA, SYNTHETIC_QUICK_DATA, checkConfig, quick } from '../src/recipe/config.ts';
 import { configFromArgs } from '../src/recipe/cli-config.ts';
-import { runRecipe, type RunReport } from '../src/recipe/run.ts';
+import { reportTable, runRecipe } from '../src/recipe/run.ts';
 import { METHODS } from '../src/methods/registry.ts';
 import { useSyntheticData } from '../src/synthetic/benchmark.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
@@ -69,19 +69,6 @@ const RECIPE = [
 ];
 
 const log = (line: string) => process.stderr.write(`${line}\n`);
-const pct = (v: number | null) => (v === null ? '   -  ' : (100 * v).toFixed(2).padStart(6));
-
-function table(r: RunReport): string {
-  const rows = r.phases.map((p) => `${p.phase.padEnd(16)} ${pct(p.miou)}  ${pct(p.tailMiou)}  ${p.seconds.toFixed(0).padStart(6)}`);
-  return [
-    `phase            mIoU %  tail %  time s   (target val, backend ${r.backend}, seed ${r.seed})`,
-    ...rows,
-    `total ${r.seconds.toFixed(0)} s; trainer waited for data: ${Object.entries(r.starvation)
-      .map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`)
-      .join(', ')}`,
-  ].join('\n');
-}
-
 try {
   if (args.quick && args.preset !== 'synthetic') usageError('--quick only applies to the synthetic preset');
   const cfg = await configFromArgs(args, usageError, { methods: Object.values(METHODS), transform: args.quick ? quick : undefined });
@@ -113,7 +100,7 @@ try {
     metrics,
   });
   await server.close();
-  console.log(table(report));
+  console.log(reportTable(report));
   log(`report: ${join(cfg.out, 'report.json')}`);
 } catch (err) {
   log(`spcl: ${process.env.SPCL_DEBUG ? (err as Error).stack : (err as Error).message}`);

@@ -212,3 +212,17 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     model.dispose();
   }
 }
+
+const pct = (v: number | null) => (v === null ? '   -  ' : (100 * v).toFixed(2).padStart(6));
+
+/** The report as the pipelines print it: one row per phase (target val mIoU, tail mIoU, seconds). */
+export function reportTable(r: RunReport): string {
+  const rows = r.phases.map((p) => `${p.phase.padEnd(16)} ${pct(p.miou)}  ${pct(p.tailMiou)}  ${p.seconds.toFixed(0).padStart(6)}`);
+  return [
+    `phase            mIoU %  tail %  time s   (target val, backend ${r.backend}, seed ${r.seed})`,
+    ...rows,
+    `total ${r.seconds.toFixed(0)} s; trainer waited for data: ${Object.entries(r.starvation)
+      .map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`)
+      .join(', ')}`,
+  ].join('\n');
+}
