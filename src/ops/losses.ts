@@ -62,9 +62,10 @@ export function normalizeFeatures<T extends tf.Tensor>(features: T): T {
  * Mean of −log softmax(logits)[label] over the pixels whose label is in 0..K-1 (0 if there are none).
  * logits [N,K] float, onehot [N,K] float32 from `maskOneHot`.
  */
-function maskedCrossEntropy(logits: tf.Tensor2D, onehot: tf.Tensor2D): tf.Scalar {
+function maskedCrossEntropy(logits: tf.Tensor2D, onehot: tf.Tensor2D, weights?: tf.Tensor1D): tf.Scalar {
   return tf.tidy(() => {
-    const nll = tf.logSoftmax(logits).neg().mul(onehot).sum(); // +0, not -0, when nothing is valid
+    const perPixel = tf.logSoftmax(logits).neg().mul(onehot);
+    const nll = (weights ? perPixel.mul(weights.expandDims(1)) : perPixel).sum(); // +0, not -0, when nothing is valid
     const valid = onehot.sum();
     return nll.div(tf.maximum(valid, 1)) as tf.Scalar;
   });
@@ -73,12 +74,14 @@ function maskedCrossEntropy(logits: tf.Tensor2D, onehot: tf.Tensor2D): tf.Scalar
 export interface SegCrossEntropyOptions {
   /** Logits are divided by this before the softmax. Default 1 (authors: 1.8 on source logits). */
   temperature?: number;
+  /** Per-pixel weights [B,h,w] of the cross-entropy (the mean-teacher confidence weight); default 1. */
+  pixelWeights?: tf.Tensor3D;
 }
 
 /**
  * Paper Eq. 7 (L_seg), and Eq. 9 (L_ssl) with pseudo-labels: softmax cross-entropy of logits [B,h,w,K] /
- * temperature against int32 labels [B,h,w]; mean over the pixels whose label is not 255; 0 if none.
- * Differentiable w.r.t. logits.
+ * temperature against int32 labels [B,h,w]; mean over the pixels whose label is not 255 (each times its
+ * `pixelWeights` entry when given); 0 if none. Differentiable w.r.t. logits.
  */
 export function segCrossEntropy(logits: tf.Tensor4D, labels: tf.Tensor3D, opts: SegCrossEntropyOptions = {}): tf.Scalar {
   const fn = 'segCrossEntropy';
@@ -90,7 +93,14 @@ export function segCrossEntropy(logits: tf.Tensor4D, labels: tf.Tensor3D, opts: 
   return tf.tidy(() => {
     const z = logits.reshape([-1, k]) as tf.Tensor2D;
     const scaled = temperature === 1 ? z : (z.div(temperature) as tf.Tensor2D);
-    return maskedCrossEntropy(scaled, maskOneHot(labels.flatten(), k) as tf.Tensor2D);
+    if (opts.pixelWeights && shapeStr(opts.pixelWeights.shape) !== shapeStr(labels.shape)) {
+      throw new Error(`${fn}: pixelWeights ${shapeStr(opts.pixelWeights.shape)} do not match labels ${shapeStr(labels.shape)}`);
+    }
+    return maskedCrossEntropy(
+      scaled,
+      maskOneHot(labels.flatten(), k) as tf.Tensor2D,
+      opts.pixelWeights?.flatten() as tf.Tensor1D | undefined,
+    );
   });
 }
 
