@@ -10,9 +10,15 @@ import { selfTraining } from './self-training.ts';
 import { spcl } from './spcl.ts';
 import { warmup } from './warmup.ts';
 
-export const METHODS: Readonly<Record<string, Method>> = Object.fromEntries(
-  [warmup, prototypes, pseudoLabels, spcl, pseudoLabels2, selfTraining, continuous].map((m) => [m.name, m]),
-);
+export const METHODS: Readonly<Record<string, Method>> = {
+  [warmup.name]: warmup,
+  [prototypes.name]: prototypes,
+  [pseudoLabels.name]: pseudoLabels,
+  [spcl.name]: spcl,
+  [pseudoLabels2.name]: pseudoLabels2,
+  [selfTraining.name]: selfTraining,
+  [continuous.name]: continuous,
+};
 
 /** Source-only training: the warm-up alone (the baseline sets lambdaAdv 0 and source BN statistics). */
 export const SOURCE_ONLY: readonly Method[] = [warmup];
