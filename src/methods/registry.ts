@@ -4,6 +4,7 @@
  */
 import type { Method } from '../recipe/method.ts';
 import { continuous } from './continuous.ts';
+import { meanTeacher } from './mean-teacher.ts';
 import { prototypes } from './prototypes.ts';
 import { pseudoLabels, pseudoLabels2 } from './pseudo-labels.ts';
 import { selfTraining } from './self-training.ts';
@@ -18,6 +19,7 @@ export const METHODS: Readonly<Record<string, Method>> = {
   [pseudoLabels2.name]: pseudoLabels2,
   [selfTraining.name]: selfTraining,
   [continuous.name]: continuous,
+  [meanTeacher.name]: meanTeacher,
 };
 
 /** Source-only training: the warm-up alone (the baseline sets lambdaAdv 0 and source BN statistics). */

@@ -1,0 +1,225 @@
+/**
+ * Online self-training with a mean teacher and class mixing (DACS, Tranheden et al. 2021; DAFormer,
+ * Hoyer et al. 2022), built from the same stages as SPCL. Each step:
+ *
+ * 1. the teacher (an exponential moving average of the student, inference mode, no gradients) labels the
+ *    target batch: pseudo-label = argmax, and per image the share of pixels whose confidence exceeds
+ *    `threshold` (the confidence weight);
+ * 2. ClassMix: half of the classes of each source image (with their labels) are pasted onto its target
+ *    image (with the teacher's labels); the source image is first resized to the target size;
+ * 3. the student trains on the source batch (CE) and the mixed batch (CE, pixel weights 1 on pasted
+ *    source pixels and the confidence weight elsewhere), plus, when `contrastWeight` > 0, SPCL's
+ *    pixel-to-prototype term (paper Eq. 4 on the source, Eq. 6 on the mixed batch with its labels), with
+ *    the prototype EMA of Eq. 3 (SePiCo-style: a prototypes phase must run before);
+ * 4. teacher <- alpha * teacher + (1 - alpha) * student over every parameter and BN statistic.
+ *
+ * The teacher starts as a copy of the student (the warm-up's model) and is checkpointed beside it
+ * (`teacher/<name>` in the checkpoint's extra section), so a resume continues bit-identically. Settings:
+ * `methods.mean-teacher.*` (defaults below: DACS's SGD, alpha 0.99, threshold 0.968).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
+import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
+import {
+  chooseMixClasses,
+  classMixMask,
+  confidenceWeight,
+  emaUpdate,
+  mixImages,
+  mixLabels,
+  mixedPixelWeights,
+  presentClasses,
+} from '../ops/mean-teacher.ts';
+import { deeplabV2, type SegModel } from '../ops/model/deeplab.ts';
+import { polyLR } from '../ops/optim.ts';
+import { Rng } from '../data/rng.ts';
+import { applyModelState, modelState } from '../io/weights.ts';
+import { batchTensors } from '../stages/collate.ts';
+import { applyIfFinite } from '../stages/train-step.ts';
+import type { Rule } from '../recipe/config-merge.ts';
+import type { RunContext } from '../recipe/context.ts';
+import type { Method } from '../recipe/method.ts';
+import { releaseBatches, restoreOptimizer, sgd, sourceTargetPairs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
+
+/** The method's settings (`methods.mean-teacher.*`). */
+export interface MeanTeacherConfig {
+  iterations: number;
+  maxIter: number;
+  /** Base learning rate of the poly schedule (SGD, classifier x optimizer.classifierLrMult). */
+  lr: number;
+  /** Teacher EMA factor (DACS 0.99, DAFormer 0.999). */
+  alpha: number;
+  /** Teacher confidence above which a pixel counts toward its image's weight (DACS/DAFormer 0.968). */
+  threshold: number;
+  /** ClassMix on (off: the student trains on the plain target batch with the teacher's labels). */
+  classMix: boolean;
+  /** Weight of SPCL's contrastive term (0 = off; > 0 needs the prototypes phase before). */
+  contrastWeight: number;
+  /** BN of the student: 'trainable' (batch statistics, target running statistics) or 'frozen'. */
+  bn: 'frozen' | 'trainable';
+}
+
+/** Seed streams of its source and target batches (`+ 1`); ids unused elsewhere (recipe/streams.ts). */
+const STREAM = 61;
+/** Seed stream of the ClassMix draws (one Rng per iteration). */
+const MIX_STREAM = 63;
+const TEACHER = 'teacher/';
+
+const positive: Rule = [(v) => typeof v === 'number' && v > 0 && Number.isFinite(v), 'a number > 0'];
+const positiveInt: Rule = [(v) => Number.isInteger(v) && (v as number) >= 1, 'an integer >= 1'];
+
+function settings(ctx: RunContext): MeanTeacherConfig {
+  const c = ctx.cfg.methods['mean-teacher'] as unknown as MeanTeacherConfig | undefined;
+  if (!c) throw new Error("mean-teacher: no settings under methods.mean-teacher (the pipeline's config did not include the method)");
+  if (c.iterations > c.maxIter)
+    throw new Error(`config: methods.mean-teacher.iterations (${c.iterations}) must be <= methods.mean-teacher.maxIter (${c.maxIter})`);
+  return c;
+}
+
+/** The teacher: the student's architecture, its weights copied or restored from a checkpoint. */
+function makeTeacher(ctx: RunContext, resume: ResumePoint): SegModel {
+  const teacher = deeplabV2({ backbone: ctx.cfg.model.backbone, numClasses: ctx.cfg.data.numClasses, seed: ctx.cfg.seed });
+  teacher.setBatchNorm(ctx.model.batchNorm);
+  const saved = [...(resume.extra ?? [])].filter(([k]) => k.startsWith(TEACHER));
+  if (saved.length) {
+    applyModelState(teacher, new Map(saved.map(([k, v]) => [k.slice(TEACHER.length), v])), { source: 'checkpoint (teacher)' });
+  } else {
+    applyModelState(teacher, modelState(ctx.model), { source: 'student' });
+  }
+  tf.dispose([...(resume.extra?.values() ?? [])]);
+  return teacher;
+}
+
+export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
+  const { cfg, model } = ctx;
+  const c = settings(ctx);
+  if (c.contrastWeight > 0 && !ctx.prototypes.ready) {
+    throw new Error('mean-teacher: methods.mean-teacher.contrastWeight > 0 needs prototypes: run the prototypes phase before');
+  }
+  model.setBatchNorm(c.bn);
+  const teacher = makeTeacher(ctx, resume);
+  const params = model.trainableParams();
+  const names = [...model.store.params.keys()];
+  const teacherVars = names.map((n) => teacher.store.get(n));
+  const studentVars = names.map((n) => model.store.get(n));
+  const opt = sgd(ctx, params);
+  restoreOptimizer(opt, resume.optimizer);
+  const schedule = { iterations: c.iterations, maxIter: c.maxIter, lr: c.lr };
+  try {
+    return await train(ctx, {
+      phase: 'mean-teacher',
+      schedule,
+      resume,
+      input: sourceTargetPairs(ctx, resume.iteration, STREAM, null),
+      release: releaseBatches,
+      state: () => ({ optimizer: opt.getState(), extra: new Map(names.map((n, i) => [TEACHER + n, teacherVars[i] as tf.Tensor])) }),
+      step: ({ s: sb, t: tb }, it) => {
+        const lr = polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
+        let mixedShare = 0;
+        let weight = 0;
+        const out = tf.tidy(() => {
+          const xs = batchTensors(sb);
+          const xt = batchTensors(tb).images;
+          const size: [number, number] = [tb.height, tb.width];
+          // 1. the teacher's labels and confidence weight on the target batch
+          const probs = tf.softmax(tf.image.resizeBilinear(teacher.forward(xt, { training: false }).logits, size, true)) as tf.Tensor4D;
+          const pseudo = tf.argMax(probs, 3).toInt() as tf.Tensor3D;
+          const w = confidenceWeight(probs, c.threshold);
+          weight = w.mean().dataSync()[0]!;
+          // 2. ClassMix, the source at the target size
+          let input = xt;
+          let labels = pseudo;
+          let pixelWeights = mixedPixelWeights(tf.zeros([tb.n, ...size]) as tf.Tensor3D, w);
+          if (c.classMix) {
+            const srcImages = tf.image.resizeBilinear(xs.images, size, true);
+            // labels through float (255 and every class id are exact), nearest neighbour as the label resize
+            const srcLabels = tf.image
+              .resizeNearestNeighbor(xs.labels!.toFloat().expandDims(3) as tf.Tensor4D, size)
+              .squeeze([3])
+              .toInt() as tf.Tensor3D;
+            const chosen = chooseMixClasses(
+              presentClasses(srcLabels.dataSync() as Int32Array, tb.n, size[0] * size[1]),
+              Rng.derive(cfg.seed, MIX_STREAM, it),
+            );
+            const mask = classMixMask(srcLabels, chosen);
+            mixedShare = mask.mean().dataSync()[0]!;
+            input = mixImages(mask, srcImages, xt);
+            labels = mixLabels(mask, srcLabels, pseudo);
+            pixelWeights = mixedPixelWeights(mask, w);
+          }
+          // 3. the student: source CE + weighted CE on the mixed batch (+ the contrastive term)
+          const g = applyIfFinite(
+            () => {
+              const src = model.forward(xs.images, { training: true, trackStats: cfg.model.bnStats === 'all' });
+              const seg = segCrossEntropy(tf.image.resizeBilinear(src.logits, [sb.labelHeight, sb.labelWidth], true), xs.labels!);
+              const mix = model.forward(input, { training: true });
+              const mixed = segCrossEntropy(tf.image.resizeBilinear(mix.logits, size, true), labels, { pixelWeights });
+              const terms: Record<string, tf.Scalar> = { seg, mixed };
+              let total = tf.add(seg, mixed) as tf.Scalar;
+              if (c.contrastWeight > 0) {
+                const ms = refineSourceMask(
+                  downsampleLabels(xs.labels!, [src.features.shape[1], src.features.shape[2]]),
+                  detach(src.logits),
+                );
+                ctx.prototypes.update(src.features, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent }); // Eq. 3
+                const mt = downsampleLabels(labels, [mix.features.shape[1], mix.features.shape[2]]);
+                const P = ctx.prototypes.tensor;
+                terms.cl_source = contrastiveLoss(src.features, ms, P, { temperature: cfg.spcl.temperature }); // Eq. 4
+                terms.cl_target = contrastiveLoss(mix.features, mt, P, { temperature: cfg.spcl.temperature }); // Eq. 6
+                total = tf.add(total, tf.mul(tf.add(terms.cl_source, terms.cl_target), c.contrastWeight)) as tf.Scalar;
+              }
+              return { total, terms };
+            },
+            params,
+            opt,
+            lr,
+          );
+          return g;
+        });
+        // 4. the teacher follows the student (after its update; a skipped step leaves both as they were)
+        if (out.finite) emaUpdate(teacherVars, studentVars, c.alpha);
+        return {
+          losses: { ...out.losses, teacher_weight: weight, mixed_share: mixedShare },
+          lr,
+          skipped: !out.finite,
+          samples: { source: sb.n, target: tb.n },
+        };
+      },
+    });
+  } finally {
+    opt.dispose();
+    teacher.dispose();
+  }
+}
+
+export const meanTeacher: Method = {
+  name: 'mean-teacher',
+  kind: 'train',
+  run: meanTeacherPhase,
+  config: {
+    // synthetic: as many steps as SPCL's contrastive + self-training phases, their learning rate;
+    // the paper presets: DACS's DeepLab-v2 settings (SGD 2.5e-4, poly, 250k iterations, alpha 0.99)
+    defaults: (preset): MeanTeacherConfig & Record<string, unknown> =>
+      preset === 'synthetic'
+        ? { iterations: 600, maxIter: 840, lr: 0.004, alpha: 0.99, threshold: 0.968, classMix: true, contrastWeight: 0, bn: 'trainable' }
+        : {
+            iterations: 250_000,
+            maxIter: 250_000,
+            lr: 2.5e-4,
+            alpha: 0.99,
+            threshold: 0.968,
+            classMix: true,
+            contrastWeight: 0,
+            bn: 'frozen',
+          },
+    rules: {
+      iterations: positiveInt,
+      maxIter: positiveInt,
+      lr: positive,
+      alpha: [(v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)'],
+      threshold: [(v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)'],
+      contrastWeight: [(v) => typeof v === 'number' && v >= 0 && Number.isFinite(v), 'a number >= 0 (0 = off)'],
+      bn: [(v) => v === 'frozen' || v === 'trainable', "'frozen' or 'trainable'"],
+    },
+  },
+};
