@@ -7,6 +7,8 @@
  * `--collect` only reads existing <out>/spcl-<seed>/report.json and <out>/source-only-<seed>/report.json;
  * `--only spcl` (or `source-only`) reruns one side and reads the other's reports as they are.
  * `--jobs 2` runs two pipelines at once (results are the same: every run is seeded; only time changes).
+ * `--methods` adds the mean-teacher method (pipelines/mean-teacher.ts) and mean teacher + SPCL's contrastive
+ * term beside them, each a row with its CPU minutes (the whole pipeline: its warm-up included).
  * Each source-only model is also evaluated after AdaBN (BN running statistics re-estimated on the
  * unlabelled target training images: `pipelines/evaluate.ts --adapt-bn`), the cheapest adaptation and
  * so the row an adaptation method has to beat; it is written to source-only-<seed>/adabn.json.
@@ -26,7 +28,9 @@ const USAGE = `usage: node bench/synthetic-results.ts [options]
   --set KEY=VALUE config override passed to both pipelines, repeatable (e.g. --set data.target=...)
   --domain NAME   target (default: the embedded benchmark) | night: the same source, a second target domain
                   the default benchmark never renders (data/synthetic-night; the recipe itself unchanged)
-  --only NAME     run only spcl or only source-only (+ AdaBN); the other side's reports are read as they are
+  --methods LIST  sides to run and tabulate, comma-separated, from spcl, source-only, mean-teacher,
+                  mean-teacher-cl (+ SPCL's contrastive term); default spcl,source-only
+  --only NAME     run only this side (one of --methods); the others' reports are read as they are
   --collect       only read the reports already in --out and print the table
   -h, --help      this text`;
 
@@ -38,6 +42,7 @@ const cli = parseCli('synthetic-results', USAGE, {
   collect: { type: 'boolean', default: false },
   domain: { type: 'string', default: 'target' },
   only: { type: 'string' },
+  methods: { type: 'string', default: 'spcl,source-only' },
 });
 const args = cli.values;
 const seeds = args.seeds.split(',').map(Number);
@@ -45,8 +50,21 @@ if (!seeds.every((s) => Number.isInteger(s) && s >= 0)) cli.fail(`--seeds must b
 const jobs = Number(args.jobs);
 if (!Number.isInteger(jobs) || jobs < 1) cli.fail(`--jobs must be an integer >= 1, got '${args.jobs}'`);
 const root = new URL('../', import.meta.url).pathname;
-if (args.only !== undefined && args.only !== 'spcl' && args.only !== 'source-only')
-  cli.fail(`--only must be spcl or source-only, got '${args.only}'`);
+/** The sides: pipeline, extra arguments, and the row its final phase makes (null: a row per evaluated phase). */
+const SIDES: Record<string, { script: string; args: string[]; row: string | null }> = {
+  spcl: { script: 'spcl.ts', args: [], row: null },
+  'source-only': { script: 'source-only.ts', args: [], row: 'source-only' },
+  'mean-teacher': { script: 'mean-teacher.ts', args: [], row: 'mean-teacher' },
+  'mean-teacher-cl': {
+    script: 'mean-teacher.ts',
+    args: ['--set', 'methods.mean-teacher.contrastWeight=1'],
+    row: 'mean-teacher + contrastive',
+  },
+};
+const sides = args.methods.split(',');
+const unknownSide = sides.find((m) => !(m in SIDES));
+if (unknownSide) cli.fail(`--methods must name sides among ${Object.keys(SIDES).join(', ')}, got '${unknownSide}'`);
+if (args.only !== undefined && !sides.includes(args.only)) cli.fail(`--only must be one of ${sides.join(', ')}, got '${args.only}'`);
 if (args.domain !== 'target' && args.domain !== 'night') cli.fail(`--domain must be target or night, got '${args.domain}'`);
 if (args.domain === 'night' && args.out === 'runs/results') args.out = 'runs/results-night';
 if (args.domain === 'night' && !args.collect) {
@@ -57,8 +75,9 @@ if (args.domain === 'night' && !args.collect) {
 }
 
 /** Runs one pipeline to completion; its progress lines go to stderr prefixed with the run's name. */
-function runPipeline(script: string, dir: string, seed: number): Promise<void> {
-  return run(script, dir, [
+function runPipeline(side: string, dir: string, seed: number): Promise<void> {
+  return run(SIDES[side]!.script, dir, [
+    ...SIDES[side]!.args,
     '--seed',
     String(seed),
     '--out',
@@ -117,15 +136,12 @@ function run(script: string, dir: string, rest: string[]): Promise<void> {
 
 if (!args.collect) {
   const queue: [string, string, number][] = seeds
-    .flatMap((seed): [string, string, number][] => [
-      ['spcl.ts', `spcl-${seed}`, seed],
-      ['source-only.ts', `source-only-${seed}`, seed],
-    ])
-    .filter(([script]) => args.only === undefined || script === `${args.only}.ts`);
+    .flatMap((seed) => sides.map((side): [string, string, number] => [side, `${side}-${seed}`, seed]))
+    .filter(([side]) => args.only === undefined || side === args.only);
   const worker = async () => {
     for (let item = queue.shift(); item; item = queue.shift()) {
       await runPipeline(item[0], item[1], item[2]);
-      if (item[0] === 'source-only.ts') await adaBn(item[2]);
+      if (item[0] === 'source-only') await adaBn(item[2]);
     }
   };
   try {
@@ -140,15 +156,13 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const std = (xs: number[]) => Math.sqrt(xs.reduce((a, b) => a + (b - mean(xs)) ** 2, 0) / Math.max(1, xs.length - 1));
 const pm = (xs: number[]) => `${(100 * mean(xs)).toFixed(2)} ± ${(100 * std(xs)).toFixed(2)}`;
 const ADABN = 'source-only + AdaBN';
-const rows = new Map<string, { miou: number[]; tail: number[]; secs: number[]; iterations: number }>();
+const rows = new Map<string, { miou: number[]; tail: number[]; secs: number[]; cpu: number[]; iterations: number }>();
 const perSeed = new Map<number, Map<string, number>>();
 const starve: number[] = [];
 for (const seed of seeds) {
   perSeed.set(seed, new Map());
-  for (const [dir, prefix] of [
-    [`source-only-${seed}`, 'source-only'],
-    [`spcl-${seed}`, ''],
-  ] as const) {
+  for (const side of sides) {
+    const dir = `${side}-${seed}`;
     const file = join(args.out, dir, 'report.json');
     let report: RunReport;
     try {
@@ -157,22 +171,25 @@ for (const seed of seeds) {
       console.error(`synthetic-results: cannot read ${file} (${(err as Error).message}); run without --collect first`);
       process.exit(1);
     }
-    for (const p of report.phases) {
-      if (p.miou === null) continue;
-      const name = prefix || p.phase;
-      const row = rows.get(name) ?? { miou: [], tail: [], secs: [], iterations: p.iterations };
-      row.miou.push(p.miou);
+    const fixed = SIDES[side]!.row;
+    const evaluated = report.phases.filter((p) => p.miou !== null);
+    for (const p of fixed ? evaluated.slice(-1) : evaluated) {
+      const name = fixed ?? p.phase;
+      const row = rows.get(name) ?? { miou: [], tail: [], secs: [], cpu: [], iterations: p.iterations };
+      row.miou.push(p.miou!);
       row.tail.push(p.tailMiou ?? 0);
       row.secs.push(p.seconds);
+      // the whole pipeline's CPU (older reports lack it)
+      if (report.cpuSeconds !== undefined) row.cpu.push(report.cpuSeconds);
       rows.set(name, row);
-      perSeed.get(seed)!.set(name, p.miou);
+      perSeed.get(seed)!.set(name, p.miou!);
     }
-    if (!prefix) starve.push(...Object.values(report.starvation));
+    if (side === 'spcl') starve.push(...Object.values(report.starvation));
   }
   const adabn = join(args.out, `source-only-${seed}`, 'adabn.json');
   try {
     const e = JSON.parse(await readFile(adabn, 'utf8')) as { miou: number; tailMiou: number | null };
-    const row = rows.get(ADABN) ?? { miou: [], tail: [], secs: [], iterations: rows.get('source-only')!.iterations };
+    const row = rows.get(ADABN) ?? { miou: [], tail: [], secs: [], cpu: [], iterations: rows.get('source-only')!.iterations };
     row.miou.push(e.miou);
     row.tail.push(e.tailMiou ?? 0);
     row.secs.push(0);
@@ -182,13 +199,16 @@ for (const seed of seeds) {
     console.error(`synthetic-results: no ${adabn}; the AdaBN row leaves seed ${seed} out`);
   }
 }
-const order = ['source-only', ADABN, 'warmup', 'spcl', 'ssl'];
+const order = ['source-only', ADABN, 'warmup', 'spcl', 'ssl', 'mean-teacher', 'mean-teacher + contrastive'];
 const names = [...rows.keys()].sort((a, b) => order.indexOf(a) - order.indexOf(b));
-console.log(`| row | iterations | target val mIoU % (mean ± std, ${seeds.length} seeds) | tail-class mIoU % | phase time s |`);
-console.log('|---|---|---|---|---|');
+console.log(
+  `| row | iterations | target val mIoU % (mean ± std, ${seeds.length} seeds) | tail-class mIoU % | phase time s | pipeline CPU min |`,
+);
+console.log('|---|---|---|---|---|---|');
 for (const name of names) {
   const r = rows.get(name)!;
-  console.log(`| ${name} | ${r.iterations} | ${pm(r.miou)} | ${pm(r.tail)} | ${name === ADABN ? '-' : mean(r.secs).toFixed(0)} |`);
+  const cpu = r.cpu.length ? (mean(r.cpu) / 60).toFixed(1) : '-';
+  console.log(`| ${name} | ${r.iterations} | ${pm(r.miou)} | ${pm(r.tail)} | ${name === ADABN ? '-' : mean(r.secs).toFixed(0)} | ${cpu} |`);
 }
 console.log('');
 for (const [seed, m] of perSeed)

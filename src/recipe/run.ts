@@ -40,6 +40,8 @@ export interface RunReport {
   seed: number;
   phases: PhaseReport[];
   seconds: number;
+  /** CPU seconds of the process over the run (user + system, every thread: the trainer and the decode workers). */
+  cpuSeconds: number;
   /** Share of training-step time spent waiting for data, per training phase. */
   starvation: Record<string, number>;
   /** Skipped samples by stage and reason; `repaired`: kept after a repair (src/data/faults.ts). */
@@ -93,6 +95,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
   const { cfg } = opts;
   let events = opts.events;
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   const backend = await selectBackend(cfg.backend, { log: events.log });
   const numClasses = cfg.data.numClasses;
   const data = {
@@ -192,6 +195,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
         tensors: tensorsAfter.get(r.phase) ?? -1,
       })),
       seconds: (performance.now() - t0) / 1000,
+      cpuSeconds: ((u) => (u.user + u.system) / 1e6)(process.cpuUsage(cpu0)),
       starvation: Object.fromEntries(Object.entries(ctx.starvation).map(([k, v]) => [k, v.wait / Math.max(1e-9, v.wait + v.compute)])),
       skipped: ctx.skipped,
       repaired: ctx.repaired,
