@@ -362,9 +362,20 @@ const training: RowSpec = {
     },
     {
       type: 'timeseries',
+      title: 'Method statistics',
+      unit: 'percentunit',
+      w: 8,
+      h: 6,
+      min: 0,
+      description:
+        'Per-step figures a method reports besides its losses (spcl_train_step_stat). Mean teacher: teacher_weight, the share of target pixels whose teacher confidence exceeds methods.mean-teacher.threshold (the weight of the mixed loss; near 0 the teacher trusts nothing), and mixed_share, the share of pixels ClassMix pasted from the source. Self-training (ssl, continuous): labelled_share, the share of target pixels with a pseudo-label (the rest are below their class threshold).',
+      targets: [{ expr: sel('spcl_train_step_stat'), legend: '{{phase}} {{name}}' }],
+    },
+    {
+      type: 'timeseries',
       title: 'Skipped steps',
       unit: 'short',
-      w: 16,
+      w: 8,
       h: 6,
       description:
         'Training steps whose update was skipped, per rate interval and reason (increase of spcl_train_skipped_steps_total). non_finite_loss: the loss or a gradient was NaN/Inf and the weights were left unchanged. Any value > 0 fires SpclLossNotFinite.',

@@ -179,7 +179,8 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
         // 4. the teacher follows the student (after its update; a skipped step leaves both as they were)
         if (out.finite) emaUpdate(teacherVars, studentVars, c.alpha);
         return {
-          losses: { ...out.losses, teacher_weight: weight, mixed_share: mixedShare },
+          losses: out.losses,
+          stats: { teacher_weight: weight, mixed_share: mixedShare },
           lr,
           skipped: !out.finite,
           samples: { source: sb.n, target: tb.n },

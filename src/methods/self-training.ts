@@ -105,9 +105,25 @@ export function anchoredSelfTrainingStep(
         opt,
         lr,
       );
-      return { losses: g.losses, lr, skipped: !g.finite, samples: { target: tb.n, source: xs ? sb!.n : 0 } };
+      return {
+        losses: g.losses,
+        lr,
+        skipped: !g.finite,
+        samples: { target: tb.n, source: xs ? sb!.n : 0 },
+        stats: { labelled_share: labelledShare(tb) },
+      };
     });
   };
 }
 
 export const selfTraining: Method = { name: 'ssl', kind: 'train', run: sslPhase };
+
+/** The share of a batch's pixels that carry a pseudo-label (not 255): what the thresholds left to learn from. */
+function labelledShare(batch: Batch): number {
+  const labels = batch.labels;
+  if (!labels) return 0;
+  const n = batch.n * batch.labelHeight * batch.labelWidth;
+  let kept = 0;
+  for (let i = 0; i < n; i++) if (labels[i] !== 255) kept++;
+  return kept / n;
+}

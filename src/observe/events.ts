@@ -50,7 +50,7 @@ export function metricsEvents(
         // series of the previous phase (its queues, loss terms, LR groups) would otherwise stay frozen
         flows.clear();
         smoothed.clear();
-        for (const g of [m.queueLength, m.queueCapacity, m.trainLoss, m.trainLossSmoothed, m.learningRate]) g.reset();
+        for (const g of [m.queueLength, m.queueCapacity, m.trainLoss, m.trainLossSmoothed, m.learningRate, m.trainStepStat]) g.reset();
       }
       info();
       base.phase?.(p, state);
@@ -96,6 +96,7 @@ export function metricsEvents(
       // a method's own optimisers (the warm-up's discriminator) report their rates with the step
       for (const [group, lr] of Object.entries(r.lrs ?? {})) m.learningRate.set({ group }, lr);
       for (const [domain, n] of Object.entries(r.samples ?? {})) if (n > 0) m.trainSamples.inc({ domain }, n);
+      for (const [name, v] of Object.entries(r.stats ?? {})) if (Number.isFinite(v)) m.trainStepStat.set({ phase: r.phase, name }, v);
       base.step?.(r);
     },
     skip(stage, error) {

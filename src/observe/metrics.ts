@@ -25,6 +25,7 @@ export interface SpclMetrics {
   trainLrScale: Gauge;
   trainLoss: Gauge<'term'>;
   trainLossSmoothed: Gauge<'term'>;
+  trainStepStat: Gauge<'phase' | 'name'>;
   trainIteration: Gauge<'phase'>;
   learningRate: Gauge<'group'>;
   prototypeUpdateNorm: Gauge;
@@ -105,6 +106,11 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): SpclMetr
     ),
     trainLoss: gauge('train_loss', 'Loss of the last step, per term.', ['term']),
     trainLossSmoothed: gauge('train_loss_smoothed', 'Exponential moving average (0.98) of the loss per term.', ['term']),
+    trainStepStat: gauge(
+      'train_step_stat',
+      "Per-step figures a method reports besides its losses (mean teacher: teacher_weight, the share of pixels above the teacher's confidence threshold; mixed_share, the share of pixels ClassMix pasted; self-training: labelled_share, the share of target pixels with a pseudo-label).",
+      ['phase', 'name'],
+    ),
     trainIteration: gauge('train_iteration', 'Completed iterations of the current training phase.', ['phase']),
     learningRate: gauge('train_learning_rate', 'Learning rate per parameter group.', ['group']),
     prototypeUpdateNorm: gauge('prototype_update_norm', 'Frobenius norm of the last EMA change of the prototypes.'),

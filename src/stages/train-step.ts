@@ -26,6 +26,8 @@ export interface StepReport {
   lrs?: Record<string, number>;
   /** Images the step trained on, by domain. */
   samples?: Record<string, number>;
+  /** Other per-step figures a method reports (the mean teacher's confidence weight, its mixed-pixel share). */
+  stats?: Record<string, number>;
 }
 
 export interface StepOutcome {
@@ -34,6 +36,7 @@ export interface StepOutcome {
   skipped?: boolean;
   lrs?: Record<string, number>;
   samples?: Record<string, number>;
+  stats?: Record<string, number>;
 }
 
 export interface TrainStepOptions<B> {
@@ -84,6 +87,7 @@ export function trainStep<B>(opts: TrainStepOptions<B>): OperatorFunction<B, Ste
         skipped: out.skipped ?? false,
         ...(out.lrs ? { lrs: out.lrs } : {}),
         ...(out.samples ? { samples: out.samples } : {}),
+        ...(out.stats ? { stats: out.stats } : {}),
         seconds: (performance.now() - arrived) / 1000,
         waitSeconds: (arrived - idleSince) / 1000,
       };

@@ -87,6 +87,7 @@ test('run events become metric values: steps, data wait, losses (raw and smoothe
       skipped: iteration === 2,
       samples: { source: cfg.batch.source, target: cfg.batch.target },
       ...(iteration === 2 ? { lrs: { discriminator: 1e-4 } } : {}),
+      stats: { teacher_weight: iteration / 4 },
     });
   step(1, 4);
   step(2, 2);
@@ -99,6 +100,7 @@ test('run events become metric values: steps, data wait, losses (raw and smoothe
   assert.equal(await value(m, 'spcl_train_samples_total', { domain: 'source' }), 2 * cfg.batch.source);
   assert.equal(await value(m, 'spcl_train_samples_total', { domain: 'target' }), 2 * cfg.batch.target);
   assert.equal(await value(m, 'spcl_train_learning_rate', { group: 'discriminator' }), 1e-4);
+  assert.equal(await value(m, 'spcl_train_step_stat', { phase: 'spcl', name: 'teacher_weight' }), 0.5);
   assert.equal(await value(m, 'spcl_build_info', { phase: 'spcl', backend: 'wasm', preset: 'synthetic' }), 1);
   // the reason is the error's own, never read from its text; an error without one (or an unknown one) is 'other'
   ev.skip!(
