@@ -47,21 +47,31 @@ test('ingest killed -9 at the ingest crash point and at random instants, re-run 
 
   const clean = await ingest(join(dir, 'clean'));
   assert.equal(clean.code, 0, clean.stderr);
+  // how long a record takes here, from the line that says what there is to do to the exit: the random
+  // kills fall within the first half of what the remaining records should take, so a fast machine does
+  // not finish before its kill (a fixed window did, once, on an idle CI machine)
+  const toDo = clean.lines.find((l) => /^ingest: .* to do \d+$/.test(l.line));
+  assert.ok(toDo, `no 'to do' line: ${clean.stderr}`);
+  const perRecordMs = (clean.ms - toDo.ms) / IMAGES;
   const expected = await shardContents(join(dir, 'clean'));
   assert.equal(expected.records.size, IMAGES);
 
   const out = join(dir, 'killed');
-  // seeded: crash-point occurrences (records this process queued: 1-8) and instants 0-250 ms after the
-  // process says what it has to do (a record takes ~35 ms here)
+  // seeded: crash-point occurrences (records this process queued: 1-8) and, for the random kills, the
+  // fraction (0-1) of half the time the records still to do should take, counted from the 'to do' line
   const u = seededValues(8, 21);
-  const plan: RunOptions[] = [];
+  const plan: (RunOptions | { fraction: number })[] = [];
   for (let i = 0; i < 4; i++) {
     plan.push({ env: { SPCL_CRASH_AT: `ingest:${1 + Math.floor(4 * (u[i]! + 1))}` } });
-    plan.push({ signal: { afterLine: /^ingest: .* to do \d+$/, afterMs: Math.round(125 * (u[4 + i]! + 1)) } });
+    plan.push({ fraction: (u[4 + i]! + 1) / 2 });
   }
   let have = 0;
   const kills = { point: 0, random: 0 };
-  for (const step of plan) {
+  for (const planned of plan) {
+    const step: RunOptions =
+      'fraction' in planned
+        ? { signal: { afterLine: /^ingest: .* to do \d+$/, afterMs: Math.round(planned.fraction * 0.5 * perRecordMs * (IMAGES - have)) } }
+        : planned;
     const r = await ingest(out, step);
     assert.equal(r.signal, 'SIGKILL', `${JSON.stringify(step)}: not killed (exit ${r.code}): ${r.stderr}`);
     if (step.env) assert.match(r.stderr, /^crash-point: ingest:\d+: SIGKILL$/m);
