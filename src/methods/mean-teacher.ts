@@ -13,6 +13,10 @@
  *    the prototype EMA of Eq. 3 (SePiCo-style: a prototypes phase must run before);
  * 4. teacher <- alpha * teacher + (1 - alpha) * student over every parameter and BN statistic.
  *
+ * BN's running statistics: under `model.bnStats: 'target'` (the synthetic preset) only target images move
+ * them, as in every SPCL phase: the plain target batch passes forward for them (no gradient) and the
+ * mixed batch, which carries source pixels, is normalised by its own batch statistics.
+ *
  * The teacher starts as a copy of the student (the warm-up's model) and is checkpointed beside it
  * (`teacher/<name>` in the checkpoint's extra section), so a resume continues bit-identically. Settings:
  * `methods.mean-teacher.*` (defaults below: DACS's SGD, alpha 0.99, threshold 0.968).
@@ -147,12 +151,17 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
             labels = mixLabels(mask, srcLabels, pseudo);
             pixelWeights = mixedPixelWeights(mask, w);
           }
+          // BN's running statistics follow the target alone under model.bnStats 'target' (the synthetic
+          // preset's): a mixed image carries source pixels, so the plain target batch passes forward for
+          // the statistics, without gradient, and the mixed forward leaves them alone (as warm-up does)
+          const targetStats = cfg.model.bnStats === 'target' && model.batchNorm === 'trainable' && c.classMix;
+          if (targetStats) tf.tidy(() => void model.forward(xt, { training: true, trackStats: true }));
           // 3. the student: source CE + weighted CE on the mixed batch (+ the contrastive term)
           const g = applyIfFinite(
             () => {
               const src = model.forward(xs.images, { training: true, trackStats: cfg.model.bnStats === 'all' });
               const seg = segCrossEntropy(tf.image.resizeBilinear(src.logits, [sb.labelHeight, sb.labelWidth], true), xs.labels!);
-              const mix = model.forward(input, { training: true });
+              const mix = model.forward(input, { training: true, trackStats: !targetStats });
               const mixed = segCrossEntropy(tf.image.resizeBilinear(mix.logits, size, true), labels, { pixelWeights });
               const terms: Record<string, tf.Scalar> = { seg, mixed };
               let total = tf.add(seg, mixed) as tf.Scalar;
