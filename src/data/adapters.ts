@@ -3,7 +3,8 @@
  * fast-glob, and say how labels map to train IDs (REFERENCE 6.2). Listing never throws on a bad
  * sample: a missing label is a `problem`, counted and named, and the good samples go on.
  */
-import { access, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { exists } from '../io/exists.ts';
 import { basename, join, relative } from 'node:path';
 import fg from 'fast-glob';
 import {
@@ -124,15 +125,6 @@ const LAYOUTS: Record<Exclude<DatasetName, 'folder'>, Layout> = {
 };
 
 const byKey = (a: SampleFiles, b: SampleFiles) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Lists a dataset's samples, sorted by key (so shard assignment is stable). For `folder`, the root holds

@@ -40,7 +40,7 @@ import { Rng } from '../data/rng.ts';
 import { applyModelState, modelState } from '../io/weights.ts';
 import { batchTensors } from '../stages/collate.ts';
 import { applyIfFinite } from '../stages/train-step.ts';
-import type { Rule } from '../recipe/config-merge.ts';
+import { POSITIVE, POSITIVE_INT } from '../recipe/config-merge.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { releaseBatches, restoreOptimizer, sgd, sourceTargetPairs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
@@ -68,9 +68,6 @@ const STREAM = 61;
 /** Seed stream of the ClassMix draws (one Rng per iteration). */
 const MIX_STREAM = 63;
 const TEACHER = 'teacher/';
-
-const positive: Rule = [(v) => typeof v === 'number' && v > 0 && Number.isFinite(v), 'a number > 0'];
-const positiveInt: Rule = [(v) => Number.isInteger(v) && (v as number) >= 1, 'an integer >= 1'];
 
 function settings(ctx: RunContext): MeanTeacherConfig {
   const c = ctx.cfg.methods['mean-teacher'] as unknown as MeanTeacherConfig | undefined;
@@ -223,9 +220,9 @@ export const meanTeacher: Method = {
             bn: 'frozen',
           },
     rules: {
-      iterations: positiveInt,
-      maxIter: positiveInt,
-      lr: positive,
+      iterations: POSITIVE_INT,
+      maxIter: POSITIVE_INT,
+      lr: POSITIVE,
       alpha: [(v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)'],
       threshold: [(v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)'],
       contrastWeight: [(v) => typeof v === 'number' && v >= 0 && Number.isFinite(v), 'a number >= 0 (0 = off)'],

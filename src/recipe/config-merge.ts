@@ -11,6 +11,10 @@ export type Json = null | boolean | number | string | Json[] | { [k: string]: Js
 /** A value rule: [predicate, what is expected (the error message's words)]. */
 export type Rule = [(v: unknown) => boolean, string];
 
+/** Rules more than one key uses (plug-in methods' settings too). */
+export const POSITIVE_INT: Rule = [(v) => Number.isInteger(v) && (v as number) >= 1, 'an integer >= 1'];
+export const POSITIVE: Rule = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number > 0'];
+
 const RULES: Record<string, Rule> = {
   backend: [(v) => ['auto', 'tensorflow', 'wasm', 'cpu'].includes(v as string), 'one of auto, tensorflow, wasm, cpu'],
   'data.numClasses': [(v) => v === 19 || v === 16, '19 or 16'],
@@ -35,7 +39,6 @@ const RULES: Record<string, Rule> = {
   'nonFinite.maxRollbacks': [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0'],
   seed: [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0'],
 };
-const positiveInt = (v: unknown) => Number.isInteger(v) && (v as number) >= 1;
 for (const k of [
   'nonFinite.limit',
   'batch.source',
@@ -51,7 +54,7 @@ for (const k of [
   'pseudo.keep',
   'warmup.ndf',
 ]) {
-  RULES[k] = [positiveInt, 'an integer >= 1'];
+  RULES[k] = POSITIVE_INT;
 }
 for (const k of ['continuous.steps', 'continuous.refreshEvery', 'continuous.refreshNewImages', 'continuous.evalEvery']) {
   RULES[k] = [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = off)'];
@@ -73,7 +76,7 @@ for (const k of [
   'spcl.sourceTemperature',
   'warmup.sourceTemperature',
 ]) {
-  RULES[k] = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number > 0'];
+  RULES[k] = POSITIVE;
 }
 RULES['ssl.scale'] = [
   (v) =>

@@ -3,21 +3,14 @@
  * loads the last checkpoint (or a named one) into the run context and says where the interrupted phase
  * goes on; `rollBack` answers a streak of non-finite steps; `selectBest` is `checkpoint.select: best-val`.
  */
-import { access } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { recoverGenerations } from '../data/pseudo-labels.ts';
+import { exists } from '../io/exists.ts';
 import { applyModelState, disposeCheckpoint, loadCheckpoint } from '../io/weights.ts';
 import type { NonFiniteStreak } from '../stages/train-step.ts';
 import type { ContinuousState, PhaseResultLike, RunContext } from './context.ts';
 import { evaluatePhase, type ResumePoint } from './trainer.ts';
-
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
 
 /**
  * A streak of non-finite steps (`nonFinite`): with action 'rollback', back to the last complete checkpoint
@@ -114,17 +107,17 @@ export async function restore(ctx: RunContext, file?: string): Promise<{ phase: 
     `resume: ${pointer.file} (phase ${meta.phase}, iteration ${meta.iteration}; done: ${meta.done.join(', ') || 'nothing'}; ` +
       `pseudo-labels: ${meta.pseudo ? basename(meta.pseudo) : 'none'})`,
   );
-  const own = [...(state.extra ?? [])].filter(([k]) => k !== 'prototypes');
+  // copies: the point outlives the loaded state, which is disposed below
+  const copies = (m: ReadonlyMap<string, tf.Tensor>) => new Map([...m].map(([k, v]) => [k, v.clone()]));
+  const own = new Map([...(state.extra ?? [])].filter(([k]) => k !== 'prototypes'));
   const point: ResumePoint = {
     iteration: meta.iteration,
-    ...(own.length ? { extra: new Map(own.map(([k, v]) => [k, v.clone()])) } : {}),
+    ...(own.size ? { extra: copies(own) } : {}),
     losses: meta.losses,
-    optimizer: state.optimizer
-      ? { ...state.optimizer, slots: new Map([...state.optimizer.slots].map(([k, v]) => [k, v.clone()])) }
-      : undefined,
-    discriminator: state.discriminator ? new Map([...state.discriminator].map(([k, v]) => [k, v.clone()])) : undefined,
+    optimizer: state.optimizer ? { ...state.optimizer, slots: copies(state.optimizer.slots) } : undefined,
+    discriminator: state.discriminator ? copies(state.discriminator) : undefined,
     discriminatorOptimizer: state.discriminatorOptimizer
-      ? { ...state.discriminatorOptimizer, slots: new Map([...state.discriminatorOptimizer.slots].map(([k, v]) => [k, v.clone()])) }
+      ? { ...state.discriminatorOptimizer, slots: copies(state.discriminatorOptimizer.slots) }
       : undefined,
   };
   disposeCheckpoint(state);

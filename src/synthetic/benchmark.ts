@@ -2,18 +2,12 @@
  * The embedded synthetic benchmark as a run uses it: rendered (render.ts) and ingested into shards on first
  * use, in a folder of the process's own renamed into place when complete.
  */
-import { access, mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { ingestDataset } from '../data/ingest.ts';
+import { exists } from '../io/exists.ts';
 import type { SpclConfig } from '../recipe/config.ts';
 import { writeSyntheticBenchmark } from './render.ts';
-
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
 
 /**
  * Generates and ingests the synthetic benchmark under `root` (data/synthetic) unless it is there. The
