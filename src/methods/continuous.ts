@@ -15,7 +15,9 @@
  *   continuous state (refresh number, its first iteration, images covered).
  * The learning rate is constant (`continuous.lr`): a poly schedule has no end here. With
  * `continuous.sourceWeight` > 0 each step also trains on a labelled source batch (an anchor: relabelling
- * from the model being trained drifts, README "Reliability").
+ * from the model being trained drifts, README "Reliability"). With `continuous.teacher` the refreshes label
+ * from a mean teacher (src/recipe/teacher.ts: an EMA of the model, factor `continuous.teacherAlpha`, updated
+ * after every step) instead of the model itself; the teacher is checkpointed with the rest.
  */
 import * as tf from '@tensorflow/tfjs';
 import { Subject, map, zip, type Observable } from 'rxjs';
@@ -27,6 +29,7 @@ import type { StepReport } from '../stages/train-step.ts';
 import { batches, type RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
+import { Teacher } from '../recipe/teacher.ts';
 import {
   checkpointState,
   evaluatePhase,
@@ -62,6 +65,8 @@ export interface ContinuousSummary {
   ingestProblems: number;
   /** Images of the last generation. */
   generationImages: number;
+  /** Refreshes labelled by a mean teacher (`continuous.teacher`) rather than the model being trained. */
+  teacher: boolean;
   lastEval: EvalReport | null;
   /** Process and tfjs memory every `logEvery` steps (the last MEMORY_SAMPLES of them): a leak shows here. */
   memory: MemorySample[];
@@ -107,6 +112,12 @@ export async function continuousPhase(
   const params = model.trainableParams();
   const opt = sgd(ctx, params);
   restoreOptimizer(opt, resume.optimizer);
+  const teacher = c.teacher ? new Teacher(ctx, resume, 'continuous') : null;
+  if (!teacher)
+    tf.dispose([...(resume.extra?.values() ?? [])]); // a teacher a checkpoint holds is not needed
+  else ctx.events.log(`continuous: refreshes label from a mean teacher (EMA factor ${c.teacherAlpha} per step)`);
+  /** The phase's own state in its checkpoints: the optimiser and, under continuous.teacher, the teacher. */
+  const own = () => ({ optimizer: opt.getState(), ...(teacher ? { extra: teacher.state() } : {}) });
   const size = cfg.batch.source + cfg.batch.target;
   const end = c.steps > 0 ? c.steps : Infinity;
   const summary: ContinuousSummary = {
@@ -118,6 +129,7 @@ export async function continuousPhase(
     ingested: 0,
     ingestProblems: 0,
     generationImages: ctx.continuous?.images ?? 0,
+    teacher: teacher !== null,
     lastEval: null,
     memory: [],
   };
@@ -171,6 +183,7 @@ export async function continuousPhase(
           `continuous ${iteration}: refresh ${refresh} (${trigger})`,
           { phase: 'continuous', iteration, refresh, trigger },
           ctx.cfg.ssl.pseudoCap,
+          teacher?.model,
         );
         if (!info) break; // stopped by a signal: the last checkpoint (before this refresh) stays the state
         ctx.continuous = { refresh, since: iteration, images: info.count };
@@ -179,7 +192,7 @@ export async function continuousPhase(
         summary.generationImages = info.count;
         ctx.events.refreshed?.(trigger, pending());
         // the refresh is part of the state: a resume does not redo it
-        await ctx.checkpoints.save(checkpointState(ctx, 'continuous', iteration, { optimizer: opt.getState() }), 'continuous', iteration);
+        await ctx.checkpoints.save(checkpointState(ctx, 'continuous', iteration, own()), 'continuous', iteration);
         continue; // the signal may have come meanwhile
       }
       const keys = await generationKeys(ctx.pseudo!);
@@ -200,14 +213,19 @@ export async function continuousPhase(
           ? zip(target, sourceBatches(ctx, SOURCE_STREAM_BASE + state!.refresh, iteration - state!.since)).pipe(map(([t, s]) => ({ t, s })))
           : target.pipe(map((t) => ({ t, s: null })));
       segmentDue = new Subject<void>();
+      const selfTrain = anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight);
       last = await train(ctx, {
         phase: 'continuous',
         schedule: { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr },
         resume: { iteration },
         input,
         release: releaseBatches,
-        state: () => ({ optimizer: opt.getState() }),
-        step: anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight),
+        state: own,
+        step: (batch: Step, it: number) => {
+          const out = selfTrain(batch, it);
+          if (teacher && !out.skipped) teacher.update(c.teacherAlpha); // after the student's update, as in the mean-teacher method
+          return out;
+        },
         until: segmentDue,
         evalEvery: c.evalEvery,
         total: c.steps > 0 ? String(c.steps) : 'inf',
@@ -224,6 +242,7 @@ export async function continuousPhase(
   } finally {
     watching.unsubscribe();
     opt.dispose();
+    teacher?.dispose();
   }
   summary.iterations = iteration;
   const aborted = Boolean(ctx.signal?.aborted) && iteration < end;

@@ -28,21 +28,19 @@ import {
   chooseMixClasses,
   classMixMask,
   confidenceWeight,
-  emaUpdate,
   mixImages,
   mixLabels,
   mixedPixelWeights,
   presentClasses,
 } from '../ops/mean-teacher.ts';
-import { deeplabV2, type SegModel } from '../ops/model/deeplab.ts';
 import { polyLR } from '../ops/optim.ts';
 import { Rng } from '../data/rng.ts';
-import { applyModelState, modelState } from '../io/weights.ts';
 import { batchTensors } from '../stages/collate.ts';
 import { applyIfFinite } from '../stages/train-step.ts';
 import { POSITIVE, POSITIVE_INT } from '../recipe/config-merge.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
+import { Teacher } from '../recipe/teacher.ts';
 import { releaseBatches, restoreOptimizer, sgd, sourceTargetPairs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
 
 /** The method's settings (`methods.mean-teacher.*`). */
@@ -67,7 +65,6 @@ export interface MeanTeacherConfig {
 const STREAM = 61;
 /** Seed stream of the ClassMix draws (one Rng per iteration). */
 const MIX_STREAM = 63;
-const TEACHER = 'teacher/';
 
 function settings(ctx: RunContext): MeanTeacherConfig {
   const c = ctx.cfg.methods['mean-teacher'] as unknown as MeanTeacherConfig | undefined;
@@ -77,20 +74,6 @@ function settings(ctx: RunContext): MeanTeacherConfig {
   return c;
 }
 
-/** The teacher: the student's architecture, its weights copied or restored from a checkpoint. */
-function makeTeacher(ctx: RunContext, resume: ResumePoint): SegModel {
-  const teacher = deeplabV2({ backbone: ctx.cfg.model.backbone, numClasses: ctx.cfg.data.numClasses, seed: ctx.cfg.seed });
-  teacher.setBatchNorm(ctx.model.batchNorm);
-  const saved = [...(resume.extra ?? [])].filter(([k]) => k.startsWith(TEACHER));
-  if (saved.length) {
-    applyModelState(teacher, new Map(saved.map(([k, v]) => [k.slice(TEACHER.length), v])), { source: 'checkpoint (teacher)' });
-  } else {
-    applyModelState(teacher, modelState(ctx.model), { source: 'student' });
-  }
-  tf.dispose([...(resume.extra?.values() ?? [])]);
-  return teacher;
-}
-
 export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
   const { cfg, model } = ctx;
   const c = settings(ctx);
@@ -98,11 +81,8 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
     throw new Error('mean-teacher: methods.mean-teacher.contrastWeight > 0 needs prototypes: run the prototypes phase before');
   }
   model.setBatchNorm(c.bn);
-  const teacher = makeTeacher(ctx, resume);
+  const teacher = new Teacher(ctx, resume, 'mean-teacher');
   const params = model.trainableParams();
-  const names = [...model.store.params.keys()];
-  const teacherVars = names.map((n) => teacher.store.get(n));
-  const studentVars = names.map((n) => model.store.get(n));
   const opt = sgd(ctx, params);
   restoreOptimizer(opt, resume.optimizer);
   const schedule = { iterations: c.iterations, maxIter: c.maxIter, lr: c.lr };
@@ -113,7 +93,7 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
       resume,
       input: sourceTargetPairs(ctx, resume.iteration, STREAM, null),
       release: releaseBatches,
-      state: () => ({ optimizer: opt.getState(), extra: new Map(names.map((n, i) => [TEACHER + n, teacherVars[i] as tf.Tensor])) }),
+      state: () => ({ optimizer: opt.getState(), extra: teacher.state() }),
       step: ({ s: sb, t: tb }, it) => {
         const lr = polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
         let mixedShare = 0;
@@ -123,7 +103,9 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
           const xt = batchTensors(tb).images;
           const size: [number, number] = [tb.height, tb.width];
           // 1. the teacher's labels and confidence weight on the target batch
-          const probs = tf.softmax(tf.image.resizeBilinear(teacher.forward(xt, { training: false }).logits, size, true)) as tf.Tensor4D;
+          const probs = tf.softmax(
+            tf.image.resizeBilinear(teacher.model.forward(xt, { training: false }).logits, size, true),
+          ) as tf.Tensor4D;
           const pseudo = tf.argMax(probs, 3).toInt() as tf.Tensor3D;
           const w = confidenceWeight(probs, c.threshold);
           weight = w.mean().dataSync()[0]!;
@@ -183,7 +165,7 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
           return g;
         });
         // 4. the teacher follows the student (after its update; a skipped step leaves both as they were)
-        if (out.finite) emaUpdate(teacherVars, studentVars, c.alpha);
+        if (out.finite) teacher.update(c.alpha);
         return {
           losses: out.losses,
           stats: { teacher_weight: weight, mixed_share: mixedShare },

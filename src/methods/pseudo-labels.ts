@@ -8,6 +8,7 @@ import { basename } from 'node:path';
 import { lastValueFrom } from 'rxjs';
 import type { GenerationInfo } from '../data/pseudo-labels.ts';
 import { failOnAbort } from '../graph/flow.ts';
+import type { SegModel } from '../ops/model/deeplab.ts';
 import { estimateThresholds } from '../stages/estimate-thresholds.ts';
 import { writeGeneration } from '../stages/write-pseudo-labels.ts';
 import { batches, type RunContext } from '../recipe/context.ts';
@@ -25,7 +26,8 @@ export async function pseudoLabelPhase(ctx: RunContext, phase: string): Promise<
 /**
  * One thresholds + pseudo-labels pass over every target image known now, written as a new generation and
  * made current (ctx.thresholds, ctx.pseudo). `source` is the generation's provenance; `cap` the thresholds'
- * confidence cap (pseudo.cap for the first pass, ssl.pseudoCap for the ones self-training learns from).
+ * confidence cap (pseudo.cap for the first pass, ssl.pseudoCap for the ones self-training learns from);
+ * `model` the one that labels (the run's model unless given: a mean teacher under `continuous.teacher`).
  * Null when a signal stopped it: nothing of the pass is kept and the current generation stays.
  */
 export async function refreshPseudoLabels(
@@ -33,6 +35,7 @@ export async function refreshPseudoLabels(
   label: string,
   source: Record<string, unknown>,
   cap: number,
+  model: SegModel = ctx.model,
 ): Promise<GenerationInfo | null> {
   const { cfg } = ctx;
   const made = await unlessAborted(
@@ -43,7 +46,7 @@ export async function refreshPseudoLabels(
         batches(ctx, { domain: 'target', spec: specs(ctx).threshold, batchSize: 4, mode: 'pass', stream: STREAMS.pseudoLabels }).pipe(
           failOnAbort(ctx.signal, 'thresholds'),
           estimateThresholds({
-            model: ctx.model,
+            model,
             numClasses: cfg.data.numClasses,
             bins: cfg.pseudo.bins,
             cap,

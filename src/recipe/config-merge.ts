@@ -63,6 +63,7 @@ RULES['continuous.pollSeconds'] = [(v) => (v as number) > 0 && Number.isFinite(v
 RULES['continuous.settleSeconds'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number of seconds >= 0'];
 RULES['ssl.sourceWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (0 = no source batch, the paper)'];
 RULES['ssl.pseudoWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (1 = the paper; 0 = no pseudo-label term)'];
+RULES['continuous.teacherAlpha'] = [(v) => (v as number) >= 0 && (v as number) < 1, 'a number in [0, 1)'];
 RULES['continuous.sourceWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (0 = no source batch)'];
 for (const k of ['eval.every', 'checkpoint.every'])
   RULES[k] = [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = at phase ends only)'];

@@ -131,6 +131,14 @@ export interface SpclConfig {
      * feedback loop of refreshing pseudo-labels from the model being trained (README "Reliability": measured).
      */
     sourceWeight: number;
+    /**
+     * Refreshes label from a mean teacher (an EMA of the model being trained, src/recipe/teacher.ts)
+     * instead of the model itself: the standard stabiliser of the self-training feedback loop (DACS,
+     * DAFormer). Not in the SPCL paper. The teacher starts as a copy of the model when the phase starts.
+     */
+    teacher: boolean;
+    /** The teacher's EMA factor per step (DAFormer 0.999). */
+    teacherAlpha: number;
   };
   checkpoint: { every: number; keep: number; select: 'last' | 'best-val' };
   /** Print a progress line every this many iterations. */
@@ -193,6 +201,8 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
       settleSeconds: 5,
       evalEvery: 2000,
       sourceWeight: 0,
+      teacher: false,
+      teacherAlpha: 0.999,
     },
     checkpoint: { every: 2000, keep: 3, select: 'last' },
     logEvery: 50,
@@ -244,6 +254,8 @@ function synthetic(): SpclConfig {
       settleSeconds: 2,
       evalEvery: 300,
       sourceWeight: 1,
+      teacher: false,
+      teacherAlpha: 0.999,
     },
     checkpoint: { every: 250, keep: 2, select: 'last' },
     logEvery: 50,

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { lastRecordPerStep, readStepLog, type StepLogRecord } from '../../src/observe/step-log.ts';
 import type { RunReport } from '../../src/recipe/run.ts';
 import type { ContinuousSummary } from '../../src/methods/continuous.ts';
+import { disposeCheckpoint, loadCheckpoint } from '../../src/io/weights.ts';
 import { seededValues } from '../helpers.ts';
 import { committedState, currentOf, exists, readJson, root, runNode, smallData, type RunOptions, type SmallData } from './harness.ts';
 
@@ -158,5 +159,66 @@ test('continuous phase with a source anchor: total = ssl + sourceWeight x source
   assert.deepEqual(
     lastRecordPerStep(readStepLog(splitLog)).map((x) => x.losses),
     log.map((x) => x.losses),
+  );
+});
+
+test('continuous.teacher: factor 0 labels as the model itself; 0.999 labels from the teacher, which the checkpoint holds, and stop + resume equals uninterrupted', async () => {
+  const withTeacher = (out: string, log: string, steps: number, alpha: number) => [
+    ...args(out, log),
+    '--set',
+    `continuous.steps=${steps}`,
+    '--set',
+    'continuous.teacher=true',
+    '--set',
+    `continuous.teacherAlpha=${alpha}`,
+  ];
+  const losses = (log: string) => readStepLog(log).map((x) => x.losses);
+  // factor 0: after every step the teacher is the model, so each refresh labels exactly as without a teacher
+  const same = join(dir, 'teacher-0');
+  const r0 = await runNode(withTeacher(same, join(dir, 'teacher-0.log'), 7, 0));
+  assert.equal(r0.code, 0, r0.stderr.slice(-3000));
+  assert.match(r0.stderr, /continuous: refreshes label from a mean teacher \(EMA factor 0 per step\)/);
+  assert.deepEqual(
+    losses(join(dir, 'teacher-0.log')),
+    reference.log.slice(0, 7).map((x) => x.losses),
+  );
+  // factor 0.999: the first generation (the teacher is a copy of the model at the start) is the model's, so
+  // steps 1-5 are the reference's; the refresh at 5 labels from the slow teacher, and steps 6-7 differ
+  const whole = join(dir, 'teacher-whole');
+  const r1 = await runNode(withTeacher(whole, join(dir, 'teacher-whole.log'), 7, 0.999));
+  assert.equal(r1.code, 0, r1.stderr.slice(-3000));
+  const log = losses(join(dir, 'teacher-whole.log'));
+  assert.equal(log.length, 7);
+  assert.deepEqual(
+    log.slice(0, 5),
+    reference.log.slice(0, 5).map((x) => x.losses),
+  );
+  for (const i of [5, 6]) assert.notDeepEqual(log[i], reference.log[i]!.losses, `iteration ${i + 1}`);
+  assert.equal(((await readJson<RunReport>(join(whole, 'report.json')))!.continuous as ContinuousSummary).teacher, true);
+  // 3 steps (the checkpoint at 3 holds the teacher, moved off the model by 3 EMA steps), then --resume to 7
+  const split = join(dir, 'teacher-split');
+  const splitLog = join(dir, 'teacher-split.log');
+  assert.equal((await runNode(withTeacher(split, splitLog, 3, 0.999))).code, 0);
+  const { latest } = await committedState(split);
+  const state = await loadCheckpoint(join(split, 'checkpoints', latest!.file));
+  try {
+    assert.equal(latest!.iteration, 3);
+    const teacher = [...state.extra!.keys()].filter((k) => k.startsWith('teacher/'));
+    assert.equal(teacher.length, state.model.size);
+    const name = [...state.model.keys()].find((k) => k.endsWith('conv1.weight'))!;
+    const s = state.model.get(name)!.dataSync();
+    const t = state.extra!.get(`teacher/${name}`)!.dataSync();
+    assert.ok(
+      s.some((v, i) => v !== t[i]),
+      'the teacher equals the model after 3 EMA steps',
+    );
+  } finally {
+    disposeCheckpoint(state);
+  }
+  const resumed = await runNode([...withTeacher(split, splitLog, 7, 0.999), '--resume']);
+  assert.equal(resumed.code, 0, resumed.stderr.slice(-3000));
+  assert.deepEqual(
+    lastRecordPerStep(readStepLog(splitLog)).map((x) => x.losses),
+    log,
   );
 });
