@@ -7,7 +7,8 @@ import { basename, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { recoverGenerations } from '../data/pseudo-labels.ts';
 import { exists } from '../io/exists.ts';
-import { applyModelState, disposeCheckpoint, loadCheckpoint } from '../io/weights.ts';
+import { applyModelState, disposeCheckpoint, loadCheckpoint, type CheckpointState } from '../io/weights.ts';
+import type { CheckpointPointer } from '../stages/checkpoint.ts';
 import type { NonFiniteStreak } from '../stages/train-step.ts';
 import type { ContinuousState, PhaseResultLike, RunContext } from './context.ts';
 import { evaluatePhase, type ResumePoint } from './trainer.ts';
@@ -66,6 +67,33 @@ export async function selectBest(ctx: RunContext, phase: string, result: PhaseRe
   result.eval = await evaluatePhase(ctx, `${phase} (best-val checkpoint)`);
 }
 
+/**
+ * The checkpoint latest.json names or, when that file is missing or cannot be read, the newest intact one
+ * of the folder (the damaged file set aside as `<file>.damaged`), said in the log; an error naming both
+ * when there is none. `pointer` is updated to the one loaded.
+ */
+async function loadOrFallBack(ctx: RunContext, pointer: CheckpointPointer): Promise<CheckpointState> {
+  try {
+    return await ctx.checkpoints.load(pointer);
+  } catch (err) {
+    const path = join(ctx.checkpoints.dir, pointer.file);
+    const missing = (err as NodeJS.ErrnoException).code === 'ENOENT';
+    const why = missing ? 'does not exist' : `cannot be read (${(err as Error).message})`;
+    const fallback = await ctx.checkpoints.newestIntact(pointer.file);
+    if (!fallback)
+      throw new Error(
+        `resume: ${path}, which latest.json names, ${why}, and no other checkpoint in ${ctx.checkpoints.dir} loads: run again without --resume to start over`,
+      );
+    const aside = missing ? null : await ctx.checkpoints.setAside(pointer.file);
+    ctx.events.log(
+      `resume: ${path}, which latest.json names, ${why}; going on from the newest intact checkpoint ${fallback.pointer.file} ` +
+        `(phase ${fallback.pointer.phase}, iteration ${fallback.pointer.iteration})${aside ? `; the damaged file is kept as ${aside}` : ''}`,
+    );
+    Object.assign(pointer, fallback.pointer);
+    return fallback.state;
+  }
+}
+
 /** Restores the last checkpoint: weights, prototypes, thresholds, pseudo-labels, phases done. */
 export async function restore(ctx: RunContext, file?: string): Promise<{ phase: string; point: ResumePoint } | null> {
   // what interrupted writes left (temporary files, a generation never committed) is deleted, never read
@@ -76,7 +104,7 @@ export async function restore(ctx: RunContext, file?: string): Promise<{ phase: 
     ctx.events.log(`resume: no checkpoint in ${ctx.checkpoints.dir}, starting from scratch`);
     return null;
   }
-  const state = file ? await loadCheckpoint(file) : await ctx.checkpoints.load(pointer);
+  const state = file ? await loadCheckpoint(file) : await loadOrFallBack(ctx, pointer);
   const meta = state.meta as {
     phase: string;
     iteration: number;

@@ -9,7 +9,7 @@
  * temporary file is never named, and `recover` deletes it). A full disk fails the save with a
  * `DiskFullError` that names the file, the free space and the checkpoint `latest.json` still names.
  */
-import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { DiskFullError, removeStaleTemporaries, writeJsonAtomic } from '../io/atomic.ts';
 import { crashPoint } from '../io/crash-points.ts';
@@ -98,6 +98,36 @@ export class CheckpointStore {
 
   async load(pointer: CheckpointPointer): Promise<CheckpointState> {
     return loadCheckpoint(join(this.dir, pointer.file));
+  }
+
+  /**
+   * The newest checkpoint of the folder (by modification time) that loads, other than `except`; null when
+   * none does. For a resume whose latest.json names a file that is missing or damaged.
+   */
+  async newestIntact(except: string): Promise<{ pointer: CheckpointPointer; state: CheckpointState } | null> {
+    const files = (await readdir(this.dir)).filter((f) => /^ckpt-.*\.safetensors$/.test(f) && f !== except);
+    const dated = await Promise.all(files.map(async (f) => ({ f, t: (await stat(join(this.dir, f))).mtimeMs })));
+    for (const { f } of dated.sort((a, b) => b.t - a.t)) {
+      const state = await loadCheckpoint(join(this.dir, f)).catch(() => null);
+      if (!state) continue;
+      const meta = state.meta as { phase?: string; iteration?: number };
+      const pointer: CheckpointPointer = {
+        file: f,
+        phase: String(meta.phase),
+        iteration: Number(meta.iteration),
+        miou: null,
+        savedAt: new Date((await stat(join(this.dir, f))).mtimeMs).toISOString(),
+      };
+      return { pointer, state };
+    }
+    return null;
+  }
+
+  /** Renames a damaged checkpoint to `<file>.damaged` (out of pruning and of `newestIntact`, kept to look at). */
+  async setAside(file: string): Promise<string> {
+    const to = `${file}.damaged`;
+    await rename(join(this.dir, file), join(this.dir, to));
+    return to;
   }
 
   /**

@@ -10,7 +10,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { lastRecordPerStep, readStepLog, type StepLogRecord } from '../../src/observe/step-log.ts';
@@ -279,3 +279,54 @@ test('SIGTERM in each kind of phase exits 0 within 15 s with the last complete s
   await checkFinalFolder(out);
   t.diagnostic(`SIGTERM -> exit 0 in ${stopMs.join(', ')} ms (max ${Math.max(...stopMs)} ms, bound ${BOUND_MS} ms)`);
 });
+
+test('a damaged or deleted latest checkpoint: --resume goes on from the newest intact one and says so; the run ends with the reference results', async () => {
+  const ckpt = (out: string, name: string) => join(out, 'checkpoints', name);
+  // killed at warm-up step 7: checkpoints at 3 and 6, latest.json names the one at 6
+  const damaged = join(dir, 'damaged');
+  const stepLog = join(dir, 'damaged.log');
+  const k = await runNode(smallRunArgs(data, damaged, stepLog), { env: { SPCL_CRASH_AT: 'step:7' } });
+  assert.equal(k.signal, 'SIGKILL', k.stderr.slice(-2000));
+  const latest = (await committedState(damaged)).latest!;
+  assert.deepEqual([latest.phase, latest.iteration], ['warmup', 6]);
+  await truncate(ckpt(damaged, latest.file), 1000); // a torn copy, a bad disk
+  const r = await runNode([...smallRunArgs(data, damaged, stepLog), '--resume']);
+  assert.equal(r.code, 0, r.stderr.slice(-3000));
+  const path = ckpt(damaged, latest.file);
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `^resume: ${esc(path)}, which latest\\.json names, cannot be read \\(.+\\); going on from the newest intact checkpoint ` +
+        `ckpt-warmup-00000003\\.safetensors \\(phase warmup, iteration 3\\); the damaged file is kept as ${esc(latest.file)}\\.damaged$`,
+      'm',
+    ),
+  );
+  assert.ok(await exists(`${path}.damaged`));
+  // steps 4-6 again from the checkpoint at 3: the same losses as the uninterrupted run, to the end
+  const got = lastRecordPerStep(readStepLog(stepLog));
+  assert.deepEqual(
+    got.map((x) => [x.phase, x.iteration, x.losses]),
+    reference.log.map((x) => [x.phase, x.iteration, x.losses]),
+  );
+  const report = (await readJson<RunReport>(join(damaged, 'report.json')))!;
+  assert.deepEqual(
+    report.phases.map((p) => p.classIoU),
+    reference.report.phases.map((p) => p.classIoU),
+  );
+  // deleted: the same fallback, without a file to set aside
+  const deleted = join(dir, 'deleted');
+  const d = await runNode(smallRunArgs(data, deleted, join(dir, 'deleted.log')), { env: { SPCL_CRASH_AT: 'step:7' } });
+  assert.equal(d.signal, 'SIGKILL');
+  await rm(ckpt(deleted, (await committedState(deleted)).latest!.file));
+  const d2 = await runNode([...smallRunArgs(data, deleted, join(dir, 'deleted.log')), '--resume'], { env: { SPCL_CRASH_AT: 'step:1' } });
+  assert.match(
+    d2.stderr,
+    new RegExp(
+      `^resume: ${esc(ckpt(deleted, 'ckpt-warmup-00000006.safetensors'))}, which latest\\.json names, does not exist; ` +
+        'going on from the newest intact checkpoint ckpt-warmup-00000003\\.safetensors \\(phase warmup, iteration 3\\)$',
+      'm',
+    ),
+  );
+});
+
+const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
