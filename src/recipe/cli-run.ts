@@ -14,7 +14,7 @@ import { useSyntheticData } from '../synthetic/benchmark.ts';
 import { configFromArgs } from './cli-config.ts';
 import { PRESETS, SYNTHETIC_DATA, SYNTHETIC_QUICK_DATA, checkConfig, quick, type SpclConfig } from './config.ts';
 import type { Method } from './method.ts';
-import { reportTable, runRecipe } from './run.ts';
+import { reportTable, runRecipe, type RunReport } from './run.ts';
 
 export interface PipelineSpec {
   /** Script name (pipelines/<name>.ts), the log prefix. */
@@ -29,6 +29,16 @@ export interface PipelineSpec {
   methods: readonly Method[];
   /** Run folder when --out is absent: runs/<preset><outSuffix> (runs/synthetic-quick<outSuffix> with --quick). */
   outSuffix?: string;
+  /** The pipeline's own changes to the preset, before --config and --set (which may still change them). */
+  preset?(cfg: SpclConfig): SpclConfig;
+  /** The pipeline's own string options, their --help lines, and the config change they make after the overrides. */
+  own?: {
+    options: Record<string, { type: 'string' }>;
+    usage: string;
+    apply(cfg: SpclConfig, values: Record<string, string | undefined>, usageError: (message: string) => never): SpclConfig;
+  };
+  /** What goes to stdout at the end (default: the per-phase table). */
+  summary?(report: RunReport): string;
 }
 
 export async function runPipelineCli(spec: PipelineSpec): Promise<void> {
@@ -53,7 +63,7 @@ ${spec.describe}
       : ''
   }
   --quick              a much shorter synthetic run (end-to-end check, under 2 minutes)
-  --step-log FILE      append one JSON line per training step (phase, iteration, every loss term, lr, skipped)
+  --step-log FILE      append one JSON line per training step (phase, iteration, every loss term, lr, skipped)${spec.own ? `\n${spec.own.usage}` : ''}
 ${METRICS_USAGE}
   -h, --help           this text
 Prints progress to stderr, a results table to stdout, and writes <out>/report.json.`;
@@ -71,6 +81,7 @@ Prints progress to stderr, a results table to stdout, and writes <out>/report.js
     quick: { type: 'boolean', default: false },
     'step-log': { type: 'string' },
     ...METRICS_OPTIONS,
+    ...spec.own?.options,
   } as const);
   const args = cli.values as typeof cli.values & { continuous?: boolean };
   const usageError: (message: string) => never = cli.fail;
@@ -78,7 +89,9 @@ Prints progress to stderr, a results table to stdout, and writes <out>/report.js
   try {
     if (args.quick && args.preset !== 'synthetic') usageError('--quick only applies to the synthetic preset');
     const methods = [...spec.methods, ...(spec.endless ? [spec.endless] : [])];
-    const cfg = await configFromArgs(args, usageError, { methods, transform: args.quick ? quick : undefined });
+    const ownPreset = spec.preset ?? ((c: SpclConfig) => c);
+    let cfg = await configFromArgs(args, usageError, { methods, transform: (c) => ownPreset(args.quick ? quick(c) : c) });
+    if (spec.own) cfg = spec.own.apply(cfg, args as unknown as Record<string, string | undefined>, usageError);
     // the preset's run folder (unless --config/--set moved it), per pipeline and for --quick
     if (!args.out && cfg.out === PRESETS[args.preset]!().out)
       cfg.out = `runs/${args.quick ? 'synthetic-quick' : cfg.preset}${spec.outSuffix ?? ''}`;
@@ -111,7 +124,7 @@ Prints progress to stderr, a results table to stdout, and writes <out>/report.js
       metrics,
     });
     await server.close();
-    console.log(reportTable(report));
+    console.log(spec.summary ? spec.summary(report) : reportTable(report));
     log(`report: ${join(cfg.out, 'report.json')}`);
   } catch (err) {
     log(`${spec.name}: ${process.env.SPCL_DEBUG ? (err as Error).stack : (err as Error).message}`);

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer, type AddressInfo } from 'node:net';
@@ -260,6 +260,35 @@ test('bad configuration is named: unknown key with a hint, wrong type, missing s
   const help = run('spcl.ts', ['--help']);
   assert.equal(help.status, 0);
   assert.match(help.stdout, /^usage: node pipelines\/spcl\.ts/);
+});
+
+test('every training pipeline takes the common flags: --config, --quick, --backend, --resume (source-only and mean-teacher as spcl)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'spcl-flags-'));
+  const bad = join(dir, 'bad.json');
+  await writeFile(bad, JSON.stringify({ warmup: { iteratons: 5 } }));
+  for (const name of ['spcl', 'source-only', 'mean-teacher']) {
+    const cases: [string[], RegExp][] = [
+      [
+        ['--quick', '--config', bad],
+        new RegExp(
+          `^${name}: ${bad.replace(/[.]/g, '\\.')}: unknown key 'warmup\\.iteratons' \\(did you mean 'warmup\\.iterations'\\?\\)$`,
+          'm',
+        ),
+      ],
+      [['--quick', '--preset', 'gta5-cityscapes'], new RegExp(`^${name}: --quick only applies to the synthetic preset$`, 'm')],
+      [['--quick', '--backend', 'tpu'], new RegExp(`^${name}: flags: backend must be one of .*got "tpu"`, 'm')],
+    ];
+    for (const [args, re] of cases) {
+      const r = run(`${name}.ts`, args);
+      assert.notEqual(r.status, 0, `${name} ${args.join(' ')}`);
+      assert.match(r.stderr, re, `${name} ${args.join(' ')}`);
+    }
+    const help = run(`${name}.ts`, ['--help']);
+    assert.equal(help.status, 0);
+    for (const flag of ['--config', '--set', '--backend', '--quick', '--resume', '--phase', '--step-log'])
+      assert.ok(help.stdout.includes(flag), `${name} --help lacks ${flag}`);
+  }
+  await rm(dir, { recursive: true });
 });
 
 test('SIGINT stops after the current step with a checkpoint and exit 0; --resume continues from that iteration', async () => {
