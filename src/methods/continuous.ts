@@ -257,4 +257,4 @@ export async function continuousPhase(
   };
 }
 
-export const continuous: Method = { name: 'continuous', kind: 'endless', run: continuousPhase };
+export const continuous: Method = { name: 'continuous', kind: 'endless', steps: (cfg) => cfg.continuous.steps, run: continuousPhase };

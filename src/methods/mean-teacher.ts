@@ -184,6 +184,7 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
 export const meanTeacher: Method = {
   name: 'mean-teacher',
   kind: 'train',
+  steps: (cfg) => (cfg.methods['mean-teacher']?.iterations as number | undefined) ?? 0,
   run: meanTeacherPhase,
   config: {
     // synthetic: as many steps as SPCL's contrastive + self-training phases, their learning rate;

@@ -116,7 +116,7 @@ export function anchoredSelfTrainingStep(
   };
 }
 
-export const selfTraining: Method = { name: 'ssl', kind: 'train', run: sslPhase };
+export const selfTraining: Method = { name: 'ssl', kind: 'train', steps: (cfg) => cfg.ssl.iterations, run: sslPhase };
 
 /** The share of a batch's pixels that carry a pseudo-label (not 255): what the thresholds left to learn from. */
 function labelledShare(batch: Batch): number {

@@ -73,4 +73,4 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
   }
 }
 
-export const spcl: Method = { name: 'spcl', kind: 'train', run: spclPhase };
+export const spcl: Method = { name: 'spcl', kind: 'train', steps: (cfg) => cfg.spcl.iterations, run: spclPhase };

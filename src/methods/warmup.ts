@@ -136,4 +136,4 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
   }
 }
 
-export const warmup: Method = { name: 'warmup', kind: 'train', run: warmupPhase };
+export const warmup: Method = { name: 'warmup', kind: 'train', steps: (cfg) => cfg.warmup.iterations, run: warmupPhase };

@@ -47,6 +47,8 @@ export interface RunContext {
   lrScale: number;
   /** Rollbacks so far in the run (checkpointed; `nonFinite.maxRollbacks` bounds them). */
   rollbacks: number;
+  /** Training steps of the phases still to run after the current one (the run's ETA on progress lines). */
+  stepsAfter: number;
   /** Where the continuous phase is (null outside it); checkpointed with everything else. */
   continuous: ContinuousState | null;
   /** Phases completed, and their results (checkpointed, so a resume skips them). */
@@ -96,6 +98,7 @@ export function createContext(
     | 'continuous'
     | 'lrScale'
     | 'rollbacks'
+    | 'stepsAfter'
   >,
 ): RunContext {
   const run = parts.cfg.out;
@@ -112,6 +115,7 @@ export function createContext(
     continuous: null,
     lrScale: 1,
     rollbacks: 0,
+    stepsAfter: 0,
     done: [],
     results: [],
   };

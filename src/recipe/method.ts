@@ -19,6 +19,8 @@ export interface Method {
    * never marked done, so a resume goes on from its iteration.
    */
   readonly kind: 'train' | 'pass' | 'endless';
+  /** Training steps the phase takes in all under `cfg` (the run's ETA; absent: none, e.g. a pass). */
+  steps?(cfg: SpclConfig): number;
   /** Runs the phase from `resume` (iteration 0 when it starts fresh). */
   run(ctx: RunContext, resume: ResumePoint): Promise<PhaseResult>;
   /**

@@ -148,6 +148,10 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       if (!wanted.has(phase) || ctx.done.includes(phase)) continue;
       if (opts.signal?.aborted) break;
       events.phase?.(phase, 'start');
+      ctx.stepsAfter = phases
+        .slice(phases.indexOf(method) + 1)
+        .filter((m) => wanted.has(m.name) && !ctx.done.includes(m.name))
+        .reduce((n, m) => n + (m.steps?.(cfg) ?? 0), 0);
       let point = resumePoint?.phase === phase ? resumePoint.point : { iteration: 0 };
       let result: PhaseResultLike;
       for (;;) {

@@ -206,6 +206,15 @@ export async function train<B>(ctx: RunContext, loop: TrainLoop<B>): Promise<Pha
   const starv = (ctx.starvation[phase] ??= { wait: 0, compute: 0 });
   let last: StepReport | null = null;
   let streak: StepReport[] = [];
+  // time left at this process's pace: of the phase (to `total` when it is a number) and of the run (the
+  // later phases' steps at the same pace: a guide, their steps cost what theirs do)
+  const end = Number(total);
+  const eta = (iteration: number): string => {
+    const perStep = (performance.now() - t0) / 1000 / Math.max(1, iteration - start);
+    if (!Number.isFinite(end)) return '';
+    const phaseLeft = perStep * Math.max(0, end - iteration);
+    return `  eta ${duration(phaseLeft)}${ctx.stepsAfter > 0 ? `, run ${duration(phaseLeft + perStep * ctx.stepsAfter)}` : ''}`;
+  };
   const guardedStep = (batch: B, iteration: number) => {
     forceNonFinite(injected(phase, iteration + 1));
     try {
@@ -236,7 +245,9 @@ export async function train<B>(ctx: RunContext, loop: TrainLoop<B>): Promise<Pha
             .map(([k, v]) => `${k} ${v.toFixed(4)}`)
             .join('  ');
           ctx.events.log(
-            `${phase} ${r.iteration}/${total}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms${r.skipped ? '  (update skipped: non-finite loss)' : ''}`,
+            `${phase} ${r.iteration}/${total}  ${terms}  lr ${r.lr.toExponential(2)}  ${(1000 * r.seconds).toFixed(0)} ms/step  wait ${(1000 * r.waitSeconds).toFixed(0)} ms` +
+              eta(r.iteration) +
+              (r.skipped ? '  (update skipped: non-finite loss)' : ''),
           );
         }
         streak = r.skipped ? [...streak, r] : [];
@@ -262,4 +273,12 @@ export async function train<B>(ctx: RunContext, loop: TrainLoop<B>): Promise<Pha
   const aborted = Boolean(ctx.signal?.aborted) && reached < pc.iterations;
   if (aborted) ctx.events.log(`${phase}: stopped at iteration ${reached}/${total}; checkpoint written, --resume continues`);
   return { phase, seconds: (performance.now() - t0) / 1000, iterations: reached, eval: null, losses, aborted };
+}
+
+/** Seconds as 45s, 12m05s or 3h20m. */
+export function duration(seconds: number): string {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }

@@ -48,6 +48,17 @@ test('spcl --quick: every phase runs end to end, the report has its structure, t
   );
   assert.match(r.stdout, /^phase +mIoU %/);
   assert.match(r.stderr, /warmup \d+\/\d+ +total/);
+  // progress lines carry the time left: of the phase and, before the last training phase, of the run
+  // (the later phases' steps at this phase's pace); the last warm-up line has none of the phase left
+  const secs = (t: string) => (/^(?:(\d+)h)?(?:(\d+)m)?(\d+)s$|^(\d+)h(\d+)m$/.test(t) ? t : assert.fail(`duration ${t}`));
+  const warm = [...r.stderr.matchAll(/^warmup (\d+)\/60 .* eta (\S+), run (\S+)$/gm)];
+  assert.ok(warm.length >= 2, 'warm-up lines with a phase and a run ETA');
+  for (const m of warm) secs(m[2]!) && secs(m[3]!);
+  assert.equal(warm.at(-1)![1], '60');
+  assert.equal(warm.at(-1)![2], '0s');
+  assert.notEqual(warm.at(-1)![3], '0s');
+  assert.match(r.stderr, /^ssl \d+\/\d+ .* eta \S+$/m);
+  assert.doesNotMatch(r.stderr, /^ssl \d+\/\d+ .*, run /m);
   // two threshold caps: pseudo.cap (0.9) for the pass that feeds spcl, ssl.pseudoCap (0.99) for self-training's
   const first = /^pseudo-labels: generation 1, .*; thresholds \(cap 0\.9\) ([\d. ]+)$/m.exec(r.stderr);
   assert.ok(first, 'first pass log line');
