@@ -3,7 +3,7 @@
  * fast-glob, and say how labels map to train IDs (REFERENCE 6.2). Listing never throws on a bad
  * sample: a missing label is a `problem`, counted and named, and the good samples go on.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { exists } from '../io/exists.ts';
 import { basename, join, relative } from 'node:path';
 import fg from 'fast-glob';
@@ -134,6 +134,9 @@ export async function listDataset(dataset: DatasetName, root: string, opts: List
   if (!DATASETS.includes(dataset)) throw new Error(`unknown dataset '${dataset}', expected one of ${DATASETS.join(', ')}`);
   const split = opts.split ?? 'train';
   const policy = opts.labels ?? 'required';
+  const root$ = await stat(root).catch(() => null);
+  if (!root$) throw new Error(`${root}: the dataset root does not exist`);
+  if (!root$.isDirectory()) throw new Error(`${root}: the dataset root is not a folder`);
   let layout: Layout;
   if (dataset === 'folder') {
     const mapPath = join(root, 'labelmap.json');

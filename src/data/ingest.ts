@@ -7,12 +7,14 @@
  * Bad input never passes silently and never loses the good records: each problem is logged with its
  * path and counted by kind; the caller decides the exit code (`usable`, `--strict`).
  */
+import { rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Piscina } from 'piscina';
 import { createProgress } from '../graph/progress.ts';
 import { describeWriteFailureSync } from '../io/atomic.ts';
 import { crashPoint } from '../io/crash-points.ts';
+import { exists } from '../io/exists.ts';
 import { listDataset, type DatasetName, type LabelPolicy, type SampleFiles } from './adapters.ts';
 import type { IngestResult, IngestTask, IngestWorkerData, ProblemKind, UnknownIds } from './ingest-worker.ts';
 import type { NumClasses } from './labels.ts';
@@ -104,6 +106,9 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
   };
 
   const shardPath = join(opts.out, shardFileName(opts.shardFile ?? shardIndex));
+  // a shard this run creates and never commits a record to is removed at the end: no empty shard is left
+  const created = !(await exists(shardPath));
+  let committed = 0;
   const shard = openShardForWrite(shardPath, { dataset: opts.dataset, split: listing.split, numClasses: listing.numClasses });
   const todo = mine.filter((s) => shard.index.get(s.key) === undefined);
   const existing = mine.length - todo.length;
@@ -149,6 +154,7 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
     } catch (err) {
       throw describeWriteFailureSync('shard', shardPath, err);
     }
+    committed += batch.length;
   };
   try {
     // Bounded in flight: 2 tasks per thread keep the pool busy without queueing the whole dataset.
@@ -194,6 +200,7 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
     progress?.done();
     await pool.destroy();
     await shard.close();
+    if (created && committed === 0) await Promise.all([shardPath, `${shardPath}-lock`].map((f) => rm(f, { force: true })));
   }
   let manifest: Manifest | null = null;
   if (written + existing > 0) manifest = await rebuildManifest(opts.out);

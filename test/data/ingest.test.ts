@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ingestDataset, type IngestOptions } from '../../src/data/ingest.ts';
@@ -253,9 +253,18 @@ test('CLI: --help, bad flags exit 2 naming the flag, nothing usable exits 1, --s
   const badShard = run('--dataset', 'gta5', '--root', dir, '--out', dir, '--shard-index', '3', '--shard-count', '2');
   assert.equal(badShard.status, 2);
   assert.match(badShard.stderr, /^ingest: --shard-index 3 must be < --shard-count 2/);
+  // a root that does not exist is said so (for the folder layout too, not as a missing labelmap.json)
+  for (const dataset of ['gta5', 'folder']) {
+    const none = run('--dataset', dataset, '--root', join(dir, 'nowhere'), '--out', join(dir, 'o0'));
+    assert.equal(none.status, 1);
+    assert.match(none.stderr, new RegExp(`^ingest: ${join(dir, 'nowhere')}: the dataset root does not exist$`, 'm'));
+  }
+  // a root with nothing usable: exit 1, and no empty shard left behind
+  await mkdir(join(dir, 'nothing'));
   const empty = run('--dataset', 'gta5', '--root', join(dir, 'nothing'), '--out', join(dir, 'o1'));
   assert.equal(empty.status, 1);
   assert.match(empty.stderr, /ingest: nothing usable found under .*nothing for dataset gta5/);
+  assert.deepEqual(await readdir(join(dir, 'o1')).catch(() => []), []);
   await gta5Tree(join(dir, 'g'));
   const ok = run('--dataset', 'gta5', '--root', join(dir, 'g'), '--out', join(dir, 'o2'));
   assert.equal(ok.status, 0, ok.stderr);
