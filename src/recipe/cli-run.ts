@@ -62,7 +62,7 @@ ${spec.describe}
                        SIGINT/SIGTERM or continuous.steps; with --resume it goes on where it stopped`
       : ''
   }
-  --quick              a much shorter synthetic run (end-to-end check, under 2 minutes)
+  --quick              a much shorter synthetic run (end-to-end check: about 1 minute alone on 2 cores)
   --step-log FILE      append one JSON line per training step (phase, iteration, every loss term, lr, skipped)${spec.own ? `\n${spec.own.usage}` : ''}
 ${METRICS_USAGE}
   -h, --help           this text
