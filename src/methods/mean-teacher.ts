@@ -34,7 +34,9 @@ import {
   presentClasses,
 } from '../ops/mean-teacher.ts';
 import { polyLR } from '../ops/optim.ts';
+import { IMAGENET_MEAN, IMAGENET_STD } from '../data/augment.ts';
 import { Rng } from '../data/rng.ts';
+import { drawStrongAugment, strongAugment } from '../ops/strong-augment.ts';
 import { batchTensors } from '../stages/collate.ts';
 import { applyIfFinite } from '../stages/train-step.ts';
 import { POSITIVE, POSITIVE_INT } from '../recipe/config-merge.ts';
@@ -55,6 +57,8 @@ export interface MeanTeacherConfig {
   threshold: number;
   /** ClassMix on (off: the student trains on the plain target batch with the teacher's labels). */
   classMix: boolean;
+  /** Colour jitter + Gaussian blur on the student's (mixed) images, as DACS and DAFormer (src/ops/strong-augment.ts). */
+  strongAugment: boolean;
   /** Weight of SPCL's contrastive term (0 = off; > 0 needs the prototypes phase before). */
   contrastWeight: number;
   /** BN of the student: 'trainable' (batch statistics, target running statistics) or 'frozen'. */
@@ -65,6 +69,10 @@ export interface MeanTeacherConfig {
 const STREAM = 61;
 /** Seed stream of the ClassMix draws (one Rng per iteration). */
 const MIX_STREAM = 63;
+/** Seed stream of the strong-augmentation draws (one Rng per iteration). */
+const AUGMENT_STREAM = 64;
+/** The decode stage's normalisation, which the strong augmentation undoes and redoes. */
+const NORMALISATION = { mean: IMAGENET_MEAN, std: IMAGENET_STD };
 
 function settings(ctx: RunContext): MeanTeacherConfig {
   const c = ctx.cfg.methods['mean-teacher'] as unknown as MeanTeacherConfig | undefined;
@@ -130,6 +138,9 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
             labels = mixLabels(mask, srcLabels, pseudo);
             pixelWeights = mixedPixelWeights(mask, w);
           }
+          // 2b. the strong augmentation of the student's input (colour jitter, blur): the teacher labelled the plain target
+          if (c.strongAugment)
+            input = strongAugment(input, drawStrongAugment(tb.n, Rng.derive(cfg.seed, AUGMENT_STREAM, it)), NORMALISATION);
           // BN's running statistics follow the target alone under model.bnStats 'target' (the synthetic
           // preset's): a mixed image carries source pixels, so the plain target batch passes forward for
           // the statistics, without gradient, and the mixed forward leaves them alone (as warm-up does)
@@ -191,7 +202,17 @@ export const meanTeacher: Method = {
     // the paper presets: DACS's DeepLab-v2 settings (SGD 2.5e-4, poly, 250k iterations, alpha 0.99)
     defaults: (preset): MeanTeacherConfig & Record<string, unknown> =>
       preset === 'synthetic'
-        ? { iterations: 600, maxIter: 840, lr: 0.004, alpha: 0.99, threshold: 0.968, classMix: true, contrastWeight: 0, bn: 'trainable' }
+        ? {
+            iterations: 600,
+            maxIter: 840,
+            lr: 0.004,
+            alpha: 0.99,
+            threshold: 0.968,
+            classMix: true,
+            strongAugment: false,
+            contrastWeight: 0,
+            bn: 'trainable',
+          }
         : {
             iterations: 250_000,
             maxIter: 250_000,
@@ -199,6 +220,7 @@ export const meanTeacher: Method = {
             alpha: 0.99,
             threshold: 0.968,
             classMix: true,
+            strongAugment: true,
             contrastWeight: 0,
             bn: 'frozen',
           },
