@@ -63,6 +63,11 @@ try {
   metrics.buildInfo.set({ version: process.env.npm_package_version ?? '0.1.0', backend, phase: 'evaluate', preset: 'none' }, 1);
   const { model, meta } = await modelFromCheckpoint(args.checkpoint);
   const dataset = await openDataset(args.data);
+  if (dataset.manifest.labelled === 0)
+    throw new Error(
+      `${args.data} has no labels (${dataset.manifest.count} images, ingested with --labels none?): evaluate needs ground truth. ` +
+        `For predictions on unlabelled images use pipelines/segment.ts --checkpoint ${args.checkpoint} --input IMAGES --out DIR`,
+    );
   if (dataset.manifest.numClasses !== meta.numClasses)
     throw new Error(`${args.data} has ${dataset.manifest.numClasses} classes, the checkpoint ${meta.numClasses}`);
   const evalSize: [number, number] = size ?? meta.size?.eval ?? [512, 1024];
@@ -126,6 +131,7 @@ try {
   model.dispose();
   await server.close();
 } catch (err) {
-  process.stderr.write(`evaluate: ${(err as Error).message}\n`);
+  const message = (err as Error).message;
+  process.stderr.write(`${message.startsWith('evaluate: ') ? '' : 'evaluate: '}${message}\n`);
   process.exit(1);
 }

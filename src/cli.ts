@@ -10,15 +10,22 @@ export interface Cli<V> {
   fail(message: string): never;
 }
 
-export function parseCli<const O extends ParseArgsOptionsConfig>(name: string, usage: string, options: O) {
+/** `positionals`: accept arguments that are not flags (e.g. the files a shell glob expands to); default no. */
+export function parseCli<const O extends ParseArgsOptionsConfig>(
+  name: string,
+  usage: string,
+  options: O,
+  opts: { positionals?: boolean } = {},
+) {
   const fail = (message: string): never => {
     process.stderr.write(`${name}: ${message}\n\n${usage}\n`);
     process.exit(2);
   };
   const config = { options: { ...options, help: { type: 'boolean', short: 'h', default: false } } } as const;
   let values: ReturnType<typeof parseArgs<typeof config>>['values'];
+  let positionals: string[];
   try {
-    values = parseArgs(config).values;
+    ({ values, positionals } = parseArgs({ ...config, allowPositionals: opts.positionals ?? false }));
   } catch (err) {
     return fail((err as Error).message);
   }
@@ -26,7 +33,7 @@ export function parseCli<const O extends ParseArgsOptionsConfig>(name: string, u
     console.log(usage);
     process.exit(0);
   }
-  return { values, fail };
+  return { values, positionals, fail };
 }
 
 /** A `HxW` flag value as [height, width], both >= `min`; otherwise `fail` names the flag and an example. */

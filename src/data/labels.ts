@@ -114,3 +114,13 @@ export function parseLabelMap(json: unknown, source: string, numClasses: number)
   }
   return out;
 }
+
+/**
+ * A 256-entry table: train ID -> Cityscapes label ID (the inverse of CITYSCAPES_TO_TRAIN19/16), for
+ * predictions written in the IDs Cityscapes' own tools read; 255 and unused entries -> 0 (unlabeled).
+ */
+export function trainToCityscapesIds(numClasses: NumClasses): Uint8Array {
+  const lut = new Uint8Array(256);
+  for (const [id, train] of Object.entries(numClasses === 19 ? CITYSCAPES_TO_TRAIN19 : CITYSCAPES_TO_TRAIN16)) lut[train] = Number(id);
+  return lut;
+}

@@ -1,3 +1,5 @@
+import { CITYSCAPES_TO_TRAIN19, trainToCityscapesIds, type NumClasses } from './labels.ts';
+
 /** Cityscapes colours of the 19 train IDs (REFERENCE 6.2 order), for prediction PNGs; 255 is black. */
 export const CITYSCAPES_PALETTE: readonly (readonly [number, number, number])[] = [
   [128, 64, 128],
@@ -27,6 +29,37 @@ export function colourise(ids: ArrayLike<number>): Uint8Array {
   for (let i = 0; i < ids.length; i++) {
     const c = CITYSCAPES_PALETTE[ids[i]!];
     if (c) out.set(c, 3 * i);
+  }
+  return out;
+}
+
+/**
+ * Colours of the train IDs of a label space, 256 x RGB: the 16-class (SYNTHIA) IDs get their Cityscapes
+ * class's colour (16-class ID 9 is sky, not terrain), IDs without a class (255) black.
+ */
+export function paletteOf(numClasses: NumClasses): Uint8Array {
+  const out = new Uint8Array(256 * 3);
+  const toLabelId = trainToCityscapesIds(numClasses);
+  for (let k = 0; k < numClasses; k++) out.set(CITYSCAPES_PALETTE[CITYSCAPES_TO_TRAIN19[toLabelId[k]!]!]!, 3 * k);
+  return out;
+}
+
+/**
+ * The colour of each pixel's train ID blended over an RGB image: round((1 - alpha) x image + alpha x
+ * colour); pixels whose ID has no class (255) keep the image. `palette` as `paletteOf` makes it.
+ */
+export function overlayColours(
+  rgb: Uint8Array,
+  ids: ArrayLike<number>,
+  palette: Uint8Array,
+  numClasses: number,
+  alpha: number,
+): Uint8Array {
+  const out = new Uint8Array(rgb.length);
+  for (let i = 0, p = 0; i < ids.length; i++, p += 3) {
+    const k = ids[i]!;
+    for (let c = 0; c < 3; c++)
+      out[p + c] = k < numClasses ? Math.round((1 - alpha) * rgb[p + c]! + alpha * palette[3 * k + c]!) : rgb[p + c]!;
   }
   return out;
 }

@@ -14,7 +14,7 @@
  *   commit fails (an unhandled rejection ends the process), and `close()` never settles afterwards.
  */
 import { statfsSync } from 'node:fs';
-import { open, readdir, rename, rm, statfs } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, statfs, writeFile } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { dirname } from 'node:path';
 import { crashPoint, type CrashPointName } from './crash-points.ts';
@@ -147,6 +147,23 @@ export async function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>
     throw await describeWriteFailure(opts.what ?? 'file', path, err, total);
   }
   await syncDirectory(dirname(path));
+}
+
+/**
+ * Outputs a run can write again (prediction PNGs): `bytes` to the temporary name, renamed over `path`
+ * (its folder made first). An interrupted write leaves no torn file under the final name; no fsync, as
+ * thousands of them would cost more than writing the files again after a power loss.
+ */
+export async function writeFileReplacing(path: string, bytes: Uint8Array, what = 'file'): Promise<void> {
+  const tmp = temporaryPath(path);
+  try {
+    await mkdir(dirname(path), { recursive: true });
+    await writeFile(tmp, bytes);
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw await describeWriteFailure(what, path, err, bytes.length);
+  }
 }
 
 /** `writeFileAtomic` of `value` as indented JSON. */
