@@ -66,7 +66,8 @@ ${spec.describe}
   --step-log FILE      append one JSON line per training step (phase, iteration, every loss term, lr, skipped)${spec.own ? `\n${spec.own.usage}` : ''}
 ${METRICS_USAGE}
   -h, --help           this text
-Prints progress to stderr, a results table to stdout, and writes <out>/report.json.`;
+Prints progress to stderr, a results table to stdout, and writes <out>/report.json and <out>/report.html
+(the visual report, self-contained; node pipelines/report.ts --run <out> writes it again).`;
   const cli = parseCli(spec.name, usage, {
     preset: { type: 'string', default: 'synthetic' },
     config: { type: 'string' },

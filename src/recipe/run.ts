@@ -16,8 +16,11 @@ import type { SpclConfig } from './config.ts';
 import type { SpclMetrics } from '../observe/metrics.ts';
 import { metricsEvents } from '../observe/events.ts';
 import type { RunEvents } from '../observe/run-events.ts';
+import { reportDataEvents } from '../observe/report-data.ts';
+import { writeReportHtml } from '../observe/report-html.ts';
 import { createContext, type PhaseResultLike } from './context.ts';
 import type { Method } from './method.ts';
+import { writePreviews } from './previews.ts';
 import { restore, rollBack, selectBest } from './resume.ts';
 import { checkpointState, evaluatePhase, type ResumePoint } from './trainer.ts';
 import { NonFiniteStreak } from '../stages/train-step.ts';
@@ -121,6 +124,9 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
     );
   }
   await mkdir(cfg.out, { recursive: true });
+  // what report.html draws beyond report.json: curves, evaluations, pseudo-label generations (appended, resume-safe)
+  const recorder = reportDataEvents(cfg.out, events, { every: cfg.logEvery });
+  events = recorder;
   const reader = new SampleReader({
     threads: cfg.data.workers || undefined,
     unknownLabels: cfg.data.unknownLabelIds,
@@ -168,6 +174,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       if (method.kind === 'endless') {
         // never "done": a resume (or a larger step budget) goes on from its iteration
         result.eval = await evaluatePhase(ctx, phase);
+        if (!opts.signal?.aborted) await writePreviews(ctx, phase);
         ctx.results.push(result);
         tensorsAfter.set(phase, tf.memory().numTensors);
         events.phase?.(phase, 'end');
@@ -177,6 +184,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
         result.eval = await evaluatePhase(ctx, phase);
         if (cfg.checkpoint.select === 'best-val') await selectBest(ctx, phase, result);
         if (opts.signal?.aborted) break; // the evaluation was cut short: the phase is not done, --resume evaluates again
+        await writePreviews(ctx, phase); // report.html's images, from the model the checkpoint below keeps
       }
       ctx.done.push(phase);
       ctx.results.push(result);
@@ -212,9 +220,14 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
       config: cfg,
     };
     await writeJsonAtomic(join(cfg.out, 'report.json'), report, { what: 'report' }); // never a torn report after a kill
+    // a by-product: a failure is logged, the run's result stands
+    await writeReportHtml(cfg.out, { report }).catch((err: Error) =>
+      events.log(`report.html not written: ${err.message}; node pipelines/report.ts --run ${cfg.out} writes it`),
+    );
     if (!report.stopped) events.finished?.();
     return report;
   } finally {
+    recorder.close();
     await reader.close();
     ctx.prototypes.dispose();
     model.dispose();
