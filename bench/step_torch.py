@@ -1,7 +1,9 @@
-"""PyTorch peer of bench/step.ts: the same small DeepLab-v2 (one bottleneck per ResNet layer, stem 16,
+"""PyTorch peer of bench/step.ts. `--net deeplab`: the same small DeepLab-v2 (one bottleneck per ResNet layer, stem 16,
 planes 8/16/32/64, OS 8 with layer3 d2 / layer4 d4, frozen BN, 4-branch ASPP d 6/12/18/24), one SGD
 training step (forward, bilinear upsample with align_corners=True, CE with ignore 255, backward,
-momentum + weight decay, classifier x10). Prints one JSON line. Used only as a benchmark peer."""
+momentum + weight decay, classifier x10). `--net plain`: bench/plain-net.ts's six 3x3 convolutions
+(three of stride 2, 32-128 channels, no dilation) and a 1x1 classifier, the same step. Prints one JSON
+line. Used only as a benchmark peer."""
 import argparse, json, time
 import torch
 import torch.nn as nn
@@ -56,8 +58,23 @@ class SmallDeeplab(nn.Module):
         return f, sum(c(f) for c in self.aspp)
 
 
+class PlainNet(nn.Module):
+    CONVS = ((3, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1))
+
+    def __init__(self, classes):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(i, o, 3, s, padding=1) for i, o, s in self.CONVS])
+        self.aspp = nn.Conv2d(128, classes, 1)  # named like the DeepLab's classifier: the x10 group
+
+    def forward(self, x):
+        for c in self.convs:
+            x = F.relu(c(x))
+        return x, self.aspp(x)
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--net", choices=("deeplab", "plain"), default="deeplab")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--height", type=int, default=64)
     ap.add_argument("--width", type=int, default=128)
@@ -69,7 +86,7 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = SmallDeeplab(a.classes)
+    model = SmallDeeplab(a.classes) if a.net == "deeplab" else PlainNet(a.classes)
     backbone = [p for n, p in model.named_parameters() if not n.startswith("aspp")]
     opt = torch.optim.SGD([{"params": backbone, "lr": 1e-3}, {"params": model.aspp.parameters(), "lr": 1e-2}],
                           momentum=0.9, weight_decay=5e-4)
