@@ -22,6 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Observable, exhaustMap, filter, from, timer } from 'rxjs';
+import { exists } from '../io/exists.ts';
 import { listDataset, type DatasetName } from '../data/adapters.ts';
 import { openDataset, type Dataset } from '../data/reader.ts';
 
@@ -108,8 +109,9 @@ export function lookAtTarget(opts: WatchTargetOptions): () => Promise<TargetArri
   /** Settled files of the watched folder whose keys are not in the dataset yet: key -> file and stamp. */
   const pendingFiles = async (): Promise<Map<string, { image: string; stamp: string }>> => {
     const m = dataset.manifest;
-    const listing = await listDataset(m.dataset as DatasetName, opts.watch!, { split: m.split, numClasses: m.numClasses, labels: 'none' });
     const todo = new Map<string, { image: string; stamp: string }>();
+    if (!(await exists(opts.watch!))) return todo; // not made yet: nothing has arrived
+    const listing = await listDataset(m.dataset as DatasetName, opts.watch!, { split: m.split, numClasses: m.numClasses, labels: 'none' });
     for (const s of listing.samples) {
       if (known.has(WATCH_PREFIX + s.key)) continue;
       let seen: FileSeen;
