@@ -28,6 +28,7 @@ import {
   chooseMixClasses,
   classMixMask,
   confidenceWeight,
+  confidentLabels,
   mixImages,
   mixLabels,
   mixedPixelWeights,
@@ -57,6 +58,8 @@ export interface MeanTeacherConfig {
   threshold: number;
   /** ClassMix on (off: the student trains on the plain target batch with the teacher's labels). */
   classMix: boolean;
+  /** How the teacher's confidence counts: 'image' (DACS/DAFormer: per-image weight) or 'pixel' (only confident pixels labelled). */
+  confidence: 'image' | 'pixel';
   /** Colour jitter + Gaussian blur on the student's (mixed) images, as DACS and DAFormer (src/ops/strong-augment.ts). */
   strongAugment: boolean;
   /** Weight of SPCL's contrastive term (0 = off; > 0 needs the prototypes phase before). */
@@ -114,9 +117,12 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
           const probs = tf.softmax(
             tf.image.resizeBilinear(teacher.model.forward(xt, { training: false }).logits, size, true),
           ) as tf.Tensor4D;
-          const pseudo = tf.argMax(probs, 3).toInt() as tf.Tensor3D;
-          const w = confidenceWeight(probs, c.threshold);
-          weight = w.mean().dataSync()[0]!;
+          // 'image' (DACS, DAFormer): every pixel labelled, the image weighted by its confident share;
+          // 'pixel': only the confident pixels labelled, weight 1 (the share is still reported)
+          const share = confidenceWeight(probs, c.threshold);
+          weight = share.mean().dataSync()[0]!;
+          const pseudo = c.confidence === 'pixel' ? confidentLabels(probs, c.threshold) : (tf.argMax(probs, 3).toInt() as tf.Tensor3D);
+          const w = c.confidence === 'pixel' ? (tf.onesLike(share) as tf.Tensor1D) : share;
           // 2. ClassMix, the source at the target size
           let input = xt;
           let labels = pseudo;
@@ -208,6 +214,7 @@ export const meanTeacher: Method = {
             lr: 0.004,
             alpha: 0.99,
             threshold: 0.968,
+            confidence: 'image',
             classMix: true,
             strongAugment: false,
             contrastWeight: 0,
@@ -219,6 +226,7 @@ export const meanTeacher: Method = {
             lr: 2.5e-4,
             alpha: 0.99,
             threshold: 0.968,
+            confidence: 'image',
             classMix: true,
             strongAugment: true,
             contrastWeight: 0,
@@ -232,6 +240,7 @@ export const meanTeacher: Method = {
       threshold: [(v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)'],
       contrastWeight: [(v) => typeof v === 'number' && v >= 0 && Number.isFinite(v), 'a number >= 0 (0 = off)'],
       bn: [(v) => v === 'frozen' || v === 'trainable', "'frozen' or 'trainable'"],
+      confidence: [(v) => v === 'image' || v === 'pixel', "'image' or 'pixel'"],
     },
   },
 };

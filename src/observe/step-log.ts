@@ -25,15 +25,18 @@ export interface StepLogRecord {
   lr: number;
   /** The update was skipped (non-finite loss). */
   skipped: boolean;
+  /** The method's own per-step statistics, when it reports any (the mean teacher's confidence share, ...). */
+  stats?: Record<string, number>;
 }
 
 const encodeNumber = (v: number): number | string => (Number.isFinite(v) ? v : String(v));
 const decodeNumber = (v: unknown): number =>
   typeof v === 'string' && ['NaN', 'Infinity', '-Infinity'].includes(v) ? Number(v) : (v as number);
 
-export function stepLogLine(r: Pick<StepReport, 'phase' | 'iteration' | 'losses' | 'lr' | 'skipped'>): string {
-  const losses = Object.fromEntries(Object.entries(r.losses).map(([k, v]) => [k, encodeNumber(v)]));
-  return `${JSON.stringify({ phase: r.phase, iteration: r.iteration, losses, lr: encodeNumber(r.lr), skipped: r.skipped })}\n`;
+export function stepLogLine(r: Pick<StepReport, 'phase' | 'iteration' | 'losses' | 'lr' | 'skipped' | 'stats'>): string {
+  const numbers = (m: Record<string, number>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, encodeNumber(v)]));
+  const stats = r.stats && Object.keys(r.stats).length ? { stats: numbers(r.stats) } : {};
+  return `${JSON.stringify({ phase: r.phase, iteration: r.iteration, losses: numbers(r.losses), lr: encodeNumber(r.lr), skipped: r.skipped, ...stats })}\n`;
 }
 
 /** `base` plus a step log appended to `path` (created with its folder when missing). */
@@ -68,7 +71,8 @@ export function readStepLog(path: string): StepLogRecord[] {
     if (typeof r.phase !== 'string' || !Number.isInteger(r.iteration) || typeof r.losses !== 'object' || r.losses === null) {
       throw new Error(`${path}:${i + 1}: expected {phase, iteration, losses, lr, skipped}, found ${line.slice(0, 80)}`);
     }
-    return { ...r, losses: Object.fromEntries(Object.entries(r.losses).map(([k, v]) => [k, decodeNumber(v)])), lr: decodeNumber(r.lr) };
+    const numbers = (m: Record<string, unknown>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, decodeNumber(v)]));
+    return { ...r, losses: numbers(r.losses), lr: decodeNumber(r.lr), ...(r.stats ? { stats: numbers(r.stats) } : {}) };
   });
 }
 

@@ -92,6 +92,18 @@ export function confidenceWeight(probs: tf.Tensor4D, threshold: number): tf.Tens
   return tf.tidy(() => tf.greater(tf.max(probs, 3), threshold).toFloat().mean([1, 2]) as tf.Tensor1D);
 }
 
+/**
+ * The pixel-level alternative to the image weight (`methods.mean-teacher.confidence: 'pixel'`): the teacher's
+ * argmax where its max probability exceeds `threshold`, 255 (ignored) elsewhere, as SPCL's thresholded
+ * pseudo-labels are, with one threshold for every class.
+ */
+export function confidentLabels(probs: tf.Tensor4D, threshold: number): tf.Tensor3D {
+  if (probs.rank !== 4) throw new Error(`confidentLabels: probs must be rank 4 [B,H,W,K], got shape ${shapeStr(probs.shape)}`);
+  return tf.tidy(
+    () => tf.where(tf.greater(tf.max(probs, 3), threshold), tf.argMax(probs, 3).toInt(), tf.scalar(255, 'int32')) as tf.Tensor3D,
+  );
+}
+
 /** Pixel weights [B,H,W] of a mixed image: 1 on pasted source pixels, the image's confidence weight elsewhere. */
 export function mixedPixelWeights(mask: tf.Tensor3D, weight: tf.Tensor1D): tf.Tensor3D {
   return tf.tidy(() => {

@@ -5,6 +5,7 @@ import {
   chooseMixClasses,
   classMixMask,
   confidenceWeight,
+  confidentLabels,
   emaUpdate,
   mixImages,
   mixLabels,
@@ -82,6 +83,11 @@ test('confidence weight: the share of pixels above the threshold per image; mixe
   const probs = tf.tensor4d([0.97, 0.03, 0.6, 0.4, 0.01, 0.99, 0.98, 0.02], [2, 1, 2, 2]);
   const w = confidenceWeight(probs, 0.968);
   assertClose(w.dataSync(), [0.5, 1], 1e-7, 'weights');
+  // the pixel-level alternative: argmax where confident (0.97 -> 0; 0.99 -> 1; 0.98 -> 0), 255 elsewhere (0.6)
+  const confident = confidentLabels(probs, 0.968);
+  assert.deepEqual(Array.from(confident.dataSync()), [0, 255, 1, 0]);
+  assert.equal(confident.dtype, 'int32');
+  confident.dispose();
   const mask = tf.tensor3d([1, 0, 0, 0], [2, 1, 2]);
   const pw = mixedPixelWeights(mask, w);
   assertClose(pw.dataSync(), [1, 0.5, 1, 1], 1e-7, 'pixel weights');

@@ -187,11 +187,19 @@ test('step log: one line per step, float32 losses read back bit-exactly, non-fin
   events.step!(report('warmup', 2, Number.NaN));
   events.step!(report('warmup', 2, 1.75)); // the resumed run's step 2
   events.step!(report('spcl', 1, Number.POSITIVE_INFINITY));
-  assert.deepEqual(seen, [1, 2, 2, 1]);
+  // a method's statistics ride along (the mean teacher's confidence share)
+  events.step!({ ...report('mean-teacher', 1, 0.5), stats: { teacher_weight: f32, mixed_share: 0.25 } });
+  assert.deepEqual(seen, [1, 2, 2, 1, 1]);
   const lines = (await readFile(path, 'utf8')).split('\n');
   assert.equal(lines[1], '{"phase":"warmup","iteration":2,"losses":{"total":"NaN","seg":1.2345677614212036},"lr":0.02,"skipped":true}');
+  assert.equal(
+    lines[4],
+    '{"phase":"mean-teacher","iteration":1,"losses":{"total":0.5,"seg":1.2345677614212036},"lr":0.01,"skipped":false,"stats":{"teacher_weight":1.2345677614212036,"mixed_share":0.25}}',
+  );
   const records = readStepLog(path);
-  assert.equal(records.length, 4);
+  assert.equal(records.length, 5);
+  assert.deepEqual(records[4]!.stats, { teacher_weight: f32, mixed_share: 0.25 });
+  assert.equal(records[0]!.stats, undefined);
   assert.equal(records[0]!.losses.seg, f32);
   assert.ok(Number.isNaN(records[1]!.losses.total));
   assert.deepEqual(
@@ -200,6 +208,7 @@ test('step log: one line per step, float32 losses read back bit-exactly, non-fin
       ['warmup', 1, 2.5],
       ['warmup', 2, 1.75],
       ['spcl', 1, Infinity],
+      ['mean-teacher', 1, 0.5],
     ],
   );
   await writeFile(path, `${lines[0]}\n{"phase":"warmup","iter`);
