@@ -35,6 +35,7 @@ import {
   presentClasses,
 } from '../ops/mean-teacher.ts';
 import { polyLR } from '../ops/optim.ts';
+import { pseudoLabels } from '../ops/thresholds.ts';
 import { IMAGENET_MEAN, IMAGENET_STD } from '../data/augment.ts';
 import { Rng } from '../data/rng.ts';
 import { drawStrongAugment, strongAugment } from '../ops/strong-augment.ts';
@@ -58,8 +59,12 @@ export interface MeanTeacherConfig {
   threshold: number;
   /** ClassMix on (off: the student trains on the plain target batch with the teacher's labels). */
   classMix: boolean;
-  /** How the teacher's confidence counts: 'image' (DACS/DAFormer: per-image weight) or 'pixel' (only confident pixels labelled). */
-  confidence: 'image' | 'pixel';
+  /**
+   * How the teacher's confidence counts: 'image' (DACS/DAFormer: every pixel labelled, the image weighted by
+   * its share above `threshold`), 'pixel' (only pixels above `threshold` labelled) or 'class' (only pixels
+   * above SPCL's per-class thresholds, from a thresholds pass before the phase: the pipeline adds it).
+   */
+  confidence: 'image' | 'pixel' | 'class';
   /** Colour jitter + Gaussian blur on the student's (mixed) images, as DACS and DAFormer (src/ops/strong-augment.ts). */
   strongAugment: boolean;
   /** Weight of SPCL's contrastive term (0 = off; > 0 needs the prototypes phase before). */
@@ -88,6 +93,9 @@ function settings(ctx: RunContext): MeanTeacherConfig {
 export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
   const { cfg, model } = ctx;
   const c = settings(ctx);
+  if (c.confidence === 'class' && !ctx.thresholds) {
+    throw new Error("mean-teacher: methods.mean-teacher.confidence 'class' needs class thresholds: run a pseudo-labels phase before");
+  }
   if (c.contrastWeight > 0 && !ctx.prototypes.ready) {
     throw new Error('mean-teacher: methods.mean-teacher.contrastWeight > 0 needs prototypes: run the prototypes phase before');
   }
@@ -121,8 +129,14 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
           // 'pixel': only the confident pixels labelled, weight 1 (the share is still reported)
           const share = confidenceWeight(probs, c.threshold);
           weight = share.mean().dataSync()[0]!;
-          const pseudo = c.confidence === 'pixel' ? confidentLabels(probs, c.threshold) : (tf.argMax(probs, 3).toInt() as tf.Tensor3D);
-          const w = c.confidence === 'pixel' ? (tf.onesLike(share) as tf.Tensor1D) : share;
+          // 'class': SPCL's per-class thresholds of the pass before (the upper median of each class, capped)
+          const pseudo =
+            c.confidence === 'pixel'
+              ? confidentLabels(probs, c.threshold)
+              : c.confidence === 'class'
+                ? pseudoLabels(probs, ctx.thresholds!)
+                : (tf.argMax(probs, 3).toInt() as tf.Tensor3D);
+          const w = c.confidence === 'image' ? share : (tf.onesLike(share) as tf.Tensor1D);
           // 2. ClassMix, the source at the target size
           let input = xt;
           let labels = pseudo;
@@ -240,7 +254,7 @@ export const meanTeacher: Method = {
       threshold: [(v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)'],
       contrastWeight: [(v) => typeof v === 'number' && v >= 0 && Number.isFinite(v), 'a number >= 0 (0 = off)'],
       bn: [(v) => v === 'frozen' || v === 'trainable', "'frozen' or 'trainable'"],
-      confidence: [(v) => v === 'image' || v === 'pixel', "'image' or 'pixel'"],
+      confidence: [(v) => v === 'image' || v === 'pixel' || v === 'class', "'image', 'pixel' or 'class'"],
     },
   },
 };

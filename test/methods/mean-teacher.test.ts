@@ -99,3 +99,25 @@ test(`mean teacher, ${STEPS} steps: stopped at 5 and resumed equals uninterrupte
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test("mean teacher's label rules: 'class' without a thresholds pass before is refused by name; the settings' rules name the values allowed", async () => {
+  const shards = await prepareSynthetic(join(root, SYNTHETIC_QUICK_DATA.root), SYNTHETIC_QUICK_DATA.counts, () => {});
+  const dir = await mkdtemp(join(tmpdir(), 'spcl-mean-teacher-class-'));
+  try {
+    const base = withMethods(quick(PRESETS.synthetic!()), [meanTeacher]);
+    const cfg = mergeConfig(
+      base,
+      { out: dir, data: { ...shards, workers: 1 }, methods: { 'mean-teacher': { iterations: 2, maxIter: 4, confidence: 'class' } } },
+      'test',
+      methodRules([meanTeacher]),
+    );
+    await assert.rejects(run(cfg), {
+      message: "mean-teacher: methods.mean-teacher.confidence 'class' needs class thresholds: run a pseudo-labels phase before",
+    });
+    assert.throws(() => mergeConfig(base, { methods: { 'mean-teacher': { confidence: 'soft' } } }, '--set x', methodRules([meanTeacher])), {
+      message: /methods\.mean-teacher\.confidence must be 'image', 'pixel' or 'class', got "soft"/,
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
