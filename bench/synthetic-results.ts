@@ -29,7 +29,8 @@ const USAGE = `usage: node bench/synthetic-results.ts [options]
   --domain NAME   target (default: the embedded benchmark) | night: the same source, a second target domain
                   the default benchmark never renders (data/synthetic-night; the recipe itself unchanged)
   --methods LIST  sides to run and tabulate, comma-separated, from spcl, source-only, mean-teacher,
-                  mean-teacher-cl (+ SPCL's contrastive term); default spcl,source-only
+                  mean-teacher-cl (+ SPCL's contrastive term), mean-teacher-class (labels only above
+                  SPCL's per-class thresholds); default spcl,source-only
   --only NAME     run only this side (one of --methods); the others' reports are read as they are
   --collect       only read the reports already in --out and print the table
   -h, --help      this text`;
@@ -59,6 +60,11 @@ const SIDES: Record<string, { script: string; args: string[]; row: string | null
     script: 'mean-teacher.ts',
     args: ['--set', 'methods.mean-teacher.contrastWeight=1'],
     row: 'mean-teacher + contrastive',
+  },
+  'mean-teacher-class': {
+    script: 'mean-teacher.ts',
+    args: ['--set', 'methods.mean-teacher.confidence="class"'],
+    row: "mean-teacher, SPCL's class thresholds",
   },
 };
 const sides = args.methods.split(',');
