@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { DATASETS, type DatasetName, type LabelPolicy } from '../src/data/adapters.ts';
 import { ingestDataset } from '../src/data/ingest.ts';
-import { parseCli } from '../src/cli.ts';
+import { parseCli, parseIntFlag } from '../src/cli.ts';
 import { METRICS_OPTIONS, METRICS_USAGE, startMetrics } from '../src/observe/cli.ts';
 
 const USAGE = `usage: node pipelines/ingest.ts --dataset NAME --root DIR --out DIR [options]
@@ -51,12 +51,7 @@ const cli = parseCli('ingest', USAGE, {
 });
 const values = cli.values;
 const usageError: (message: string) => never = cli.fail;
-const int = (flag: string, v: string | undefined, min: number): number | undefined => {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) usageError(`--${flag} must be an integer >= ${min}, got '${v}'`);
-  return n;
-};
+const int = (flag: string, v: string | undefined, min: number): number | undefined => parseIntFlag(v, flag, min, usageError);
 if (!values.dataset) usageError('--dataset is required');
 if (!DATASETS.includes(values.dataset as DatasetName))
   usageError(`--dataset must be one of ${DATASETS.join(', ')}, got '${values.dataset}'`);

@@ -10,7 +10,7 @@ import { availableParallelism } from 'node:os';
 process.env.UV_THREADPOOL_SIZE ??= String(availableParallelism());
 
 import { lastValueFrom } from 'rxjs';
-import { parseCli, parseSize } from '../src/cli.ts';
+import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { createProgress } from '../src/graph/progress.ts';
 import { ImageFault, ImageFilePool, IMAGE_EXTENSIONS, listImageFiles, type ImageListing } from '../src/data/image-files.ts';
 import { trainToCityscapesIds } from '../src/data/labels.ts';
@@ -65,12 +65,7 @@ const cli = parseCli(
 );
 const args = cli.values;
 const usageError: (message: string) => never = cli.fail;
-const int = (flag: string, v: string | undefined, min: number): number | undefined => {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) usageError(`--${flag} must be an integer >= ${min}, got '${v}'`);
-  return n;
-};
+const int = (flag: string, v: string | undefined, min: number): number | undefined => parseIntFlag(v, flag, min, usageError);
 const log = (line: string) => process.stderr.write(`${line}\n`);
 if (!args.out) usageError('--out is required');
 const out = args.out!;

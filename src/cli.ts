@@ -36,6 +36,14 @@ export function parseCli<const O extends ParseArgsOptionsConfig>(
   return { values, positionals, fail };
 }
 
+/** An optional integer flag value, >= `min`; otherwise `fail` names the flag (undefined stays undefined). */
+export function parseIntFlag(value: string | undefined, flag: string, min: number, fail: (message: string) => never): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min) fail(`--${flag} must be an integer >= ${min}, got '${value}'`);
+  return n;
+}
+
 /** A `HxW` flag value as [height, width], both >= `min`; otherwise `fail` names the flag and an example. */
 export function parseSize(value: string, flag: string, example: string, fail: (message: string) => never, min = 1): [number, number] {
   const m = /^(\d+)x(\d+)$/.exec(value);

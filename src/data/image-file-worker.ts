@@ -23,6 +23,7 @@ import { overlayColours, paletteOf } from './palette.ts';
 import { encodePng } from './png.ts';
 import { Rng } from './rng.ts';
 import { moveWith, type Movable } from './transfer.ts';
+import { libvipsText } from './libvips-text.ts';
 
 /**
  * Why an image file is skipped:
@@ -79,20 +80,6 @@ export interface WriteTask {
 sharp.concurrency(1);
 // libvips caches up to 50 MiB of recent operations per process; decoded inputs are never reused here.
 sharp.cache(false);
-
-/** libvips' message on one line, its repeated lines once, at most 200 characters. */
-function libvipsText(err: unknown): string {
-  const lines = [
-    ...new Set(
-      String((err as Error).message ?? err)
-        .split('\n')
-        .map((l) => l.trim())
-        .filter(Boolean),
-    ),
-  ];
-  const text = lines.join(' ');
-  return text.length > 200 ? `${text.slice(0, 197)}...` : text;
-}
 
 async function decodeImage(task: DecodeTask): Promise<DecodeReply> {
   const t0 = performance.now();

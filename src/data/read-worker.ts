@@ -36,6 +36,7 @@ import type { PseudoLabelRecord } from './pseudo-labels.ts';
 import { Rng } from './rng.ts';
 import { openShardReadOnly, type ShardRecord } from './shards.ts';
 import { moveWith, type Movable } from './transfer.ts';
+import { libvipsText } from './libvips-text.ts';
 
 export interface ReadTask {
   shard: string;
@@ -230,24 +231,6 @@ function acquire(
   files.set(path, f);
   opened[path] = id;
   return f;
-}
-
-/**
- * sharp's error text in one line: libvips' lines, each once ("Input buffer has corrupt header:" is followed
- * by the decoder's own lines). libvips keeps one error buffer per process, so when two threads fail at once
- * the detail may mix both; the reason and the rest of the message are ours.
- */
-function libvipsText(err: unknown): string {
-  const lines = [
-    ...new Set(
-      String((err as Error).message ?? err)
-        .split('\n')
-        .map((l) => l.trim())
-        .filter(Boolean),
-    ),
-  ];
-  const text = lines.join(' ');
-  return text.length > 200 ? `${text.slice(0, 197)}...` : text;
 }
 
 function isRecord(v: unknown): v is ShardRecord {
