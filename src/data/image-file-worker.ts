@@ -23,6 +23,7 @@ import { overlayColours, paletteOf } from './palette.ts';
 import { encodePng } from './png.ts';
 import { Rng } from './rng.ts';
 import { moveWith, type Movable } from './transfer.ts';
+import { pngTruncation } from './png-truncation.ts';
 import { libvipsText } from './libvips-text.ts';
 
 /**
@@ -102,6 +103,8 @@ async function decodeImage(task: DecodeTask): Promise<DecodeReply> {
     return fault('not_an_image', `not an image (${libvipsText(err)})`);
   }
   if (format !== 'png' && format !== 'jpeg') return fault('unsupported_format', `format ${format} is not supported (PNG or JPEG)`);
+  const cut = pngTruncation(bytes);
+  if (cut) return fault('corrupt_image', `PNG does not decode (${cut})`);
   let decoded;
   try {
     // the shard reader's decode (read-worker.ts), so that a file and its ingested record give the same pixels

@@ -36,6 +36,7 @@ import type { PseudoLabelRecord } from './pseudo-labels.ts';
 import { Rng } from './rng.ts';
 import { openShardReadOnly, type ShardRecord } from './shards.ts';
 import { moveWith, type Movable } from './transfer.ts';
+import { pngTruncation } from './png-truncation.ts';
 import { libvipsText } from './libvips-text.ts';
 
 export interface ReadTask {
@@ -272,6 +273,8 @@ async function readSample(task: ReadTask, opened: Record<string, string>): Promi
   if (record === undefined) throw new Fault('missing_record', path, key, 'not in the shard (the manifest lists it there)');
   if (!isRecord(record))
     throw new Fault('corrupt_record', path, key, 'stored value is not a record (expected width, height, image bytes, label)');
+  const cut = pngTruncation(record.image);
+  if (cut) throw new Fault('corrupt_image', path, key, `image does not decode (${cut})`);
   let decoded;
   try {
     decoded = await sharp(record.image).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });

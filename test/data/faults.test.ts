@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, readFileSync, renameSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, readFileSync, renameSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -95,7 +95,8 @@ test('reader: one record of each fault kind is skipped with its reason, named (k
     const shard = join(faulty.dir, shardFileName(0));
     const w = openShardForWrite(shard, { dataset: 'gta5', split: 'train', numClasses: 19 });
     const rec = (k: string) => w.records.get(k)!;
-    await w.records.put('00002', { ...rec('00002'), image: rec('00002').image.subarray(0, Math.floor(rec('00002').image.length / 2)) });
+    const whole2 = rec('00002').image.length;
+    await w.records.put('00002', { ...rec('00002'), image: rec('00002').image.subarray(0, Math.floor(whole2 / 2)) });
     await w.records.put('00003', { ...rec('00003'), image: Buffer.from('this is not an image at all') });
     await w.records.put('00004', { ...rec('00004'), width: 17 });
     // stored train IDs: rows 0..2 sky (10), rows 3..5 ID 40, rows 6..8 ID 19: neither < 19 nor 255
@@ -121,7 +122,8 @@ test('reader: one record of each fault kind is skipped with its reason, named (k
     // skips are logged as they happen (concurrent reads): compare sorted
     assert.deepEqual(log.sort(), [
       `repaired (unknown_label_ids): ${at('00005', 'label has 96 pixels with unknown IDs (19, 40), expected train IDs 0..18 or 255; set to 255')}`,
-      `skipped (corrupt_image): ${at('00002', 'image does not decode (vipspng: libpng read error)')}`,
+      // one IDAT chunk, then the 12-byte IEND: the half file ends inside IDAT
+      `skipped (corrupt_image): ${at('00002', `image does not decode (truncated: the file ends inside its IDAT chunk (${Math.floor(whole2 / 2)} bytes, the chunk needs ${whole2 - 12}))`)}`,
       `skipped (corrupt_image): ${at('00003', 'image does not decode (Input buffer contains unsupported image format)')}`,
       `skipped (corrupt_label): ${at('00006', 'label: not a readable PNG: no IEND chunk (truncated?)')}`,
       `skipped (corrupt_record): ${at('00008', 'stored value does not decode (Unexpected end of MessagePack data)')}`,
@@ -436,9 +438,11 @@ test('a shard replaced while several reads of it are in flight: no read fails (L
             reader.recycle(s);
             credits.release();
             if (++emitted === 6) {
-              // swap versions: v1 <-> v2 (the next round swaps back)
+              // swap versions: v1 <-> v2 (the next round swaps back). The old file keeps a second name
+              // first, so that the rename over it is one atomic replacement: a read never finds the path
+              // missing (that is another fault, with its own log line)
               const spare = join(dir, 'spare.lmdb');
-              renameSync(shard1, spare);
+              linkSync(shard1, spare);
               renameSync(join(v2.dir, shardFileName(1)), shard1);
               renameSync(spare, join(v2.dir, shardFileName(1)));
             }

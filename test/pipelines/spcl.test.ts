@@ -137,7 +137,8 @@ test('data faults of six kinds are skipped or repaired, counted by reason in rep
   );
   const [truncated, wrongSize, badLabel, unknownIds] = [order.next(), order.next(), order.next(), order.next()];
   const rec = (k: string) => src.w.records.get(k)!;
-  await src.w.records.put(truncated, { ...rec(truncated), image: rec(truncated).image.subarray(0, rec(truncated).image.length - 20) });
+  const truncatedLength = rec(truncated).image.length;
+  await src.w.records.put(truncated, { ...rec(truncated), image: rec(truncated).image.subarray(0, truncatedLength - 20) });
   const { width, height } = rec(wrongSize);
   await src.w.records.put(wrongSize, { ...rec(wrongSize), width: width + 1 });
   await src.w.records.put(badLabel, { ...rec(badLabel), label: Buffer.from('not a png') });
@@ -222,7 +223,13 @@ test('data faults of six kinds are skipped or repaired, counted by reason in rep
         src.file,
         'label has 7 pixels with unknown IDs (250), expected train IDs 0..18 or 255; set to 255',
       ),
-      line('skipped (corrupt_image)', truncated, src.file, 'image does not decode (vipspng: libpng read error)'),
+      // one IDAT chunk, then the 12-byte IEND: 20 bytes short ends inside IDAT
+      line(
+        'skipped (corrupt_image)',
+        truncated,
+        src.file,
+        `image does not decode (truncated: the file ends inside its IDAT chunk (${truncatedLength - 20} bytes, the chunk needs ${truncatedLength - 12}))`,
+      ),
       line('skipped (corrupt_label)', badLabel, src.file, 'label: not a readable PNG: bad signature'),
       line('skipped (corrupt_record)', garbage, val.file, 'stored value does not decode (Unexpected end of MessagePack data)'),
       line('skipped (missing_record)', missing, val.file, 'not in the shard (the manifest lists it there)'),
