@@ -9,13 +9,16 @@ import { bceWithLogits, segCrossEntropy } from '../ops/losses.ts';
 import { discriminator, type Discriminator } from '../ops/model/discriminator.ts';
 import { Adam, polyLR } from '../ops/optim.ts';
 import { batchTensors, type Batch } from '../stages/collate.ts';
-import { applyIfFinite } from '../stages/train-step.ts';
+import { applyIfFinite, parallelApplyIfFinite } from '../stages/train-step.ts';
+import { WARMUP_SHARD, type WarmupShardArgs } from './warmup-shard.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
 import {
+  hostBatch,
   releaseBatches,
   restoreOptimizer,
+  startDataParallel,
   sgd,
   sourceBatches,
   sourceTargetPairs,
@@ -56,6 +59,9 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
   const input: Observable<{ s: Batch; t: Batch | null }> = usesTarget
     ? sourceTargetPairs(ctx, start, STREAMS.warmup, null)
     : sourceBatches(ctx, STREAMS.warmup, start).pipe(map((s) => ({ s, t: null as Batch | null })));
+  // the step without the adversarial term runs over data-parallel replicas when train.threads > 1
+  const dp = await startDataParallel(ctx, 'warmup', adversarial ? null : WARMUP_SHARD);
+  const shardArgs: WarmupShardArgs = { bn: ctx.model.batchNorm, temperature: w.sourceTemperature, trackSource, targetStats };
   try {
     return await train(ctx, {
       phase: 'warmup',
@@ -72,6 +78,12 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
       step: ({ s: sb, t: tb }, it) => {
         const lr = polyLR(w.lr, it, w.maxIter) * ctx.lrScale;
         const lrD = polyLR(w.lrD, it, w.maxIter) * ctx.lrScale;
+        if (dp) {
+          // the same step as below, its batch split over the replicas (src/methods/warmup-shard.ts)
+          const batch = { ...hostBatch(sb), ...(targetStats ? { target: hostBatch(tb!).images! } : {}) };
+          const g = parallelApplyIfFinite(dp, batch, { ...shardArgs }, params, opt, lr);
+          return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb ? tb.n : 0 } };
+        }
         return tf.tidy(() => {
           const xs = batchTensors(sb);
           const xt = tb ? batchTensors(tb).images : null;
@@ -130,6 +142,7 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
       },
     });
   } finally {
+    await dp?.close();
     opt.dispose();
     dOpt.dispose();
     disc.dispose();

@@ -59,6 +59,16 @@ export interface SpclConfig {
   size: { source: [number, number]; target: [number, number]; eval: [number, number] };
   batch: { source: number; target: number };
   optimizer: { momentum: number; weightDecay: number; classifierLrMult: number };
+  train: {
+    /**
+     * Data-parallel replicas of the training step on the wasm/cpu backends (src/parallel): the main
+     * thread and `threads - 1` worker threads split each batch, batch norm uses the whole batch's
+     * statistics, the gradients are summed. 1 = one thread. The tensorflow backend always uses 1.
+     * Phases without a data-parallel program (the adversarial warm-up, spcl, ssl, the mean teacher)
+     * run on one thread.
+     */
+    threads: number;
+  };
   /**
    * BN per training phase: 'frozen' = the authors' FrozenBatchNorm (fixed ImageNet statistics; in a net
    * trained from scratch that is the identity), 'trainable' = ordinary BatchNorm with batch statistics.
@@ -175,6 +185,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     size: { source, target: [512, 1024], eval: [512, 1024] },
     batch: { source: 4, target: 4 },
     optimizer: { momentum: 0.9, weightDecay: 5e-4, classifierLrMult: 10 },
+    train: { threads: 1 },
     warmup: { ...paperPhase(40_000, 62_500, 2.5e-4), lrD: 1e-4, lambdaAdv: 0.001, sourceTemperature: 1.8, ndf: 64, bn: 'frozen' },
     prototypes: { alpha: 0.1, absent: 'keep' },
     pseudo: { cap: 0.9, bins: 4096, keep: 2 },

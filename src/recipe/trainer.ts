@@ -17,7 +17,10 @@ import { NonFiniteStreak, forceNonFinite, nonFiniteInjection, trainStep, type St
 import { AbortedError, failOnAbort } from '../graph/flow.ts';
 import { batches, type PhaseResultLike, type RunContext } from './context.ts';
 import { STREAMS, targetStreamOf } from './streams.ts';
+import { DataParallel } from '../parallel/data-parallel.ts';
+import { deeplabReplica, describeDeeplab } from '../parallel/deeplab-replica.ts';
 import type { TrainPhaseConfig } from './config.ts';
+import type { HostTensors } from '../parallel/program.ts';
 
 export type PhaseResult = PhaseResultLike;
 
@@ -94,6 +97,45 @@ export const releaseBatches = ({ s, t }: { s: Batch | null; t: Batch | null }) =
   s?.release();
   t?.release();
 };
+
+/**
+ * Data-parallel replicas of the run's model for a phase whose step is the program in `module`
+ * (src/parallel), when `train.threads` > 1 on the wasm or cpu backend; null = the phase's one-thread
+ * step (logged when threads were asked for: `module` null means the phase has no program yet).
+ */
+export async function startDataParallel(ctx: RunContext, phase: string, module: string | null): Promise<DataParallel | null> {
+  const threads = ctx.cfg.train.threads;
+  if (threads <= 1) return null;
+  if (ctx.backend === 'tensorflow') {
+    ctx.events.log(`${phase}: train.threads ${threads} ignored: the tensorflow backend runs its own threads`);
+    return null;
+  }
+  if (!module) {
+    ctx.events.log(
+      `${phase}: one thread (train.threads ${threads} applies to phases with a data-parallel step: the warm-up without the adversarial term)`,
+    );
+    return null;
+  }
+  const t0 = performance.now();
+  const dp = await DataParallel.start({
+    threads,
+    backend: ctx.backend,
+    program: { module, description: describeDeeplab(ctx.model) },
+    replica: deeplabReplica(ctx.model),
+  });
+  ctx.events.log(
+    `${phase}: data-parallel over ${threads} threads (this one and ${threads - 1} workers, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+  );
+  return dp;
+}
+
+/** A batch's host arrays for a data-parallel step: images, and labels when it has them. */
+export function hostBatch(b: Batch): HostTensors {
+  return {
+    images: { data: b.images, shape: [b.n, b.height, b.width, 3] },
+    ...(b.labels ? { labels: { data: b.labels, shape: [b.n, b.labelHeight, b.labelWidth] } } : {}),
+  };
+}
 
 /** A pass stopped by SIGINT/SIGTERM: logged, and its partial result discarded (null). */
 export async function unlessAborted<T>(ctx: RunContext, what: string, pass: Promise<T>): Promise<T | null> {

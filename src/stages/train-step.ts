@@ -9,6 +9,7 @@ import { EMPTY, concatMap, defer, type OperatorFunction } from 'rxjs';
 import type { Param } from '../ops/model/params.ts';
 import { gradients, type SGD, type Adam } from '../ops/optim.ts';
 import { crashPoint } from '../io/crash-points.ts';
+import type { HostTensors, ProgramArgs } from '../parallel/program.ts';
 
 export interface StepReport {
   phase: string;
@@ -174,6 +175,32 @@ export function applyIfFinite(
     const losses: Record<string, number> = { total: value.dataSync()[0]! };
     for (const [k, t] of Object.entries(terms)) losses[k] = t.dataSync()[0]!;
     tf.dispose(Object.values(terms));
+    if (forcedNonFinite) losses.total = NaN;
+    const finite = Object.values(losses).every(Number.isFinite);
+    if (finite) optimizer.step(grads, lr);
+    return { losses, finite };
+  });
+}
+
+/** What `parallelApplyIfFinite` needs of src/parallel/data-parallel.ts's DataParallel. */
+export interface GradientSource {
+  gradients(batch: HostTensors, args: ProgramArgs, params: Param[]): { losses: Record<string, number>; grads: Map<string, tf.Tensor> };
+}
+
+/**
+ * `applyIfFinite` over data-parallel replicas: the program's loss terms and gradients summed over the
+ * shards of `batch`; the optimiser (on this thread) applies them only when every term is finite.
+ */
+export function parallelApplyIfFinite(
+  replicas: GradientSource,
+  batch: HostTensors,
+  args: ProgramArgs,
+  params: Param[],
+  optimizer: SGD | Adam,
+  lr: number,
+): { losses: Record<string, number>; finite: boolean } {
+  return tf.tidy(() => {
+    const { losses, grads } = replicas.gradients(batch, args, params);
     if (forcedNonFinite) losses.total = NaN;
     const finite = Object.values(losses).every(Number.isFinite);
     if (finite) optimizer.step(grads, lr);

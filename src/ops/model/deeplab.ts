@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { asppClassifier } from './aspp.ts';
-import type { BatchNormState, BnMode } from './layers.ts';
+import type { BatchNormState, BnMode, CrossReplicaSum } from './layers.ts';
 import { ParamStore, type Param } from './params.ts';
 import { RESNET101, RESNET50, RESNET_SMALL, resnetEncoder, type Encoder, type ResNetConfig } from './resnet.ts';
 import { vgg16Encoder } from './vgg.ts';
@@ -46,6 +46,11 @@ export interface SegModel {
   forward(x: tf.Tensor4D, opts?: { training?: boolean; trackStats?: boolean }): ForwardResult;
   /** BN switch: 'trainable' for the self-training phase. */
   setBatchNorm(mode: BnMode): void;
+  /**
+   * Data-parallel replicas (src/parallel): batch statistics over every replica's shard through `sum`
+   * (synchronised BN); null (the default) for one process.
+   */
+  setCrossReplicaSum(sum: CrossReplicaSum | null): void;
   readonly batchNorm: BnMode;
   /** Parameters the optimiser updates now (BN gamma/beta only when BN is trainable). */
   trainableParams(): Param[];
@@ -87,6 +92,9 @@ export function deeplabV2(cfg: DeeplabConfig): SegModel {
       return bn.mode;
     },
     setBatchNorm,
+    setCrossReplicaSum(sum) {
+      bn.sum = sum;
+    },
     forward(x, opts = {}) {
       if (x.rank !== 4 || x.shape[3] !== 3) {
         throw new Error(`deeplabV2.forward: expected images [B,H,W,3] (NHWC, normalised RGB), got shape [${x.shape}]`);

@@ -40,7 +40,16 @@ export interface BatchNormState {
   training: boolean;
   /** In training mode, whether this forward updates the running statistics (PyTorch: always). */
   track: boolean;
+  /**
+   * Data-parallel replicas (src/parallel): the element-wise sum of a vector over every replica of the
+   * step. When set, batch statistics (and their gradient) are those of the whole batch across replicas,
+   * not of this replica's shard (synchronised BN); unset, a single process's BN.
+   */
+  sum?: CrossReplicaSum | null;
 }
+
+/** Sum of one vector per replica, the same result in every replica (src/parallel/collective.ts). */
+export type CrossReplicaSum = (values: Float32Array) => Float32Array;
 
 export const BN_EPS = 1e-5;
 export const BN_MOMENTUM = 0.1;
@@ -61,8 +70,9 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
     if (!state.training) {
       return tf.batchNorm4d(x, mean as tf.Tensor1D, variance as tf.Tensor1D, beta as tf.Tensor1D, gamma as tf.Tensor1D, BN_EPS);
     }
-    const moments = tf.moments(x, [0, 1, 2]);
-    const n = x.shape[0] * x.shape[1] * x.shape[2];
+    const synced = state.sum ? syncedMoments(x, state.sum) : null;
+    const moments = synced ?? tf.moments(x, [0, 1, 2]);
+    const n = synced?.count ?? x.shape[0] * x.shape[1] * x.shape[2];
     // Running statistics as PyTorch: momentum 0.1, unbiased batch variance.
     if (state.track)
       tf.tidy(() => {
@@ -71,6 +81,7 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
         mean.assign(tf.add(tf.mul(mean, 1 - BN_MOMENTUM), tf.mul(moments.mean, BN_MOMENTUM)));
         variance.assign(tf.add(tf.mul(variance, 1 - BN_MOMENTUM), tf.mul(unbiased, BN_MOMENTUM)));
       });
+    if (synced) return syncedBatchNorm(x, synced, gamma as tf.Tensor1D, beta as tf.Tensor1D, state.sum!);
     return tf.batchNorm4d(
       x,
       moments.mean as tf.Tensor1D,
@@ -80,6 +91,63 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
       BN_EPS,
     );
   };
+}
+
+interface SyncedMoments {
+  mean: tf.Tensor1D;
+  variance: tf.Tensor1D;
+  /** Pixels of the whole batch (every replica's). */
+  count: number;
+}
+
+/**
+ * Mean and biased variance per channel over every replica's pixels, in two passes as tf.moments (squared
+ * deviations from the global mean, not E[x^2] - E[x]^2). Constants for the tape: their dependence on x
+ * is in `syncedBatchNorm`'s gradient.
+ */
+function syncedMoments(x: tf.Tensor4D, sum: CrossReplicaSum): SyncedMoments {
+  const c = x.shape[3];
+  const local = new Float32Array(c + 1);
+  local.set(tf.tidy(() => tf.sum(x, [0, 1, 2])).dataSync() as Float32Array);
+  local[c] = x.shape[0] * x.shape[1] * x.shape[2];
+  const total = sum(local);
+  const count = total[c]!;
+  const mean = tf.tensor1d(total.subarray(0, c).map((v) => v / count));
+  const squares = tf.tidy(() => tf.sum(tf.square(tf.sub(x, mean)), [0, 1, 2])).dataSync() as Float32Array;
+  const variance = tf.tensor1d(sum(squares).map((v) => v / count));
+  return { mean, variance, count };
+}
+
+/**
+ * Batch norm by whole-batch statistics across replicas, with its exact gradient: x^ the normalised input,
+ * sums over every replica's N pixels, dx = gamma / sigma * (dy - sum(dy) / N - x^ * sum(dy * x^) / N);
+ * d gamma and d beta are this replica's sums (the replicas' gradients are added afterwards).
+ */
+function syncedBatchNorm(x: tf.Tensor4D, m: SyncedMoments, gamma: tf.Tensor1D, beta: tf.Tensor1D, sum: CrossReplicaSum): tf.Tensor4D {
+  const c = x.shape[3];
+  // tfjs passes the inputs and then `save` as one rest list
+  const f = tf.customGrad(((xs: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    const invStd = tf.rsqrt(tf.add(m.variance, BN_EPS));
+    const xhat = tf.mul(tf.sub(xs, m.mean), invStd);
+    save([xhat, invStd, g]);
+    return {
+      value: tf.add(tf.mul(xhat, g), b),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xh, inv, gm] = saved as [tf.Tensor, tf.Tensor, tf.Tensor];
+        const dBeta = tf.sum(dy, [0, 1, 2]);
+        const dGamma = tf.sum(tf.mul(dy, xh), [0, 1, 2]);
+        const local = new Float32Array(2 * c);
+        local.set(dBeta.dataSync() as Float32Array, 0);
+        local.set(dGamma.dataSync() as Float32Array, c);
+        const total = sum(local);
+        const meanDy = tf.tensor1d(total.subarray(0, c).map((v) => v / m.count));
+        const meanDyXhat = tf.tensor1d(total.subarray(c).map((v) => v / m.count));
+        const dx = tf.mul(tf.mul(gm, inv), tf.sub(tf.sub(dy, meanDy), tf.mul(xh, meanDyXhat)));
+        return [dx, dGamma, dBeta];
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return f(x, gamma, beta) as tf.Tensor4D;
 }
 
 export function relu(x: tf.Tensor4D): tf.Tensor4D {

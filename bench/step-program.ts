@@ -1,0 +1,49 @@
+/**
+ * The benchmark's training step as a data-parallel program (src/parallel/program.ts): the DeepLab or
+ * the plain net (bench/plain-net.ts), bilinear upsampling to the label size and cross-entropy, so that
+ * `bench:step --threads` runs the very step it times on one thread over worker replicas.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { deeplabV2 } from '../src/ops/model/deeplab.ts';
+import type { Param } from '../src/ops/model/params.ts';
+import { segCrossEntropy } from '../src/ops/losses.ts';
+import type { Program, Replica } from '../src/parallel/program.ts';
+import { plainNet } from './plain-net.ts';
+
+export interface BenchNet extends Replica {
+  params: Param[];
+  forward(x: tf.Tensor4D): tf.Tensor4D;
+}
+
+export function benchNet(net: string, classes: number): BenchNet {
+  if (net === 'plain') {
+    const m = plainNet(classes, 0);
+    return { params: m.params, variables: new Map(m.params.map((p) => [p.name, p.variable])), forward: m.forward, dispose: m.dispose };
+  }
+  const model = deeplabV2({ backbone: 'small', numClasses: classes, seed: 0 });
+  return {
+    params: model.trainableParams(),
+    variables: new Map([...model.store.params].map(([k, p]) => [k, p.variable])),
+    forward: (x) => model.forward(x, { training: true }).logits,
+    setCrossReplicaSum: (sum) => model.setCrossReplicaSum(sum),
+    dispose: () => model.dispose(),
+  };
+}
+
+/** The step's loss: CE of the logits upsampled to the labels, mean over labelled pixels. */
+export function benchLoss(net: BenchNet, images: tf.Tensor4D, labels: tf.Tensor3D): tf.Scalar {
+  const [h, w] = [labels.shape[1], labels.shape[2]];
+  return segCrossEntropy(tf.image.resizeBilinear(net.forward(images), [h, w], true), labels);
+}
+
+export const program: Program<BenchNet> = {
+  build: (d) => {
+    const { net, classes } = d as { net: string; classes: number };
+    return benchNet(net, classes);
+  },
+  loss: (net, shard, { weight }) => {
+    const seg = tf.mul(benchLoss(net, shard.images as tf.Tensor4D, shard.labels as tf.Tensor3D), weight) as tf.Scalar;
+    return { total: seg, terms: { seg } };
+  },
+  share: (shard) => (shard.labels!.data as Int32Array).reduce((n, v) => n + (v !== 255 ? 1 : 0), 0),
+};

@@ -1,0 +1,210 @@
+/**
+ * Data-parallel training steps over worker threads (issue 14): tfjs-wasm has no threads in Node, so each
+ * extra core gets a worker with its own backend and a replica of the model. A step splits the batch
+ * along its first axis (replica 0, the main thread, takes the first rows), every replica runs the same
+ * program (src/parallel/program.ts) on its shard, batch norm's statistics are those of the whole batch
+ * (synchronised through shared memory), and the gradients are summed in rank order into what one
+ * process would have computed, up to float rounding. The optimiser, its state, the checkpoints and
+ * everything else stay on the main thread: only its weights travel, in shared memory, before each step.
+ *
+ * The step is synchronous (the workers receive their shard by message and meet the main thread at a
+ * barrier), so the trainer's step contract is unchanged.
+ */
+import { Worker } from 'node:worker_threads';
+import * as tf from '@tensorflow/tfjs';
+import type { BackendName } from '../ops/backend.ts';
+import type { Param } from '../ops/model/params.ts';
+import { AllReduce, Barrier, BarrierBroken } from './collective.ts';
+import { layoutOf, writeVariables, type Layout } from './layout.ts';
+import type { HostTensors, Program, ProgramArgs, ProgramRef, Replica } from './program.ts';
+import { readError, runShard, sharedAreas, MAX_TERMS, type SharedAreas, type StepMessage } from './shared-step.ts';
+import type { ReplicaInit } from './replica-worker.ts';
+
+/** Floats per replica in the all-reduce scratch: BN's [sum(dy), sum(dy * x^)] of the widest layer. */
+const REDUCE_CAPACITY = 2 * 4096 + 1;
+
+export interface DataParallelOptions {
+  /** Replicas including the main thread (>= 2; 1 is the single-process path, no DataParallel). */
+  threads: number;
+  backend: BackendName;
+  program: ProgramRef;
+  /** The main thread's replica: the model the optimiser updates. */
+  replica: Replica;
+}
+
+/** Rows of each of `parties` shards of `n` rows: as even as possible, the first ones one larger. */
+export function shardRows(n: number, parties: number): number[] {
+  return Array.from({ length: parties }, (_, r) => Math.floor(n / parties) + (r < n % parties ? 1 : 0));
+}
+
+/** `tensors` split along their first axis into `parties` shards (each tensor by its own rows: `shardRows`). */
+export function splitRows(tensors: HostTensors, parties: number): HostTensors[] {
+  const shards: HostTensors[] = Array.from({ length: parties }, () => ({}));
+  for (const [name, t] of Object.entries(tensors)) {
+    const per = t.data.length / t.shape[0]!;
+    let start = 0;
+    shardRows(t.shape[0]!, parties).forEach((count, r) => {
+      shards[r]![name] = { data: t.data.slice(start * per, (start + count) * per), shape: [count, ...t.shape.slice(1)] };
+      start += count;
+    });
+  }
+  return shards;
+}
+
+export class DataParallel {
+  readonly threads: number;
+  private readonly program: Program;
+  private readonly replica: Replica;
+  private readonly workers: Worker[];
+  private readonly layout: Layout;
+  private readonly areas: SharedAreas;
+  private readonly barrier: Barrier;
+  private readonly reduce: AllReduce;
+  private broken: string | null = null;
+
+  private constructor(threads: number, program: Program, replica: Replica, workers: Worker[], layout: Layout, areas: SharedAreas) {
+    this.threads = threads;
+    this.program = program;
+    this.replica = replica;
+    this.workers = workers;
+    this.layout = layout;
+    this.areas = areas;
+    this.barrier = new Barrier(areas.barrier, threads);
+    this.reduce = new AllReduce(areas.reduce, this.barrier, 0, areas.reduceCapacity);
+  }
+
+  /** Starts `threads - 1` workers (each builds its replica and backend) and waits until all are ready. */
+  static async start(opts: DataParallelOptions): Promise<DataParallel> {
+    const { threads } = opts;
+    if (!Number.isInteger(threads) || threads < 2 || threads > 64)
+      throw new Error(`data-parallel: threads must be an integer in 2..64, got ${threads} (1 = no worker threads)`);
+    if (opts.backend === 'tensorflow')
+      throw new Error("data-parallel: the tensorflow backend keeps its own threads; worker replicas are for 'wasm' and 'cpu'");
+    const { program } = (await import(opts.program.module)) as { program: Program };
+    if (!program?.loss || !program.build) throw new Error(`data-parallel: ${opts.program.module} exports no 'program' with build and loss`);
+    const layout = layoutOf(opts.replica.variables);
+    const areas = sharedAreas(threads, layout.total, Barrier.buffer(), AllReduce.buffer(threads, REDUCE_CAPACITY), REDUCE_CAPACITY);
+    const workers: Worker[] = [];
+    try {
+      for (let rank = 1; rank < threads; rank++) {
+        const init: ReplicaInit = {
+          rank,
+          parties: threads,
+          backend: opts.backend,
+          program: opts.program,
+          names: layout.names,
+          sizes: layout.names.map((n) => layout.sizes.get(n)!),
+          areas,
+        };
+        workers.push(new Worker(new URL('./replica-worker.ts', import.meta.url), { workerData: init }));
+      }
+      await Promise.all(
+        workers.map(
+          (w, i) =>
+            new Promise<void>((resolve, reject) => {
+              const onExit = (code: number) =>
+                reject(new Error(`data-parallel: replica ${i + 1} exited with code ${code} before it was ready`));
+              w.once('error', reject);
+              w.once('exit', onExit);
+              w.once('message', (m: { type: string; message?: string }) => {
+                w.off('exit', onExit);
+                if (m.type === 'ready') resolve();
+                else reject(new Error(`data-parallel: replica ${i + 1} failed to start: ${m.message}`));
+              });
+            }),
+        ),
+      );
+    } catch (err) {
+      await Promise.all(workers.map((w) => w.terminate()));
+      throw err;
+    }
+    const dp = new DataParallel(threads, program, opts.replica, workers, layout, areas);
+    opts.replica.setCrossReplicaSum?.((v) => dp.reduce.sum(v));
+    return dp;
+  }
+
+  /**
+   * Loss terms and gradients of one step over `batch`: the sum over the replicas of each shard's share,
+   * what the program's loss on the whole batch would give in one process. Gradients are new tensors
+   * (the caller disposes them); the weights do not change here.
+   */
+  gradients(batch: HostTensors, args: ProgramArgs, params: Param[]): { losses: Record<string, number>; grads: Map<string, tf.Tensor> } {
+    if (this.broken) throw new Error(`data-parallel: a previous step failed (${this.broken}); the run must restart`);
+    for (const [name, t] of Object.entries(batch))
+      if (t.shape[0]! < this.threads)
+        throw new Error(
+          `data-parallel: '${name}' has ${t.shape[0]} rows, it cannot be split over ${this.threads} threads (train.threads at most the batch size)`,
+        );
+    const shards = splitRows(batch, this.threads);
+    const rows = (s: HostTensors) => Object.values(s)[0]!.shape[0]!;
+    const shares = shards.map((s) => this.program.share?.(s) ?? rows(s));
+    const all = shares.reduce((a, b) => a + b, 0);
+    const n = rows(batch);
+    const weights = all > 0 ? shares.map((s) => s / all) : shards.map((s) => rows(s) / n);
+    const trained = params.map((p) => p.name).sort();
+    for (const name of trained)
+      if (!this.layout.sizes.has(name)) throw new Error(`data-parallel: parameter '${name}' is not a variable of the replicas`);
+    writeVariables(this.layout, this.replica.variables, new Float32Array(this.areas.weights));
+    this.workers.forEach((w, i) => {
+      const msg: StepMessage = { type: 'step', shard: shards[i + 1]!, args: { ...args, weight: weights[i + 1]! }, trained };
+      w.postMessage(msg);
+    });
+    let names: string[];
+    try {
+      this.reduce.resetCalls();
+      names = runShard(
+        this.program,
+        this.replica,
+        this.layout,
+        { type: 'step', shard: shards[0]!, args: { ...args, weight: weights[0]! }, trained },
+        0,
+        this.areas,
+      );
+      this.barrier.wait();
+    } catch (err) {
+      this.barrier.break();
+      const failed = [...Array(this.threads).keys()]
+        .slice(1)
+        .map((r) => [r, readError(this.areas, r)] as const)
+        .filter(([, e]) => e && !e.startsWith('barrier'));
+      this.broken = failed.length ? failed.map(([r, e]) => `replica ${r}: ${e}`).join('; ') : (err as Error).message;
+      throw err instanceof BarrierBroken && failed.length ? new Error(`data-parallel step failed: ${this.broken}`) : err;
+    }
+    return { losses: this.sumTerms(names), grads: this.sumGrads(trained) };
+  }
+
+  /** Each term summed over the replicas in rank order (term names from the main thread's program). */
+  private sumTerms(names: string[]): Record<string, number> {
+    const slot = (r: number) => new Float64Array(this.areas.terms, r * (MAX_TERMS + 1) * 8, MAX_TERMS + 1);
+    const count = slot(0)[0]!;
+    let total = 0;
+    const terms = new Float64Array(count);
+    for (let r = 0; r < this.threads; r++) {
+      const s = slot(r);
+      total += s[1]!;
+      for (let i = 0; i < count; i++) terms[i]! += s[2 + i]!;
+    }
+    return { total, ...Object.fromEntries(names.map((n, i) => [n, terms[i]!])) };
+  }
+
+  /** Gradients summed over the replicas in rank order, float32 as one process's. */
+  private sumGrads(trained: string[]): Map<string, tf.Tensor> {
+    const out = new Map<string, tf.Tensor>();
+    for (const name of trained) {
+      const at = this.layout.offsets.get(name)!;
+      const size = this.layout.sizes.get(name)!;
+      const sum = new Float32Array(this.areas.grads, at * 4, size).slice();
+      for (let r = 1; r < this.threads; r++) {
+        const g = new Float32Array(this.areas.grads, (r * this.layout.total + at) * 4, size);
+        for (let i = 0; i < size; i++) sum[i]! += g[i]!;
+      }
+      out.set(name, tf.tensor(sum, this.replica.variables.get(name)!.shape));
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    this.replica.setCrossReplicaSum?.(null);
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}

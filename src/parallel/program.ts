@@ -1,0 +1,58 @@
+/**
+ * The seam between a training method and data-parallel replicas: a *program* is the loss of one step on
+ * one shard of its batch, in a module every replica can import (`module` URL + its `program` export),
+ * because a worker thread cannot receive a closure. The main thread runs the same program on its own
+ * model (replica 0), the workers on theirs; src/parallel/data-parallel.ts splits the batch, sums the
+ * gradients and applies the update. A multi-device path would use the same split/sum.
+ */
+import type * as tf from '@tensorflow/tfjs';
+import type { CrossReplicaSum } from '../ops/model/layers.ts';
+
+/** A batch as host arrays by name; every entry is split along its first axis (the batch axis). */
+export type HostTensors = Record<string, HostTensor>;
+
+export interface HostTensor {
+  data: Float32Array | Int32Array;
+  shape: number[];
+}
+
+/** What one replica trains: its named variables (the weights broadcast each step) and its BN hook. */
+export interface Replica {
+  /** Every named variable of the model, trained or buffer (BN statistics), by the main model's names. */
+  variables: ReadonlyMap<string, tf.Variable>;
+  /** Synchronised batch norm across the replicas (null: off). Absent for nets without BN. */
+  setCrossReplicaSum?(sum: CrossReplicaSum | null): void;
+  dispose(): void;
+}
+
+/** Plain values a step passes to every replica (learning-rate-free: the update is the main thread's). */
+export type ProgramArgs = Record<string, number | string | boolean>;
+
+export interface Program<R extends Replica = Replica> {
+  /** Builds a worker's replica from the description the main thread gave (its weights arrive each step). */
+  build(description: unknown): R;
+  /**
+   * The loss of `shard` on replica `r`, as the share of the whole batch's loss this shard contributes:
+   * the replicas' totals add up to the single-process loss (e.g. a mean over pixels times this shard's
+   * share of the batch's counted pixels, `weight` in `args`).
+   */
+  loss(
+    r: R,
+    shard: Record<string, tf.Tensor>,
+    args: ProgramArgs & { weight: number },
+  ): { total: tf.Scalar; terms: Record<string, tf.Scalar> };
+  /**
+   * Sets the replica up for the step before its gradient tape starts (e.g. the phase's BN mode, which
+   * decides which variables are trained: the tape skips variables that are not trainable when it starts).
+   */
+  prepare?(r: R, args: ProgramArgs): void;
+  /** This shard's weight in the batch's mean loss, before normalising (default: its images). */
+  share?(shard: HostTensors): number;
+}
+
+export interface ProgramRef {
+  /** URL of the module that exports `program` (import.meta.url of that module). */
+  module: string;
+  /** What `program.build` needs to make a replica of the main model. */
+  description: unknown;
+}

@@ -1,0 +1,106 @@
+/**
+ * One replica's part of a data-parallel step, the same code on the main thread and in the workers: the
+ * program's loss on this shard, its gradients w.r.t. the step's trained parameters written into this
+ * replica's gradient slot (zeros where a parameter has none), its loss terms into its term slot.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { Layout } from './layout.ts';
+import type { HostTensors, Program, ProgramArgs, Replica } from './program.ts';
+
+/** Most loss terms a program may report. */
+export const MAX_TERMS = 16;
+/** Bytes of a replica's error text. */
+const ERROR_BYTES = 2048;
+
+/** Shared memory of a data-parallel group (SharedArrayBuffers travel to the workers by reference). */
+export interface SharedAreas {
+  /** The main model's variables (layout order), written by the main thread before each step. */
+  weights: SharedArrayBuffer;
+  /** One gradient area (layout size) per replica. */
+  grads: SharedArrayBuffer;
+  /** Per replica: the number of terms, then their values (Float64). */
+  terms: SharedArrayBuffer;
+  /** Per replica: an error text (UTF-8, zero-terminated). */
+  errors: SharedArrayBuffer;
+  barrier: SharedArrayBuffer;
+  reduce: SharedArrayBuffer;
+  reduceCapacity: number;
+}
+
+export function sharedAreas(
+  parties: number,
+  total: number,
+  barrier: SharedArrayBuffer,
+  reduce: SharedArrayBuffer,
+  reduceCapacity: number,
+): SharedAreas {
+  return {
+    weights: new SharedArrayBuffer(total * 4),
+    grads: new SharedArrayBuffer(parties * total * 4),
+    terms: new SharedArrayBuffer(parties * (MAX_TERMS + 1) * 8),
+    errors: new SharedArrayBuffer(parties * ERROR_BYTES),
+    barrier,
+    reduce,
+    reduceCapacity,
+  };
+}
+
+export interface StepMessage {
+  type: 'step';
+  /** This replica's shard. */
+  shard: HostTensors;
+  args: ProgramArgs & { weight: number };
+  /** Names of the parameters trained this step (layout order). */
+  trained: string[];
+}
+
+/** Runs the program's loss on the shard; gradients and terms go into the replica's slots. Returns the term names (sorted). */
+export function runShard(program: Program, replica: Replica, layout: Layout, msg: StepMessage, rank: number, areas: SharedAreas): string[] {
+  const grads = new Float32Array(areas.grads, rank * layout.total * 4, layout.total);
+  const terms = new Float64Array(areas.terms, rank * (MAX_TERMS + 1) * 8, MAX_TERMS + 1);
+  return tf.tidy(() => {
+    const shard = Object.fromEntries(
+      Object.entries(msg.shard).map(([k, t]) => [k, tf.tensor(t.data, t.shape, t.data instanceof Int32Array ? 'int32' : 'float32')]),
+    );
+    program.prepare?.(replica, msg.args);
+    const vars = msg.trained.map((n) => replica.variables.get(n)!);
+    const frozen = msg.trained.filter((_, i) => !vars[i]!.trainable);
+    if (frozen.length)
+      throw new Error(
+        `data-parallel: replica ${rank} does not train ${frozen.slice(0, 3).join(', ')} (the program's prepare sets its mode)`,
+      );
+    let values: Record<string, tf.Scalar> = {};
+    const { value, grads: g } = tf.variableGrads(() => {
+      const out = program.loss(replica, shard, msg.args);
+      values = Object.fromEntries(Object.entries(out.terms).map(([k, t]) => [k, tf.keep(t)]));
+      return out.total;
+    }, vars);
+    const names = Object.keys(values).sort();
+    if (names.length + 1 > MAX_TERMS) throw new Error(`data-parallel: ${names.length} loss terms, at most ${MAX_TERMS - 1}`);
+    terms[0] = names.length;
+    terms[1] = value.dataSync()[0]!;
+    names.forEach((n, i) => {
+      terms[2 + i] = values[n]!.dataSync()[0]!;
+    });
+    tf.dispose(Object.values(values));
+    grads.fill(0);
+    msg.trained.forEach((n, i) => {
+      const gi = g[vars[i]!.name];
+      if (gi) grads.set(gi.dataSync() as Float32Array, layout.offsets.get(n)!);
+    });
+    return names;
+  });
+}
+
+export function writeError(areas: SharedAreas, rank: number, err: unknown): void {
+  const slot = new Uint8Array(areas.errors, rank * ERROR_BYTES, ERROR_BYTES);
+  const text = new TextEncoder().encode(String((err as Error)?.message ?? err).slice(0, ERROR_BYTES / 4));
+  slot.fill(0);
+  slot.set(text.subarray(0, ERROR_BYTES - 1));
+}
+
+export function readError(areas: SharedAreas, rank: number): string {
+  const slot = new Uint8Array(areas.errors, rank * ERROR_BYTES, ERROR_BYTES);
+  const end = slot.indexOf(0);
+  return new TextDecoder().decode(slot.slice(0, end < 0 ? ERROR_BYTES : end));
+}
