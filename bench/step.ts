@@ -4,12 +4,13 @@
  * - `deeplab`: the small DeepLab-v2 (backbone 'small', frozen BN, ASPP d 6/12/18/24);
  * - `plain`: six 3x3 convolutions, three of stride 2, 32-128 channels, no dilation (bench/plain-net.ts).
  * One step = forward, bilinear upsample (align_corners), CE, backward, SGD (momentum, weight decay,
- * classifier x10). Each tfjs backend runs on one thread (tfjs-wasm has no threads in Node); the peer
- * (bench/step_torch.py, Debian's python3-torch) runs at each of `--torch-threads`. Every figure is the
+ * classifier x10). The wasm and cpu backends run at each of `--threads` (tfjs-wasm has no threads in Node:
+ * above 1, the step is data-parallel over worker replicas, src/parallel, the same path as `train.threads`);
+ * the peer (bench/step_torch.py, Debian's python3-torch) runs at each of `--torch-threads`. Every figure is the
  * median of `--steps` steps after a warm-up step; the ratio is ours / PyTorch's at 1 thread and at the
  * most threads.
  *
- *   npm run bench:step -- [--nets deeplab,plain] [--sizes 64x128] [--batch 8] [--steps 10] [--json]
+ *   npm run bench:step -- [--nets deeplab,plain] [--sizes 64x128] [--batch 8] [--steps 10] [--threads 1,2] [--json]
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -17,11 +18,9 @@ import os from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { parseCli, parseSize } from '../src/cli.ts';
 import { selectBackend, type BackendName } from '../src/ops/backend.ts';
-import { deeplabV2 } from '../src/ops/model/deeplab.ts';
-import { segCrossEntropy } from '../src/ops/losses.ts';
 import { SGD, gradients } from '../src/ops/optim.ts';
-import type { Param } from '../src/ops/model/params.ts';
-import { plainNet } from './plain-net.ts';
+import { DataParallel } from '../src/parallel/data-parallel.ts';
+import { benchLoss, benchNet } from './step-program.ts';
 
 const USAGE = `usage: npm run bench:step -- [options]
   --nets LIST          deeplab, plain (default both)
@@ -31,6 +30,7 @@ const USAGE = `usage: npm run bench:step -- [options]
   --steps N            timed steps per engine (default 10; the cpu backend takes --cpu-steps)
   --cpu-steps N        timed steps on tfjs's pure-JS cpu backend (default 1: it is slow)
   --backends LIST      tfjs backends (default tensorflow,wasm,cpu; unavailable ones are reported skipped)
+  --threads LIST       tfjs wasm/cpu thread counts: data-parallel replicas (default 1 and the machine's cores)
   --torch-threads LIST PyTorch thread counts (default 1 and the machine's cores)
   --python PATH        the peer's interpreter (default /usr/bin/python3)
   --json               print one JSON object instead of the table
@@ -45,6 +45,7 @@ const cli = parseCli('bench:step', USAGE, {
   steps: { type: 'string', default: '10' },
   'cpu-steps': { type: 'string', default: '1' },
   backends: { type: 'string', default: 'tensorflow,wasm,cpu' },
+  threads: { type: 'string' },
   'torch-threads': { type: 'string' },
   python: { type: 'string', default: '/usr/bin/python3' },
   json: { type: 'boolean', default: false },
@@ -63,6 +64,7 @@ const nets = args.nets.split(',');
 for (const n of nets) if (n !== 'deeplab' && n !== 'plain') cli.fail(`--nets: unknown net '${n}', expected deeplab or plain`);
 const sizes = args.sizes.split(',').map((s) => parseSize(s, 'sizes', '64x128', cli.fail));
 const cores = os.availableParallelism();
+const tfThreads = (args.threads ?? (cores > 1 ? `1,${cores}` : '1')).split(',').map((t) => int('threads', t));
 const torchThreads = (args['torch-threads'] ?? (cores > 1 ? `1,${cores}` : '1')).split(',').map((t) => int('torch-threads', t));
 
 interface Result {
@@ -74,44 +76,57 @@ interface Result {
   note?: string;
   ratioToPytorch1Thread?: number;
   ratioToPytorchMaxThreads?: number;
+  /** This engine's time over its own 1-thread time (data-parallel speed-up; threads > 1). */
+  ratioToOneThread?: number;
 }
 
-function build(net: string): { params: Param[]; forward: (x: tf.Tensor4D) => tf.Tensor4D; dispose: () => void } {
-  if (net === 'plain') return plainNet(classes, 0);
-  const model = deeplabV2({ backbone: 'small', numClasses: classes, seed: 0 });
-  return { params: model.trainableParams(), forward: (x) => model.forward(x, { training: true }).logits, dispose: () => model.dispose() };
-}
-
-async function timeBackend(name: BackendName, net: string, [h, w]: [number, number], n: number): Promise<number | string> {
+async function timeBackend(name: BackendName, net: string, [h, w]: [number, number], n: number, threads: number): Promise<number | string> {
   try {
     await selectBackend(name, { log: () => {} });
   } catch (err) {
     return (err as Error).message.split('.')[0]!;
   }
-  const m = build(net);
+  if (threads > 1 && name === 'tensorflow') return 'the tensorflow backend runs its own threads';
+  const m = benchNet(net, classes);
   const opt = new SGD([
     { params: m.params.filter((p) => p.group === 'backbone'), lrMult: 1 },
     { params: m.params.filter((p) => p.group === 'classifier'), lrMult: 10 },
   ]);
   const x = tf.randomNormal([batch, h, w, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
   const labels = tf.randomUniformInt([batch, h, w], 0, classes, 2) as tf.Tensor3D;
+  const dp =
+    threads > 1
+      ? await DataParallel.start({
+          threads,
+          backend: name,
+          program: { module: new URL('./step-program.ts', import.meta.url).href, description: { net, classes } },
+          replica: m,
+        })
+      : null;
+  const host = {
+    images: { data: x.dataSync() as Float32Array, shape: x.shape },
+    labels: { data: labels.dataSync() as Int32Array, shape: labels.shape },
+  };
   const step = () =>
     tf.tidy(() => {
-      const { value, grads } = gradients(() => segCrossEntropy(tf.image.resizeBilinear(m.forward(x), [h, w], true), labels), m.params);
+      const { grads } = dp ? dp.gradients(host, {}, m.params) : gradients(() => benchLoss(m, x, labels), m.params);
       opt.step(grads, 1e-3);
-      return value.dataSync()[0]!;
     });
-  step();
-  const times: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const t0 = performance.now();
+  try {
     step();
-    times.push(performance.now() - t0);
+    const times: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now();
+      step();
+      times.push(performance.now() - t0);
+    }
+    return times.sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
+  } finally {
+    await dp?.close();
+    tf.dispose([x, labels]);
+    opt.dispose();
+    m.dispose();
   }
-  tf.dispose([x, labels]);
-  opt.dispose();
-  m.dispose();
-  return times.sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
 }
 
 function timeTorch(net: string, [h, w]: [number, number], threads: number): number | string {
@@ -139,20 +154,22 @@ for (const net of nets) {
     const one = torch.find((p) => p.t === 1 && typeof p.ms === 'number')?.ms as number | undefined;
     const most = [...torch].reverse().find((p) => typeof p.ms === 'number')?.ms as number | undefined;
     for (const name of args.backends.split(',') as BackendName[]) {
-      const ms = await timeBackend(name, net, size, name === 'cpu' ? cpuSteps : steps);
-      results.push(
-        typeof ms === 'string'
-          ? { engine: `tfjs-${name}`, net, size, threads: 1, msPerStep: null, note: ms }
-          : {
-              engine: `tfjs-${name}`,
-              net,
-              size,
-              threads: 1,
-              msPerStep: ms,
-              ...(one ? { ratioToPytorch1Thread: ms / one } : {}),
-              ...(most ? { ratioToPytorchMaxThreads: ms / most } : {}),
-            },
-      );
+      for (const threads of name === 'tensorflow' ? [1] : tfThreads) {
+        const ms = await timeBackend(name, net, size, name === 'cpu' ? cpuSteps : steps, threads);
+        results.push(
+          typeof ms === 'string'
+            ? { engine: `tfjs-${name}`, net, size, threads, msPerStep: null, note: ms }
+            : {
+                engine: `tfjs-${name}`,
+                net,
+                size,
+                threads,
+                msPerStep: ms,
+                ...(one ? { ratioToPytorch1Thread: ms / one } : {}),
+                ...(most ? { ratioToPytorchMaxThreads: ms / most } : {}),
+              },
+        );
+      }
     }
     for (const p of torch)
       results.push(
@@ -165,6 +182,11 @@ for (const net of nets) {
       peerVersion = v.stdout.trim();
     }
   }
+}
+
+for (const r of results) {
+  const base = results.find((b) => b.engine === r.engine && b.net === r.net && b.size === r.size && b.threads === 1)?.msPerStep;
+  if (r.threads > 1 && r.msPerStep !== null && base) r.ratioToOneThread = r.msPerStep / base;
 }
 
 const header = {
@@ -183,13 +205,13 @@ if (args.json) {
     `training step, batch ${batch}, ${classes} classes, ${cores} cores (${header.cpu}), PyTorch ${peerVersion || 'absent'}, ${header.date}`,
   );
   console.log(
-    ['net', 'size', 'engine', 'threads', 'ms/step (median)', 'vs PyTorch 1 thread', 'vs PyTorch max threads', 'note'].join(' | '),
+    ['net', 'size', 'engine', 'threads', 'ms/step (median)', 'vs PyTorch 1 thread', 'vs PyTorch max threads', 'vs own 1 thread', 'note'].join(' | '),
   );
   const x = (v: number | undefined) => (v === undefined ? '' : `${v.toFixed(2)}x`);
   for (const r of results)
     console.log(
       [r.net, r.size.join('x'), r.engine, r.threads, r.msPerStep === null ? 'skipped' : r.msPerStep.toFixed(1)]
-        .concat([x(r.ratioToPytorch1Thread), x(r.ratioToPytorchMaxThreads), r.note ?? ''])
+        .concat([x(r.ratioToPytorch1Thread), x(r.ratioToPytorchMaxThreads), x(r.ratioToOneThread), r.note ?? ''])
         .join(' | '),
     );
 }
