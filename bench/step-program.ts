@@ -41,9 +41,8 @@ export const program: Program<BenchNet> = {
     const { net, classes } = d as { net: string; classes: number };
     return benchNet(net, classes);
   },
-  loss: (net, shard, { weight }) => {
-    const seg = tf.mul(benchLoss(net, shard.images as tf.Tensor4D, shard.labels as tf.Tensor3D), weight) as tf.Scalar;
+  loss: (net, t, _args, shard) => {
+    const seg = shard.batchMean(benchLoss(net, t.images as tf.Tensor4D, t.labels as tf.Tensor3D), t.labels!.size);
     return { total: seg, terms: { seg } };
   },
-  share: (shard) => (shard.labels!.data as Int32Array).reduce((n, v) => n + (v !== 255 ? 1 : 0), 0),
 };

@@ -205,7 +205,17 @@ if (args.json) {
     `training step, batch ${batch}, ${classes} classes, ${cores} cores (${header.cpu}), PyTorch ${peerVersion || 'absent'}, ${header.date}`,
   );
   console.log(
-    ['net', 'size', 'engine', 'threads', 'ms/step (median)', 'vs PyTorch 1 thread', 'vs PyTorch max threads', 'vs own 1 thread', 'note'].join(' | '),
+    [
+      'net',
+      'size',
+      'engine',
+      'threads',
+      'ms/step (median)',
+      'vs PyTorch 1 thread',
+      'vs PyTorch max threads',
+      'vs own 1 thread',
+      'note',
+    ].join(' | '),
   );
   const x = (v: number | undefined) => (v === undefined ? '' : `${v.toFixed(2)}x`);
   for (const r of results)

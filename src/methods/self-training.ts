@@ -9,13 +9,16 @@ import { segCrossEntropy } from '../ops/losses.ts';
 import type { Param } from '../ops/model/params.ts';
 import { polyLR, type SGD } from '../ops/optim.ts';
 import { batchTensors, type Batch } from '../stages/collate.ts';
-import { applyIfFinite } from '../stages/train-step.ts';
+import { applyIfFinite, parallelApplyIfFinite, type GradientSource } from '../stages/train-step.ts';
+import { SELF_TRAINING_SHARD, type SelfTrainingShardArgs } from './self-training-shard.ts';
 import { batches, type RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
 import {
+  hostBatch,
   releaseBatches,
   restoreOptimizer,
+  startDataParallel,
   sgd,
   sourceBatches,
   specs,
@@ -50,6 +53,7 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
       ? zip(tgt, sourceBatches(ctx, STREAMS.sslSource, start)).pipe(map(([t, s]) => ({ t, s: s as Batch | null })))
       : tgt.pipe(map((t) => ({ t, s: null as Batch | null })));
   const lrAt = (it: number) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
+  const dp = await startDataParallel(ctx, 'ssl', SELF_TRAINING_SHARD);
   try {
     return await train(ctx, {
       phase: 'ssl',
@@ -58,9 +62,10 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
       input,
       release: releaseBatches,
       state: () => ({ optimizer: opt.getState() }),
-      step: anchoredSelfTrainingStep(params, opt, lrAt, ctx, c.sourceWeight, c.pseudoWeight),
+      step: anchoredSelfTrainingStep(params, opt, lrAt, ctx, c.sourceWeight, c.pseudoWeight, dp),
     });
   } finally {
+    await dp?.close();
     opt.dispose();
   }
 }
@@ -69,6 +74,7 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
  * One self-training step (REFERENCE 1 step 8): `pseudoWeight` (1 = the paper) x the cross-entropy of the
  * target prediction against its pseudo-labels, plus `sourceWeight` x the cross-entropy of a labelled
  * source batch when one comes along (`ssl.sourceWeight`, `continuous.sourceWeight`; 0 = none, the paper).
+ * With `replicas`, the same step over data-parallel replicas (self-training-shard.ts).
  */
 export function anchoredSelfTrainingStep(
   params: Param[],
@@ -77,9 +83,29 @@ export function anchoredSelfTrainingStep(
   ctx: RunContext,
   sourceWeight: number,
   pseudoWeight = 1,
+  replicas: GradientSource | null = null,
 ) {
   return ({ t: tb, s: sb }: { t: Batch; s: Batch | null }, it: number) => {
     const lr = lrAt(it);
+    const withSource = Boolean(sb && sourceWeight > 0);
+    if (replicas) {
+      const src = withSource ? hostBatch(sb!) : {};
+      const batch = { ...hostBatch(tb), ...(withSource ? { sourceImages: src.images!, sourceLabels: src.labels! } : {}) };
+      const args: SelfTrainingShardArgs = {
+        bn: ctx.model.batchNorm,
+        pseudoWeight,
+        sourceWeight,
+        trackSource: ctx.cfg.model.bnStats === 'all',
+      };
+      const g = parallelApplyIfFinite(replicas, batch, { ...args }, params, opt, lr);
+      return {
+        losses: g.losses,
+        lr,
+        skipped: !g.finite,
+        samples: { target: tb.n, source: withSource ? sb!.n : 0 },
+        stats: { labelled_share: labelledShare(tb) },
+      };
+    }
     return tf.tidy(() => {
       const xt = batchTensors(tb);
       const xs = sb && sourceWeight > 0 ? batchTensors(sb) : null;

@@ -1,8 +1,8 @@
 /**
  * The warm-up's step without the adversarial term (warmup.ts) on one shard of its batch, as a
  * data-parallel program (src/parallel/program.ts): with `targetStats`, the target shard forward for BN's
- * running statistics (no gradient), then source cross-entropy on logits / sourceTemperature, weighted by
- * this shard's share of the batch's labelled pixels. Over all replicas: warmup.ts's single-thread step.
+ * running statistics (no gradient), then source cross-entropy on logits / sourceTemperature, as this
+ * shard's part of the mean over the batch's labelled pixels. Over all replicas: warmup.ts's single-thread step.
  */
 import * as tf from '@tensorflow/tfjs';
 import { segCrossEntropy } from '../ops/losses.ts';
@@ -40,15 +40,23 @@ export function warmupLoss(
 export const program: Program<DeeplabReplica> = {
   build: buildDeeplabReplica,
   prepare: (r, args) => followBatchNorm(r, (args as unknown as WarmupShardArgs).bn),
-  loss: (r, shard, args) => {
-    const a = args as unknown as WarmupShardArgs & { weight: number };
-    const seg = tf.mul(
-      warmupLoss(r, shard.images as tf.Tensor4D, shard.labels as tf.Tensor3D, (shard.target as tf.Tensor4D | undefined) ?? null, a),
-      a.weight,
-    ) as tf.Scalar;
+  loss: (r, t, args, shard) => {
+    const labels = t.labels as tf.Tensor3D;
+    const ce = warmupLoss(
+      r,
+      t.images as tf.Tensor4D,
+      labels,
+      (t.target as tf.Tensor4D | undefined) ?? null,
+      args as unknown as WarmupShardArgs,
+    );
+    const seg = shard.batchMean(ce, labelledPixels(labels));
     return { total: seg, terms: { seg } };
   },
-  share: (shard) => (shard.labels!.data as Int32Array).reduce((n, v) => n + (v !== 255 ? 1 : 0), 0),
 };
+
+/** Pixels of a label map that count in a cross-entropy mean (not 255). */
+export function labelledPixels(labels: tf.Tensor): number {
+  return tf.tidy(() => tf.sum(tf.cast(tf.notEqual(labels, 255), 'int32')).dataSync()[0]!);
+}
 
 export const WARMUP_SHARD = new URL(import.meta.url).href;

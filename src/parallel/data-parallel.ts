@@ -124,7 +124,7 @@ export class DataParallel {
   }
 
   /**
-   * Loss terms and gradients of one step over `batch`: the sum over the replicas of each shard's share,
+   * Loss terms and gradients of one step over `batch`: the sum over the replicas of each shard's part,
    * what the program's loss on the whole batch would give in one process. Gradients are new tensors
    * (the caller disposes them); the weights do not change here.
    */
@@ -136,29 +136,19 @@ export class DataParallel {
           `data-parallel: '${name}' has ${t.shape[0]} rows, it cannot be split over ${this.threads} threads (train.threads at most the batch size)`,
         );
     const shards = splitRows(batch, this.threads);
-    const rows = (s: HostTensors) => Object.values(s)[0]!.shape[0]!;
-    const shares = shards.map((s) => this.program.share?.(s) ?? rows(s));
-    const all = shares.reduce((a, b) => a + b, 0);
-    const n = rows(batch);
-    const weights = all > 0 ? shares.map((s) => s / all) : shards.map((s) => rows(s) / n);
     const trained = params.map((p) => p.name).sort();
     for (const name of trained)
       if (!this.layout.sizes.has(name)) throw new Error(`data-parallel: parameter '${name}' is not a variable of the replicas`);
     writeVariables(this.layout, this.replica.variables, new Float32Array(this.areas.weights));
     this.workers.forEach((w, i) => {
-      const msg: StepMessage = { type: 'step', shard: shards[i + 1]!, args: { ...args, weight: weights[i + 1]! }, trained };
+      const msg: StepMessage = { type: 'step', shard: shards[i + 1]!, args, trained };
       w.postMessage(msg);
     });
     let names: string[];
     try {
       this.reduce.resetCalls();
-      names = runShard(
-        this.program,
-        this.replica,
-        this.layout,
-        { type: 'step', shard: shards[0]!, args: { ...args, weight: weights[0]! }, trained },
-        0,
-        this.areas,
+      names = runShard(this.program, this.replica, this.layout, { type: 'step', shard: shards[0]!, args, trained }, 0, this.areas, (v) =>
+        this.reduce.sum(v),
       );
       this.barrier.wait();
     } catch (err) {

@@ -32,22 +32,32 @@ export interface Program<R extends Replica = Replica> {
   /** Builds a worker's replica from the description the main thread gave (its weights arrive each step). */
   build(description: unknown): R;
   /**
-   * The loss of `shard` on replica `r`, as the share of the whole batch's loss this shard contributes:
-   * the replicas' totals add up to the single-process loss (e.g. a mean over pixels times this shard's
-   * share of the batch's counted pixels, `weight` in `args`).
+   * The loss of `shard` on replica `r`, as this shard's part of the whole batch's loss: the replicas'
+   * totals add up to the single-process loss. A mean over the batch is `shard.batchMean(mean over this
+   * shard, this shard's count)`; anything else of the whole batch goes through `shard.sum`.
    */
   loss(
     r: R,
-    shard: Record<string, tf.Tensor>,
-    args: ProgramArgs & { weight: number },
+    tensors: Record<string, tf.Tensor>,
+    args: ProgramArgs,
+    shard: ShardContext,
   ): { total: tf.Scalar; terms: Record<string, tf.Scalar> };
   /**
    * Sets the replica up for the step before its gradient tape starts (e.g. the phase's BN mode, which
    * decides which variables are trained: the tape skips variables that are not trainable when it starts).
    */
   prepare?(r: R, args: ProgramArgs): void;
-  /** This shard's weight in the batch's mean loss, before normalising (default: its images). */
-  share?(shard: HostTensors): number;
+}
+
+/** What a program's loss knows of the other shards of its batch. */
+export interface ShardContext {
+  /** Element-wise sum of a vector over the replicas (the same bits in each; the vector itself with one). */
+  sum: CrossReplicaSum;
+  /**
+   * A mean over this shard's `count` items (pixels, images) made this shard's part of the mean over the
+   * whole batch: `mean x count / (count over all shards)`; 0 when no shard has any.
+   */
+  batchMean(mean: tf.Scalar, count: number): tf.Scalar;
 }
 
 export interface ProgramRef {

@@ -46,7 +46,7 @@ async function start() {
     try {
       readVariables(layout, replica.variables, weights);
       reduce.resetCalls();
-      runShard(program, replica, layout, msg, init.rank, init.areas);
+      runShard(program, replica, layout, msg, init.rank, init.areas, (v) => reduce.sum(v));
       barrier.wait();
     } catch (err) {
       writeError(init.areas, init.rank, err);

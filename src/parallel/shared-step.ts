@@ -5,7 +5,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { Layout } from './layout.ts';
-import type { HostTensors, Program, ProgramArgs, Replica } from './program.ts';
+import type { CrossReplicaSum } from '../ops/model/layers.ts';
+import type { HostTensors, Program, ProgramArgs, Replica, ShardContext } from './program.ts';
 
 /** Most loss terms a program may report. */
 export const MAX_TERMS = 16;
@@ -49,13 +50,21 @@ export interface StepMessage {
   type: 'step';
   /** This replica's shard. */
   shard: HostTensors;
-  args: ProgramArgs & { weight: number };
+  args: ProgramArgs;
   /** Names of the parameters trained this step (layout order). */
   trained: string[];
 }
 
 /** Runs the program's loss on the shard; gradients and terms go into the replica's slots. Returns the term names (sorted). */
-export function runShard(program: Program, replica: Replica, layout: Layout, msg: StepMessage, rank: number, areas: SharedAreas): string[] {
+export function runShard(
+  program: Program,
+  replica: Replica,
+  layout: Layout,
+  msg: StepMessage,
+  rank: number,
+  areas: SharedAreas,
+  sum: CrossReplicaSum,
+): string[] {
   const grads = new Float32Array(areas.grads, rank * layout.total * 4, layout.total);
   const terms = new Float64Array(areas.terms, rank * (MAX_TERMS + 1) * 8, MAX_TERMS + 1);
   return tf.tidy(() => {
@@ -71,7 +80,7 @@ export function runShard(program: Program, replica: Replica, layout: Layout, msg
       );
     let values: Record<string, tf.Scalar> = {};
     const { value, grads: g } = tf.variableGrads(() => {
-      const out = program.loss(replica, shard, msg.args);
+      const out = program.loss(replica, shard, msg.args, shardContext(sum));
       values = Object.fromEntries(Object.entries(out.terms).map(([k, t]) => [k, tf.keep(t)]));
       return out.total;
     }, vars);
@@ -90,6 +99,17 @@ export function runShard(program: Program, replica: Replica, layout: Layout, msg
     });
     return names;
   });
+}
+
+/** The cross-replica helpers a program's loss gets (src/parallel/program.ts ShardContext). */
+export function shardContext(sum: CrossReplicaSum): ShardContext {
+  return {
+    sum,
+    batchMean: (mean, count) => {
+      const all = sum(Float32Array.of(count))[0]!;
+      return all > 0 ? (tf.mul(mean, count / all) as tf.Scalar) : (tf.mul(mean, 0) as tf.Scalar);
+    },
+  };
 }
 
 export function writeError(areas: SharedAreas, rank: number, err: unknown): void {
