@@ -9,13 +9,25 @@
 import * as tf from '@tensorflow/tfjs';
 import { contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
 import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
-import { polyLR } from '../ops/optim.ts';
-import { applyIfFinite } from '../stages/train-step.ts';
-import { batchTensors } from '../stages/collate.ts';
+import { polyLR, type SGD } from '../ops/optim.ts';
+import { applyIfFinite, parallelApplyIfFinite, type GradientSource, type StepOutcome } from '../stages/train-step.ts';
+import type { Param } from '../ops/model/params.ts';
+import { SPCL_SHARD, type SpclShardArgs } from './spcl-shard.ts';
+import { batchTensors, type Batch } from '../stages/collate.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
-import { releaseBatches, restoreOptimizer, sgd, sourceTargetPairs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
+import {
+  hostBatch,
+  releaseBatches,
+  restoreOptimizer,
+  sgd,
+  sourceTargetPairs,
+  startDataParallel,
+  train,
+  type PhaseResult,
+  type ResumePoint,
+} from '../recipe/trainer.ts';
 
 /** REFERENCE 1 step 5: paper Eq. 8, the prototype EMA (Eq. 3) with the current source batch first. */
 export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iteration: 0 }): Promise<PhaseResult> {
@@ -27,6 +39,8 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
   const opt = sgd(ctx, params);
   restoreOptimizer(opt, resume.optimizer);
   const start = resume.iteration;
+  // the same step over data-parallel replicas when train.threads > 1 (spcl-shard.ts)
+  const dp = await startDataParallel(ctx, 'spcl', SPCL_SHARD);
   try {
     return await train(ctx, {
       phase: 'spcl',
@@ -35,42 +49,75 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
       input: sourceTargetPairs(ctx, start, STREAMS.spcl, ctx.pseudo),
       release: releaseBatches,
       state: () => ({ optimizer: opt.getState() }),
-      step: ({ s: sb, t: tb }, it) => {
-        const lr = polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
-        return tf.tidy(() => {
-          const xs = batchTensors(sb);
-          const xt = batchTensors(tb);
-          const g = applyIfFinite(
-            () => {
-              const { features: fs, logits: ls } = model.forward(xs.images, { training: true, trackStats: cfg.model.bnStats === 'all' });
-              const up = tf.image.resizeBilinear(ls, [sb.labelHeight, sb.labelWidth], true);
-              const seg = segCrossEntropy(up, xs.labels!, { temperature: c.sourceTemperature });
-              // M_s: the label at the feature grid, kept where the prediction agrees (REFERENCE 4.2)
-              let ms = downsampleLabels(xs.labels!, [fs.shape[1], fs.shape[2]]);
-              if (c.refineSource) ms = refineSourceMask(ms, detach(ls));
-              // Eq. 3: the prototypes' EMA with this batch, before the loss (the authors' order)
-              ctx.prototypes.update(fs, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent });
-              ctx.events.prototypes?.(ctx.prototypes);
-              const ft = model.forward(xt.images, { training: true }).features;
-              // Eq. 5, M_t: the offline pseudo-label (class thresholds on the output, REFERENCE 5) at the feature grid
-              const mt = downsampleLabels(xt.labels!, [ft.shape[1], ft.shape[2]]);
-              const P = ctx.prototypes.tensor;
-              const clS = contrastiveLoss(fs, ms, P, { temperature: c.temperature }); // Eq. 4
-              const clT = contrastiveLoss(ft, mt, P, { temperature: c.temperature }); // Eq. 6
-              const total = tf.add(seg, tf.mul(tf.add(clS, clT), c.lambda)) as tf.Scalar; // Eq. 8
-              return { total, terms: { seg, cl_source: clS, cl_target: clT } };
-            },
-            params,
-            opt,
-            lr,
-          );
-          return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb.n } };
-        });
-      },
+      step: contrastiveStep(ctx, params, opt, dp),
     });
   } finally {
+    await dp?.close();
     opt.dispose();
   }
+}
+
+/**
+ * One contrastive step (paper Eq. 8), the prototypes' EMA with the current source batch first (Eq. 3).
+ * With `replicas`, the same step over data-parallel replicas (spcl-shard.ts).
+ */
+export function contrastiveStep(ctx: RunContext, params: Param[], opt: SGD, dp: GradientSource | null) {
+  const { cfg, model } = ctx;
+  const c = cfg.spcl;
+  const shardArgs: SpclShardArgs = {
+    bn: model.batchNorm,
+    sourceTemperature: c.sourceTemperature,
+    temperature: c.temperature,
+    lambda: c.lambda,
+    refineSource: c.refineSource,
+    alpha: cfg.prototypes.alpha,
+    absent: cfg.prototypes.absent,
+    trackSource: cfg.model.bnStats === 'all',
+  };
+  return ({ s: sb, t: tb }: { s: Batch; t: Batch }, it: number): StepOutcome => {
+    const lr = polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
+    if (dp) {
+      const t = hostBatch(tb);
+      const batch = { ...hostBatch(sb), targetImages: t.images!, targetLabels: t.labels! };
+      const P = ctx.prototypes.tensor;
+      const whole = { prototypes: { data: P.dataSync() as Float32Array, shape: P.shape } };
+      const g = parallelApplyIfFinite(dp, batch, { ...shardArgs }, params, opt, lr, whole);
+      const next = g.outputs.get('prototypes') as tf.Tensor2D;
+      ctx.prototypes.advance(next);
+      tf.dispose([...g.outputs.values()]);
+      ctx.events.prototypes?.(ctx.prototypes);
+      return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb.n } };
+    }
+    return tf.tidy(() => {
+      const xs = batchTensors(sb);
+      const xt = batchTensors(tb);
+      const g = applyIfFinite(
+        () => {
+          const { features: fs, logits: ls } = model.forward(xs.images, { training: true, trackStats: cfg.model.bnStats === 'all' });
+          const up = tf.image.resizeBilinear(ls, [sb.labelHeight, sb.labelWidth], true);
+          const seg = segCrossEntropy(up, xs.labels!, { temperature: c.sourceTemperature });
+          // M_s: the label at the feature grid, kept where the prediction agrees (REFERENCE 4.2)
+          let ms = downsampleLabels(xs.labels!, [fs.shape[1], fs.shape[2]]);
+          if (c.refineSource) ms = refineSourceMask(ms, detach(ls));
+          // Eq. 3: the prototypes' EMA with this batch, before the loss (the authors' order)
+          ctx.prototypes.update(fs, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent });
+          ctx.events.prototypes?.(ctx.prototypes);
+          const ft = model.forward(xt.images, { training: true }).features;
+          // Eq. 5, M_t: the offline pseudo-label (class thresholds on the output, REFERENCE 5) at the feature grid
+          const mt = downsampleLabels(xt.labels!, [ft.shape[1], ft.shape[2]]);
+          const P = ctx.prototypes.tensor;
+          const clS = contrastiveLoss(fs, ms, P, { temperature: c.temperature }); // Eq. 4
+          const clT = contrastiveLoss(ft, mt, P, { temperature: c.temperature }); // Eq. 6
+          const total = tf.add(seg, tf.mul(tf.add(clS, clT), c.lambda)) as tf.Scalar; // Eq. 8
+          return { total, terms: { seg, cl_source: clS, cl_target: clT } };
+        },
+        params,
+        opt,
+        lr,
+      );
+      return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb.n } };
+    });
+  };
 }
 
 export const spcl: Method = { name: 'spcl', kind: 'train', steps: (cfg) => cfg.spcl.iterations, run: spclPhase };

@@ -15,6 +15,7 @@
  * (see `validateMask`): values outside 0..K-1, 255 included, are ignored.
  */
 import * as tf from '@tensorflow/tfjs';
+import type { CrossReplicaSum } from './model/layers.ts';
 import { maskOneHot } from './masks.ts';
 import { normalizeFeatures, stopGradient } from './losses.ts';
 import { shapeStr } from './shape.ts';
@@ -38,6 +39,11 @@ export interface UpdatePrototypesOptions {
   alpha?: number;
   /** Classes absent from the mask: `'keep'` (paper Eq. 3, default) or `'decay'` (×α, authors' code). */
   absent?: AbsentClassPolicy;
+  /**
+   * Data-parallel replicas (src/parallel): the per-class sums and counts are summed over every
+   * replica's shard, so each replica's update is the whole batch's. Unset: this batch alone.
+   */
+  sum?: CrossReplicaSum | null;
 }
 
 /**
@@ -61,8 +67,16 @@ export function updatePrototypes(
   return tf.tidy(() => {
     const f = normalizeFeatures(stopGradient(features).reshape([-1, c]));
     const onehot = maskOneHot(mask.flatten(), k) as tf.Tensor2D; // [N, K]
-    const sums = tf.matMul(onehot, f as tf.Tensor2D, true, false); // [K, C]
-    const counts = onehot.sum(0).reshape([k, 1]);
+    let sums = tf.matMul(onehot, f as tf.Tensor2D, true, false); // [K, C]
+    let counts = onehot.sum(0).reshape([k, 1]);
+    if (opts.sum) {
+      const local = new Float32Array(k * c + k);
+      local.set(sums.dataSync() as Float32Array, 0);
+      local.set(counts.dataSync() as Float32Array, k * c);
+      const total = opts.sum(local);
+      sums = tf.tensor2d(total.subarray(0, k * c), [k, c]);
+      counts = tf.tensor2d(total.subarray(k * c), [k, 1]);
+    }
     const mean = sums.div(tf.maximum(counts, 1)); // zero rows for absent classes
     const ema = prototypes.mul(alpha).add(mean.mul(1 - alpha));
     if (absent === 'decay') return ema as tf.Tensor2D;

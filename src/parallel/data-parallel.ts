@@ -20,8 +20,8 @@ import type { HostTensors, Program, ProgramArgs, ProgramRef, Replica } from './p
 import { readError, runShard, sharedAreas, MAX_TERMS, type SharedAreas, type StepMessage } from './shared-step.ts';
 import type { ReplicaInit } from './replica-worker.ts';
 
-/** Floats per replica in the all-reduce scratch: BN's [sum(dy), sum(dy * x^)] of the widest layer. */
-const REDUCE_CAPACITY = 2 * 4096 + 1;
+/** Floats per replica in the all-reduce scratch: BN's [sum(dy), sum(dy * x^)] of the widest layer, the prototypes' sums. */
+const REDUCE_CAPACITY = 65_536;
 
 export interface DataParallelOptions {
   /** Replicas including the main thread (>= 2; 1 is the single-process path, no DataParallel). */
@@ -126,9 +126,15 @@ export class DataParallel {
   /**
    * Loss terms and gradients of one step over `batch`: the sum over the replicas of each shard's part,
    * what the program's loss on the whole batch would give in one process. Gradients are new tensors
-   * (the caller disposes them); the weights do not change here.
+   * (the caller disposes them, and the `outputs` the program handed back); the weights do not change
+   * here. `whole`: tensors every replica gets unsplit.
    */
-  gradients(batch: HostTensors, args: ProgramArgs, params: Param[]): { losses: Record<string, number>; grads: Map<string, tf.Tensor> } {
+  gradients(
+    batch: HostTensors,
+    args: ProgramArgs,
+    params: Param[],
+    whole: HostTensors = {},
+  ): { losses: Record<string, number>; grads: Map<string, tf.Tensor>; outputs: Map<string, tf.Tensor> } {
     if (this.broken) throw new Error(`data-parallel: a previous step failed (${this.broken}); the run must restart`);
     for (const [name, t] of Object.entries(batch))
       if (t.shape[0]! < this.threads)
@@ -141,13 +147,13 @@ export class DataParallel {
       if (!this.layout.sizes.has(name)) throw new Error(`data-parallel: parameter '${name}' is not a variable of the replicas`);
     writeVariables(this.layout, this.replica.variables, new Float32Array(this.areas.weights));
     this.workers.forEach((w, i) => {
-      const msg: StepMessage = { type: 'step', shard: shards[i + 1]!, args, trained };
+      const msg: StepMessage = { type: 'step', shard: shards[i + 1]!, whole, args, trained };
       w.postMessage(msg);
     });
-    let names: string[];
+    let main: { names: string[]; outputs: Map<string, tf.Tensor> };
     try {
       this.reduce.resetCalls();
-      names = runShard(this.program, this.replica, this.layout, { type: 'step', shard: shards[0]!, args, trained }, 0, this.areas, (v) =>
+      main = runShard(this.program, this.replica, this.layout, { type: 'step', shard: shards[0]!, whole, args, trained }, 0, this.areas, (v) =>
         this.reduce.sum(v),
       );
       this.barrier.wait();
@@ -160,7 +166,7 @@ export class DataParallel {
       this.broken = failed.length ? failed.map(([r, e]) => `replica ${r}: ${e}`).join('; ') : (err as Error).message;
       throw err instanceof BarrierBroken && failed.length ? new Error(`data-parallel step failed: ${this.broken}`) : err;
     }
-    return { losses: this.sumTerms(names), grads: this.sumGrads(trained) };
+    return { losses: this.sumTerms(main.names), grads: this.sumGrads(trained), outputs: main.outputs };
   }
 
   /** Each term summed over the replicas in rank order (term names from the main thread's program). */

@@ -8,7 +8,7 @@
 import type * as tf from '@tensorflow/tfjs';
 import type { CrossReplicaSum } from '../ops/model/layers.ts';
 
-/** A batch as host arrays by name; every entry is split along its first axis (the batch axis). */
+/** A batch as host arrays by name (split along the first axis, the batch axis, unless given whole). */
 export type HostTensors = Record<string, HostTensor>;
 
 export interface HostTensor {
@@ -58,6 +58,8 @@ export interface ShardContext {
    * whole batch: `mean x count / (count over all shards)`; 0 when no shard has any.
    */
   batchMean(mean: tf.Scalar, count: number): tf.Scalar;
+  /** Hands a tensor of this step back to the caller (the main thread's replica's; the workers' are dropped). */
+  output(name: string, t: tf.Tensor): void;
 }
 
 export interface ProgramRef {

@@ -46,7 +46,8 @@ async function start() {
     try {
       readVariables(layout, replica.variables, weights);
       reduce.resetCalls();
-      runShard(program, replica, layout, msg, init.rank, init.areas, (v) => reduce.sum(v));
+      const { outputs } = runShard(program, replica, layout, msg, init.rank, init.areas, (v) => reduce.sum(v));
+      tf.dispose([...outputs.values()]);
       barrier.wait();
     } catch (err) {
       writeError(init.areas, init.rank, err);

@@ -50,12 +50,17 @@ export interface StepMessage {
   type: 'step';
   /** This replica's shard. */
   shard: HostTensors;
+  /** Tensors every replica gets whole (e.g. the prototypes). */
+  whole: HostTensors;
   args: ProgramArgs;
   /** Names of the parameters trained this step (layout order). */
   trained: string[];
 }
 
-/** Runs the program's loss on the shard; gradients and terms go into the replica's slots. Returns the term names (sorted). */
+/**
+ * Runs the program's loss on the shard; gradients and terms go into the replica's slots. Returns the
+ * term names (sorted) and the tensors the program handed back (`output`; kept: the caller disposes them).
+ */
 export function runShard(
   program: Program,
   replica: Replica,
@@ -64,12 +69,13 @@ export function runShard(
   rank: number,
   areas: SharedAreas,
   sum: CrossReplicaSum,
-): string[] {
+): { names: string[]; outputs: Map<string, tf.Tensor> } {
+  const outputs = new Map<string, tf.Tensor>();
   const grads = new Float32Array(areas.grads, rank * layout.total * 4, layout.total);
   const terms = new Float64Array(areas.terms, rank * (MAX_TERMS + 1) * 8, MAX_TERMS + 1);
-  return tf.tidy(() => {
+  const names = tf.tidy(() => {
     const shard = Object.fromEntries(
-      Object.entries(msg.shard).map(([k, t]) => [k, tf.tensor(t.data, t.shape, t.data instanceof Int32Array ? 'int32' : 'float32')]),
+      Object.entries({ ...msg.shard, ...msg.whole }).map(([k, t]) => [k, tf.tensor(t.data, t.shape, t.data instanceof Int32Array ? 'int32' : 'float32')]),
     );
     program.prepare?.(replica, msg.args);
     const vars = msg.trained.map((n) => replica.variables.get(n)!);
@@ -80,7 +86,7 @@ export function runShard(
       );
     let values: Record<string, tf.Scalar> = {};
     const { value, grads: g } = tf.variableGrads(() => {
-      const out = program.loss(replica, shard, msg.args, shardContext(sum));
+      const out = program.loss(replica, shard, msg.args, shardContext(sum, outputs));
       values = Object.fromEntries(Object.entries(out.terms).map(([k, t]) => [k, tf.keep(t)]));
       return out.total;
     }, vars);
@@ -99,12 +105,17 @@ export function runShard(
     });
     return names;
   });
+  return { names, outputs };
 }
 
 /** The cross-replica helpers a program's loss gets (src/parallel/program.ts ShardContext). */
-export function shardContext(sum: CrossReplicaSum): ShardContext {
+export function shardContext(sum: CrossReplicaSum, outputs: Map<string, tf.Tensor>): ShardContext {
   return {
     sum,
+    output: (name, t) => {
+      outputs.get(name)?.dispose();
+      outputs.set(name, tf.keep(t.clone()));
+    },
     batchMean: (mean, count) => {
       const all = sum(Float32Array.of(count))[0]!;
       return all > 0 ? (tf.mul(mean, count / all) as tf.Scalar) : (tf.mul(mean, 0) as tf.Scalar);

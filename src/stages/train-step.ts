@@ -184,12 +184,18 @@ export function applyIfFinite(
 
 /** What `parallelApplyIfFinite` needs of src/parallel/data-parallel.ts's DataParallel. */
 export interface GradientSource {
-  gradients(batch: HostTensors, args: ProgramArgs, params: Param[]): { losses: Record<string, number>; grads: Map<string, tf.Tensor> };
+  gradients(
+    batch: HostTensors,
+    args: ProgramArgs,
+    params: Param[],
+    whole?: HostTensors,
+  ): { losses: Record<string, number>; grads: Map<string, tf.Tensor>; outputs: Map<string, tf.Tensor> };
 }
 
 /**
  * `applyIfFinite` over data-parallel replicas: the program's loss terms and gradients summed over the
- * shards of `batch`; the optimiser (on this thread) applies them only when every term is finite.
+ * shards of `batch`; the optimiser (on this thread) applies them only when every term is finite. The
+ * program's `outputs` are the caller's to dispose.
  */
 export function parallelApplyIfFinite(
   replicas: GradientSource,
@@ -198,12 +204,17 @@ export function parallelApplyIfFinite(
   params: Param[],
   optimizer: SGD | Adam,
   lr: number,
-): { losses: Record<string, number>; finite: boolean } {
-  return tf.tidy(() => {
-    const { losses, grads } = replicas.gradients(batch, args, params);
+  whole: HostTensors = {},
+): { losses: Record<string, number>; finite: boolean; outputs: Map<string, tf.Tensor> } {
+  let outputs = new Map<string, tf.Tensor>();
+  const r = tf.tidy(() => {
+    const g = replicas.gradients(batch, args, params, whole);
+    outputs = g.outputs;
+    const losses = g.losses;
     if (forcedNonFinite) losses.total = NaN;
     const finite = Object.values(losses).every(Number.isFinite);
-    if (finite) optimizer.step(grads, lr);
+    if (finite) optimizer.step(g.grads, lr);
     return { losses, finite };
   });
+  return { ...r, outputs };
 }

@@ -28,8 +28,12 @@ export class Prototypes {
 
   /** Paper Eq. 3: EMA update with the current batch's features (detached) and mask (REFERENCE 4.4). */
   update(features: tf.Tensor4D, mask: tf.Tensor3D, opts: { alpha: number; absent: AbsentClassPolicy }): void {
+    tf.tidy(() => this.advance(updatePrototypes(this.tensor, features, mask, opts)));
+  }
+
+  /** Takes `next`, the EMA step computed elsewhere (data-parallel replicas: src/methods/spcl-shard.ts). */
+  advance(next: tf.Tensor2D): void {
     tf.tidy(() => {
-      const next = updatePrototypes(this.tensor, features, mask, opts);
       this.lastUpdateNorm = tf.norm(tf.sub(next, this.tensor)).dataSync()[0]!;
       this.value!.assign(next);
     });

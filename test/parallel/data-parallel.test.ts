@@ -1,7 +1,8 @@
 /**
- * src/parallel: how a batch is split, and the self-training step (the same function the ssl phase runs)
- * over 2 replicas against its one-thread path: trainable BN (synchronised), a target and a source batch
- * with unlabelled (255) regions of different sizes in each shard, 3 SGD steps.
+ * src/parallel: how a batch is split, and the self-training and contrastive steps (the same functions
+ * the ssl and spcl phases run) over 2 replicas against their one-thread paths: trainable BN
+ * (synchronised), a target and a source batch with unlabelled (255) regions of different sizes in each
+ * shard, the prototypes' EMA over the whole batch (spcl), 3 SGD steps.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,6 +14,11 @@ import { DataParallel, shardRows, splitRows } from '../../src/parallel/data-para
 import { deeplabReplica, describeDeeplab } from '../../src/parallel/deeplab-replica.ts';
 import { SELF_TRAINING_SHARD } from '../../src/methods/self-training-shard.ts';
 import { anchoredSelfTrainingStep } from '../../src/methods/self-training.ts';
+import { contrastiveStep } from '../../src/methods/spcl.ts';
+import { SPCL_SHARD } from '../../src/methods/spcl-shard.ts';
+import { Prototypes } from '../../src/stages/update-prototypes.ts';
+import type { StepOutcome } from '../../src/stages/train-step.ts';
+import type { SegModel } from '../../src/ops/model/deeplab.ts';
 import type { Batch } from '../../src/stages/collate.ts';
 import type { RunContext } from '../../src/recipe/context.ts';
 
@@ -43,29 +49,31 @@ function batch(seed: number, n: number, unlabelledRows: number[]): Batch {
   return { n, height: h, width: w, images, labelHeight: h, labelWidth: w, labels, keys: [], decodeSeconds: 0, release: () => {} };
 }
 
-test('the self-training step over 2 replicas equals its one-thread path over 3 steps (losses, weights, BN buffers) to float tolerance', async (t) => {
-  await selectBackend('wasm', { log: () => {} });
-  const model = deeplabV2({ backbone: 'small', numClasses: 19, seed: 3 });
-  model.setBatchNorm('trainable');
-  const ctx = { model, cfg: { model: { bnStats: 'target' } } } as unknown as RunContext;
+/**
+ * Runs `makeStep`'s step 3 times from the model's current weights, on one thread and over 2 replicas of
+ * `module`'s program; returns both runs' losses and weights, the start, and the one-thread run's state
+ * `after` records (e.g. the prototypes).
+ */
+async function oneVsTwo(
+  model: SegModel,
+  module: string,
+  makeStep: (replicas: DataParallel | null) => (it: number) => StepOutcome,
+  reset: () => void,
+) {
   const variables = [...model.store.params.values()];
   const start = variables.map((p) => p.variable.clone());
-  const tb = batch(10, 4, [0, 40, 64, 8]);
-  const sb = batch(20, 4, [10, 0, 0, 50]);
   const run = (replicas: DataParallel | null) => {
     variables.forEach((p, i) => p.variable.assign(start[i]!));
-    const params = model.trainableParams();
-    const opt = new SGD([{ params, lrMult: 1 }], { momentum: 0.9, weightDecay: 5e-4 });
-    const step = anchoredSelfTrainingStep(params, opt, () => 0.01, ctx, 0.5, 1, replicas);
-    const losses = [0, 1, 2].map((it) => step({ t: tb, s: sb }, it).losses);
-    opt.dispose();
+    reset();
+    const step = makeStep(replicas);
+    const losses = [0, 1, 2].map((it) => step(it).losses);
     return { losses, weights: variables.map((p) => p.variable.dataSync().slice() as Float32Array) };
   };
   const one = run(null);
   const dp = await DataParallel.start({
     threads: 2,
     backend: 'wasm',
-    program: { module: SELF_TRAINING_SHARD, description: describeDeeplab(model) },
+    program: { module, description: describeDeeplab(model) },
     replica: deeplabReplica(model),
   });
   let two;
@@ -74,10 +82,9 @@ test('the self-training step over 2 replicas equals its one-thread path over 3 s
   } finally {
     await dp.close();
   }
-  assert.deepEqual(Object.keys(two.losses[0]!).sort(), ['source', 'ssl', 'total']);
   let worstLoss = 0;
   one.losses.forEach((l, i) => {
-    for (const k of Object.keys(l)) worstLoss = Math.max(worstLoss, Math.abs(l[k]! - two.losses[i]![k]!) / Math.abs(l[k]!));
+    for (const k of Object.keys(l)) worstLoss = Math.max(worstLoss, Math.abs(l[k]! - two.losses[i]![k]!) / Math.max(Math.abs(l[k]!), 1e-6));
   });
   let diff = 0;
   let moved = 0;
@@ -89,10 +96,88 @@ test('the self-training step over 2 replicas equals its one-thread path over 3 s
     }
   });
   tf.dispose(start);
+  return { one, two, worstLoss, weightDiff: Math.sqrt(diff / moved) };
+}
+
+test('the self-training step over 2 replicas equals its one-thread path over 3 steps (losses, weights, BN buffers) to float tolerance', async (t) => {
+  await selectBackend('wasm', { log: () => {} });
+  const model = deeplabV2({ backbone: 'small', numClasses: 19, seed: 3 });
+  model.setBatchNorm('trainable');
+  const ctx = { model, cfg: { model: { bnStats: 'target' } } } as unknown as RunContext;
+  const tb = batch(10, 4, [0, 40, 64, 8]);
+  const sb = batch(20, 4, [10, 0, 0, 50]);
+  const r = await oneVsTwo(
+    model,
+    SELF_TRAINING_SHARD,
+    (replicas) => {
+      const params = model.trainableParams();
+      const opt = new SGD([{ params, lrMult: 1 }], { momentum: 0.9, weightDecay: 5e-4 });
+      const step = anchoredSelfTrainingStep(params, opt, () => 0.01, ctx, 0.5, 1, replicas);
+      return (it) => step({ t: tb, s: sb }, it);
+    },
+    () => {},
+  );
   model.dispose();
-  const rel = Math.sqrt(diff / moved);
-  t.diagnostic(`losses: max relative difference ${worstLoss.toExponential(2)}; weights: difference / update ${rel.toExponential(2)}`);
-  assert.ok(one.losses[2]!.total! < one.losses[0]!.total!, `it trains: ${one.losses.map((l) => l.total).join(' -> ')}`);
-  assert.ok(worstLoss < 1e-4, `losses agree: ${worstLoss}`);
-  assert.ok(rel < 1e-3, `weights agree: ${rel}`);
+  t.diagnostic(
+    `losses: max relative difference ${r.worstLoss.toExponential(2)}; weights: difference / update ${r.weightDiff.toExponential(2)}`,
+  );
+  assert.deepEqual(Object.keys(r.two.losses[0]!).sort(), ['source', 'ssl', 'total']);
+  assert.ok(r.one.losses[2]!.total! < r.one.losses[0]!.total!, `it trains: ${r.one.losses.map((l) => l.total).join(' -> ')}`);
+  assert.ok(r.worstLoss < 1e-4, `losses agree: ${r.worstLoss}`);
+  assert.ok(r.weightDiff < 1e-3, `weights agree: ${r.weightDiff}`);
+});
+
+test('the contrastive step (spcl) over 2 replicas equals its one-thread path over 3 steps: losses, weights and the prototypes to float tolerance', async (t) => {
+  await selectBackend('wasm', { log: () => {} });
+  const model = deeplabV2({ backbone: 'small', numClasses: 19, seed: 5 });
+  model.setBatchNorm('trainable');
+  const prototypes = new Prototypes();
+  const init = tf.tidy(() => {
+    const p = tf.randomNormal([19, model.featureChannels], 0, 1, 'float32', 7);
+    return tf.div(p, tf.norm(p, 2, 1, true)) as tf.Tensor2D;
+  });
+  const ctx = {
+    model,
+    prototypes,
+    lrScale: 1,
+    events: {},
+    cfg: {
+      model: { bnStats: 'target' },
+      prototypes: { alpha: 0.9, absent: 'keep' },
+      spcl: { lr: 0.01, maxIter: 100, sourceTemperature: 1.8, temperature: 0.1, lambda: 1, refineSource: true },
+    },
+  } as unknown as RunContext;
+  const sb = batch(30, 4, [0, 20, 64, 0]);
+  const tb = batch(40, 4, [30, 0, 10, 64]);
+  let protoOne: Float32Array | null = null;
+  const r = await oneVsTwo(
+    model,
+    SPCL_SHARD,
+    (replicas) => {
+      const params = model.trainableParams();
+      const opt = new SGD([{ params, lrMult: 1 }], { momentum: 0.9, weightDecay: 5e-4 });
+      const step = contrastiveStep(ctx, params, opt, replicas);
+      return (it) => {
+        const out = step({ s: sb, t: tb }, it);
+        if (it === 2 && !replicas) protoOne = prototypes.tensor.dataSync().slice() as Float32Array;
+        return out;
+      };
+    },
+    () => prototypes.set(init),
+  );
+  const protoTwo = prototypes.tensor.dataSync() as Float32Array;
+  const protoDiff = Math.max(...protoTwo.map((v, i) => Math.abs(v - protoOne![i]!)));
+  const protoMoved = Math.max(...protoTwo.map((v, i) => Math.abs(v - init.dataSync()[i]!)));
+  init.dispose();
+  prototypes.dispose();
+  model.dispose();
+  t.diagnostic(
+    `losses: max relative difference ${r.worstLoss.toExponential(2)}; weights: difference / update ${r.weightDiff.toExponential(2)}; prototypes: max difference ${protoDiff.toExponential(2)} (moved ${protoMoved.toFixed(3)})`,
+  );
+  assert.deepEqual(Object.keys(r.two.losses[0]!).sort(), ['cl_source', 'cl_target', 'seg', 'total']);
+  assert.ok(r.one.losses[0]!.cl_source! > 0 && r.one.losses[0]!.cl_target! > 0, JSON.stringify(r.one.losses[0]));
+  assert.ok(protoMoved > 0.01, `the prototypes moved: ${protoMoved}`);
+  assert.ok(r.worstLoss < 1e-4, `losses agree: ${r.worstLoss}`);
+  assert.ok(r.weightDiff < 1e-3, `weights agree: ${r.weightDiff}`);
+  assert.ok(protoDiff < 1e-5, `prototypes agree: ${protoDiff}`);
 });
