@@ -53,7 +53,7 @@ export async function sslPhase(ctx: RunContext, resume: ResumePoint = { iteratio
       ? zip(tgt, sourceBatches(ctx, STREAMS.sslSource, start)).pipe(map(([t, s]) => ({ t, s: s as Batch | null })))
       : tgt.pipe(map((t) => ({ t, s: null as Batch | null })));
   const lrAt = (it: number) => polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
-  const dp = await startDataParallel(ctx, 'ssl', SELF_TRAINING_SHARD);
+  const dp = await startDataParallel(ctx, 'ssl', SELF_TRAINING_SHARD, c.sourceWeight > 0 ? Math.min(size, cfg.batch.source) : size);
   try {
     return await train(ctx, {
       phase: 'ssl',

@@ -40,7 +40,7 @@ export async function spclPhase(ctx: RunContext, resume: ResumePoint = { iterati
   restoreOptimizer(opt, resume.optimizer);
   const start = resume.iteration;
   // the same step over data-parallel replicas when train.threads > 1 (spcl-shard.ts)
-  const dp = await startDataParallel(ctx, 'spcl', SPCL_SHARD);
+  const dp = await startDataParallel(ctx, 'spcl', SPCL_SHARD, Math.min(cfg.batch.source, cfg.batch.target));
   try {
     return await train(ctx, {
       phase: 'spcl',

@@ -60,7 +60,8 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
     ? sourceTargetPairs(ctx, start, STREAMS.warmup, null)
     : sourceBatches(ctx, STREAMS.warmup, start).pipe(map((s) => ({ s, t: null as Batch | null })));
   // the step without the adversarial term runs over data-parallel replicas when train.threads > 1
-  const dp = await startDataParallel(ctx, 'warmup', adversarial ? null : WARMUP_SHARD);
+  const rows = targetStats ? Math.min(cfg.batch.source, cfg.batch.target) : cfg.batch.source;
+  const dp = await startDataParallel(ctx, 'warmup', adversarial ? null : WARMUP_SHARD, rows);
   const shardArgs: WarmupShardArgs = { bn: ctx.model.batchNorm, temperature: w.sourceTemperature, trackSource, targetStats };
   try {
     return await train(ctx, {

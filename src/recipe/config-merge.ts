@@ -19,7 +19,10 @@ const RULES: Record<string, Rule> = {
   backend: [(v) => ['auto', 'tensorflow', 'wasm', 'cpu'].includes(v as string), 'one of auto, tensorflow, wasm, cpu'],
   'data.numClasses': [(v) => v === 19 || v === 16, '19 or 16'],
   'data.workers': [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = cores)'],
-  'train.threads': [(v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 64, 'an integer in 1..64 (1 = no worker threads)'],
+  'train.threads': [
+    (v) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 64,
+    'an integer in 0..64 (0 = one per core, 1 = no worker threads)',
+  ],
   'data.prefetch': [(v) => Number.isInteger(v) && (v as number) >= 1, 'an integer >= 1'],
   'data.unknownLabelIds': [(v) => v === 'ignore' || v === 'skip', "'ignore' or 'skip'"],
   'data.retries': [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0'],

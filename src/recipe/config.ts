@@ -63,9 +63,9 @@ export interface SpclConfig {
     /**
      * Data-parallel replicas of the training step on the wasm/cpu backends (src/parallel): the main
      * thread and `threads - 1` worker threads split each batch, batch norm uses the whole batch's
-     * statistics, the gradients are summed. 1 = one thread. The tensorflow backend always uses 1.
-     * Phases without a data-parallel program (the adversarial warm-up, spcl, ssl, the mean teacher)
-     * run on one thread.
+     * statistics, the gradients are summed. 0 = one per core (at most the phase's batch size), 1 = one
+     * thread. The tensorflow backend always uses 1. Steps without a data-parallel program (the
+     * adversarial warm-up, the continuous phase, the mean teacher) run on one thread.
      */
     threads: number;
   };
@@ -185,7 +185,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     size: { source, target: [512, 1024], eval: [512, 1024] },
     batch: { source: 4, target: 4 },
     optimizer: { momentum: 0.9, weightDecay: 5e-4, classifierLrMult: 10 },
-    train: { threads: 1 },
+    train: { threads: 0 },
     warmup: { ...paperPhase(40_000, 62_500, 2.5e-4), lrD: 1e-4, lambdaAdv: 0.001, sourceTemperature: 1.8, ndf: 64, bn: 'frozen' },
     prototypes: { alpha: 0.1, absent: 'keep' },
     pseudo: { cap: 0.9, bins: 4096, keep: 2 },

@@ -17,6 +17,7 @@ import { NonFiniteStreak, forceNonFinite, nonFiniteInjection, trainStep, type St
 import { AbortedError, failOnAbort } from '../graph/flow.ts';
 import { batches, type PhaseResultLike, type RunContext } from './context.ts';
 import { STREAMS, targetStreamOf } from './streams.ts';
+import { availableParallelism } from 'node:os';
 import { DataParallel } from '../parallel/data-parallel.ts';
 import { deeplabReplica, describeDeeplab } from '../parallel/deeplab-replica.ts';
 import type { TrainPhaseConfig } from './config.ts';
@@ -100,22 +101,25 @@ export const releaseBatches = ({ s, t }: { s: Batch | null; t: Batch | null }) =
 
 /**
  * Data-parallel replicas of the run's model for a phase whose step is the program in `module`
- * (src/parallel), when `train.threads` > 1 on the wasm or cpu backend; null = the phase's one-thread
- * step (logged when threads were asked for: `module` null means the phase has no program yet).
+ * (src/parallel), on the wasm or cpu backend: `train.threads` of them (0 = one per core), at most the
+ * phase's smallest batch (`rows`: every replica needs a row of each batch); null = the phase's one-thread
+ * step (`module` null: the phase has no data-parallel step).
  */
-export async function startDataParallel(ctx: RunContext, phase: string, module: string | null): Promise<DataParallel | null> {
-  const threads = ctx.cfg.train.threads;
-  if (threads <= 1) return null;
+export async function startDataParallel(ctx: RunContext, phase: string, module: string | null, rows: number): Promise<DataParallel | null> {
+  const asked = ctx.cfg.train.threads;
+  const wanted = asked === 0 ? availableParallelism() : asked;
+  if (wanted <= 1) return null;
   if (ctx.backend === 'tensorflow') {
-    ctx.events.log(`${phase}: train.threads ${threads} ignored: the tensorflow backend runs its own threads`);
+    if (asked > 1) ctx.events.log(`${phase}: train.threads ${asked} ignored: the tensorflow backend runs its own threads`);
     return null;
   }
   if (!module) {
-    ctx.events.log(
-      `${phase}: one thread (train.threads ${threads} applies to phases with a data-parallel step: the warm-up without the adversarial term)`,
-    );
+    ctx.events.log(`${phase}: one thread (this step has no data-parallel program; train.threads applies to the warm-up without its adversarial term, spcl and ssl)`);
     return null;
   }
+  const threads = Math.min(wanted, rows);
+  if (threads < wanted && asked > 0) ctx.events.log(`${phase}: ${threads} threads, not ${asked}: a batch of ${rows} splits into at most ${rows} shards`);
+  if (threads <= 1) return null;
   const t0 = performance.now();
   const dp = await DataParallel.start({
     threads,
@@ -123,9 +127,7 @@ export async function startDataParallel(ctx: RunContext, phase: string, module: 
     program: { module, description: describeDeeplab(ctx.model) },
     replica: deeplabReplica(ctx.model),
   });
-  ctx.events.log(
-    `${phase}: data-parallel over ${threads} threads (this one and ${threads - 1} workers, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
-  );
+  ctx.events.log(`${phase}: data-parallel over ${threads} threads (this one and ${threads - 1} workers, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   return dp;
 }
 
