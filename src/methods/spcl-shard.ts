@@ -32,7 +32,12 @@ export const program: Program<DeeplabReplica> = {
   loss: (r, t, args, shard) => {
     const a = args as unknown as SpclShardArgs;
     const { model } = r;
-    const [xs, ys, xt, yt] = [t.images as tf.Tensor4D, t.labels as tf.Tensor3D, t.targetImages as tf.Tensor4D, t.targetLabels as tf.Tensor3D];
+    const [xs, ys, xt, yt] = [
+      t.images as tf.Tensor4D,
+      t.labels as tf.Tensor3D,
+      t.targetImages as tf.Tensor4D,
+      t.targetLabels as tf.Tensor3D,
+    ];
     const { features: fs, logits: ls } = model.forward(xs, { training: true, trackStats: a.trackSource });
     const up = tf.image.resizeBilinear(ls, [ys.shape[1], ys.shape[2]], true);
     const seg = shard.batchMean(segCrossEntropy(up, ys, { temperature: a.sourceTemperature }), labelledPixels(ys));

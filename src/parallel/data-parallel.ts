@@ -153,8 +153,14 @@ export class DataParallel {
     let main: { names: string[]; outputs: Map<string, tf.Tensor> };
     try {
       this.reduce.resetCalls();
-      main = runShard(this.program, this.replica, this.layout, { type: 'step', shard: shards[0]!, whole, args, trained }, 0, this.areas, (v) =>
-        this.reduce.sum(v),
+      main = runShard(
+        this.program,
+        this.replica,
+        this.layout,
+        { type: 'step', shard: shards[0]!, whole, args, trained },
+        0,
+        this.areas,
+        (v) => this.reduce.sum(v),
       );
       this.barrier.wait();
     } catch (err) {

@@ -75,7 +75,10 @@ export function runShard(
   const terms = new Float64Array(areas.terms, rank * (MAX_TERMS + 1) * 8, MAX_TERMS + 1);
   const names = tf.tidy(() => {
     const shard = Object.fromEntries(
-      Object.entries({ ...msg.shard, ...msg.whole }).map(([k, t]) => [k, tf.tensor(t.data, t.shape, t.data instanceof Int32Array ? 'int32' : 'float32')]),
+      Object.entries({ ...msg.shard, ...msg.whole }).map(([k, t]) => [
+        k,
+        tf.tensor(t.data, t.shape, t.data instanceof Int32Array ? 'int32' : 'float32'),
+      ]),
     );
     program.prepare?.(replica, msg.args);
     const vars = msg.trained.map((n) => replica.variables.get(n)!);

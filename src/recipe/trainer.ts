@@ -114,11 +114,14 @@ export async function startDataParallel(ctx: RunContext, phase: string, module: 
     return null;
   }
   if (!module) {
-    ctx.events.log(`${phase}: one thread (this step has no data-parallel program; train.threads applies to the warm-up without its adversarial term, spcl and ssl)`);
+    ctx.events.log(
+      `${phase}: one thread (this step has no data-parallel program; train.threads applies to the warm-up without its adversarial term, spcl and ssl)`,
+    );
     return null;
   }
   const threads = Math.min(wanted, rows);
-  if (threads < wanted && asked > 0) ctx.events.log(`${phase}: ${threads} threads, not ${asked}: a batch of ${rows} splits into at most ${rows} shards`);
+  if (threads < wanted && asked > 0)
+    ctx.events.log(`${phase}: ${threads} threads, not ${asked}: a batch of ${rows} splits into at most ${rows} shards`);
   if (threads <= 1) return null;
   const t0 = performance.now();
   const dp = await DataParallel.start({
@@ -127,7 +130,9 @@ export async function startDataParallel(ctx: RunContext, phase: string, module: 
     program: { module, description: describeDeeplab(ctx.model) },
     replica: deeplabReplica(ctx.model),
   });
-  ctx.events.log(`${phase}: data-parallel over ${threads} threads (this one and ${threads - 1} workers, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  ctx.events.log(
+    `${phase}: data-parallel over ${threads} threads (this one and ${threads - 1} workers, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+  );
   return dp;
 }
 
