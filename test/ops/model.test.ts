@@ -133,6 +133,63 @@ test('frozen BN is eps-free y = x*w/sqrt(var) + (b - mean*w/sqrt(var)); trainabl
   store.dispose();
 });
 
+test('trainable BN in training mode: its one-formula gradient (dx, d gamma, d beta) equals tfjs autodiff through moments + batchNorm4d, and finite differences; with a one-replica sum too', async () => {
+  await useBackend('cpu');
+  const store = new ParamStore(0);
+  const state: BatchNormState = { mode: 'trainable', training: true, track: false };
+  const bn = batchNormLayer(store, 'bn', 'backbone', 3, state);
+  const [gamma, beta] = [store.get('bn.weight'), store.get('bn.bias')];
+  gamma.assign(tf.tensor1d([0.7, 1.3, -0.4]));
+  beta.assign(tf.tensor1d([0.1, -0.2, 0.3]));
+  gamma.trainable = true;
+  beta.trainable = true;
+  const x = tf.variable(
+    tf.tensor4d(
+      seededValues(2 * 3 * 4 * 3, 11).map((v) => 3 * v + 1),
+      [2, 3, 4, 3],
+    ),
+    true,
+  );
+  const w = tf.tensor4d(seededValues(2 * 3 * 4 * 3, 12), [2, 3, 4, 3]);
+  // a loss that is not linear in the BN output, so every term of the gradient matters
+  const lossOf = (f: (x: tf.Tensor4D) => tf.Tensor4D, xx: tf.Tensor4D = x as tf.Tensor4D) =>
+    tf.sum(tf.mul(tf.square(tf.relu(f(xx))), w)) as tf.Scalar;
+  const reference = (xx: tf.Tensor4D) => {
+    const m = tf.moments(xx, [0, 1, 2]);
+    return tf.batchNorm4d(xx, m.mean as tf.Tensor1D, m.variance as tf.Tensor1D, beta as tf.Tensor1D, gamma as tf.Tensor1D, 1e-5);
+  };
+  const grads = (f: (x: tf.Tensor4D) => tf.Tensor4D) => {
+    const { grads: g } = tf.variableGrads(() => lossOf(f), [x, gamma, beta]);
+    return [x, gamma, beta].map((v) => Array.from(g[v.name]!.dataSync()));
+  };
+  const [ours, ref] = [grads(bn), grads(reference)];
+  state.sum = (v) => Float32Array.from(v);
+  const synced = grads(bn);
+  state.sum = null;
+  for (const [i, name] of ['dx', 'd gamma', 'd beta'].entries()) {
+    assertClose(ours[i]!, ref[i]!, 1e-4, `${name}: formula vs autodiff`);
+    assertClose(synced[i]!, ref[i]!, 1e-4, `${name}: one-replica sum vs autodiff`);
+  }
+  // central finite differences on a few input entries (float32: h 1e-2, loose tolerance)
+  const f = (values: Float32Array) =>
+    tf.tidy(() => lossOf(bn, tf.tensor4d(values, x.shape as [number, number, number, number])).dataSync()[0]!);
+  const flat = x.dataSync() as Float32Array;
+  for (const i of [0, 7, 29, 70]) {
+    const h = 1e-2;
+    const plus = flat.slice();
+    const minus = flat.slice();
+    plus[i]! += h;
+    minus[i]! -= h;
+    const fd = (f(plus) - f(minus)) / (2 * h);
+    assert.ok(
+      Math.abs(fd - ours[0]![i]!) < 2e-2 * Math.max(1, Math.abs(fd)),
+      `dx[${i}]: formula ${ours[0]![i]} vs finite difference ${fd}`,
+    );
+  }
+  tf.dispose([x, w]);
+  store.dispose();
+});
+
 test('deeplabV2.forward trackStats: false leaves every running statistic as it was; true moves them', async () => {
   await useBackend('cpu');
   const m = deeplabV2({ backbone: 'small', numClasses: 5, bn: 'trainable' });
