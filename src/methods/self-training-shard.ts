@@ -6,10 +6,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { segCrossEntropy } from '../ops/losses.ts';
+import { labelledPixels } from '../ops/masks.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
 import type { Program } from '../parallel/program.ts';
-import { labelledPixels } from './warmup-shard.ts';
 
 export interface SelfTrainingShardArgs {
   bn: BnMode;

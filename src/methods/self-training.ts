@@ -88,6 +88,13 @@ export function anchoredSelfTrainingStep(
   return ({ t: tb, s: sb }: { t: Batch; s: Batch | null }, it: number) => {
     const lr = lrAt(it);
     const withSource = Boolean(sb && sourceWeight > 0);
+    const outcome = (g: { losses: Record<string, number>; finite: boolean }) => ({
+      losses: g.losses,
+      lr,
+      skipped: !g.finite,
+      samples: { target: tb.n, source: withSource ? sb!.n : 0 },
+      stats: { labelled_share: labelledShare(tb) },
+    });
     if (replicas) {
       const src = withSource ? hostBatch(sb!) : {};
       const batch = { ...hostBatch(tb), ...(withSource ? { sourceImages: src.images!, sourceLabels: src.labels! } : {}) };
@@ -97,18 +104,11 @@ export function anchoredSelfTrainingStep(
         sourceWeight,
         trackSource: ctx.cfg.model.bnStats === 'all',
       };
-      const g = parallelApplyIfFinite(replicas, batch, { ...args }, params, opt, lr);
-      return {
-        losses: g.losses,
-        lr,
-        skipped: !g.finite,
-        samples: { target: tb.n, source: withSource ? sb!.n : 0 },
-        stats: { labelled_share: labelledShare(tb) },
-      };
+      return outcome(parallelApplyIfFinite(replicas, batch, { ...args }, params, opt, lr));
     }
     return tf.tidy(() => {
       const xt = batchTensors(tb);
-      const xs = sb && sourceWeight > 0 ? batchTensors(sb) : null;
+      const xs = withSource ? batchTensors(sb!) : null;
       const g = applyIfFinite(
         (): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
           const lt = tf.image.resizeBilinear(
@@ -131,13 +131,7 @@ export function anchoredSelfTrainingStep(
         opt,
         lr,
       );
-      return {
-        losses: g.losses,
-        lr,
-        skipped: !g.finite,
-        samples: { target: tb.n, source: xs ? sb!.n : 0 },
-        stats: { labelled_share: labelledShare(tb) },
-      };
+      return outcome(g);
     });
   };
 }

@@ -7,12 +7,11 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
-import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
+import { downsampleLabels, labelledPixels, refineSourceMask } from '../ops/masks.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { updatePrototypes, type AbsentClassPolicy } from '../ops/prototypes.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
 import type { Program } from '../parallel/program.ts';
-import { labelledPixels } from './warmup-shard.ts';
 
 export interface SpclShardArgs {
   bn: BnMode;

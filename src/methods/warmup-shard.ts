@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { segCrossEntropy } from '../ops/losses.ts';
+import { labelledPixels } from '../ops/masks.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
 import type { Program } from '../parallel/program.ts';
@@ -19,7 +20,7 @@ export interface WarmupShardArgs {
   targetStats: boolean;
 }
 
-/** The warm-up's source CE (+ target statistics pass) on a shard; also warmup.ts's loss in one process. */
+/** The warm-up's source CE (+ target statistics pass) on a shard, mean over the shard's labelled pixels. */
 export function warmupLoss(
   r: DeeplabReplica,
   images: tf.Tensor4D,
@@ -53,10 +54,5 @@ export const program: Program<DeeplabReplica> = {
     return { total: seg, terms: { seg } };
   },
 };
-
-/** Pixels of a label map that count in a cross-entropy mean (not 255). */
-export function labelledPixels(labels: tf.Tensor): number {
-  return tf.tidy(() => tf.sum(tf.cast(tf.notEqual(labels, 255), 'int32')).dataSync()[0]!);
-}
 
 export const WARMUP_SHARD = new URL(import.meta.url).href;

@@ -110,3 +110,8 @@ export function maskOneHot(mask: tf.Tensor, numClasses: number): tf.Tensor {
       .cast('float32'),
   );
 }
+
+/** Pixels of a label map or mask that count in a mean over labelled pixels (not 255). */
+export function labelledPixels(labels: tf.Tensor): number {
+  return tf.tidy(() => tf.sum(tf.cast(tf.notEqual(labels, 255), 'int32')).dataSync()[0]!);
+}

@@ -19,6 +19,7 @@ import { SPCL_SHARD } from '../../src/methods/spcl-shard.ts';
 import { Prototypes } from '../../src/stages/update-prototypes.ts';
 import type { StepOutcome } from '../../src/stages/train-step.ts';
 import type { SegModel } from '../../src/ops/model/deeplab.ts';
+import type { Param } from '../../src/ops/model/params.ts';
 import type { Batch } from '../../src/stages/collate.ts';
 import type { RunContext } from '../../src/recipe/context.ts';
 
@@ -50,14 +51,14 @@ function batch(seed: number, n: number, unlabelledRows: number[]): Batch {
 }
 
 /**
- * Runs `makeStep`'s step 3 times from the model's current weights, on one thread and over 2 replicas of
- * `module`'s program; returns both runs' losses and weights, the start, and the one-thread run's state
- * `after` records (e.g. the prototypes).
+ * Runs `makeStep`'s step 3 times from the model's current weights (after `reset`), with a fresh SGD
+ * (momentum 0.9, weight decay 5e-4) over the model's trained parameters, on one thread and over 2
+ * replicas of `module`'s program; returns both runs' losses and weights and how far apart they are.
  */
 async function oneVsTwo(
   model: SegModel,
   module: string,
-  makeStep: (replicas: DataParallel | null) => (it: number) => StepOutcome,
+  makeStep: (replicas: DataParallel | null, params: Param[], opt: SGD) => (it: number) => StepOutcome,
   reset: () => void,
 ) {
   const variables = [...model.store.params.values()];
@@ -65,8 +66,11 @@ async function oneVsTwo(
   const run = (replicas: DataParallel | null) => {
     variables.forEach((p, i) => p.variable.assign(start[i]!));
     reset();
-    const step = makeStep(replicas);
+    const params = model.trainableParams();
+    const opt = new SGD([{ params, lrMult: 1 }], { momentum: 0.9, weightDecay: 5e-4 });
+    const step = makeStep(replicas, params, opt);
     const losses = [0, 1, 2].map((it) => step(it).losses);
+    opt.dispose();
     return { losses, weights: variables.map((p) => p.variable.dataSync().slice() as Float32Array) };
   };
   const one = run(null);
@@ -109,9 +113,7 @@ test('the self-training step over 2 replicas equals its one-thread path over 3 s
   const r = await oneVsTwo(
     model,
     SELF_TRAINING_SHARD,
-    (replicas) => {
-      const params = model.trainableParams();
-      const opt = new SGD([{ params, lrMult: 1 }], { momentum: 0.9, weightDecay: 5e-4 });
+    (replicas, params, opt) => {
       const step = anchoredSelfTrainingStep(params, opt, () => 0.01, ctx, 0.5, 1, replicas);
       return (it) => step({ t: tb, s: sb }, it);
     },
@@ -154,9 +156,7 @@ test('the contrastive step (spcl) over 2 replicas equals its one-thread path ove
   const r = await oneVsTwo(
     model,
     SPCL_SHARD,
-    (replicas) => {
-      const params = model.trainableParams();
-      const opt = new SGD([{ params, lrMult: 1 }], { momentum: 0.9, weightDecay: 5e-4 });
+    (replicas, params, opt) => {
       const step = contrastiveStep(ctx, params, opt, replicas);
       return (it) => {
         const out = step({ s: sb, t: tb }, it);
