@@ -309,7 +309,12 @@ function stridedInputGrad(
   ]);
   const stacked = tf.conv2d(dyPad as tf.Tensor4D, sub, 1, 'valid'); // [n, Q, Qw, s*s*cin]
   const [, q, qw] = stacked.shape;
-  const full = tf.depthToSpace(stacked, s, 'NHWC'); // [n, s*Q, s*Qw, cin], padded coordinates
+  // depth-to-space as reshape + transpose: [n, Q, Qw, s, s, cin] -> [n, Q, s, Qw, s, cin] (tfjs-wasm's
+  // DepthToSpace kernel ran ~18x slower than this on a D-sized map, 4x64x128x19)
+  const full = stacked
+    .reshape([n, q, qw, s, s, cin])
+    .transpose([0, 1, 3, 2, 4, 5])
+    .reshape([n, s * q, s * qw, cin]) as tf.Tensor4D; // padded coordinates
   // dx[i] = full[i + pt]; positions past the end were never touched by dy (zeros).
   const [pt, , pl] = g.pad;
   return cropOrPad(full, -pt, h + pt - s * q, -pl, w + pl - s * qw).reshape([n, h, w, cin]);
