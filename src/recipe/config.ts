@@ -32,6 +32,8 @@ export interface SpclConfig {
     numClasses: 19 | 16;
     /** Decode/augment worker threads (0 = cores). */
     workers: number;
+    /** Reads queued in each decode worker at once (src/data/reader.ts DEFAULT_TASKS_PER_WORKER). */
+    tasksPerWorker: number;
     /** Samples in flight per stream (bounded memory: prefetch x sample bytes). */
     prefetch: number;
     /** Class-balanced source sampling (REFERENCE 6.4). */
@@ -175,6 +177,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
       targetVal: '',
       numClasses,
       workers: 0,
+      tasksPerWorker: 4,
       prefetch: 16,
       classBalanced: true,
       unknownLabelIds: 'ignore',

@@ -129,6 +129,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
   events = recorder;
   const reader = new SampleReader({
     threads: cfg.data.workers || undefined,
+    tasksPerWorker: cfg.data.tasksPerWorker,
     unknownLabels: cfg.data.unknownLabelIds,
     retries: cfg.data.retries,
     retryDelay: cfg.data.retryDelay,

@@ -142,3 +142,39 @@ test('memory: reading 120x the prefetch depth keeps RSS bounded (flat once warm)
     await rm(dir, { recursive: true });
   }
 });
+
+test('reader: while the main thread is blocked (a training step), a worker decodes every read it was handed, not just one', async () => {
+  // Piscina hands a worker its next task from the main thread; tfjs blocks that thread for a whole step.
+  // Four large reads on one worker, then the main thread blocks for 3 s: with tasksPerWorker 4 all four
+  // are decoded meanwhile (they settle in the first event-loop turns after), with 1 only the first is.
+  const { dir, dataset } = await ingested(async (root) => {
+    for (let i = 1; i <= 5; i++) {
+      await writeRgb(join(root, `images/0000${i}.png`), 2048, 1024, i);
+      await writeBands(join(root, `labels/0000${i}.png`), 2048, 1024, [23, 26, 7]);
+    }
+  });
+  const spec = { resize: [256, 512] as [number, number] };
+  const settledDuringBlock = async (tasksPerWorker: number): Promise<number> => {
+    const reader = new SampleReader({ threads: 1, tasksPerWorker });
+    try {
+      await reader.read(dataset, '00005', spec, 0); // the worker is up and has the shard open
+      let settled = 0;
+      const reads = ['00001', '00002', '00003', '00004'].map((k, i) => reader.read(dataset, k, spec, i).then(() => settled++));
+      await new Promise((resolve) => setImmediate(resolve)); // the reads are submitted
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3000);
+      for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve));
+      const early = settled;
+      await Promise.all(reads);
+      assert.equal(settled, 4);
+      return early;
+    } finally {
+      await reader.close();
+    }
+  };
+  try {
+    assert.equal(await settledDuringBlock(4), 4);
+    assert.equal(await settledDuringBlock(1), 1);
+  } finally {
+    await rm(dir, { recursive: true });
+  }
+});

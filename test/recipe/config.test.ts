@@ -20,6 +20,7 @@ test('every config mistake names the key, the value and what was expected (table
     ['classes', { data: { numClasses: 21 } }, /^Error: f: data\.numClasses must be 19 or 16, got 21$/],
     ['workers', { data: { workers: -1 } }, /^Error: f: data\.workers must be an integer >= 0 \(0 = cores\), got -1$/],
     ['prefetch', { data: { prefetch: 0 } }, /^Error: f: data\.prefetch must be an integer >= 1, got 0$/],
+    ['tasksPerWorker', { data: { tasksPerWorker: 0 } }, /^Error: f: data\.tasksPerWorker must be an integer in 1\.\.64, got 0$/],
     [
       'unknown label IDs policy',
       { data: { unknownLabelIds: 'drop' } },
