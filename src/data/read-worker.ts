@@ -367,7 +367,21 @@ async function readSample(task: ReadTask, opened: Record<string, string>): Promi
   return { result, buffers };
 }
 
-export default async function read(task: ReadTask): Promise<Movable<ReadReply>> {
+/** The read running now, or the last one: this worker's reads run one after another. */
+let previous: Promise<unknown> = Promise.resolve();
+
+/**
+ * One read. The reader hands each worker several reads at once (`data.tasksPerWorker`, so that it has
+ * work while the main thread is blocked in a training step); they run one at a time, in the order
+ * given, so a worker holds one sample's decode buffers at a time, as with one task per worker.
+ */
+export default function read(task: ReadTask): Promise<Movable<ReadReply>> {
+  const mine = previous.then(() => readOne(task));
+  previous = mine.catch(() => {});
+  return mine;
+}
+
+async function readOne(task: ReadTask): Promise<Movable<ReadReply>> {
   const opened: Record<string, string> = {};
   try {
     const { result, buffers } = await readSample(task, opened);

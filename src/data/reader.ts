@@ -84,11 +84,12 @@ const BARRIER_TIMEOUT_MS = 30_000;
  * Reads handed to each decode worker at once. Piscina gives a worker its next task from the main thread,
  * and the main thread is blocked for the whole of a training step (tfjs runs synchronously): with one
  * task per worker, each worker decoded one sample per step and the rest after the step, while the
- * trainer waited (13 % of the warm-up's step time on 2 cores). With a step's worth of samples (4 + 4 at
- * the synthetic preset's batch, over 2 workers) queued in each worker, the trainer's wait fell to 0.3 %.
- * Memory stays bounded by the flow's credits (`data.prefetch`), not by this.
+ * trainer waited (13 % of the warm-up's step time on 2 cores). With more than a step's worth queued in
+ * each worker (the self-training step reads 8 target + 4 source samples: 6 per worker on 2 cores) the
+ * workers decode through the step. A worker still runs its reads one at a time (read-worker.ts), so
+ * this costs no memory beyond the flow's credits (`data.prefetch`), which bound the samples in flight.
  */
-export const DEFAULT_TASKS_PER_WORKER = 4;
+export const DEFAULT_TASKS_PER_WORKER = 8;
 
 /**
  * Starting old-generation size of the decode workers' V8 heaps. Each sample allocates ~10 MB outside the

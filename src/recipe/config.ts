@@ -177,7 +177,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
       targetVal: '',
       numClasses,
       workers: 0,
-      tasksPerWorker: 4,
+      tasksPerWorker: 8,
       prefetch: 16,
       classBalanced: true,
       unknownLabelIds: 'ignore',
