@@ -7,7 +7,9 @@ import * as tf from '@tensorflow/tfjs';
 import { map, type Observable } from 'rxjs';
 import { bceWithLogits, segCrossEntropy } from '../ops/losses.ts';
 import { discriminator, type Discriminator } from '../ops/model/discriminator.ts';
-import { Adam, polyLR } from '../ops/optim.ts';
+import { Adam, polyLR, type SGD } from '../ops/optim.ts';
+import type { SegModel } from '../ops/model/deeplab.ts';
+import type { Param } from '../ops/model/params.ts';
 import { batchTensors, type Batch } from '../stages/collate.ts';
 import { applyIfFinite, parallelApplyIfFinite } from '../stages/train-step.ts';
 import { WARMUP_SHARD, type WarmupShardArgs } from './warmup-shard.ts';
@@ -63,6 +65,8 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
   const rows = targetStats ? Math.min(cfg.batch.source, cfg.batch.target) : cfg.batch.source;
   const dp = await startDataParallel(ctx, 'warmup', adversarial ? null : WARMUP_SHARD, rows);
   const shardArgs: WarmupShardArgs = { bn: ctx.model.batchNorm, temperature: w.sourceTemperature, trackSource, targetStats };
+  const nets: WarmupNets = { model, params, opt, disc: adversarial ? { net: disc, params: dParams, opt: dOpt } : null };
+  const stepOpts = { lambdaAdv: w.lambdaAdv, temperature: w.sourceTemperature, trackSource, targetStats };
   try {
     return await train(ctx, {
       phase: 'warmup',
@@ -88,56 +92,9 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
         return tf.tidy(() => {
           const xs = batchTensors(sb);
           const xt = tb ? batchTensors(tb).images : null;
-          let predS: tf.Tensor4D | null = null;
-          let predT: tf.Tensor4D | null = null;
-          // the weights of this step, as the adversarial target pass would see them
-          if (targetStats)
-            tf.tidy(() => {
-              model.forward(xt!, { training: true, trackStats: true });
-            });
-          const g = applyIfFinite(
-            (): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
-              // source batches update BN's running statistics unless they follow the target (model.bnStats)
-              const ls = tf.image.resizeBilinear(
-                model.forward(xs.images, { training: true, trackStats: trackSource }).logits,
-                [sb.labelHeight, sb.labelWidth],
-                true,
-              );
-              const seg = segCrossEntropy(ls, xs.labels!, { temperature: w.sourceTemperature });
-              if (!adversarial) return { total: seg, terms: { seg } };
-              const lt = tf.image.resizeBilinear(model.forward(xt!, { training: true }).logits, [tb!.height, tb!.width], true);
-              const pt = tf.softmax(lt) as tf.Tensor4D;
-              const adv = tf.mul(bceWithLogits(disc.forward(pt), 0), w.lambdaAdv) as tf.Scalar;
-              // D sees the /1.8-tempered source prediction and the plain target one (REFERENCE 8.11), detached.
-              predS = tf.keep(tf.softmax(tf.div(ls, w.sourceTemperature)) as tf.Tensor4D);
-              predT = tf.keep(pt);
-              return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };
-            },
-            params,
-            opt,
-            lr,
-          );
-          const samples = { source: sb.n, target: tb ? tb.n : 0 };
-          if (!adversarial) return { losses: g.losses, lr, skipped: !g.finite, samples };
-          const d = applyIfFinite(
-            () => {
-              const l = tf.add(
-                tf.mul(bceWithLogits(disc.forward(predS!), 0), 0.5),
-                tf.mul(bceWithLogits(disc.forward(predT!), 1), 0.5),
-              ) as tf.Scalar;
-              return { total: l, terms: {} };
-            },
-            dParams,
-            dOpt,
-            lrD,
-          );
-          tf.dispose([predS!, predT!]);
           return {
-            losses: { ...g.losses, disc: d.losses.total! },
-            lr,
-            lrs: { discriminator: lrD },
-            skipped: !g.finite || !d.finite,
-            samples,
+            ...warmupStep(nets, { source: xs.images, labels: xs.labels!, target: xt }, { ...stepOpts, lr, lrD }),
+            samples: { source: sb.n, target: tb ? tb.n : 0 },
           };
         });
       },
@@ -151,3 +108,88 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
 }
 
 export const warmup: Method = { name: 'warmup', kind: 'train', steps: (cfg) => cfg.warmup.iterations, run: warmupPhase };
+
+/** What a one-thread warm-up step trains: the model and its SGD, and the discriminator with its Adam when adversarial. */
+export interface WarmupNets {
+  model: SegModel;
+  params: Param[];
+  opt: SGD;
+  disc: { net: Discriminator; params: Param[]; opt: Adam } | null;
+}
+
+export interface WarmupStepOptions {
+  lr: number;
+  lrD: number;
+  lambdaAdv: number;
+  /** Source logits are divided by this in the CE (1.8). */
+  temperature: number;
+  /** Source batches update BN's running statistics (`model.bnStats: 'all'`). */
+  trackSource: boolean;
+  /** A target forward without gradient updates BN's running statistics first (`model.bnStats: 'target'`, no adversarial term). */
+  targetStats: boolean;
+}
+
+/**
+ * One warm-up step on one thread (REFERENCE 1 step 1): source CE on logits / temperature, plus, when
+ * `nets.disc` is set, lambda_adv * BCE(D(target softmax), source) and then D's own update on the
+ * detached source (tempered) and target predictions. `target` is null when neither the adversarial term
+ * nor target BN statistics need it. Call inside tf.tidy. Also what `bench/warmup-step.ts` times.
+ */
+export function warmupStep(
+  nets: WarmupNets,
+  batch: { source: tf.Tensor4D; labels: tf.Tensor3D; target: tf.Tensor4D | null },
+  o: WarmupStepOptions,
+): { losses: Record<string, number>; lr: number; lrs?: Record<string, number>; skipped: boolean } {
+  const { model, disc } = nets;
+  const [labelHeight, labelWidth] = [batch.labels.shape[1], batch.labels.shape[2]];
+  const xt = batch.target;
+  let predS: tf.Tensor4D | null = null;
+  let predT: tf.Tensor4D | null = null;
+  // the weights of this step, as the adversarial target pass would see them
+  if (o.targetStats)
+    tf.tidy(() => {
+      model.forward(xt!, { training: true, trackStats: true });
+    });
+  const g = applyIfFinite(
+    (): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
+      // source batches update BN's running statistics unless they follow the target (model.bnStats)
+      const ls = tf.image.resizeBilinear(
+        model.forward(batch.source, { training: true, trackStats: o.trackSource }).logits,
+        [labelHeight, labelWidth],
+        true,
+      );
+      const seg = segCrossEntropy(ls, batch.labels, { temperature: o.temperature });
+      if (!disc) return { total: seg, terms: { seg } };
+      const lt = tf.image.resizeBilinear(model.forward(xt!, { training: true }).logits, [xt!.shape[1], xt!.shape[2]], true);
+      const pt = tf.softmax(lt) as tf.Tensor4D;
+      const adv = tf.mul(bceWithLogits(disc.net.forward(pt), 0), o.lambdaAdv) as tf.Scalar;
+      // D sees the /1.8-tempered source prediction and the plain target one (REFERENCE 8.11), detached.
+      predS = tf.keep(tf.softmax(tf.div(ls, o.temperature)) as tf.Tensor4D);
+      predT = tf.keep(pt);
+      return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };
+    },
+    nets.params,
+    nets.opt,
+    o.lr,
+  );
+  if (!disc) return { losses: g.losses, lr: o.lr, skipped: !g.finite };
+  const d = applyIfFinite(
+    () => {
+      const l = tf.add(
+        tf.mul(bceWithLogits(disc.net.forward(predS!), 0), 0.5),
+        tf.mul(bceWithLogits(disc.net.forward(predT!), 1), 0.5),
+      ) as tf.Scalar;
+      return { total: l, terms: {} };
+    },
+    disc.params,
+    disc.opt,
+    o.lrD,
+  );
+  tf.dispose([predS!, predT!]);
+  return {
+    losses: { ...g.losses, disc: d.losses.total! },
+    lr: o.lr,
+    lrs: { discriminator: o.lrD },
+    skipped: !g.finite || !d.finite,
+  };
+}
