@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { segCrossEntropy } from '../ops/losses.ts';
 import { labelledPixels } from '../ops/masks.ts';
+import type { SegModel } from '../ops/model/deeplab.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
 import type { Program } from '../parallel/program.ts';
@@ -20,22 +21,25 @@ export interface WarmupShardArgs {
   targetStats: boolean;
 }
 
-/** The warm-up's source CE (+ target statistics pass) on a shard, mean over the shard's labelled pixels. */
+/**
+ * The warm-up's source CE (+ target statistics pass) on a shard, mean over the shard's labelled pixels,
+ * and the source logits upsampled to the labels (what the adversarial step's discriminator sees). Also
+ * the one-thread step's (warmup.ts `warmupStep`): one loss for both paths.
+ */
 export function warmupLoss(
-  r: DeeplabReplica,
+  model: SegModel,
   images: tf.Tensor4D,
   labels: tf.Tensor3D,
   target: tf.Tensor4D | null,
-  a: WarmupShardArgs,
-): tf.Scalar {
-  const { model } = r;
+  a: Pick<WarmupShardArgs, 'temperature' | 'trackSource' | 'targetStats'>,
+): { ce: tf.Scalar; logits: tf.Tensor4D } {
   if (a.targetStats)
     tf.tidy(() => {
       model.forward(target!, { training: true, trackStats: true });
     });
-  const logits = model.forward(images, { training: true, trackStats: a.trackSource }).logits;
-  const ls = tf.image.resizeBilinear(logits, [labels.shape[1], labels.shape[2]], true);
-  return segCrossEntropy(ls, labels, { temperature: a.temperature });
+  const raw = model.forward(images, { training: true, trackStats: a.trackSource }).logits;
+  const logits = tf.image.resizeBilinear(raw, [labels.shape[1], labels.shape[2]], true);
+  return { ce: segCrossEntropy(logits, labels, { temperature: a.temperature }), logits };
 }
 
 export const program: Program<DeeplabReplica> = {
@@ -43,8 +47,8 @@ export const program: Program<DeeplabReplica> = {
   prepare: (r, args) => followBatchNorm(r, (args as unknown as WarmupShardArgs).bn),
   loss: (r, t, args, shard) => {
     const labels = t.labels as tf.Tensor3D;
-    const ce = warmupLoss(
-      r,
+    const { ce } = warmupLoss(
+      r.model,
       t.images as tf.Tensor4D,
       labels,
       (t.target as tf.Tensor4D | undefined) ?? null,

@@ -5,14 +5,19 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { map, type Observable } from 'rxjs';
-import { bceWithLogits, segCrossEntropy } from '../ops/losses.ts';
+import { bceWithLogits } from '../ops/losses.ts';
 import { discriminator, type Discriminator } from '../ops/model/discriminator.ts';
 import { Adam, polyLR, type SGD } from '../ops/optim.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import type { Param } from '../ops/model/params.ts';
 import { batchTensors, type Batch } from '../stages/collate.ts';
 import { applyIfFinite, parallelApplyIfFinite } from '../stages/train-step.ts';
-import { WARMUP_SHARD, type WarmupShardArgs } from './warmup-shard.ts';
+import { WARMUP_SHARD, warmupLoss, type WarmupShardArgs } from './warmup-shard.ts';
+import { ADVERSARIAL_SHARD, adversarialReplica, type AdversarialShardArgs } from './warmup-adversarial-shard.ts';
+import type { DataParallel } from '../parallel/data-parallel.ts';
+import { describeDeeplab } from '../parallel/deeplab-replica.ts';
+import type { HostTensors } from '../parallel/program.ts';
+import type { BnMode } from '../ops/model/layers.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
@@ -61,10 +66,16 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
   const input: Observable<{ s: Batch; t: Batch | null }> = usesTarget
     ? sourceTargetPairs(ctx, start, STREAMS.warmup, null)
     : sourceBatches(ctx, STREAMS.warmup, start).pipe(map((s) => ({ s, t: null as Batch | null })));
-  // the step without the adversarial term runs over data-parallel replicas when train.threads > 1
-  const rows = targetStats ? Math.min(cfg.batch.source, cfg.batch.target) : cfg.batch.source;
-  const dp = await startDataParallel(ctx, 'warmup', adversarial ? null : WARMUP_SHARD, rows);
-  const shardArgs: WarmupShardArgs = { bn: ctx.model.batchNorm, temperature: w.sourceTemperature, trackSource, targetStats };
+  // the step runs over data-parallel replicas when train.threads > 1 (the adversarial one with D in each)
+  const rows = usesTarget ? Math.min(cfg.batch.source, cfg.batch.target) : cfg.batch.source;
+  const advReplica = adversarial ? adversarialReplica(model, disc) : null;
+  const dp = await startDataParallel(
+    ctx,
+    'warmup',
+    adversarial ? ADVERSARIAL_SHARD : WARMUP_SHARD,
+    rows,
+    advReplica ? { replica: advReplica, description: { ...describeDeeplab(model), ndf: w.ndf } } : undefined,
+  );
   const nets: WarmupNets = { model, params, opt, disc: adversarial ? { net: disc, params: dParams, opt: dOpt } : null };
   const stepOpts = { lambdaAdv: w.lambdaAdv, temperature: w.sourceTemperature, trackSource, targetStats };
   try {
@@ -84,10 +95,11 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
         const lr = polyLR(w.lr, it, w.maxIter) * ctx.lrScale;
         const lrD = polyLR(w.lrD, it, w.maxIter) * ctx.lrScale;
         if (dp) {
-          // the same step as below, its batch split over the replicas (src/methods/warmup-shard.ts)
-          const batch = { ...hostBatch(sb), ...(targetStats ? { target: hostBatch(tb!).images! } : {}) };
-          const g = parallelApplyIfFinite(dp, batch, { ...shardArgs }, params, opt, lr);
-          return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb ? tb.n : 0 } };
+          const batch = { ...hostBatch(sb), ...(usesTarget ? { target: hostBatch(tb!).images! } : {}) };
+          return {
+            ...parallelWarmupStep(dp, nets, batch, { ...stepOpts, lr, lrD }, model.batchNorm),
+            samples: { source: sb.n, target: tb ? tb.n : 0 },
+          };
         }
         return tf.tidy(() => {
           const xs = batchTensors(sb);
@@ -101,6 +113,7 @@ export async function warmupPhase(ctx: RunContext, resume: ResumePoint = { itera
     });
   } finally {
     await dp?.close();
+    advReplica?.dispose();
     opt.dispose();
     dOpt.dispose();
     disc.dispose();
@@ -141,24 +154,13 @@ export function warmupStep(
   o: WarmupStepOptions,
 ): { losses: Record<string, number>; lr: number; lrs?: Record<string, number>; skipped: boolean } {
   const { model, disc } = nets;
-  const [labelHeight, labelWidth] = [batch.labels.shape[1], batch.labels.shape[2]];
   const xt = batch.target;
   let predS: tf.Tensor4D | null = null;
   let predT: tf.Tensor4D | null = null;
-  // the weights of this step, as the adversarial target pass would see them
-  if (o.targetStats)
-    tf.tidy(() => {
-      model.forward(xt!, { training: true, trackStats: true });
-    });
   const g = applyIfFinite(
     (): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
-      // source batches update BN's running statistics unless they follow the target (model.bnStats)
-      const ls = tf.image.resizeBilinear(
-        model.forward(batch.source, { training: true, trackStats: o.trackSource }).logits,
-        [labelHeight, labelWidth],
-        true,
-      );
-      const seg = segCrossEntropy(ls, batch.labels, { temperature: o.temperature });
+      // the source CE of the shard program (and its target statistics pass), on the whole batch
+      const { ce: seg, logits: ls } = warmupLoss(model, batch.source, batch.labels, xt, o);
       if (!disc) return { total: seg, terms: { seg } };
       const lt = tf.image.resizeBilinear(model.forward(xt!, { training: true }).logits, [xt!.shape[1], xt!.shape[2]], true);
       const pt = tf.softmax(lt) as tf.Tensor4D;
@@ -186,6 +188,41 @@ export function warmupStep(
     o.lrD,
   );
   tf.dispose([predS!, predT!]);
+  return {
+    losses: { ...g.losses, disc: d.losses.total! },
+    lr: o.lr,
+    lrs: { discriminator: o.lrD },
+    skipped: !g.finite || !d.finite,
+  };
+}
+
+/**
+ * `warmupStep` with its batch split over data-parallel replicas: the program of warmup-shard.ts, or
+ * with a discriminator warmup-adversarial-shard.ts's two calls (the net's update, then D's on the
+ * predictions each replica kept). `batch`: images and labels of the source, `target` when the step
+ * reads one. Over all replicas: the one-thread step to float tolerance (test/parallel).
+ */
+export function parallelWarmupStep(
+  dp: DataParallel,
+  nets: WarmupNets,
+  batch: HostTensors,
+  o: WarmupStepOptions,
+  bn: BnMode,
+): { losses: Record<string, number>; lr: number; lrs?: Record<string, number>; skipped: boolean } {
+  if (!nets.disc) {
+    const args: WarmupShardArgs = { bn, temperature: o.temperature, trackSource: o.trackSource, targetStats: o.targetStats };
+    const g = parallelApplyIfFinite(dp, batch, { ...args }, nets.params, nets.opt, o.lr);
+    return { losses: g.losses, lr: o.lr, skipped: !g.finite };
+  }
+  const args: AdversarialShardArgs = {
+    stage: 'generator',
+    bn,
+    temperature: o.temperature,
+    lambdaAdv: o.lambdaAdv,
+    trackSource: o.trackSource,
+  };
+  const g = parallelApplyIfFinite(dp, batch, { ...args }, nets.params, nets.opt, o.lr);
+  const d = parallelApplyIfFinite(dp, {}, { ...args, stage: 'discriminator' }, nets.disc.params, nets.disc.opt, o.lrD);
   return {
     losses: { ...g.losses, disc: d.losses.total! },
     lr: o.lr,

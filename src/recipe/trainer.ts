@@ -21,7 +21,7 @@ import { availableParallelism } from 'node:os';
 import { DataParallel } from '../parallel/data-parallel.ts';
 import { deeplabReplica, describeDeeplab } from '../parallel/deeplab-replica.ts';
 import type { TrainPhaseConfig } from './config.ts';
-import type { HostTensors } from '../parallel/program.ts';
+import type { HostTensors, Replica } from '../parallel/program.ts';
 
 export type PhaseResult = PhaseResultLike;
 
@@ -103,9 +103,16 @@ export const releaseBatches = ({ s, t }: { s: Batch | null; t: Batch | null }) =
  * Data-parallel replicas of the run's model for a phase whose step is the program in `module`
  * (src/parallel), on the wasm or cpu backend: `train.threads` of them (0 = one per core), at most the
  * phase's smallest batch (`rows`: every replica needs a row of each batch); null = the phase's one-thread
- * step (`module` null: the phase has no data-parallel step).
+ * step (`module` null: the phase has no data-parallel step). `main`: the main thread's replica and what a
+ * worker builds its own from (default: the run's model alone).
  */
-export async function startDataParallel(ctx: RunContext, phase: string, module: string | null, rows: number): Promise<DataParallel | null> {
+export async function startDataParallel(
+  ctx: RunContext,
+  phase: string,
+  module: string | null,
+  rows: number,
+  main: { replica: Replica; description: unknown } = { replica: deeplabReplica(ctx.model), description: describeDeeplab(ctx.model) },
+): Promise<DataParallel | null> {
   const asked = ctx.cfg.train.threads;
   const wanted = asked === 0 ? availableParallelism() : asked;
   if (wanted <= 1) return null;
@@ -114,9 +121,7 @@ export async function startDataParallel(ctx: RunContext, phase: string, module: 
     return null;
   }
   if (!module) {
-    ctx.events.log(
-      `${phase}: one thread (this step has no data-parallel program; train.threads applies to the warm-up without its adversarial term, spcl and ssl)`,
-    );
+    ctx.events.log(`${phase}: one thread (this step has no data-parallel program; train.threads applies to the warm-up, spcl and ssl)`);
     return null;
   }
   const threads = Math.min(wanted, rows);
@@ -127,8 +132,8 @@ export async function startDataParallel(ctx: RunContext, phase: string, module: 
   const dp = await DataParallel.start({
     threads,
     backend: ctx.backend,
-    program: { module, description: describeDeeplab(ctx.model) },
-    replica: deeplabReplica(ctx.model),
+    program: { module, description: main.description },
+    replica: main.replica,
   });
   ctx.events.log(
     `${phase}: data-parallel over ${threads} threads (this one and ${threads - 1} workers, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,

@@ -2,14 +2,20 @@
  * src/parallel: how a batch is split, and the self-training and contrastive steps (the same functions
  * the ssl and spcl phases run) over 2 replicas against their one-thread paths: trainable BN
  * (synchronised), a target and a source batch with unlabelled (255) regions of different sizes in each
- * shard, the prototypes' EMA over the whole batch (spcl), 3 SGD steps.
+ * shard, the prototypes' EMA over the whole batch (spcl), 3 SGD steps; and the adversarial warm-up step
+ * (the net's update, then the discriminator's) over 2 replicas against its one-thread path.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from '../../src/ops/backend.ts';
 import { deeplabV2 } from '../../src/ops/model/deeplab.ts';
-import { SGD } from '../../src/ops/optim.ts';
+import { Adam, SGD } from '../../src/ops/optim.ts';
+import { discriminator } from '../../src/ops/model/discriminator.ts';
+import { parallelWarmupStep, warmupStep } from '../../src/methods/warmup.ts';
+import { ADVERSARIAL_SHARD, adversarialReplica } from '../../src/methods/warmup-adversarial-shard.ts';
+import { hostBatch } from '../../src/recipe/trainer.ts';
+import { batchTensors } from '../../src/stages/collate.ts';
 import { DataParallel, shardRows, splitRows } from '../../src/parallel/data-parallel.ts';
 import { deeplabReplica, describeDeeplab } from '../../src/parallel/deeplab-replica.ts';
 import { SELF_TRAINING_SHARD } from '../../src/methods/self-training-shard.ts';
@@ -184,4 +190,82 @@ test('the contrastive step (spcl) over 2 replicas equals its one-thread path ove
   assert.ok(r.worstLoss < 1e-3, `losses agree: ${r.worstLoss}`);
   assert.ok(r.weightDiff < 1e-3, `weights agree: ${r.weightDiff}`);
   assert.ok(protoDiff < 1e-3, `prototypes agree: ${protoDiff}`);
+});
+
+test('the adversarial warm-up step over 2 replicas (the net, then D on the predictions each replica kept) equals its one-thread path over 3 steps', async (t) => {
+  await selectBackend('wasm', { log: () => {} });
+  const model = deeplabV2({ backbone: 'small', numClasses: 19, seed: 9 });
+  model.setBatchNorm('trainable');
+  const disc = discriminator({ numClasses: 19, ndf: 16, seed: 11 });
+  const sb = batch(30, 4, [0, 20, 0, 64]);
+  const tb = batch(40, 4, []);
+  const netVars = [...model.store.params.values()];
+  const dVars = [...disc.store.params.values()];
+  const start = [...netVars, ...dVars].map((p) => p.variable.clone());
+  // lambda_adv 0.1, not the paper's 0.001, so that the adversarial gradient moves the net visibly
+  const o = { lr: 1e-3, lrD: 1e-3, lambdaAdv: 0.1, temperature: 1.8, trackSource: false, targetStats: false };
+  const run = (dp: DataParallel | null) => {
+    [...netVars, ...dVars].forEach((p, i) => p.variable.assign(start[i]!));
+    const params = model.trainableParams();
+    const opt = new SGD([{ params, lrMult: 1 }], { momentum: 0.9, weightDecay: 5e-4 });
+    const dOpt = new Adam([{ params: dVars, lrMult: 1 }], { beta1: 0.9, beta2: 0.99 });
+    const nets = { model, params, opt, disc: { net: disc, params: dVars, opt: dOpt } };
+    const losses = [0, 1, 2].map(() =>
+      dp
+        ? parallelWarmupStep(dp, nets, { ...hostBatch(sb), target: hostBatch(tb).images! }, o, 'trainable').losses
+        : tf.tidy(() => {
+            const s = batchTensors(sb);
+            return warmupStep(nets, { source: s.images, labels: s.labels!, target: batchTensors(tb).images }, o).losses;
+          }),
+    );
+    opt.dispose();
+    dOpt.dispose();
+    const read = (ps: typeof netVars) => ps.map((p) => p.variable.dataSync().slice() as Float32Array);
+    return { losses, net: read(netVars), d: read(dVars) };
+  };
+  const one = run(null);
+  const replica = adversarialReplica(model, disc);
+  const dp = await DataParallel.start({
+    threads: 2,
+    backend: 'wasm',
+    program: { module: ADVERSARIAL_SHARD, description: { ...describeDeeplab(model), ndf: 16 } },
+    replica,
+  });
+  let two;
+  try {
+    two = run(dp);
+  } finally {
+    await dp.close();
+    replica.dispose();
+  }
+  // how far apart the two runs' weights are, over how far the one-thread run moved them
+  const apart = (a: Float32Array[], b: Float32Array[], from: tf.Tensor[]) => {
+    let diff = 0;
+    let moved = 0;
+    a.forEach((w, i) => {
+      const s = from[i]!.dataSync();
+      for (let j = 0; j < w.length; j++) {
+        diff += (w[j]! - b[i]![j]!) ** 2;
+        moved += (w[j]! - s[j]!) ** 2;
+      }
+    });
+    return { ratio: Math.sqrt(diff / moved), moved: Math.sqrt(moved) };
+  };
+  const net = apart(one.net, two.net, start.slice(0, netVars.length));
+  const d = apart(one.d, two.d, start.slice(netVars.length));
+  let worstLoss = 0;
+  one.losses.forEach((l, i) => {
+    for (const k of Object.keys(l)) worstLoss = Math.max(worstLoss, Math.abs(l[k]! - two.losses[i]![k]!) / Math.abs(l[k]!));
+  });
+  tf.dispose(start);
+  model.dispose();
+  disc.dispose();
+  t.diagnostic(
+    `losses: max relative difference ${worstLoss.toExponential(2)}; net ${net.ratio.toExponential(2)}, D ${d.ratio.toExponential(2)} of their updates`,
+  );
+  assert.deepEqual(Object.keys(two.losses[0]!).sort(), ['adv', 'disc', 'seg', 'total']);
+  assert.ok(d.moved > 0 && net.moved > 0, 'both nets trained');
+  assert.ok(worstLoss < 1e-4, `losses agree: ${worstLoss}`);
+  assert.ok(net.ratio < 1e-3, `the net's weights agree: ${net.ratio}`);
+  assert.ok(d.ratio < 1e-3, `D's weights agree: ${d.ratio}`);
 });

@@ -1,0 +1,101 @@
+/**
+ * The warm-up's adversarial step (warmup.ts `warmupStep` with a discriminator) as a data-parallel
+ * program (src/parallel/program.ts), two program calls per step:
+ * - 'generator': the shard's source CE (warmupLoss) + lambda_adv * BCE(D(target softmax), source), each
+ *   this shard's part of the whole batch's mean, w.r.t. the segmentation net; the shard's detached
+ *   predictions (source softmax of logits / temperature, target softmax) stay in the replica;
+ * - 'discriminator': D's loss on those kept predictions (0.5 BCE(D(source), 0) + 0.5 BCE(D(target), 1),
+ *   means over the whole batch's patches), w.r.t. D, after the main thread updated the net.
+ * The replica holds the model and the discriminator, their variables in one map (the main thread's D
+ * weights arrive with the net's before each call). Over all replicas: the one-thread step.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { bceWithLogits } from '../ops/losses.ts';
+import { labelledPixels } from '../ops/masks.ts';
+import { deeplabV2, type SegModel } from '../ops/model/deeplab.ts';
+import { discriminator, type Discriminator } from '../ops/model/discriminator.ts';
+import type { BnMode } from '../ops/model/layers.ts';
+import { followBatchNorm, type DeeplabDescription, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
+import type { Program } from '../parallel/program.ts';
+import { warmupLoss } from './warmup-shard.ts';
+
+export interface AdversarialDescription extends DeeplabDescription {
+  ndf: number;
+}
+
+export interface AdversarialReplica extends DeeplabReplica {
+  disc: Discriminator;
+  /** The last generator call's detached predictions of this shard (the discriminator call's input). */
+  kept: { source: tf.Tensor4D; target: tf.Tensor4D } | null;
+}
+
+export interface AdversarialShardArgs {
+  stage: 'generator' | 'discriminator';
+  bn: BnMode;
+  temperature: number;
+  lambdaAdv: number;
+  /** Source batches update BN's running statistics (model.bnStats 'all'); the target pass always does. */
+  trackSource: boolean;
+}
+
+/**
+ * The model and the discriminator as one replica. Their variable names must differ (they share one
+ * layout in shared memory). `dispose` frees the kept predictions only: the main thread's model and
+ * discriminator belong to the run; a worker's are freed with the worker.
+ */
+export function adversarialReplica(model: SegModel, disc: Discriminator): AdversarialReplica {
+  const variables = new Map([...model.store.params].map(([name, p]) => [name, p.variable]));
+  for (const [name, p] of disc.store.params) {
+    if (variables.has(name)) throw new Error(`adversarial replica: discriminator variable '${name}' has the name of a model variable`);
+    variables.set(name, p.variable);
+  }
+  const r: AdversarialReplica = {
+    model,
+    disc,
+    kept: null,
+    variables,
+    setCrossReplicaSum: (sum) => model.setCrossReplicaSum(sum),
+    dispose: () => keep(r, null),
+  };
+  return r;
+}
+
+/** Replaces the replica's kept predictions (frees the old ones). */
+function keep(r: AdversarialReplica, kept: AdversarialReplica['kept']): void {
+  if (r.kept) tf.dispose([r.kept.source, r.kept.target]);
+  r.kept = kept;
+}
+
+export const program: Program<AdversarialReplica> = {
+  build: (d) => {
+    const { backbone, numClasses, ndf } = d as AdversarialDescription;
+    return adversarialReplica(deeplabV2({ backbone, numClasses }), discriminator({ numClasses, ndf }));
+  },
+  prepare: (r, args) => followBatchNorm(r, (args as unknown as AdversarialShardArgs).bn),
+  loss: (r, t, args, shard): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
+    const a = args as unknown as AdversarialShardArgs;
+    if (a.stage === 'discriminator') {
+      if (!r.kept) throw new Error("adversarial program: the 'discriminator' stage needs a 'generator' call first");
+      const ds = r.disc.forward(r.kept.source);
+      const dt = r.disc.forward(r.kept.target);
+      const total = tf.add(
+        tf.mul(shard.batchMean(bceWithLogits(ds, 0), ds.size), 0.5),
+        tf.mul(shard.batchMean(bceWithLogits(dt, 1), dt.size), 0.5),
+      ) as tf.Scalar;
+      return { total, terms: {} };
+    }
+    const labels = t.labels as tf.Tensor3D;
+    const target = t.target as tf.Tensor4D;
+    const { ce, logits } = warmupLoss(r.model, t.images as tf.Tensor4D, labels, null, { ...a, targetStats: false });
+    const seg = shard.batchMean(ce, labelledPixels(labels));
+    const lt = tf.image.resizeBilinear(r.model.forward(target, { training: true }).logits, [target.shape[1], target.shape[2]], true);
+    const pt = tf.softmax(lt) as tf.Tensor4D;
+    const out = r.disc.forward(pt);
+    const adv = tf.mul(shard.batchMean(bceWithLogits(out, 0), out.size), a.lambdaAdv) as tf.Scalar;
+    // D sees the tempered source prediction and the plain target one (REFERENCE 8.11), detached
+    keep(r, { source: tf.keep(tf.softmax(tf.div(logits, a.temperature)) as tf.Tensor4D), target: tf.keep(pt) });
+    return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };
+  },
+};
+
+export const ADVERSARIAL_SHARD = new URL(import.meta.url).href;
