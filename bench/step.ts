@@ -16,7 +16,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import * as tf from '@tensorflow/tfjs';
-import { parseCli, parseSize } from '../src/cli.ts';
+import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { selectBackend, type BackendName } from '../src/ops/backend.ts';
 import { SGD, gradients } from '../src/ops/optim.ts';
 import { DataParallel } from '../src/parallel/data-parallel.ts';
@@ -51,11 +51,7 @@ const cli = parseCli('bench:step', USAGE, {
   json: { type: 'boolean', default: false },
 });
 const args = cli.values;
-const int = (flag: string, v: string, min = 1) => {
-  const n = Number(v);
-  if (!(Number.isInteger(n) && n >= min)) cli.fail(`--${flag} must be an integer >= ${min}, got '${v}'`);
-  return n;
-};
+const int = (flag: string, v: string, min = 1) => parseIntFlag(v, flag, min, cli.fail)!;
 const batch = int('batch', args.batch);
 const classes = int('classes', args.classes, 2);
 const steps = int('steps', args.steps);

@@ -9,7 +9,7 @@
  *   npm run bench:warmup -- [--batch 4] [--source 72x128] [--target 64x128] [--ndf 16] [--steps 10] [--json]
  */
 import * as tf from '@tensorflow/tfjs';
-import { parseCli, parseSize } from '../src/cli.ts';
+import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { selectBackend, BACKEND_REQUESTS, type BackendRequest } from '../src/ops/backend.ts';
 import { bceWithLogits } from '../src/ops/losses.ts';
 import { deeplabV2 } from '../src/ops/model/deeplab.ts';
@@ -42,11 +42,7 @@ const cli = parseCli('bench:warmup', USAGE, {
   json: { type: 'boolean', default: false },
 });
 const a = cli.values;
-const int = (flag: string, v: string, min = 1) => {
-  const n = Number(v);
-  if (!(Number.isInteger(n) && n >= min)) cli.fail(`--${flag} must be an integer >= ${min}, got '${v}'`);
-  return n;
-};
+const int = (flag: string, v: string, min = 1) => parseIntFlag(v, flag, min, cli.fail)!;
 const batch = int('batch', a.batch);
 const classes = int('classes', a.classes, 2);
 const ndf = int('ndf', a.ndf);

@@ -6,7 +6,7 @@
  *   node pipelines/smoke.ts [--backend auto|tensorflow|wasm|cpu] [--steps 30] [--batch 4] [--size 64x128]
  */
 import * as tf from '@tensorflow/tfjs';
-import { parseCli, parseSize } from '../src/cli.ts';
+import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { BACKEND_REQUESTS, selectBackend, type BackendRequest } from '../src/ops/backend.ts';
 import { deeplabV2 } from '../src/ops/model/deeplab.ts';
 import { segCrossEntropy } from '../src/ops/losses.ts';
@@ -29,11 +29,7 @@ const cli = parseCli('smoke', USAGE, {
 });
 const args = cli.values;
 const fail: (message: string) => never = cli.fail;
-const int = (name: string, v: string, min: number) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}, got '${v}'`);
-  return n;
-};
+const int = (flag: string, v: string, min: number) => parseIntFlag(v, flag, min, fail)!;
 if (!BACKEND_REQUESTS.includes(args.backend as BackendRequest))
   fail(`--backend must be one of ${BACKEND_REQUESTS.join(', ')}, got '${args.backend}'`);
 const steps = int('steps', args.steps, 6); // the loss check compares the first and last 3 steps
