@@ -26,7 +26,7 @@ export interface AdversarialDescription extends DeeplabDescription {
 export interface AdversarialReplica extends DeeplabReplica {
   disc: Discriminator;
   /** The last generator call's detached predictions of this shard (the discriminator call's input). */
-  kept: { source: tf.Tensor4D; target: tf.Tensor4D } | null;
+  kept: KeptPredictions | null;
 }
 
 export interface AdversarialShardArgs {
@@ -66,6 +66,44 @@ function keep(r: AdversarialReplica, kept: AdversarialReplica['kept']): void {
   r.kept = kept;
 }
 
+/** Predictions the discriminator's own update sees, detached (kept until that update). */
+export interface KeptPredictions {
+  source: tf.Tensor4D;
+  target: tf.Tensor4D;
+}
+
+/** A mean as it is (one process), or a shard's part of the batch's mean (`ShardContext.batchMean`). */
+type Mean = (mean: tf.Scalar, count: number) => tf.Scalar;
+const whole: Mean = (mean) => mean;
+
+/**
+ * The adversarial term of the warm-up (AdaptSegNet): lambda_adv * BCE(D(softmax of the target logits
+ * upsampled to `target`), source), `mean` over D's patches; and the predictions D's update sees: the
+ * tempered source prediction and the plain target one (REFERENCE 8.11), kept. The one-thread step's
+ * and the shard program's.
+ */
+export function adversarialTerm(
+  model: SegModel,
+  disc: Discriminator,
+  target: tf.Tensor4D,
+  sourceLogits: tf.Tensor4D,
+  o: { temperature: number; lambdaAdv: number },
+  mean: Mean = whole,
+): { adv: tf.Scalar; kept: KeptPredictions } {
+  const lt = tf.image.resizeBilinear(model.forward(target, { training: true }).logits, [target.shape[1], target.shape[2]], true);
+  const pt = tf.softmax(lt) as tf.Tensor4D;
+  const out = disc.forward(pt);
+  const adv = tf.mul(mean(bceWithLogits(out, 0), out.size), o.lambdaAdv) as tf.Scalar;
+  return { adv, kept: { source: tf.keep(tf.softmax(tf.div(sourceLogits, o.temperature)) as tf.Tensor4D), target: tf.keep(pt) } };
+}
+
+/** D's loss on the kept predictions: 0.5 BCE(D(source), 0) + 0.5 BCE(D(target), 1), each `mean` over D's patches. */
+export function discriminatorLoss(disc: Discriminator, kept: KeptPredictions, mean: Mean = whole): tf.Scalar {
+  const ds = disc.forward(kept.source);
+  const dt = disc.forward(kept.target);
+  return tf.add(tf.mul(mean(bceWithLogits(ds, 0), ds.size), 0.5), tf.mul(mean(bceWithLogits(dt, 1), dt.size), 0.5)) as tf.Scalar;
+}
+
 export const program: Program<AdversarialReplica> = {
   build: (d) => {
     const { backbone, numClasses, ndf } = d as AdversarialDescription;
@@ -76,24 +114,13 @@ export const program: Program<AdversarialReplica> = {
     const a = args as unknown as AdversarialShardArgs;
     if (a.stage === 'discriminator') {
       if (!r.kept) throw new Error("adversarial program: the 'discriminator' stage needs a 'generator' call first");
-      const ds = r.disc.forward(r.kept.source);
-      const dt = r.disc.forward(r.kept.target);
-      const total = tf.add(
-        tf.mul(shard.batchMean(bceWithLogits(ds, 0), ds.size), 0.5),
-        tf.mul(shard.batchMean(bceWithLogits(dt, 1), dt.size), 0.5),
-      ) as tf.Scalar;
-      return { total, terms: {} };
+      return { total: discriminatorLoss(r.disc, r.kept, shard.batchMean), terms: {} };
     }
     const labels = t.labels as tf.Tensor3D;
-    const target = t.target as tf.Tensor4D;
     const { ce, logits } = warmupLoss(r.model, t.images as tf.Tensor4D, labels, null, { ...a, targetStats: false });
     const seg = shard.batchMean(ce, labelledPixels(labels));
-    const lt = tf.image.resizeBilinear(r.model.forward(target, { training: true }).logits, [target.shape[1], target.shape[2]], true);
-    const pt = tf.softmax(lt) as tf.Tensor4D;
-    const out = r.disc.forward(pt);
-    const adv = tf.mul(shard.batchMean(bceWithLogits(out, 0), out.size), a.lambdaAdv) as tf.Scalar;
-    // D sees the tempered source prediction and the plain target one (REFERENCE 8.11), detached
-    keep(r, { source: tf.keep(tf.softmax(tf.div(logits, a.temperature)) as tf.Tensor4D), target: tf.keep(pt) });
+    const { adv, kept } = adversarialTerm(r.model, r.disc, t.target as tf.Tensor4D, logits, a, shard.batchMean);
+    keep(r, kept);
     return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };
   },
 };

@@ -5,7 +5,6 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { map, type Observable } from 'rxjs';
-import { bceWithLogits } from '../ops/losses.ts';
 import { discriminator, type Discriminator } from '../ops/model/discriminator.ts';
 import { Adam, polyLR, type SGD } from '../ops/optim.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
@@ -13,7 +12,14 @@ import type { Param } from '../ops/model/params.ts';
 import { batchTensors, type Batch } from '../stages/collate.ts';
 import { applyIfFinite, parallelApplyIfFinite } from '../stages/train-step.ts';
 import { WARMUP_SHARD, warmupLoss, type WarmupShardArgs } from './warmup-shard.ts';
-import { ADVERSARIAL_SHARD, adversarialReplica, type AdversarialShardArgs } from './warmup-adversarial-shard.ts';
+import {
+  ADVERSARIAL_SHARD,
+  adversarialReplica,
+  adversarialTerm,
+  discriminatorLoss,
+  type AdversarialShardArgs,
+  type KeptPredictions,
+} from './warmup-adversarial-shard.ts';
 import type { DataParallel } from '../parallel/data-parallel.ts';
 import { describeDeeplab } from '../parallel/deeplab-replica.ts';
 import type { HostTensors } from '../parallel/program.ts';
@@ -155,39 +161,25 @@ export function warmupStep(
 ): { losses: Record<string, number>; lr: number; lrs?: Record<string, number>; skipped: boolean } {
   const { model, disc } = nets;
   const xt = batch.target;
-  let predS: tf.Tensor4D | null = null;
-  let predT: tf.Tensor4D | null = null;
+  // D's input, from the net's pass (set inside the gradient closure)
+  const held: { kept: KeptPredictions | null } = { kept: null };
   const g = applyIfFinite(
     (): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
       // the source CE of the shard program (and its target statistics pass), on the whole batch
       const { ce: seg, logits: ls } = warmupLoss(model, batch.source, batch.labels, xt, o);
       if (!disc) return { total: seg, terms: { seg } };
-      const lt = tf.image.resizeBilinear(model.forward(xt!, { training: true }).logits, [xt!.shape[1], xt!.shape[2]], true);
-      const pt = tf.softmax(lt) as tf.Tensor4D;
-      const adv = tf.mul(bceWithLogits(disc.net.forward(pt), 0), o.lambdaAdv) as tf.Scalar;
-      // D sees the /1.8-tempered source prediction and the plain target one (REFERENCE 8.11), detached.
-      predS = tf.keep(tf.softmax(tf.div(ls, o.temperature)) as tf.Tensor4D);
-      predT = tf.keep(pt);
-      return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };
+      const term = adversarialTerm(model, disc.net, xt!, ls, o);
+      held.kept = term.kept;
+      return { total: tf.add(seg, term.adv) as tf.Scalar, terms: { seg, adv: term.adv } };
     },
     nets.params,
     nets.opt,
     o.lr,
   );
   if (!disc) return { losses: g.losses, lr: o.lr, skipped: !g.finite };
-  const d = applyIfFinite(
-    () => {
-      const l = tf.add(
-        tf.mul(bceWithLogits(disc.net.forward(predS!), 0), 0.5),
-        tf.mul(bceWithLogits(disc.net.forward(predT!), 1), 0.5),
-      ) as tf.Scalar;
-      return { total: l, terms: {} };
-    },
-    disc.params,
-    disc.opt,
-    o.lrD,
-  );
-  tf.dispose([predS!, predT!]);
+  const kept = held.kept!;
+  const d = applyIfFinite(() => ({ total: discriminatorLoss(disc.net, kept), terms: {} }), disc.params, disc.opt, o.lrD);
+  tf.dispose([kept.source, kept.target]);
   return {
     losses: { ...g.losses, disc: d.losses.total! },
     lr: o.lr,
