@@ -16,6 +16,7 @@ import { deeplabV2 } from '../src/ops/model/deeplab.ts';
 import { discriminator } from '../src/ops/model/discriminator.ts';
 import { Adam, SGD, gradients } from '../src/ops/optim.ts';
 import { warmupStep, type WarmupNets, type WarmupStepOptions } from '../src/methods/warmup.ts';
+import { discriminatorLoss } from '../src/methods/warmup-adversarial-shard.ts';
 
 const USAGE = `usage: npm run bench:warmup -- [options]
   --batch N        images per domain and step (default 4, the synthetic preset's)
@@ -104,13 +105,7 @@ const targetPass = time(
     }, params).value,
 );
 const discInputGrad = time(() => tf.grad((p: tf.Tensor) => bceWithLogits(disc.forward(p as tf.Tensor4D), 0))(probsT));
-const discUpdate = time(
-  () =>
-    gradients(
-      () => tf.add(tf.mul(bceWithLogits(disc.forward(probsS), 0), 0.5), tf.mul(bceWithLogits(disc.forward(probsT), 1), 0.5)) as tf.Scalar,
-      dParams,
-    ).value,
-);
+const discUpdate = time(() => gradients(() => discriminatorLoss(disc, { source: probsS, target: probsT }), dParams).value);
 const noDisc = a.bn === 'trainable' ? targetStats : sourceOnly;
 const result = {
   backend,

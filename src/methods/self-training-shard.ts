@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { segCrossEntropy } from '../ops/losses.ts';
 import { labelledPixels } from '../ops/masks.ts';
+import type { SegModel } from '../ops/model/deeplab.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
 import type { Program } from '../parallel/program.ts';
@@ -19,30 +20,47 @@ export interface SelfTrainingShardArgs {
   trackSource: boolean;
 }
 
-/** CE of `images`' prediction upsampled to `labels`, as this shard's part of the batch's mean. */
-function shardCe(
-  r: DeeplabReplica,
-  images: tf.Tensor4D,
-  labels: tf.Tensor3D,
-  trackStats: boolean,
-  batchMean: (m: tf.Scalar, n: number) => tf.Scalar,
-) {
-  const logits = r.model.forward(images, { training: true, trackStats }).logits;
+/** A mean as it is (one process), or a shard's part of the batch's mean (`ShardContext.batchMean`). */
+type Mean = (mean: tf.Scalar, count: number) => tf.Scalar;
+
+/** CE of `images`' prediction upsampled to `labels`: the mean over its labelled pixels, or with `mean` this shard's part of the batch's. */
+function ce(model: SegModel, images: tf.Tensor4D, labels: tf.Tensor3D, trackStats: boolean, mean: Mean | null): tf.Scalar {
+  const logits = model.forward(images, { training: true, trackStats }).logits;
   const up = tf.image.resizeBilinear(logits, [labels.shape[1], labels.shape[2]], true);
-  return batchMean(segCrossEntropy(up, labels), labelledPixels(labels));
+  const m = segCrossEntropy(up, labels);
+  return mean ? mean(m, labelledPixels(labels)) : m;
+}
+
+/**
+ * The self-training loss (paper Eq. 9, plus the source anchor when a source batch comes along): the
+ * one-thread step's (self-training.ts, `mean` null: means over this batch), the shard program's with
+ * `ShardContext.batchMean`.
+ */
+export function selfTrainingLoss(
+  model: SegModel,
+  target: { images: tf.Tensor4D; labels: tf.Tensor3D },
+  source: { images: tf.Tensor4D; labels: tf.Tensor3D } | null,
+  a: Omit<SelfTrainingShardArgs, 'bn'>,
+  mean: Mean | null = null,
+): { total: tf.Scalar; terms: Record<string, tf.Scalar> } {
+  const t = ce(model, target.images, target.labels, true, mean);
+  const ssl = a.pseudoWeight === 1 ? t : (tf.mul(t, a.pseudoWeight) as tf.Scalar);
+  if (!source) return { total: ssl, terms: { ssl } };
+  const s = ce(model, source.images, source.labels, a.trackSource, mean);
+  return { total: tf.add(ssl, tf.mul(s, a.sourceWeight)) as tf.Scalar, terms: { ssl, source: s } };
 }
 
 export const program: Program<DeeplabReplica> = {
   build: buildDeeplabReplica,
   prepare: (r, args) => followBatchNorm(r, (args as unknown as SelfTrainingShardArgs).bn),
-  loss: (r, t, args, shard): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
-    const a = args as unknown as SelfTrainingShardArgs;
-    const ce = shardCe(r, t.images as tf.Tensor4D, t.labels as tf.Tensor3D, true, shard.batchMean);
-    const ssl = a.pseudoWeight === 1 ? ce : (tf.mul(ce, a.pseudoWeight) as tf.Scalar);
-    if (!t.sourceImages) return { total: ssl, terms: { ssl } };
-    const source = shardCe(r, t.sourceImages as tf.Tensor4D, t.sourceLabels as tf.Tensor3D, a.trackSource, shard.batchMean);
-    return { total: tf.add(ssl, tf.mul(source, a.sourceWeight)) as tf.Scalar, terms: { ssl, source } };
-  },
+  loss: (r, t, args, shard) =>
+    selfTrainingLoss(
+      r.model,
+      { images: t.images as tf.Tensor4D, labels: t.labels as tf.Tensor3D },
+      t.sourceImages ? { images: t.sourceImages as tf.Tensor4D, labels: t.sourceLabels as tf.Tensor3D } : null,
+      args as unknown as SelfTrainingShardArgs,
+      shard.batchMean,
+    ),
 };
 
 export const SELF_TRAINING_SHARD = new URL(import.meta.url).href;

@@ -5,12 +5,11 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { map, zip } from 'rxjs';
-import { segCrossEntropy } from '../ops/losses.ts';
 import type { Param } from '../ops/model/params.ts';
 import { polyLR, type SGD } from '../ops/optim.ts';
 import { batchTensors, type Batch } from '../stages/collate.ts';
 import { applyIfFinite, parallelApplyIfFinite, type GradientSource } from '../stages/train-step.ts';
-import { SELF_TRAINING_SHARD, type SelfTrainingShardArgs } from './self-training-shard.ts';
+import { SELF_TRAINING_SHARD, selfTrainingLoss, type SelfTrainingShardArgs } from './self-training-shard.ts';
 import { batches, type RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { STREAMS } from '../recipe/streams.ts';
@@ -95,38 +94,28 @@ export function anchoredSelfTrainingStep(
       samples: { target: tb.n, source: withSource ? sb!.n : 0 },
       stats: { labelled_share: labelledShare(tb) },
     });
+    const args: SelfTrainingShardArgs = {
+      bn: ctx.model.batchNorm,
+      pseudoWeight,
+      sourceWeight,
+      trackSource: ctx.cfg.model.bnStats === 'all',
+    };
     if (replicas) {
       const src = withSource ? hostBatch(sb!) : {};
       const batch = { ...hostBatch(tb), ...(withSource ? { sourceImages: src.images!, sourceLabels: src.labels! } : {}) };
-      const args: SelfTrainingShardArgs = {
-        bn: ctx.model.batchNorm,
-        pseudoWeight,
-        sourceWeight,
-        trackSource: ctx.cfg.model.bnStats === 'all',
-      };
       return outcome(parallelApplyIfFinite(replicas, batch, { ...args }, params, opt, lr));
     }
     return tf.tidy(() => {
       const xt = batchTensors(tb);
       const xs = withSource ? batchTensors(sb!) : null;
       const g = applyIfFinite(
-        (): { total: tf.Scalar; terms: Record<string, tf.Scalar> } => {
-          const lt = tf.image.resizeBilinear(
-            ctx.model.forward(xt.images, { training: true }).logits,
-            [tb.labelHeight, tb.labelWidth],
-            true,
-          );
-          const ce = segCrossEntropy(lt, xt.labels!); // Eq. 9
-          const ssl = pseudoWeight === 1 ? ce : (tf.mul(ce, pseudoWeight) as tf.Scalar);
-          if (!xs) return { total: ssl, terms: { ssl } };
-          const ls = tf.image.resizeBilinear(
-            ctx.model.forward(xs.images, { training: true, trackStats: ctx.cfg.model.bnStats === 'all' }).logits,
-            [sb!.labelHeight, sb!.labelWidth],
-            true,
-          );
-          const source = segCrossEntropy(ls, xs.labels!);
-          return { total: tf.add(ssl, tf.mul(source, sourceWeight)) as tf.Scalar, terms: { ssl, source } };
-        },
+        () =>
+          selfTrainingLoss(
+            ctx.model,
+            { images: xt.images, labels: xt.labels! },
+            xs ? { images: xs.images, labels: xs.labels! } : null,
+            args,
+          ),
         params,
         opt,
         lr,

@@ -8,6 +8,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
 import { downsampleLabels, labelledPixels, refineSourceMask } from '../ops/masks.ts';
+import type { SegModel } from '../ops/model/deeplab.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { updatePrototypes, type AbsentClassPolicy } from '../ops/prototypes.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
@@ -25,32 +26,58 @@ export interface SpclShardArgs {
   trackSource: boolean;
 }
 
+/** A mean as it is (one process), or a shard's part of the batch's mean (`ShardContext.batchMean`). */
+type Mean = (mean: tf.Scalar, count: number) => tf.Scalar;
+
+/**
+ * The contrastive step's loss (paper Eq. 8): L_seg on the source + lambda (L_cl^s + L_cl^t) against the
+ * prototypes that `prototypesAfter` returns after its EMA with this batch's source features and mask
+ * (Eq. 3, before the loss: the authors' order). The one-thread step's (spcl.ts, `mean` null: means over
+ * this batch) and the shard program's (`ShardContext.batchMean`, the whole batch's class sums).
+ */
+export function spclLoss(
+  model: SegModel,
+  source: { images: tf.Tensor4D; labels: tf.Tensor3D },
+  target: { images: tf.Tensor4D; labels: tf.Tensor3D },
+  a: Pick<SpclShardArgs, 'sourceTemperature' | 'temperature' | 'lambda' | 'refineSource' | 'trackSource'>,
+  prototypesAfter: (features: tf.Tensor4D, mask: tf.Tensor3D) => tf.Tensor2D,
+  mean: Mean | null = null,
+): { total: tf.Scalar; terms: Record<string, tf.Scalar> } {
+  const part = (m: tf.Scalar, mask: tf.Tensor) => (mean ? mean(m, labelledPixels(mask)) : m);
+  const { features: fs, logits: ls } = model.forward(source.images, { training: true, trackStats: a.trackSource });
+  const up = tf.image.resizeBilinear(ls, [source.labels.shape[1], source.labels.shape[2]], true);
+  const seg = part(segCrossEntropy(up, source.labels, { temperature: a.sourceTemperature }), source.labels);
+  // M_s: the label at the feature grid, kept where the prediction agrees (REFERENCE 4.2)
+  let ms = downsampleLabels(source.labels, [fs.shape[1], fs.shape[2]]);
+  if (a.refineSource) ms = refineSourceMask(ms, detach(ls));
+  const P = prototypesAfter(fs, ms);
+  const ft = model.forward(target.images, { training: true }).features;
+  // Eq. 5, M_t: the offline pseudo-label (class thresholds on the output, REFERENCE 5) at the feature grid
+  const mt = downsampleLabels(target.labels, [ft.shape[1], ft.shape[2]]);
+  const clS = part(contrastiveLoss(fs, ms, P, { temperature: a.temperature }), ms); // Eq. 4
+  const clT = part(contrastiveLoss(ft, mt, P, { temperature: a.temperature }), mt); // Eq. 6
+  const total = tf.add(seg, tf.mul(tf.add(clS, clT), a.lambda)) as tf.Scalar; // Eq. 8
+  return { total, terms: { seg, cl_source: clS, cl_target: clT } };
+}
+
 export const program: Program<DeeplabReplica> = {
   build: buildDeeplabReplica,
   prepare: (r, args) => followBatchNorm(r, (args as unknown as SpclShardArgs).bn),
   loss: (r, t, args, shard) => {
     const a = args as unknown as SpclShardArgs;
-    const { model } = r;
-    const [xs, ys, xt, yt] = [
-      t.images as tf.Tensor4D,
-      t.labels as tf.Tensor3D,
-      t.targetImages as tf.Tensor4D,
-      t.targetLabels as tf.Tensor3D,
-    ];
-    const { features: fs, logits: ls } = model.forward(xs, { training: true, trackStats: a.trackSource });
-    const up = tf.image.resizeBilinear(ls, [ys.shape[1], ys.shape[2]], true);
-    const seg = shard.batchMean(segCrossEntropy(up, ys, { temperature: a.sourceTemperature }), labelledPixels(ys));
-    let ms = downsampleLabels(ys, [fs.shape[1], fs.shape[2]]);
-    if (a.refineSource) ms = refineSourceMask(ms, detach(ls));
-    // Eq. 3 with the whole batch's class sums, before the loss
-    const P = updatePrototypes(t.prototypes as tf.Tensor2D, fs, ms, { alpha: a.alpha, absent: a.absent, sum: shard.sum });
-    shard.output('prototypes', P);
-    const ft = model.forward(xt, { training: true }).features;
-    const mt = downsampleLabels(yt, [ft.shape[1], ft.shape[2]]);
-    const clS = shard.batchMean(contrastiveLoss(fs, ms, P, { temperature: a.temperature }), labelledPixels(ms));
-    const clT = shard.batchMean(contrastiveLoss(ft, mt, P, { temperature: a.temperature }), labelledPixels(mt));
-    const total = tf.add(seg, tf.mul(tf.add(clS, clT), a.lambda)) as tf.Scalar;
-    return { total, terms: { seg, cl_source: clS, cl_target: clT } };
+    return spclLoss(
+      r.model,
+      { images: t.images as tf.Tensor4D, labels: t.labels as tf.Tensor3D },
+      { images: t.targetImages as tf.Tensor4D, labels: t.targetLabels as tf.Tensor3D },
+      a,
+      (fs, ms) => {
+        // Eq. 3 with the whole batch's class sums; the main thread's replica hands them back
+        const P = updatePrototypes(t.prototypes as tf.Tensor2D, fs, ms, { alpha: a.alpha, absent: a.absent, sum: shard.sum });
+        shard.output('prototypes', P);
+        return P;
+      },
+      shard.batchMean,
+    );
   },
 };
 

@@ -7,12 +7,10 @@
  * current source batch before the loss.
  */
 import * as tf from '@tensorflow/tfjs';
-import { contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
-import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
 import { polyLR, type SGD } from '../ops/optim.ts';
 import { applyIfFinite, parallelApplyIfFinite, type GradientSource, type StepOutcome } from '../stages/train-step.ts';
 import type { Param } from '../ops/model/params.ts';
-import { SPCL_SHARD, type SpclShardArgs } from './spcl-shard.ts';
+import { SPCL_SHARD, spclLoss, type SpclShardArgs } from './spcl-shard.ts';
 import { batchTensors, type Batch } from '../stages/collate.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
@@ -92,25 +90,13 @@ export function contrastiveStep(ctx: RunContext, params: Param[], opt: SGD, dp: 
       const xs = batchTensors(sb);
       const xt = batchTensors(tb);
       const g = applyIfFinite(
-        () => {
-          const { features: fs, logits: ls } = model.forward(xs.images, { training: true, trackStats: cfg.model.bnStats === 'all' });
-          const up = tf.image.resizeBilinear(ls, [sb.labelHeight, sb.labelWidth], true);
-          const seg = segCrossEntropy(up, xs.labels!, { temperature: c.sourceTemperature });
-          // M_s: the label at the feature grid, kept where the prediction agrees (REFERENCE 4.2)
-          let ms = downsampleLabels(xs.labels!, [fs.shape[1], fs.shape[2]]);
-          if (c.refineSource) ms = refineSourceMask(ms, detach(ls));
-          // Eq. 3: the prototypes' EMA with this batch, before the loss (the authors' order)
-          ctx.prototypes.update(fs, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent });
-          ctx.events.prototypes?.(ctx.prototypes);
-          const ft = model.forward(xt.images, { training: true }).features;
-          // Eq. 5, M_t: the offline pseudo-label (class thresholds on the output, REFERENCE 5) at the feature grid
-          const mt = downsampleLabels(xt.labels!, [ft.shape[1], ft.shape[2]]);
-          const P = ctx.prototypes.tensor;
-          const clS = contrastiveLoss(fs, ms, P, { temperature: c.temperature }); // Eq. 4
-          const clT = contrastiveLoss(ft, mt, P, { temperature: c.temperature }); // Eq. 6
-          const total = tf.add(seg, tf.mul(tf.add(clS, clT), c.lambda)) as tf.Scalar; // Eq. 8
-          return { total, terms: { seg, cl_source: clS, cl_target: clT } };
-        },
+        () =>
+          spclLoss(model, { images: xs.images, labels: xs.labels! }, { images: xt.images, labels: xt.labels! }, shardArgs, (fs, ms) => {
+            // Eq. 3: the prototypes' EMA with this batch, before the loss (the authors' order)
+            ctx.prototypes.update(fs, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent });
+            ctx.events.prototypes?.(ctx.prototypes);
+            return ctx.prototypes.tensor;
+          }),
         params,
         opt,
         lr,
