@@ -10,7 +10,7 @@ import { labelledPixels } from '../ops/masks.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
-import type { Program } from '../parallel/program.ts';
+import { meanPart, type Program, type ShardContext } from '../parallel/program.ts';
 
 export interface SelfTrainingShardArgs {
   bn: BnMode;
@@ -20,20 +20,22 @@ export interface SelfTrainingShardArgs {
   trackSource: boolean;
 }
 
-/** A mean as it is (one process), or a shard's part of the batch's mean (`ShardContext.batchMean`). */
-type Mean = (mean: tf.Scalar, count: number) => tf.Scalar;
-
-/** CE of `images`' prediction upsampled to `labels`: the mean over its labelled pixels, or with `mean` this shard's part of the batch's. */
-function ce(model: SegModel, images: tf.Tensor4D, labels: tf.Tensor3D, trackStats: boolean, mean: Mean | null): tf.Scalar {
+/** CE of `images`' prediction upsampled to `labels`: the mean over its labelled pixels, or with `batchMean` this shard's part of the batch's. */
+function ce(
+  model: SegModel,
+  images: tf.Tensor4D,
+  labels: tf.Tensor3D,
+  trackStats: boolean,
+  batchMean: ShardContext['batchMean'] | null,
+): tf.Scalar {
   const logits = model.forward(images, { training: true, trackStats }).logits;
   const up = tf.image.resizeBilinear(logits, [labels.shape[1], labels.shape[2]], true);
-  const m = segCrossEntropy(up, labels);
-  return mean ? mean(m, labelledPixels(labels)) : m;
+  return meanPart(batchMean, segCrossEntropy(up, labels), () => labelledPixels(labels));
 }
 
 /**
  * The self-training loss (paper Eq. 9, plus the source anchor when a source batch comes along): the
- * one-thread step's (self-training.ts, `mean` null: means over this batch), the shard program's with
+ * one-thread step's (self-training.ts, `batchMean` null: means over this batch), the shard program's with
  * `ShardContext.batchMean`.
  */
 export function selfTrainingLoss(
@@ -41,12 +43,12 @@ export function selfTrainingLoss(
   target: { images: tf.Tensor4D; labels: tf.Tensor3D },
   source: { images: tf.Tensor4D; labels: tf.Tensor3D } | null,
   a: Omit<SelfTrainingShardArgs, 'bn'>,
-  mean: Mean | null = null,
+  batchMean: ShardContext['batchMean'] | null = null,
 ): { total: tf.Scalar; terms: Record<string, tf.Scalar> } {
-  const t = ce(model, target.images, target.labels, true, mean);
+  const t = ce(model, target.images, target.labels, true, batchMean);
   const ssl = a.pseudoWeight === 1 ? t : (tf.mul(t, a.pseudoWeight) as tf.Scalar);
   if (!source) return { total: ssl, terms: { ssl } };
-  const s = ce(model, source.images, source.labels, a.trackSource, mean);
+  const s = ce(model, source.images, source.labels, a.trackSource, batchMean);
   return { total: tf.add(ssl, tf.mul(s, a.sourceWeight)) as tf.Scalar, terms: { ssl, source: s } };
 }
 

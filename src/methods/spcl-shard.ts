@@ -12,7 +12,7 @@ import type { SegModel } from '../ops/model/deeplab.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { updatePrototypes, type AbsentClassPolicy } from '../ops/prototypes.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
-import type { Program } from '../parallel/program.ts';
+import { meanPart, type Program, type ShardContext } from '../parallel/program.ts';
 
 export interface SpclShardArgs {
   bn: BnMode;
@@ -26,13 +26,10 @@ export interface SpclShardArgs {
   trackSource: boolean;
 }
 
-/** A mean as it is (one process), or a shard's part of the batch's mean (`ShardContext.batchMean`). */
-type Mean = (mean: tf.Scalar, count: number) => tf.Scalar;
-
 /**
  * The contrastive step's loss (paper Eq. 8): L_seg on the source + lambda (L_cl^s + L_cl^t) against the
  * prototypes that `prototypesAfter` returns after its EMA with this batch's source features and mask
- * (Eq. 3, before the loss: the authors' order). The one-thread step's (spcl.ts, `mean` null: means over
+ * (Eq. 3, before the loss: the authors' order). The one-thread step's (spcl.ts, `batchMean` null: means over
  * this batch) and the shard program's (`ShardContext.batchMean`, the whole batch's class sums).
  */
 export function spclLoss(
@@ -41,9 +38,9 @@ export function spclLoss(
   target: { images: tf.Tensor4D; labels: tf.Tensor3D },
   a: Pick<SpclShardArgs, 'sourceTemperature' | 'temperature' | 'lambda' | 'refineSource' | 'trackSource'>,
   prototypesAfter: (features: tf.Tensor4D, mask: tf.Tensor3D) => tf.Tensor2D,
-  mean: Mean | null = null,
+  batchMean: ShardContext['batchMean'] | null = null,
 ): { total: tf.Scalar; terms: Record<string, tf.Scalar> } {
-  const part = (m: tf.Scalar, mask: tf.Tensor) => (mean ? mean(m, labelledPixels(mask)) : m);
+  const part = (m: tf.Scalar, mask: tf.Tensor) => meanPart(batchMean, m, () => labelledPixels(mask));
   const { features: fs, logits: ls } = model.forward(source.images, { training: true, trackStats: a.trackSource });
   const up = tf.image.resizeBilinear(ls, [source.labels.shape[1], source.labels.shape[2]], true);
   const seg = part(segCrossEntropy(up, source.labels, { temperature: a.sourceTemperature }), source.labels);

@@ -16,7 +16,7 @@ import { deeplabV2, type SegModel } from '../ops/model/deeplab.ts';
 import { discriminator, type Discriminator } from '../ops/model/discriminator.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { followBatchNorm, type DeeplabDescription, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
-import type { Program } from '../parallel/program.ts';
+import { meanPart, type Program, type ShardContext } from '../parallel/program.ts';
 import { warmupLoss } from './warmup-shard.ts';
 
 export interface AdversarialDescription extends DeeplabDescription {
@@ -72,13 +72,9 @@ export interface KeptPredictions {
   target: tf.Tensor4D;
 }
 
-/** A mean as it is (one process), or a shard's part of the batch's mean (`ShardContext.batchMean`). */
-type Mean = (mean: tf.Scalar, count: number) => tf.Scalar;
-const whole: Mean = (mean) => mean;
-
 /**
  * The adversarial term of the warm-up (AdaptSegNet): lambda_adv * BCE(D(softmax of the target logits
- * upsampled to `target`), source), `mean` over D's patches; and the predictions D's update sees: the
+ * upsampled to `target`), source), mean over D's patches (`batchMean`: this shard's part of the batch's); and the predictions D's update sees: the
  * tempered source prediction and the plain target one (REFERENCE 8.11), kept. The one-thread step's
  * and the shard program's.
  */
@@ -88,20 +84,36 @@ export function adversarialTerm(
   target: tf.Tensor4D,
   sourceLogits: tf.Tensor4D,
   o: { temperature: number; lambdaAdv: number },
-  mean: Mean = whole,
+  batchMean: ShardContext['batchMean'] | null = null,
 ): { adv: tf.Scalar; kept: KeptPredictions } {
   const lt = tf.image.resizeBilinear(model.forward(target, { training: true }).logits, [target.shape[1], target.shape[2]], true);
   const pt = tf.softmax(lt) as tf.Tensor4D;
   const out = disc.forward(pt);
-  const adv = tf.mul(mean(bceWithLogits(out, 0), out.size), o.lambdaAdv) as tf.Scalar;
+  const adv = tf.mul(
+    meanPart(batchMean, bceWithLogits(out, 0), () => out.size),
+    o.lambdaAdv,
+  ) as tf.Scalar;
   return { adv, kept: { source: tf.keep(tf.softmax(tf.div(sourceLogits, o.temperature)) as tf.Tensor4D), target: tf.keep(pt) } };
 }
 
-/** D's loss on the kept predictions: 0.5 BCE(D(source), 0) + 0.5 BCE(D(target), 1), each `mean` over D's patches. */
-export function discriminatorLoss(disc: Discriminator, kept: KeptPredictions, mean: Mean = whole): tf.Scalar {
+/** D's loss on the kept predictions: 0.5 BCE(D(source), 0) + 0.5 BCE(D(target), 1), each a mean over D's patches (`batchMean`: as above). */
+export function discriminatorLoss(
+  disc: Discriminator,
+  kept: KeptPredictions,
+  batchMean: ShardContext['batchMean'] | null = null,
+): tf.Scalar {
   const ds = disc.forward(kept.source);
   const dt = disc.forward(kept.target);
-  return tf.add(tf.mul(mean(bceWithLogits(ds, 0), ds.size), 0.5), tf.mul(mean(bceWithLogits(dt, 1), dt.size), 0.5)) as tf.Scalar;
+  return tf.add(
+    tf.mul(
+      meanPart(batchMean, bceWithLogits(ds, 0), () => ds.size),
+      0.5,
+    ),
+    tf.mul(
+      meanPart(batchMean, bceWithLogits(dt, 1), () => dt.size),
+      0.5,
+    ),
+  ) as tf.Scalar;
 }
 
 export const program: Program<AdversarialReplica> = {

@@ -62,6 +62,15 @@ export interface ShardContext {
   output(name: string, t: tf.Tensor): void;
 }
 
+/**
+ * A loss's mean over this batch as it is (`batchMean` null: one process), or with `batchMean` this
+ * shard's part of the whole batch's mean; `count` (this shard's items) is read only then. Lets one loss
+ * function serve a method's one-thread step and its shard program.
+ */
+export function meanPart(batchMean: ShardContext['batchMean'] | null, mean: tf.Scalar, count: () => number): tf.Scalar {
+  return batchMean ? batchMean(mean, count()) : mean;
+}
+
 export interface ProgramRef {
   /** URL of the module that exports `program` (import.meta.url of that module). */
   module: string;
