@@ -24,6 +24,12 @@ export interface DecodeAugmentOptions {
   credits: Credits;
   /** Pseudo-label generation to take labels from (LMDB path), or null for the records' own labels. */
   pseudo?: string | null;
+  /**
+   * Reads in flight at once. Default: the credits' capacity, i.e. every sample the flow may hold is read
+   * as soon as it has a credit. The credits bound memory. The old cap, 2 per decode worker, left any batch
+   * larger than it (self-training's 8 target images on 2 workers: 4) half-read at the end of each
+   * training step: the next reads are only issued when the main thread, blocked in the step, is free.
+   */
   concurrency?: number;
   /** A skipped sample: `error.reason` says why, its message names the file and the key. */
   onSkip?: (error: StageError) => void;
@@ -39,7 +45,7 @@ export function decodeAugment(opts: DecodeAugmentOptions): OperatorFunction<Samp
       ref,
     }),
     {
-      concurrency: opts.concurrency ?? Math.max(2, opts.reader.threads * 2),
+      concurrency: opts.concurrency ?? opts.credits.capacity,
       onError: 'skip',
       credits: opts.credits,
       keyOf: (ref) => ref.key,

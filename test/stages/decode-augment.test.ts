@@ -65,3 +65,32 @@ test('decodeAugment: ordered output under concurrency; failing samples are skipp
   ]);
   assert.equal(credits.inFlight, 3);
 });
+
+test('decodeAugment: by default every credit has its read in flight (a batch of 8 on 2 workers is read at once, not 4 at a time)', async () => {
+  const { decodeAugment } = await import('../../src/stages/decode-augment.ts');
+  const started: string[] = [];
+  const finish: Array<() => void> = [];
+  const reader = {
+    threads: 2,
+    read: (_ds: unknown, key: string) => {
+      started.push(key);
+      return new Promise((resolve) => finish.push(() => resolve({ ...sample(key, 1), repaired: null })));
+    },
+  } as unknown as SampleReader;
+  const keys = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'];
+  const credits = new Credits(8);
+  const out: string[] = [];
+  // the source hands out 10 refs, as read-shards would if it ignored credits: the stage alone bounds the reads
+  const sub = from(keys.map((key, index) => ({ key, index, seed: 0, dataset: {} as never })))
+    .pipe(decodeAugment({ reader, spec: { resize: [2, 3] }, credits }))
+    .subscribe((s) => out.push(s.key));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(started, keys.slice(0, 8));
+  finish.splice(0, 8).forEach((f) => f());
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(started, keys);
+  finish.splice(0).forEach((f) => f());
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(out, keys);
+  sub.unsubscribe();
+});
