@@ -38,12 +38,15 @@ import {
   sgd,
   sourceBatches,
   specs,
+  startDataParallel,
   train,
   type PhaseResult,
   type ResumePoint,
 } from '../recipe/trainer.ts';
 import { refreshPseudoLabels } from './pseudo-labels.ts';
 import { anchoredSelfTrainingStep } from './self-training.ts';
+import { SELF_TRAINING_SHARD } from './self-training-shard.ts';
+import type { DataParallel } from '../parallel/data-parallel.ts';
 
 /** Seed streams of refresh r: target STREAM_BASE + r, source SOURCE_STREAM_BASE + r (continuous.sourceWeight > 0). */
 const STREAM_BASE = STREAMS.continuousTarget;
@@ -165,7 +168,11 @@ export async function continuousPhase(
 
   let iteration = resume.iteration;
   let last: PhaseResult | null = null;
+  let dp: DataParallel | null = null;
   try {
+    // the replicas live as long as the phase: refreshes and evaluations between segments use the main
+    // model only, and each step hands the replicas the main model's weights
+    dp = await startDataParallel(ctx, 'continuous', SELF_TRAINING_SHARD, c.sourceWeight > 0 ? Math.min(size, cfg.batch.source) : size);
     while (iteration < end && !ctx.signal?.aborted) {
       const state = ctx.continuous;
       const trigger: RefreshTrigger | null =
@@ -213,7 +220,7 @@ export async function continuousPhase(
           ? zip(target, sourceBatches(ctx, SOURCE_STREAM_BASE + state!.refresh, iteration - state!.since)).pipe(map(([t, s]) => ({ t, s })))
           : target.pipe(map((t) => ({ t, s: null })));
       segmentDue = new Subject<void>();
-      const selfTrain = anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight);
+      const selfTrain = anchoredSelfTrainingStep(params, opt, () => c.lr * ctx.lrScale, ctx, c.sourceWeight, 1, dp);
       last = await train(ctx, {
         phase: 'continuous',
         schedule: { iterations: segmentEnd, maxIter: segmentEnd, lr: c.lr },
@@ -241,6 +248,7 @@ export async function continuousPhase(
     }
   } finally {
     watching.unsubscribe();
+    await dp?.close();
     opt.dispose();
     teacher?.dispose();
   }

@@ -121,7 +121,9 @@ export async function startDataParallel(
     return null;
   }
   if (!module) {
-    ctx.events.log(`${phase}: one thread (this step has no data-parallel program; train.threads applies to the warm-up, spcl and ssl)`);
+    ctx.events.log(
+      `${phase}: one thread (this step has no data-parallel program; train.threads applies to the warm-up, spcl, ssl and continuous)`,
+    );
     return null;
   }
   const threads = Math.min(wanted, rows);
