@@ -31,7 +31,7 @@ import sharp from 'sharp';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { augmentSample, augmentOutputSize, resizeNearest, type AugmentInfo, type AugmentSpec } from './augment.ts';
 import { ignoreUnknownLabelIds, unknownLabelIds, type FaultReason, type FaultReport, type UnknownLabelPolicy } from './faults.ts';
-import { decodePng } from './png.ts';
+import { decodePng, decodeRgb8Png } from './png.ts';
 import type { PseudoLabelRecord } from './pseudo-labels.ts';
 import { Rng } from './rng.ts';
 import { openShardReadOnly, type ShardRecord } from './shards.ts';
@@ -275,11 +275,18 @@ async function readSample(task: ReadTask, opened: Record<string, string>): Promi
     throw new Fault('corrupt_record', path, key, 'stored value is not a record (expected width, height, image bytes, label)');
   const cut = pngTruncation(record.image);
   if (cut) throw new Fault('corrupt_image', path, key, `image does not decode (${cut})`);
-  let decoded;
-  try {
-    decoded = await sharp(record.image).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
-  } catch (err) {
-    throw new Fault('corrupt_image', path, key, `image does not decode (${libvipsText(err)})`);
+  // 8-bit RGB(A) PNGs without colour management decode here (the same bytes, no trip through libvips'
+  // thread pool); anything else, and anything broken, goes to sharp, which also words the error
+  let decoded: { data: Uint8Array; info: { width: number; height: number; channels: number } };
+  const plain = decodeRgb8Png(record.image, PLAIN_PNG_MAX_PIXELS);
+  if (plain) {
+    decoded = { data: plain.data, info: { width: plain.width, height: plain.height, channels: 3 } };
+  } else {
+    try {
+      decoded = await sharp(record.image).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    } catch (err) {
+      throw new Fault('corrupt_image', path, key, `image does not decode (${libvipsText(err)})`);
+    }
   }
   const { width, height, channels } = decoded.info;
   if (width !== record.width || height !== record.height || channels !== 3) {
@@ -366,6 +373,9 @@ async function readSample(task: ReadTask, opened: Record<string, string>): Promi
   if (result.spare) buffers.push(result.spare.buffer);
   return { result, buffers };
 }
+
+/** Largest image decoded without sharp: past 512x256 libvips' own decoder is the faster (src/data/png.ts). */
+const PLAIN_PNG_MAX_PIXELS = 512 * 256;
 
 /** The read running now, or the last one: this worker's reads run one after another. */
 let previous: Promise<unknown> = Promise.resolve();
