@@ -8,16 +8,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PRESETS, SYNTHETIC_QUICK_DATA, mergeConfig, quick, type SpclConfig } from '../../src/recipe/config.ts';
 import { runRecipe } from '../../src/recipe/run.ts';
 import { prepareSynthetic } from '../../src/synthetic/benchmark.ts';
 import { continuous } from '../../src/methods/continuous.ts';
-import { disposeCheckpoint, loadCheckpoint } from '../../src/io/weights.ts';
 import type { StepReport } from '../../src/stages/train-step.ts';
-import { deeplabV2 } from '../../src/ops/model/deeplab.ts';
+import { initialWeights, latestWeights, summarize, updateDiffs } from './compare.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const STEPS = 10;
@@ -65,28 +64,7 @@ async function continuousRun(
       },
     },
   });
-  const latest = JSON.parse(await readFile(join(dir, 'checkpoints', 'latest.json'), 'utf8')) as { file: string };
-  const state = await loadCheckpoint(join(dir, 'checkpoints', latest.file));
-  const weights = new Map([...state.model].map(([k, t]) => [k, t.dataSync() as Float32Array]));
-  disposeCheckpoint(state);
-  return { losses, logs, weights };
-}
-
-/** Per tensor: how far apart two runs' values are, relative to how far training moved it from the start. */
-function updateDiffs(a: Map<string, Float32Array>, b: Map<string, Float32Array>, start: Map<string, Float32Array>): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const [name, x] of a) {
-    const [y, x0] = [b.get(name)!, start.get(name)];
-    if (!x0) continue; // BN running statistics: no init in the parameter store
-    let diff = 0;
-    let moved = 0;
-    for (let i = 0; i < x.length; i++) {
-      diff += (x[i]! - y[i]!) ** 2;
-      moved += (x[i]! - x0[i]!) ** 2;
-    }
-    if (moved > 0) out.set(name, Math.sqrt(diff / moved));
-  }
-  return out;
+  return { losses, logs, weights: await latestWeights(dir) };
 }
 
 test(`continuous adaptation at train.threads 2 equals one thread over ${STEPS} steps with a refresh (losses, weights); a stop at step 7 and --resume end bit-identical`, async (t) => {
@@ -116,12 +94,8 @@ test(`continuous adaptation at train.threads 2 equals one thread over ${STEPS} s
       assert.ok(before < 2e-3, `${term} agrees before the refresh: ${before}`);
       assert.ok(afterRefresh < (term === 'source' ? 1e-2 : 5e-2), `${term} agrees after the refresh: ${afterRefresh}`);
     }
-    const init = deeplabV2({ backbone: 'small', numClasses: 19, seed: 0 });
-    const start = new Map([...init.store.params].map(([k, p]) => [k, p.variable.dataSync() as Float32Array]));
-    init.dispose();
-    const diffs = updateDiffs(one.weights, two.weights, start);
-    const rms = Math.sqrt([...diffs.values()].reduce((acc, v) => acc + v * v, 0) / diffs.size);
-    const worst = [...diffs].reduce((w, e) => (e[1] > w[1] ? e : w), ['', 0] as [string, number]);
+    const diffs = updateDiffs(one.weights, two.weights, initialWeights());
+    const { worst, rms } = summarize(diffs);
     t.diagnostic(`weights (difference / training update): rms ${rms.toExponential(2)}, worst ${worst[0]} ${worst[1].toExponential(2)}`);
     assert.ok(diffs.size >= 60, `${diffs.size} tensors moved`);
     assert.ok(rms < 0.1 && worst[1] < 0.4, `weights agree: rms ${rms}, ${worst[0]} ${worst[1]}`);

@@ -7,16 +7,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PRESETS, SYNTHETIC_QUICK_DATA, mergeConfig, quick, type SpclConfig } from '../../src/recipe/config.ts';
 import { runRecipe } from '../../src/recipe/run.ts';
 import { prepareSynthetic } from '../../src/synthetic/benchmark.ts';
 import { warmup } from '../../src/methods/warmup.ts';
-import { disposeCheckpoint, loadCheckpoint } from '../../src/io/weights.ts';
 import type { StepReport } from '../../src/stages/train-step.ts';
-import { deeplabV2 } from '../../src/ops/model/deeplab.ts';
+import { initialWeights, latestWeights, summarize, updateDiffs } from './compare.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const STEPS = 20;
@@ -64,30 +63,9 @@ async function warmupRun(
       },
     },
   });
-  const latest = JSON.parse(await readFile(join(dir, 'checkpoints', 'latest.json'), 'utf8')) as { file: string };
-  const state = await loadCheckpoint(join(dir, 'checkpoints', latest.file));
-  const weights = new Map([...state.model].map(([k, t]) => [k, t.dataSync() as Float32Array]));
-  disposeCheckpoint(state);
-  return { losses, logs, weights };
+  return { losses, logs, weights: await latestWeights(dir) };
 }
 
-/** Per tensor: how far apart two runs' values are, relative to how far training moved it from the start. */
-function updateDiffs(a: Map<string, Float32Array>, b: Map<string, Float32Array>, start: Map<string, Float32Array>): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const [name, x] of a) {
-    const [y, x0] = [b.get(name)!, start.get(name)!];
-    let diff = 0;
-    let moved = 0;
-    for (let i = 0; i < x.length; i++) {
-      diff += (x[i]! - y[i]!) ** 2;
-      moved += (x[i]! - x0[i]!) ** 2;
-    }
-    if (moved > 0) out.set(name, Math.sqrt(diff / moved));
-  }
-  return out;
-}
-
-const worst = (m: Map<string, number>) => [...m].reduce((w, e) => (e[1] > w[1] ? e : w), ['', 0] as [string, number]);
 const lossDiff = (a: number[], b: number[]) => Math.max(...a.map((l, i) => Math.abs(l - b[i]!) / Math.abs(l)));
 
 test(`warm-up at train.threads 2 equals the one-thread warm-up over ${STEPS} steps to float tolerance (losses, weights, BN buffers); a stop at step 10 and --resume end bit-identical`, async (t) => {
@@ -104,12 +82,8 @@ test(`warm-up at train.threads 2 equals the one-thread warm-up over ${STEPS} ste
     assert.equal(two.losses.length, STEPS);
     // it trains (the comparison is of training, not of a net standing still)
     assert.ok(one.losses[STEPS - 1]! < one.losses[0]! - 0.5, `loss ${one.losses[0]} -> ${one.losses[STEPS - 1]}`);
-    const init = deeplabV2({ backbone: 'small', numClasses: 19, seed: 0 });
-    const start = new Map([...init.store.params].map(([k, p]) => [k, p.variable.dataSync() as Float32Array]));
-    init.dispose();
-    const threads = updateDiffs(one.weights, two.weights, start);
-    const wt = worst(threads);
-    const overall = Math.sqrt([...threads.values()].reduce((acc, v) => acc + v * v, 0) / threads.size);
+    const threads = updateDiffs(one.weights, two.weights, initialWeights());
+    const { worst: wt, rms: overall } = summarize(threads);
     const lt = lossDiff(one.losses, two.losses);
     t.diagnostic(
       `losses: max relative difference ${lt.toExponential(2)}; weights (difference / training update): rms over tensors ${overall.toExponential(2)}, worst ${wt[0]} ${wt[1].toExponential(2)}`,
