@@ -21,7 +21,8 @@ export interface PngImage {
 
 const COLOUR_TYPE: Record<number, number> = { 1: 0, 2: 4, 3: 2, 4: 6 };
 
-function chunk(type: string, body: Uint8Array): Buffer {
+/** One PNG chunk: length, type, body, CRC of type + body. */
+export function pngChunk(type: string, body: Uint8Array): Buffer {
   const out = Buffer.alloc(12 + body.length);
   out.writeUInt32BE(body.length, 0);
   out.write(type, 4, 'latin1');
@@ -54,10 +55,45 @@ export function encodePng(img: PngImage): Buffer {
   ihdr.writeUInt32BE(height, 4);
   ihdr[8] = bitDepth;
   ihdr[9] = palette ? 3 : COLOUR_TYPE[channels]!;
-  const parts = [Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr)];
-  if (palette) parts.push(chunk('PLTE', palette));
-  parts.push(chunk('IDAT', deflateSync(raw, { level: 6 })), chunk('IEND', new Uint8Array(0)));
+  const parts = [Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), pngChunk('IHDR', ihdr)];
+  if (palette) parts.push(pngChunk('PLTE', palette));
+  parts.push(pngChunk('IDAT', deflateSync(raw, { level: 6 })), pngChunk('IEND', new Uint8Array(0)));
   return Buffer.concat(parts);
+}
+
+const SIGNATURE = [0x89504e47, 0x0d0a1a0a];
+
+function hasSignature(buf: Buffer): boolean {
+  return buf.length >= 8 && buf.readUInt32BE(0) === SIGNATURE[0] && buf.readUInt32BE(4) === SIGNATURE[1];
+}
+
+/** A chunk as `chunks` walks it; `body` null: its length runs past the end of the file (the walk ends). */
+interface Chunk {
+  type: string;
+  body: Buffer | null;
+  /** Whether the stored CRC matches type + body (computed on demand). */
+  crcOk(): boolean;
+}
+
+/** The chunks after the signature, up to and including IEND. */
+function* chunks(buf: Buffer): Generator<Chunk> {
+  let pos = 8;
+  while (pos + 8 <= buf.length) {
+    const at = pos;
+    const len = buf.readUInt32BE(at);
+    const type = buf.toString('latin1', at + 4, at + 8);
+    if (at + 12 + len > buf.length) {
+      yield { type, body: null, crcOk: () => false };
+      return;
+    }
+    yield {
+      type,
+      body: buf.subarray(at + 8, at + 8 + len),
+      crcOk: () => crc32(buf.subarray(at + 4, at + 8 + len)) === buf.readUInt32BE(at + 8 + len),
+    };
+    if (type === 'IEND') return;
+    pos += 12 + len;
+  }
 }
 
 /** A decoded PNG: the samples as stored (palette images: the indices, not the colours). */
@@ -75,8 +111,7 @@ export function decodePng(bytes: Uint8Array, source: string): DecodedPng {
   const fail = (what: string): never => {
     throw new Error(`${source}: not a readable PNG: ${what}`);
   };
-  if (buf.length < 8 || buf.readUInt32BE(0) !== 0x89504e47 || buf.readUInt32BE(4) !== 0x0d0a1a0a) fail('bad signature');
-  let pos = 8;
+  if (!hasSignature(buf)) fail('bad signature');
   let width = 0;
   let height = 0;
   let bitDepth = 0;
@@ -84,11 +119,8 @@ export function decodePng(bytes: Uint8Array, source: string): DecodedPng {
   let palette: Uint8Array | undefined;
   const idat: Buffer[] = [];
   let ended = false;
-  while (pos + 8 <= buf.length) {
-    const len = buf.readUInt32BE(pos);
-    const type = buf.toString('latin1', pos + 4, pos + 8);
-    if (pos + 12 + len > buf.length) fail(`chunk ${type} runs past the end of the file (truncated?)`);
-    const body = buf.subarray(pos + 8, pos + 8 + len);
+  for (const { type, body } of chunks(buf)) {
+    if (!body) return fail(`chunk ${type} runs past the end of the file (truncated?)`);
     if (type === 'IHDR') {
       width = body.readUInt32BE(0);
       height = body.readUInt32BE(4);
@@ -101,9 +133,7 @@ export function decodePng(bytes: Uint8Array, source: string): DecodedPng {
       idat.push(body);
     } else if (type === 'IEND') {
       ended = true;
-      break;
     }
-    pos += 12 + len;
   }
   if (colourType < 0) fail('no IHDR chunk');
   if (!ended) fail('no IEND chunk (truncated?)');
@@ -197,34 +227,27 @@ const PLAIN_CHUNKS = new Set(['IHDR', 'IDAT', 'IEND', 'sRGB', 'pHYs', 'tEXt', 'z
  */
 export function decodeRgb8Png(bytes: Uint8Array, maxPixels = Infinity): { width: number; height: number; data: Uint8Array } | null {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (buf.length < 8 || buf.readUInt32BE(0) !== 0x89504e47 || buf.readUInt32BE(4) !== 0x0d0a1a0a) return null;
-  let pos = 8;
+  if (!hasSignature(buf)) return null;
   let width = 0;
   let height = 0;
   let channels = 0;
   const idat: Buffer[] = [];
   let ended = false;
-  while (pos + 12 <= buf.length) {
-    const len = buf.readUInt32BE(pos);
-    if (pos + 12 + len > buf.length) return null;
-    const type = buf.toString('latin1', pos + 4, pos + 8);
-    if (!PLAIN_CHUNKS.has(type)) return null;
-    if (crc32(buf.subarray(pos + 4, pos + 8 + len)) !== buf.readUInt32BE(pos + 8 + len)) return null;
-    const body = buf.subarray(pos + 8, pos + 8 + len);
-    if (type === 'IHDR') {
-      if (len !== 13 || body[8] !== 8 || body[10] !== 0 || body[11] !== 0 || body[12] !== 0) return null;
+  for (const c of chunks(buf)) {
+    const body = c.body;
+    if (!body || !PLAIN_CHUNKS.has(c.type) || !c.crcOk()) return null;
+    if (c.type === 'IHDR') {
+      if (body.length !== 13 || body[8] !== 8 || body[10] !== 0 || body[11] !== 0 || body[12] !== 0) return null;
       channels = body[9] === 2 ? 3 : body[9] === 6 ? 4 : 0;
       if (!channels) return null;
       width = body.readUInt32BE(0);
       height = body.readUInt32BE(4);
       if (width * height > maxPixels) return null;
-    } else if (type === 'IDAT') {
+    } else if (c.type === 'IDAT') {
       idat.push(body);
-    } else if (type === 'IEND') {
+    } else if (c.type === 'IEND') {
       ended = true;
-      break;
     }
-    pos += 12 + len;
   }
   if (!ended || !channels || !(width > 0 && height > 0)) return null;
   const stride = width * channels;

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { crc32, deflateSync, inflateSync } from 'node:zlib';
+import { deflateSync, inflateSync } from 'node:zlib';
 import sharp from 'sharp';
-import { decodePng, decodeRgb8Png, encodePng } from '../../src/data/png.ts';
+import { decodePng, decodeRgb8Png, encodePng, pngChunk } from '../../src/data/png.ts';
 
 /**
  * A w x h image with a gradient, a diagonal ramp (where Paeth predicts from the upper-left neighbour) and
@@ -19,15 +19,6 @@ function pixels(w: number, h: number, channels: number, seed: number): Uint8Arra
         out[(y * w + x) * channels + c] =
           x < w / 3 ? (x * 7 + y * 3 + c * 40) & 0xff : x < (2 * w) / 3 ? ((x - y) * 5 + c * 30) & 0xff : s >>> 24;
       }
-  return out;
-}
-
-function chunk(type: string, body: Uint8Array): Buffer {
-  const out = Buffer.alloc(12 + body.length);
-  out.writeUInt32BE(body.length, 0);
-  out.write(type, 4, 'latin1');
-  out.set(body, 8);
-  out.writeUInt32BE(crc32(out.subarray(4, 8 + body.length)), 8 + body.length);
   return out;
 }
 
@@ -54,7 +45,7 @@ function pngWithFilters(data: Uint8Array, w: number, h: number, channels: 3 | 4,
   ihdr[8] = 8;
   ihdr[9] = channels === 3 ? 2 : 6;
   const sig = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
-  return Buffer.concat([sig, chunk('IHDR', ihdr), ...extra, chunk('IDAT', deflateSync(raw)), chunk('IEND', new Uint8Array(0))]);
+  return Buffer.concat([sig, pngChunk('IHDR', ihdr), ...extra, pngChunk('IDAT', deflateSync(raw)), pngChunk('IEND', new Uint8Array(0))]);
 }
 
 const viaSharp = async (png: Uint8Array) => new Uint8Array(await sharp(png).removeAlpha().toColourspace('srgb').raw().toBuffer());
@@ -105,15 +96,15 @@ test('decodeRgb8Png: null (sharp decides) for other kinds, colour management, in
     interlaced: await sharp(rgb, { raw: { width: 8, height: 6, channels: 3 } })
       .png({ progressive: true })
       .toBuffer(),
-    gAMA: pngWithFilters(rgb, 8, 6, 3, [1], [chunk('gAMA', Uint8Array.of(0, 0, 0xb1, 0x8f))]),
-    iCCP: pngWithFilters(rgb, 8, 6, 3, [1], [chunk('iCCP', Buffer.from('x\0\0'))]),
+    gAMA: pngWithFilters(rgb, 8, 6, 3, [1], [pngChunk('gAMA', Uint8Array.of(0, 0, 0xb1, 0x8f))]),
+    iCCP: pngWithFilters(rgb, 8, 6, 3, [1], [pngChunk('iCCP', Buffer.from('x\0\0'))]),
     'bad CRC': Buffer.from(good).fill(0, good.length - 30, good.length - 28),
     truncated: good.subarray(0, good.length - 20),
     'not a PNG': Buffer.from('GIF89a0000000000000000'),
   };
   for (const [what, png] of Object.entries(cases)) assert.equal(decodeRgb8Png(png), null, what);
   // an sRGB chunk and text do not change the pixels
-  const tagged = pngWithFilters(rgb, 8, 6, 3, [2], [chunk('sRGB', Uint8Array.of(0)), chunk('tEXt', Buffer.from('k\0v'))]);
+  const tagged = pngWithFilters(rgb, 8, 6, 3, [2], [pngChunk('sRGB', Uint8Array.of(0)), pngChunk('tEXt', Buffer.from('k\0v'))]);
   assert.deepEqual(decodeRgb8Png(tagged)!.data, rgb);
   // decodePng (labels) shares the unfiltering: 16-bit RGB round trip
   const d16 = Uint16Array.from({ length: 8 * 6 * 3 }, (_, i) => i * 997);
