@@ -22,8 +22,6 @@
  * `methods.mean-teacher.*` (defaults below: DACS's SGD, alpha 0.99, threshold 0.968).
  */
 import * as tf from '@tensorflow/tfjs';
-import { contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
-import { downsampleLabels, refineSourceMask } from '../ops/masks.ts';
 import {
   chooseMixClasses,
   classMixMask,
@@ -40,12 +38,24 @@ import { IMAGENET_MEAN, IMAGENET_STD } from '../data/augment.ts';
 import { Rng } from '../data/rng.ts';
 import { drawStrongAugment, strongAugment } from '../ops/strong-augment.ts';
 import { batchTensors } from '../stages/collate.ts';
-import { applyIfFinite } from '../stages/train-step.ts';
+import { applyIfFinite, parallelApplyIfFinite } from '../stages/train-step.ts';
+import type { HostTensors } from '../parallel/program.ts';
+import { MEAN_TEACHER_SHARD, meanTeacherLoss, type MeanTeacherShardArgs, type StudentBatch } from './mean-teacher-shard.ts';
 import { POSITIVE, POSITIVE_INT } from '../recipe/config-merge.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { Teacher } from '../recipe/teacher.ts';
-import { releaseBatches, restoreOptimizer, sgd, sourceTargetPairs, train, type PhaseResult, type ResumePoint } from '../recipe/trainer.ts';
+import {
+  hostBatch,
+  releaseBatches,
+  restoreOptimizer,
+  sgd,
+  sourceTargetPairs,
+  startDataParallel,
+  train,
+  type PhaseResult,
+  type ResumePoint,
+} from '../recipe/trainer.ts';
 
 /** The method's settings (`methods.mean-teacher.*`). */
 export interface MeanTeacherConfig {
@@ -105,6 +115,19 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
   const opt = sgd(ctx, params);
   restoreOptimizer(opt, resume.optimizer);
   const schedule = { iterations: c.iterations, maxIter: c.maxIter, lr: c.lr };
+  const shardArgs: MeanTeacherShardArgs = {
+    bn: model.batchNorm,
+    trackSource: cfg.model.bnStats === 'all',
+    // BN's running statistics follow the target alone under model.bnStats 'target' (the synthetic
+    // preset's): a mixed image carries source pixels, so the plain target batch passes forward for the
+    // statistics, without gradient, and the mixed forward leaves them alone (as warm-up does)
+    targetStats: cfg.model.bnStats === 'target' && model.batchNorm === 'trainable' && c.classMix,
+    contrastWeight: c.contrastWeight,
+    temperature: cfg.spcl.temperature,
+    alpha: cfg.prototypes.alpha,
+    absent: cfg.prototypes.absent,
+  };
+  const dp = await startDataParallel(ctx, 'mean-teacher', MEAN_TEACHER_SHARD, Math.min(cfg.batch.source, cfg.batch.target));
   try {
     return await train(ctx, {
       phase: 'mean-teacher',
@@ -115,101 +138,137 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
       state: () => ({ optimizer: opt.getState(), extra: teacher.state() }),
       step: ({ s: sb, t: tb }, it) => {
         const lr = polyLR(c.lr, it, c.maxIter) * ctx.lrScale;
-        let mixedShare = 0;
         let weight = 0;
-        const out = tf.tidy(() => {
-          const xs = batchTensors(sb);
-          const xt = batchTensors(tb).images;
-          const size: [number, number] = [tb.height, tb.width];
-          // 1. the teacher's labels and confidence weight on the target batch
-          const probs = tf.softmax(
-            tf.image.resizeBilinear(teacher.model.forward(xt, { training: false }).logits, size, true),
-          ) as tf.Tensor4D;
-          // 'image' (DACS, DAFormer): every pixel labelled, the image weighted by its confident share;
-          // 'pixel': only the confident pixels labelled, weight 1 (the share is still reported)
-          const share = confidenceWeight(probs, c.threshold);
-          weight = share.mean().dataSync()[0]!;
-          // 'class': SPCL's per-class thresholds of the pass before (the upper median of each class, capped)
-          const pseudo =
-            c.confidence === 'pixel'
-              ? confidentLabels(probs, c.threshold)
-              : c.confidence === 'class'
-                ? pseudoLabels(probs, ctx.thresholds!)
-                : (tf.argMax(probs, 3).toInt() as tf.Tensor3D);
-          const w = c.confidence === 'image' ? share : (tf.onesLike(share) as tf.Tensor1D);
-          // 2. ClassMix, the source at the target size
-          let input = xt;
-          let labels = pseudo;
-          let pixelWeights = mixedPixelWeights(tf.zeros([tb.n, ...size]) as tf.Tensor3D, w);
-          if (c.classMix) {
-            const srcImages = tf.image.resizeBilinear(xs.images, size, true);
-            // labels through float (255 and every class id are exact), nearest neighbour as the label resize
-            const srcLabels = tf.image
-              .resizeNearestNeighbor(xs.labels!.toFloat().expandDims(3) as tf.Tensor4D, size)
-              .squeeze([3])
-              .toInt() as tf.Tensor3D;
-            const chosen = chooseMixClasses(
-              presentClasses(srcLabels.dataSync() as Int32Array, tb.n, size[0] * size[1]),
-              Rng.derive(cfg.seed, MIX_STREAM, it),
+        let mixedShare = 0;
+        // steps 1-2b on this thread, the whole batch; 3, the student: source CE + weighted CE on the mixed
+        // batch (+ the contrastive term), here or over the replicas
+        const student = (xs: { images: tf.Tensor4D; labels: tf.Tensor3D | null }, xt: tf.Tensor4D): StudentBatch => {
+          const taught = teach(ctx, c, teacher, xs, xt, it);
+          ({ weight, mixedShare } = taught);
+          return {
+            source: { images: xs.images, labels: xs.labels! },
+            mixed: { images: taught.images, labels: taught.labels, pixelWeights: taught.pixelWeights },
+            target: shardArgs.targetStats ? xt : null,
+          };
+        };
+        let g: { losses: Record<string, number>; finite: boolean };
+        if (dp) {
+          const batch = tf.tidy(() => {
+            const b = student(batchTensors(sb), batchTensors(tb).images);
+            const host = (t: tf.Tensor) => ({ data: t.dataSync() as Float32Array | Int32Array, shape: t.shape });
+            return {
+              ...hostBatch(sb),
+              mixed: host(b.mixed.images),
+              mixedLabels: host(b.mixed.labels),
+              pixelWeights: host(b.mixed.pixelWeights),
+              ...(b.target ? { target: host(b.target) } : {}),
+            };
+          });
+          const P = c.contrastWeight > 0 ? ctx.prototypes.tensor : null;
+          const whole: HostTensors = P ? { prototypes: { data: P.dataSync() as Float32Array, shape: P.shape } } : {};
+          const r = parallelApplyIfFinite(dp, batch, { ...shardArgs }, params, opt, lr, whole);
+          const next = r.outputs.get('prototypes') as tf.Tensor2D | undefined;
+          if (next) ctx.prototypes.advance(next);
+          tf.dispose([...r.outputs.values()]);
+          g = { losses: r.losses, finite: r.finite };
+        } else {
+          g = tf.tidy(() => {
+            const b = student(batchTensors(sb), batchTensors(tb).images);
+            return applyIfFinite(
+              () =>
+                meanTeacherLoss(model, b, shardArgs, (fs, ms) => {
+                  ctx.prototypes.update(fs, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent }); // Eq. 3
+                  return ctx.prototypes.tensor;
+                }),
+              params,
+              opt,
+              lr,
             );
-            const mask = classMixMask(srcLabels, chosen);
-            mixedShare = mask.mean().dataSync()[0]!;
-            input = mixImages(mask, srcImages, xt);
-            labels = mixLabels(mask, srcLabels, pseudo);
-            pixelWeights = mixedPixelWeights(mask, w);
-          }
-          // 2b. the strong augmentation of the student's input (colour jitter, blur): the teacher labelled the plain target
-          if (c.strongAugment)
-            input = strongAugment(input, drawStrongAugment(tb.n, Rng.derive(cfg.seed, AUGMENT_STREAM, it)), NORMALISATION);
-          // BN's running statistics follow the target alone under model.bnStats 'target' (the synthetic
-          // preset's): a mixed image carries source pixels, so the plain target batch passes forward for
-          // the statistics, without gradient, and the mixed forward leaves them alone (as warm-up does)
-          const targetStats = cfg.model.bnStats === 'target' && model.batchNorm === 'trainable' && c.classMix;
-          if (targetStats) tf.tidy(() => void model.forward(xt, { training: true, trackStats: true }));
-          // 3. the student: source CE + weighted CE on the mixed batch (+ the contrastive term)
-          const g = applyIfFinite(
-            () => {
-              const src = model.forward(xs.images, { training: true, trackStats: cfg.model.bnStats === 'all' });
-              const seg = segCrossEntropy(tf.image.resizeBilinear(src.logits, [sb.labelHeight, sb.labelWidth], true), xs.labels!);
-              const mix = model.forward(input, { training: true, trackStats: !targetStats });
-              const mixed = segCrossEntropy(tf.image.resizeBilinear(mix.logits, size, true), labels, { pixelWeights });
-              const terms: Record<string, tf.Scalar> = { seg, mixed };
-              let total = tf.add(seg, mixed) as tf.Scalar;
-              if (c.contrastWeight > 0) {
-                const ms = refineSourceMask(
-                  downsampleLabels(xs.labels!, [src.features.shape[1], src.features.shape[2]]),
-                  detach(src.logits),
-                );
-                ctx.prototypes.update(src.features, ms, { alpha: cfg.prototypes.alpha, absent: cfg.prototypes.absent }); // Eq. 3
-                const mt = downsampleLabels(labels, [mix.features.shape[1], mix.features.shape[2]]);
-                const P = ctx.prototypes.tensor;
-                terms.cl_source = contrastiveLoss(src.features, ms, P, { temperature: cfg.spcl.temperature }); // Eq. 4
-                terms.cl_target = contrastiveLoss(mix.features, mt, P, { temperature: cfg.spcl.temperature }); // Eq. 6
-                total = tf.add(total, tf.mul(tf.add(terms.cl_source, terms.cl_target), c.contrastWeight)) as tf.Scalar;
-              }
-              return { total, terms };
-            },
-            params,
-            opt,
-            lr,
-          );
-          return g;
-        });
+          });
+        }
         // 4. the teacher follows the student (after its update; a skipped step leaves both as they were)
-        if (out.finite) teacher.update(c.alpha);
+        if (g.finite) teacher.update(c.alpha);
         return {
-          losses: out.losses,
+          losses: g.losses,
           stats: { teacher_weight: weight, mixed_share: mixedShare },
           lr,
-          skipped: !out.finite,
+          skipped: !g.finite,
           samples: { source: sb.n, target: tb.n },
         };
       },
     });
   } finally {
+    await dp?.close();
     opt.dispose();
     teacher.dispose();
   }
+}
+
+/** The student's target-side batch of one step: what the teacher labelled, mixed and augmented (tensors of the caller's tidy). */
+interface Taught {
+  images: tf.Tensor4D;
+  labels: tf.Tensor3D;
+  pixelWeights: tf.Tensor3D;
+  /** The batch's mean confidence weight. */
+  weight: number;
+  /** The share of pixels pasted from the source (0 without ClassMix). */
+  mixedShare: number;
+}
+
+/**
+ * Steps 1, 2 and 2b on the whole batch (the main thread's: one teacher): the teacher's labels and
+ * confidence weight on the target batch `xt`, ClassMix with the source batch `xs` (resized to the target
+ * size), the strong augmentation. Call inside tf.tidy.
+ */
+function teach(
+  ctx: RunContext,
+  c: MeanTeacherConfig,
+  teacher: Teacher,
+  xs: { images: tf.Tensor4D; labels: tf.Tensor3D | null },
+  xt: tf.Tensor4D,
+  it: number,
+): Taught {
+  const n = xt.shape[0];
+  const size: [number, number] = [xt.shape[1], xt.shape[2]];
+  // 1. the teacher's labels and confidence weight on the target batch
+  const probs = tf.softmax(tf.image.resizeBilinear(teacher.model.forward(xt, { training: false }).logits, size, true)) as tf.Tensor4D;
+  // 'image' (DACS, DAFormer): every pixel labelled, the image weighted by its confident share;
+  // 'pixel': only the confident pixels labelled, weight 1 (the share is still reported)
+  const share = confidenceWeight(probs, c.threshold);
+  const weight = share.mean().dataSync()[0]!;
+  // 'class': SPCL's per-class thresholds of the pass before (the upper median of each class, capped)
+  const pseudo =
+    c.confidence === 'pixel'
+      ? confidentLabels(probs, c.threshold)
+      : c.confidence === 'class'
+        ? pseudoLabels(probs, ctx.thresholds!)
+        : (tf.argMax(probs, 3).toInt() as tf.Tensor3D);
+  const w = c.confidence === 'image' ? share : (tf.onesLike(share) as tf.Tensor1D);
+  // 2. ClassMix, the source at the target size
+  let images = xt;
+  let labels = pseudo;
+  let pixelWeights = mixedPixelWeights(tf.zeros([n, ...size]) as tf.Tensor3D, w);
+  let mixedShare = 0;
+  if (c.classMix) {
+    const srcImages = tf.image.resizeBilinear(xs.images, size, true);
+    // labels through float (255 and every class id are exact), nearest neighbour as the label resize
+    const srcLabels = tf.image
+      .resizeNearestNeighbor(xs.labels!.toFloat().expandDims(3) as tf.Tensor4D, size)
+      .squeeze([3])
+      .toInt() as tf.Tensor3D;
+    const chosen = chooseMixClasses(
+      presentClasses(srcLabels.dataSync() as Int32Array, n, size[0] * size[1]),
+      Rng.derive(ctx.cfg.seed, MIX_STREAM, it),
+    );
+    const mask = classMixMask(srcLabels, chosen);
+    mixedShare = mask.mean().dataSync()[0]!;
+    images = mixImages(mask, srcImages, xt);
+    labels = mixLabels(mask, srcLabels, pseudo);
+    pixelWeights = mixedPixelWeights(mask, w);
+  }
+  // 2b. the strong augmentation of the student's input (colour jitter, blur): the teacher labelled the plain target
+  if (c.strongAugment) images = strongAugment(images, drawStrongAugment(n, Rng.derive(ctx.cfg.seed, AUGMENT_STREAM, it)), NORMALISATION);
+  return { images, labels, pixelWeights, weight, mixedShare };
 }
 
 export const meanTeacher: Method = {

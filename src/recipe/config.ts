@@ -66,8 +66,7 @@ export interface SpclConfig {
      * Data-parallel replicas of the training step on the wasm/cpu backends (src/parallel): the main
      * thread and `threads - 1` worker threads split each batch, batch norm uses the whole batch's
      * statistics, the gradients are summed. 0 = one per core (at most the phase's batch size), 1 = one
-     * thread. The tensorflow backend always uses 1. Steps without a data-parallel program (the mean
-     * teacher) run on one thread.
+     * thread. The tensorflow backend always uses 1.
      */
     threads: number;
   };

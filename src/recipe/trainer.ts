@@ -103,13 +103,13 @@ export const releaseBatches = ({ s, t }: { s: Batch | null; t: Batch | null }) =
  * Data-parallel replicas of the run's model for a phase whose step is the program in `module`
  * (src/parallel), on the wasm or cpu backend: `train.threads` of them (0 = one per core), at most the
  * phase's smallest batch (`rows`: every replica needs a row of each batch); null = the phase's one-thread
- * step (`module` null: the phase has no data-parallel step). `main`: the main thread's replica and what a
+ * step. `main`: the main thread's replica and what a
  * worker builds its own from (default: the run's model alone).
  */
 export async function startDataParallel(
   ctx: RunContext,
   phase: string,
-  module: string | null,
+  module: string,
   rows: number,
   main: { replica: Replica; description: unknown } = { replica: deeplabReplica(ctx.model), description: describeDeeplab(ctx.model) },
 ): Promise<DataParallel | null> {
@@ -118,12 +118,6 @@ export async function startDataParallel(
   if (wanted <= 1) return null;
   if (ctx.backend === 'tensorflow') {
     if (asked > 1) ctx.events.log(`${phase}: train.threads ${asked} ignored: the tensorflow backend runs its own threads`);
-    return null;
-  }
-  if (!module) {
-    ctx.events.log(
-      `${phase}: one thread (this step has no data-parallel program; train.threads applies to the warm-up, spcl, ssl and continuous)`,
-    );
     return null;
   }
   const threads = Math.min(wanted, rows);
