@@ -13,6 +13,9 @@
  *    the prototype EMA of Eq. 3 (SePiCo-style: a prototypes phase must run before);
  * 4. teacher <- alpha * teacher + (1 - alpha) * student over every parameter and BN statistic.
  *
+ * With `train.threads` > 1, step 3 runs over data-parallel replicas (mean-teacher-shard.ts, the same
+ * loss function); steps 1, 2 and 4 stay on this thread (one teacher, one set of draws).
+ *
  * BN's running statistics: under `model.bnStats: 'target'` (the synthetic preset) only target images move
  * them, as in every SPCL phase: the plain target batch passes forward for them (no gradient) and the
  * mixed batch, which carries source pixels, is normalised by its own batch statistics.
