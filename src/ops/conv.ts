@@ -207,8 +207,10 @@ export function convInputGrad(
     const left = (kw - 1) * dw - pl;
     const bottom = h + (kh - 1) * dh - top - ho * sh;
     const right = w + (kw - 1) * dw - left - wo * sw;
-    up = cropOrPad(up, top, bottom, left, right);
-    return tf.conv2d(up, flipTaps(filter), 1, 'valid', 'NHWC', [dh, dw]);
+    // crop where negative; the positive amounts are the conv's own padding (no Pad op, same sums)
+    up = cropOrPad(up, Math.min(top, 0), Math.min(bottom, 0), Math.min(left, 0), Math.min(right, 0));
+    const pad: Pad4 = [Math.max(top, 0), Math.max(bottom, 0), Math.max(left, 0), Math.max(right, 0)];
+    return tf.conv2d(up, flipTaps(filter), 1, explicitPadding(pad), 'NHWC', [dh, dw]);
   });
 }
 
@@ -300,14 +302,8 @@ function stridedInputGrad(
     Math.floor(phase / s) + s * (th - 1 - uh),
     (phase % s) + s * (tw - 1 - uw),
   ]);
-  // out_r[q] = sum_t dy[q - t] F_r[t]: a correlation of dy padded by T-1 with F_r flipped over t.
-  const dyPad = tf.pad(dy, [
-    [0, 0],
-    [th - 1, th - 1],
-    [tw - 1, tw - 1],
-    [0, 0],
-  ]);
-  const stacked = tf.conv2d(dyPad as tf.Tensor4D, sub, 1, 'valid'); // [n, Q, Qw, s*s*cin]
+  // out_r[q] = sum_t dy[q - t] F_r[t]: a correlation of dy padded by T-1 (the conv's own padding) with F_r flipped over t.
+  const stacked = tf.conv2d(dy, sub, 1, explicitPadding([th - 1, th - 1, tw - 1, tw - 1]), 'NHWC'); // [n, Q, Qw, s*s*cin]
   const [, q, qw] = stacked.shape;
   // depth-to-space as reshape + transpose: [n, Q, Qw, s, s, cin] -> [n, Q, s, Qw, s, cin] (tfjs-wasm's
   // DepthToSpace kernel ran ~18x slower than this on a D-sized map, 4x64x128x19)
@@ -346,16 +342,11 @@ export function convFilterGrad(
       const out = tf.matMul(xs.reshape([-1, cin]).transpose(), dy.reshape([-1, cout]));
       return out.reshape([1, 1, cin, cout]);
     }
-    // Transpose before padding: the padded map can be many times larger (ASPP).
-    const [pt, pb, pl, pr] = g.pad;
-    const xT = tf.pad(x.transpose([3, 1, 2, 0]), [
-      [0, 0],
-      [pt, pb],
-      [pl, pr],
-      [0, 0],
-    ]) as tf.Tensor4D; // [Cin, Hp, Wp, N]
+    // The padding is the conv's own (explicit), not a Pad op: tfjs-wasm's PadV2 on this layout (N, often
+    // 1-4, as the innermost axis) cost as much as the conv itself; the sums are the same, bit for bit.
+    const xT = x.transpose([3, 1, 2, 0]) as tf.Tensor4D; // [Cin, H, W, N]
     const dyT = dy.transpose([1, 2, 0, 3]) as tf.Tensor4D; // [Ho, Wo, N, Cout] used as HWIO filter
-    const r = tf.conv2d(xT, dyT, [dh, dw], 'valid', 'NHWC', [sh, sw]); // [Cin, >=KH, >=KW, Cout]
+    const r = tf.conv2d(xT, dyT, [dh, dw], explicitPadding(g.pad), 'NHWC', [sh, sw]); // [Cin, >=KH, >=KW, Cout]
     const exact = r.shape[1] === kh && r.shape[2] === kw ? r : r.slice([0, 0, 0, 0], [cin, kh, kw, cout]);
     return exact.transpose([1, 2, 0, 3]) as tf.Tensor4D;
   });

@@ -233,6 +233,27 @@ test('strided input gradient with device-side filter shuffles (the GPU path) equ
   }
 });
 
+test("conv gradients on wasm run no Pad kernel: the convolutions pad themselves (PadV2 on the filter gradient's layout cost as much as its conv)", async () => {
+  await useBackend('wasm');
+  for (const opts of [{ pad: 1 }, { stride: 2, pad: 1 }, { dilation: 2, pad: 2 }, { dilation: 6, pad: 6 }] as ConvOptions[]) {
+    const x = tf.tensor4d(seededValues(2 * 12 * 16 * 3, 1), [2, 12, 16, 3]);
+    const w = tf.tensor4d(seededValues(3 * 3 * 3 * 4, 2), [3, 3, 3, 4]);
+    const info = await tf.profile(() => {
+      const [gx, gw] = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
+        conv2d(a as tf.Tensor4D, b as tf.Tensor4D, opts)
+          .square()
+          .sum(),
+      )([x, w]);
+      gx!.dataSync();
+      gw!.dataSync();
+    });
+    const names = new Set(info.kernels.map((k) => k.name));
+    assert.ok(names.has('Conv2D'), `${JSON.stringify(opts)}: ${[...names]}`);
+    assert.ok(!names.has('PadV2'), `${JSON.stringify(opts)}: a Pad kernel ran: ${[...names]}`);
+    tf.dispose([x, w]);
+  }
+});
+
 test('conv2d rejects bad shapes and options with clear messages', async () => {
   await useBackend('cpu');
   const x = tf.zeros([1, 4, 4, 3]) as tf.Tensor4D;
