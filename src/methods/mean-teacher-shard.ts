@@ -5,16 +5,17 @@
  * mixed shard with its labels and pixel weights. With `targetStats` the plain target shard passes forward
  * first for BN's running statistics (no gradient). L_seg, the weighted mixed CE and, with
  * `contrastWeight` > 0, SPCL's L_cl^s and L_cl^t (prototype EMA of Eq. 3 from every replica's source
- * shard, as spcl-shard.ts) are each a mean over the whole batch's counted pixels.
+ * shard, spcl-shard.ts `shardPrototypeEma`) are each a mean over the whole batch's counted pixels.
  */
 import * as tf from '@tensorflow/tfjs';
 import { contrastiveLoss, detach, segCrossEntropy } from '../ops/losses.ts';
 import { downsampleLabels, labelledPixels, refineSourceMask } from '../ops/masks.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import type { BnMode } from '../ops/model/layers.ts';
-import { updatePrototypes, type AbsentClassPolicy } from '../ops/prototypes.ts';
+import type { AbsentClassPolicy } from '../ops/prototypes.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
 import { meanPart, type Program, type ShardContext } from '../parallel/program.ts';
+import { shardPrototypeEma } from './spcl-shard.ts';
 
 export interface MeanTeacherShardArgs {
   bn: BnMode;
@@ -85,12 +86,7 @@ export const program: Program<DeeplabReplica> = {
         target: (t.target as tf.Tensor4D | undefined) ?? null,
       },
       a,
-      (fs, ms) => {
-        // Eq. 3 with the whole batch's class sums; the main thread's replica hands them back
-        const P = updatePrototypes(t.prototypes as tf.Tensor2D, fs, ms, { alpha: a.alpha, absent: a.absent, sum: shard.sum });
-        shard.output('prototypes', P);
-        return P;
-      },
+      shardPrototypeEma(t.prototypes as tf.Tensor2D, a, shard),
       shard.batchMean,
     );
   },

@@ -41,8 +41,7 @@ import { IMAGENET_MEAN, IMAGENET_STD } from '../data/augment.ts';
 import { Rng } from '../data/rng.ts';
 import { drawStrongAugment, strongAugment } from '../ops/strong-augment.ts';
 import { batchTensors } from '../stages/collate.ts';
-import { applyIfFinite, parallelApplyIfFinite } from '../stages/train-step.ts';
-import type { HostTensors } from '../parallel/program.ts';
+import { applyIfFinite, parallelApplyIfFinite, parallelApplyWithPrototypes } from '../stages/train-step.ts';
 import { MEAN_TEACHER_SHARD, meanTeacherLoss, type MeanTeacherShardArgs, type StudentBatch } from './mean-teacher-shard.ts';
 import { POSITIVE, POSITIVE_INT } from '../recipe/config-merge.ts';
 import type { RunContext } from '../recipe/context.ts';
@@ -167,13 +166,10 @@ export async function meanTeacherPhase(ctx: RunContext, resume: ResumePoint = { 
               ...(b.target ? { target: host(b.target) } : {}),
             };
           });
-          const P = c.contrastWeight > 0 ? ctx.prototypes.tensor : null;
-          const whole: HostTensors = P ? { prototypes: { data: P.dataSync() as Float32Array, shape: P.shape } } : {};
-          const r = parallelApplyIfFinite(dp, batch, { ...shardArgs }, params, opt, lr, whole);
-          const next = r.outputs.get('prototypes') as tf.Tensor2D | undefined;
-          if (next) ctx.prototypes.advance(next);
-          tf.dispose([...r.outputs.values()]);
-          g = { losses: r.losses, finite: r.finite };
+          g =
+            c.contrastWeight > 0
+              ? parallelApplyWithPrototypes(ctx.prototypes, dp, batch, { ...shardArgs }, params, opt, lr)
+              : parallelApplyIfFinite(dp, batch, { ...shardArgs }, params, opt, lr);
         } else {
           g = tf.tidy(() => {
             const b = student(batchTensors(sb), batchTensors(tb).images);

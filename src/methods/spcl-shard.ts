@@ -57,6 +57,22 @@ export function spclLoss(
   return { total, terms: { seg, cl_source: clS, cl_target: clT } };
 }
 
+/**
+ * A shard program's prototype EMA (Eq. 3) from `prototypes` (given whole) with the whole batch's class
+ * sums; the main thread's replica hands the result back as output 'prototypes' (`parallelApplyWithPrototypes`).
+ */
+export function shardPrototypeEma(
+  prototypes: tf.Tensor2D,
+  a: { alpha: number; absent: AbsentClassPolicy },
+  shard: ShardContext,
+): (features: tf.Tensor4D, mask: tf.Tensor3D) => tf.Tensor2D {
+  return (fs, ms) => {
+    const P = updatePrototypes(prototypes, fs, ms, { alpha: a.alpha, absent: a.absent, sum: shard.sum });
+    shard.output('prototypes', P);
+    return P;
+  };
+}
+
 export const program: Program<DeeplabReplica> = {
   build: buildDeeplabReplica,
   prepare: (r, args) => followBatchNorm(r, (args as unknown as SpclShardArgs).bn),
@@ -67,12 +83,7 @@ export const program: Program<DeeplabReplica> = {
       { images: t.images as tf.Tensor4D, labels: t.labels as tf.Tensor3D },
       { images: t.targetImages as tf.Tensor4D, labels: t.targetLabels as tf.Tensor3D },
       a,
-      (fs, ms) => {
-        // Eq. 3 with the whole batch's class sums; the main thread's replica hands them back
-        const P = updatePrototypes(t.prototypes as tf.Tensor2D, fs, ms, { alpha: a.alpha, absent: a.absent, sum: shard.sum });
-        shard.output('prototypes', P);
-        return P;
-      },
+      shardPrototypeEma(t.prototypes as tf.Tensor2D, a, shard),
       shard.batchMean,
     );
   },

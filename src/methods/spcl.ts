@@ -8,7 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { polyLR, type SGD } from '../ops/optim.ts';
-import { applyIfFinite, parallelApplyIfFinite, type GradientSource, type StepOutcome } from '../stages/train-step.ts';
+import { applyIfFinite, parallelApplyWithPrototypes, type GradientSource, type StepOutcome } from '../stages/train-step.ts';
 import type { Param } from '../ops/model/params.ts';
 import { SPCL_SHARD, spclLoss, type SpclShardArgs } from './spcl-shard.ts';
 import { batchTensors, type Batch } from '../stages/collate.ts';
@@ -77,12 +77,7 @@ export function contrastiveStep(ctx: RunContext, params: Param[], opt: SGD, dp: 
     if (dp) {
       const t = hostBatch(tb);
       const batch = { ...hostBatch(sb), targetImages: t.images!, targetLabels: t.labels! };
-      const P = ctx.prototypes.tensor;
-      const whole = { prototypes: { data: P.dataSync() as Float32Array, shape: P.shape } };
-      const g = parallelApplyIfFinite(dp, batch, { ...shardArgs }, params, opt, lr, whole);
-      const next = g.outputs.get('prototypes') as tf.Tensor2D;
-      ctx.prototypes.advance(next);
-      tf.dispose([...g.outputs.values()]);
+      const g = parallelApplyWithPrototypes(ctx.prototypes, dp, batch, { ...shardArgs }, params, opt, lr);
       ctx.events.prototypes?.(ctx.prototypes);
       return { losses: g.losses, lr, skipped: !g.finite, samples: { source: sb.n, target: tb.n } };
     }

@@ -10,6 +10,7 @@ import type { Param } from '../ops/model/params.ts';
 import { gradients, type SGD, type Adam } from '../ops/optim.ts';
 import { crashPoint } from '../io/crash-points.ts';
 import type { HostTensors, ProgramArgs } from '../parallel/program.ts';
+import type { Prototypes } from './update-prototypes.ts';
 
 export interface StepReport {
   phase: string;
@@ -217,4 +218,25 @@ export function parallelApplyIfFinite(
     return { losses, finite };
   });
   return { ...r, outputs };
+}
+
+/**
+ * `parallelApplyIfFinite` for a program with the prototype EMA (spcl-shard.ts `shardPrototypeEma`): every
+ * replica gets the prototypes whole, and they advance to the EMA step the main thread's replica handed back.
+ */
+export function parallelApplyWithPrototypes(
+  prototypes: Prototypes,
+  replicas: GradientSource,
+  batch: HostTensors,
+  args: ProgramArgs,
+  params: Param[],
+  optimizer: SGD | Adam,
+  lr: number,
+): { losses: Record<string, number>; finite: boolean } {
+  const P = prototypes.tensor;
+  const whole = { prototypes: { data: P.dataSync() as Float32Array, shape: P.shape } };
+  const g = parallelApplyIfFinite(replicas, batch, args, params, optimizer, lr, whole);
+  prototypes.advance(g.outputs.get('prototypes') as tf.Tensor2D);
+  tf.dispose([...g.outputs.values()]);
+  return { losses: g.losses, finite: g.finite };
 }

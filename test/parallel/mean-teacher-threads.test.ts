@@ -10,7 +10,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { disposeCheckpoint, loadCheckpoint } from '../../src/io/weights.ts';
@@ -19,9 +19,10 @@ import { prototypes } from '../../src/methods/prototypes.ts';
 import { PRESETS, SYNTHETIC_QUICK_DATA, mergeConfig, quick } from '../../src/recipe/config.ts';
 import { methodRules, withMethods } from '../../src/recipe/method.ts';
 import { runRecipe } from '../../src/recipe/run.ts';
+import { TEACHER } from '../../src/recipe/teacher.ts';
 import { prepareSynthetic } from '../../src/synthetic/benchmark.ts';
 import type { StepReport } from '../../src/stages/train-step.ts';
-import { initialWeights, summarize, updateDiffs } from './compare.ts';
+import { initialWeights, latestWeights, summarize, updateDiffs } from './compare.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const STEPS = 20;
@@ -36,15 +37,12 @@ interface Run {
 
 /** The student of the run's latest checkpoint and the teacher of its step-10 checkpoint. */
 async function weights(dir: string): Promise<Pick<Run, 'student' | 'teacher'>> {
-  const values = (m: Map<string, { dataSync(): unknown }>) => new Map([...m].map(([k, t]) => [k, t.dataSync() as Float32Array]));
-  const pointer = JSON.parse(await readFile(join(dir, 'checkpoints', 'latest.json'), 'utf8')) as { file: string };
-  const last = await loadCheckpoint(join(dir, 'checkpoints', pointer.file));
-  const student = values(last.model);
-  disposeCheckpoint(last);
   const mid = await loadCheckpoint(join(dir, 'checkpoints', 'ckpt-mean-teacher-00000010.safetensors'));
-  const teacher = new Map([...values(mid.extra!)].filter(([k]) => k.startsWith('teacher/')).map(([k, v]) => [k.slice(8), v]));
+  const teacher = new Map(
+    [...mid.extra!].filter(([k]) => k.startsWith(TEACHER)).map(([k, t]) => [k.slice(TEACHER.length), t.dataSync() as Float32Array]),
+  );
   disposeCheckpoint(mid);
-  return { student, teacher };
+  return { student: await latestWeights(dir), teacher };
 }
 
 async function meanTeacherRun(
