@@ -13,7 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 import { bceWithLogits } from '../ops/losses.ts';
 import { labelledPixels } from '../ops/masks.ts';
 import { deeplabV2, type SegModel } from '../ops/model/deeplab.ts';
-import { discriminator, type Discriminator } from '../ops/model/discriminator.ts';
+import { discriminator, disposeTrace, type Discriminator, type DiscriminatorTrace } from '../ops/model/discriminator.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { followBatchNorm, type DeeplabDescription, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
 import { meanPart, type Program, type ShardContext } from '../parallel/program.ts';
@@ -62,7 +62,7 @@ export function adversarialReplica(model: SegModel, disc: Discriminator): Advers
 
 /** Replaces the replica's kept predictions (frees the old ones). */
 function keep(r: AdversarialReplica, kept: AdversarialReplica['kept']): void {
-  if (r.kept) tf.dispose([r.kept.source, r.kept.target]);
+  if (r.kept) disposeKept(r.kept);
   r.kept = kept;
 }
 
@@ -70,6 +70,45 @@ function keep(r: AdversarialReplica, kept: AdversarialReplica['kept']): void {
 export interface KeptPredictions {
   source: tf.Tensor4D;
   target: tf.Tensor4D;
+  /** D's forward on `target` in the adversarial term (same weights as the update's): the update reuses it. */
+  trace: DiscriminatorTrace;
+}
+
+export function disposeKept(kept: KeptPredictions): void {
+  disposeTrace(kept.trace);
+  tf.dispose([kept.source, kept.target]);
+}
+
+/**
+ * D(probs) for the adversarial term, differentiable w.r.t. `probs` only (what autodiff through
+ * `disc.forward` gives the net: D's weights are not trained by this term), its forward kept for D's
+ * own update (`discriminatorLoss`) instead of run again there.
+ */
+function discriminateKeeping(disc: Discriminator, probs: tf.Tensor4D): { logits: tf.Tensor4D; trace: DiscriminatorTrace } {
+  let trace: DiscriminatorTrace | null = null;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const t = disc.trace(args[0] as tf.Tensor4D);
+    trace = t;
+    return { value: t.logits.clone(), gradFunc: (dy: tf.Tensor) => disc.inputGradient(t, dy as tf.Tensor4D) };
+  });
+  const logits = op(probs) as tf.Tensor4D;
+  return { logits, trace: trace! };
+}
+
+/**
+ * The kept forward's logits as a function of D's weights, for D's update: its gradient w.r.t. them is
+ * `disc.weightGradients` from the trace (the bits autodiff through a second forward would give).
+ */
+function tracedLogits(disc: Discriminator, trace: DiscriminatorTrace): tf.Tensor4D {
+  const names = [...disc.store.params.keys()];
+  const op = tf.customGrad(() => ({
+    value: trace.logits.clone(),
+    gradFunc: (dy: tf.Tensor) => {
+      const g = disc.weightGradients(trace, dy as tf.Tensor4D);
+      return names.map((n) => g.get(n)!);
+    },
+  }));
+  return op(...names.map((n) => disc.store.get(n))) as tf.Tensor4D;
 }
 
 /**
@@ -87,23 +126,26 @@ export function adversarialTerm(
   batchMean: ShardContext['batchMean'] | null = null,
 ): { adv: tf.Scalar; kept: KeptPredictions } {
   const lt = tf.image.resizeBilinear(model.forward(target, { training: true }).logits, [target.shape[1], target.shape[2]], true);
-  const pt = tf.softmax(lt) as tf.Tensor4D;
-  const out = disc.forward(pt);
+  const pt = tf.keep(tf.softmax(lt) as tf.Tensor4D);
+  const { logits: out, trace } = discriminateKeeping(disc, pt);
   const adv = tf.mul(
     meanPart(batchMean, bceWithLogits(out, 0), () => out.size),
     o.lambdaAdv,
   ) as tf.Scalar;
-  return { adv, kept: { source: tf.keep(tf.softmax(tf.div(sourceLogits, o.temperature)) as tf.Tensor4D), target: tf.keep(pt) } };
+  return { adv, kept: { source: tf.keep(tf.softmax(tf.div(sourceLogits, o.temperature)) as tf.Tensor4D), target: pt, trace } };
 }
 
-/** D's loss on the kept predictions: 0.5 BCE(D(source), 0) + 0.5 BCE(D(target), 1), each a mean over D's patches (`batchMean`: as above). */
+/**
+ * D's loss on the kept predictions: 0.5 BCE(D(source), 0) + 0.5 BCE(D(target), 1), each a mean over D's
+ * patches (`batchMean`: as above). D(target) is the adversarial term's forward (`kept.trace`).
+ */
 export function discriminatorLoss(
   disc: Discriminator,
   kept: KeptPredictions,
   batchMean: ShardContext['batchMean'] | null = null,
 ): tf.Scalar {
   const ds = disc.forward(kept.source);
-  const dt = disc.forward(kept.target);
+  const dt = tracedLogits(disc, kept.trace);
   return tf.add(
     tf.mul(
       meanPart(batchMean, bceWithLogits(ds, 0), () => ds.size),

@@ -18,6 +18,7 @@ import {
   adversarialTerm,
   discriminatorLoss,
   type AdversarialShardArgs,
+  disposeKept,
   type KeptPredictions,
 } from './warmup-adversarial-shard.ts';
 import type { DataParallel } from '../parallel/data-parallel.ts';
@@ -179,7 +180,7 @@ export function warmupStep(
   if (!disc) return { losses: g.losses, lr: o.lr, skipped: !g.finite };
   const kept = held.kept!;
   const d = applyIfFinite(() => ({ total: discriminatorLoss(disc.net, kept), terms: {} }), disc.params, disc.opt, o.lrD);
-  tf.dispose([kept.source, kept.target]);
+  disposeKept(kept);
   return {
     losses: { ...g.losses, disc: d.losses.total! },
     lr: o.lr,

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { deeplabV2, type SegModel } from '../../src/ops/model/deeplab.ts';
-import { discriminator } from '../../src/ops/model/discriminator.ts';
+import { discriminator, disposeTrace } from '../../src/ops/model/discriminator.ts';
 import { batchNormLayer, type BatchNormState } from '../../src/ops/model/layers.ts';
 import { ParamStore } from '../../src/ops/model/params.ts';
 import { SGD, gradients } from '../../src/ops/optim.ts';
@@ -308,6 +308,72 @@ test('discriminator: five 4x4/2 convs, patch logits 16x32 for 512x1024 and 22x40
     widths.slice(0, 5).reduce((a, cin, i) => a + 16 * cin * widths[i + 1]! + widths[i + 1]!, 0),
   );
   full.dispose();
+});
+
+/** Same shape and the same float32 values, element for element (names the first that differs). */
+function sameBits(actual: tf.Tensor, expected: tf.Tensor, what: string): void {
+  assert.deepEqual(actual.shape, expected.shape, `${what}: shape`);
+  const a = actual.dataSync();
+  const e = expected.dataSync();
+  const i = a.findIndex((v, k) => !Object.is(v, e[k]));
+  assert.equal(i, -1, `${what}: element ${i} is ${a[i]}, autodiff gives ${e[i]}`);
+}
+
+test('discriminator trace: its two backward passes are the bits of tfjs autodiff through forward (wasm and cpu)', async () => {
+  for (const backend of ['wasm', 'cpu'] as const) {
+    await useBackend(backend);
+    const d = discriminator({ numClasses: 5, ndf: 4, seed: 3 });
+    const vars = [...d.store.params.values()].map((p) => p.variable);
+    const probs = tf.softmax(tf.mul(tf.tensor4d(seededValues(2 * 32 * 64 * 5, 7), [2, 32, 64, 5]), 3)) as tf.Tensor4D;
+    // a loss whose gradient reaches every patch differently: sum(logits * u)
+    const u = tf.tensor4d(seededValues(2 * 1 * 2 * 1, 8), [2, 1, 2, 1]);
+    const loss = (logits: tf.Tensor4D) => tf.sum(tf.mul(logits, u)) as tf.Scalar;
+    const t = d.trace(probs);
+    assert.deepEqual(t.logits.shape, [2, 1, 2, 1]);
+    assert.deepEqual(
+      t.pre.map((x) => x.shape),
+      [
+        [2, 16, 32, 4],
+        [2, 8, 16, 8],
+        [2, 4, 8, 16],
+        [2, 2, 4, 32],
+      ],
+    );
+    const expectLogits = d.forward(probs);
+    sameBits(t.logits, expectLogits, `${backend}: traced logits`);
+    const dLogits = tf.grad((z: tf.Tensor) => loss(z as tf.Tensor4D))(t.logits) as tf.Tensor4D;
+    // d loss / d input, D's weights fixed
+    const expectDx = tf.grad((p: tf.Tensor) => loss(d.forward(p as tf.Tensor4D)))(probs);
+    const dx = d.inputGradient(t, dLogits);
+    assert.ok(tf.max(tf.abs(expectDx)).dataSync()[0]! > 0);
+    sameBits(dx, expectDx, `${backend}: input gradient`);
+    // d loss / d weights
+    const expect = tf.variableGrads(() => loss(d.forward(probs)), vars).grads;
+    const grads = d.weightGradients(t, dLogits);
+    assert.equal(grads.size, 10);
+    for (const [name, g] of grads) {
+      const e = expect[d.store.get(name).name]!;
+      sameBits(g, e, `${backend}: ${name}`);
+    }
+    // and the weights' gradient is the right one: a finite difference on one tap of conv2
+    const w = d.store.get('conv2.weight');
+    const at = 37;
+    const base = w.dataSync().slice();
+    const eps = 1e-3;
+    const lossAt = (delta: number) => {
+      const v = base.slice();
+      v[at]! += delta;
+      w.assign(tf.tensor(v, w.shape));
+      return loss(d.forward(probs)).dataSync()[0]!;
+    };
+    const fd = (lossAt(eps) - lossAt(-eps)) / (2 * eps);
+    w.assign(tf.tensor(base, w.shape));
+    assertClose([grads.get('conv2.weight')!.dataSync()[at]!], [fd], 1e-3, `${backend}: finite difference`);
+    disposeTrace(t);
+    assert.equal(t.inputs[0]!.isDisposed, false, 'the traced input stays the caller');
+    tf.dispose([probs, u, expectLogits, dLogits, expectDx, dx, ...Object.values(expect), ...grads.values()]);
+    d.dispose();
+  }
 });
 
 test('deeplabV2 rejects bad configuration and input with clear messages', async () => {

@@ -3,6 +3,12 @@
  * input a K-channel softmax map at full input resolution; five 4x4 stride-2 pad-1 convs
  * K -> 64 -> 128 -> 256 -> 512 -> 1 with bias, LeakyReLU(0.2) after the first four, no normalisation.
  * Output: patch logits (e.g. 16x32 for a 512x1024 input). Names `conv1..conv4`, `classifier`.
+ *
+ * The warm-up runs D on the target prediction twice with the same weights: for the adversarial term
+ * (gradient w.r.t. D's input) and for D's own update (gradient w.r.t. D's weights). `trace` keeps that
+ * forward's activations, and `inputGradient` / `weightGradients` are the two backward passes from them,
+ * with the very ops and kernels tfjs's autodiff runs for `forward` (the same bits), so one forward
+ * serves both.
  */
 import * as tf from '@tensorflow/tfjs';
 import { convLayer, type Layer } from './layers.ts';
@@ -18,7 +24,40 @@ export interface DiscriminatorConfig {
 export interface Discriminator {
   readonly store: ParamStore;
   forward(probs: tf.Tensor4D): tf.Tensor4D;
+  /** `forward` keeping its activations (the caller disposes them: `disposeTrace`); no gradient tape. */
+  trace(probs: tf.Tensor4D): DiscriminatorTrace;
+  /** d loss / d input of the traced forward, from `dLogits` = d loss / d patch logits (D's weights held fixed). */
+  inputGradient(t: DiscriminatorTrace, dLogits: tf.Tensor4D): tf.Tensor4D;
+  /** d loss / d weight for every variable of D (by its store name), from `dLogits` as above. */
+  weightGradients(t: DiscriminatorTrace, dLogits: tf.Tensor4D): Map<string, tf.Tensor>;
   dispose(): void;
+}
+
+/** A forward's activations: what its backward passes read. */
+export interface DiscriminatorTrace {
+  /** Input of each conv (`inputs[0]`: the softmax map traced). */
+  inputs: tf.Tensor4D[];
+  /** Output of conv1..conv4 (bias added) before its LeakyReLU. */
+  pre: tf.Tensor4D[];
+  /** The patch logits. */
+  logits: tf.Tensor4D;
+}
+
+/** Frees a trace's activations except its input (the caller's). */
+export function disposeTrace(t: DiscriminatorTrace): void {
+  tf.dispose([...t.inputs.slice(1), ...t.pre, t.logits]);
+}
+
+const SLOPE = 0.2;
+const GEOMETRY = { strides: [2, 2] as [number, number], pad: explicitPadding(1), dataFormat: 'NHWC' as const };
+
+function explicitPadding(p: number): tf.backend_util.ExplicitPadding {
+  return [
+    [0, 0],
+    [p, p],
+    [p, p],
+    [0, 0],
+  ];
 }
 
 export function discriminator(cfg: DiscriminatorConfig): Discriminator {
@@ -26,6 +65,11 @@ export function discriminator(cfg: DiscriminatorConfig): Discriminator {
   const store = new ParamStore(cfg.seed ?? 0);
   const widths = [cfg.numClasses, ndf, ndf * 2, ndf * 4, ndf * 8, 1];
   const names = ['conv1', 'conv2', 'conv3', 'conv4', 'classifier'];
+  const check = (probs: tf.Tensor4D) => {
+    if (probs.rank !== 4 || probs.shape[3] !== cfg.numClasses) {
+      throw new Error(`discriminator: expected softmax maps [B,H,W,${cfg.numClasses}], got shape [${probs.shape}]`);
+    }
+  };
   const convs: Layer[] = names.map((name, i) => {
     const cin = widths[i]!;
     const bound = torchDefaultBound(cin * 16);
@@ -40,14 +84,57 @@ export function discriminator(cfg: DiscriminatorConfig): Discriminator {
       biasInit: { kind: 'uniform', bound },
     });
   });
+  /**
+   * The backward of a traced forward, op for op what tfjs's gradients of conv2d (Conv2DBackpropInput /
+   * Conv2DBackpropFilter kernels), the bias add (sum over the broadcast axes) and LeakyReLU
+   * (where(x > 0, dy, dy * slope)) compute. `weights`: collect the weights' gradients; `input`: carry
+   * the gradient down to D's input.
+   */
+  const backward = (t: DiscriminatorTrace, dLogits: tf.Tensor4D, weights: boolean, input: boolean) =>
+    tf.tidy(() => {
+      const grads: Record<string, tf.Tensor> = {};
+      let dy: tf.Tensor4D = dLogits;
+      for (let i = names.length - 1; i >= 0; i--) {
+        const w = store.get(`${names[i]}.weight`);
+        const x = t.inputs[i]!;
+        if (weights) {
+          grads[`${names[i]}.bias`] = tf.reshape(tf.sum(dy, [0, 1, 2]), [widths[i + 1]!]);
+          grads[`${names[i]}.weight`] = tf
+            .engine()
+            .runKernel('Conv2DBackpropFilter', { x, dy }, { ...GEOMETRY, filterShape: w.shape }) as tf.Tensor;
+        }
+        if (i === 0 && !input) break;
+        const dx = tf.engine().runKernel('Conv2DBackpropInput', { dy, filter: w }, { ...GEOMETRY, inputShape: x.shape }) as tf.Tensor4D;
+        dy = i === 0 ? dx : (tf.where(tf.greater(t.pre[i - 1]!, 0), dx, tf.mul(dx, SLOPE)) as tf.Tensor4D);
+      }
+      return { grads, dx: input ? dy : undefined };
+    });
   return {
     store,
     forward: (probs) => {
-      if (probs.rank !== 4 || probs.shape[3] !== cfg.numClasses) {
-        throw new Error(`discriminator: expected softmax maps [B,H,W,${cfg.numClasses}], got shape [${probs.shape}]`);
-      }
-      return convs.reduce((y, conv, i) => (i < convs.length - 1 ? tf.leakyRelu(conv(y), 0.2) : conv(y)), probs);
+      check(probs);
+      return convs.reduce((y, conv, i) => (i < convs.length - 1 ? tf.leakyRelu(conv(y), SLOPE) : conv(y)), probs);
     },
+    trace: (probs) => {
+      check(probs);
+      const t: DiscriminatorTrace = { inputs: [probs], pre: [], logits: probs };
+      tf.tidy(() => {
+        let y = probs;
+        convs.forEach((conv, i) => {
+          const z = tf.keep(conv(y));
+          if (i === convs.length - 1) {
+            t.logits = z;
+            return;
+          }
+          t.pre.push(z);
+          y = tf.keep(tf.leakyRelu(z, SLOPE));
+          t.inputs.push(y);
+        });
+      });
+      return t;
+    },
+    inputGradient: (t, dLogits) => backward(t, dLogits, false, true).dx as tf.Tensor4D,
+    weightGradients: (t, dLogits) => new Map(Object.entries(backward(t, dLogits, true, false).grads)),
     dispose: () => store.dispose(),
   };
 }
