@@ -67,13 +67,18 @@ export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFun
           return source.pipe(
             reduceItems(
               (batch: Batch) => {
-                const [pred, conf] = tf.tidy(() => {
+                const [predT, confT] = tf.tidy(() => {
                   const { images: x } = batchTensors(batch);
                   const { logits } = opts.model.forward(x);
                   const probs = tf.softmax(tf.image.resizeBilinear(logits, [batch.height, batch.width], true)) as tf.Tensor4D;
                   hist.add(probs);
-                  return [probs.argMax(-1).dataSync(), probs.max(-1).dataSync()];
+                  return [probs.argMax(-1), probs.max(-1)];
                 });
+                // read outside tf.tidy: a typed array returned from tidy is walked element by element as a
+                // possible tensor container (most of this pass's time at 512x1024)
+                const pred = predT!.dataSync();
+                const conf = confT!.dataSync();
+                tf.dispose([predT!, confT!]);
                 const px = batch.height * batch.width;
                 // one synchronous transaction per batch: a full disk throws here (src/io/atomic.ts says why not async)
                 try {

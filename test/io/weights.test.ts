@@ -18,7 +18,7 @@ import {
   saveCheckpoint,
   saveModelSafetensors,
 } from '../../src/io/weights.ts';
-import { useBackend, seededValues } from '../helpers.ts';
+import { useBackend, seededValues, watchTidyResults } from '../helpers.ts';
 
 function tempDir(t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'spcl-weights-'));
@@ -241,7 +241,10 @@ test('loadSafetensors: ImageNet backbone without ASPP loads non-strictly; strict
 
   // Export in PyTorch layout (names under backbone./classifier.) and load strictly into a fresh model.
   const exported = join(dir, 'export.safetensors');
+  const tidy = watchTidyResults();
   await saveModelSafetensors(m, exported, { layout: 'pytorch' });
+  tidy.restore();
+  assert.deepEqual(tidy.found, [], 'no host array read inside tf.tidy');
   const header = readSafetensorsHeader(readFileSync(exported), exported);
   assert.deepEqual(header.entries.get('backbone.conv1.weight')!.shape, [16, 3, 7, 7]);
   const fresh = deeplabV2({ backbone: 'small', numClasses: 5, seed: 9 });

@@ -23,6 +23,7 @@ import { TEACHER } from '../../src/recipe/teacher.ts';
 import { prepareSynthetic } from '../../src/synthetic/benchmark.ts';
 import type { StepReport } from '../../src/stages/train-step.ts';
 import { initialWeights, latestWeights, summarize, updateDiffs } from './compare.ts';
+import { watchTidyResults } from '../helpers.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const STEPS = 20;
@@ -92,7 +93,12 @@ test(`mean teacher (ClassMix, target BN statistics, contrastive term) at train.t
   const dir = await mkdtemp(join(tmpdir(), 'spcl-mt-threads-'));
   try {
     const one = await meanTeacherRun(join(dir, 'one'), shards, 1);
+    // the step hands the replicas host arrays read outside tf.tidy (tidy walks a returned typed array
+    // element by element)
+    const tidy = watchTidyResults();
     const two = await meanTeacherRun(join(dir, 'two'), shards, 2);
+    tidy.restore();
+    assert.deepEqual(tidy.found, []);
     assert.ok(
       two.logs.some((l) => /^mean-teacher: data-parallel over 2 threads \(this one and 1 workers, ready in [\d.]+ s\)$/.test(l)),
       two.logs.join('\n'),

@@ -9,7 +9,7 @@ import { currentGeneration, generationFile } from '../../src/data/pseudo-labels.
 import type { SegModel } from '../../src/ops/model/deeplab.ts';
 import { estimateThresholds } from '../../src/stages/estimate-thresholds.ts';
 import { writeGeneration } from '../../src/stages/write-pseudo-labels.ts';
-import { useBackend, assertClose } from '../helpers.ts';
+import { useBackend, assertClose, watchTidyResults } from '../helpers.ts';
 import { batchOf } from './fixtures.ts';
 
 test('thresholds + pseudo-labels: per-class upper median capped, labels kept where p >= threshold, one generation switched in', async () => {
@@ -29,9 +29,13 @@ test('thresholds + pseudo-labels: per-class upper median capped, labels kept whe
       }),
   } as unknown as SegModel;
   const b = batchOf([[0, 0, 0, 0, 0]], ['img'], false);
+  // the pass reads its predictions back outside tf.tidy (this image's 5 pixels stand for 512x1024)
+  const tidy = watchTidyResults(1);
   const t = await lastValueFrom(
     of(b).pipe(estimateThresholds({ model, numClasses: 2, bins: 65536, cap: 0.9, scratch: join(dir, 'scratch.lmdb'), release: () => {} })),
   );
+  tidy.restore();
+  assert.deepEqual(tidy.found, []);
   // class 0: sorted [0.6, 0.7, 0.8, 0.95], index round_half_even(4/2) = 2 -> 0.8; class 1: one pixel 0.99 -> capped 0.9
   assertClose(t.thresholds, [0.8, 0.9], 1e-4, 'thresholds');
   assert.deepEqual(t.counts, [4, 1]);
