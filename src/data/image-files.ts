@@ -9,6 +9,7 @@ import { availableParallelism } from 'node:os';
 import { readdir, stat } from 'node:fs/promises';
 import { basename, extname, join, relative, sep } from 'node:path';
 import { Piscina } from 'piscina';
+import { destroyPool } from './pool.ts';
 import type { DecodeReply, DecodedImage, DecodeTask, ImageFaultReason, WriteTask } from './image-file-worker.ts';
 
 export type { DecodedImage, ImageFaultReason } from './image-file-worker.ts';
@@ -135,7 +136,7 @@ export class ImageFilePool {
   /** Waits for the tasks in flight (a flow that stopped early leaves some), then ends the workers. */
   async close(): Promise<void> {
     await Promise.allSettled([...this.inFlight]);
-    await this.pool.destroy();
+    await destroyPool(this.pool);
     this.free.length = 0;
   }
 

@@ -153,3 +153,8 @@ export default async function ingest(task: IngestTask): Promise<IngestResult | M
     record.label.buffer,
   ]);
 }
+
+/** The pool's no-op task (src/data/pool.ts `destroyPool`): answered once this module is loaded. */
+export function ready(): null {
+  return null;
+}

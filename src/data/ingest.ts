@@ -11,6 +11,7 @@ import { rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Piscina } from 'piscina';
+import { destroyPool } from './pool.ts';
 import { createProgress } from '../graph/progress.ts';
 import { describeWriteFailureSync } from '../io/atomic.ts';
 import { crashPoint } from '../io/crash-points.ts';
@@ -198,7 +199,7 @@ export async function ingestDataset(opts: IngestOptions): Promise<IngestSummary>
     flush();
   } finally {
     progress?.done();
-    await pool.destroy();
+    await destroyPool(pool);
     await shard.close();
     if (created && committed === 0) await Promise.all([shardPath, `${shardPath}-lock`].map((f) => rm(f, { force: true })));
   }

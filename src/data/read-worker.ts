@@ -432,3 +432,8 @@ export function closeFile(task: CloseTask): boolean {
     Atomics.wait(task.arrived, 0, n, left);
   }
 }
+
+/** The pool's no-op task (src/data/pool.ts `destroyPool`): answered once this module is loaded. */
+export function ready(): null {
+  return null;
+}

@@ -18,6 +18,7 @@ import v8 from 'node:v8';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Piscina } from 'piscina';
+import { destroyPool } from './pool.ts';
 import type { AugmentSpec } from './augment.ts';
 import { SampleFault, type UnknownLabelPolicy } from './faults.ts';
 import type { CloseTask, ReadReply, ReadResult, ReadTask } from './read-worker.ts';
@@ -207,7 +208,7 @@ export class SampleReader {
   async close(): Promise<void> {
     await Promise.allSettled([...this.inFlight]);
     await this.closing;
-    await this.pool.destroy();
+    await destroyPool(this.pool);
     this.free.clear();
   }
 
