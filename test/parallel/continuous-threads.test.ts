@@ -17,6 +17,7 @@ import { prepareSynthetic } from '../../src/synthetic/benchmark.ts';
 import { continuous } from '../../src/methods/continuous.ts';
 import type { StepReport } from '../../src/stages/train-step.ts';
 import { initialWeights, latestWeights, summarize, updateDiffs } from './compare.ts';
+import { watchTidyResults } from '../helpers.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const STEPS = 10;
@@ -71,8 +72,12 @@ test(`continuous adaptation at train.threads 2 equals one thread over ${STEPS} s
   const shards = await prepareSynthetic(join(root, SYNTHETIC_QUICK_DATA.root), SYNTHETIC_QUICK_DATA.counts, () => {});
   const dir = await mkdtemp(join(tmpdir(), 'spcl-continuous-threads-'));
   try {
+    // no host array is read inside tf.tidy on either path (tidy walks a returned typed array element by element)
+    const tidy = watchTidyResults();
     const one = await continuousRun(join(dir, 'one'), shards, 1);
     const two = await continuousRun(join(dir, 'two'), shards, 2);
+    tidy.restore();
+    assert.deepEqual(tidy.found, []);
     assert.ok(
       two.logs.some((l) => /^continuous: data-parallel over 2 threads \(this one and 1 workers, ready in [\d.]+ s\)$/.test(l)),
       two.logs.join('\n'),

@@ -16,6 +16,7 @@ import { prepareSynthetic } from '../../src/synthetic/benchmark.ts';
 import { warmup } from '../../src/methods/warmup.ts';
 import type { StepReport } from '../../src/stages/train-step.ts';
 import { initialWeights, latestWeights, summarize, updateDiffs } from './compare.ts';
+import { watchTidyResults } from '../helpers.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const STEPS = 20;
@@ -72,8 +73,12 @@ test(`warm-up at train.threads 2 equals the one-thread warm-up over ${STEPS} ste
   const shards = await prepareSynthetic(join(root, SYNTHETIC_QUICK_DATA.root), SYNTHETIC_QUICK_DATA.counts, () => {});
   const dir = await mkdtemp(join(tmpdir(), 'spcl-threads-'));
   try {
+    // no host array is read inside tf.tidy on either path (tidy walks a returned typed array element by element)
+    const tidy = watchTidyResults();
     const one = await warmupRun(join(dir, 'one'), shards, 1);
     const two = await warmupRun(join(dir, 'two'), shards, 2);
+    tidy.restore();
+    assert.deepEqual(tidy.found, []);
     assert.ok(
       two.logs.some((l) => /^warmup: data-parallel over 2 threads \(this one and 1 workers, ready in [\d.]+ s\)$/.test(l)),
       two.logs.join('\n'),
