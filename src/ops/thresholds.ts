@@ -76,14 +76,27 @@ export class ConfidenceHistogram {
   add(probs: tf.Tensor4D): void {
     checkProbs('ConfidenceHistogram.add', probs, this.numClasses);
     if (probs.size === 0) return;
+    const [p, k] = tf.tidy(() => [probs.max(-1), probs.argMax(-1)]);
+    this.addTop(p!, k!);
+    tf.dispose([p!, k!]);
+  }
+
+  /**
+   * `add` from each pixel's max probability and its class (argmax), when the caller has them anyway
+   * (the threshold pass keeps both): the same counts, without reducing the probabilities again.
+   */
+  addTop(confidence: tf.Tensor, classes: tf.Tensor): void {
+    if (confidence.size !== classes.size || classes.dtype !== 'int32') {
+      throw new Error(
+        `ConfidenceHistogram.addTop: confidence ${shapeStr(confidence.shape)} and int32 classes ${shapeStr(classes.shape)} (${classes.dtype}) must have one value per pixel each`,
+      );
+    }
+    if (confidence.size === 0) return;
     const bins = this.bins;
     const size = this.hist.length;
     const counts = tf.tidy(() => {
-      const flat = probs.reshape([-1, this.numClasses]);
-      const p = flat.max(1);
-      const k = flat.argMax(1);
-      const bin = tf.clipByValue(tf.floor(p.mul(bins)), 0, bins - 1).cast('int32');
-      const idx = k.mul(tf.scalar(bins, 'int32')).add(bin) as tf.Tensor1D;
+      const bin = tf.clipByValue(tf.floor(confidence.reshape([-1]).mul(bins)), 0, bins - 1).cast('int32');
+      const idx = classes.reshape([-1]).mul(tf.scalar(bins, 'int32')).add(bin) as tf.Tensor1D;
       return tf.bincount(idx, tf.tensor1d([], 'int32'), size);
     });
     const data = counts.dataSync();

@@ -71,8 +71,9 @@ export function estimateThresholds(opts: EstimateThresholdsOptions): OperatorFun
                   const { images: x } = batchTensors(batch);
                   const { logits } = opts.model.forward(x);
                   const probs = tf.softmax(tf.image.resizeBilinear(logits, [batch.height, batch.width], true)) as tf.Tensor4D;
-                  hist.add(probs);
-                  return [probs.argMax(-1), probs.max(-1)];
+                  const [pred, conf] = [probs.argMax(-1), probs.max(-1)];
+                  hist.addTop(conf, pred);
+                  return [pred, conf];
                 });
                 // read outside tf.tidy: a typed array returned from tidy is walked element by element as a
                 // possible tensor container (most of this pass's time at 512x1024)

@@ -128,7 +128,13 @@ test('ConfidenceHistogram on wasm counts the same cells as on cpu', async () => 
     hist.add(probs);
     assert.equal(tf.memory().numTensors, before, `${backend}: add leaks tensors`);
     runs.push({ counts: hist.counts(), thr: hist.thresholds(), json: JSON.stringify(hist) });
-    probs.dispose();
+    // from the max and argmax the threshold pass keeps anyway: the same cells
+    const top = new ConfidenceHistogram(5, { bins: 512 });
+    const [conf, cls] = [probs.max(-1), probs.argMax(-1)];
+    top.addTop(conf, cls);
+    top.addTop(conf, cls);
+    assert.equal(JSON.stringify(top), runs.at(-1)!.json, `${backend}: addTop`);
+    tf.dispose([probs, conf, cls]);
   }
   assert.deepEqual(runs[1], runs[0]);
   assert.equal(
@@ -196,6 +202,10 @@ test('threshold ops reject bad shapes and options with clear messages', async ()
   assert.throws(() => hist.add(p3), /ConfidenceHistogram.add: probs must be rank 4 \[B,H,W,K\], got shape \[2,3,4\]/);
   assert.throws(() => hist.add(p4), /ConfidenceHistogram.add: probs \[1,2,2,3\] have 3 classes, expected 4/);
   assert.throws(() => new ConfidenceHistogram(4, { bins: 0 }), /bins must be a positive integer, got 0/);
+  assert.throws(
+    () => hist.addTop(tf.zeros([1, 2, 2]), tf.zeros([1, 2, 3], 'int32')),
+    /ConfidenceHistogram.addTop: confidence \[1,2,2\] and int32 classes \[1,2,3\] \(int32\) must have one value per pixel each/,
+  );
   assert.throws(() => pseudoLabels(p3, [0, 0, 0, 0]), /pseudoLabels: probs must be rank 4 \[B,H,W,K\], got shape \[2,3,4\]/);
   assert.throws(() => pseudoLabels(p4, [0.5, 0.5]), /pseudoLabels: thresholds must have one value per class \(3\), got 2 values/);
   const t2 = tf.zeros([3, 1]) as unknown as tf.Tensor1D;
