@@ -49,7 +49,12 @@ export function disposeTrace(t: DiscriminatorTrace): void {
 }
 
 const SLOPE = 0.2;
-const GEOMETRY = { strides: [2, 2] as [number, number], pad: explicitPadding(1), dataFormat: 'NHWC' as const };
+/** Every conv of D: 4x4, stride 2, padding 1. */
+const KERNEL = 4;
+const STRIDE = 2;
+const PAD = 1;
+/** The attributes tf.conv2d gives those convs' gradient kernels (what `backward` passes them too). */
+const GEOMETRY = { strides: [STRIDE, STRIDE] as [number, number], pad: explicitPadding(PAD), dataFormat: 'NHWC' as const };
 
 function explicitPadding(p: number): tf.backend_util.ExplicitPadding {
   return [
@@ -72,13 +77,13 @@ export function discriminator(cfg: DiscriminatorConfig): Discriminator {
   };
   const convs: Layer[] = names.map((name, i) => {
     const cin = widths[i]!;
-    const bound = torchDefaultBound(cin * 16);
+    const bound = torchDefaultBound(cin * KERNEL * KERNEL);
     return convLayer(store, name, 'discriminator', {
       cin,
       cout: widths[i + 1]!,
-      kernel: 4,
-      stride: 2,
-      pad: 1,
+      kernel: KERNEL,
+      stride: STRIDE,
+      pad: PAD,
       bias: true,
       init: { kind: 'uniform', bound },
       biasInit: { kind: 'uniform', bound },
