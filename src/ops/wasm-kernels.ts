@@ -47,12 +47,53 @@ function asTensor(info: tf.TensorInfo): tf.Tensor4D {
   return engine.makeTensorFromTensorInfo(info) as tf.Tensor4D;
 }
 
+/** What the Sum override needs of tfjs-backend-wasm's backend: its heap views and output allocation. */
+interface WasmHeap {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(t: tf.TensorInfo): Float32Array;
+}
+
+/**
+ * tfjs-wasm's Sum reduces the innermost axes only: a sum over the leading axes of NHWC ([0, 1, 2]: every
+ * batch-norm statistic and bias gradient of a training step) transposes the whole tensor first, then
+ * adds each channel's values in order. This adds them in the same order (row by row, one float32
+ * accumulator per channel) straight from the untransposed input: the same bits, without the copy.
+ * Returns null for other sums (the stock kernel runs).
+ */
+function sumLeadingAxes(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.TensorInfo | null {
+  const x = args.inputs.x!;
+  const { axis, keepDims } = args.attrs as unknown as { axis: number | number[]; keepDims: boolean };
+  const rank = x.shape.length;
+  if (x.dtype !== 'float32' || rank < 2) return null;
+  const axes = tf.util.parseAxisParam(axis, x.shape).sort((a, b) => a - b);
+  if (axes.length !== rank - 1 || axes.some((a, i) => a !== i)) return null;
+  const channels = x.shape[rank - 1]!;
+  const rows = tf.util.sizeFromShape(x.shape) / channels;
+  const backend = args.backend as WasmHeap;
+  const out = backend.makeOutput(keepDims ? [...x.shape.slice(0, -1).map(() => 1), channels] : [channels], 'float32');
+  // views after the allocation (it may grow the heap, which detaches older views)
+  const values = backend.typedArrayFromHeap(x);
+  const acc = new Float32Array(channels);
+  // a float32 add done in float64 and rounded back is the float32 add: the stock kernel's bits
+  for (let r = 0, k = 0; r < rows; r++) for (let c = 0; c < channels; c++, k++) acc[c]! += values[k]!;
+  backend.typedArrayFromHeap(out).set(acc);
+  return out;
+}
+
 let registered = false;
 
 /** Registers the conv gradient kernels for wasm. Idempotent. Call after the wasm backend is imported. */
 export function registerWasmTrainingKernels(): void {
   if (registered) return;
   registered = true;
+  const stockSum = tf.getKernel('Sum', 'wasm');
+  if (stockSum) {
+    tf.unregisterKernel('Sum', 'wasm');
+    tf.registerKernel({
+      ...stockSum,
+      kernelFunc: (args) => sumLeadingAxes(args) ?? (stockSum.kernelFunc(args) as tf.TensorInfo),
+    });
+  }
   if (tf.getKernel('Conv2DBackpropInput', 'wasm')) tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
   if (tf.getKernel('Conv2DBackpropFilter', 'wasm')) tf.unregisterKernel('Conv2DBackpropFilter', 'wasm');
 

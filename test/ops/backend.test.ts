@@ -52,3 +52,45 @@ test('explicit wasm and cpu switch the backend; an unknown name is rejected', as
     /backend: unknown backend 'webgpu', expected one of auto, tensorflow, wasm, cpu/,
   );
 });
+
+test('wasm Sum over the leading axes (batch-norm statistics, bias gradients) gives the bits of the stock kernel without its transpose', async () => {
+  await selectBackend('wasm', { log: () => {} });
+  for (const [i, shape] of [
+    [2, 36, 64, 16],
+    [4, 9, 16, 64],
+    [1, 1, 1, 7],
+    [3, 5, 19],
+    [8, 33],
+    [2, 72, 128, 19],
+  ].entries()) {
+    tf.tidy(() => {
+      const x = tf.mul(tf.randomNormal(shape, 0, 1, 'float32', i + 1), 1e3);
+      const leading = shape.slice(0, -1).map((_, a) => a);
+      // the stock kernel's own path: channels first, then its in-order sum over the innermost axes
+      const stock = tf
+        .sum(
+          tf.transpose(x, [shape.length - 1, ...leading]),
+          leading.map((a) => a + 1),
+        )
+        .dataSync();
+      const ours = tf.sum(x, leading).dataSync();
+      const k = ours.findIndex((v, c) => !Object.is(v, stock[c]));
+      assert.equal(k, -1, `[${shape}]: channel ${k} sums to ${ours[k]}, the stock kernel ${stock[k]}`);
+      // and it is the sum: within float32 rounding of a float64 one
+      const values = x.dataSync();
+      const channels = shape.at(-1)!;
+      for (let c = 0; c < channels; c += Math.max(1, channels >> 2)) {
+        let exact = 0;
+        for (let j = c; j < values.length; j += channels) exact += values[j]!;
+        assert.ok(Math.abs(ours[c]! - exact) <= 1e-4 * (values.length / channels) * 1e3, `[${shape}] channel ${c}: ${ours[c]} vs ${exact}`);
+      }
+      assert.deepEqual(tf.sum(x, leading, true).shape, [...leading.map(() => 1), channels]);
+    });
+  }
+  // other sums keep the stock kernel: innermost, middle axes, int32
+  const x = tf.tensor3d([1, 2, 3, 4, 5, 6, 7, 8], [2, 2, 2]);
+  assert.deepEqual([...tf.sum(x, 2).dataSync()], [3, 7, 11, 15]);
+  assert.deepEqual([...tf.sum(x, 1).dataSync()], [4, 6, 12, 14]);
+  assert.deepEqual([...tf.sum(tf.cast(x, 'int32'), [0, 1]).dataSync()], [16, 20]);
+  x.dispose();
+});
