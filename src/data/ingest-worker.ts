@@ -155,6 +155,4 @@ export default async function ingest(task: IngestTask): Promise<IngestResult | M
 }
 
 /** The pool's no-op task (src/data/pool.ts `destroyPool`): answered once this module is loaded. */
-export function ready(): null {
-  return null;
-}
+export { ready } from './pool.ts';

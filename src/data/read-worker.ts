@@ -434,6 +434,4 @@ export function closeFile(task: CloseTask): boolean {
 }
 
 /** The pool's no-op task (src/data/pool.ts `destroyPool`): answered once this module is loaded. */
-export function ready(): null {
-  return null;
-}
+export { ready } from './pool.ts';

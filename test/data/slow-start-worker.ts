@@ -12,6 +12,4 @@ export default function echo(x: unknown): unknown {
   return x;
 }
 
-export function ready(): null {
-  return null;
-}
+export { ready } from '../../src/data/pool.ts';
