@@ -61,6 +61,15 @@ export function finiteDiff(f: (x: Float32Array) => number, x: Float32Array, indi
   });
 }
 
+/** Same shape and the same float32 values, element for element (-0 and +0 differ); names the first that differs. */
+export function assertSameBits(actual: tf.Tensor, expected: tf.Tensor, what: string): void {
+  assert.deepEqual(actual.shape, expected.shape, `${what}: shape`);
+  const a = actual.dataSync();
+  const e = expected.dataSync();
+  const i = a.findIndex((v, k) => !Object.is(v, e[k]));
+  assert.equal(i, -1, `${what}: element ${i} is ${a[i]}, expected ${e[i]}`);
+}
+
 /**
  * Watches `tf.tidy` (through the engine every tf.tidy calls) for callbacks that return host arrays:
  * tidy walks its result for tensors to keep, and walks a typed array element by element (~0.5 us an

@@ -7,7 +7,7 @@ import { batchNormLayer, type BatchNormState } from '../../src/ops/model/layers.
 import { ParamStore } from '../../src/ops/model/params.ts';
 import { SGD, gradients } from '../../src/ops/optim.ts';
 import { segCrossEntropy } from '../../src/ops/losses.ts';
-import { useBackend, seededValues, assertClose } from '../helpers.ts';
+import { useBackend, seededValues, assertClose, assertSameBits } from '../helpers.ts';
 
 function countParams(m: SegModel, group: 'backbone' | 'classifier'): number {
   let n = 0;
@@ -310,15 +310,6 @@ test('discriminator: five 4x4/2 convs, patch logits 16x32 for 512x1024 and 22x40
   full.dispose();
 });
 
-/** Same shape and the same float32 values, element for element (names the first that differs). */
-function sameBits(actual: tf.Tensor, expected: tf.Tensor, what: string): void {
-  assert.deepEqual(actual.shape, expected.shape, `${what}: shape`);
-  const a = actual.dataSync();
-  const e = expected.dataSync();
-  const i = a.findIndex((v, k) => !Object.is(v, e[k]));
-  assert.equal(i, -1, `${what}: element ${i} is ${a[i]}, autodiff gives ${e[i]}`);
-}
-
 test('discriminator trace: its two backward passes are the bits of tfjs autodiff through forward (wasm and cpu)', async () => {
   for (const backend of ['wasm', 'cpu'] as const) {
     await useBackend(backend);
@@ -340,20 +331,20 @@ test('discriminator trace: its two backward passes are the bits of tfjs autodiff
       ],
     );
     const expectLogits = d.forward(probs);
-    sameBits(t.logits, expectLogits, `${backend}: traced logits`);
+    assertSameBits(t.logits, expectLogits, `${backend}: traced logits`);
     const dLogits = tf.grad((z: tf.Tensor) => loss(z as tf.Tensor4D))(t.logits) as tf.Tensor4D;
     // d loss / d input, D's weights fixed
     const expectDx = tf.grad((p: tf.Tensor) => loss(d.forward(p as tf.Tensor4D)))(probs);
     const dx = d.inputGradient(t, dLogits);
     assert.ok(tf.max(tf.abs(expectDx)).dataSync()[0]! > 0);
-    sameBits(dx, expectDx, `${backend}: input gradient`);
+    assertSameBits(dx, expectDx, `${backend}: input gradient`);
     // d loss / d weights
     const expect = tf.variableGrads(() => loss(d.forward(probs)), vars).grads;
     const grads = d.weightGradients(t, dLogits);
     assert.equal(grads.size, 10);
     for (const [name, g] of grads) {
       const e = expect[d.store.get(name).name]!;
-      sameBits(g, e, `${backend}: ${name}`);
+      assertSameBits(g, e, `${backend}: ${name}`);
     }
     // and the weights' gradient is the right one: a finite difference on one tap of conv2
     const w = d.store.get('conv2.weight');
