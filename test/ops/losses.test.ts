@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { segCrossEntropy, contrastiveLoss, bceWithLogits, normalizeFeatures } from '../../src/ops/losses.ts';
+import { segCrossEntropy, contrastiveLoss, bceWithLogits, normalizeFeatures, setHostCrossEntropy } from '../../src/ops/losses.ts';
 import { useBackend, seededValues, assertClose, finiteDiff } from '../helpers.ts';
 
 type Shape4 = [number, number, number, number];
@@ -152,6 +152,64 @@ for (const backend of ['cpu', 'wasm'] as const) {
       'finite differences',
     );
     tf.dispose([features, mask, protos]);
+  });
+}
+
+for (const backend of ['cpu', 'wasm'] as const) {
+  test(`segCrossEntropy on ${backend}: the host op (one softmax, a loop) equals the tensor formula in value and gradient, weights, odd labels and underflow included`, async () => {
+    await useBackend(backend);
+    const shape: Shape4 = [2, 16, 24, 19];
+    const [b, h, w, k] = shape;
+    const n = b * h * w;
+    const z = seededValues(n * k, 21).map((x) => x * 4);
+    // rows 5 and 6: the label's logit 150 below the others (softmax underflows in float32, log-softmax does not)
+    for (const row of [5, 6]) for (let j = 0; j < k; j++) z[row * k + j] = j === 3 ? -150 : z[row * k + j]!;
+    const lv = randomLabels(n, k, 22);
+    lv[5] = 3;
+    lv[6] = 3;
+    lv[7] = -1;
+    lv[8] = k; // out of range: ignored like 255
+    const labels = tf.tensor3d(lv, [b, h, w], 'int32');
+    const pixelWeights = tf.tensor3d(
+      seededValues(n, 23).map((x) => (x + 1) / 2),
+      [b, h, w],
+    );
+    const logits = tf.tensor4d(z, shape);
+    for (const opts of [{}, { temperature: 1.8 }, { pixelWeights }]) {
+      const run = (host: boolean) => {
+        setHostCrossEntropy(host);
+        try {
+          return tf.tidy(() => {
+            const { value, grad } = tf.valueAndGrad(
+              (x: tf.Tensor) => tf.mul(segCrossEntropy(x as tf.Tensor4D, labels, opts), 3) as tf.Scalar,
+            )(logits);
+            return { value: value.dataSync()[0]!, grad: grad.dataSync().slice() as Float32Array };
+          });
+        } finally {
+          setHostCrossEntropy(true);
+        }
+      };
+      const before = tf.memory().numTensors;
+      const host = run(true);
+      assert.equal(tf.memory().numTensors, before, 'the host op leaks tensors');
+      const formula = run(false);
+      const what = `${JSON.stringify(Object.keys(opts))}`;
+      assert.ok(
+        Number.isFinite(host.value) && host.value > (3 * (150 * 2)) / n,
+        `${what}: value ${host.value} counts the underflowing rows`,
+      );
+      assertClose([host.value], [formula.value], 1e-6, `value ${what}`);
+      // gradient of 3 * loss (dy = 3 reaches the op): rows are O(1 / valid), compare at that scale
+      const valid = lv.filter((y) => y >= 0 && y < k).length;
+      assertClose(
+        host.grad.map((x) => x * valid),
+        formula.grad.map((x) => x * valid),
+        1e-5,
+        `gradient ${what}`,
+      );
+      for (const row of [7, 8]) for (let j = 0; j < k; j++) assert.equal(host.grad[row * k + j], 0, `${what}: ignored row ${row}`);
+    }
+    tf.dispose([labels, pixelWeights, logits]);
   });
 }
 
