@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend, type BackendRequest } from '../../src/ops/backend.ts';
+import { stockWasmKernel } from '../../src/ops/wasm-kernels.ts';
 import { assertSameBits } from '../helpers.ts';
 
 async function tensorflowInstalled(): Promise<boolean> {
@@ -94,4 +95,87 @@ test('wasm Sum over the leading axes (batch-norm statistics, bias gradients) giv
   assert.deepEqual([...tf.sum(x, 1).dataSync()], [4, 6, 12, 14]);
   assert.deepEqual([...tf.sum(tf.cast(x, 'int32'), [0, 1]).dataSync()], [16, 20]);
   x.dispose();
+});
+
+test("wasm MaxPoolGrad sends each window's gradient to its first maximum (a plain loop, bit for bit); the stock kernel's bits where maxima are unique and positive", async () => {
+  await selectBackend('wasm', { log: () => {} });
+  const stock = stockWasmKernel('MaxPoolGrad');
+  assert.ok(stock, 'the stock MaxPoolGrad was replaced and kept');
+  const stockGrad = (x: tf.Tensor4D, y: tf.Tensor4D, dy: tf.Tensor4D, size: number, stride: number, pad: number | 'same' | 'valid') =>
+    tf.engine().makeTensorFromTensorInfo(
+      stock!.kernelFunc({
+        inputs: { dy, input: x, output: y },
+        backend: tf.backend(),
+        attrs: { filterSize: size, strides: stride, pad } as unknown as tf.NamedAttrMap,
+      }) as tf.TensorInfo,
+    );
+  const cases: [[number, number, number, number], number, number, number | 'same' | 'valid'][] = [
+    [[4, 32, 64, 16], 3, 2, 1], // the ResNet / small-DeepLab stem
+    [[2, 9, 7, 3], 3, 2, 1], // odd sizes: windows clipped at the bottom and right
+    [[2, 8, 12, 5], 2, 2, 'valid'], // VGG
+    [[1, 6, 5, 4], 3, 1, 'same'],
+  ];
+  for (const [i, [shape, size, stride, pad]] of cases.entries()) {
+    tf.tidy(() => {
+      // values on a coarse grid, negative ones too: windows with tied maxima and windows with no positive value
+      const x = tf.round(tf.mul(tf.randomNormal(shape, 0, 1, 'float32', 40 + i), 2)) as tf.Tensor4D;
+      const y = tf.maxPool(x, size, stride, pad);
+      const [, oh, ow] = y.shape;
+      const dy = tf.randomNormal(y.shape, 0, 1, 'float32', 50 + i) as tf.Tensor4D;
+      const ours = tf.grad((t: tf.Tensor) => tf.mul(tf.maxPool(t as tf.Tensor4D, size, stride, pad), dy))(x);
+      const [n, h, w, c] = shape;
+      // 'same' pads (size - 1) in total, the smaller half first
+      const p = pad === 'valid' ? 0 : pad === 'same' ? Math.floor(Math.max((oh - 1) * stride + size - h, 0) / 2) : pad;
+      const xv = x.dataSync();
+      const gv = dy.dataSync();
+      const want = new Float32Array(xv.length);
+      for (let b = 0; b < n; b++)
+        for (let r = 0; r < oh; r++)
+          for (let q = 0; q < ow; q++)
+            for (let k = 0; k < c; k++) {
+              let best = -Infinity;
+              let at = -1;
+              for (let u = 0; u < size; u++)
+                for (let v = 0; v < size; v++) {
+                  const hr = r * stride - p + u;
+                  const wq = q * stride - p + v;
+                  if (hr < 0 || hr >= h || wq < 0 || wq >= w) continue;
+                  const j = ((b * h + hr) * w + wq) * c + k;
+                  if (xv[j]! > best) {
+                    best = xv[j]!;
+                    at = j;
+                  }
+                }
+              want[at]! += gv[((b * oh + r) * ow + q) * c + k]!;
+            }
+      assertSameBits(ours, tf.tensor(want, shape), `[${shape}] pool ${size} stride ${stride} pad ${pad}: against a plain loop`);
+      // unique positive maxima (continuous values above 0): the stock kernel's bits, same choice, same sums
+      const xp = tf.add(tf.abs(tf.randomNormal(shape, 0, 1, 'float32', 60 + i)), 0.1) as tf.Tensor4D;
+      const yp = tf.maxPool(xp, size, stride, pad);
+      const oursP = tf.grad((t: tf.Tensor) => tf.mul(tf.maxPool(t as tf.Tensor4D, size, stride, pad), dy))(xp);
+      assertSameBits(
+        oursP,
+        stockGrad(xp, yp, dy, size, stride, pad),
+        `[${shape}] pool ${size} stride ${stride} pad ${pad}: against the stock kernel`,
+      );
+    });
+  }
+  // why it is replaced: a window of negative values [-3, -1; -2, -5], maximum -1 (the second element)
+  tf.tidy(() => {
+    const x = tf.tensor4d([-3, -1, -2, -5], [1, 2, 2, 1]);
+    const y = tf.maxPool(x, 2, 2, 'valid');
+    assert.deepEqual(
+      [
+        ...tf
+          .grad((t: tf.Tensor) => tf.maxPool(t as tf.Tensor4D, 2, 2, 'valid'))(x)
+          .dataSync(),
+      ],
+      [0, 1, 0, 0],
+    );
+    assert.deepEqual(
+      [...stockGrad(x, y, tf.onesLike(y) as tf.Tensor4D, 2, 2, 'valid').dataSync()],
+      [1, 0, 0, 0],
+      'the stock kernel (tfjs 4.22) picks the first element',
+    );
+  });
 });
