@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { deeplabV2, type SegModel } from '../../src/ops/model/deeplab.ts';
 import { discriminator, disposeTrace } from '../../src/ops/model/discriminator.ts';
-import { batchNormLayer, type BatchNormState } from '../../src/ops/model/layers.ts';
+import { batchNormLayer, setHostBatchNorm, type BatchNormState } from '../../src/ops/model/layers.ts';
 import { ParamStore } from '../../src/ops/model/params.ts';
 import { SGD, gradients } from '../../src/ops/optim.ts';
 import { segCrossEntropy } from '../../src/ops/losses.ts';
@@ -189,6 +189,56 @@ test('trainable BN in training mode: its one-formula gradient (dx, d gamma, d be
   tf.dispose([x, w]);
   store.dispose();
 });
+
+for (const backend of ['cpu', 'wasm'] as const) {
+  test(`trainable BN on ${backend}: the host loops equal the tensor formula (output, running statistics, dx, d gamma, d beta), an offset input and a replica sum included`, async () => {
+    await useBackend(backend);
+    const shape: [number, number, number, number] = [3, 5, 7, 6];
+    const size = shape.reduce((a, b) => a * b);
+    // channel 2 sits far from zero (mean ~100, std ~3): the shift must not cancel away the signal
+    const xs = seededValues(size, 31).map((v, i) => 3 * v + (i % 6 === 2 ? 100 : 0.5));
+    const w = tf.tensor4d(seededValues(size, 32), shape);
+    const run = (host: boolean, sum: ((v: Float32Array) => Float32Array) | null) => {
+      setHostBatchNorm(host);
+      const store = new ParamStore(0);
+      try {
+        const state: BatchNormState = { mode: 'trainable', training: true, track: true, sum };
+        const bn = batchNormLayer(store, 'bn', 'backbone', 6, state);
+        const [gamma, beta] = [store.get('bn.weight'), store.get('bn.bias')];
+        gamma.assign(tf.tensor1d([0.7, 1.3, -0.4, 2, 0.05, 1]));
+        beta.assign(tf.tensor1d([0.1, -0.2, 0.3, 0, 1, -1]));
+        gamma.trainable = true;
+        beta.trainable = true;
+        const x = tf.variable(tf.tensor4d(xs, shape), true);
+        let y: number[] = [];
+        const before = tf.memory().numTensors;
+        const { value, grads } = tf.variableGrads(() => {
+          const out = bn(x as tf.Tensor4D);
+          y = Array.from(out.dataSync());
+          return tf.sum(tf.mul(tf.square(tf.relu(out)), w)) as tf.Scalar;
+        }, [x, gamma, beta]);
+        const g = [x, gamma, beta].map((v) => Array.from(grads[v.name]!.dataSync()));
+        tf.dispose([value, ...Object.values(grads)]);
+        assert.equal(tf.memory().numTensors, before, `a training step through BN leaves no tensor behind (host ${host})`);
+        const running = ['bn.running_mean', 'bn.running_var'].map((n) => Array.from(store.get(n).dataSync()));
+        x.dispose();
+        return { y, g, running };
+      } finally {
+        store.dispose();
+        setHostBatchNorm(true);
+      }
+    };
+    for (const sum of [null, (v: Float32Array) => Float32Array.from(v)]) {
+      const [host, formula] = [run(true, sum), run(false, sum)];
+      const what = sum ? 'with a one-replica sum' : 'alone';
+      assertClose(host.y, formula.y, 2e-5, `y ${what}`);
+      assertClose(host.running[0]!, formula.running[0]!, 1e-6, `running mean ${what}`);
+      assertClose(host.running[1]!, formula.running[1]!, 1e-5, `running var ${what}`);
+      for (const [i, name] of ['dx', 'd gamma', 'd beta'].entries()) assertClose(host.g[i]!, formula.g[i]!, 2e-4, `${name} ${what}`);
+    }
+    w.dispose();
+  });
+}
 
 test('deeplabV2.forward trackStats: false leaves every running statistic as it was; true moves them', async () => {
   await useBackend('cpu');

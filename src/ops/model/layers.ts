@@ -12,6 +12,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { conv2d, type ConvOptions } from '../conv.ts';
 import { ParamStore, type Initializer, type ParamGroup } from './params.ts';
+import { hostBatchNorm, hostBatchStats } from './batch-norm-host.ts';
 
 export type BnMode = 'frozen' | 'trainable';
 export type Layer = (x: tf.Tensor4D) => tf.Tensor4D;
@@ -54,6 +55,13 @@ export type CrossReplicaSum = (values: Float32Array) => Float32Array;
 export const BN_EPS = 1e-5;
 export const BN_MOMENTUM = 0.1;
 
+let hostBatchNormEnabled = true;
+
+/** Tests only: false makes trainable BN use the tensor formula on every backend (the host loops otherwise, wasm and cpu). */
+export function setHostBatchNorm(enabled: boolean): void {
+  hostBatchNormEnabled = enabled;
+}
+
 /** Batch norm whose behaviour follows a shared, mutable `state` (the model's BN switch). */
 export function batchNormLayer(store: ParamStore, name: string, group: ParamGroup, channels: number, state: BatchNormState): Layer {
   const gamma = store.add(`${name}.weight`, [channels], group, 'bn-affine', { kind: 'const', value: 1 });
@@ -69,6 +77,20 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
     }
     if (!state.training) {
       return tf.batchNorm4d(x, mean as tf.Tensor1D, variance as tf.Tensor1D, beta as tf.Tensor1D, gamma as tf.Tensor1D, BN_EPS);
+    }
+    const backend = tf.getBackend();
+    if (hostBatchNormEnabled && (backend === 'wasm' || backend === 'cpu')) {
+      const values = x.dataSync() as Float32Array;
+      const stats = hostBatchStats(values, channels, state.sum ?? null);
+      if (state.track)
+        tf.tidy(() => {
+          const n = stats.count;
+          const batchMean = tf.tensor1d(Float32Array.from(stats.mean));
+          const unbiased = tf.tensor1d(Float32Array.from(stats.variance, (v) => (v * n) / Math.max(1, n - 1)));
+          mean.assign(tf.add(tf.mul(mean, 1 - BN_MOMENTUM), tf.mul(batchMean, BN_MOMENTUM)));
+          variance.assign(tf.add(tf.mul(variance, 1 - BN_MOMENTUM), tf.mul(unbiased, BN_MOMENTUM)));
+        });
+      return hostBatchNorm(x, values, stats, gamma as tf.Tensor1D, beta as tf.Tensor1D, BN_EPS, state.sum ?? null);
     }
     const synced = state.sum ? syncedMoments(x, state.sum) : null;
     const moments = synced ?? tf.moments(x, [0, 1, 2]);
