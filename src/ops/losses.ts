@@ -13,6 +13,7 @@
  * ignored; use `validateMask` where masks enter the system.
  */
 import * as tf from '@tensorflow/tfjs';
+import { hostTensor, hostView, onHostBackend } from './host-memory.ts';
 import { maskOneHot } from './masks.ts';
 import { shapeStr } from './shape.ts';
 
@@ -69,8 +70,7 @@ export function normalizeFeatures<T extends tf.Tensor>(features: T): T {
  * training step's size ([32768, 19], wasm): 11.3 -> ~5 ms forward + backward.
  */
 function maskedCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D, weights?: tf.Tensor1D): tf.Scalar {
-  const backend = tf.getBackend();
-  if (hostCrossEntropy && (backend === 'wasm' || backend === 'cpu')) return hostMaskedCrossEntropy(logits, labels, weights);
+  if (hostCrossEntropy && onHostBackend()) return hostMaskedCrossEntropy(logits, labels, weights);
   return tf.tidy(() => {
     const onehot = maskOneHot(labels, logits.shape[1]) as tf.Tensor2D;
     const perPixel = tf.logSoftmax(logits).neg().mul(onehot);
@@ -100,48 +100,57 @@ function hostMaskedCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D, weight
   const [n, k] = logits.shape;
   const op = tf.customGrad((...inputs: Array<tf.Tensor | tf.GradSaveFunc>) => {
     const z = inputs[0] as tf.Tensor2D;
-    // host copies: the backward reads them, no tensor outlives the forward
-    const p = tf.tidy(() => tf.softmax(z)).dataSync() as Float32Array;
-    const y = labels.dataSync() as Int32Array;
-    const w = weights?.dataSync() as Float32Array | undefined;
+    const save = inputs[1] as tf.GradSaveFunc;
+    const probs = tf.softmax(z);
+    // the backward reads the softmax, labels and weights where they are (host memory, no copies)
+    save(weights ? [probs, labels, weights] : [probs, labels]);
     let valid = 0;
     let nll = 0;
-    let zs: Float32Array | undefined;
-    for (let i = 0; i < n; i++) {
-      const c = y[i]!;
-      if (!(c >= 0 && c < k)) continue;
-      valid++;
-      const py = p[i * k + c]!;
-      let loss: number;
-      if (py >= TINY) loss = -Math.log(py);
-      else {
-        zs ??= z.dataSync() as Float32Array;
-        let m = -Infinity;
-        for (let j = i * k; j < (i + 1) * k; j++) m = Math.max(m, zs[j]!);
-        let sum = 0;
-        for (let j = i * k; j < (i + 1) * k; j++) sum += Math.exp(zs[j]! - m);
-        loss = m + Math.log(sum) - zs[i * k + c]!;
+    {
+      // views: no backend allocation until the loop ends (z's copy, where needed, is a JS array)
+      const p = hostView(probs);
+      const y = hostView<Int32Array>(labels);
+      const w = weights ? hostView(weights) : undefined;
+      let zs: Float32Array | undefined;
+      for (let i = 0; i < n; i++) {
+        const c = y[i]!;
+        if (!(c >= 0 && c < k)) continue;
+        valid++;
+        const py = p[i * k + c]!;
+        let loss: number;
+        if (py >= TINY) loss = -Math.log(py);
+        else {
+          zs ??= Float32Array.from(hostView(z));
+          let m = -Infinity;
+          for (let j = i * k; j < (i + 1) * k; j++) m = Math.max(m, zs[j]!);
+          let sum = 0;
+          for (let j = i * k; j < (i + 1) * k; j++) sum += Math.exp(zs[j]! - m);
+          loss = m + Math.log(sum) - zs[i * k + c]!;
+        }
+        nll += w ? w[i]! * loss : loss;
       }
-      nll += w ? w[i]! * loss : loss;
     }
     const denom = Math.max(valid, 1);
     return {
       value: tf.scalar(nll / denom),
-      gradFunc: (dy: tf.Tensor) => {
-        const g = Float32Array.from(p);
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const scale = dy.dataSync()[0]! / denom;
-        for (let i = 0; i < n; i++) {
-          const c = y[i]!;
-          const row = i * k;
-          if (!(c >= 0 && c < k)) {
-            g.fill(0, row, row + k);
-            continue;
+        return hostTensor<tf.Rank.R2>([n, k], (g) => {
+          const p = hostView(saved[0]!);
+          const y = hostView<Int32Array>(saved[1]!);
+          const w = weights ? hostView(saved[2]!) : undefined;
+          for (let i = 0; i < n; i++) {
+            const c = y[i]!;
+            const row = i * k;
+            if (!(c >= 0 && c < k)) {
+              g.fill(0, row, row + k);
+              continue;
+            }
+            const s = w ? w[i]! * scale : scale;
+            for (let j = row; j < row + k; j++) g[j] = p[j]! * s;
+            g[row + c]! -= s;
           }
-          const s = w ? w[i]! * scale : scale;
-          for (let j = row; j < row + k; j++) g[j]! *= s;
-          g[row + c]! -= s;
-        }
-        return tf.tensor2d(g, [n, k]);
+        });
       },
     };
   });

@@ -4,6 +4,9 @@
  * in one (y = x * a + b per channel), the backward in two (sum(dy) and sum(dy * x^), then dx). The
  * tensor formula (`layers.ts`) runs ~8 element-wise kernels each way, each a pass over the activations
  * and a new buffer; on the small DeepLab with trainable BN they were a fifth of a wasm training step.
+ * The loops read and write tensor memory in place (`host-memory.ts`): copies through JS typed arrays
+ * made V8 collect garbage so often that data-parallel replicas, which meet at every BN layer, lost
+ * more to the pauses than the loops gained.
  *
  * The math is the formula's (and PyTorch's): x^ = (x - mean) / sqrt(var + eps) with the biased batch
  * variance; dx = gamma / sigma * (dy - sum(dy) / N - x^ * sum(dy * x^) / N); d gamma = sum(dy * x^),
@@ -12,6 +15,7 @@
  * sums, synchronised BN) and in d gamma / d beta (this replica's part).
  */
 import * as tf from '@tensorflow/tfjs';
+import { hostTensor, hostView } from '../host-memory.ts';
 import type { CrossReplicaSum } from './layers.ts';
 
 export interface HostBatchStats {
@@ -22,9 +26,11 @@ export interface HostBatchStats {
   count: number;
 }
 
-/** Per-channel mean and biased variance of NHWC `values` (`channels` innermost), over every replica with `sum`. */
-export function hostBatchStats(values: Float32Array, channels: number, sum: CrossReplicaSum | null): HostBatchStats {
-  const c = channels;
+/** Per-channel mean and biased variance of NHWC `x`, over every replica with `sum`. */
+export function hostBatchStats(x: tf.Tensor4D, sum: CrossReplicaSum | null): HostBatchStats {
+  const c = x.shape[3];
+  // no backend allocation below: the view stays valid (`sum` waits for the other replicas, nothing else)
+  const values = hostView(x);
   const local = new Float64Array(c);
   for (let i = 0; i < values.length; i += c) for (let k = 0; k < c; k++) local[k]! += values[i + k]!;
   let count = values.length / c;
@@ -52,13 +58,11 @@ export function hostBatchStats(values: Float32Array, channels: number, sum: Cros
 }
 
 /**
- * The batch-norm op (x, gamma, beta) -> y by the statistics `stats` of `values` (= x's data, read by the
- * caller), with the gradient above. The statistics are constants for the tape (their dependence on x is
- * in the gradient formula).
+ * The batch-norm op (x, gamma, beta) -> y by the statistics `stats` of x, with the gradient above. The
+ * statistics are constants for the tape (their dependence on x is in the gradient formula).
  */
 export function hostBatchNorm(
   x: tf.Tensor4D,
-  values: Float32Array,
   stats: HostBatchStats,
   gamma: tf.Tensor1D,
   beta: tf.Tensor1D,
@@ -68,8 +72,9 @@ export function hostBatchNorm(
   const c = x.shape[3];
   const { mean, count } = stats;
   const invStd = stats.variance.map((v) => 1 / Math.sqrt(v + eps));
-  const f = tf.customGrad(((xs: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => {
-    const gv = g.dataSync() as Float32Array;
+  // tfjs passes the inputs and then `save` as one rest list
+  const f = tf.customGrad(((xs: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    const gv = Float64Array.from(g.dataSync() as Float32Array);
     const bv = b.dataSync() as Float32Array;
     const scale = new Float64Array(c);
     const shift = new Float64Array(c);
@@ -77,20 +82,27 @@ export function hostBatchNorm(
       scale[k] = gv[k]! * invStd[k]!;
       shift[k] = bv[k]! - mean[k]! * scale[k]!;
     }
-    const y = new Float32Array(values.length);
-    for (let i = 0; i < values.length; i += c) for (let k = 0; k < c; k++) y[i + k] = values[i + k]! * scale[k]! + shift[k]!;
+    save([xs]);
+    const y = hostTensor<tf.Rank.R4>(xs.shape, (out) => {
+      const values = hostView(xs);
+      for (let i = 0; i < values.length; i += c) for (let k = 0; k < c; k++) out[i + k] = values[i + k]! * scale[k]! + shift[k]!;
+    });
     return {
-      value: tf.tensor4d(y, xs.shape as [number, number, number, number]),
-      gradFunc: (dy: tf.Tensor) => {
-        const d = dy.dataSync() as Float32Array;
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const input = saved[0]!;
         const sumDy = new Float64Array(c);
         const sumDyXc = new Float64Array(c); // sum(dy * (x - mean)); times invStd: sum(dy * x^)
-        for (let i = 0; i < d.length; i += c)
-          for (let k = 0; k < c; k++) {
-            const v = d[i + k]!;
-            sumDy[k]! += v;
-            sumDyXc[k]! += v * (values[i + k]! - mean[k]!);
-          }
+        {
+          const d = hostView(dy);
+          const values = hostView(input);
+          for (let i = 0; i < d.length; i += c)
+            for (let k = 0; k < c; k++) {
+              const v = d[i + k]!;
+              sumDy[k]! += v;
+              sumDyXc[k]! += v * (values[i + k]! - mean[k]!);
+            }
+        }
         const local = new Float32Array(2 * c);
         for (let k = 0; k < c; k++) {
           local[k] = sumDy[k]!;
@@ -106,10 +118,13 @@ export function hostBatchNorm(
           bx[k] = (-a[k]! * invStd[k]! * all[c + k]!) / count;
           c0[k] = (-a[k]! * all[k]!) / count;
         }
-        const dx = new Float32Array(d.length);
-        for (let i = 0; i < d.length; i += c)
-          for (let k = 0; k < c; k++) dx[i + k] = a[k]! * d[i + k]! + bx[k]! * (values[i + k]! - mean[k]!) + c0[k]!;
-        return [tf.tensor4d(dx, dy.shape as [number, number, number, number]), tf.tensor1d(local.slice(c)), tf.tensor1d(local.slice(0, c))];
+        const dx = hostTensor<tf.Rank.R4>(dy.shape, (out) => {
+          const d = hostView(dy);
+          const values = hostView(input);
+          for (let i = 0; i < d.length; i += c)
+            for (let k = 0; k < c; k++) out[i + k] = a[k]! * d[i + k]! + bx[k]! * (values[i + k]! - mean[k]!) + c0[k]!;
+        });
+        return [dx, tf.tensor1d(local.slice(c)), tf.tensor1d(local.slice(0, c))];
       },
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]);

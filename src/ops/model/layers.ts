@@ -12,6 +12,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { conv2d, type ConvOptions } from '../conv.ts';
 import { ParamStore, type Initializer, type ParamGroup } from './params.ts';
+import { onHostBackend } from '../host-memory.ts';
 import { hostBatchNorm, hostBatchStats } from './batch-norm-host.ts';
 
 export type BnMode = 'frozen' | 'trainable';
@@ -78,10 +79,8 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
     if (!state.training) {
       return tf.batchNorm4d(x, mean as tf.Tensor1D, variance as tf.Tensor1D, beta as tf.Tensor1D, gamma as tf.Tensor1D, BN_EPS);
     }
-    const backend = tf.getBackend();
-    if (hostBatchNormEnabled && (backend === 'wasm' || backend === 'cpu')) {
-      const values = x.dataSync() as Float32Array;
-      const stats = hostBatchStats(values, channels, state.sum ?? null);
+    if (hostBatchNormEnabled && onHostBackend()) {
+      const stats = hostBatchStats(x, state.sum ?? null);
       if (state.track)
         tf.tidy(() => {
           const n = stats.count;
@@ -90,7 +89,7 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
           mean.assign(tf.add(tf.mul(mean, 1 - BN_MOMENTUM), tf.mul(batchMean, BN_MOMENTUM)));
           variance.assign(tf.add(tf.mul(variance, 1 - BN_MOMENTUM), tf.mul(unbiased, BN_MOMENTUM)));
         });
-      return hostBatchNorm(x, values, stats, gamma as tf.Tensor1D, beta as tf.Tensor1D, BN_EPS, state.sum ?? null);
+      return hostBatchNorm(x, stats, gamma as tf.Tensor1D, beta as tf.Tensor1D, BN_EPS, state.sum ?? null);
     }
     const synced = state.sum ? syncedMoments(x, state.sum) : null;
     const moments = synced ?? tf.moments(x, [0, 1, 2]);
