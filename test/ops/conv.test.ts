@@ -212,7 +212,7 @@ for (const [backend, hostShuffle] of [
   });
 }
 
-test('strided input gradient with device-side filter shuffles (the GPU path) equals the cpu backend', async () => {
+test('strided conv gradients with device-side filter shuffles and strided slices (the GPU path) equal the cpu backend', async () => {
   await useBackend('cpu');
   for (const c of cases.filter((k) => k.stride > 1)) {
     const xv = seededValues(
@@ -229,6 +229,7 @@ test('strided input gradient with device-side filter shuffles (the GPU path) equ
     const got = nativeGrads(c.x, c.w, xv, wv, c.stride, c.pad);
     setHostFilterShuffle(true);
     assertClose(got.gx, ref.gx, 1e-5, `${c.name} dX`);
+    assertClose(got.gw, ref.gw, 1e-5, `${c.name} dW`);
     await useBackend('cpu');
   }
 });
