@@ -15,12 +15,12 @@ export interface BenchNet extends Replica {
   forward(x: tf.Tensor4D): tf.Tensor4D;
 }
 
-export function benchNet(net: string, classes: number): BenchNet {
+export function benchNet(net: string, classes: number, bn: 'frozen' | 'trainable' = 'frozen'): BenchNet {
   if (net === 'plain') {
     const m = plainNet(classes, 0);
     return { params: m.params, variables: new Map(m.params.map((p) => [p.name, p.variable])), forward: m.forward, dispose: m.dispose };
   }
-  const model = deeplabV2({ backbone: 'small', numClasses: classes, seed: 0 });
+  const model = deeplabV2({ backbone: 'small', numClasses: classes, seed: 0, bn });
   return {
     params: model.trainableParams(),
     variables: new Map([...model.store.params].map(([k, p]) => [k, p.variable])),
@@ -38,8 +38,8 @@ export function benchLoss(net: BenchNet, images: tf.Tensor4D, labels: tf.Tensor3
 
 export const program: Program<BenchNet> = {
   build: (d) => {
-    const { net, classes } = d as { net: string; classes: number };
-    return benchNet(net, classes);
+    const { net, classes, bn } = d as { net: string; classes: number; bn?: 'frozen' | 'trainable' };
+    return benchNet(net, classes, bn);
   },
   loss: (net, t, _args, shard) => {
     const seg = shard.batchMean(benchLoss(net, t.images as tf.Tensor4D, t.labels as tf.Tensor3D), t.labels!.size);

@@ -1,7 +1,7 @@
 /**
  * Training-step benchmark, side by side with PyTorch on the same machine. Two nets, because PyTorch 1.13's
  * CPU dilated convolution is a slow path and the DeepLab alone would flatter us:
- * - `deeplab`: the small DeepLab-v2 (backbone 'small', frozen BN, ASPP d 6/12/18/24);
+ * - `deeplab`: the small DeepLab-v2 (backbone 'small', frozen BN or `--bn trainable`, ASPP d 6/12/18/24);
  * - `plain`: six 3x3 convolutions, three of stride 2, 32-128 channels, no dilation (bench/plain-net.ts).
  * One step = forward, bilinear upsample (align_corners), CE, backward, SGD (momentum, weight decay,
  * classifier x10). The wasm and cpu backends run at each of `--threads` (tfjs-wasm has no threads in Node:
@@ -27,6 +27,7 @@ const USAGE = `usage: npm run bench:step -- [options]
   --sizes LIST         input sizes HxW, comma-separated (default 64x128)
   --batch N            images per step (default 8)
   --classes K          classes (default 19)
+  --bn MODE            the DeepLab's batch norm: frozen (the paper's, the default) | trainable (the synthetic preset's)
   --steps N            timed steps per engine (default 10; the cpu backend takes --cpu-steps)
   --cpu-steps N        timed steps on tfjs's pure-JS cpu backend (default 1: it is slow)
   --backends LIST      tfjs backends (default tensorflow,wasm,cpu; unavailable ones are reported skipped)
@@ -42,6 +43,7 @@ const cli = parseCli('bench:step', USAGE, {
   sizes: { type: 'string', default: '64x128' },
   batch: { type: 'string', default: '8' },
   classes: { type: 'string', default: '19' },
+  bn: { type: 'string', default: 'frozen' },
   steps: { type: 'string', default: '10' },
   'cpu-steps': { type: 'string', default: '1' },
   backends: { type: 'string', default: 'tensorflow,wasm,cpu' },
@@ -57,6 +59,8 @@ const classes = int('classes', args.classes, 2);
 const steps = int('steps', args.steps);
 const cpuSteps = int('cpu-steps', args['cpu-steps']);
 const nets = args.nets.split(',');
+if (args.bn !== 'frozen' && args.bn !== 'trainable') cli.fail(`--bn must be frozen or trainable, got '${args.bn}'`);
+const bn = args.bn as 'frozen' | 'trainable';
 for (const n of nets) if (n !== 'deeplab' && n !== 'plain') cli.fail(`--nets: unknown net '${n}', expected deeplab or plain`);
 const sizes = args.sizes.split(',').map((s) => parseSize(s, 'sizes', '64x128', cli.fail));
 const cores = os.availableParallelism();
@@ -83,7 +87,7 @@ async function timeBackend(name: BackendName, net: string, [h, w]: [number, numb
     return (err as Error).message.split('.')[0]!;
   }
   if (threads > 1 && name === 'tensorflow') return 'the tensorflow backend runs its own threads';
-  const m = benchNet(net, classes);
+  const m = benchNet(net, classes, bn);
   const opt = new SGD([
     { params: m.params.filter((p) => p.group === 'backbone'), lrMult: 1 },
     { params: m.params.filter((p) => p.group === 'classifier'), lrMult: 10 },
@@ -95,7 +99,7 @@ async function timeBackend(name: BackendName, net: string, [h, w]: [number, numb
       ? await DataParallel.start({
           threads,
           backend: name,
-          program: { module: new URL('./step-program.ts', import.meta.url).href, description: { net, classes } },
+          program: { module: new URL('./step-program.ts', import.meta.url).href, description: { net, classes, bn } },
           replica: m,
         })
       : null;
@@ -130,12 +134,21 @@ function timeTorch(net: string, [h, w]: [number, number], threads: number): numb
   const script = new URL('./step_torch.py', import.meta.url).pathname;
   const r = spawnSync(
     args.python,
-    [script, '--net', net, '--batch', String(batch), '--height', String(h), '--width', String(w), '--classes', String(classes)].concat([
-      '--steps',
-      String(steps),
-      '--threads',
-      String(threads),
-    ]),
+    [
+      script,
+      '--net',
+      net,
+      '--bn',
+      bn,
+      '--batch',
+      String(batch),
+      '--height',
+      String(h),
+      '--width',
+      String(w),
+      '--classes',
+      String(classes),
+    ].concat(['--steps', String(steps), '--threads', String(threads)]),
     { encoding: 'utf8' },
   );
   if (r.status !== 0) return `peer failed: ${(r.stderr || r.error?.message || '').trim().split('\n').pop()}`;
@@ -191,6 +204,7 @@ const header = {
   cpu: os.cpus()[0]?.model ?? 'unknown',
   batch,
   classes,
+  bn,
   steps,
   pytorch: peerVersion || null,
 };
@@ -198,7 +212,7 @@ if (args.json) {
   console.log(JSON.stringify({ ...header, results }));
 } else {
   console.log(
-    `training step, batch ${batch}, ${classes} classes, ${cores} cores (${header.cpu}), PyTorch ${peerVersion || 'absent'}, ${header.date}`,
+    `training step, batch ${batch}, ${classes} classes, DeepLab BN ${bn}, ${cores} cores (${header.cpu}), PyTorch ${peerVersion || 'absent'}, ${header.date}`,
   );
   console.log(
     [

@@ -1,5 +1,6 @@
 """PyTorch peer of bench/step.ts. `--net deeplab`: the same small DeepLab-v2 (one bottleneck per ResNet layer, stem 16,
-planes 8/16/32/64, OS 8 with layer3 d2 / layer4 d4, frozen BN, 4-branch ASPP d 6/12/18/24), one SGD
+planes 8/16/32/64, OS 8 with layer3 d2 / layer4 d4, frozen BN or with `--bn trainable` nn.BatchNorm2d in training
+mode, 4-branch ASPP d 6/12/18/24), one SGD
 training step (forward, bilinear upsample with align_corners=True, CE with ignore 255, backward,
 momentum + weight decay, classifier x10). `--net plain`: bench/plain-net.ts's six 3x3 convolutions
 (three of stride 2, 32-128 channels, no dilation) and a 1x1 classifier, the same step. Prints one JSON
@@ -22,15 +23,18 @@ class FrozenBN(nn.Module):
         return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
 
+BN = FrozenBN  # or nn.BatchNorm2d (--bn trainable): set in main() before the model is built
+
+
 class Bottleneck(nn.Module):
     def __init__(self, cin, planes, stride, dilation, downsample):
         super().__init__()
         out = planes * 4
-        self.conv1, self.bn1 = nn.Conv2d(cin, planes, 1, bias=False), FrozenBN(planes)
+        self.conv1, self.bn1 = nn.Conv2d(cin, planes, 1, bias=False), BN(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = FrozenBN(planes)
-        self.conv3, self.bn3 = nn.Conv2d(planes, out, 1, bias=False), FrozenBN(out)
-        self.down = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), FrozenBN(out)) if downsample else None
+        self.bn2 = BN(planes)
+        self.conv3, self.bn3 = nn.Conv2d(planes, out, 1, bias=False), BN(out)
+        self.down = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), BN(out)) if downsample else None
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -42,7 +46,7 @@ class Bottleneck(nn.Module):
 class SmallDeeplab(nn.Module):
     def __init__(self, classes, blocks=(1, 1, 1, 1), stem=16, planes=(8, 16, 32, 64)):
         super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False), FrozenBN(stem)
+        self.conv1, self.bn1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False), BN(stem)
         layers, cin = [], stem
         for (stride, d_first, d_rest), n, p in zip(((1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)), blocks, planes):
             for i in range(n):
@@ -83,7 +87,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda where PyTorch has a GPU")
+    ap.add_argument("--bn", choices=("frozen", "trainable"), default="frozen")
     a = ap.parse_args()
+    global BN
+    BN = FrozenBN if a.bn == "frozen" else nn.BatchNorm2d
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
