@@ -237,8 +237,7 @@ function rearrangeTaps(
   source: (u: number, v: number, g: number) => [number, number] | null,
 ): tf.Tensor4D {
   const [kh, kw, cin, cout] = filter.shape;
-  const backend = tf.getBackend();
-  if (hostShuffle && (backend === 'wasm' || backend === 'cpu')) {
+  if (hostShuffle && onHostBackend()) {
     const src = filter.dataSync();
     const out = new Float32Array(oh * ow * cout * groups * cin);
     const rowOut = groups * cin;

@@ -12,8 +12,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 
-/** What this module needs of tfjs-backend-wasm's backend. */
-interface WasmHeap {
+/** What the host loops need of tfjs-backend-wasm's backend: its heap views and output allocation. */
+export interface WasmHeap {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
   typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array;
 }

@@ -11,8 +11,12 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { convFilterGrad, convInputGrad, type ConvGeometry } from './conv.ts';
+import type { WasmHeap } from './host-memory.ts';
 
 type Shape4 = [number, number, number, number];
+
+/** What a kernel function receives. */
+type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
 
 interface BackpropAttrs {
   strides: number | [number, number];
@@ -47,12 +51,6 @@ function asTensor(info: tf.TensorInfo): tf.Tensor4D {
   return engine.makeTensorFromTensorInfo(info) as tf.Tensor4D;
 }
 
-/** What the Sum override needs of tfjs-backend-wasm's backend: its heap views and output allocation. */
-interface WasmHeap {
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
-  typedArrayFromHeap(t: tf.TensorInfo): Float32Array;
-}
-
 /**
  * tfjs-wasm's Sum reduces the innermost axes only: a sum over the leading axes of NHWC ([0, 1, 2]: every
  * batch-norm statistic and bias gradient of a training step) transposes the whole tensor first, then
@@ -60,7 +58,7 @@ interface WasmHeap {
  * accumulator per channel) straight from the untransposed input: the same bits, without the copy.
  * Returns null for other sums (the stock kernel runs).
  */
-function sumLeadingAxes(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.TensorInfo | null {
+function sumLeadingAxes(args: KernelArgs): tf.TensorInfo | null {
   const x = args.inputs.x!;
   const { axis, keepDims } = args.attrs as unknown as { axis: number | number[]; keepDims: boolean };
   const rank = x.shape.length;
@@ -92,7 +90,7 @@ function sumLeadingAxes(args: { inputs: tf.NamedTensorInfoMap; backend: unknown;
  * Channels innermost, contiguous in NHWC. Returns null for what it does not cover (non-float32, NCHW,
  * dilation).
  */
-function maxPoolGrad(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.TensorInfo | null {
+function maxPoolGrad(args: KernelArgs): tf.TensorInfo | null {
   const { dy, input } = args.inputs as { dy: tf.TensorInfo; input: tf.TensorInfo };
   const a = args.attrs as unknown as {
     filterSize: number | [number, number];
@@ -153,28 +151,24 @@ export function stockWasmKernel(name: 'Sum' | 'MaxPoolGrad'): tf.KernelConfig | 
   return stock.get(name);
 }
 
+/**
+ * Registers `ours` in place of tfjs-wasm's kernel `name`, falling back to the stock kernel (kept for the
+ * tests, `stockWasmKernel`) for the inputs where `ours` returns null.
+ */
+function overrideStock(name: 'Sum' | 'MaxPoolGrad', ours: (args: KernelArgs) => tf.TensorInfo | null): void {
+  const stockKernel = tf.getKernel(name, 'wasm');
+  if (!stockKernel) return;
+  stock.set(name, stockKernel);
+  tf.unregisterKernel(name, 'wasm');
+  tf.registerKernel({ ...stockKernel, kernelFunc: (args) => ours(args) ?? (stockKernel.kernelFunc(args) as tf.TensorInfo) });
+}
+
 /** Registers the conv gradient kernels for wasm. Idempotent. Call after the wasm backend is imported. */
 export function registerWasmTrainingKernels(): void {
   if (registered) return;
   registered = true;
-  const stockSum = tf.getKernel('Sum', 'wasm');
-  if (stockSum) {
-    stock.set('Sum', stockSum);
-    tf.unregisterKernel('Sum', 'wasm');
-    tf.registerKernel({
-      ...stockSum,
-      kernelFunc: (args) => sumLeadingAxes(args) ?? (stockSum.kernelFunc(args) as tf.TensorInfo),
-    });
-  }
-  const stockMaxPoolGrad = tf.getKernel('MaxPoolGrad', 'wasm');
-  if (stockMaxPoolGrad) {
-    stock.set('MaxPoolGrad', stockMaxPoolGrad);
-    tf.unregisterKernel('MaxPoolGrad', 'wasm');
-    tf.registerKernel({
-      ...stockMaxPoolGrad,
-      kernelFunc: (args) => maxPoolGrad(args) ?? (stockMaxPoolGrad.kernelFunc(args) as tf.TensorInfo),
-    });
-  }
+  overrideStock('Sum', sumLeadingAxes);
+  overrideStock('MaxPoolGrad', maxPoolGrad);
   if (tf.getKernel('Conv2DBackpropInput', 'wasm')) tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
   if (tf.getKernel('Conv2DBackpropFilter', 'wasm')) tf.unregisterKernel('Conv2DBackpropFilter', 'wasm');
 

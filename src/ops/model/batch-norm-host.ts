@@ -109,12 +109,11 @@ export function hostBatchNorm(
           local[c + k] = sumDyXc[k]! * invStd[k]!;
         }
         const all = sum ? sum(local) : local;
-        // dx = A dy + B (x - mean) + C with A = gamma invStd, B = -A invStd mean(dy x^), C = -A mean(dy)
-        const a = new Float64Array(c);
+        // dx = A dy + B (x - mean) + C with A = gamma invStd (the forward's scale), B = -A invStd mean(dy x^), C = -A mean(dy)
+        const a = scale;
         const bx = new Float64Array(c);
         const c0 = new Float64Array(c);
         for (let k = 0; k < c; k++) {
-          a[k] = gv[k]! * invStd[k]!;
           bx[k] = (-a[k]! * invStd[k]! * all[c + k]!) / count;
           c0[k] = (-a[k]! * all[k]!) / count;
         }

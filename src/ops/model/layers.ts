@@ -82,29 +82,34 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
     if (hostBatchNormEnabled && onHostBackend()) {
       const stats = hostBatchStats(x, state.sum ?? null);
       if (state.track)
-        tf.tidy(() => {
-          const n = stats.count;
-          const batchMean = tf.tensor1d(Float32Array.from(stats.mean));
-          const unbiased = tf.tensor1d(Float32Array.from(stats.variance, (v) => (v * n) / Math.max(1, n - 1)));
-          mean.assign(tf.add(tf.mul(mean, 1 - BN_MOMENTUM), tf.mul(batchMean, BN_MOMENTUM)));
-          variance.assign(tf.add(tf.mul(variance, 1 - BN_MOMENTUM), tf.mul(unbiased, BN_MOMENTUM)));
-        });
+        tf.tidy(() =>
+          trackRunning(
+            mean,
+            variance,
+            tf.tensor1d(Float32Array.from(stats.mean)),
+            tf.tensor1d(Float32Array.from(stats.variance)),
+            stats.count,
+          ),
+        );
       return hostBatchNorm(x, stats, gamma as tf.Tensor1D, beta as tf.Tensor1D, BN_EPS, state.sum ?? null);
     }
     const synced = state.sum ? syncedMoments(x, state.sum) : null;
     const moments = synced ?? tf.moments(x, [0, 1, 2]);
     const n = synced?.count ?? x.shape[0] * x.shape[1] * x.shape[2];
-    // Running statistics as PyTorch: momentum 0.1, unbiased batch variance.
-    if (state.track)
-      tf.tidy(() => {
-        // Assignments are not recorded on the tape: no gradient flows through the running statistics.
-        const unbiased = tf.mul(moments.variance, n / Math.max(1, n - 1));
-        mean.assign(tf.add(tf.mul(mean, 1 - BN_MOMENTUM), tf.mul(moments.mean, BN_MOMENTUM)));
-        variance.assign(tf.add(tf.mul(variance, 1 - BN_MOMENTUM), tf.mul(unbiased, BN_MOMENTUM)));
-      });
+    if (state.track) tf.tidy(() => trackRunning(mean, variance, moments.mean, moments.variance, n));
     const m = synced ?? { mean: moments.mean as tf.Tensor1D, variance: moments.variance as tf.Tensor1D, count: n };
     return explicitBatchNorm(x, m, gamma as tf.Tensor1D, beta as tf.Tensor1D, state.sum ?? null);
   };
+}
+
+/**
+ * Running statistics as PyTorch: momentum 0.1, the unbiased batch variance (`batchVariance` is biased, over
+ * `n` pixels). Assignments are not recorded on the tape: no gradient flows through them.
+ */
+function trackRunning(mean: tf.Variable, variance: tf.Variable, batchMean: tf.Tensor, batchVariance: tf.Tensor, n: number): void {
+  const unbiased = tf.mul(batchVariance, n / Math.max(1, n - 1));
+  mean.assign(tf.add(tf.mul(mean, 1 - BN_MOMENTUM), tf.mul(batchMean, BN_MOMENTUM)));
+  variance.assign(tf.add(tf.mul(variance, 1 - BN_MOMENTUM), tf.mul(unbiased, BN_MOMENTUM)));
 }
 
 interface SyncedMoments {
