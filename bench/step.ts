@@ -8,7 +8,8 @@
  * above 1, the step is data-parallel over worker replicas, src/parallel, the same path as `train.threads`);
  * the peer (bench/step_torch.py, Debian's python3-torch) runs at each of `--torch-threads`. Every figure is the
  * median of `--steps` steps after a warm-up step; the ratio is ours / PyTorch's at 1 thread and at the
- * most threads.
+ * most threads. An engine's thread counts are timed in turn, one step each round, so that the speed-up
+ * over one thread compares steps taken seconds apart, not minutes.
  *
  *   npm run bench:step -- [--nets deeplab,plain] [--sizes 64x128] [--batch 8] [--steps 10] [--threads 1,2] [--json]
  */
@@ -76,17 +77,39 @@ interface Result {
   note?: string;
   ratioToPytorch1Thread?: number;
   ratioToPytorchMaxThreads?: number;
-  /** This engine's time over its own 1-thread time (data-parallel speed-up; threads > 1). */
+  /**
+   * This engine's step over its own one-thread step (data-parallel speed-up; threads > 1): the median over
+   * the rounds (the counts are timed in turn, one step each), and the lowest and highest round.
+   */
   ratioToOneThread?: number;
+  ratioToOneThreadRange?: [number, number];
 }
 
-async function timeBackend(name: BackendName, net: string, [h, w]: [number, number], n: number, threads: number): Promise<number | string> {
+/** Milliseconds per step of one engine at each thread count, or why it could not run. */
+type Timing = { ms: number; ratios?: number[] } | string;
+
+/**
+ * Times `backend` at every thread count of `threadCounts` side by side: one model and optimiser (the main
+ * replica), one data-parallel group per count above 1, and the steps taken round-robin (1 thread, 2,
+ * ..., then again), so that a machine's drift over the run (20-40 % here over minutes) falls on every
+ * count alike. Each count's figure is its median step; `ratios` are, round by round, its step over the
+ * same round's one-thread step.
+ */
+async function timeBackend(
+  name: BackendName,
+  net: string,
+  [h, w]: [number, number],
+  n: number,
+  threadCounts: number[],
+): Promise<Map<number, Timing>> {
+  const out = new Map<number, Timing>();
   try {
     await selectBackend(name, { log: () => {} });
   } catch (err) {
-    return (err as Error).message.split('.')[0]!;
+    for (const t of threadCounts) out.set(t, (err as Error).message.split('.')[0]!);
+    return out;
   }
-  if (threads > 1 && name === 'tensorflow') return 'the tensorflow backend runs its own threads';
+  const counts = name === 'tensorflow' ? [1] : threadCounts;
   const m = benchNet(net, classes, bn);
   const opt = new SGD([
     { params: m.params.filter((p) => p.group === 'backbone'), lrMult: 1 },
@@ -94,39 +117,53 @@ async function timeBackend(name: BackendName, net: string, [h, w]: [number, numb
   ]);
   const x = tf.randomNormal([batch, h, w, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
   const labels = tf.randomUniformInt([batch, h, w], 0, classes, 2) as tf.Tensor3D;
-  const dp =
-    threads > 1
-      ? await DataParallel.start({
-          threads,
-          backend: name,
-          program: { module: new URL('./step-program.ts', import.meta.url).href, description: { net, classes, bn } },
-          replica: m,
-        })
-      : null;
   const host = {
     images: { data: x.dataSync() as Float32Array, shape: x.shape },
     labels: { data: labels.dataSync() as Int32Array, shape: labels.shape },
   };
-  const step = () =>
-    tf.tidy(() => {
-      const { grads } = dp ? dp.gradients(host, {}, m.params) : gradients(() => benchLoss(m, x, labels), m.params);
-      opt.step(grads, 1e-3);
-    });
+  const groups = new Map<number, DataParallel>();
   try {
-    step();
-    const times: number[] = [];
-    for (let i = 0; i < n; i++) {
-      const t0 = performance.now();
-      step();
-      times.push(performance.now() - t0);
+    for (const threads of counts.filter((t) => t > 1))
+      groups.set(
+        threads,
+        await DataParallel.start({
+          threads,
+          backend: name,
+          program: { module: new URL('./step-program.ts', import.meta.url).href, description: { net, classes, bn } },
+          replica: m,
+        }),
+      );
+    const step = (threads: number) =>
+      tf.tidy(() => {
+        const dp = groups.get(threads);
+        const { grads } = dp ? dp.gradients(host, {}, m.params) : gradients(() => benchLoss(m, x, labels), m.params);
+        opt.step(grads, 1e-3);
+      });
+    for (const t of counts) step(t);
+    const times = new Map(counts.map((t) => [t, [] as number[]]));
+    for (let i = 0; i < n; i++)
+      for (const t of counts) {
+        const t0 = performance.now();
+        step(t);
+        times.get(t)!.push(performance.now() - t0);
+      }
+    const one = times.get(1);
+    for (const t of counts) {
+      const ms = times.get(t)!;
+      out.set(t, { ms: median(ms), ...(one && t > 1 ? { ratios: ms.map((v, i) => v / one[i]!) } : {}) });
     }
-    return times.sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
+    if (name === 'tensorflow') for (const t of threadCounts.filter((c) => c > 1)) out.set(t, 'the tensorflow backend runs its own threads');
+    return out;
   } finally {
-    await dp?.close();
+    await Promise.all([...groups.values()].map((dp) => dp.close()));
     tf.dispose([x, labels]);
     opt.dispose();
     m.dispose();
   }
+}
+
+function median(values: number[]): number {
+  return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 }
 
 function timeTorch(net: string, [h, w]: [number, number], threads: number): number | string {
@@ -163,8 +200,8 @@ for (const net of nets) {
     const one = torch.find((p) => p.t === 1 && typeof p.ms === 'number')?.ms as number | undefined;
     const most = [...torch].reverse().find((p) => typeof p.ms === 'number')?.ms as number | undefined;
     for (const name of args.backends.split(',') as BackendName[]) {
-      for (const threads of name === 'tensorflow' ? [1] : tfThreads) {
-        const ms = await timeBackend(name, net, size, name === 'cpu' ? cpuSteps : steps, threads);
+      const timings = await timeBackend(name, net, size, name === 'cpu' ? cpuSteps : steps, tfThreads);
+      for (const [threads, ms] of timings)
         results.push(
           typeof ms === 'string'
             ? { engine: `tfjs-${name}`, net, size, threads, msPerStep: null, note: ms }
@@ -173,12 +210,14 @@ for (const net of nets) {
                 net,
                 size,
                 threads,
-                msPerStep: ms,
-                ...(one ? { ratioToPytorch1Thread: ms / one } : {}),
-                ...(most ? { ratioToPytorchMaxThreads: ms / most } : {}),
+                msPerStep: ms.ms,
+                ...(one ? { ratioToPytorch1Thread: ms.ms / one } : {}),
+                ...(most ? { ratioToPytorchMaxThreads: ms.ms / most } : {}),
+                ...(ms.ratios
+                  ? { ratioToOneThread: median(ms.ratios), ratioToOneThreadRange: [Math.min(...ms.ratios), Math.max(...ms.ratios)] }
+                  : {}),
               },
         );
-      }
     }
     for (const p of torch)
       results.push(
@@ -191,11 +230,6 @@ for (const net of nets) {
       peerVersion = v.stdout.trim();
     }
   }
-}
-
-for (const r of results) {
-  const base = results.find((b) => b.engine === r.engine && b.net === r.net && b.size === r.size && b.threads === 1)?.msPerStep;
-  if (r.threads > 1 && r.msPerStep !== null && base) r.ratioToOneThread = r.msPerStep / base;
 }
 
 const header = {
@@ -223,7 +257,7 @@ if (args.json) {
       'ms/step (median)',
       'vs PyTorch 1 thread',
       'vs PyTorch max threads',
-      'vs own 1 thread',
+      'vs own 1 thread (median of rounds, range)',
       'note',
     ].join(' | '),
   );
@@ -231,7 +265,14 @@ if (args.json) {
   for (const r of results)
     console.log(
       [r.net, r.size.join('x'), r.engine, r.threads, r.msPerStep === null ? 'skipped' : r.msPerStep.toFixed(1)]
-        .concat([x(r.ratioToPytorch1Thread), x(r.ratioToPytorchMaxThreads), x(r.ratioToOneThread), r.note ?? ''])
+        .concat([
+          x(r.ratioToPytorch1Thread),
+          x(r.ratioToPytorchMaxThreads),
+          r.ratioToOneThread === undefined
+            ? ''
+            : `${x(r.ratioToOneThread)} (${r.ratioToOneThreadRange!.map((v) => v.toFixed(2)).join('-')})`,
+          r.note ?? '',
+        ])
         .join(' | '),
     );
 }
