@@ -6,22 +6,28 @@
  * One step = forward, bilinear upsample (align_corners), CE, backward, SGD (momentum, weight decay,
  * classifier x10). The wasm and cpu backends run at each of `--threads` (tfjs-wasm has no threads in Node:
  * above 1, the step is data-parallel over worker replicas, src/parallel, the same path as `train.threads`);
- * the peer (bench/step_torch.py, Debian's python3-torch) runs at each of `--torch-threads`. Every figure is the
+ * the wasm backend also with more kernel threads in one replica (`--kernel-threads`: tfjs-wasm's threaded
+ * build, src/ops/wasm-threads.ts, the same arithmetic as one thread); the peer (bench/step_torch.py,
+ * Debian's python3-torch) runs at each of `--torch-threads` (its threads are kernel threads: its rows
+ * give them as both `threads` and `kernelThreads`). Every figure is the
  * median of `--steps` steps after a warm-up step; the ratio is ours / PyTorch's at 1 thread and at the
  * most threads. An engine's thread counts are timed in turn, one step each round, so that the speed-up
  * over one thread compares steps taken seconds apart, not minutes.
  *
- *   npm run bench:step -- [--nets deeplab,plain] [--sizes 64x128] [--batch 8] [--steps 10] [--threads 1,2] [--json]
+ *   npm run bench:step -- [--nets deeplab,plain] [--sizes 64x128] [--batch 8] [--steps 10] [--threads 1,2] [--kernel-threads 1,2] [--json]
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { once } from 'node:events';
 import os from 'node:os';
+import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
 import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { selectBackend, type BackendName } from '../src/ops/backend.ts';
 import { SGD, gradients } from '../src/ops/optim.ts';
 import { DataParallel } from '../src/parallel/data-parallel.ts';
 import { benchLoss, benchNet } from './step-program.ts';
+import type { KernelWorkerInit } from './step-kernel-worker.ts';
 
 const USAGE = `usage: npm run bench:step -- [options]
   --nets LIST          deeplab, plain (default both)
@@ -33,6 +39,7 @@ const USAGE = `usage: npm run bench:step -- [options]
   --cpu-steps N        timed steps on tfjs's pure-JS cpu backend (default 1: it is slow)
   --backends LIST      tfjs backends (default tensorflow,wasm,cpu; unavailable ones are reported skipped)
   --threads LIST       tfjs wasm/cpu thread counts: data-parallel replicas (default 1 and the machine's cores)
+  --kernel-threads LIST wasm kernel threads of one replica (tfjs-wasm's threaded build; default 1 and the cores)
   --torch-threads LIST PyTorch thread counts (default 1 and the machine's cores)
   --python PATH        the peer's interpreter (default /usr/bin/python3)
   --json               print one JSON object instead of the table
@@ -49,6 +56,7 @@ const cli = parseCli('bench:step', USAGE, {
   'cpu-steps': { type: 'string', default: '1' },
   backends: { type: 'string', default: 'tensorflow,wasm,cpu' },
   threads: { type: 'string' },
+  'kernel-threads': { type: 'string' },
   'torch-threads': { type: 'string' },
   python: { type: 'string', default: '/usr/bin/python3' },
   json: { type: 'boolean', default: false },
@@ -66,13 +74,17 @@ for (const n of nets) if (n !== 'deeplab' && n !== 'plain') cli.fail(`--nets: un
 const sizes = args.sizes.split(',').map((s) => parseSize(s, 'sizes', '64x128', cli.fail));
 const cores = os.availableParallelism();
 const tfThreads = (args.threads ?? (cores > 1 ? `1,${cores}` : '1')).split(',').map((t) => int('threads', t));
+const kernelThreads = (args['kernel-threads'] ?? (cores > 1 ? `1,${cores}` : '1')).split(',').map((t) => int('kernel-threads', t));
 const torchThreads = (args['torch-threads'] ?? (cores > 1 ? `1,${cores}` : '1')).split(',').map((t) => int('torch-threads', t));
 
 interface Result {
   engine: string;
   net: string;
   size: [number, number];
+  /** Data-parallel replicas (worker threads with their own backend). */
   threads: number;
+  /** Threads inside each replica's wasm kernels (src/ops/wasm-threads.ts; 1 elsewhere). */
+  kernelThreads: number;
   msPerStep: number | null;
   note?: string;
   ratioToPytorch1Thread?: number;
@@ -85,31 +97,47 @@ interface Result {
   ratioToOneThreadRange?: [number, number];
 }
 
-/** Milliseconds per step of one engine at each thread count, or why it could not run. */
+/** Milliseconds per step of one engine at one setting, or why it could not run. */
 type Timing = { ms: number; ratios?: number[] } | string;
 
+/** One setting of an engine: data-parallel replicas, and kernel threads of each replica's backend. */
+interface Variant {
+  replicas: number;
+  kernelThreads: number;
+}
+
+const key = (v: Variant) => `${v.replicas}x${v.kernelThreads}`;
+
 /**
- * Times `backend` at every thread count of `threadCounts` side by side: one model and optimiser (the main
- * replica), one data-parallel group per count above 1, and the steps taken round-robin (1 thread, 2,
- * ..., then again), so that a machine's drift over the run (20-40 % here over minutes) falls on every
- * count alike. Each count's figure is its median step; `ratios` are, round by round, its step over the
- * same round's one-thread step.
+ * Times `backend` at every setting of `variants` side by side: one model and optimiser (the main
+ * replica), one data-parallel group per replica count above 1, one worker thread with its own backend
+ * per kernel-thread count above 1 (bench/step-kernel-worker.ts: a backend's kernel threads are fixed
+ * when it starts), and the steps taken round-robin (each setting once, then again), so that a
+ * machine's drift over the run (20-40 % here over minutes) falls on every setting alike. Each
+ * setting's figure is its median step; `ratios` are, round by round, its step over the same round's
+ * one-thread step.
  */
 async function timeBackend(
   name: BackendName,
   net: string,
-  [h, w]: [number, number],
+  size: [number, number],
   n: number,
-  threadCounts: number[],
-): Promise<Map<number, Timing>> {
-  const out = new Map<number, Timing>();
+  variants: Variant[],
+): Promise<Map<string, Timing>> {
+  const out = new Map<string, Timing>();
   try {
     await selectBackend(name, { log: () => {} });
   } catch (err) {
-    for (const t of threadCounts) out.set(t, (err as Error).message.split('.')[0]!);
+    for (const v of variants) out.set(key(v), (err as Error).message.split('.')[0]!);
     return out;
   }
-  const counts = name === 'tensorflow' ? [1] : threadCounts;
+  const runnable = variants.filter((v) => {
+    if (name === 'tensorflow' && (v.replicas > 1 || v.kernelThreads > 1)) out.set(key(v), 'the tensorflow backend runs its own threads');
+    else if (name === 'cpu' && v.kernelThreads > 1) out.set(key(v), 'kernel threads are a wasm setting');
+    else return true;
+    return false;
+  });
+  const [h, w] = size;
   const m = benchNet(net, classes, bn);
   const opt = new SGD([
     { params: m.params.filter((p) => p.group === 'backbone'), lrMult: 1 },
@@ -121,41 +149,54 @@ async function timeBackend(
     images: { data: x.dataSync() as Float32Array, shape: x.shape },
     labels: { data: labels.dataSync() as Int32Array, shape: labels.shape },
   };
-  const groups = new Map<number, DataParallel>();
+  const groups: DataParallel[] = [];
+  const kernelWorkers: Worker[] = [];
   try {
-    for (const threads of counts.filter((t) => t > 1))
-      groups.set(
-        threads,
-        await DataParallel.start({
-          threads,
-          backend: name,
-          program: { module: new URL('./step-program.ts', import.meta.url).href, description: { net, classes, bn } },
-          replica: m,
-        }),
-      );
-    const step = (threads: number) =>
-      tf.tidy(() => {
-        const dp = groups.get(threads);
-        const { grads } = dp ? dp.gradients(host, {}, m.params) : gradients(() => benchLoss(m, x, labels), m.params);
-        opt.step(grads, 1e-3);
-      });
-    for (const t of counts) step(t);
-    const times = new Map(counts.map((t) => [t, [] as number[]]));
-    for (let i = 0; i < n; i++)
-      for (const t of counts) {
-        const t0 = performance.now();
-        step(t);
-        times.get(t)!.push(performance.now() - t0);
+    const steps = new Map<string, () => Promise<number>>();
+    for (const v of runnable) {
+      if (v.kernelThreads > 1) {
+        const init: KernelWorkerInit = { kernelThreads: v.kernelThreads, net, classes, bn, batch, size };
+        const worker = new Worker(new URL('./step-kernel-worker.ts', import.meta.url), { workerData: init });
+        kernelWorkers.push(worker);
+        const started = (await once(worker, 'message'))[0] as { ready: number };
+        if (started.ready !== v.kernelThreads) {
+          out.set(key(v), `the backend started ${started.ready} kernel threads, not ${v.kernelThreads}`);
+          continue;
+        }
+        steps.set(key(v), async () => {
+          worker.postMessage('step');
+          return (await once(worker, 'message'))[0] as number;
+        });
+        continue;
       }
-    const one = times.get(1);
-    for (const t of counts) {
-      const ms = times.get(t)!;
-      out.set(t, { ms: median(ms), ...(one && t > 1 ? { ratios: ms.map((v, i) => v / one[i]!) } : {}) });
+      const dp =
+        v.replicas > 1
+          ? await DataParallel.start({
+              threads: v.replicas,
+              backend: name,
+              program: { module: new URL('./step-program.ts', import.meta.url).href, description: { net, classes, bn } },
+              replica: m,
+            })
+          : null;
+      if (dp) groups.push(dp);
+      steps.set(key(v), async () => {
+        const t0 = performance.now();
+        tf.tidy(() => {
+          const { grads } = dp ? dp.gradients(host, {}, m.params) : gradients(() => benchLoss(m, x, labels), m.params);
+          opt.step(grads, 1e-3);
+        });
+        return performance.now() - t0;
+      });
     }
-    if (name === 'tensorflow') for (const t of threadCounts.filter((c) => c > 1)) out.set(t, 'the tensorflow backend runs its own threads');
+    for (const step of steps.values()) await step();
+    const times = new Map([...steps.keys()].map((k) => [k, [] as number[]]));
+    for (let i = 0; i < n; i++) for (const [k, step] of steps) times.get(k)!.push(await step());
+    const one = times.get(key({ replicas: 1, kernelThreads: 1 }));
+    for (const [k, ms] of times) out.set(k, { ms: median(ms), ...(one && ms !== one ? { ratios: ms.map((v, i) => v / one[i]!) } : {}) });
     return out;
   } finally {
-    await Promise.all([...groups.values()].map((dp) => dp.close()));
+    for (const worker of kernelWorkers) worker.postMessage('close');
+    await Promise.all([...groups.map((dp) => dp.close()), ...kernelWorkers.map((wk) => once(wk, 'exit'))]);
     tf.dispose([x, labels]);
     opt.dispose();
     m.dispose();
@@ -200,16 +241,20 @@ for (const net of nets) {
     const one = torch.find((p) => p.t === 1 && typeof p.ms === 'number')?.ms as number | undefined;
     const most = [...torch].reverse().find((p) => typeof p.ms === 'number')?.ms as number | undefined;
     for (const name of args.backends.split(',') as BackendName[]) {
-      const timings = await timeBackend(name, net, size, name === 'cpu' ? cpuSteps : steps, tfThreads);
-      for (const [threads, ms] of timings)
+      const variants: Variant[] = [
+        ...tfThreads.map((replicas) => ({ replicas, kernelThreads: 1 })),
+        ...kernelThreads.filter((k) => k > 1).map((k) => ({ replicas: 1, kernelThreads: k })),
+      ];
+      const timings = await timeBackend(name, net, size, name === 'cpu' ? cpuSteps : steps, variants);
+      for (const v of variants) {
+        const ms = timings.get(key(v));
+        if (ms === undefined || (name !== 'wasm' && v.kernelThreads > 1) || (name === 'tensorflow' && v.replicas > 1)) continue;
+        const row = { engine: `tfjs-${name}`, net, size, threads: v.replicas, kernelThreads: v.kernelThreads };
         results.push(
           typeof ms === 'string'
-            ? { engine: `tfjs-${name}`, net, size, threads, msPerStep: null, note: ms }
+            ? { ...row, msPerStep: null, note: ms }
             : {
-                engine: `tfjs-${name}`,
-                net,
-                size,
-                threads,
+                ...row,
                 msPerStep: ms.ms,
                 ...(one ? { ratioToPytorch1Thread: ms.ms / one } : {}),
                 ...(most ? { ratioToPytorchMaxThreads: ms.ms / most } : {}),
@@ -218,12 +263,13 @@ for (const net of nets) {
                   : {}),
               },
         );
+      }
     }
     for (const p of torch)
       results.push(
         typeof p.ms === 'string'
-          ? { engine: 'pytorch', net, size, threads: p.t, msPerStep: null, note: p.ms }
-          : { engine: 'pytorch', net, size, threads: p.t, msPerStep: p.ms },
+          ? { engine: 'pytorch', net, size, threads: p.t, kernelThreads: p.t, msPerStep: null, note: p.ms }
+          : { engine: 'pytorch', net, size, threads: p.t, kernelThreads: p.t, msPerStep: p.ms },
       );
     if (!peerVersion && torch.some((p) => typeof p.ms === 'number')) {
       const v = spawnSync(args.python, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
@@ -253,7 +299,8 @@ if (args.json) {
       'net',
       'size',
       'engine',
-      'threads',
+      'replicas',
+      'kernel threads',
       'ms/step (median)',
       'vs PyTorch 1 thread',
       'vs PyTorch max threads',
@@ -264,7 +311,14 @@ if (args.json) {
   const x = (v: number | undefined) => (v === undefined ? '' : `${v.toFixed(2)}x`);
   for (const r of results)
     console.log(
-      [r.net, r.size.join('x'), r.engine, r.threads, r.msPerStep === null ? 'skipped' : r.msPerStep.toFixed(1)]
+      [
+        r.net,
+        r.size.join('x'),
+        r.engine,
+        r.engine === 'pytorch' ? 1 : r.threads,
+        r.kernelThreads,
+        r.msPerStep === null ? 'skipped' : r.msPerStep.toFixed(1),
+      ]
         .concat([
           x(r.ratioToPytorch1Thread),
           x(r.ratioToPytorchMaxThreads),

@@ -8,6 +8,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { registerCpuKernelFixes } from './cpu-kernels.ts';
 import { registerWasmTrainingKernels } from './wasm-kernels.ts';
+import { finishWasmThreads, prepareWasmThreads, wasmStarted, wasmThreadCount, type WasmThreadsSetup } from './wasm-threads.ts';
 
 export type BackendRequest = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
 export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
@@ -16,7 +17,16 @@ export const BACKEND_REQUESTS: readonly BackendRequest[] = ['auto', 'tensorflow'
 export interface SelectBackendOptions {
   /** Where the choice is logged. Default: stderr. Pass `() => {}` to silence. */
   log?: (line: string) => void;
+  /**
+   * Kernel threads of the wasm backend (its multi-threaded build, `wasm-threads.ts`): the same results
+   * as one thread, faster where cores are free. Default 1. Set before the wasm backend first starts in
+   * this thread; where the build cannot start, the backend runs on one thread and the reason is logged.
+   */
+  wasmThreads?: number;
 }
+
+/** How long the threaded wasm build may take to start its pool before the run stops. */
+const WASM_THREADS_START_MS = 60_000;
 
 async function tryTensorflow(): Promise<string | null> {
   const reasons: string[] = [];
@@ -67,10 +77,17 @@ export async function selectBackend(request: BackendRequest = 'auto', opts: Sele
   const skipped: string[] = [];
   for (const name of order) {
     const failure = name === 'tensorflow' ? await tryTensorflow() : name === 'wasm' ? await tryWasm() : null;
-    if (failure === null && (await tf.setBackend(name))) {
+    const running = name === 'wasm' && wasmStarted();
+    const threads = failure === null && name === 'wasm' && !running ? await wasmThreadsFor(opts.wasmThreads ?? 1, log) : null;
+    if (failure === null && (await startBackend(name, threads))) {
       await tf.ready();
       const why = skipped.length ? ` (skipped: ${skipped.join(' | ')})` : '';
-      log(`backend: ${name}${request === 'auto' ? ' (auto)' : ''}${why}`);
+      const count = threads
+        ? `, ${await finishWasmThreads(threads)} kernel threads`
+        : running && (opts.wasmThreads ?? 1) !== (await wasmThreadCount())
+          ? `, ${await wasmThreadCount()} kernel threads (started earlier in this process; ${opts.wasmThreads ?? 1} asked)`
+          : '';
+      log(`backend: ${name}${request === 'auto' ? ' (auto)' : ''}${count}${why}`);
       return name;
     }
     const reason = failure ?? `tf.setBackend('${name}') failed`;
@@ -80,4 +97,38 @@ export async function selectBackend(request: BackendRequest = 'auto', opts: Sele
     skipped.push(`${name}: ${reason}`);
   }
   throw new Error(`backend: no tfjs backend could be initialised (${skipped.join(' | ')})`);
+}
+
+/** The threaded build's set-up for `threads` (> 1), or null: one thread (asked, or it cannot be had; logged). */
+async function wasmThreadsFor(threads: number, log: (line: string) => void): Promise<WasmThreadsSetup | null> {
+  if (!Number.isInteger(threads) || threads < 1) throw new Error(`backend: wasmThreads must be an integer >= 1, got ${threads}`);
+  if (threads === 1) return null;
+  try {
+    return await prepareWasmThreads(threads);
+  } catch (err) {
+    log(`backend: wasm on one kernel thread, not ${threads}: ${(err as Error).message}`);
+    return null;
+  }
+}
+
+async function startBackend(name: BackendName, threads: WasmThreadsSetup | null): Promise<boolean> {
+  if (!threads) return tf.setBackend(name);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new Error(
+            `backend: the wasm backend's ${threads.threads} kernel threads did not start in ${WASM_THREADS_START_MS / 1000} s; run with one (wasmThreads 1)`,
+          ),
+        ),
+      WASM_THREADS_START_MS,
+    );
+  });
+  try {
+    return await Promise.race([tf.setBackend(name), late]);
+  } finally {
+    clearTimeout(timer);
+    threads.restore();
+  }
 }

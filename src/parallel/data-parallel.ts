@@ -30,6 +30,8 @@ export interface DataParallelOptions {
   program: ProgramRef;
   /** The main thread's replica: the model the optimiser updates. */
   replica: Replica;
+  /** Kernel threads of each worker's wasm backend (src/ops/wasm-threads.ts; default 1). */
+  kernelThreads?: number;
 }
 
 /** Rows of each of `parties` shards of `n` rows: as even as possible, the first ones one larger. */
@@ -53,6 +55,8 @@ export function splitRows(tensors: HostTensors, parties: number): HostTensors[] 
 
 export class DataParallel {
   readonly threads: number;
+  /** Kernel threads each worker's wasm backend started with (rank 1 first). */
+  workerKernelThreads: number[] = [];
   private readonly program: Program;
   private readonly replica: Replica;
   private readonly workers: Worker[];
@@ -85,6 +89,7 @@ export class DataParallel {
     const layout = layoutOf(opts.replica.variables);
     const areas = sharedAreas(threads, layout.total, Barrier.buffer(), AllReduce.buffer(threads, REDUCE_CAPACITY), REDUCE_CAPACITY);
     const workers: Worker[] = [];
+    let kernelThreads: number[] = [];
     try {
       for (let rank = 1; rank < threads; rank++) {
         const init: ReplicaInit = {
@@ -95,20 +100,21 @@ export class DataParallel {
           names: layout.names,
           sizes: layout.names.map((n) => layout.sizes.get(n)!),
           areas,
+          kernelThreads: opts.kernelThreads ?? 1,
         };
         workers.push(new Worker(new URL('./replica-worker.ts', import.meta.url), { workerData: init }));
       }
-      await Promise.all(
+      kernelThreads = await Promise.all(
         workers.map(
           (w, i) =>
-            new Promise<void>((resolve, reject) => {
+            new Promise<number>((resolve, reject) => {
               const onExit = (code: number) =>
                 reject(new Error(`data-parallel: replica ${i + 1} exited with code ${code} before it was ready`));
               w.once('error', reject);
               w.once('exit', onExit);
-              w.once('message', (m: { type: string; message?: string }) => {
+              w.once('message', (m: { type: string; message?: string; kernelThreads?: number }) => {
                 w.off('exit', onExit);
-                if (m.type === 'ready') resolve();
+                if (m.type === 'ready') resolve(m.kernelThreads ?? 1);
                 else reject(new Error(`data-parallel: replica ${i + 1} failed to start: ${m.message}`));
               });
             }),
@@ -119,6 +125,7 @@ export class DataParallel {
       throw err;
     }
     const dp = new DataParallel(threads, program, opts.replica, workers, layout, areas);
+    dp.workerKernelThreads = kernelThreads;
     opts.replica.setCrossReplicaSum?.((v) => dp.reduce.sum(v));
     return dp;
   }

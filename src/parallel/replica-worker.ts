@@ -8,6 +8,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend, type BackendName } from '../ops/backend.ts';
+import { wasmThreadCount } from '../ops/wasm-threads.ts';
 import { AllReduce, Barrier } from './collective.ts';
 import { checkSameLayout, layoutOf, readVariables } from './layout.ts';
 import type { Program, ProgramRef } from './program.ts';
@@ -22,13 +23,15 @@ export interface ReplicaInit {
   names: string[];
   sizes: number[];
   areas: SharedAreas;
+  /** Kernel threads of this worker's wasm backend. */
+  kernelThreads: number;
 }
 
 const init = workerData as ReplicaInit;
 const port = parentPort!;
 
 async function start() {
-  await selectBackend(init.backend, { log: () => {} });
+  await selectBackend(init.backend, { log: () => {}, wasmThreads: init.kernelThreads });
   const { program } = (await import(init.program.module)) as { program: Program };
   const replica = program.build(init.program.description);
   checkSameLayout(new Map(init.names.map((n, i) => [n, init.sizes[i]!])), replica.variables, `replica ${init.rank}`);
@@ -54,7 +57,8 @@ async function start() {
       barrier.break();
     }
   });
-  port.postMessage({ type: 'ready', tensors: tf.memory().numTensors });
+  const kernelThreads = init.backend === 'wasm' ? await wasmThreadCount() : 1;
+  port.postMessage({ type: 'ready', tensors: tf.memory().numTensors, kernelThreads });
 }
 
 start().catch((err) => port.postMessage({ type: 'failed', message: (err as Error).stack ?? String(err) }));

@@ -23,6 +23,10 @@ const RULES: Record<string, Rule> = {
     (v) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 64,
     'an integer in 0..64 (0 = one per core, 1 = no worker threads)',
   ],
+  'train.kernelThreads': [
+    (v) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 64,
+    'an integer in 0..64 (0 = the cores left to each replica, 1 = one)',
+  ],
   'data.tasksPerWorker': [(v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 64, 'an integer in 1..64'],
   'data.prefetch': [(v) => Number.isInteger(v) && (v as number) >= 1, 'an integer >= 1'],
   'data.unknownLabelIds': [(v) => v === 'ignore' || v === 'skip', "'ignore' or 'skip'"],

@@ -69,6 +69,12 @@ export interface SpclConfig {
      * thread. The tensorflow backend always uses 1.
      */
     threads: number;
+    /**
+     * Threads inside each replica's wasm kernels (tfjs-wasm's multi-threaded build, XNNPACK's pool:
+     * src/ops/wasm-threads.ts): the same results as one, bit for bit. 0 = the cores left to each
+     * replica (cores / replicas, at least 1). Other backends ignore it.
+     */
+    kernelThreads: number;
   };
   /**
    * BN per training phase: 'frozen' = the authors' FrozenBatchNorm (fixed ImageNet statistics; in a net
@@ -187,7 +193,7 @@ function paper(preset: string, numClasses: 19 | 16, source: [number, number]): S
     size: { source, target: [512, 1024], eval: [512, 1024] },
     batch: { source: 4, target: 4 },
     optimizer: { momentum: 0.9, weightDecay: 5e-4, classifierLrMult: 10 },
-    train: { threads: 0 },
+    train: { threads: 0, kernelThreads: 0 },
     warmup: { ...paperPhase(40_000, 62_500, 2.5e-4), lrD: 1e-4, lambdaAdv: 0.001, sourceTemperature: 1.8, ndf: 64, bn: 'frozen' },
     prototypes: { alpha: 0.1, absent: 'keep' },
     pseudo: { cap: 0.9, bins: 4096, keep: 2 },

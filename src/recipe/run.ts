@@ -22,7 +22,7 @@ import { createContext, type PhaseResultLike } from './context.ts';
 import type { Method } from './method.ts';
 import { writePreviews } from './previews.ts';
 import { restore, rollBack, selectBest } from './resume.ts';
-import { checkpointState, evaluatePhase, type ResumePoint } from './trainer.ts';
+import { checkpointState, evaluatePhase, kernelThreadsOf, type ResumePoint } from './trainer.ts';
 import { NonFiniteStreak } from '../stages/train-step.ts';
 
 export interface PhaseReport {
@@ -99,7 +99,7 @@ export async function runRecipe(opts: RunOptions): Promise<RunReport> {
   let events = opts.events;
   const t0 = performance.now();
   const cpu0 = process.cpuUsage();
-  const backend = await selectBackend(cfg.backend, { log: events.log });
+  const backend = await selectBackend(cfg.backend, { log: events.log, wasmThreads: kernelThreadsOf(cfg) });
   const numClasses = cfg.data.numClasses;
   const data = {
     source: await open(cfg.data.source, 'source', numClasses),

@@ -20,7 +20,7 @@ import { STREAMS, targetStreamOf } from './streams.ts';
 import { availableParallelism } from 'node:os';
 import { DataParallel } from '../parallel/data-parallel.ts';
 import { deeplabReplica, describeDeeplab } from '../parallel/deeplab-replica.ts';
-import type { TrainPhaseConfig } from './config.ts';
+import type { SpclConfig, TrainPhaseConfig } from './config.ts';
 import type { HostTensors, Replica } from '../parallel/program.ts';
 
 export type PhaseResult = PhaseResultLike;
@@ -99,6 +99,16 @@ export const releaseBatches = ({ s, t }: { s: Batch | null; t: Batch | null }) =
   t?.release();
 };
 
+/** Replicas `train.threads` asks for (0 = one per core), before a phase's batch size caps them. */
+export function replicasAsked(cfg: SpclConfig): number {
+  return cfg.train.threads === 0 ? availableParallelism() : cfg.train.threads;
+}
+
+/** Kernel threads of each replica's wasm backend: `train.kernelThreads`, 0 = the cores left to each replica. */
+export function kernelThreadsOf(cfg: SpclConfig): number {
+  return cfg.train.kernelThreads || Math.max(1, Math.floor(availableParallelism() / replicasAsked(cfg)));
+}
+
 /**
  * Data-parallel replicas of the run's model for a phase whose step is the program in `module`
  * (src/parallel), on the wasm or cpu backend: `train.threads` of them (0 = one per core), at most the
@@ -114,7 +124,7 @@ export async function startDataParallel(
   main: { replica: Replica; description: unknown } = { replica: deeplabReplica(ctx.model), description: describeDeeplab(ctx.model) },
 ): Promise<DataParallel | null> {
   const asked = ctx.cfg.train.threads;
-  const wanted = asked === 0 ? availableParallelism() : asked;
+  const wanted = replicasAsked(ctx.cfg);
   if (wanted <= 1) return null;
   if (ctx.backend === 'tensorflow') {
     if (asked > 1) ctx.events.log(`${phase}: train.threads ${asked} ignored: the tensorflow backend runs its own threads`);
@@ -130,11 +140,18 @@ export async function startDataParallel(
     backend: ctx.backend,
     program: { module, description: main.description },
     replica: main.replica,
+    kernelThreads: kernelThreadsOf(ctx.cfg),
   });
   ctx.events.log(
-    `${phase}: data-parallel over ${threads} threads (this one and ${threads - 1} workers, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+    `${phase}: data-parallel over ${threads} threads (this one and ${threads - 1} workers${kernels(dp.workerKernelThreads)}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
   );
   return dp;
+}
+
+/** ', K kernel threads each' where the workers' wasm backends run more than one. */
+function kernels(counts: number[]): string {
+  const most = Math.max(1, ...counts);
+  return most > 1 ? `, ${counts.every((c) => c === most) ? most : counts.join('/')} kernel threads each` : '';
 }
 
 /** A batch's host arrays for a data-parallel step: images, and labels when it has them. */

@@ -19,6 +19,11 @@ test('every config mistake names the key, the value and what was expected (table
     ['backend', { backend: 'gpu' }, /^Error: f: backend must be one of auto, tensorflow, wasm, cpu, got "gpu"$/],
     ['classes', { data: { numClasses: 21 } }, /^Error: f: data\.numClasses must be 19 or 16, got 21$/],
     ['workers', { data: { workers: -1 } }, /^Error: f: data\.workers must be an integer >= 0 \(0 = cores\), got -1$/],
+    [
+      'kernel threads',
+      { train: { kernelThreads: 1.5 } },
+      /^Error: f: train\.kernelThreads must be an integer in 0\.\.64 \(0 = the cores left to each replica, 1 = one\), got 1\.5$/,
+    ],
     ['prefetch', { data: { prefetch: 0 } }, /^Error: f: data\.prefetch must be an integer >= 1, got 0$/],
     ['tasksPerWorker', { data: { tasksPerWorker: 0 } }, /^Error: f: data\.tasksPerWorker must be an integer in 1\.\.64, got 0$/],
     [

@@ -1,0 +1,86 @@
+/**
+ * tfjs-wasm's multi-threaded build under Node (src/ops/wasm-threads.ts): kernel threads change the
+ * speed, not the arithmetic. Each run is a child process (the backend's threads are fixed once it
+ * starts): 4 training steps of the small DeepLab with trainable BN (test/fixtures/wasm-threads-child.ts),
+ * at 1 and 2 kernel threads, alone and data-parallel over 2 replicas.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { selectBackend } from '../../src/ops/backend.ts';
+import { prepareWasmThreads } from '../../src/ops/wasm-threads.ts';
+import { kernelThreadsOf } from '../../src/recipe/trainer.ts';
+import { PRESETS, mergeConfig } from '../../src/recipe/config.ts';
+import { availableParallelism } from 'node:os';
+
+const CHILD = fileURLToPath(new URL('../fixtures/wasm-threads-child.ts', import.meta.url));
+
+interface ChildRun {
+  log: string[];
+  kernelThreads: number;
+  workerKernelThreads: number[];
+  losses: number[];
+  weights: Record<string, string>;
+}
+
+function child(kernelThreads: number, replicas: number): ChildRun {
+  // the timeout fails a child whose thread pool keeps it alive after its last line
+  const r = spawnSync(process.execPath, [CHILD, '--kernel-threads', String(kernelThreads), '--replicas', String(replicas)], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  assert.equal(r.signal, null, `child (kernel threads ${kernelThreads}, replicas ${replicas}) did not exit by itself: ${r.stderr}`);
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as ChildRun;
+}
+
+test('2 kernel threads train bit-identically to 1, alone and in data-parallel replicas, and the process exits by itself', () => {
+  const one = child(1, 1);
+  const two = child(2, 1);
+  assert.deepEqual(one.log, ['backend: wasm']);
+  assert.deepEqual(two.log, ['backend: wasm, 2 kernel threads']);
+  assert.equal(one.kernelThreads, 1);
+  assert.equal(two.kernelThreads, 2);
+  assert.equal(Object.keys(one.weights).length, 59);
+  assert.deepEqual(two.losses, one.losses);
+  assert.deepEqual(two.weights, one.weights);
+  // the weights moved: the equality is not that of an idle model
+  assert.ok(one.losses[3]! < one.losses[0]! - 0.01, `losses ${one.losses}`);
+
+  const dp1 = child(1, 2);
+  const dp2 = child(2, 2);
+  assert.deepEqual(dp1.workerKernelThreads, [1]);
+  assert.deepEqual(dp2.workerKernelThreads, [2]);
+  assert.equal(dp2.kernelThreads, 2);
+  assert.deepEqual(dp2.losses, dp1.losses);
+  assert.deepEqual(dp2.weights, dp1.weights);
+  // data-parallel sums in another order: equal to one replica to float tolerance, not in bits
+  for (let i = 0; i < 4; i++) assert.ok(Math.abs(dp1.losses[i]! - one.losses[i]!) < 1e-5 * one.losses[i]!, `step ${i + 1}`);
+});
+
+test('kernel threads: bad requests name what was expected; a backend already started keeps its threads and says so', async () => {
+  await assert.rejects(
+    selectBackend('wasm', { log: () => {}, wasmThreads: 0 }),
+    /^Error: backend: wasmThreads must be an integer >= 1, got 0$/,
+  );
+  await assert.rejects(prepareWasmThreads(1), /^Error: wasm threads: expected an integer in 2\.\.64, got 1$/);
+  const lines: string[] = [];
+  await selectBackend('wasm', { log: () => {} });
+  assert.equal(await selectBackend('wasm', { log: (l) => lines.push(l), wasmThreads: 2 }), 'wasm');
+  assert.deepEqual(lines, ['backend: wasm, 1 kernel threads (started earlier in this process; 2 asked)']);
+  await assert.rejects(
+    prepareWasmThreads(2),
+    /^Error: wasm threads: the wasm backend is already initialised \(set the threads before the backend\)$/,
+  );
+});
+
+test('train.kernelThreads 0 gives each replica the cores left to it', () => {
+  const cores = availableParallelism();
+  const cfg = (train: { threads: number; kernelThreads: number }) => mergeConfig(PRESETS.synthetic!(), { train }, 'test');
+  assert.equal(kernelThreadsOf(cfg({ threads: 0, kernelThreads: 0 })), 1);
+  assert.equal(kernelThreadsOf(cfg({ threads: 1, kernelThreads: 0 })), cores);
+  assert.equal(kernelThreadsOf(cfg({ threads: 2, kernelThreads: 0 })), Math.max(1, Math.floor(cores / 2)));
+  assert.equal(kernelThreadsOf(cfg({ threads: 64, kernelThreads: 0 })), 1);
+  assert.equal(kernelThreadsOf(cfg({ threads: 1, kernelThreads: 3 })), 3);
+});
