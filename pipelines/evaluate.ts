@@ -19,7 +19,7 @@ import { adaptBatchNorm } from '../src/stages/adapt-bn.ts';
 import { evaluate } from '../src/stages/evaluate.ts';
 import { openDataset } from '../src/data/reader.ts';
 import { modelFromCheckpoint, pass } from '../src/recipe/tools.ts';
-import { parseCli, parseSize } from '../src/cli.ts';
+import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 
 const USAGE = `usage: node pipelines/evaluate.ts --checkpoint FILE --data DIR [options]
   --checkpoint FILE   a checkpoint written by pipelines/spcl.ts
@@ -32,6 +32,8 @@ const USAGE = `usage: node pipelines/evaluate.ts --checkpoint FILE --data DIR [o
                       unlabelled target set such as data/synthetic/shards/target); trainable-BN checkpoints only
   --adapt-size HxW    image size for --adapt-bn (default: the checkpoint's target training size)
   --backend NAME      auto | tensorflow | wasm | cpu (default auto)
+  --kernel-threads N  threads of the wasm backend's kernels (default: cores, ${availableParallelism()}; the same
+                      results at any count)
 ${METRICS_USAGE}
   -h, --help          this text`;
 
@@ -43,6 +45,7 @@ const cli = parseCli('evaluate', USAGE, {
   png: { type: 'string' },
   out: { type: 'string' },
   backend: { type: 'string', default: 'auto' },
+  'kernel-threads': { type: 'string' },
   ...METRICS_OPTIONS,
   'adapt-bn': { type: 'string' },
   'adapt-size': { type: 'string' },
@@ -56,9 +59,10 @@ const adaptSize = args['adapt-size'] === undefined ? null : parseSize(args['adap
 if (adaptSize && !args['adapt-bn']) usageError('--adapt-size needs --adapt-bn');
 const ccd = Number(args.ccd);
 if (!Number.isInteger(ccd) || ccd < 0) usageError(`--ccd must be an integer >= 0, got '${args.ccd}'`);
+const kernelThreads = parseIntFlag(args['kernel-threads'], 'kernel-threads', 1, usageError) ?? availableParallelism();
 
 try {
-  const backend = await selectBackend(args.backend as BackendRequest);
+  const backend = await selectBackend(args.backend as BackendRequest, { wasmThreads: kernelThreads });
   const { metrics, server } = await startMetrics(args, (l) => process.stderr.write(`${l}\n`));
   metrics.buildInfo.set({ version: process.env.npm_package_version ?? '0.1.0', backend, phase: 'evaluate', preset: 'none' }, 1);
   const { model, meta } = await modelFromCheckpoint(args.checkpoint);

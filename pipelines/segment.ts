@@ -36,6 +36,7 @@ const USAGE = `usage: node pipelines/segment.ts --checkpoint FILE --input DIR|FI
   --batch N             images per model batch (default 4)
   --threads N           decode/encode workers (default: cores, ${availableParallelism()})
   --backend NAME        auto | tensorflow | wasm | cpu (default auto)
+  --kernel-threads N    threads of the wasm backend's kernels (default: cores; the same results at any count)
   --pseudo-labels DIR   instead: write a pseudo-label generation (pipelines/pseudo-label.ts --out, or a run's
                         pseudo-labels folder) as labels/KEY.png (train IDs, 255 = ignore) and colour/KEY.png
   --generation N        with --pseudo-labels: that generation instead of the current one
@@ -58,6 +59,7 @@ const cli = parseCli(
     batch: { type: 'string', default: '4' },
     threads: { type: 'string' },
     backend: { type: 'string', default: 'auto' },
+    'kernel-threads': { type: 'string' },
     'pseudo-labels': { type: 'string' },
     generation: { type: 'string' },
   },
@@ -103,6 +105,7 @@ const alpha = Number(args.alpha);
 if (!(alpha >= 0 && alpha <= 1)) usageError(`--alpha must be a number in [0, 1], got '${args.alpha}'`);
 const batchSize = int('batch', args.batch, 1)!;
 const threads = int('threads', args.threads, 1);
+const kernelThreads = int('kernel-threads', args['kernel-threads'], 1) ?? availableParallelism();
 if (!BACKEND_REQUESTS.includes(args.backend as BackendRequest))
   usageError(`--backend must be one of ${BACKEND_REQUESTS.join(', ')}, got '${args.backend}'`);
 let listing: ImageListing;
@@ -119,7 +122,7 @@ const ignoredLine = (paths: string[]) =>
 try {
   if (listing.ignored.length) log(`segment: ${ignoredLine(listing.ignored)}`);
   if (!listing.files.length) throw new Error(`no image files in ${inputs.join(', ')}; nothing written`);
-  await selectBackend(args.backend as BackendRequest);
+  await selectBackend(args.backend as BackendRequest, { wasmThreads: kernelThreads });
   const { model, meta } = await modelFromCheckpoint(args.checkpoint!);
   const inputSize: [number, number] = size ?? meta.size?.eval ?? [512, 1024];
   const labelLut = args.ids === 'train' ? Uint8Array.from({ length: 256 }, (_, i) => i) : trainToCityscapesIds(meta.numClasses);

@@ -21,7 +21,7 @@ const RULES: Record<string, Rule> = {
   'data.workers': [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = cores)'],
   'train.threads': [
     (v) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 64,
-    'an integer in 0..64 (0 = one per core, 1 = no worker threads)',
+    'an integer in 0..64 (0 = auto: 1 on wasm, one per core on cpu; 1 = no worker threads)',
   ],
   'train.kernelThreads': [
     (v) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 64,

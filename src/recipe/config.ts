@@ -65,8 +65,9 @@ export interface SpclConfig {
     /**
      * Data-parallel replicas of the training step on the wasm/cpu backends (src/parallel): the main
      * thread and `threads - 1` worker threads split each batch, batch norm uses the whole batch's
-     * statistics, the gradients are summed. 0 = one per core (at most the phase's batch size), 1 = one
-     * thread. The tensorflow backend always uses 1.
+     * statistics, the gradients are summed (equal to one replica to float tolerance). 0 = auto: one on
+     * wasm (its kernel threads take the cores), one per core on cpu; at most the phase's batch size.
+     * The tensorflow backend always uses 1.
      */
     threads: number;
     /**

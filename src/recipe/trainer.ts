@@ -21,6 +21,7 @@ import { availableParallelism } from 'node:os';
 import { DataParallel } from '../parallel/data-parallel.ts';
 import { deeplabReplica, describeDeeplab } from '../parallel/deeplab-replica.ts';
 import type { SpclConfig, TrainPhaseConfig } from './config.ts';
+import type { BackendName } from '../ops/backend.ts';
 import type { HostTensors, Replica } from '../parallel/program.ts';
 
 export type PhaseResult = PhaseResultLike;
@@ -99,19 +100,24 @@ export const releaseBatches = ({ s, t }: { s: Batch | null; t: Batch | null }) =
   t?.release();
 };
 
-/** Replicas `train.threads` asks for (0 = one per core), before a phase's batch size caps them. */
-export function replicasAsked(cfg: SpclConfig): number {
-  return cfg.train.threads === 0 ? availableParallelism() : cfg.train.threads;
+/**
+ * Replicas `train.threads` asks for on `backend`, before a phase's batch size caps them. 0 = auto: one
+ * on wasm, whose kernel threads take the cores (the same results as one thread, and on this 2-core VM
+ * the recipe 6-12 % faster than one replica per core: README "Kernel threads"), one per core on cpu.
+ */
+export function replicasAsked(cfg: SpclConfig, backend: BackendName): number {
+  if (cfg.train.threads > 0) return cfg.train.threads;
+  return backend === 'cpu' ? availableParallelism() : 1;
 }
 
 /** Kernel threads of each replica's wasm backend: `train.kernelThreads`, 0 = the cores left to each replica. */
 export function kernelThreadsOf(cfg: SpclConfig): number {
-  return cfg.train.kernelThreads || Math.max(1, Math.floor(availableParallelism() / replicasAsked(cfg)));
+  return cfg.train.kernelThreads || Math.max(1, Math.floor(availableParallelism() / replicasAsked(cfg, 'wasm')));
 }
 
 /**
  * Data-parallel replicas of the run's model for a phase whose step is the program in `module`
- * (src/parallel), on the wasm or cpu backend: `train.threads` of them (0 = one per core), at most the
+ * (src/parallel), on the wasm or cpu backend: `train.threads` of them (0 = auto: `replicasAsked`), at most the
  * phase's smallest batch (`rows`: every replica needs a row of each batch); null = the phase's one-thread
  * step. `main`: the main thread's replica and what a
  * worker builds its own from (default: the run's model alone).
@@ -124,7 +130,7 @@ export async function startDataParallel(
   main: { replica: Replica; description: unknown } = { replica: deeplabReplica(ctx.model), description: describeDeeplab(ctx.model) },
 ): Promise<DataParallel | null> {
   const asked = ctx.cfg.train.threads;
-  const wanted = replicasAsked(ctx.cfg);
+  const wanted = replicasAsked(ctx.cfg, ctx.backend);
   if (wanted <= 1) return null;
   if (ctx.backend === 'tensorflow') {
     if (asked > 1) ctx.events.log(`${phase}: train.threads ${asked} ignored: the tensorflow backend runs its own threads`);

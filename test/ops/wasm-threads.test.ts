@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { selectBackend } from '../../src/ops/backend.ts';
 import { prepareWasmThreads } from '../../src/ops/wasm-threads.ts';
-import { kernelThreadsOf } from '../../src/recipe/trainer.ts';
+import { kernelThreadsOf, replicasAsked } from '../../src/recipe/trainer.ts';
 import { PRESETS, mergeConfig } from '../../src/recipe/config.ts';
 import { availableParallelism } from 'node:os';
 
@@ -75,10 +75,14 @@ test('kernel threads: bad requests name what was expected; a backend already sta
   );
 });
 
-test('train.kernelThreads 0 gives each replica the cores left to it', () => {
+test('train.threads 0 is one replica on wasm (one per core on cpu); train.kernelThreads 0 gives each replica the cores left to it', () => {
   const cores = availableParallelism();
   const cfg = (train: { threads: number; kernelThreads: number }) => mergeConfig(PRESETS.synthetic!(), { train }, 'test');
-  assert.equal(kernelThreadsOf(cfg({ threads: 0, kernelThreads: 0 })), 1);
+  assert.deepEqual(PRESETS.synthetic!().train, { threads: 0, kernelThreads: 0 });
+  assert.equal(replicasAsked(cfg({ threads: 0, kernelThreads: 0 }), 'wasm'), 1);
+  assert.equal(replicasAsked(cfg({ threads: 0, kernelThreads: 0 }), 'cpu'), cores);
+  assert.equal(replicasAsked(cfg({ threads: 3, kernelThreads: 0 }), 'wasm'), 3);
+  assert.equal(kernelThreadsOf(cfg({ threads: 0, kernelThreads: 0 })), cores);
   assert.equal(kernelThreadsOf(cfg({ threads: 1, kernelThreads: 0 })), cores);
   assert.equal(kernelThreadsOf(cfg({ threads: 2, kernelThreads: 0 })), Math.max(1, Math.floor(cores / 2)));
   assert.equal(kernelThreadsOf(cfg({ threads: 64, kernelThreads: 0 })), 1);
