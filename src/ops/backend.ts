@@ -83,7 +83,7 @@ export async function selectBackend(request: BackendRequest = 'auto', opts: Sele
       await tf.ready();
       const why = skipped.length ? ` (skipped: ${skipped.join(' | ')})` : '';
       const count = threads
-        ? `, ${await finishWasmThreads(threads)} kernel threads`
+        ? `, ${await finishWasmThreads(threads)}`
         : running && (opts.wasmThreads ?? 1) !== (await wasmThreadCount())
           ? `, ${await wasmThreadCount()} kernel threads (started earlier in this process; ${opts.wasmThreads ?? 1} asked)`
           : '';
