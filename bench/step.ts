@@ -26,7 +26,7 @@ import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { selectBackend, type BackendName } from '../src/ops/backend.ts';
 import { SGD, gradients } from '../src/ops/optim.ts';
 import { DataParallel } from '../src/parallel/data-parallel.ts';
-import { benchLoss, benchNet } from './step-program.ts';
+import { benchLoss, benchNet, type BenchNet } from './step-program.ts';
 import type { KernelWorkerInit } from './step-kernel-worker.ts';
 
 const USAGE = `usage: npm run bench:step -- [options]
@@ -109,8 +109,8 @@ interface Variant {
 const key = (v: Variant) => `${v.replicas}x${v.kernelThreads}`;
 
 /**
- * Times `backend` at every setting of `variants` side by side: one model and optimiser (the main
- * replica), one data-parallel group per replica count above 1, one worker thread with its own backend
+ * Times `backend` at every setting of `variants` side by side: a model and optimiser per setting (the
+ * main replica of its data-parallel group where it has one), one group per replica count above 1, one worker thread with its own backend
  * per kernel-thread count above 1 (bench/step-kernel-worker.ts: a backend's kernel threads are fixed
  * when it starts), and the steps taken round-robin (each setting once, then again), so that a
  * machine's drift over the run (20-40 % here over minutes) falls on every setting alike. Each
@@ -138,11 +138,18 @@ async function timeBackend(
     return false;
   });
   const [h, w] = size;
-  const m = benchNet(net, classes, bn);
-  const opt = new SGD([
-    { params: m.params.filter((p) => p.group === 'backbone'), lrMult: 1 },
-    { params: m.params.filter((p) => p.group === 'classifier'), lrMult: 10 },
-  ]);
+  // A model and optimiser per setting: a data-parallel group makes its main replica's batch norm sum
+  // over the group's replicas, which a one-thread step of the same model would wait for.
+  const models: { m: BenchNet; opt: SGD }[] = [];
+  const model = () => {
+    const m = benchNet(net, classes, bn);
+    const opt = new SGD([
+      { params: m.params.filter((p) => p.group === 'backbone'), lrMult: 1 },
+      { params: m.params.filter((p) => p.group === 'classifier'), lrMult: 10 },
+    ]);
+    models.push({ m, opt });
+    return { m, opt };
+  };
   const x = tf.randomNormal([batch, h, w, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
   const labels = tf.randomUniformInt([batch, h, w], 0, classes, 2) as tf.Tensor3D;
   const host = {
@@ -169,6 +176,7 @@ async function timeBackend(
         });
         continue;
       }
+      const { m, opt } = model();
       const dp =
         v.replicas > 1
           ? await DataParallel.start({
@@ -198,8 +206,10 @@ async function timeBackend(
     for (const worker of kernelWorkers) worker.postMessage('close');
     await Promise.all([...groups.map((dp) => dp.close()), ...kernelWorkers.map((wk) => once(wk, 'exit'))]);
     tf.dispose([x, labels]);
-    opt.dispose();
-    m.dispose();
+    for (const { m, opt } of models) {
+      opt.dispose();
+      m.dispose();
+    }
   }
 }
 
