@@ -8,8 +8,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from '../src/ops/backend.ts';
 import { wasmThreadCount } from '../src/ops/wasm-threads.ts';
-import { SGD, gradients } from '../src/ops/optim.ts';
-import { benchLoss, benchNet } from './step-program.ts';
+import { gradients } from '../src/ops/optim.ts';
+import { benchLoss, benchNet, benchOptimizer } from './step-program.ts';
 
 export interface KernelWorkerInit {
   kernelThreads: number;
@@ -24,10 +24,7 @@ const init = workerData as KernelWorkerInit;
 const port = parentPort!;
 await selectBackend('wasm', { log: () => {}, wasmThreads: init.kernelThreads });
 const m = benchNet(init.net, init.classes, init.bn);
-const opt = new SGD([
-  { params: m.params.filter((p) => p.group === 'backbone'), lrMult: 1 },
-  { params: m.params.filter((p) => p.group === 'classifier'), lrMult: 10 },
-]);
+const opt = benchOptimizer(m);
 const [h, w] = init.size;
 const x = tf.randomNormal([init.batch, h, w, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
 const labels = tf.randomUniformInt([init.batch, h, w], 0, init.classes, 2) as tf.Tensor3D;

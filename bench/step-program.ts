@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { deeplabV2 } from '../src/ops/model/deeplab.ts';
 import type { Param } from '../src/ops/model/params.ts';
 import { segCrossEntropy } from '../src/ops/losses.ts';
+import { SGD } from '../src/ops/optim.ts';
 import type { Program, Replica } from '../src/parallel/program.ts';
 import { plainNet } from './plain-net.ts';
 
@@ -28,6 +29,14 @@ export function benchNet(net: string, classes: number, bn: 'frozen' | 'trainable
     setCrossReplicaSum: (sum) => model.setCrossReplicaSum(sum),
     dispose: () => model.dispose(),
   };
+}
+
+/** The step's optimiser: SGD (momentum, weight decay), the classifier's learning rate x10. */
+export function benchOptimizer(net: BenchNet): SGD {
+  return new SGD([
+    { params: net.params.filter((p) => p.group === 'backbone'), lrMult: 1 },
+    { params: net.params.filter((p) => p.group === 'classifier'), lrMult: 10 },
+  ]);
 }
 
 /** The step's loss: CE of the logits upsampled to the labels, mean over labelled pixels. */

@@ -4,8 +4,8 @@
  * - `deeplab`: the small DeepLab-v2 (backbone 'small', frozen BN or `--bn trainable`, ASPP d 6/12/18/24);
  * - `plain`: six 3x3 convolutions, three of stride 2, 32-128 channels, no dilation (bench/plain-net.ts).
  * One step = forward, bilinear upsample (align_corners), CE, backward, SGD (momentum, weight decay,
- * classifier x10). The wasm and cpu backends run at each of `--threads` (tfjs-wasm has no threads in Node:
- * above 1, the step is data-parallel over worker replicas, src/parallel, the same path as `train.threads`);
+ * classifier x10). The wasm and cpu backends run at each of `--threads` (above 1, the step is
+ * data-parallel over worker replicas, src/parallel, the same path as `train.threads`);
  * the wasm backend also with more kernel threads in one replica (`--kernel-threads`: tfjs-wasm's threaded
  * build, src/ops/wasm-threads.ts, the same arithmetic as one thread); the peer (bench/step_torch.py,
  * Debian's python3-torch) runs at each of `--torch-threads` (its threads are kernel threads: its rows
@@ -26,7 +26,7 @@ import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { selectBackend, type BackendName } from '../src/ops/backend.ts';
 import { SGD, gradients } from '../src/ops/optim.ts';
 import { DataParallel } from '../src/parallel/data-parallel.ts';
-import { benchLoss, benchNet, type BenchNet } from './step-program.ts';
+import { benchLoss, benchNet, benchOptimizer, type BenchNet } from './step-program.ts';
 import type { KernelWorkerInit } from './step-kernel-worker.ts';
 
 const USAGE = `usage: npm run bench:step -- [options]
@@ -131,24 +131,14 @@ async function timeBackend(
     for (const v of variants) out.set(key(v), (err as Error).message.split('.')[0]!);
     return out;
   }
-  const runnable = variants.filter((v) => {
-    if (name === 'tensorflow' && (v.replicas > 1 || v.kernelThreads > 1)) out.set(key(v), 'the tensorflow backend runs its own threads');
-    else if (name === 'cpu' && v.kernelThreads > 1) out.set(key(v), 'kernel threads are a wasm setting');
-    else return true;
-    return false;
-  });
   const [h, w] = size;
   // A model and optimiser per setting: a data-parallel group makes its main replica's batch norm sum
   // over the group's replicas, which a one-thread step of the same model would wait for.
   const models: { m: BenchNet; opt: SGD }[] = [];
   const model = () => {
     const m = benchNet(net, classes, bn);
-    const opt = new SGD([
-      { params: m.params.filter((p) => p.group === 'backbone'), lrMult: 1 },
-      { params: m.params.filter((p) => p.group === 'classifier'), lrMult: 10 },
-    ]);
-    models.push({ m, opt });
-    return { m, opt };
+    models.push({ m, opt: benchOptimizer(m) });
+    return models.at(-1)!;
   };
   const x = tf.randomNormal([batch, h, w, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
   const labels = tf.randomUniformInt([batch, h, w], 0, classes, 2) as tf.Tensor3D;
@@ -160,7 +150,7 @@ async function timeBackend(
   const kernelWorkers: Worker[] = [];
   try {
     const steps = new Map<string, () => Promise<number>>();
-    for (const v of runnable) {
+    for (const v of variants) {
       if (v.kernelThreads > 1) {
         const init: KernelWorkerInit = { kernelThreads: v.kernelThreads, net, classes, bn, batch, size };
         const worker = new Worker(new URL('./step-kernel-worker.ts', import.meta.url), { workerData: init });
@@ -251,14 +241,18 @@ for (const net of nets) {
     const one = torch.find((p) => p.t === 1 && typeof p.ms === 'number')?.ms as number | undefined;
     const most = [...torch].reverse().find((p) => typeof p.ms === 'number')?.ms as number | undefined;
     for (const name of args.backends.split(',') as BackendName[]) {
-      const variants: Variant[] = [
-        ...tfThreads.map((replicas) => ({ replicas, kernelThreads: 1 })),
-        ...kernelThreads.filter((k) => k > 1).map((k) => ({ replicas: 1, kernelThreads: k })),
-      ];
+      // tensorflow runs its own threads: one setting; kernel threads are a wasm setting
+      const variants: Variant[] =
+        name === 'tensorflow'
+          ? [{ replicas: 1, kernelThreads: 1 }]
+          : [
+              ...tfThreads.map((replicas) => ({ replicas, kernelThreads: 1 })),
+              ...(name === 'wasm' ? kernelThreads.filter((k) => k > 1).map((k) => ({ replicas: 1, kernelThreads: k })) : []),
+            ];
       const timings = await timeBackend(name, net, size, name === 'cpu' ? cpuSteps : steps, variants);
       for (const v of variants) {
         const ms = timings.get(key(v));
-        if (ms === undefined || (name !== 'wasm' && v.kernelThreads > 1) || (name === 'tensorflow' && v.replicas > 1)) continue;
+        if (ms === undefined) continue;
         const row = { engine: `tfjs-${name}`, net, size, threads: v.replicas, kernelThreads: v.kernelThreads };
         results.push(
           typeof ms === 'string'

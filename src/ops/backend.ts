@@ -73,19 +73,22 @@ export async function selectBackend(request: BackendRequest = 'auto', opts: Sele
   // tfjs-backend-cpu prints a "use tfjs-node" banner on first use in Node; we log our own choice instead.
   tf.env().set('PROD', true);
   registerCpuKernelFixes();
+  const asked = opts.wasmThreads ?? 1;
+  if (!Number.isInteger(asked) || asked < 1) throw new Error(`backend: wasmThreads must be an integer >= 1, got ${asked}`);
   const order: BackendName[] = request === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [request];
   const skipped: string[] = [];
   for (const name of order) {
     const failure = name === 'tensorflow' ? await tryTensorflow() : name === 'wasm' ? await tryWasm() : null;
     const running = name === 'wasm' && wasmStarted();
-    const threads = failure === null && name === 'wasm' && !running ? await wasmThreadsFor(opts.wasmThreads ?? 1, log) : null;
+    const threads = failure === null && name === 'wasm' && !running ? await wasmThreadsFor(asked, log) : null;
     if (failure === null && (await startBackend(name, threads))) {
       await tf.ready();
       const why = skipped.length ? ` (skipped: ${skipped.join(' | ')})` : '';
+      const had = running ? await wasmThreadCount() : asked;
       const count = threads
         ? `, ${await finishWasmThreads(threads)}`
-        : running && (opts.wasmThreads ?? 1) !== (await wasmThreadCount())
-          ? `, ${await wasmThreadCount()} kernel threads (started earlier in this process; ${opts.wasmThreads ?? 1} asked)`
+        : had !== asked
+          ? `, ${had} kernel threads (started earlier in this process; ${asked} asked)`
           : '';
       log(`backend: ${name}${request === 'auto' ? ' (auto)' : ''}${count}${why}`);
       return name;
@@ -101,7 +104,6 @@ export async function selectBackend(request: BackendRequest = 'auto', opts: Sele
 
 /** The threaded build's set-up for `threads` (> 1), or null: one thread (asked, or it cannot be had; logged). */
 async function wasmThreadsFor(threads: number, log: (line: string) => void): Promise<WasmThreadsSetup | null> {
-  if (!Number.isInteger(threads) || threads < 1) throw new Error(`backend: wasmThreads must be an integer >= 1, got ${threads}`);
   if (threads === 1) return null;
   try {
     return await prepareWasmThreads(threads);

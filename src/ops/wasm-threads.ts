@@ -95,13 +95,17 @@ export async function prepareWasmThreads(threads: number): Promise<WasmThreadsSe
   if (!installedWorker) {
     const script = workerScript(bundle, readFileSync(bundle, 'utf8'));
     class PthreadWorker extends NodeWorker {
+      private readonly pthread: boolean;
       constructor(file: string | URL, options?: object) {
         const pthread = typeof file === 'string' && file.startsWith('blob:nodedata:');
         super(pthread ? script : file, pthread ? { eval: true } : options);
+        this.pthread = pthread;
         if (pthread) this.unref();
       }
       // The glue references a worker while its thread runs; the pool's threads run for the process's life.
-      override ref(): void {}
+      override ref(): void {
+        if (!this.pthread) super.ref();
+      }
     }
     // The glue assigns `Worker = require('worker_threads').Worker` on load; keep ours.
     Object.defineProperty(globalThis, 'Worker', { configurable: true, get: () => PthreadWorker, set: () => {} });

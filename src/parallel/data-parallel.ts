@@ -56,7 +56,7 @@ export function splitRows(tensors: HostTensors, parties: number): HostTensors[] 
 export class DataParallel {
   readonly threads: number;
   /** Kernel threads each worker's wasm backend started with (rank 1 first). */
-  workerKernelThreads: number[] = [];
+  readonly workerKernelThreads: number[];
   private readonly program: Program;
   private readonly replica: Replica;
   private readonly workers: Worker[];
@@ -66,8 +66,17 @@ export class DataParallel {
   private readonly reduce: AllReduce;
   private broken: string | null = null;
 
-  private constructor(threads: number, program: Program, replica: Replica, workers: Worker[], layout: Layout, areas: SharedAreas) {
+  private constructor(
+    threads: number,
+    program: Program,
+    replica: Replica,
+    workers: Worker[],
+    layout: Layout,
+    areas: SharedAreas,
+    workerKernelThreads: number[],
+  ) {
     this.threads = threads;
+    this.workerKernelThreads = workerKernelThreads;
     this.program = program;
     this.replica = replica;
     this.workers = workers;
@@ -124,8 +133,7 @@ export class DataParallel {
       await Promise.all(workers.map((w) => w.terminate()));
       throw err;
     }
-    const dp = new DataParallel(threads, program, opts.replica, workers, layout, areas);
-    dp.workerKernelThreads = kernelThreads;
+    const dp = new DataParallel(threads, program, opts.replica, workers, layout, areas, kernelThreads);
     opts.replica.setCrossReplicaSum?.((v) => dp.reduce.sum(v));
     return dp;
   }
