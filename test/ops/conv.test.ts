@@ -234,6 +234,29 @@ test('strided conv gradients with device-side filter shuffles and strided slices
   }
 });
 
+test('1x1 filter gradient: the host rows (blocks of pixels, partial last block) give the bits of the strided-slice + transpose path, stride 1 and 2', async () => {
+  await useBackend('wasm');
+  // rows: 3 * 9 * 11 = 297 and 3 * 5 * 6 = 90 pixels, neither a multiple of the 32-pixel block
+  const x = [3, 9, 11, 40];
+  const w = [1, 1, 40, 5];
+  for (const stride of [1, 2]) {
+    const xv = seededValues(
+      x.reduce((a, b) => a * b),
+      7,
+    );
+    const wv = seededValues(
+      w.reduce((a, b) => a * b),
+      8,
+    );
+    const host = nativeGrads(x, w, xv, wv, stride, 'valid');
+    setHostFilterShuffle(false);
+    const device = nativeGrads(x, w, xv, wv, stride, 'valid');
+    setHostFilterShuffle(true);
+    assert.equal(host.gw.length, 40 * 5);
+    assert.deepEqual(Array.from(host.gw), Array.from(device.gw), `stride ${stride} dW`);
+  }
+});
+
 test("conv gradients on wasm run no Pad kernel: the convolutions pad themselves (PadV2 on the filter gradient's layout cost as much as its conv)", async () => {
   await useBackend('wasm');
   for (const opts of [{ pad: 1 }, { stride: 2, pad: 1 }, { dilation: 2, pad: 2 }, { dilation: 6, pad: 6 }] as ConvOptions[]) {
