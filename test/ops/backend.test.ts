@@ -179,3 +179,43 @@ test("wasm MaxPoolGrad sends each window's gradient to its first maximum (a plai
     );
   });
 });
+
+test('wasm Identity (clone, and every tensor the engine saves for a backward pass) is a second reference, not a copy: no new bytes, the values outlive the original, freed with the last reference', async () => {
+  await selectBackend('wasm', { log: () => {} });
+  const x = tf.tensor4d(
+    Float32Array.from({ length: 2 * 3 * 4 * 5 }, (_, i) => i * 0.5 - 7),
+    [2, 3, 4, 5],
+  );
+  const before = tf.memory() as { numBytes: number; numDataBuffers: number };
+  const y = x.clone();
+  const after = tf.memory() as { numBytes: number; numDataBuffers: number };
+  assert.equal(after.numDataBuffers, before.numDataBuffers, 'no new buffer');
+  assert.equal(
+    after.numBytes,
+    before.numBytes + 2 * 3 * 4 * 5 * 4,
+    'tfjs counts the tensor (bytes per tensor), the backend holds one buffer',
+  );
+  assert.equal(y.dataId, x.dataId);
+  x.dispose();
+  assert.deepEqual(Array.from(y.dataSync()).slice(0, 4), [-7, -6.5, -6, -5.5]);
+  assert.equal(y.dataSync()[119], 119 * 0.5 - 7);
+  y.dispose();
+  assert.equal((tf.memory() as { numDataBuffers: number }).numDataBuffers, before.numDataBuffers - 1, 'freed with the last reference');
+  // the stock kernel copies (what this replaced); strings still go to it
+  const stock = stockWasmKernel('Identity');
+  assert.ok(stock, 'the stock Identity is kept');
+  const s = tf.tensor1d(['a', 'b'], 'string');
+  assert.deepEqual(s.clone().dataSync(), ['a', 'b']);
+  // a gradient through saved tensors: the same values as the cpu backend's (which always aliased)
+  const grad = () =>
+    tf.tidy(() =>
+      Array.from(
+        tf
+          .grad((a: tf.Tensor) => tf.relu(a).mul(a).exp().sum())(tf.tensor1d([-1, 0.5, 2, -0.25]))
+          .dataSync(),
+      ),
+    );
+  const onWasm = grad();
+  await selectBackend('cpu', { log: () => {} });
+  assert.deepEqual(onWasm, grad());
+});
