@@ -111,8 +111,6 @@ function maxPoolGrad(args: KernelArgs): tf.TensorInfo | null {
   const g = backend.typedArrayFromHeap(dy);
   const dx = backend.typedArrayFromHeap(out);
   dx.fill(0);
-  const best = new Float32Array(c);
-  const at = new Int32Array(c);
   for (let b = 0; b < n; b++) {
     for (let i = 0; i < oh; i++) {
       const r0 = Math.max(0, i * sh - top);
@@ -120,22 +118,64 @@ function maxPoolGrad(args: KernelArgs): tf.TensorInfo | null {
       for (let j = 0; j < ow; j++) {
         const c0 = Math.max(0, j * sw - left);
         const c1 = Math.min(w, j * sw - left + fw);
-        best.fill(-Infinity);
-        at.fill(-1);
-        for (let r = r0; r < r1; r++) {
-          for (let q = c0; q < c1; q++) {
-            const base = ((b * h + r) * w + q) * c;
-            for (let k = 0; k < c; k++) {
-              const v = x[base + k]!;
-              if (v > best[k]! || at[k]! < 0) {
-                best[k] = v;
-                at[k] = base + k;
+        const dyBase = ((b * oh + i) * ow + j) * c;
+        // four channels at a time, their maxima and positions in locals (each channel's own dx
+        // elements, so the order of the additions to any one element is the windows' order)
+        let k = 0;
+        for (; k + 4 <= c; k += 4) {
+          let m0 = -Infinity;
+          let m1 = -Infinity;
+          let m2 = -Infinity;
+          let m3 = -Infinity;
+          let a0 = -1;
+          let a1 = -1;
+          let a2 = -1;
+          let a3 = -1;
+          for (let r = r0; r < r1; r++) {
+            for (let q = c0; q < c1; q++) {
+              const at = ((b * h + r) * w + q) * c + k;
+              const v0 = x[at]!;
+              const v1 = x[at + 1]!;
+              const v2 = x[at + 2]!;
+              const v3 = x[at + 3]!;
+              if (v0 > m0 || a0 < 0) {
+                m0 = v0;
+                a0 = at;
+              }
+              if (v1 > m1 || a1 < 0) {
+                m1 = v1;
+                a1 = at + 1;
+              }
+              if (v2 > m2 || a2 < 0) {
+                m2 = v2;
+                a2 = at + 2;
+              }
+              if (v3 > m3 || a3 < 0) {
+                m3 = v3;
+                a3 = at + 3;
               }
             }
           }
+          if (a0 >= 0) dx[a0]! += g[dyBase + k]!;
+          if (a1 >= 0) dx[a1]! += g[dyBase + k + 1]!;
+          if (a2 >= 0) dx[a2]! += g[dyBase + k + 2]!;
+          if (a3 >= 0) dx[a3]! += g[dyBase + k + 3]!;
         }
-        const dyBase = ((b * oh + i) * ow + j) * c;
-        for (let k = 0; k < c; k++) if (at[k]! >= 0) dx[at[k]!]! += g[dyBase + k]!;
+        for (; k < c; k++) {
+          let m0 = -Infinity;
+          let a0 = -1;
+          for (let r = r0; r < r1; r++) {
+            for (let q = c0; q < c1; q++) {
+              const at = ((b * h + r) * w + q) * c + k;
+              const v0 = x[at]!;
+              if (v0 > m0 || a0 < 0) {
+                m0 = v0;
+                a0 = at;
+              }
+            }
+          }
+          if (a0 >= 0) dx[a0]! += g[dyBase + k]!;
+        }
       }
     }
   }
