@@ -48,3 +48,12 @@ export function hostTensor<R extends tf.Rank>(shape: number[], fill: (out: Float
   fill(out);
   return tf.tensor(out, shape, 'float32') as unknown as tf.Tensor<R>;
 }
+
+/**
+ * Elements in a tile of an NHWC tensor's rows for the host loops that go channel by channel: whole rows
+ * of `channels`, ~4096 values (16 KB of float32, so a tile stays in the first-level cache while a loop
+ * walks it once per group of channels), at least one row.
+ */
+export function rowTileLength(channels: number): number {
+  return Math.max(1, Math.floor(4096 / channels)) * channels;
+}

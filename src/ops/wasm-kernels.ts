@@ -11,7 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { convFilterGrad, convInputGrad, type ConvGeometry } from './conv.ts';
-import type { WasmHeap } from './host-memory.ts';
+import { rowTileLength, type WasmHeap } from './host-memory.ts';
 
 type Shape4 = [number, number, number, number];
 
@@ -73,9 +73,9 @@ function sumLeadingAxes(args: KernelArgs): tf.TensorInfo | null {
   const values = backend.typedArrayFromHeap(x);
   const acc = new Float32Array(channels);
   // a float32 add done in float64 and rounded back (Math.fround) is the float32 add: the stock kernel's
-  // bits. Tiles of rows (~16 KB) and four channels at a time with their sums in locals; each channel's
+  // bits. Tiles of rows (`rowTileLength`) and four channels at a time with their sums in locals; each channel's
   // values still added row by row.
-  const tile = Math.max(1, Math.floor(4096 / channels)) * channels;
+  const tile = rowTileLength(channels);
   const length = rows * channels;
   for (let t0 = 0; t0 < length; t0 += tile) {
     const t1 = Math.min(length, t0 + tile);

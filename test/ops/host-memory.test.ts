@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { hostTensor, hostView, onHostBackend } from '../../src/ops/host-memory.ts';
+import { hostTensor, hostView, onHostBackend, rowTileLength } from '../../src/ops/host-memory.ts';
 import { useBackend } from '../helpers.ts';
 
 for (const backend of ['cpu', 'wasm'] as const) {
@@ -45,3 +45,12 @@ for (const backend of ['cpu', 'wasm'] as const) {
     assert.equal(after.numBytes, before.numBytes);
   });
 }
+
+test('rowTileLength: whole rows of ~4096 values, at least one row', () => {
+  assert.equal(rowTileLength(16), 4096);
+  assert.equal(rowTileLength(256), 4096);
+  assert.equal(rowTileLength(19), 215 * 19); // 4085: the rows that fit, not a partial one
+  assert.equal(rowTileLength(3), 1365 * 3);
+  assert.equal(rowTileLength(1027), 3 * 1027);
+  assert.equal(rowTileLength(5000), 5000); // a row longer than a tile is a tile
+});

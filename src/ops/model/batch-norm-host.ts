@@ -14,13 +14,13 @@
  * float32 where they leave: in `sum` (data-parallel replicas: the whole batch's statistics and gradient
  * sums, synchronised BN) and in d gamma / d beta (this replica's part).
  *
- * Every loop walks the activations in tiles of rows (`tileLength`: ~16 KB of one tensor, so a tile
+ * Every loop walks the activations in tiles of rows (`rowTileLength`: ~16 KB of one tensor, so a tile
  * stays in the first-level cache) and, inside a tile, four channels at a time with their constants and
  * running sums in locals (`QUAD`), where a loop over every channel of a row kept them in memory: 1.5-2.5x
  * faster loops (the per-channel order of every sum is still row by row, so the same bits).
  */
 import * as tf from '@tensorflow/tfjs';
-import { hostTensor, hostView } from '../host-memory.ts';
+import { hostTensor, hostView, rowTileLength } from '../host-memory.ts';
 import type { CrossReplicaSum } from './layers.ts';
 
 export interface HostBatchStats {
@@ -117,14 +117,9 @@ export function hostBatchNorm(
 /** Channels a loop takes at a time, their constants and running sums in locals. */
 const QUAD = 4;
 
-/** Elements of a tile: whole rows of `c` channels, ~4096 values (16 KB of float32), at least one row. */
-function tileLength(c: number): number {
-  return Math.max(1, Math.floor(4096 / c)) * c;
-}
-
 /** sums[k] += x[row, k] over the rows in order. */
 function channelSums(x: Float32Array, c: number, sums: Float64Array): void {
-  const tile = tileLength(c);
+  const tile = rowTileLength(c);
   for (let t0 = 0; t0 < x.length; t0 += tile) {
     const t1 = Math.min(x.length, t0 + tile);
     let k = 0;
@@ -154,7 +149,7 @@ function channelSums(x: Float32Array, c: number, sums: Float64Array): void {
 
 /** squares[k] += (x[row, k] - mean[k])^2 over the rows in order. */
 function squaredDeviations(x: Float32Array, c: number, mean: Float64Array, squares: Float64Array): void {
-  const tile = tileLength(c);
+  const tile = rowTileLength(c);
   for (let t0 = 0; t0 < x.length; t0 += tile) {
     const t1 = Math.min(x.length, t0 + tile);
     let k = 0;
@@ -196,7 +191,7 @@ function squaredDeviations(x: Float32Array, c: number, mean: Float64Array, squar
 
 /** out[row, k] = x[row, k] * scale[k] + shift[k] (float64, rounded on the store). */
 function scaleShift(x: Float32Array, c: number, scale: Float64Array, shift: Float64Array, out: Float32Array): void {
-  const tile = tileLength(c);
+  const tile = rowTileLength(c);
   for (let t0 = 0; t0 < x.length; t0 += tile) {
     const t1 = Math.min(x.length, t0 + tile);
     let k = 0;
@@ -226,7 +221,7 @@ function scaleShift(x: Float32Array, c: number, scale: Float64Array, shift: Floa
 
 /** sumDy[k] += dy[row, k]; sumDyXc[k] += dy[row, k] * (x[row, k] - mean[k]), over the rows in order. */
 function gradientSums(dy: Float32Array, x: Float32Array, c: number, mean: Float64Array, sumDy: Float64Array, sumDyXc: Float64Array): void {
-  const tile = tileLength(c);
+  const tile = rowTileLength(c);
   for (let t0 = 0; t0 < dy.length; t0 += tile) {
     const t1 = Math.min(dy.length, t0 + tile);
     let k = 0;
@@ -292,7 +287,7 @@ interface InputGradientTerms {
 /** out[row, k] = a[k] dy[row, k] + bx[k] (x[row, k] - mean[k]) + c0[k] (float64, rounded on the store). */
 function inputGradient(dy: Float32Array, x: Float32Array, c: number, t: InputGradientTerms, out: Float32Array): void {
   const { a, bx, c0, mean } = t;
-  const tile = tileLength(c);
+  const tile = rowTileLength(c);
   for (let t0 = 0; t0 < dy.length; t0 += tile) {
     const t1 = Math.min(dy.length, t0 + tile);
     let k = 0;
