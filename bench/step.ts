@@ -111,8 +111,8 @@ const key = (v: Variant) => `${v.replicas}x${v.kernelThreads}`;
 /**
  * Times `backend` at every setting of `variants` side by side: a model and optimiser per setting (the
  * main replica of its data-parallel group where it has one), one group per replica count above 1, one
- * worker thread with its own backend per kernel-thread count above 1 (bench/step-kernel-worker.ts: a backend's kernel threads are fixed
- * when it starts), and the steps taken round-robin (each setting once, then again), so that a
+ * worker thread with its own backend per kernel-thread count above 1 (bench/step-kernel-worker.ts: a
+ * backend's kernel threads are fixed when it starts), and the steps taken round-robin (each setting once, then again), so that a
  * machine's drift over the run (20-40 % here over minutes) falls on every setting alike. Each
  * setting's figure is its median step; `ratios` are, round by round, its step over the same round's
  * one-thread step.
