@@ -38,15 +38,25 @@ export function hostView<T extends Float32Array | Int32Array = Float32Array>(t: 
  * write every element). Take views of other tensors inside `fill`. Host backends only.
  */
 export function hostTensor<R extends tf.Rank>(shape: number[], fill: (out: Float32Array) => void): tf.Tensor<R> {
+  return hostTensors([shape], ([out]) => fill(out!))[0] as tf.Tensor<R>;
+}
+
+/**
+ * New float32 tensors of `shapes`, written by one loop: `fill` gets their arrays in order (as in
+ * `hostTensor`: every element to be written, views of other tensors taken inside `fill`, after every
+ * output exists). Host backends only.
+ */
+export function hostTensors(shapes: number[][], fill: (outs: Float32Array[]) => void): tf.Tensor[] {
   if (tf.getBackend() === 'wasm') {
-    const info = (tf.backend() as unknown as WasmHeap).makeOutput(shape, 'float32');
-    fill((tf.backend() as unknown as WasmHeap).typedArrayFromHeap(info) as Float32Array);
+    const heap = tf.backend() as unknown as WasmHeap;
+    const infos = shapes.map((shape) => heap.makeOutput(shape, 'float32'));
+    fill(infos.map((info) => heap.typedArrayFromHeap(info) as Float32Array));
     // a fresh output holds one backend reference: the tensor owns it
-    return tf.engine().makeTensorFromTensorInfo(info) as tf.Tensor<R>;
+    return infos.map((info) => tf.engine().makeTensorFromTensorInfo(info));
   }
-  const out = new Float32Array(shape.reduce((a, b) => a * b, 1));
-  fill(out);
-  return tf.tensor(out, shape, 'float32') as unknown as tf.Tensor<R>;
+  const outs = shapes.map((shape) => new Float32Array(shape.reduce((a, b) => a * b, 1)));
+  fill(outs);
+  return outs.map((out, i) => tf.tensor(out, shapes[i], 'float32'));
 }
 
 /**

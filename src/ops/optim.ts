@@ -5,9 +5,44 @@
  *   groups with LR multipliers (classifier x10): d = g + wd * p; buf = mu * buf + d; p -= lr * mult * buf;
  * - `Adam` (the discriminator): betas (0.9, 0.99), bias-corrected, no weight decay.
  * `step` takes gradients by parameter name; state is kept by name, so it survives a checkpoint.
+ *
+ * On the host backends an update can be one loop over the parameter instead of six to twelve
+ * element-wise kernels, whose cost on a small tensor is all dispatch (a small DeepLab's 59 parameters
+ * took ~360 kernel calls, 3-6 ms a step): on cpu always, on wasm below `HOST_LOOP_MAX`. The loop rounds to float32 after every operation, in the kernels' order, so the
+ * weights and slots come out bit for bit the same: a float32 +, -, *, / or sqrt computed in float64
+ * and rounded once is the correctly rounded float32 result (53 >= 2 * 24 + 2 bits), which is what
+ * every kernel gives (the tests compare both paths with Object.is).
  */
 import * as tf from '@tensorflow/tfjs';
+import { hostTensors, hostView, onHostBackend } from './host-memory.ts';
 import type { Param } from './model/params.ts';
+
+const f32 = Math.fround;
+
+let hostUpdates = true;
+
+/**
+ * Largest parameter the host loop updates on wasm. A JS loop costs ~8-15 ns an element here, a kernel
+ * call ~10 us plus its SIMD pass: the loop wins on small tensors (biases, batch norm) and loses on wide
+ * convolutions (measured on a small DeepLab's 59 parameters: SGD 3.0 -> 1.6 ms a step at 4096, 3.3 ms
+ * with every parameter on the loop; Adam 6.6 -> 3.0 ms, 5.2 ms).
+ */
+const HOST_LOOP_MAX = 4096;
+
+/** Tests only: false makes every backend update through tfjs's element-wise kernels. */
+export function setHostUpdates(enabled: boolean): void {
+  hostUpdates = enabled;
+}
+
+/** Whether this update runs as a host loop (checks the gradient's shape, which the kernels would broadcast). */
+function onHost(p: Param, g: tf.Tensor): boolean {
+  if (!hostUpdates || !onHostBackend() || (tf.getBackend() === 'wasm' && p.variable.size > HOST_LOOP_MAX)) return false;
+  if (g.size !== p.variable.size || g.dtype !== 'float32')
+    throw new Error(
+      `optimizer: gradient of '${p.name}' is ${g.dtype} [${g.shape}], expected float32 [${p.variable.shape}] like the parameter`,
+    );
+  return true;
+}
 
 export function polyLR(base: number, iteration: number, maxIter: number, power = 0.9): number {
   if (!(maxIter > 0)) throw new Error(`polyLR: maxIter must be > 0, got ${maxIter}`);
@@ -129,6 +164,7 @@ export class SGD extends NamedOptimizer {
   }
 
   protected update(p: Param, g: tf.Tensor, lr: number): void {
+    if (onHost(p, g)) return this.hostUpdate(p, g, lr);
     const d = this.weightDecay ? tf.add(g, tf.mul(p.variable, this.weightDecay)) : g;
     let dir = d;
     if (this.momentum) {
@@ -137,6 +173,50 @@ export class SGD extends NamedOptimizer {
       dir = buf;
     }
     p.variable.assign(tf.sub(p.variable, tf.mul(dir, lr)));
+  }
+
+  /** `update` as one loop, rounding as its kernels do (a store into a Float32Array rounds too). */
+  private hostUpdate(p: Param, g: tf.Tensor, lr: number): void {
+    const [wd, mu, rate] = [f32(this.weightDecay), f32(this.momentum), f32(lr)];
+    const shape = p.variable.shape;
+    if (!this.momentum) {
+      const [next] = hostTensors([shape], ([out]) => sgdPlain(hostView(p.variable), hostView(g), out!, wd, rate));
+      p.variable.assign(next!);
+      return;
+    }
+    const buf = this.slot('momentum', p);
+    const [next, nextBuf] = hostTensors([shape, shape], ([out, bufOut]) =>
+      sgdMomentum(hostView(p.variable), hostView(g), hostView(buf), out!, bufOut!, wd, mu, rate),
+    );
+    buf.assign(nextBuf!);
+    p.variable.assign(next!);
+  }
+}
+
+/** SGD without momentum: w - lr * (g + wd * w) (wd 0: the gradient as it is), float32 after each operation. */
+function sgdPlain(w: Float32Array, g: Float32Array, out: Float32Array, wd: number, rate: number): void {
+  for (let i = 0; i < w.length; i++) {
+    const d = wd ? f32(g[i]! + f32(w[i]! * wd)) : g[i]!;
+    out[i] = w[i]! - f32(d * rate);
+  }
+}
+
+/** SGD with momentum: buf' = mu * buf + (g + wd * w); w - lr * buf', float32 after each operation. */
+function sgdMomentum(
+  w: Float32Array,
+  g: Float32Array,
+  buf: Float32Array,
+  out: Float32Array,
+  bufOut: Float32Array,
+  wd: number,
+  mu: number,
+  rate: number,
+): void {
+  for (let i = 0; i < w.length; i++) {
+    const d = wd ? f32(g[i]! + f32(w[i]! * wd)) : g[i]!;
+    const dir = f32(f32(buf[i]! * mu) + d);
+    bufOut[i] = dir;
+    out[i] = w[i]! - f32(dir * rate);
   }
 }
 
@@ -157,6 +237,7 @@ export class Adam extends NamedOptimizer {
   protected readonly slotKinds: readonly string[] = ['m', 'v'];
 
   protected update(p: Param, g: tf.Tensor, lr: number): void {
+    if (onHost(p, g)) return this.hostUpdate(p, g, lr);
     const m = this.slot('m', p);
     const v = this.slot('v', p);
     m.assign(tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1)));
@@ -166,6 +247,31 @@ export class Adam extends NamedOptimizer {
     // PyTorch: p -= lr / c1 * m / (sqrt(v) / sqrt(c2) + eps)
     const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(c2)), this.eps);
     p.variable.assign(tf.sub(p.variable, tf.mul(tf.div(m, denom), lr / c1)));
+  }
+
+  /** `update` as one loop, rounding as its kernels do. */
+  private hostUpdate(p: Param, g: tf.Tensor, lr: number): void {
+    const m = this.slot('m', p);
+    const v = this.slot('v', p);
+    const [b1, b2, k1, k2] = [f32(this.beta1), f32(this.beta2), f32(1 - this.beta1), f32(1 - this.beta2)];
+    const root2 = f32(Math.sqrt(1 - Math.pow(this.beta2, this.steps)));
+    const [eps, rate] = [f32(this.eps), f32(lr / (1 - Math.pow(this.beta1, this.steps)))];
+    const shape = p.variable.shape;
+    const [next, nextM, nextV] = hostTensors([shape, shape, shape], ([wOut, mOut, vOut]) => {
+      const [w, grad, mv, vv] = [hostView(p.variable), hostView(g), hostView(m), hostView(v)];
+      for (let i = 0; i < w.length; i++) {
+        const gi = grad[i]!;
+        const mi = f32(f32(mv[i]! * b1) + f32(gi * k1));
+        const vi = f32(f32(vv[i]! * b2) + f32(f32(gi * gi) * k2));
+        mOut![i] = mi;
+        vOut![i] = vi;
+        const denom = f32(f32(f32(Math.sqrt(vi)) / root2) + eps);
+        wOut![i] = w[i]! - f32(f32(mi / denom) * rate);
+      }
+    });
+    m.assign(nextM!);
+    v.assign(nextV!);
+    p.variable.assign(next!);
   }
 }
 

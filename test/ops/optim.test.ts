@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { Adam, SGD, polyLR } from '../../src/ops/optim.ts';
+import { Adam, SGD, polyLR, setHostUpdates } from '../../src/ops/optim.ts';
 import type { Param } from '../../src/ops/model/params.ts';
-import { useBackend, assertClose } from '../helpers.ts';
+import { useBackend, assertClose, seededValues } from '../helpers.ts';
 
 test('poly LR: REFERENCE 2 numbers (final LR 9.97e-5 warm-up/CL, 1.99e-4 SSL) and bad input', () => {
   assert.equal(polyLR(2.5e-4, 0, 62_500), 2.5e-4);
@@ -117,5 +117,101 @@ test('constructing, loading state into and disposing optimisers leaves no tensor
   assert.equal(tf.memory().numTensors, base + 5);
   for (const o of [sgd, adam, other]) o.dispose();
   assert.equal(tf.memory().numTensors, base);
+  p.variable.dispose();
+});
+
+/** Differences between two arrays by Object.is: [count, first index]. */
+function bitDifferences(a: Float32Array, b: Float32Array): [number, number] {
+  let count = 0;
+  let first = -1;
+  for (let i = 0; i < a.length; i++)
+    if (!Object.is(a[i], b[i])) {
+      count++;
+      if (first < 0) first = i;
+    }
+  return [count, first];
+}
+
+for (const backend of ['cpu', 'wasm'] as const) {
+  test(`optimisers on ${backend}: the host loop gives the kernels' weights and slots bit for bit over 20 steps`, async () => {
+    await useBackend(backend);
+    // values over many binades (to 1e-30, subnormal products included), signs mixed, some exact zeros
+    const spread = (n: number, seed: number, scale: number) =>
+      seededValues(n, seed).map((v, i) => (i % 17 === 0 ? 0 : v * scale * 10 ** -((i * 7) % 31)));
+    const make = (hostLoop: boolean) => {
+      const ps = [
+        { name: 'conv.weight', group: 'backbone' as const, n: 3 * 3 * 4 * 5, shape: [3, 3, 4, 5] },
+        { name: 'conv.bias', group: 'backbone' as const, n: 5, shape: [5] },
+        { name: 'classifier.weight', group: 'classifier' as const, n: 1000, shape: [10, 100] },
+        // past the wasm loop's size: kernels there, the loop on cpu
+        { name: 'wide.weight', group: 'backbone' as const, n: 5000, shape: [50, 100] },
+      ].map(
+        ({ name, group, n, shape }, k): Param => ({
+          name,
+          group,
+          role: 'weight',
+          variable: tf.variable(tf.tensor(spread(n, 10 + k, 1), shape), true, `opt-${backend}-${hostLoop}-${name}`),
+        }),
+      );
+      const optimisers = [
+        new SGD([
+          { params: [ps[0]!, ps[1]!, ps[3]!], lrMult: 1 },
+          { params: [ps[2]!], lrMult: 10 },
+        ]),
+        new SGD([{ params: ps, lrMult: 1 }], { momentum: 0, weightDecay: 0 }),
+        new Adam([{ params: ps, lrMult: 1 }], { beta1: 0.9, beta2: 0.99 }),
+      ];
+      return { ps, optimisers };
+    };
+    const runs = [true, false].map((hostLoop) => {
+      const run = make(hostLoop);
+      setHostUpdates(hostLoop);
+      try {
+        const before = tf.memory().numTensors;
+        for (let step = 0; step < 20; step++) {
+          run.optimisers.forEach((opt, o) => {
+            const grads = new Map(
+              run.ps.map((p, k) => [p.name, tf.tensor(spread(p.variable.size, 100 * step + 10 * o + k, 3), p.variable.shape)]),
+            );
+            opt.step(grads, 2.5e-4 * (1 - step / 40) ** 0.9);
+            tf.dispose([...grads.values()]);
+          });
+        }
+        assert.equal(tf.memory().numTensors, before, `${hostLoop ? 'host loop' : 'kernels'}: tensors after 20 steps`);
+      } finally {
+        setHostUpdates(true);
+      }
+      return run;
+    });
+    const [host, kernels] = runs;
+    host!.ps.forEach((p, k) => {
+      const [n, at] = bitDifferences(p.variable.dataSync() as Float32Array, kernels!.ps[k]!.variable.dataSync() as Float32Array);
+      assert.equal(n, 0, `${p.name}: ${n} weights differ, first at ${at}`);
+    });
+    host!.optimisers.forEach((opt, o) => {
+      const other = kernels!.optimisers[o]!.getState().slots;
+      for (const [key, t] of opt.getState().slots) {
+        const [n, at] = bitDifferences(t.dataSync() as Float32Array, other.get(key)!.dataSync() as Float32Array);
+        assert.equal(n, 0, `optimiser ${o}, slot ${key}: ${n} values differ, first at ${at}`);
+      }
+    });
+    // the loop ran: the weights moved, and far (20 Adam steps of ~lr each)
+    assert.ok(Math.abs(host!.ps[2]!.variable.dataSync()[1]! - spread(1000, 12, 1)[1]!) > 1e-3, 'classifier weight 1 moved');
+    for (const run of runs) {
+      for (const opt of run!.optimisers) opt.dispose();
+      for (const p of run!.ps) p.variable.dispose();
+    }
+  });
+}
+
+test('optimiser host loop: a gradient of another shape is an error naming the parameter', async () => {
+  await useBackend('wasm');
+  const p = param('w', [1, 2, 3], 'backbone');
+  const opt = new SGD([{ params: [p], lrMult: 1 }]);
+  assert.throws(
+    () => opt.step(new Map([['w', tf.tensor1d([0.1, 0.2])]]), 0.1),
+    /^Error: optimizer: gradient of 'w' is float32 \[2\], expected float32 \[3\] like the parameter$/,
+  );
+  opt.dispose();
   p.variable.dispose();
 });
