@@ -13,6 +13,7 @@
 import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
 import type { BackendName } from '../ops/backend.ts';
+import { hostTensor } from '../ops/host-memory.ts';
 import type { Param } from '../ops/model/params.ts';
 import { AllReduce, Barrier, BarrierBroken } from './collective.ts';
 import { layoutOf, writeVariables, type Layout } from './layout.ts';
@@ -204,18 +205,21 @@ export class DataParallel {
     return { total, ...Object.fromEntries(names.map((n, i) => [n, terms[i]!])) };
   }
 
-  /** Gradients summed over the replicas in rank order, float32 as one process's. */
+  /** Gradients summed over the replicas in rank order, float32 as one process's (written into the backend's memory). */
   private sumGrads(trained: string[]): Map<string, tf.Tensor> {
     const out = new Map<string, tf.Tensor>();
     for (const name of trained) {
       const at = this.layout.offsets.get(name)!;
       const size = this.layout.sizes.get(name)!;
-      const sum = new Float32Array(this.areas.grads, at * 4, size).slice();
-      for (let r = 1; r < this.threads; r++) {
-        const g = new Float32Array(this.areas.grads, (r * this.layout.total + at) * 4, size);
-        for (let i = 0; i < size; i++) sum[i]! += g[i]!;
-      }
-      out.set(name, tf.tensor(sum, this.replica.variables.get(name)!.shape));
+      const slot = (r: number) => new Float32Array(this.areas.grads, (r * this.layout.total + at) * 4, size);
+      const sum = hostTensor(this.replica.variables.get(name)!.shape, (total) => {
+        total.set(slot(0));
+        for (let r = 1; r < this.threads; r++) {
+          const g = slot(r);
+          for (let i = 0; i < size; i++) total[i]! += g[i]!;
+        }
+      });
+      out.set(name, sum);
     }
     return out;
   }

@@ -4,6 +4,7 @@
  * the names and shapes.
  */
 import * as tf from '@tensorflow/tfjs';
+import { hostTensor, hostView, onHostBackend } from '../ops/host-memory.ts';
 
 export interface Layout {
   names: string[];
@@ -27,17 +28,26 @@ export function layoutOf(variables: ReadonlyMap<string, tf.Variable>): Layout {
   return { names, offsets, sizes, total };
 }
 
-/** Copies the variables' values into `area` at their offsets. */
-export function writeVariables(layout: Layout, variables: ReadonlyMap<string, tf.Variable>, area: Float32Array): void {
-  for (const name of layout.names) area.set(variables.get(name)!.dataSync() as Float32Array, layout.offsets.get(name)!);
+/**
+ * A tensor's float32 values: on the host backends its own memory (no copy; read it before the next
+ * allocation), elsewhere a copy.
+ */
+export function floatValues(t: tf.Tensor): Float32Array {
+  return onHostBackend() ? hostView(t) : (t.dataSync() as Float32Array);
 }
 
-/** Assigns every variable its value from `area`. */
+/** Copies the variables' values into `area` at their offsets. */
+export function writeVariables(layout: Layout, variables: ReadonlyMap<string, tf.Variable>, area: Float32Array): void {
+  for (const name of layout.names) area.set(floatValues(variables.get(name)!), layout.offsets.get(name)!);
+}
+
+/** Assigns every variable its value from `area` (on the host backends copied once, into the backend's memory). */
 export function readVariables(layout: Layout, variables: ReadonlyMap<string, tf.Variable>, area: Float32Array): void {
+  const host = onHostBackend();
   for (const name of layout.names) {
     const v = variables.get(name)!;
-    const at = layout.offsets.get(name)!;
-    tf.tidy(() => v.assign(tf.tensor(area.subarray(at, at + layout.sizes.get(name)!), v.shape)));
+    const values = area.subarray(layout.offsets.get(name)!, layout.offsets.get(name)! + layout.sizes.get(name)!);
+    tf.tidy(() => v.assign(host ? hostTensor(v.shape, (out) => out.set(values)) : tf.tensor(values, v.shape)));
   }
 }
 

@@ -4,7 +4,7 @@
  * replica's gradient slot (zeros where a parameter has none), its loss terms into its term slot.
  */
 import * as tf from '@tensorflow/tfjs';
-import type { Layout } from './layout.ts';
+import { floatValues, type Layout } from './layout.ts';
 import type { CrossReplicaSum } from '../ops/model/layers.ts';
 import type { HostTensors, Program, ProgramArgs, Replica, ShardContext } from './program.ts';
 
@@ -104,7 +104,7 @@ export function runShard(
     grads.fill(0);
     msg.trained.forEach((n, i) => {
       const gi = g[vars[i]!.name];
-      if (gi) grads.set(gi.dataSync() as Float32Array, layout.offsets.get(n)!);
+      if (gi) grads.set(floatValues(gi), layout.offsets.get(n)!);
     });
     return names;
   });
