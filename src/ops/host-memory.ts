@@ -34,6 +34,14 @@ export function hostView<T extends Float32Array | Int32Array = Float32Array>(t: 
 }
 
 /**
+ * A float32 tensor's values: on the host backends its own memory (`hostView`: no copy, read it before the
+ * next allocation), elsewhere a copy (`dataSync`).
+ */
+export function floatValues(t: tf.Tensor): Float32Array {
+  return onHostBackend() ? hostView(t) : (t.dataSync() as Float32Array);
+}
+
+/**
  * A new float32 tensor of `shape`; `fill` writes its values into `out` (zeros on cpu, undefined on wasm:
  * write every element). Take views of other tensors inside `fill`. Host backends only.
  */

@@ -8,10 +8,11 @@
  *
  * On the host backends an update can be one loop over the parameter instead of six to twelve
  * element-wise kernels, whose cost on a small tensor is all dispatch (a small DeepLab's 59 parameters
- * took ~360 kernel calls, 3-6 ms a step): on cpu always, on wasm below `HOST_LOOP_MAX`. The loop rounds to float32 after every operation, in the kernels' order, so the
- * weights and slots come out bit for bit the same: a float32 +, -, *, / or sqrt computed in float64
- * and rounded once is the correctly rounded float32 result (53 >= 2 * 24 + 2 bits), which is what
- * every kernel gives (the tests compare both paths with Object.is).
+ * took ~360 kernel calls, 3-6 ms a step): on cpu always, on wasm up to `HOST_LOOP_MAX` elements. The
+ * loop rounds to float32 after every operation, in the kernels' order, so the weights and slots come
+ * out bit for bit the same: a float32 +, -, *, / or sqrt computed in float64 and rounded once is the
+ * correctly rounded float32 result (53 >= 2 * 24 + 2 bits), which is what every kernel gives (the
+ * tests compare both paths with Object.is).
  */
 import * as tf from '@tensorflow/tfjs';
 import { hostTensors, hostView, onHostBackend } from './host-memory.ts';

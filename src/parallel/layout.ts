@@ -4,7 +4,7 @@
  * the names and shapes.
  */
 import * as tf from '@tensorflow/tfjs';
-import { hostTensor, hostView, onHostBackend } from '../ops/host-memory.ts';
+import { floatValues, hostTensor, onHostBackend } from '../ops/host-memory.ts';
 
 export interface Layout {
   names: string[];
@@ -28,14 +28,6 @@ export function layoutOf(variables: ReadonlyMap<string, tf.Variable>): Layout {
   return { names, offsets, sizes, total };
 }
 
-/**
- * A tensor's float32 values: on the host backends its own memory (no copy; read it before the next
- * allocation), elsewhere a copy.
- */
-export function floatValues(t: tf.Tensor): Float32Array {
-  return onHostBackend() ? hostView(t) : (t.dataSync() as Float32Array);
-}
-
 /** Copies the variables' values into `area` at their offsets. */
 export function writeVariables(layout: Layout, variables: ReadonlyMap<string, tf.Variable>, area: Float32Array): void {
   for (const name of layout.names) area.set(floatValues(variables.get(name)!), layout.offsets.get(name)!);
@@ -46,7 +38,8 @@ export function readVariables(layout: Layout, variables: ReadonlyMap<string, tf.
   const host = onHostBackend();
   for (const name of layout.names) {
     const v = variables.get(name)!;
-    const values = area.subarray(layout.offsets.get(name)!, layout.offsets.get(name)! + layout.sizes.get(name)!);
+    const at = layout.offsets.get(name)!;
+    const values = area.subarray(at, at + layout.sizes.get(name)!);
     tf.tidy(() => v.assign(host ? hostTensor(v.shape, (out) => out.set(values)) : tf.tensor(values, v.shape)));
   }
 }

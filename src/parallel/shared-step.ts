@@ -4,7 +4,8 @@
  * replica's gradient slot (zeros where a parameter has none), its loss terms into its term slot.
  */
 import * as tf from '@tensorflow/tfjs';
-import { floatValues, type Layout } from './layout.ts';
+import { floatValues } from '../ops/host-memory.ts';
+import type { Layout } from './layout.ts';
 import type { CrossReplicaSum } from '../ops/model/layers.ts';
 import type { HostTensors, Program, ProgramArgs, Replica, ShardContext } from './program.ts';
 

@@ -5,7 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { floatValues, layoutOf, readVariables, writeVariables } from '../../src/parallel/layout.ts';
+import { floatValues } from '../../src/ops/host-memory.ts';
+import { layoutOf, readVariables, writeVariables } from '../../src/parallel/layout.ts';
 import { seededValues, useBackend } from '../helpers.ts';
 
 for (const backend of ['cpu', 'wasm'] as const) {
