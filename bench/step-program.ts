@@ -51,7 +51,7 @@ export const program: Program<BenchNet> = {
     return benchNet(net, classes, bn);
   },
   loss: (net, t, _args, shard) => {
-    const seg = shard.batchMean(benchLoss(net, t.images as tf.Tensor4D, t.labels as tf.Tensor3D), t.labels!.size);
+    const seg = shard.batchMean(benchLoss(net, t.images as tf.Tensor4D, t.labels as tf.Tensor3D), { labelledIn: 'labels' });
     return { total: seg, terms: { seg } };
   },
 };

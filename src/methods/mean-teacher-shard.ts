@@ -42,7 +42,8 @@ export interface StudentBatch {
 /**
  * Source CE + the mixed batch's CE weighted per pixel (+ `contrastWeight` x (L_cl^s + L_cl^t) against
  * the prototypes `prototypesAfter` returns after its EMA with this batch's source features and mask).
- * The one-thread step's (`batchMean` null: means over this batch) and the shard program's.
+ * The one-thread step's (`batchMean` null: means over this batch) and the shard program's (the two CE
+ * terms' labelled pixels are those of its inputs 'labels' and 'mixedLabels', counted on the host).
  */
 export function meanTeacherLoss(
   model: SegModel,
@@ -55,11 +56,13 @@ export function meanTeacherLoss(
   if (a.targetStats) tf.tidy(() => void model.forward(b.target!, { training: true, trackStats: true }));
   const { images: xs, labels: ys } = b.source;
   const src = model.forward(xs, { training: true, trackStats: a.trackSource });
-  const seg = part(segCrossEntropy(tf.image.resizeBilinear(src.logits, [ys.shape[1], ys.shape[2]], true), ys), ys);
+  const seg = meanPart(batchMean, segCrossEntropy(tf.image.resizeBilinear(src.logits, [ys.shape[1], ys.shape[2]], true), ys), {
+    labelledIn: 'labels',
+  });
   const { images, labels, pixelWeights } = b.mixed;
   const mix = model.forward(images, { training: true, trackStats: !a.targetStats });
   const up = tf.image.resizeBilinear(mix.logits, [labels.shape[1], labels.shape[2]], true);
-  const mixed = part(segCrossEntropy(up, labels, { pixelWeights }), labels);
+  const mixed = meanPart(batchMean, segCrossEntropy(up, labels, { pixelWeights }), { labelledIn: 'mixedLabels' });
   const terms: Record<string, tf.Scalar> = { seg, mixed };
   let total = tf.add(seg, mixed) as tf.Scalar;
   if (a.contrastWeight > 0) {

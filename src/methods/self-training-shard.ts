@@ -6,7 +6,6 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { segCrossEntropy } from '../ops/losses.ts';
-import { labelledPixels } from '../ops/masks.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
@@ -20,17 +19,21 @@ export interface SelfTrainingShardArgs {
   trackSource: boolean;
 }
 
-/** CE of `images`' prediction upsampled to `labels`: the mean over its labelled pixels, or with `batchMean` this shard's part of the batch's. */
+/**
+ * CE of `images`' prediction upsampled to `labels`: the mean over its labelled pixels, or with `batchMean`
+ * this shard's part of the batch's (`input`: the labels' name in the shard program, counted on the host).
+ */
 function ce(
   model: SegModel,
   images: tf.Tensor4D,
   labels: tf.Tensor3D,
+  input: string,
   trackStats: boolean,
   batchMean: ShardContext['batchMean'] | null,
 ): tf.Scalar {
   const logits = model.forward(images, { training: true, trackStats }).logits;
   const up = tf.image.resizeBilinear(logits, [labels.shape[1], labels.shape[2]], true);
-  return meanPart(batchMean, segCrossEntropy(up, labels), () => labelledPixels(labels));
+  return meanPart(batchMean, segCrossEntropy(up, labels), { labelledIn: input });
 }
 
 /**
@@ -45,10 +48,10 @@ export function selfTrainingLoss(
   a: Omit<SelfTrainingShardArgs, 'bn'>,
   batchMean: ShardContext['batchMean'] | null = null,
 ): { total: tf.Scalar; terms: Record<string, tf.Scalar> } {
-  const t = ce(model, target.images, target.labels, true, batchMean);
+  const t = ce(model, target.images, target.labels, 'labels', true, batchMean);
   const ssl = a.pseudoWeight === 1 ? t : (tf.mul(t, a.pseudoWeight) as tf.Scalar);
   if (!source) return { total: ssl, terms: { ssl } };
-  const s = ce(model, source.images, source.labels, a.trackSource, batchMean);
+  const s = ce(model, source.images, source.labels, 'sourceLabels', a.trackSource, batchMean);
   return { total: tf.add(ssl, tf.mul(s, a.sourceWeight)) as tf.Scalar, terms: { ssl, source: s } };
 }
 

@@ -30,7 +30,8 @@ export interface SpclShardArgs {
  * The contrastive step's loss (paper Eq. 8): L_seg on the source + lambda (L_cl^s + L_cl^t) against the
  * prototypes that `prototypesAfter` returns after its EMA with this batch's source features and mask
  * (Eq. 3, before the loss: the authors' order). The one-thread step's (spcl.ts, `batchMean` null: means over
- * this batch) and the shard program's (`ShardContext.batchMean`, the whole batch's class sums).
+ * this batch) and the shard program's (`ShardContext.batchMean`, the whole batch's class sums; L_seg's
+ * labelled pixels are those of the program's input 'labels', counted on the host before the step).
  */
 export function spclLoss(
   model: SegModel,
@@ -43,7 +44,7 @@ export function spclLoss(
   const part = (m: tf.Scalar, mask: tf.Tensor) => meanPart(batchMean, m, () => labelledPixels(mask));
   const { features: fs, logits: ls } = model.forward(source.images, { training: true, trackStats: a.trackSource });
   const up = tf.image.resizeBilinear(ls, [source.labels.shape[1], source.labels.shape[2]], true);
-  const seg = part(segCrossEntropy(up, source.labels, { temperature: a.sourceTemperature }), source.labels);
+  const seg = meanPart(batchMean, segCrossEntropy(up, source.labels, { temperature: a.sourceTemperature }), { labelledIn: 'labels' });
   // M_s: the label at the feature grid, kept where the prediction agrees (REFERENCE 4.2)
   let ms = downsampleLabels(source.labels, [fs.shape[1], fs.shape[2]]);
   if (a.refineSource) ms = refineSourceMask(ms, detach(ls));

@@ -11,7 +11,6 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { bceWithLogits } from '../ops/losses.ts';
-import { labelledPixels } from '../ops/masks.ts';
 import { deeplabV2, type SegModel } from '../ops/model/deeplab.ts';
 import { discriminator, disposeTrace, type Discriminator, type DiscriminatorTrace } from '../ops/model/discriminator.ts';
 import type { BnMode } from '../ops/model/layers.ts';
@@ -172,7 +171,7 @@ export const program: Program<AdversarialReplica> = {
     }
     const labels = t.labels as tf.Tensor3D;
     const { ce, logits } = warmupLoss(r.model, t.images as tf.Tensor4D, labels, null, { ...a, targetStats: false });
-    const seg = shard.batchMean(ce, labelledPixels(labels));
+    const seg = shard.batchMean(ce, { labelledIn: 'labels' });
     const { adv, kept } = adversarialTerm(r.model, r.disc, t.target as tf.Tensor4D, logits, a, shard.batchMean);
     keep(r, kept);
     return { total: tf.add(seg, adv) as tf.Scalar, terms: { seg, adv } };

@@ -6,7 +6,6 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { segCrossEntropy } from '../ops/losses.ts';
-import { labelledPixels } from '../ops/masks.ts';
 import type { SegModel } from '../ops/model/deeplab.ts';
 import type { BnMode } from '../ops/model/layers.ts';
 import { buildDeeplabReplica, followBatchNorm, type DeeplabReplica } from '../parallel/deeplab-replica.ts';
@@ -54,7 +53,7 @@ export const program: Program<DeeplabReplica> = {
       (t.target as tf.Tensor4D | undefined) ?? null,
       args as unknown as WarmupShardArgs,
     );
-    const seg = shard.batchMean(ce, labelledPixels(labels));
+    const seg = shard.batchMean(ce, { labelledIn: 'labels' });
     return { total: seg, terms: { seg } };
   },
 };

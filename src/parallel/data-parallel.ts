@@ -18,7 +18,7 @@ import type { Param } from '../ops/model/params.ts';
 import { AllReduce, Barrier, BarrierBroken } from './collective.ts';
 import { layoutOf, writeVariables, type Layout } from './layout.ts';
 import type { HostTensors, Program, ProgramArgs, ProgramRef, Replica } from './program.ts';
-import { readError, runShard, sharedAreas, MAX_TERMS, type SharedAreas, type StepMessage } from './shared-step.ts';
+import { labelledCounts, readError, runShard, sharedAreas, MAX_TERMS, type SharedAreas, type StepMessage } from './shared-step.ts';
 import type { ReplicaInit } from './replica-worker.ts';
 
 /** Floats per replica in the all-reduce scratch: BN's [sum(dy), sum(dy * x^)] of the widest layer, the prototypes' sums. */
@@ -158,12 +158,13 @@ export class DataParallel {
           `data-parallel: '${name}' has ${t.shape[0]} rows, it cannot be split over ${this.threads} threads (train.threads at most the batch size)`,
         );
     const shards = splitRows(batch, this.threads);
+    const labelled = labelledCounts(shards);
     const trained = params.map((p) => p.name).sort();
     for (const name of trained)
       if (!this.layout.sizes.has(name)) throw new Error(`data-parallel: parameter '${name}' is not a variable of the replicas`);
     writeVariables(this.layout, this.replica.variables, new Float32Array(this.areas.weights));
     this.workers.forEach((w, i) => {
-      const msg: StepMessage = { type: 'step', shard: shards[i + 1]!, whole, args, trained };
+      const msg: StepMessage = { type: 'step', shard: shards[i + 1]!, whole, args, trained, labelled: labelled[i + 1]! };
       w.postMessage(msg);
     });
     let main: { names: string[]; outputs: Map<string, tf.Tensor> };
@@ -173,7 +174,7 @@ export class DataParallel {
         this.program,
         this.replica,
         this.layout,
-        { type: 'step', shard: shards[0]!, whole, args, trained },
+        { type: 'step', shard: shards[0]!, whole, args, trained, labelled: labelled[0]! },
         0,
         this.areas,
         (v) => this.reduce.sum(v),

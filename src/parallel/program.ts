@@ -55,11 +55,19 @@ export interface ShardContext {
   sum: CrossReplicaSum;
   /**
    * A mean over this shard's `count` items (pixels, images) made this shard's part of the mean over the
-   * whole batch: `mean x count / (count over all shards)`; 0 when no shard has any.
+   * whole batch: `mean x count / (count over all shards)`; 0 when no shard has any. A number is summed
+   * over the replicas then and there (every replica waits for the slowest to reach this point);
+   * `{ labelledIn: name }`, the labelled pixels (not 255) of the split int32 input `name`, was counted
+   * on the host before the step, so nobody waits, and the result has the same bits.
    */
-  batchMean(mean: tf.Scalar, count: number): tf.Scalar;
+  batchMean(mean: tf.Scalar, count: number | LabelledIn): tf.Scalar;
   /** Hands a tensor of this step back to the caller (the main thread's replica's; the workers' are dropped). */
   output(name: string, t: tf.Tensor): void;
+}
+
+/** A count the host knows before the step: the labelled pixels (label not 255) of split int32 input `labelledIn`. */
+export interface LabelledIn {
+  labelledIn: string;
 }
 
 /**
@@ -67,8 +75,8 @@ export interface ShardContext {
  * shard's part of the whole batch's mean; `count` (this shard's items) is read only then. Lets one loss
  * function serve a method's one-thread step and its shard program.
  */
-export function meanPart(batchMean: ShardContext['batchMean'] | null, mean: tf.Scalar, count: () => number): tf.Scalar {
-  return batchMean ? batchMean(mean, count()) : mean;
+export function meanPart(batchMean: ShardContext['batchMean'] | null, mean: tf.Scalar, count: (() => number) | LabelledIn): tf.Scalar {
+  return batchMean ? batchMean(mean, typeof count === 'function' ? count() : count) : mean;
 }
 
 export interface ProgramRef {

@@ -5,9 +5,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { floatValues } from '../ops/host-memory.ts';
+import { IGNORE_LABEL } from '../ops/masks.ts';
 import type { Layout } from './layout.ts';
 import type { CrossReplicaSum } from '../ops/model/layers.ts';
-import type { HostTensors, Program, ProgramArgs, Replica, ShardContext } from './program.ts';
+import type { HostTensors, LabelledIn, Program, ProgramArgs, Replica, ShardContext } from './program.ts';
 
 /** Most loss terms a program may report. */
 export const MAX_TERMS = 16;
@@ -56,6 +57,30 @@ export interface StepMessage {
   args: ProgramArgs;
   /** Names of the parameters trained this step (layout order). */
   trained: string[];
+  /** Per split int32 input: [this shard's labelled pixels, the whole batch's] (`labelledCounts`). */
+  labelled: Record<string, [number, number]>;
+}
+
+/**
+ * Per split int32 input of `shards` (one per replica): [each shard's labelled pixels (not 255), the batch's],
+ * the batch's summed as float32 in rank order, as the replicas' all-reduce of the shards' counts would.
+ */
+export function labelledCounts(shards: HostTensors[]): Record<string, [number, number]>[] {
+  const out: Record<string, [number, number]>[] = shards.map(() => ({}));
+  for (const [name, t] of Object.entries(shards[0] ?? {})) {
+    if (!(t.data instanceof Int32Array)) continue;
+    const counts = shards.map((s) => {
+      const data = s[name]!.data;
+      let n = 0;
+      for (let i = 0; i < data.length; i++) if (data[i] !== IGNORE_LABEL) n++;
+      return n;
+    });
+    const batch = counts.reduce((all, c, r) => (r === 0 ? Math.fround(c) : Math.fround(all + Math.fround(c))), 0);
+    counts.forEach((c, r) => {
+      out[r]![name] = [c, batch];
+    });
+  }
+  return out;
 }
 
 /**
@@ -90,7 +115,7 @@ export function runShard(
       );
     let values: Record<string, tf.Scalar> = {};
     const { value, grads: g } = tf.variableGrads(() => {
-      const out = program.loss(replica, shard, msg.args, shardContext(sum, outputs));
+      const out = program.loss(replica, shard, msg.args, shardContext(sum, outputs, msg.labelled));
       values = Object.fromEntries(Object.entries(out.terms).map(([k, t]) => [k, tf.keep(t)]));
       return out.total;
     }, vars);
@@ -112,8 +137,26 @@ export function runShard(
   return { names, outputs };
 }
 
-/** The cross-replica helpers a program's loss gets (src/parallel/program.ts ShardContext). */
-export function shardContext(sum: CrossReplicaSum, outputs: Map<string, tf.Tensor>): ShardContext {
+/**
+ * The cross-replica helpers a program's loss gets (src/parallel/program.ts ShardContext); `labelled`: this
+ * shard's and the batch's labelled pixels per split int32 input, counted on the host (`labelledCounts`).
+ */
+export function shardContext(
+  sum: CrossReplicaSum,
+  outputs: Map<string, tf.Tensor>,
+  labelled: Record<string, [number, number]> = {},
+): ShardContext {
+  const counts = (count: number | LabelledIn): [number, number] => {
+    if (typeof count === 'number') return [count, sum(Float32Array.of(count))[0]!];
+    const known = labelled[count.labelledIn];
+    if (!known) {
+      const inputs = Object.keys(labelled);
+      throw new Error(
+        `data-parallel: batchMean counts the labelled pixels of '${count.labelledIn}', which is not a split int32 input of this step (${inputs.length ? `those: ${inputs.join(', ')}` : 'it has none'})`,
+      );
+    }
+    return known;
+  };
   return {
     sum,
     output: (name, t) => {
@@ -121,8 +164,8 @@ export function shardContext(sum: CrossReplicaSum, outputs: Map<string, tf.Tenso
       outputs.set(name, tf.keep(t.clone()));
     },
     batchMean: (mean, count) => {
-      const all = sum(Float32Array.of(count))[0]!;
-      return all > 0 ? (tf.mul(mean, count / all) as tf.Scalar) : (tf.mul(mean, 0) as tf.Scalar);
+      const [mine, all] = counts(count);
+      return all > 0 ? (tf.mul(mean, mine / all) as tf.Scalar) : (tf.mul(mean, 0) as tf.Scalar);
     },
   };
 }
