@@ -149,7 +149,7 @@ export async function startDataParallel(
     kernelThreads: kernelThreadsOf(ctx.cfg),
   });
   ctx.events.log(
-    `${phase}: data-parallel over ${threads} threads (this one and ${threads - 1} workers${kernels(dp.workerKernelThreads)}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+    `${phase}: data-parallel over ${threads} threads (this one and ${threads - 1} worker${threads === 2 ? '' : 's'}${kernels(dp.workerKernelThreads)}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
   );
   return dp;
 }

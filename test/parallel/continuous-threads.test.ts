@@ -79,7 +79,7 @@ test(`continuous adaptation at train.threads 2 equals one thread over ${STEPS} s
     tidy.restore();
     assert.deepEqual(tidy.found, []);
     assert.ok(
-      two.logs.some((l) => /^continuous: data-parallel over 2 threads \(this one and 1 workers, ready in [\d.]+ s\)$/.test(l)),
+      two.logs.some((l) => /^continuous: data-parallel over 2 threads \(this one and 1 worker, ready in [\d.]+ s\)$/.test(l)),
       two.logs.join('\n'),
     );
     assert.ok(!one.logs.some((l) => l.includes('data-parallel')), one.logs.join('\n'));

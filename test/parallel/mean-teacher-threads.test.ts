@@ -100,7 +100,7 @@ test(`mean teacher (ClassMix, target BN statistics, contrastive term) at train.t
     tidy.restore();
     assert.deepEqual(tidy.found, []);
     assert.ok(
-      two.logs.some((l) => /^mean-teacher: data-parallel over 2 threads \(this one and 1 workers, ready in [\d.]+ s\)$/.test(l)),
+      two.logs.some((l) => /^mean-teacher: data-parallel over 2 threads \(this one and 1 worker, ready in [\d.]+ s\)$/.test(l)),
       two.logs.join('\n'),
     );
     assert.ok(!one.logs.some((l) => /data-parallel/.test(l)), one.logs.join('\n'));

@@ -80,7 +80,7 @@ test(`warm-up at train.threads 2 equals the one-thread warm-up over ${STEPS} ste
     tidy.restore();
     assert.deepEqual(tidy.found, []);
     assert.ok(
-      two.logs.some((l) => /^warmup: data-parallel over 2 threads \(this one and 1 workers, ready in [\d.]+ s\)$/.test(l)),
+      two.logs.some((l) => /^warmup: data-parallel over 2 threads \(this one and 1 worker, ready in [\d.]+ s\)$/.test(l)),
       two.logs.join('\n'),
     );
     assert.equal(one.losses.length, STEPS);
