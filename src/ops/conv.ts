@@ -187,7 +187,13 @@ export function convInputGrad(
       // A 1x1 conv by the transposed filter. (tfjs-wasm's matMul with transposeB is ~6x slower.)
       return tf.conv2d(dy, filter.transpose([0, 1, 3, 2]) as tf.Tensor4D, 1, 'valid');
     }
-    if (sh > 1 && sh === sw && dh === 1 && dw === 1) return stridedInputGrad(dy, filter, inputShape, g);
+    if (sh > 1 && sh === sw && dh === 1 && dw === 1) {
+      // a kernel that is not a multiple of the stride leaves some phases fewer taps (zeros in the stacked filter)
+      const uneven = kh % sh !== 0 || kw % sw !== 0;
+      return uneven && hostShuffle && onHostBackend()
+        ? phaseInputGrad(dy, filter, inputShape, g)
+        : stridedInputGrad(dy, filter, inputShape, g);
+    }
     const [, ho, wo] = dy.shape;
     let up: tf.Tensor4D = dy;
     if (sh > 1 || sw > 1) {
@@ -314,6 +320,69 @@ function stridedInputGrad(
   // dx[i] = full[i + pt]; positions past the end were never touched by dy (zeros).
   const [pt, , pl] = g.pad;
   return cropOrPad(full, -pt, h + pt - s * q, -pl, w + pl - s * qw).reshape([n, h, w, cin]);
+}
+
+/**
+ * `stridedInputGrad` with one conv per phase, each by its own taps only, the phases interleaved (and
+ * cropped to x) by a loop over host memory (wasm, cpu). When the kernel is not a multiple of the stride
+ * the stacked filter is mostly zeros (3x3 stride 2: 16 taps for 9, 1x1 stride 2: 4 for 1), and its conv
+ * pays for them: this one took 0.63-0.66x of its time on the plain net's 3x3 stride-2 layers and 0.42x on
+ * a 1x1 stride-2 one (8 images, wasm). A kernel that is a multiple (the discriminator's 4x4 stride 2)
+ * stays stacked, where one conv beats four. The same sums, in the same order: the stacked conv's extra
+ * terms are exact zeros, so the bits are the same (test/ops/conv.test.ts).
+ */
+function phaseInputGrad(
+  dy: tf.Tensor4D,
+  filter: tf.Tensor4D,
+  inputShape: readonly [number, number, number, number],
+  g: ConvGeometry,
+): tf.Tensor4D {
+  const [n, h, w, cin] = inputShape;
+  const [kh, kw] = filter.shape;
+  const s = g.strides[0];
+  const [pt, , pl] = g.pad;
+  const [, ho, wo] = dy.shape;
+  // phase r of an axis gets the taps k = r + s*t, t < taps(r); its output covers padded positions s*m + r, m < Q
+  const taps = (k: number, r: number) => Math.ceil((k - r) / s);
+  const q = ho + taps(kh, 0) - 1;
+  const qw = wo + taps(kw, 0) - 1;
+  const phases: (tf.Tensor4D | null)[] = [];
+  for (let rh = 0; rh < s; rh++) {
+    for (let rw = 0; rw < s; rw++) {
+      const th = taps(kh, rh);
+      const tw = taps(kw, rw);
+      if (th <= 0 || tw <= 0) {
+        phases.push(null); // no tap reaches this phase: its positions get zeros
+        continue;
+      }
+      // out[m] = sum_u dy[m - (T-1) + u] W[r + s*(T-1-u)]: dy padded by T-1 before (and to Q after), the taps flipped
+      const sub = rearrangeTaps(filter, th, tw, 1, (u, v) => [rh + s * (th - 1 - u), rw + s * (tw - 1 - v)]);
+      const pad: Pad4 = [th - 1, q - ho, tw - 1, qw - wo];
+      phases.push(tf.conv2d(dy, sub, 1, explicitPadding(pad), 'NHWC'));
+    }
+  }
+  // dx[i] = phase (i + pt) mod s at row (i + pt) div s; rows past Q were never touched by dy (zeros)
+  return hostTensor<tf.Rank.R4>([n, h, w, cin], (dx) => {
+    const views = phases.map((t) => (t ? hostView(t) : null));
+    for (let b = 0; b < n; b++) {
+      for (let i = 0; i < h; i++) {
+        const rh = (i + pt) % s;
+        const m = (i + pt - rh) / s;
+        for (let j = 0; j < w; j++) {
+          const rw = (j + pl) % s;
+          const mw = (j + pl - rw) / s;
+          const from = views[rh * s + rw];
+          const at = ((b * h + i) * w + j) * cin;
+          if (!from || m >= q || mw >= qw) {
+            dx.fill(0, at, at + cin);
+            continue;
+          }
+          const start = ((b * q + m) * qw + mw) * cin;
+          dx.set(from.subarray(start, start + cin), at);
+        }
+      }
+    }
+  });
 }
 
 /**

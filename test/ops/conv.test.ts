@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { conv2d, convOutSize, setHostFilterShuffle, type ConvOptions } from '../../src/ops/conv.ts';
+import { conv2d, convGeometry, convInputGrad, convOutSize, setHostFilterShuffle, type ConvOptions } from '../../src/ops/conv.ts';
 import { useBackend, seededValues, assertClose, finiteDiff } from '../helpers.ts';
 
 type Pad = 'same' | 'valid' | [[number, number], [number, number], [number, number], [number, number]];
@@ -256,6 +256,52 @@ test('1x1 filter gradient: the host rows (blocks of pixels, partial last block) 
     assert.deepEqual(Array.from(host.gw), Array.from(device.gw), `stride ${stride} dW`);
   }
 });
+
+for (const backend of ['wasm', 'cpu'] as const) {
+  test(`strided input gradient on ${backend}: one conv per phase (kernel not a multiple of the stride) gives the bits of the stacked conv, every position`, async () => {
+    await useBackend(backend);
+    // [x shape, filter shape, stride, padding]: the plain net's and ResNet's 3x3 and 1x1 stride 2, odd
+    // sizes (rows no tap reaches), stride 3, a 5x5, a 2x3 kernel (one axis even), tfjs-'same'-style pads
+    const cases: [number[], number[], number, ConvOptions['pad']][] = [
+      [[2, 8, 12, 5], [3, 3, 5, 7], 2, 1],
+      [[2, 9, 11, 5], [3, 3, 5, 7], 2, 1],
+      [[3, 8, 10, 6], [1, 1, 6, 4], 2, 0],
+      [[1, 9, 9, 3], [1, 1, 3, 5], 2, 0],
+      [[2, 10, 13, 4], [3, 3, 4, 6], 3, 1],
+      [[1, 11, 12, 3], [5, 5, 3, 4], 2, 2],
+      [[2, 8, 9, 4], [2, 3, 4, 3], 2, [0, 1, 1, 1]],
+      [[1, 7, 8, 3], [3, 3, 3, 2], 2, [0, 1, 0, 1]],
+      [[1, 10, 10, 2], [3, 3, 2, 2], 2, 0],
+    ];
+    cases.forEach(([xs, ws, stride, pad], k) => {
+      const g = convGeometry({ stride, pad });
+      const ho = convOutSize(xs[1]!, ws[0]!, stride, 1, g.pad[0] + g.pad[1]);
+      const wo = convOutSize(xs[2]!, ws[1]!, stride, 1, g.pad[2] + g.pad[3]);
+      const dy = tf.tensor4d(seededValues(xs[0]! * ho * wo * ws[3]!, 30 + k), [xs[0]!, ho, wo, ws[3]!]);
+      const filter = tf.tensor4d(
+        seededValues(
+          ws.reduce((a, b) => a * b),
+          60 + k,
+        ),
+        ws as [number, number, number, number],
+      );
+      const shape = xs as [number, number, number, number];
+      const before = tf.memory().numTensors;
+      const phases = convInputGrad(dy, filter, shape, g);
+      assert.equal(tf.memory().numTensors, before + 1, `case ${k}: only the gradient is left`);
+      setHostFilterShuffle(false);
+      const stacked = convInputGrad(dy, filter, shape, g);
+      setHostFilterShuffle(true);
+      assert.deepEqual(phases.shape, xs);
+      const [p, q] = [phases.dataSync(), stacked.dataSync()];
+      const differ = p.findIndex((v, i) => !Object.is(v, q[i]));
+      assert.equal(differ, -1, `case ${k} (${ws[0]}x${ws[1]} stride ${stride}): first differing element ${differ}`);
+      // rows past the last one any tap reaches are zeros, not stale memory
+      if (k === 8) assert.equal(p[p.length - 1], 0);
+      tf.dispose([dy, filter, phases, stacked]);
+    });
+  });
+}
 
 test("conv gradients on wasm run no Pad kernel: the convolutions pad themselves (PadV2 on the filter gradient's layout cost as much as its conv)", async () => {
   await useBackend('wasm');
