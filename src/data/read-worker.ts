@@ -199,6 +199,11 @@ function acquire(
   }
   if (cached) {
     opened[path] = cached.id;
+    // The shard as it is now: lmdb-js keeps a read snapshot until a timer of the event loop resets it,
+    // and piscina's workers wait between tasks in Atomics.wait, where no timer runs, so without this a
+    // busy worker went on reading the shard as it first saw it: records another process (a user's ingest
+    // job) appended since were missing_record while the manifest listed them (seen in the soak).
+    cached.root.resetReadTxn();
     return cached;
   }
   if (kind === 'pseudo') {

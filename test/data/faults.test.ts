@@ -6,6 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, linkSync, readFileSync, renameSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -608,6 +609,36 @@ test('a shard replaced by a file that is not (yet) a whole LMDB file, or cut sho
     const again = await reader.read(ds, '00004', SPEC, 3);
     assert.equal(again.key, '00004');
     reader.recycle(again);
+  } finally {
+    await reader.close();
+    await rm(dir, { recursive: true });
+  }
+});
+
+test('records another process appends to a shard a worker already holds open are read: each read sees the shard as it is now, not as the worker first saw it', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'spcl-faults-'));
+  // one worker: every read goes to the worker that opened the shard, which waits (Atomics) between tasks
+  const reader = new SampleReader({ threads: 1, retries: 0, log: () => {} });
+  try {
+    const ds = await makeDataset(dir, 4);
+    await reader.read(ds, '00001', SPEC, 0).then((s) => reader.recycle(s));
+    // another process (a user's ingest job) appends samples 5-8 to the same shard and rewrites the manifest
+    for (let i = 5; i <= 8; i++) {
+      await writeRgb(join(dir, `raw/images/${keyOf(i)}.png`), W, H, i);
+      await writeBands(join(dir, `raw/labels/${keyOf(i)}.png`), W, H, [23, 26, 7]);
+    }
+    const ingest = new URL('../../src/data/ingest.ts', import.meta.url).href;
+    const code = `import { ingestDataset } from ${JSON.stringify(ingest)};
+      await ingestDataset({ dataset: 'gta5', root: ${JSON.stringify(join(dir, 'raw'))}, out: ${JSON.stringify(ds.dir)}, shardIndex: 0, shardCount: 1, log: () => {}, progressStream: null, threads: 1 });`;
+    const child = spawnSync(process.execPath, ['--input-type=module', '-e', code], { encoding: 'utf8' });
+    assert.equal(child.status, 0, child.stderr);
+    const after = await openDataset(ds.dir);
+    assert.equal(after.manifest.count, 8);
+    for (const key of ['00008', '00005', '00002']) {
+      const s = await reader.read(after, key, SPEC, 0);
+      assert.equal(s.key, key);
+      reader.recycle(s);
+    }
   } finally {
     await reader.close();
     await rm(dir, { recursive: true });
