@@ -111,7 +111,10 @@ export function maskOneHot(mask: tf.Tensor, numClasses: number): tf.Tensor {
   );
 }
 
-/** Pixels of a label map or mask that count in a mean over labelled pixels (not 255). */
+/**
+ * Pixels of a label map or mask that count in a mean over labelled pixels (not IGNORE_LABEL). The data-parallel
+ * step counts its label inputs the same way on the host (src/parallel/shared-step.ts `labelledCounts`).
+ */
 export function labelledPixels(labels: tf.Tensor): number {
-  return tf.tidy(() => tf.sum(tf.cast(tf.notEqual(labels, 255), 'int32')).dataSync()[0]!);
+  return tf.tidy(() => tf.sum(tf.cast(tf.notEqual(labels, IGNORE_LABEL), 'int32')).dataSync()[0]!);
 }

@@ -7,10 +7,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
+import { labelledPixels } from '../../src/ops/masks.ts';
 import { labelledCounts, shardContext } from '../../src/parallel/shared-step.ts';
 import { useBackend } from '../helpers.ts';
 
-test('labelledCounts: labelled pixels (not 255) per shard of each int32 input, the batch total as a float32 rank-order sum; float inputs skipped', () => {
+test('labelledCounts: labelled pixels (not 255) per shard of each int32 input, as labelledPixels counts them, the batch total as a float32 rank-order sum; float inputs skipped', async () => {
   const shards = [
     {
       labels: { data: Int32Array.from([0, 255, 3, 255, 255, 18]), shape: [1, 2, 3] },
@@ -23,6 +24,13 @@ test('labelledCounts: labelled pixels (not 255) per shard of each int32 input, t
     { labels: { data: Int32Array.from([1, 2, 3, 4, 5, 6]), shape: [1, 2, 3] }, images: { data: new Float32Array(3), shape: [1, 3] } },
   ];
   assert.deepEqual(labelledCounts(shards), [{ labels: [3, 10] }, { labels: [1, 10] }, { labels: [6, 10] }]);
+  // the count a replica's loss would take from the tensor (masks.ts labelledPixels), shard by shard
+  await useBackend('cpu');
+  for (const [r, s] of shards.entries()) {
+    const t = tf.tensor(s.labels.data, s.labels.shape, 'int32');
+    assert.equal(labelledPixels(t), labelledCounts(shards)[r]!.labels![0]);
+    t.dispose();
+  }
   // above 2^24 a float32 sum rounds (to even): 2^24 + 1 is 2^24, as the all-reduce's Float32Array would give
   const big = 2 ** 24;
   const many = (n: number) => ({ labels: { data: new Int32Array(n), shape: [1, n] } });
