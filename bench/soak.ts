@@ -28,6 +28,8 @@ const USAGE = `usage: node bench/soak.ts [options]
   --minutes M         how long the pipeline runs before SIGTERM (default 60)
   --arrival-every S   seconds between two batches of new target images (default 30)
   --arrivals N        images per batch (default 10); every 4th batch goes through pipelines/ingest.ts
+  --drain S           no new arrivals in the last S seconds, so that the last ones can be ingested before
+                      SIGTERM (default 30; the summary counts what reached the manifest)
   --from WHAT         recipe: the quick recipe (warm-up, prototypes, contrastive, self-training) runs first and
                       continuous adaptation goes on from its model (default); scratch: continuous adaptation
                       starts from the initial weights (short soaks: all the time goes to the continuous phase)
@@ -42,6 +44,7 @@ const cli = parseCli('soak', USAGE, {
   minutes: { type: 'string', default: '60' },
   'arrival-every': { type: 'string', default: '30' },
   arrivals: { type: 'string', default: '10' },
+  drain: { type: 'string', default: '30' },
   work: { type: 'string' },
   from: { type: 'string', default: 'recipe' },
   set: { type: 'string', multiple: true, default: [] },
@@ -57,6 +60,7 @@ const num = (name: string, text: string, min: number): number => {
 const minutes = num('minutes', args.minutes, 0.2);
 const arrivalEvery = num('arrival-every', args['arrival-every'], 1);
 const perBatch = Math.round(num('arrivals', args.arrivals, 1));
+const drain = num('drain', args.drain, 0);
 if (args.from !== 'recipe' && args.from !== 'scratch') cli.fail(`--from ${JSON.stringify(args.from)}: expected 'recipe' or 'scratch'`);
 
 /** Anonymous RSS drift allowed over the second half of the soak (slope of a least-squares line), MiB per hour. */
@@ -232,7 +236,7 @@ async function main(): Promise<number> {
       hwm = Math.max(hwm, r.hwm);
     }
     disk.push({ t: (now - t0) / 1000, ...(await diskOf(out)) });
-    if (now >= nextArrival) {
+    if (now >= nextArrival && now < end - drain * 1000) {
       batch++;
       if (batch % 4 === 0) {
         // through another process, as a user's ingest job would append them
@@ -337,6 +341,8 @@ async function main(): Promise<number> {
     targetImagesAtEnd: c.targetImages,
     generationImagesAtEnd: c.generationImages,
     watchIngested: c.ingested,
+    /** Samples skipped by stage and reason (report.json): arrivals that could not be read show up here. */
+    skipped: report.skipped,
     rssMiB: {
       firstQuarterMedian: median(rss.slice(0, quarter).map((s) => s.rss)) / MiB,
       lastQuarterMedian: median(rss.slice(-quarter).map((s) => s.rss)) / MiB,
@@ -402,7 +408,8 @@ async function main(): Promise<number> {
       `soak: ${f(summary.minutes)} min, ${summary.steps} steps (${summary.stepsPerSecond.toFixed(2)}/s), ${summary.refreshes} refreshes ` +
         `(start ${c.refreshTriggers.start}, steps ${c.refreshTriggers.steps}, arrivals ${c.refreshTriggers.arrivals})`,
       `arrivals: ${fed} images fed (${viaIngest} through pipelines/ingest.ts), ${c.ingested} ingested from the watched folder; ` +
-        `${c.targetImages} target images at the end, ${c.generationImages} in the last generation`,
+        `${c.targetImages} target images at the end, ${c.generationImages} in the last generation; ` +
+        `samples skipped: ${JSON.stringify(report.skipped)}`,
       `RSS: first-quarter median ${f(summary.rssMiB.firstQuarterMedian)} MiB, last-quarter median ${f(summary.rssMiB.lastQuarterMedian)} MiB, peak ${f(summary.rssMiB.peak)} MiB`,
       `  anonymous: ${f(summary.anonMiB.firstQuarterMedian)} -> ${f(summary.anonMiB.lastQuarterMedian)} MiB, drift over the second half ${f(summary.rssDriftSecondHalfMiBPerHour)} MiB/h (bound ${RSS_DRIFT_MIB_PER_HOUR}, judged from 20 min on)`,
       `  file-backed (LMDB data read): ${f(summary.fileMiB.firstQuarterMedian)} -> ${f(summary.fileMiB.lastQuarterMedian)} MiB, drift ${f(summary.fileDriftSecondHalfMiBPerHour)} MiB/h`,
