@@ -75,7 +75,7 @@ export function labelledCounts(shards: HostTensors[]): Record<string, [number, n
       for (let i = 0; i < data.length; i++) if (data[i] !== IGNORE_LABEL) n++;
       return n;
     });
-    const batch = counts.reduce((all, c, r) => (r === 0 ? Math.fround(c) : Math.fround(all + Math.fround(c))), 0);
+    const batch = counts.reduce((all, c) => Math.fround(all + Math.fround(c)), 0);
     counts.forEach((c, r) => {
       out[r]![name] = [c, batch];
     });
