@@ -4,7 +4,8 @@
  * along its first axis (replica 0, the main thread, takes the first rows), every replica runs the same
  * program (src/parallel/program.ts) on its shard, batch norm's statistics are those of the whole batch
  * (synchronised through shared memory), and the gradients are summed in rank order into what one
- * process would have computed, up to float rounding. The optimiser, its state, the checkpoints and
+ * process would have computed, up to float rounding (each replica sums a piece of them, so the sum's
+ * time does not grow with the thread count). The optimiser, its state, the checkpoints and
  * everything else stay on the main thread: only its weights travel, in shared memory, before each step.
  *
  * The step is synchronous (the workers receive their shard by message and meet the main thread at a
@@ -18,7 +19,16 @@ import type { Param } from '../ops/model/params.ts';
 import { AllReduce, Barrier, BarrierBroken } from './collective.ts';
 import { layoutOf, writeVariables, type Layout } from './layout.ts';
 import type { HostTensors, Program, ProgramArgs, ProgramRef, Replica } from './program.ts';
-import { labelledCounts, readError, runShard, sharedAreas, MAX_TERMS, type SharedAreas, type StepMessage } from './shared-step.ts';
+import {
+  labelledCounts,
+  readError,
+  runShard,
+  sharedAreas,
+  sumGradientPiece,
+  MAX_TERMS,
+  type SharedAreas,
+  type StepMessage,
+} from './shared-step.ts';
 import type { ReplicaInit } from './replica-worker.ts';
 
 /** Floats per replica in the all-reduce scratch: BN's [sum(dy), sum(dy * x^)] of the widest layer, the prototypes' sums. */
@@ -180,6 +190,8 @@ export class DataParallel {
         (v) => this.reduce.sum(v),
       );
       this.barrier.wait();
+      sumGradientPiece(this.areas, this.layout, trained, 0, this.threads);
+      this.barrier.wait();
     } catch (err) {
       this.barrier.break();
       const failed = [...Array(this.threads).keys()]
@@ -189,7 +201,7 @@ export class DataParallel {
       this.broken = failed.length ? failed.map(([r, e]) => `replica ${r}: ${e}`).join('; ') : (err as Error).message;
       throw err instanceof BarrierBroken && failed.length ? new Error(`data-parallel step failed: ${this.broken}`) : err;
     }
-    return { losses: this.sumTerms(main.names), grads: this.sumGrads(trained), outputs: main.outputs };
+    return { losses: this.sumTerms(main.names), grads: this.summedGrads(trained), outputs: main.outputs };
   }
 
   /** Each term summed over the replicas in rank order (term names from the main thread's program). */
@@ -206,21 +218,15 @@ export class DataParallel {
     return { total, ...Object.fromEntries(names.map((n, i) => [n, terms[i]!])) };
   }
 
-  /** Gradients summed over the replicas in rank order, float32 as one process's (written into the backend's memory). */
-  private sumGrads(trained: string[]): Map<string, tf.Tensor> {
+  /** The gradients summed over the replicas (slot 0 after every replica's `sumGradientPiece`), copied into the backend's memory. */
+  private summedGrads(trained: string[]): Map<string, tf.Tensor> {
     const out = new Map<string, tf.Tensor>();
     for (const name of trained) {
-      const at = this.layout.offsets.get(name)!;
-      const size = this.layout.sizes.get(name)!;
-      const slot = (r: number) => new Float32Array(this.areas.grads, (r * this.layout.total + at) * 4, size);
-      const sum = hostTensor(this.replica.variables.get(name)!.shape, (total) => {
-        total.set(slot(0));
-        for (let r = 1; r < this.threads; r++) {
-          const g = slot(r);
-          for (let i = 0; i < size; i++) total[i]! += g[i]!;
-        }
-      });
-      out.set(name, sum);
+      const sum = new Float32Array(this.areas.grads, this.layout.offsets.get(name)! * 4, this.layout.sizes.get(name)!);
+      out.set(
+        name,
+        hostTensor(this.replica.variables.get(name)!.shape, (total) => total.set(sum)),
+      );
     }
     return out;
   }

@@ -1,8 +1,9 @@
 /**
  * A data-parallel replica on a worker thread (src/parallel/data-parallel.ts starts it): its own tfjs
  * backend and model, built by the program's module; each step it takes the main thread's weights from
- * shared memory, runs the program's loss on its shard, writes its gradients and loss terms into its slot
- * and meets the other replicas at the step's end barrier. A failure is written into its error slot and
+ * shared memory, runs the program's loss on its shard, writes its gradients and loss terms into its slot,
+ * meets the other replicas at a barrier, sums its piece of the gradients (`sumGradientPiece`) and meets
+ * them again at the step's end. A failure is written into its error slot and
  * breaks the barrier, so nobody waits for it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
@@ -12,7 +13,7 @@ import { wasmThreadCount } from '../ops/wasm-threads.ts';
 import { AllReduce, Barrier } from './collective.ts';
 import { checkSameLayout, layoutOf, readVariables } from './layout.ts';
 import type { Program, ProgramRef } from './program.ts';
-import { runShard, writeError, type SharedAreas, type StepMessage } from './shared-step.ts';
+import { runShard, sumGradientPiece, writeError, type SharedAreas, type StepMessage } from './shared-step.ts';
 
 export interface ReplicaInit {
   rank: number;
@@ -51,6 +52,8 @@ async function start() {
       reduce.resetCalls();
       const { outputs } = runShard(program, replica, layout, msg, init.rank, init.areas, (v) => reduce.sum(v));
       tf.dispose([...outputs.values()]);
+      barrier.wait();
+      sumGradientPiece(init.areas, layout, msg.trained, init.rank, init.parties);
       barrier.wait();
     } catch (err) {
       writeError(init.areas, init.rank, err);

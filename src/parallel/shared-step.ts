@@ -138,6 +138,32 @@ export function runShard(
 }
 
 /**
+ * This replica's part of the step's gradient sum (after every replica has written its slot): the trained
+ * parameters' elements, taken in layout order as one run and cut into `parties` contiguous pieces, piece
+ * `rank` summed over the slots in rank order into slot 0 (slot 0 + slot 1 + ... element by element,
+ * float32 after each addition, as one thread adding the slots would). Every replica sums its own piece at
+ * once, so the sum takes 1/parties of one thread's time and the main thread, not the only one summing,
+ * reads slot 0 when all have finished (the next barrier).
+ */
+export function sumGradientPiece(areas: SharedAreas, layout: Layout, trained: string[], rank: number, parties: number): void {
+  const ranges = trained.map((n) => [layout.offsets.get(n)!, layout.sizes.get(n)!] as const);
+  const all = ranges.reduce((n, [, size]) => n + size, 0);
+  const [from, to] = [Math.floor((all * rank) / parties), Math.floor((all * (rank + 1)) / parties)];
+  const total = new Float32Array(areas.grads, 0, layout.total);
+  let seen = 0;
+  for (const [at, size] of ranges) {
+    const lo = Math.max(from - seen, 0);
+    const hi = Math.min(to - seen, size);
+    seen += size;
+    if (lo >= hi) continue;
+    for (let r = 1; r < parties; r++) {
+      const slot = new Float32Array(areas.grads, (r * layout.total + at) * 4, size);
+      for (let i = lo; i < hi; i++) total[at + i]! += slot[i]!;
+    }
+  }
+}
+
+/**
  * The cross-replica helpers a program's loss gets (src/parallel/program.ts ShardContext); `labelled`: this
  * shard's and the batch's labelled pixels per split int32 input, counted on the host (`labelledCounts`).
  */

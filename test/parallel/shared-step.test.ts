@@ -2,13 +2,15 @@
  * src/parallel/shared-step.ts: a batch mean over labelled pixels counted on the host before the step.
  * The counts against hand counts (and the float32 rank-order sum the replicas' all-reduce makes), the
  * same bits as the all-reduce path, no cross-replica sum called (so no replica waits mid-step), and
- * the error for an input that is not a split int32 input.
+ * the error for an input that is not a split int32 input. The gradient sum cut into pieces, one per
+ * replica, against one thread adding the slots in rank order.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { labelledPixels } from '../../src/ops/masks.ts';
-import { labelledCounts, shardContext } from '../../src/parallel/shared-step.ts';
+import { labelledCounts, shardContext, sharedAreas, sumGradientPiece } from '../../src/parallel/shared-step.ts';
+import { Barrier, AllReduce } from '../../src/parallel/collective.ts';
 import { useBackend } from '../helpers.ts';
 
 test('labelledCounts: labelled pixels (not 255) per shard of each int32 input, as labelledPixels counts them, the batch total as a float32 rank-order sum; float inputs skipped', async () => {
@@ -70,4 +72,50 @@ test('batchMean with { labelledIn } of an input the step did not split: an error
     message: "data-parallel: batchMean counts the labelled pixels of 'labels', which is not a split int32 input of this step (it has none)",
   });
   one.dispose();
+});
+
+test('sumGradientPiece: the pieces of every replica together are the rank-order float32 sum of the slots, element for element; untrained parameters and the other slots untouched', () => {
+  // three parameters (sorted layout: a 5, b 7, c 1), b not trained this step; 3 and 5 replicas, so the
+  // pieces (12 trained elements) cut inside parameters and one piece may be empty
+  const sizes = new Map([
+    ['a', 5],
+    ['b', 7],
+    ['c', 1],
+  ]);
+  const layout = {
+    names: ['a', 'b', 'c'],
+    offsets: new Map([
+      ['a', 0],
+      ['b', 5],
+      ['c', 12],
+    ]),
+    sizes,
+    total: 13,
+  };
+  const trained = ['a', 'c'];
+  for (const parties of [2, 3, 5, 13]) {
+    const areas = sharedAreas(parties, layout.total, Barrier.buffer(), AllReduce.buffer(parties, 4), 4);
+    const slots = new Float32Array(areas.grads);
+    // magnitudes from 1e-8 to 1e8: any other order of addition, a missed or a repeated slot changes the float32 result
+    let seed = 7;
+    const next = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
+    for (let i = 0; i < slots.length; i++) slots[i] = (next() - 0.5) * 10 ** Math.floor(next() * 17 - 8);
+    const before = Float32Array.from(slots);
+    const expected = Float32Array.from(before.subarray(0, layout.total));
+    for (const name of trained) {
+      const at = layout.offsets.get(name)!;
+      for (let r = 1; r < parties; r++)
+        for (let i = at; i < at + sizes.get(name)!; i++) expected[i] = Math.fround(expected[i]! + before[r * layout.total + i]!);
+    }
+    // the replicas run at once in any order: their pieces do not overlap
+    for (let rank = parties - 1; rank >= 0; rank--) sumGradientPiece(areas, layout, trained, rank, parties);
+    for (let i = 0; i < layout.total; i++)
+      assert.ok(Object.is(slots[i], expected[i]), `${parties} replicas, element ${i}: ${slots[i]} vs ${expected[i]}`);
+    // b (5..11) is as its replica wrote it, and slots 1.. are read, never written
+    assert.deepEqual(slots.subarray(5, 12), before.subarray(5, 12));
+    assert.deepEqual(slots.subarray(layout.total), before.subarray(layout.total));
+  }
 });
