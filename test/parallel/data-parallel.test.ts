@@ -3,14 +3,15 @@
  * the ssl and spcl phases run) over 2 replicas against their one-thread paths: trainable BN
  * (synchronised), a target and a source batch with unlabelled (255) regions of different sizes in each
  * shard, the prototypes' EMA over the whole batch (spcl), 3 SGD steps; and the adversarial warm-up step
- * (the net's update, then the discriminator's) over 2 replicas against its one-thread path.
+ * (the net's update, then the discriminator's) over 2 replicas against its one-thread path. The bench's
+ * plain net over 3 replicas with uneven shards: gradients against one thread, and reproducible.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from '../../src/ops/backend.ts';
 import { deeplabV2 } from '../../src/ops/model/deeplab.ts';
-import { Adam, SGD } from '../../src/ops/optim.ts';
+import { Adam, SGD, gradients } from '../../src/ops/optim.ts';
 import { discriminator } from '../../src/ops/model/discriminator.ts';
 import { parallelWarmupStep, warmupStep } from '../../src/methods/warmup.ts';
 import { ADVERSARIAL_SHARD, adversarialReplica } from '../../src/methods/warmup-adversarial-shard.ts';
@@ -268,4 +269,54 @@ test('the adversarial warm-up step over 2 replicas (the net, then D on the predi
   assert.ok(worstLoss < 1e-4, `losses agree: ${worstLoss}`);
   assert.ok(net.ratio < 1e-3, `the net's weights agree: ${net.ratio}`);
   assert.ok(d.ratio < 1e-3, `D's weights agree: ${d.ratio}`);
+});
+
+test('gradients over 3 replicas (shards of 2, 2 and 1 images, the gradient sum cut into 3 pieces) equal the one-thread gradients to float tolerance, and the same step twice gives the same bits', async () => {
+  await selectBackend('wasm', { log: () => {} });
+  const { benchLoss, benchNet } = await import('../../bench/step-program.ts');
+  const net = benchNet('plain', 19);
+  const [n, h, w] = [5, 16, 32];
+  const images = tf.tidy(() => tf.randomNormal([n, h, w, 3], 0, 1, 'float32', 11).dataSync() as Float32Array);
+  const labels = tf.tidy(() => tf.randomUniformInt([n, h, w], 0, 19, 12).dataSync() as Int32Array);
+  labels.fill(255, 0, 3 * w); // the first shard has fewer labelled pixels than the others
+  const host = { images: { data: images, shape: [n, h, w, 3] }, labels: { data: labels, shape: [n, h, w] } };
+  // gradients as host arrays (tidy keeps only tensors)
+  const hostGrads = (grads: Map<string, tf.Tensor>) => {
+    const out = new Map([...grads].map(([k, g]) => [k, g.dataSync().slice() as Float32Array]));
+    tf.dispose([...grads.values()]);
+    return out;
+  };
+  const x = tf.tensor4d(images, [n, h, w, 3]);
+  const y = tf.tensor3d(labels, [n, h, w], 'int32');
+  const one = hostGrads(gradients(() => benchLoss(net, x, y), net.params).grads);
+  tf.dispose([x, y]);
+  const dp = await DataParallel.start({
+    threads: 3,
+    backend: 'wasm',
+    program: { module: new URL('../../bench/step-program.ts', import.meta.url).href, description: { net: 'plain', classes: 19 } },
+    replica: net,
+  });
+  try {
+    const step = () => {
+      const { grads, outputs } = dp.gradients(host, {}, net.params);
+      tf.dispose([...outputs.values()]);
+      return hostGrads(grads);
+    };
+    const [a, b] = [step(), step()];
+    assert.deepEqual([...a.keys()].sort(), [...one.keys()].sort());
+    let [diff, norm] = [0, 0];
+    for (const [k, g] of one) {
+      const [ga, gb] = [a.get(k)!, b.get(k)!];
+      for (let i = 0; i < g.length; i++) {
+        assert.ok(Object.is(ga[i], gb[i]), `${k}[${i}]: ${ga[i]} then ${gb[i]}`);
+        diff += (g[i]! - ga[i]!) ** 2;
+        norm += g[i]! ** 2;
+      }
+    }
+    assert.ok(norm > 0);
+    assert.ok(Math.sqrt(diff / norm) < 1e-5, `relative difference ${Math.sqrt(diff / norm)}`);
+  } finally {
+    await dp.close();
+    net.dispose();
+  }
 });
