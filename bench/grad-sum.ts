@@ -1,41 +1,33 @@
 /**
  * The data-parallel step's gradient sum (src/parallel/shared-step.ts `sumGradientPiece`): what one
  * thread summing every replica's slot costs (the step before the pieces) against the main thread's
- * piece of the sum plus its copy of the result (the replicas sum their pieces at once), side by side in one run, for parameter counts and replica counts. Plain host
- * arithmetic: no tfjs backend, and the replica counts need not be cores this machine has (each piece is
- * timed on this thread).
+ * piece of the sum plus its copy of the result (the replicas sum their pieces at once), side by side in
+ * one run, for parameter counts and replica counts. Plain host arithmetic: no tfjs backend, and the
+ * replica counts need not be cores this machine has (each piece is timed on this thread).
  *
- *   node bench/grad-sum.ts [--floats 300000,3000000] [--replicas 2,4,8,16] [--reps 9]
+ *   npm run bench:grad-sum -- [--floats 300000,3000000] [--replicas 2,4,8,16] [--reps 9]
  */
-import { parseArgs } from 'node:util';
+import { parseCli, parseIntFlag } from '../src/cli.ts';
 import { AllReduce, Barrier } from '../src/parallel/collective.ts';
 import type { Layout } from '../src/parallel/layout.ts';
 import { sharedAreas, sumGradientPiece } from '../src/parallel/shared-step.ts';
 
-const { values: args } = parseArgs({
-  options: {
-    floats: { type: 'string', default: '300000,3000000' },
-    replicas: { type: 'string', default: '2,4,8,16' },
-    reps: { type: 'string', default: '9' },
-    help: { type: 'boolean', short: 'h', default: false },
-  },
+const USAGE = `usage: npm run bench:grad-sum -- [options]
+  --floats LIST        trained parameter elements, comma-separated (default 300000,3000000)
+  --replicas LIST      replica counts, each >= 2 (default 2,4,8,16)
+  --reps N             timed repetitions per setting, the median reported (default 9)
+  -h, --help           this text
+Prints, per setting, ms of the gradient sum before the pieces and of the main thread's piece + copy.`;
+
+const cli = parseCli('bench:grad-sum', USAGE, {
+  floats: { type: 'string', default: '300000,3000000' },
+  replicas: { type: 'string', default: '2,4,8,16' },
+  reps: { type: 'string', default: '9' },
 });
-if (args.help) {
-  console.log('usage: node bench/grad-sum.ts [--floats 300000,3000000] [--replicas 2,4,8,16] [--reps 9]');
-  process.exit(0);
-}
-const list = (flag: string, text: string, min: number) =>
-  text.split(',').map((v) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) {
-      console.error(`grad-sum: --${flag} takes integers >= ${min} separated by commas, got '${v}'`);
-      process.exit(2);
-    }
-    return n;
-  });
-const floatCounts = list('floats', args.floats, 1);
-const replicaCounts = list('replicas', args.replicas, 2);
-const [reps] = list('reps', args.reps, 1);
+const int = (flag: string, v: string, min: number) => parseIntFlag(v, flag, min, cli.fail)!;
+const floatCounts = cli.values.floats.split(',').map((v) => int('floats', v, 1));
+const replicaCounts = cli.values.replicas.split(',').map((v) => int('replicas', v, 2));
+const reps = int('reps', cli.values.reps, 1);
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[v.length >> 1]!;
 
 console.log(
@@ -49,7 +41,7 @@ for (const n of floatCounts)
     for (let i = 0; i < slots.length; i++) slots[i] = Math.random() - 0.5;
     const whole: number[] = [];
     const piece: number[] = [];
-    for (let k = 0; k < reps!; k++) {
+    for (let k = 0; k < reps; k++) {
       // the sum before the pieces: slot 0 copied, then every other slot added, on one thread
       let t0 = performance.now();
       const total = Float32Array.from(slots.subarray(0, n));

@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs';
 import { labelledPixels } from '../../src/ops/masks.ts';
 import { labelledCounts, shardContext, sharedAreas, sumGradientPiece } from '../../src/parallel/shared-step.ts';
 import { Barrier, AllReduce } from '../../src/parallel/collective.ts';
-import { useBackend } from '../helpers.ts';
+import { seededValues, useBackend } from '../helpers.ts';
 
 test('labelledCounts: labelled pixels (not 255) per shard of each int32 input, as labelledPixels counts them, the batch total as a float32 rank-order sum; float inputs skipped', async () => {
   const shards = [
@@ -97,12 +97,8 @@ test('sumGradientPiece: the pieces of every replica together are the rank-order 
     const areas = sharedAreas(parties, layout.total, Barrier.buffer(), AllReduce.buffer(parties, 4), 4);
     const slots = new Float32Array(areas.grads);
     // magnitudes from 1e-8 to 1e8: any other order of addition, a missed or a repeated slot changes the float32 result
-    let seed = 7;
-    const next = () => {
-      seed = (seed * 1103515245 + 12345) % 2 ** 31;
-      return seed / 2 ** 31;
-    };
-    for (let i = 0; i < slots.length; i++) slots[i] = (next() - 0.5) * 10 ** Math.floor(next() * 17 - 8);
+    const [values, exponents] = [seededValues(slots.length, 7 + parties), seededValues(slots.length, 70 + parties)];
+    for (let i = 0; i < slots.length; i++) slots[i] = values[i]! * 10 ** Math.floor((exponents[i]! + 1) * 8.5 - 8);
     const before = Float32Array.from(slots);
     const expected = Float32Array.from(before.subarray(0, layout.total));
     for (const name of trained) {
