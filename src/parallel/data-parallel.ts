@@ -8,8 +8,9 @@
  * time does not grow with the thread count). The optimiser, its state, the checkpoints and
  * everything else stay on the main thread: only its weights travel, in shared memory, before each step.
  *
- * The step is synchronous (the workers receive their shard by message and meet the main thread at a
- * barrier), so the trainer's step contract is unchanged.
+ * The step is synchronous (the workers receive their shard by message, as views of a shared area the
+ * main thread copies the batch into, and meet the main thread at a barrier), so the trainer's step
+ * contract is unchanged.
  */
 import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
@@ -50,18 +51,37 @@ export function shardRows(n: number, parties: number): number[] {
   return Array.from({ length: parties }, (_, r) => Math.floor(n / parties) + (r < n % parties ? 1 : 0));
 }
 
-/** `tensors` split along their first axis into `parties` shards (each tensor by its own rows: `shardRows`). */
-export function splitRows(tensors: HostTensors, parties: number): HostTensors[] {
+/**
+ * `tensors` split along their first axis into `parties` shards (each tensor by its own rows: `shardRows`),
+ * copied into `area` when one is given (views of it: the tensors one after another, each in the order of
+ * its rows, so `area` needs `bytesOf(tensors)` bytes), else into fresh arrays.
+ */
+export function splitRows(tensors: HostTensors, parties: number, area?: ArrayBufferLike): HostTensors[] {
+  if (area && area.byteLength < bytesOf(tensors))
+    throw new Error(`splitRows: the area has ${area.byteLength} bytes, the tensors ${bytesOf(tensors)}`);
   const shards: HostTensors[] = Array.from({ length: parties }, () => ({}));
+  let at = 0;
   for (const [name, t] of Object.entries(tensors)) {
     const per = t.data.length / t.shape[0]!;
     let start = 0;
     shardRows(t.shape[0]!, parties).forEach((count, r) => {
-      shards[r]![name] = { data: t.data.slice(start * per, (start + count) * per), shape: [count, ...t.shape.slice(1)] };
+      const rows = t.data.subarray(start * per, (start + count) * per);
+      let data: Float32Array | Int32Array;
+      if (area) {
+        data = rows instanceof Int32Array ? new Int32Array(area, at, rows.length) : new Float32Array(area, at, rows.length);
+        data.set(rows);
+        at += rows.byteLength;
+      } else data = rows.slice();
+      shards[r]![name] = { data, shape: [count, ...t.shape.slice(1)] };
       start += count;
     });
   }
   return shards;
+}
+
+/** Bytes of the tensors' data. */
+export function bytesOf(tensors: HostTensors): number {
+  return Object.values(tensors).reduce((n, t) => n + t.data.byteLength, 0);
 }
 
 export class DataParallel {
@@ -76,6 +96,8 @@ export class DataParallel {
   private readonly barrier: Barrier;
   private readonly reduce: AllReduce;
   private broken: string | null = null;
+  /** The step's batch, shard after shard (`splitRows`): the workers read their shard in place. */
+  private inputs = new SharedArrayBuffer(0);
 
   private constructor(
     threads: number,
@@ -167,7 +189,10 @@ export class DataParallel {
         throw new Error(
           `data-parallel: '${name}' has ${t.shape[0]} rows, it cannot be split over ${this.threads} threads (train.threads at most the batch size)`,
         );
-    const shards = splitRows(batch, this.threads);
+    const bytes = bytesOf(batch);
+    // the shards travel in shared memory (a message shares it, copies nothing), reused step after step
+    if (this.inputs.byteLength < bytes) this.inputs = new SharedArrayBuffer(bytes);
+    const shards = splitRows(batch, this.threads, this.inputs);
     const labelled = labelledCounts(shards);
     const trained = params.map((p) => p.name).sort();
     for (const name of trained)

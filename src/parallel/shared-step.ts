@@ -100,10 +100,13 @@ export function runShard(
   const grads = new Float32Array(areas.grads, rank * layout.total * 4, layout.total);
   const terms = new Float64Array(areas.terms, rank * (MAX_TERMS + 1) * 8, MAX_TERMS + 1);
   const names = tf.tidy(() => {
+    // wasm copies a tensor's values into its heap; the cpu backend keeps the array it is given, and the
+    // shards lie in shared memory that the next step overwrites
+    const own = tf.getBackend() !== 'wasm';
     const shard = Object.fromEntries(
       Object.entries({ ...msg.shard, ...msg.whole }).map(([k, t]) => [
         k,
-        tf.tensor(t.data, t.shape, t.data instanceof Int32Array ? 'int32' : 'float32'),
+        tf.tensor(own ? t.data.slice() : t.data, t.shape, t.data instanceof Int32Array ? 'int32' : 'float32'),
       ]),
     );
     program.prepare?.(replica, msg.args);

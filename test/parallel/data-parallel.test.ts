@@ -17,7 +17,7 @@ import { parallelWarmupStep, warmupStep } from '../../src/methods/warmup.ts';
 import { ADVERSARIAL_SHARD, adversarialReplica } from '../../src/methods/warmup-adversarial-shard.ts';
 import { hostBatch } from '../../src/recipe/trainer.ts';
 import { batchTensors } from '../../src/stages/collate.ts';
-import { DataParallel, shardRows, splitRows } from '../../src/parallel/data-parallel.ts';
+import { DataParallel, bytesOf, shardRows, splitRows } from '../../src/parallel/data-parallel.ts';
 import { deeplabReplica, describeDeeplab } from '../../src/parallel/deeplab-replica.ts';
 import { SELF_TRAINING_SHARD } from '../../src/methods/self-training-shard.ts';
 import { anchoredSelfTrainingStep } from '../../src/methods/self-training.ts';
@@ -46,6 +46,33 @@ test('shardRows: as even as possible, the first shards one larger; splitRows spl
     y: { data: Int32Array.from([10, 11]), shape: [2] },
   });
   assert.deepEqual(b, { x: { data: Float32Array.from([6, 7, 8, 9]), shape: [2, 2] }, y: { data: Int32Array.from([12]), shape: [1] } });
+});
+
+test("splitRows into a shared area: the same shards, as views of it (the tensors one after another, each in its rows' order); a short area is an error", () => {
+  const tensors = {
+    x: { data: Float32Array.from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), shape: [5, 2] },
+    y: { data: Int32Array.from([10, 11, 12]), shape: [3] },
+  };
+  assert.equal(bytesOf(tensors), 52);
+  const area = new SharedArrayBuffer(64);
+  const shards = splitRows(tensors, 2, area);
+  assert.deepEqual(
+    shards.map((s) => Object.fromEntries(Object.entries(s).map(([k, t]) => [k, { data: [...t.data], shape: t.shape }]))),
+    splitRows(tensors, 2).map((s) => Object.fromEntries(Object.entries(s).map(([k, t]) => [k, { data: [...t.data], shape: t.shape }]))),
+  );
+  assert.deepEqual(
+    shards.flatMap((s) => Object.values(s).map((t) => [t.data.buffer === area, t.data.byteOffset, t.data.constructor.name])),
+    [
+      [true, 0, 'Float32Array'],
+      [true, 40, 'Int32Array'],
+      [true, 24, 'Float32Array'],
+      [true, 48, 'Int32Array'],
+    ],
+  );
+  assert.deepEqual([...new Float32Array(area, 0, 6)], [0, 1, 2, 3, 4, 5]);
+  assert.throws(() => splitRows(tensors, 2, new SharedArrayBuffer(48)), {
+    message: 'splitRows: the area has 48 bytes, the tensors 52',
+  });
 });
 
 function batch(seed: number, n: number, unlabelledRows: number[]): Batch {
@@ -271,25 +298,38 @@ test('the adversarial warm-up step over 2 replicas (the net, then D on the predi
   assert.ok(d.ratio < 1e-3, `D's weights agree: ${d.ratio}`);
 });
 
-test('gradients over 3 replicas (shards of 2, 2 and 1 images, the gradient sum cut into 3 pieces) equal the one-thread gradients to float tolerance, and the same step twice gives the same bits', async () => {
+test('gradients over 3 replicas (shards of 2, 2 and 1 images, the gradient sum cut into 3 pieces) equal the one-thread gradients to float tolerance, and the same step twice gives the same bits, also after a larger batch went through the shared shard area', async () => {
   await selectBackend('wasm', { log: () => {} });
   const { benchLoss, benchNet } = await import('../../bench/step-program.ts');
   const net = benchNet('plain', 19);
-  const [n, h, w] = [5, 16, 32];
-  const images = tf.tidy(() => tf.randomNormal([n, h, w, 3], 0, 1, 'float32', 11).dataSync() as Float32Array);
-  const labels = tf.tidy(() => tf.randomUniformInt([n, h, w], 0, 19, 12).dataSync() as Int32Array);
-  labels.fill(255, 0, 3 * w); // the first shard has fewer labelled pixels than the others
-  const host = { images: { data: images, shape: [n, h, w, 3] }, labels: { data: labels, shape: [n, h, w] } };
+  const [h, w] = [16, 32];
+  const hostBatchOf = (n: number, seed: number) => {
+    const images = tf.tidy(() => tf.randomNormal([n, h, w, 3], 0, 1, 'float32', seed).dataSync() as Float32Array);
+    const labels = tf.tidy(() => tf.randomUniformInt([n, h, w], 0, 19, seed + 1).dataSync() as Int32Array);
+    labels.fill(255, 0, 3 * w); // the first shard has fewer labelled pixels than the others
+    return { images: { data: images, shape: [n, h, w, 3] }, labels: { data: labels, shape: [n, h, w] } };
+  };
+  const [host, larger] = [hostBatchOf(5, 11), hostBatchOf(7, 13)];
   // gradients as host arrays (tidy keeps only tensors)
   const hostGrads = (grads: Map<string, tf.Tensor>) => {
     const out = new Map([...grads].map(([k, g]) => [k, g.dataSync().slice() as Float32Array]));
     tf.dispose([...grads.values()]);
     return out;
   };
-  const x = tf.tensor4d(images, [n, h, w, 3]);
-  const y = tf.tensor3d(labels, [n, h, w], 'int32');
-  const one = hostGrads(gradients(() => benchLoss(net, x, y), net.params).grads);
-  tf.dispose([x, y]);
+  const oneThread = (b: typeof host) => {
+    const x = tf.tensor4d(b.images.data, b.images.shape as [number, number, number, number]);
+    const y = tf.tensor3d(b.labels.data, b.labels.shape as [number, number, number], 'int32');
+    const g = hostGrads(gradients(() => benchLoss(net, x, y), net.params).grads);
+    tf.dispose([x, y]);
+    return g;
+  };
+  const [one, oneLarger] = [oneThread(host), oneThread(larger)];
+  const relative = (g: Map<string, Float32Array>, h: Map<string, Float32Array>) => {
+    let [diff, norm] = [0, 0];
+    for (const [k, v] of g) for (let i = 0; i < v.length; i++) [diff, norm] = [diff + (v[i]! - h.get(k)![i]!) ** 2, norm + v[i]! ** 2];
+    assert.ok(norm > 0);
+    return Math.sqrt(diff / norm);
+  };
   const dp = await DataParallel.start({
     threads: 3,
     backend: 'wasm',
@@ -297,24 +337,22 @@ test('gradients over 3 replicas (shards of 2, 2 and 1 images, the gradient sum c
     replica: net,
   });
   try {
-    const step = () => {
-      const { grads, outputs } = dp.gradients(host, {}, net.params);
+    const step = (b: typeof host) => {
+      const { grads, outputs } = dp.gradients(b, {}, net.params);
       tf.dispose([...outputs.values()]);
       return hostGrads(grads);
     };
-    const [a, b] = [step(), step()];
+    // the 7-image batch needs a larger shard area than the 5-image one: the area grows between a and c
+    const [a, b, c, d] = [step(host), step(host), step(larger), step(host)];
     assert.deepEqual([...a.keys()].sort(), [...one.keys()].sort());
-    let [diff, norm] = [0, 0];
-    for (const [k, g] of one) {
-      const [ga, gb] = [a.get(k)!, b.get(k)!];
+    for (const [k, g] of a)
       for (let i = 0; i < g.length; i++) {
-        assert.ok(Object.is(ga[i], gb[i]), `${k}[${i}]: ${ga[i]} then ${gb[i]}`);
-        diff += (g[i]! - ga[i]!) ** 2;
-        norm += g[i]! ** 2;
+        assert.ok(Object.is(g[i], b.get(k)![i]), `${k}[${i}]: ${g[i]} then ${b.get(k)![i]}`);
+        assert.ok(Object.is(g[i], d.get(k)![i]), `${k}[${i}]: ${g[i]}, after the larger batch ${d.get(k)![i]}`);
       }
-    }
-    assert.ok(norm > 0);
-    assert.ok(Math.sqrt(diff / norm) < 1e-5, `relative difference ${Math.sqrt(diff / norm)}`);
+    assert.ok(relative(one, a) < 1e-5, `relative difference ${relative(one, a)}`);
+    assert.ok(relative(oneLarger, c) < 1e-5, `relative difference (7 images) ${relative(oneLarger, c)}`);
+    assert.ok(relative(one, oneLarger) > 0.01, 'the two batches give different gradients');
   } finally {
     await dp.close();
     net.dispose();
