@@ -10,7 +10,7 @@
  */
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import { parseCli, parseIntFlag } from '../src/cli.ts';
+import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { bytesOf, splitRows } from '../src/parallel/data-parallel.ts';
 import type { HostTensors } from '../src/parallel/program.ts';
 
@@ -24,11 +24,7 @@ const cli = parseCli('bench:shards', USAGE, {
   sizes: { type: 'string', default: '64x128,256x512,512x1024' },
   reps: { type: 'string', default: '12' },
 });
-const sizes = cli.values.sizes.split(',').map((s) => {
-  const m = /^(\d+)x(\d+)$/.exec(s);
-  if (!m) cli.fail(`--sizes: '${s}' is not HxW`);
-  return [Number(m![1]), Number(m![2])] as const;
-});
+const sizes = cli.values.sizes.split(',').map((s) => parseSize(s, 'sizes', '64x128', cli.fail));
 const reps = parseIntFlag(cli.values.reps, 'reps', 1, cli.fail)!;
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[v.length >> 1]!;
 

@@ -96,7 +96,7 @@ export class DataParallel {
   private readonly barrier: Barrier;
   private readonly reduce: AllReduce;
   private broken: string | null = null;
-  /** The step's batch, shard after shard (`splitRows`): the workers read their shard in place. */
+  /** The step's batch as `splitRows` lays it out (grown when a batch needs more): the workers read their shard in place. */
   private inputs = new SharedArrayBuffer(0);
 
   private constructor(
