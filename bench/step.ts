@@ -12,9 +12,12 @@
  * give them as both `threads` and `kernelThreads`). Every figure is the
  * median of `--steps` steps after a warm-up step; the ratio is ours / PyTorch's at 1 thread and at the
  * most threads. An engine's thread counts are timed in turn, one step each round, so that the speed-up
- * over one thread compares steps taken seconds apart, not minutes.
+ * over one thread compares steps taken seconds apart, not minutes. With `--isolate` each wasm/cpu setting
+ * runs in a process of its own (bench/step-process.ts), one process per setting each round, in turn:
+ * what a training process, which holds one setting, sees.
  *
  *   npm run bench:step -- [--nets deeplab,plain] [--sizes 64x128] [--batch 8] [--steps 10] [--threads 1,2] [--kernel-threads 1,2] [--json]
+ *   npm run bench:step -- --isolate [--rounds 3] ...   (one process per setting and round)
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -28,6 +31,7 @@ import { SGD, gradients } from '../src/ops/optim.ts';
 import { DataParallel } from '../src/parallel/data-parallel.ts';
 import { benchLoss, benchNet, benchOptimizer, type BenchNet } from './step-program.ts';
 import type { KernelWorkerInit } from './step-kernel-worker.ts';
+import type { StepProcessSetting } from './step-process.ts';
 
 const USAGE = `usage: npm run bench:step -- [options]
   --nets LIST          deeplab, plain (default both)
@@ -41,6 +45,10 @@ const USAGE = `usage: npm run bench:step -- [options]
   --threads LIST       tfjs wasm/cpu thread counts: data-parallel replicas (default 1 and the machine's cores)
   --kernel-threads LIST wasm kernel threads of one replica (tfjs-wasm's threaded build; default 1 and the cores)
   --torch-threads LIST PyTorch thread counts (default 1 and the machine's cores)
+  --isolate            time every wasm/cpu setting in a process of its own, the processes in turn
+                       (what a training process sees: one setting per process; default: one process,
+                       every setting one step in turn)
+  --rounds N           with --isolate: rounds of one process per setting (default 3)
   --python PATH        the peer's interpreter (default /usr/bin/python3)
   --json               print one JSON object instead of the table
   -h, --help           this text
@@ -58,6 +66,8 @@ const cli = parseCli('bench:step', USAGE, {
   threads: { type: 'string' },
   'kernel-threads': { type: 'string' },
   'torch-threads': { type: 'string' },
+  isolate: { type: 'boolean', default: false },
+  rounds: { type: 'string', default: '3' },
   python: { type: 'string', default: '/usr/bin/python3' },
   json: { type: 'boolean', default: false },
 });
@@ -67,6 +77,7 @@ const batch = int('batch', args.batch);
 const classes = int('classes', args.classes, 2);
 const steps = int('steps', args.steps);
 const cpuSteps = int('cpu-steps', args['cpu-steps']);
+const rounds = int('rounds', args.rounds);
 const nets = args.nets.split(',');
 if (args.bn !== 'frozen' && args.bn !== 'trainable') cli.fail(`--bn must be frozen or trainable, got '${args.bn}'`);
 const bn = args.bn as 'frozen' | 'trainable';
@@ -90,15 +101,18 @@ interface Result {
   ratioToPytorch1Thread?: number;
   ratioToPytorchMaxThreads?: number;
   /**
-   * This engine's step over its own one-thread step (data-parallel speed-up; threads > 1): the median over
-   * the rounds (the counts are timed in turn, one step each), and the lowest and highest round.
+   * This engine's step over its own one-thread step (threads or kernel threads > 1): the median over the
+   * rounds (the settings are timed in turn: one step each, or with --isolate one process each), and the
+   * lowest and highest round.
    */
   ratioToOneThread?: number;
   ratioToOneThreadRange?: [number, number];
+  /** With --isolate: the median step of each round's process. */
+  msPerRound?: number[];
 }
 
 /** Milliseconds per step of one engine at one setting, or why it could not run. */
-type Timing = { ms: number; ratios?: number[] } | string;
+type Timing = { ms: number; ratios?: number[]; rounds?: number[] } | string;
 
 /** One setting of an engine: data-parallel replicas, and kernel threads of each replica's backend. */
 interface Variant {
@@ -203,6 +217,50 @@ async function timeBackend(
   }
 }
 
+/**
+ * `timeBackend` with every setting in a process of its own (bench/step-process.ts), `--rounds` rounds of
+ * one process per setting in turn: a setting's figure is the median of its rounds' medians, `ratios`
+ * each round's median over the same round's one-thread median.
+ */
+function timeIsolated(name: BackendName, net: string, size: [number, number], n: number, variants: Variant[]): Map<string, Timing> {
+  const out = new Map<string, Timing>();
+  const medians = new Map(variants.map((v) => [key(v), [] as number[]]));
+  const child = new URL('./step-process.ts', import.meta.url).pathname;
+  for (let round = 0; round < rounds; round++) {
+    for (const v of variants) {
+      if (out.has(key(v))) continue; // failed in an earlier round
+      const setting: StepProcessSetting = {
+        backend: name,
+        net,
+        size,
+        batch,
+        classes,
+        bn,
+        replicas: v.replicas,
+        kernelThreads: v.kernelThreads,
+        steps: n,
+      };
+      const r = spawnSync(process.execPath, [child, JSON.stringify(setting)], { encoding: 'utf8' });
+      if (r.status !== 0) {
+        out.set(key(v), `its process failed: ${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()}`);
+        continue;
+      }
+      const got = JSON.parse(r.stdout.trim().split('\n').pop()!) as { kernelThreads: number; ms: number[] };
+      if (got.kernelThreads !== v.kernelThreads) {
+        out.set(key(v), `the backend started ${got.kernelThreads} kernel threads, not ${v.kernelThreads}`);
+        continue;
+      }
+      medians.get(key(v))!.push(median(got.ms));
+    }
+  }
+  const one = out.has(key({ replicas: 1, kernelThreads: 1 })) ? undefined : medians.get(key({ replicas: 1, kernelThreads: 1 }));
+  for (const [k, ms] of medians) {
+    if (out.has(k) || !ms.length) continue;
+    out.set(k, { ms: median(ms), rounds: ms, ...(one && ms !== one ? { ratios: ms.map((v, i) => v / one[i]!) } : {}) });
+  }
+  return out;
+}
+
 function median(values: number[]): number {
   return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 }
@@ -249,7 +307,11 @@ for (const net of nets) {
               ...tfThreads.map((replicas) => ({ replicas, kernelThreads: 1 })),
               ...(name === 'wasm' ? kernelThreads.filter((k) => k > 1).map((k) => ({ replicas: 1, kernelThreads: k })) : []),
             ];
-      const timings = await timeBackend(name, net, size, name === 'cpu' ? cpuSteps : steps, variants);
+      const n = name === 'cpu' ? cpuSteps : steps;
+      const timings =
+        args.isolate && name !== 'tensorflow'
+          ? timeIsolated(name, net, size, n, variants)
+          : await timeBackend(name, net, size, n, variants);
       for (const v of variants) {
         const ms = timings.get(key(v));
         if (ms === undefined) continue;
@@ -260,6 +322,7 @@ for (const net of nets) {
             : {
                 ...row,
                 msPerStep: ms.ms,
+                ...(ms.rounds ? { msPerRound: ms.rounds } : {}),
                 ...(one ? { ratioToPytorch1Thread: ms.ms / one } : {}),
                 ...(most ? { ratioToPytorchMaxThreads: ms.ms / most } : {}),
                 ...(ms.ratios
@@ -290,13 +353,15 @@ const header = {
   classes,
   bn,
   steps,
+  /** Each wasm/cpu setting timed in a process of its own (`rounds` processes each), or all in one. */
+  isolate: args.isolate ? { rounds } : false,
   pytorch: peerVersion || null,
 };
 if (args.json) {
   console.log(JSON.stringify({ ...header, results }));
 } else {
   console.log(
-    `training step, batch ${batch}, ${classes} classes, DeepLab BN ${bn}, ${cores} cores (${header.cpu}), PyTorch ${peerVersion || 'absent'}, ${header.date}`,
+    `training step, batch ${batch}, ${classes} classes, DeepLab BN ${bn}, ${cores} cores (${header.cpu}), PyTorch ${peerVersion || 'absent'}, ${header.date}${args.isolate ? `, every setting in its own process (${rounds} rounds)` : ''}`,
   );
   console.log(
     [
