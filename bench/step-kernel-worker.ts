@@ -8,8 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from '../src/ops/backend.ts';
 import { wasmThreadCount } from '../src/ops/wasm-threads.ts';
-import { gradients } from '../src/ops/optim.ts';
-import { benchLoss, benchNet, benchOptimizer } from './step-program.ts';
+import { benchBatch, benchNet, benchOptimizer, timedStep } from './step-program.ts';
 
 export interface KernelWorkerInit {
   kernelThreads: number;
@@ -25,19 +24,15 @@ const port = parentPort!;
 await selectBackend('wasm', { log: () => {}, wasmThreads: init.kernelThreads });
 const m = benchNet(init.net, init.classes, init.bn);
 const opt = benchOptimizer(m);
-const [h, w] = init.size;
-const x = tf.randomNormal([init.batch, h, w, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
-const labels = tf.randomUniformInt([init.batch, h, w], 0, init.classes, 2) as tf.Tensor3D;
+const data = benchBatch(init.batch, init.size, init.classes);
 port.on('message', (msg: 'step' | 'close') => {
   if (msg === 'close') {
-    tf.dispose([x, labels]);
+    tf.dispose([data.x, data.labels]);
     opt.dispose();
     m.dispose();
     port.close();
     return;
   }
-  const t0 = performance.now();
-  tf.tidy(() => opt.step(gradients(() => benchLoss(m, x, labels), m.params).grads, 1e-3));
-  port.postMessage(performance.now() - t0);
+  port.postMessage(timedStep(m, opt, data));
 });
 port.postMessage({ ready: await wasmThreadCount() });

@@ -5,12 +5,10 @@
  * argument (`StepProcessSetting`), takes one warm-up step and `steps` timed ones, and prints one JSON
  * line: `{ "kernelThreads": <started>, "ms": [<per step>] }`. Exit 1 with the error on stderr.
  */
-import * as tf from '@tensorflow/tfjs';
 import { selectBackend, type BackendName } from '../src/ops/backend.ts';
 import { wasmThreadCount } from '../src/ops/wasm-threads.ts';
-import { gradients } from '../src/ops/optim.ts';
 import { DataParallel } from '../src/parallel/data-parallel.ts';
-import { benchLoss, benchNet, benchOptimizer } from './step-program.ts';
+import { benchBatch, benchNet, benchOptimizer, timedStep } from './step-program.ts';
 
 export interface StepProcessSetting {
   backend: BackendName;
@@ -35,14 +33,7 @@ try {
   await selectBackend(s.backend, { log: () => {}, wasmThreads: s.kernelThreads });
   const m = benchNet(s.net, s.classes, s.bn);
   const opt = benchOptimizer(m);
-  const [h, w] = s.size;
-  // the same batch as the in-process rounds (bench/step.ts): same seeds
-  const x = tf.randomNormal([s.batch, h, w, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
-  const labels = tf.randomUniformInt([s.batch, h, w], 0, s.classes, 2) as tf.Tensor3D;
-  const host = {
-    images: { data: x.dataSync() as Float32Array, shape: x.shape },
-    labels: { data: labels.dataSync() as Int32Array, shape: labels.shape },
-  };
+  const data = benchBatch(s.batch, s.size, s.classes); // the in-process rounds' batch (bench/step.ts)
   const dp =
     s.replicas > 1
       ? await DataParallel.start({
@@ -56,16 +47,8 @@ try {
           replica: m,
         })
       : null;
-  const step = () => {
-    const t0 = performance.now();
-    tf.tidy(() => {
-      const { grads } = dp ? dp.gradients(host, {}, m.params) : gradients(() => benchLoss(m, x, labels), m.params);
-      opt.step(grads, 1e-3);
-    });
-    return performance.now() - t0;
-  };
-  step();
-  const ms = Array.from({ length: s.steps }, step);
+  timedStep(m, opt, data, dp); // warm-up
+  const ms = Array.from({ length: s.steps }, () => timedStep(m, opt, data, dp));
   const kernelThreads = s.backend === 'wasm' ? await wasmThreadCount() : 1;
   await dp?.close();
   console.log(JSON.stringify({ kernelThreads, ms }));

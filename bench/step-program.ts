@@ -7,8 +7,9 @@ import * as tf from '@tensorflow/tfjs';
 import { deeplabV2 } from '../src/ops/model/deeplab.ts';
 import type { Param } from '../src/ops/model/params.ts';
 import { segCrossEntropy } from '../src/ops/losses.ts';
-import { SGD } from '../src/ops/optim.ts';
-import type { Program, Replica } from '../src/parallel/program.ts';
+import { SGD, gradients } from '../src/ops/optim.ts';
+import type { DataParallel } from '../src/parallel/data-parallel.ts';
+import type { HostTensors, Program, Replica } from '../src/parallel/program.ts';
 import { plainNet } from './plain-net.ts';
 
 export interface BenchNet extends Replica {
@@ -43,6 +44,34 @@ export function benchOptimizer(net: BenchNet): SGD {
 export function benchLoss(net: BenchNet, images: tf.Tensor4D, labels: tf.Tensor3D): tf.Scalar {
   const [h, w] = [labels.shape[1], labels.shape[2]];
   return segCrossEntropy(tf.image.resizeBilinear(net.forward(images), [h, w], true), labels);
+}
+
+/** The benchmark's batch: fixed seeds, so that every setting, thread and process times the same images. */
+export interface BenchBatch {
+  x: tf.Tensor4D;
+  labels: tf.Tensor3D;
+  /** The same in host memory: what a data-parallel step splits. */
+  host: HostTensors;
+}
+
+export function benchBatch(batch: number, [h, w]: readonly [number, number], classes: number): BenchBatch {
+  const x = tf.randomNormal([batch, h, w, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
+  const labels = tf.randomUniformInt([batch, h, w], 0, classes, 2) as tf.Tensor3D;
+  const host = {
+    images: { data: x.dataSync() as Float32Array, shape: x.shape },
+    labels: { data: labels.dataSync() as Int32Array, shape: labels.shape },
+  };
+  return { x, labels, host };
+}
+
+/** One training step of the benchmark (over `dp`'s replicas when given), timed: its milliseconds. */
+export function timedStep(net: BenchNet, opt: SGD, b: BenchBatch, dp: DataParallel | null = null): number {
+  const t0 = performance.now();
+  tf.tidy(() => {
+    const { grads } = dp ? dp.gradients(b.host, {}, net.params) : gradients(() => benchLoss(net, b.x, b.labels), net.params);
+    opt.step(grads, 1e-3);
+  });
+  return performance.now() - t0;
 }
 
 export const program: Program<BenchNet> = {

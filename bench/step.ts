@@ -27,9 +27,9 @@ import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
 import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { selectBackend, type BackendName } from '../src/ops/backend.ts';
-import { SGD, gradients } from '../src/ops/optim.ts';
+import type { SGD } from '../src/ops/optim.ts';
 import { DataParallel } from '../src/parallel/data-parallel.ts';
-import { benchLoss, benchNet, benchOptimizer, type BenchNet } from './step-program.ts';
+import { benchBatch, benchNet, benchOptimizer, timedStep, type BenchNet } from './step-program.ts';
 import type { KernelWorkerInit } from './step-kernel-worker.ts';
 import type { StepProcessSetting } from './step-process.ts';
 
@@ -145,7 +145,6 @@ async function timeBackend(
     for (const v of variants) out.set(key(v), (err as Error).message.split('.')[0]!);
     return out;
   }
-  const [h, w] = size;
   // A model and optimiser per setting: a data-parallel group makes its main replica's batch norm sum
   // over the group's replicas, which a one-thread step of the same model would wait for.
   const models: { m: BenchNet; opt: SGD }[] = [];
@@ -154,12 +153,7 @@ async function timeBackend(
     models.push({ m, opt: benchOptimizer(m) });
     return models.at(-1)!;
   };
-  const x = tf.randomNormal([batch, h, w, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
-  const labels = tf.randomUniformInt([batch, h, w], 0, classes, 2) as tf.Tensor3D;
-  const host = {
-    images: { data: x.dataSync() as Float32Array, shape: x.shape },
-    labels: { data: labels.dataSync() as Int32Array, shape: labels.shape },
-  };
+  const data = benchBatch(batch, size, classes);
   const groups: DataParallel[] = [];
   const kernelWorkers: Worker[] = [];
   try {
@@ -191,14 +185,7 @@ async function timeBackend(
             })
           : null;
       if (dp) groups.push(dp);
-      steps.set(key(v), async () => {
-        const t0 = performance.now();
-        tf.tidy(() => {
-          const { grads } = dp ? dp.gradients(host, {}, m.params) : gradients(() => benchLoss(m, x, labels), m.params);
-          opt.step(grads, 1e-3);
-        });
-        return performance.now() - t0;
-      });
+      steps.set(key(v), async () => timedStep(m, opt, data, dp));
     }
     for (const step of steps.values()) await step();
     const times = new Map([...steps.keys()].map((k) => [k, [] as number[]]));
@@ -209,7 +196,7 @@ async function timeBackend(
   } finally {
     for (const worker of kernelWorkers) worker.postMessage('close');
     await Promise.all([...groups.map((dp) => dp.close()), ...kernelWorkers.map((wk) => once(wk, 'exit'))]);
-    tf.dispose([x, labels]);
+    tf.dispose([data.x, data.labels]);
     for (const { m, opt } of models) {
       opt.dispose();
       m.dispose();
