@@ -7,7 +7,8 @@
  * backend has and makes fast (XNNPACK on wasm, cuDNN on tensorflow). So:
  *
  * - `convInputGrad` / `convFilterGrad` express dL/dx and dL/dW with forward conv2d, matmul, pad,
- *   reverse, transpose and slice only. They are the single implementation behind both
+ *   reverse, transpose and slice only (on the host backends dL/dW is, channels permitting, our own wasm
+ *   kernel instead: filter-grad-kernel.ts). They are the single implementation behind both
  * - `conv2d` (dilated case: a `tf.customGrad` op whose backward calls them) and
  * - the wasm `Conv2DBackpropInput` / `Conv2DBackpropFilter` kernels (`wasm-kernels.ts`), which make the
  *   plain `tf.conv2d` gradient work (and run fast) on wasm.
@@ -18,6 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { hostTensor, hostView, onHostBackend } from './host-memory.ts';
+import { kernelFilterGrad, kernelTakes } from './filter-grad-kernel.ts';
 
 export type Pad4 = readonly [top: number, bottom: number, left: number, right: number];
 
@@ -222,6 +224,12 @@ export function convInputGrad(
 }
 
 let hostShuffle = true;
+let filterKernel = true;
+
+/** Tests only: false makes `convFilterGrad` use tensor ops on the host backends too, not our wasm kernel. */
+export function setFilterGradKernel(enabled: boolean): void {
+  filterKernel = enabled;
+}
 
 /** Tests only: false forces the device-side (GPU) filter shuffles and 1x1 filter-gradient rows on every backend. */
 export function setHostFilterShuffle(enabled: boolean): void {
@@ -386,7 +394,8 @@ function phaseInputGrad(
 }
 
 /**
- * dL/dW of a conv. A 1x1 conv is xᵀ·dy (after striding x). Otherwise it is a forward conv of the padded
+ * dL/dW of a conv. On the host backends, channels permitting, our wasm kernel (filter-grad-kernel.ts: one
+ * pass over x and dy as they lie). Otherwise: a 1x1 conv is xᵀ·dy (after striding x); any other is a forward conv of the padded
  * input, with batch and channels swapped, by dy used as the filter: the roles of stride and dilation
  * swap too (stride of the dW conv = dilation of the conv, dilation of the dW conv = its stride).
  */
@@ -402,6 +411,7 @@ export function convFilterGrad(
     const [sh, sw] = g.strides;
     const [dh, dw] = g.dilations;
     const unpadded = g.pad.every((p) => p === 0);
+    if (filterKernel && onHostBackend() && kernelTakes(cin, cout, x.size + dy.size)) return kernelFilterGrad(x, dy, filterShape, g);
     if (kh === 1 && kw === 1 && unpadded) {
       if (hostShuffle && onHostBackend()) {
         const out = tf.matMul(stridedRowsTransposed(x, sh, sw, ho, wo), dy.reshape([-1, cout]));

@@ -1,0 +1,163 @@
+/**
+ * dL/dW of a 2-D convolution as one pass over the input and the output gradient in NHWC, on the host
+ * backends (wasm, cpu): our own wasm SIMD kernel (src/ops/wasm/filter-grad.wat), no transposes. The
+ * stock path (`convFilterGrad`'s forward conv with the batch as channels) transposes x and dy, and
+ * tfjs-wasm's Conv2D transposes and packs its "filter", the whole [Ho, Wo, N, Cout] gradient, again on
+ * every call: ~17 ms of a plain-net step on one core, and its convolution itself runs memory-bound.
+ *
+ * For every tap (i, j) and image b one call adds dW[i][j][ci][co] += x[b, y*sh + i*dh - top, xo*sw + j*dw
+ * - left, ci] * dy[b, y, xo, co] over the output pixels (y, xo) whose input pixel for that tap lies inside
+ * the image (padding contributes zeros: those pixels are left out, a rectangle of rows and columns). Every
+ * element of dW is a float32 sum in the order (b, y, xo): the same bits on every run, thread count and
+ * machine (separate multiply and add: no fused multiply-add).
+ */
+import { readFileSync } from 'node:fs';
+import * as tf from '@tensorflow/tfjs';
+import { hostTensor, hostView } from './host-memory.ts';
+
+/** Stride, dilation and explicit padding of the convolution (conv.ts `ConvGeometry`). */
+interface Geometry {
+  strides: readonly [number, number];
+  dilations: readonly [number, number];
+  pad: readonly [top: number, bottom: number, left: number, right: number];
+}
+
+/** What this file uses of the WebAssembly global (not in the project's ES-only `lib`). */
+interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+  grow(pages: number): number;
+}
+interface WasmApi {
+  Memory: new (d: { initial: number }) => WasmMemory;
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
+}
+const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+interface Kernel {
+  run(
+    x: number,
+    dy: number,
+    out: number,
+    count: number,
+    xstride: number,
+    cn: number,
+    on: number,
+    cout: number,
+    rows: number,
+    xrow: number,
+    dyrow: number,
+  ): void;
+  memory: WasmMemory;
+}
+
+const PAGE = 65_536;
+/**
+ * A call covers at most CHANNELS input x CHANNELS output channels (a 64-byte line of x and of dy per
+ * pixel) and PIXELS output pixels: its x and dy data, ~2-4 lines a pixel, stay in the first-level cache
+ * while the kernel walks them once per register tile.
+ */
+const CHANNELS = 16;
+const PIXELS = 192;
+let kernel: Kernel | null = null;
+
+/** The module, instantiated once per thread with a memory of its own. */
+function instance(): Kernel {
+  if (!kernel) {
+    const bytes = readFileSync(new URL('./wasm/filter-grad.wasm', import.meta.url));
+    const memory = new wasm.Memory({ initial: 16 });
+    const { exports } = new wasm.Instance(new wasm.Module(bytes), { env: { memory } });
+    kernel = { run: exports.run as Kernel['run'], memory };
+  }
+  return kernel;
+}
+
+/** Most floats of x and dy together the kernel copies into its memory (1 GiB; a wasm memory ends at 4). */
+const MAX_FLOATS = 2 ** 28;
+
+/**
+ * Whether the kernel takes these channel counts (its register tile: 4 input x 8 output channels) and
+ * `floats` of x and dy together (its own memory holds a copy of both).
+ */
+export function kernelTakes(cin: number, cout: number, floats = 0): boolean {
+  return cin % 4 === 0 && cout % 8 === 0 && floats <= MAX_FLOATS;
+}
+
+/**
+ * dL/dW [kh, kw, cin, cout] of the convolution of x [n, h, w, cin] with geometry `g` whose output gradient
+ * is dy [n, ho, wo, cout]. Host backends, `kernelTakes(cin, cout)`.
+ */
+export function kernelFilterGrad(
+  x: tf.Tensor4D,
+  dy: tf.Tensor4D,
+  filterShape: readonly [number, number, number, number],
+  g: Geometry,
+): tf.Tensor4D {
+  const [n, h, w, cin] = x.shape;
+  const [, ho, wo, cout] = dy.shape;
+  const [kh, kw] = filterShape;
+  if (!kernelTakes(cin, cout)) throw new Error(`kernelFilterGrad: channels ${cin} -> ${cout}, expected multiples of 4 -> 8`);
+  const [sh, sw] = g.strides;
+  const [dh, dw] = g.dilations;
+  const [top, , left] = g.pad;
+  const k = instance();
+  const size = kh * kw * cin * cout;
+  const need = (x.size + dy.size + size) * 4;
+  if (k.memory.buffer.byteLength < need) k.memory.grow(Math.ceil((need - k.memory.buffer.byteLength) / PAGE));
+  const f = new Float32Array(k.memory.buffer);
+  const [atX, atDy, atOut] = [0, x.size, x.size + dy.size];
+  f.set(hostView(x), atX);
+  f.set(hostView(dy), atDy);
+  f.fill(0, atOut, atOut + size);
+  for (let i = 0; i < kh; i++) {
+    // the output rows whose input row for tap row i lies inside the image: y * sh + i * dh - top in [0, h)
+    const rowShift = i * dh - top;
+    const y0 = Math.max(0, Math.ceil(-rowShift / sh));
+    const y1 = Math.min(ho, Math.floor((h - 1 - rowShift) / sh) + 1);
+    if (y1 <= y0) continue;
+    for (let j = 0; j < kw; j++) {
+      // likewise the output columns for tap column j: xo * sw + j * dw - left in [0, w)
+      const colShift = j * dw - left;
+      const x0 = Math.max(0, Math.ceil(-colShift / sw));
+      const x1 = Math.min(wo, Math.floor((w - 1 - colShift) / sw) + 1);
+      if (x1 <= x0) continue;
+      const length = x1 - x0;
+      const slab = atOut + (i * kw + j) * cin * cout;
+      for (let b = 0; b < n; b++) {
+        for (let c0 = 0; c0 < cin; c0 += CHANNELS) {
+          const cn = Math.min(CHANNELS, cin - c0);
+          for (let o0 = 0; o0 < cout; o0 += CHANNELS) {
+            const on = Math.min(CHANNELS, cout - o0);
+            const out = (slab + c0 * cout + o0) * 4;
+            const xAt = (y: number, xo: number) => (atX + ((b * h + y * sh + rowShift) * w + xo * sw + colShift) * cin + c0) * 4;
+            const dyAt = (y: number, xo: number) => (atDy + ((b * ho + y) * wo + xo) * cout + o0) * 4;
+            if (length >= PIXELS) {
+              // long rows: each in pieces of PIXELS
+              for (let y = y0; y < y1; y++)
+                for (let xo = x0; xo < x1; xo += PIXELS)
+                  k.run(xAt(y, xo), dyAt(y, xo), out, Math.min(PIXELS, x1 - xo), sw * cin * 4, cn, on, cout, 1, 0, 0);
+            } else {
+              // short rows: as many whole rows a call as make at most PIXELS
+              const rows = Math.floor(PIXELS / length);
+              for (let y = y0; y < y1; y += rows)
+                k.run(
+                  xAt(y, x0),
+                  dyAt(y, x0),
+                  out,
+                  length,
+                  sw * cin * 4,
+                  cn,
+                  on,
+                  cout,
+                  Math.min(rows, y1 - y),
+                  sh * w * cin * 4,
+                  wo * cout * 4,
+                );
+            }
+          }
+        }
+      }
+    }
+  }
+  return hostTensor<tf.Rank.R4>([kh, kw, cin, cout], (out) => out.set(f.subarray(atOut, atOut + size)));
+}

@@ -1,0 +1,185 @@
+/**
+ * Our wasm filter-gradient kernel (src/ops/filter-grad-kernel.ts): every element of dW is the float32 sum,
+ * in the order (image, output row, output column), of x * dy over the pixels whose tap lies inside the
+ * image; checked bit for bit against that sum written out in JS, on both host backends, for the
+ * geometries the nets use and the odd ones (strides, dilations, asymmetric padding, rectangular kernels,
+ * channel counts that leave partial blocks, rows longer than one call's pixels).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import * as tf from '@tensorflow/tfjs';
+import wabtInit from 'wabt';
+import { convFilterGrad, setFilterGradKernel, type ConvGeometry } from '../../src/ops/conv.ts';
+import { kernelFilterGrad, kernelTakes } from '../../src/ops/filter-grad-kernel.ts';
+import { useBackend, seededValues } from '../helpers.ts';
+
+interface Case {
+  name: string;
+  x: [number, number, number, number];
+  k: [number, number];
+  cout: number;
+  strides: [number, number];
+  dilations: [number, number];
+  pad: [number, number, number, number];
+}
+
+const cases: Case[] = [
+  { name: '3x3 s1 pad 1', x: [2, 9, 11, 8], k: [3, 3], cout: 16, strides: [1, 1], dilations: [1, 1], pad: [1, 1, 1, 1] },
+  { name: '3x3 s2 pad 1, odd sizes', x: [3, 13, 10, 4], k: [3, 3], cout: 8, strides: [2, 2], dilations: [1, 1], pad: [1, 1, 1, 1] },
+  {
+    name: "4x4 s2 pad 1 (the discriminator's)",
+    x: [2, 16, 20, 16],
+    k: [4, 4],
+    cout: 32,
+    strides: [2, 2],
+    dilations: [1, 1],
+    pad: [1, 1, 1, 1],
+  },
+  { name: '1x1 s1', x: [2, 7, 9, 12], k: [1, 1], cout: 24, strides: [1, 1], dilations: [1, 1], pad: [0, 0, 0, 0] },
+  { name: '1x1 s2', x: [2, 8, 7, 4], k: [1, 1], cout: 8, strides: [2, 2], dilations: [1, 1], pad: [0, 0, 0, 0] },
+  { name: '3x3 dilation 2 pad 2', x: [2, 12, 12, 8], k: [3, 3], cout: 8, strides: [1, 1], dilations: [2, 2], pad: [2, 2, 2, 2] },
+  { name: 'asymmetric padding, stride 2', x: [1, 9, 9, 4], k: [3, 3], cout: 8, strides: [2, 2], dilations: [1, 1], pad: [0, 2, 1, 0] },
+  {
+    name: '5x3, strides (2, 1), dilations (1, 3)',
+    x: [2, 11, 14, 4],
+    k: [5, 3],
+    cout: 8,
+    strides: [2, 1],
+    dilations: [1, 3],
+    pad: [2, 2, 3, 3],
+  },
+  {
+    name: 'channels 20 -> 40 (partial blocks of 16)',
+    x: [2, 6, 7, 20],
+    k: [3, 3],
+    cout: 40,
+    strides: [1, 1],
+    dilations: [1, 1],
+    pad: [1, 1, 1, 1],
+  },
+  {
+    name: 'rows of 400 pixels (several calls a row)',
+    x: [1, 3, 400, 4],
+    k: [3, 3],
+    cout: 8,
+    strides: [1, 1],
+    dilations: [1, 1],
+    pad: [1, 1, 1, 1],
+  },
+  {
+    name: 'a tap that never lies inside (pad 3 on 3x3)',
+    x: [1, 2, 2, 4],
+    k: [3, 3],
+    cout: 8,
+    strides: [1, 1],
+    dilations: [1, 1],
+    pad: [3, 3, 3, 3],
+  },
+];
+
+const outSize = (size: number, k: number, s: number, d: number, lo: number, hi: number) =>
+  Math.floor((size + lo + hi - (k - 1) * d - 1) / s) + 1;
+
+/** dW as the documented float32 sums: over (b, y, xo) in that order, fround after every multiply and add. */
+function reference(c: Case, x: Float32Array, dy: Float32Array, ho: number, wo: number): Float32Array {
+  const [n, h, w, cin] = c.x;
+  const [kh, kw] = c.k;
+  const out = new Float32Array(kh * kw * cin * c.cout);
+  for (let i = 0; i < kh; i++)
+    for (let j = 0; j < kw; j++)
+      for (let ci = 0; ci < cin; ci++)
+        for (let co = 0; co < c.cout; co++) {
+          let sum = 0;
+          for (let b = 0; b < n; b++)
+            for (let y = 0; y < ho; y++)
+              for (let xo = 0; xo < wo; xo++) {
+                const r = y * c.strides[0] + i * c.dilations[0] - c.pad[0];
+                const q = xo * c.strides[1] + j * c.dilations[1] - c.pad[2];
+                if (r < 0 || r >= h || q < 0 || q >= w) continue;
+                const v = Math.fround(x[((b * h + r) * w + q) * cin + ci]! * dy[((b * ho + y) * wo + xo) * c.cout + co]!);
+                sum = Math.fround(sum + v);
+              }
+          out[((i * kw + j) * cin + ci) * c.cout + co] = sum;
+        }
+  return out;
+}
+
+for (const backend of ['wasm', 'cpu'] as const) {
+  test(`filter-gradient kernel on ${backend}: the float32 sum in (image, row, column) order, bit for bit, ${cases.length} geometries`, async () => {
+    await useBackend(backend);
+    for (const [ci, c] of cases.entries()) {
+      const [n, h, w] = c.x;
+      const ho = outSize(h, c.k[0], c.strides[0], c.dilations[0], c.pad[0], c.pad[1]);
+      const wo = outSize(w, c.k[1], c.strides[1], c.dilations[1], c.pad[2], c.pad[3]);
+      const xv = seededValues(
+        c.x.reduce((a, b) => a * b, 1),
+        10 + ci,
+      );
+      const dyv = seededValues(n * ho * wo * c.cout, 50 + ci);
+      const want = reference(c, xv, dyv, ho, wo);
+      const got = tf.tidy(() => {
+        const x = tf.tensor4d(xv, c.x);
+        const dy = tf.tensor4d(dyv, [n, ho, wo, c.cout]);
+        const g: ConvGeometry = { strides: c.strides, dilations: c.dilations, pad: c.pad };
+        const direct = kernelFilterGrad(x, dy, [...c.k, c.x[3], c.cout], g);
+        // convFilterGrad takes the kernel for these channels: the same tensor values
+        const through = convFilterGrad(x, dy, [...c.k, c.x[3], c.cout], g);
+        assert.deepEqual(through.shape, [...c.k, c.x[3], c.cout]);
+        return { direct: direct.dataSync().slice(), through: through.dataSync().slice() };
+      });
+      assert.equal(got.direct.length, want.length, c.name);
+      for (let i = 0; i < want.length; i++) {
+        if (!Object.is(got.direct[i], want[i])) assert.fail(`${c.name}: element ${i} is ${got.direct[i]}, the float32 sum ${want[i]}`);
+      }
+      assert.deepEqual(got.through, got.direct, c.name);
+    }
+  });
+}
+
+test('filter-gradient kernel agrees with the tensor-op path (transposes + forward conv) to float rounding, and convFilterGrad keeps that path for channels the kernel does not take', async () => {
+  await useBackend('wasm');
+  const x = tf.tensor4d(seededValues(2 * 10 * 12 * 8, 1), [2, 10, 12, 8]);
+  const dy = tf.tensor4d(seededValues(2 * 5 * 6 * 16, 2), [2, 5, 6, 16]);
+  const g: ConvGeometry = { strides: [2, 2], dilations: [1, 1], pad: [1, 1, 1, 1] };
+  try {
+    const kernel = kernelFilterGrad(x, dy, [3, 3, 8, 16], g).dataSync();
+    setFilterGradKernel(false);
+    const stock = convFilterGrad(x, dy, [3, 3, 8, 16], g).dataSync();
+    let worst = 0;
+    for (let i = 0; i < stock.length; i++) worst = Math.max(worst, Math.abs(kernel[i]! - stock[i]!) / (1 + Math.abs(stock[i]!)));
+    assert.ok(worst > 0 && worst < 1e-5, `relative difference ${worst}`);
+    // 3 input channels: not the kernel's; convFilterGrad's tensor-op path, with or without the switch
+    const x3 = tf.tensor4d(seededValues(2 * 10 * 12 * 3, 3), [2, 10, 12, 3]);
+    const off = convFilterGrad(x3, dy, [3, 3, 3, 16], g).dataSync();
+    setFilterGradKernel(true);
+    assert.deepEqual(convFilterGrad(x3, dy, [3, 3, 3, 16], g).dataSync(), off);
+  } finally {
+    setFilterGradKernel(true);
+    tf.dispose([x, dy]);
+  }
+});
+
+test('filter-gradient kernel: channel counts it does not take are named', async () => {
+  await useBackend('wasm');
+  assert.equal(kernelTakes(4, 8), true);
+  assert.equal(kernelTakes(3, 8), false);
+  assert.equal(kernelTakes(4, 19), false);
+  assert.equal(kernelTakes(4, 8, 2 ** 28 + 1), false);
+  const x = tf.zeros([1, 4, 4, 3]) as tf.Tensor4D;
+  const dy = tf.zeros([1, 4, 4, 32]) as tf.Tensor4D;
+  assert.throws(() => kernelFilterGrad(x, dy, [3, 3, 3, 32], { strides: [1, 1], dilations: [1, 1], pad: [1, 1, 1, 1] }), {
+    message: 'kernelFilterGrad: channels 3 -> 32, expected multiples of 4 -> 8',
+  });
+  tf.dispose([x, dy]);
+});
+
+test('the committed filter-grad.wasm is what wabt assembles from filter-grad.wat', async () => {
+  const dir = new URL('../../src/ops/wasm/', import.meta.url);
+  const wabt = await wabtInit();
+  const text = readFileSync(new URL('filter-grad.wat', dir), 'utf8');
+  const module = wabt.parseWat('filter-grad.wat', text);
+  const { buffer } = module.toBinary({});
+  module.destroy();
+  assert.deepEqual(new Uint8Array(buffer), new Uint8Array(readFileSync(new URL('filter-grad.wasm', dir))));
+});
