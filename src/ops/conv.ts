@@ -7,8 +7,8 @@
  * backend has and makes fast (XNNPACK on wasm, cuDNN on tensorflow). So:
  *
  * - `convInputGrad` / `convFilterGrad` express dL/dx and dL/dW with forward conv2d, matmul, pad,
- *   reverse, transpose and slice only (on the host backends dL/dW is, channels permitting, our own wasm
- *   kernel instead: filter-grad-kernel.ts). They are the single implementation behind both
+ *   reverse, transpose and slice only (on the host backends dL/dW is our own wasm kernel instead:
+ *   filter-grad-kernel.ts). They are the single implementation behind both
  * - `conv2d` (dilated case: a `tf.customGrad` op whose backward calls them) and
  * - the wasm `Conv2DBackpropInput` / `Conv2DBackpropFilter` kernels (`wasm-kernels.ts`), which make the
  *   plain `tf.conv2d` gradient work (and run fast) on wasm.
@@ -394,8 +394,8 @@ function phaseInputGrad(
 }
 
 /**
- * dL/dW of a conv. On the host backends, channels permitting, our wasm kernel (filter-grad-kernel.ts: one
- * pass over x and dy as they lie). Otherwise: a 1x1 conv is xᵀ·dy (after striding x); any other is a forward conv of the padded
+ * dL/dW of a conv. On the host backends our wasm kernel (filter-grad-kernel.ts: one pass over x and dy,
+ * copied into its memory; up to 1 GiB of them). Otherwise: a 1x1 conv is xᵀ·dy (after striding x); any other is a forward conv of the padded
  * input, with batch and channels swapped, by dy used as the filter: the roles of stride and dilation
  * swap too (stride of the dW conv = dilation of the conv, dilation of the dW conv = its stride).
  */

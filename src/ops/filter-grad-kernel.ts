@@ -1,6 +1,7 @@
 /**
  * dL/dW of a 2-D convolution as one pass over the input and the output gradient in NHWC, on the host
- * backends (wasm, cpu): our own wasm SIMD kernel (src/ops/wasm/filter-grad.wat), no transposes. The
+ * backends (wasm, cpu): our own wasm SIMD kernel (src/ops/wasm/filter-grad.wat), no transposes (x and dy
+ * are copied into its memory, their channels padded with zeros to its 4-in, 8-out register tile). The
  * stock path (`convFilterGrad`'s forward conv with the batch as channels) transposes x and dy, and
  * tfjs-wasm's Conv2D transposes and packs its "filter", the whole [Ho, Wo, N, Cout] gradient, again on
  * every call: ~17 ms of a plain-net step on one core, and its convolution itself runs memory-bound.
@@ -75,17 +76,38 @@ function instance(): Kernel {
 /** Most floats of x and dy together the kernel copies into its memory (1 GiB; a wasm memory ends at 4). */
 const MAX_FLOATS = 2 ** 28;
 
+/** `c` rounded up to a multiple of `m`. */
+const roundUp = (c: number, m: number) => Math.ceil(c / m) * m;
+
 /**
- * Whether the kernel takes these channel counts (its register tile: 4 input x 8 output channels) and
- * `floats` of x and dy together (its own memory holds a copy of both).
+ * Whether the kernel takes a layer whose x and dy hold `floats` together (its own memory holds a copy of
+ * both, their channels padded to its register tile's 4 in and 8 out).
  */
-export function kernelTakes(cin: number, cout: number, floats = 0): boolean {
-  return cin % 4 === 0 && cout % 8 === 0 && floats <= MAX_FLOATS;
+export function kernelTakes(cin: number, cout: number, floats: number): boolean {
+  return floats * Math.max(roundUp(cin, 4) / cin, roundUp(cout, 8) / cout) <= MAX_FLOATS;
+}
+
+/**
+ * `src` ([pixels, c] float32) into `dst` from `at` as [pixels, cp] (cp >= c), the extra channels zero.
+ */
+function copyPadded(dst: Float32Array, at: number, src: Float32Array, c: number, cp: number): void {
+  if (cp === c) {
+    dst.set(src, at);
+    return;
+  }
+  const pixels = src.length / c;
+  for (let p = 0; p < pixels; p++) {
+    const from = p * c;
+    const to = at + p * cp;
+    for (let k = 0; k < c; k++) dst[to + k] = src[from + k]!;
+    dst.fill(0, to + c, to + cp);
+  }
 }
 
 /**
  * dL/dW [kh, kw, cin, cout] of the convolution of x [n, h, w, cin] with geometry `g` whose output gradient
- * is dy [n, ho, wo, cout]. Host backends, `kernelTakes(cin, cout)`.
+ * is dy [n, ho, wo, cout]. Host backends. Channel counts that are not multiples of 4 (in) and 8 (out) are
+ * padded with zeros in the kernel's copies (the padded channels' sums are dropped; the others' are the same).
  */
 export function kernelFilterGrad(
   x: tf.Tensor4D,
@@ -93,21 +115,23 @@ export function kernelFilterGrad(
   filterShape: readonly [number, number, number, number],
   g: Geometry,
 ): tf.Tensor4D {
-  const [n, h, w, cin] = x.shape;
-  const [, ho, wo, cout] = dy.shape;
+  const [n, h, w, c] = x.shape;
+  const [, ho, wo, o] = dy.shape;
   const [kh, kw] = filterShape;
-  if (!kernelTakes(cin, cout)) throw new Error(`kernelFilterGrad: channels ${cin} -> ${cout}, expected multiples of 4 -> 8`);
+  const [cin, cout] = [roundUp(c, 4), roundUp(o, 8)];
   const [sh, sw] = g.strides;
   const [dh, dw] = g.dilations;
   const [top, , left] = g.pad;
   const k = instance();
+  const xSize = n * h * w * cin;
+  const dySize = n * ho * wo * cout;
   const size = kh * kw * cin * cout;
-  const need = (x.size + dy.size + size) * 4;
+  const need = (xSize + dySize + size) * 4;
   if (k.memory.buffer.byteLength < need) k.memory.grow(Math.ceil((need - k.memory.buffer.byteLength) / PAGE));
   const f = new Float32Array(k.memory.buffer);
-  const [atX, atDy, atOut] = [0, x.size, x.size + dy.size];
-  f.set(hostView(x), atX);
-  f.set(hostView(dy), atDy);
+  const [atX, atDy, atOut] = [0, xSize, xSize + dySize];
+  copyPadded(f, atX, hostView(x), c, cin);
+  copyPadded(f, atDy, hostView(dy), o, cout);
   f.fill(0, atOut, atOut + size);
   for (let i = 0; i < kh; i++) {
     // the output rows whose input row for tap row i lies inside the image: y * sh + i * dh - top in [0, h)
@@ -159,5 +183,15 @@ export function kernelFilterGrad(
       }
     }
   }
-  return hostTensor<tf.Rank.R4>([kh, kw, cin, cout], (out) => out.set(f.subarray(atOut, atOut + size)));
+  return hostTensor<tf.Rank.R4>([kh, kw, c, o], (out) => {
+    if (c === cin && o === cout) {
+      out.set(f.subarray(atOut, atOut + size));
+      return;
+    }
+    // drop the padded channels' rows (input) and columns (output)
+    for (let r = 0; r < kh * kw * c; r++) {
+      const from = atOut + (Math.floor(r / c) * cin + (r % c)) * cout;
+      out.set(f.subarray(from, from + o), r * o);
+    }
+  });
 }
