@@ -14,14 +14,8 @@
  */
 import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
+import type { ConvGeometry } from './conv.ts';
 import { hostTensor, hostView } from './host-memory.ts';
-
-/** Stride, dilation and explicit padding of the convolution (conv.ts `ConvGeometry`). */
-interface Geometry {
-  strides: readonly [number, number];
-  dilations: readonly [number, number];
-  pad: readonly [top: number, bottom: number, left: number, right: number];
-}
 
 /** What this file uses of the WebAssembly global (not in the project's ES-only `lib`). */
 interface WasmMemory {
@@ -113,7 +107,7 @@ export function kernelFilterGrad(
   x: tf.Tensor4D,
   dy: tf.Tensor4D,
   filterShape: readonly [number, number, number, number],
-  g: Geometry,
+  g: ConvGeometry,
 ): tf.Tensor4D {
   const [n, h, w, c] = x.shape;
   const [, ho, wo, o] = dy.shape;
