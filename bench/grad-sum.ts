@@ -11,6 +11,7 @@ import { parseCli, parseIntFlag } from '../src/cli.ts';
 import { AllReduce, Barrier } from '../src/parallel/collective.ts';
 import type { Layout } from '../src/parallel/layout.ts';
 import { sharedAreas, sumGradientPiece } from '../src/parallel/shared-step.ts';
+import { median } from './median.ts';
 
 const USAGE = `usage: npm run bench:grad-sum -- [options]
   --floats LIST        trained parameter elements, comma-separated (default 300000,3000000)
@@ -28,7 +29,6 @@ const int = (flag: string, v: string, min: number) => parseIntFlag(v, flag, min,
 const floatCounts = cli.values.floats.split(',').map((v) => int('floats', v, 1));
 const replicaCounts = cli.values.replicas.split(',').map((v) => int('replicas', v, 2));
 const reps = int('reps', cli.values.reps, 1);
-const median = (v: number[]) => [...v].sort((a, b) => a - b)[v.length >> 1]!;
 
 console.log(
   "floats | replicas | one thread sums every slot, ms (median) | the main thread's piece and its copy of the sum, ms (median) | ratio",

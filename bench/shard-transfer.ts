@@ -13,6 +13,7 @@ import { Worker } from 'node:worker_threads';
 import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { bytesOf, splitRows } from '../src/parallel/data-parallel.ts';
 import type { HostTensors } from '../src/parallel/program.ts';
+import { median } from './median.ts';
 
 const USAGE = `usage: npm run bench:shards -- [options]
   --sizes LIST         image sizes HxW, comma-separated (default 64x128,256x512,512x1024)
@@ -26,7 +27,6 @@ const cli = parseCli('bench:shards', USAGE, {
 });
 const sizes = cli.values.sizes.split(',').map((s) => parseSize(s, 'sizes', '64x128', cli.fail));
 const reps = parseIntFlag(cli.values.reps, 'reps', 1, cli.fail)!;
-const median = (v: number[]) => [...v].sort((a, b) => a - b)[v.length >> 1]!;
 
 // the worker reads one element of each tensor of its shard and answers
 const worker = new Worker(

@@ -8,7 +8,7 @@
 import { selectBackend, type BackendName } from '../src/ops/backend.ts';
 import { wasmThreadCount } from '../src/ops/wasm-threads.ts';
 import { DataParallel } from '../src/parallel/data-parallel.ts';
-import { benchBatch, benchNet, benchOptimizer, timedStep } from './step-program.ts';
+import { benchBatch, benchNet, benchOptimizer, benchProgram, timedStep } from './step-program.ts';
 
 export interface StepProcessSetting {
   backend: BackendName;
@@ -40,10 +40,7 @@ try {
           threads: s.replicas,
           backend: s.backend,
           kernelThreads: s.kernelThreads,
-          program: {
-            module: new URL('./step-program.ts', import.meta.url).href,
-            description: { net: s.net, classes: s.classes, bn: s.bn },
-          },
+          program: benchProgram(s.net, s.classes, s.bn),
           replica: m,
         })
       : null;

@@ -9,7 +9,7 @@ import type { Param } from '../src/ops/model/params.ts';
 import { segCrossEntropy } from '../src/ops/losses.ts';
 import { SGD, gradients } from '../src/ops/optim.ts';
 import type { DataParallel } from '../src/parallel/data-parallel.ts';
-import type { HostTensors, Program, Replica } from '../src/parallel/program.ts';
+import type { HostTensors, Program, ProgramRef, Replica } from '../src/parallel/program.ts';
 import { plainNet } from './plain-net.ts';
 
 export interface BenchNet extends Replica {
@@ -72,6 +72,11 @@ export function timedStep(net: BenchNet, opt: SGD, b: BenchBatch, dp: DataParall
     opt.step(grads, 1e-3);
   });
   return performance.now() - t0;
+}
+
+/** This module's program for a data-parallel group of the benchmark's net (`DataParallel.start`'s `program`). */
+export function benchProgram(net: string, classes: number, bn: 'frozen' | 'trainable'): ProgramRef {
+  return { module: new URL('./step-program.ts', import.meta.url).href, description: { net, classes, bn } };
 }
 
 export const program: Program<BenchNet> = {

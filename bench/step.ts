@@ -29,7 +29,8 @@ import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { selectBackend, type BackendName } from '../src/ops/backend.ts';
 import type { SGD } from '../src/ops/optim.ts';
 import { DataParallel } from '../src/parallel/data-parallel.ts';
-import { benchBatch, benchNet, benchOptimizer, timedStep, type BenchNet } from './step-program.ts';
+import { median } from './median.ts';
+import { benchBatch, benchNet, benchOptimizer, benchProgram, timedStep, type BenchNet } from './step-program.ts';
 import type { KernelWorkerInit } from './step-kernel-worker.ts';
 import type { StepProcessSetting } from './step-process.ts';
 
@@ -180,7 +181,7 @@ async function timeBackend(
           ? await DataParallel.start({
               threads: v.replicas,
               backend: name,
-              program: { module: new URL('./step-program.ts', import.meta.url).href, description: { net, classes, bn } },
+              program: benchProgram(net, classes, bn),
               replica: m,
             })
           : null;
@@ -191,7 +192,7 @@ async function timeBackend(
     const times = new Map([...steps.keys()].map((k) => [k, [] as number[]]));
     for (let i = 0; i < n; i++) for (const [k, step] of steps) times.get(k)!.push(await step());
     const one = times.get(key({ replicas: 1, kernelThreads: 1 }));
-    for (const [k, ms] of times) out.set(k, { ms: median(ms), ...(one && ms !== one ? { ratios: ms.map((v, i) => v / one[i]!) } : {}) });
+    for (const [k, ms] of times) out.set(k, timing(ms, one));
     return out;
   } finally {
     for (const worker of kernelWorkers) worker.postMessage('close');
@@ -243,13 +244,14 @@ function timeIsolated(name: BackendName, net: string, size: [number, number], n:
   const one = out.has(key({ replicas: 1, kernelThreads: 1 })) ? undefined : medians.get(key({ replicas: 1, kernelThreads: 1 }));
   for (const [k, ms] of medians) {
     if (out.has(k) || !ms.length) continue;
-    out.set(k, { ms: median(ms), rounds: ms, ...(one && ms !== one ? { ratios: ms.map((v, i) => v / one[i]!) } : {}) });
+    out.set(k, { ...timing(ms, one), rounds: ms });
   }
   return out;
 }
 
-function median(values: number[]): number {
-  return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+/** A setting's figure from its step times (or round medians): their median, and against `one` (the one-thread setting's, round by round) the ratios. */
+function timing(ms: number[], one: number[] | undefined): { ms: number; ratios?: number[] } {
+  return { ms: median(ms), ...(one && ms !== one ? { ratios: ms.map((v, i) => v / one[i]!) } : {}) };
 }
 
 function timeTorch(net: string, [h, w]: [number, number], threads: number): number | string {
