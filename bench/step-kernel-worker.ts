@@ -1,16 +1,18 @@
 /**
- * The benchmark's one-replica step on a wasm backend with more than one kernel thread
- * (src/ops/wasm-threads.ts), in a worker thread: a backend's kernel threads are fixed when it starts,
- * so `bench:step` runs this variant beside its own one-thread backend and asks it for one step at a
- * time, in turn with the others. Each 'step' message is answered with the step's milliseconds.
+ * The benchmark's one-replica step in a worker thread, answering each 'step' message with the step's
+ * milliseconds: on a wasm backend with more than one kernel thread (src/ops/wasm-threads.ts: a backend's
+ * kernel threads are fixed when it starts, so `bench:step` runs this variant beside its own one-thread
+ * backend and asks it for one step at a time, in turn with the others), or, for `--floor`, one of the
+ * independent shards that run at once (one kernel thread, its own rows of the batch, no sum).
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
-import { selectBackend } from '../src/ops/backend.ts';
+import { selectBackend, type BackendName } from '../src/ops/backend.ts';
 import { wasmThreadCount } from '../src/ops/wasm-threads.ts';
 import { benchBatch, benchNet, benchOptimizer, timedStep } from './step-program.ts';
 
 export interface KernelWorkerInit {
+  backend: BackendName;
   kernelThreads: number;
   net: string;
   classes: number;
@@ -21,7 +23,7 @@ export interface KernelWorkerInit {
 
 const init = workerData as KernelWorkerInit;
 const port = parentPort!;
-await selectBackend('wasm', { log: () => {}, wasmThreads: init.kernelThreads });
+await selectBackend(init.backend, { log: () => {}, wasmThreads: init.kernelThreads });
 const m = benchNet(init.net, init.classes, init.bn);
 const opt = benchOptimizer(m);
 const data = benchBatch(init.batch, init.size, init.classes);
@@ -35,4 +37,4 @@ port.on('message', (msg: 'step' | 'close') => {
   }
   port.postMessage(timedStep(m, opt, data));
 });
-port.postMessage({ ready: await wasmThreadCount() });
+port.postMessage({ ready: init.backend === 'wasm' ? await wasmThreadCount() : 1 });

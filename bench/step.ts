@@ -28,7 +28,7 @@ import * as tf from '@tensorflow/tfjs';
 import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { selectBackend, type BackendName } from '../src/ops/backend.ts';
 import type { SGD } from '../src/ops/optim.ts';
-import { DataParallel } from '../src/parallel/data-parallel.ts';
+import { DataParallel, shardRows } from '../src/parallel/data-parallel.ts';
 import { median } from './median.ts';
 import { benchBatch, benchNet, benchOptimizer, benchProgram, timedStep, type BenchNet } from './step-program.ts';
 import type { KernelWorkerInit } from './step-kernel-worker.ts';
@@ -50,6 +50,9 @@ const USAGE = `usage: npm run bench:step -- [options]
                        (what a training process sees: one setting per process; default: one process,
                        every setting one step in turn)
   --rounds N           with --isolate: rounds of one process per setting (default 3)
+  --floor              also time, at each replica count above 1, the replicas' shards as independent
+                       steps at once (no weights shared, no gradient sum, no barrier): what this machine
+                       gives any split of the batch over that many threads, the floor of the step's ratio
   --python PATH        the peer's interpreter (default /usr/bin/python3)
   --json               print one JSON object instead of the table
   -h, --help           this text
@@ -68,6 +71,7 @@ const cli = parseCli('bench:step', USAGE, {
   'kernel-threads': { type: 'string' },
   'torch-threads': { type: 'string' },
   isolate: { type: 'boolean', default: false },
+  floor: { type: 'boolean', default: false },
   rounds: { type: 'string', default: '3' },
   python: { type: 'string', default: '/usr/bin/python3' },
   json: { type: 'boolean', default: false },
@@ -82,6 +86,7 @@ const rounds = int('rounds', args.rounds);
 const nets = args.nets.split(',');
 if (args.bn !== 'frozen' && args.bn !== 'trainable') cli.fail(`--bn must be frozen or trainable, got '${args.bn}'`);
 const bn = args.bn as 'frozen' | 'trainable';
+if (args.floor && args.isolate) cli.fail('--floor times in one process: it cannot be combined with --isolate');
 for (const n of nets) if (n !== 'deeplab' && n !== 'plain') cli.fail(`--nets: unknown net '${n}', expected deeplab or plain`);
 const sizes = args.sizes.split(',').map((s) => parseSize(s, 'sizes', '64x128', cli.fail));
 const cores = os.availableParallelism();
@@ -110,18 +115,24 @@ interface Result {
   ratioToOneThreadRange?: [number, number];
   /** With --isolate: the median step of each round's process. */
   msPerRound?: number[];
+  /** --floor: the replicas' shards as independent steps at once, no sum (not a training step). */
+  independent?: true;
 }
 
 /** Milliseconds per step of one engine at one setting, or why it could not run. */
 type Timing = { ms: number; ratios?: number[]; rounds?: number[] } | string;
 
-/** One setting of an engine: data-parallel replicas, and kernel threads of each replica's backend. */
+/**
+ * One setting of an engine: data-parallel replicas, and kernel threads of each replica's backend;
+ * `independent`: the replicas' shards as independent steps at once (--floor).
+ */
 interface Variant {
   replicas: number;
   kernelThreads: number;
+  independent?: true;
 }
 
-const key = (v: Variant) => `${v.replicas}x${v.kernelThreads}`;
+const key = (v: Variant) => `${v.replicas}x${v.kernelThreads}${v.independent ? ' independent' : ''}`;
 
 /**
  * Times `backend` at every setting of `variants` side by side: a model and optimiser per setting (the
@@ -157,11 +168,20 @@ async function timeBackend(
   const data = benchBatch(batch, size, classes);
   const groups: DataParallel[] = [];
   const kernelWorkers: Worker[] = [];
+  const shardData: tf.Tensor[] = [];
   try {
     const steps = new Map<string, () => Promise<number>>();
     for (const v of variants) {
+      if (v.independent) {
+        if (batch < v.replicas) {
+          out.set(key(v), `a batch of ${batch} rows cannot be split over ${v.replicas} threads`);
+          continue;
+        }
+        steps.set(key(v), await independentShards(name, net, size, v.replicas, models, kernelWorkers, shardData));
+        continue;
+      }
       if (v.kernelThreads > 1) {
-        const init: KernelWorkerInit = { kernelThreads: v.kernelThreads, net, classes, bn, batch, size };
+        const init: KernelWorkerInit = { backend: name, kernelThreads: v.kernelThreads, net, classes, bn, batch, size };
         const worker = new Worker(new URL('./step-kernel-worker.ts', import.meta.url), { workerData: init });
         kernelWorkers.push(worker);
         const started = (await once(worker, 'message'))[0] as { ready: number };
@@ -188,7 +208,12 @@ async function timeBackend(
       if (dp) groups.push(dp);
       steps.set(key(v), async () => timedStep(m, opt, data, dp));
     }
-    for (const step of steps.values()) await step();
+    // the warm-up step; a setting whose step fails (e.g. more replicas than rows) is reported, not timed
+    for (const [k, step] of steps)
+      await step().catch((err: Error) => {
+        out.set(k, err.message.split('\n')[0]!);
+        steps.delete(k);
+      });
     const times = new Map([...steps.keys()].map((k) => [k, [] as number[]]));
     for (let i = 0; i < n; i++) for (const [k, step] of steps) times.get(k)!.push(await step());
     const one = times.get(key({ replicas: 1, kernelThreads: 1 }));
@@ -197,12 +222,52 @@ async function timeBackend(
   } finally {
     for (const worker of kernelWorkers) worker.postMessage('close');
     await Promise.all([...groups.map((dp) => dp.close()), ...kernelWorkers.map((wk) => once(wk, 'exit'))]);
-    tf.dispose([data.x, data.labels]);
+    tf.dispose([data.x, data.labels, ...shardData]);
     for (const { m, opt } of models) {
       opt.dispose();
       m.dispose();
     }
   }
+}
+
+/**
+ * The floor of a split over `replicas` threads (--floor): the batch's rows cut as a data-parallel step
+ * cuts them (`shardRows`), each shard a whole one-thread step of its own (its own model, optimiser and
+ * images) on the main thread and on `replicas - 1` workers (bench/step-kernel-worker.ts, one kernel
+ * thread), all started at once; the time is until the last one finishes. Nothing is shared or summed,
+ * so this is what the machine gives `replicas` threads doing a 1/replicas share of the work side by side.
+ */
+async function independentShards(
+  name: BackendName,
+  net: string,
+  size: [number, number],
+  replicas: number,
+  models: { m: BenchNet; opt: SGD }[],
+  workers: Worker[],
+  tensors: tf.Tensor[],
+): Promise<() => Promise<number>> {
+  const rows = shardRows(batch, replicas);
+  const mine: Worker[] = [];
+  for (const r of rows.slice(1)) {
+    const init: KernelWorkerInit = { backend: name, kernelThreads: 1, net, classes, bn, batch: r, size };
+    const worker = new Worker(new URL('./step-kernel-worker.ts', import.meta.url), { workerData: init });
+    workers.push(worker);
+    mine.push(worker);
+    await once(worker, 'message');
+  }
+  const m = benchNet(net, classes, bn);
+  const opt = benchOptimizer(m);
+  const data = benchBatch(rows[0]!, size, classes);
+  tensors.push(data.x, data.labels);
+  models.push({ m, opt });
+  return async () => {
+    const t0 = performance.now();
+    const done = mine.map((w) => once(w, 'message'));
+    for (const w of mine) w.postMessage('step');
+    timedStep(m, opt, data);
+    await Promise.all(done);
+    return performance.now() - t0;
+  };
 }
 
 /**
@@ -294,6 +359,9 @@ for (const net of nets) {
           ? [{ replicas: 1, kernelThreads: 1 }]
           : [
               ...tfThreads.map((replicas) => ({ replicas, kernelThreads: 1 })),
+              ...(args.floor && !args.isolate
+                ? tfThreads.filter((r) => r > 1).map((replicas) => ({ replicas, kernelThreads: 1, independent: true as const }))
+                : []),
               ...(name === 'wasm' ? kernelThreads.filter((k) => k > 1).map((k) => ({ replicas: 1, kernelThreads: k })) : []),
             ];
       const n = name === 'cpu' ? cpuSteps : steps;
@@ -304,7 +372,14 @@ for (const net of nets) {
       for (const v of variants) {
         const ms = timings.get(key(v));
         if (ms === undefined) continue;
-        const row = { engine: `tfjs-${name}`, net, size, threads: v.replicas, kernelThreads: v.kernelThreads };
+        const row = {
+          engine: `tfjs-${name}`,
+          net,
+          size,
+          threads: v.replicas,
+          kernelThreads: v.kernelThreads,
+          ...(v.independent ? { independent: true as const } : {}),
+        };
         results.push(
           typeof ms === 'string'
             ? { ...row, msPerStep: null, note: ms }
@@ -383,7 +458,7 @@ if (args.json) {
           r.ratioToOneThread === undefined
             ? ''
             : `${x(r.ratioToOneThread)} (${r.ratioToOneThreadRange!.map((v) => v.toFixed(2)).join('-')})`,
-          r.note ?? '',
+          r.independent ? `independent shards at once, no sum (the floor)${r.note ? `; ${r.note}` : ''}` : (r.note ?? ''),
         ])
         .join(' | '),
     );

@@ -23,6 +23,7 @@ interface Row {
   ratioToOneThread?: number;
   ratioToOneThreadRange?: [number, number];
   msPerRound?: number[];
+  independent?: true;
 }
 
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
@@ -57,6 +58,35 @@ test('bench:step --isolate times each setting in its own process: one row per se
     note: "its process failed: data-parallel: 'images' has 2 rows, it cannot be split over 3 threads (train.threads at most the batch size)",
   });
   assert.equal(out.results.find((x) => x.engine === 'pytorch')!.note, '/nonexistent/python3 not found');
+});
+
+test('bench:step --floor times the shards as independent steps at once beside the data-parallel step, a split it cannot make named', () => {
+  const r = bench(
+    ...['--nets', 'plain', '--sizes', '16x32', '--batch', '2', '--backends', 'wasm', '--steps', '3'],
+    ...['--threads', '1,2,3', '--kernel-threads', '1', '--python', '/nonexistent/python3', '--floor', '--json'],
+  );
+  assert.equal(r.status, 0, r.stderr);
+  const rows = (JSON.parse(r.stdout) as { results: Row[] }).results.filter((x) => x.engine === 'tfjs-wasm');
+  // 1, 2 and 3 replicas, then the floor at 2 and 3
+  assert.deepEqual(
+    rows.map((x) => [x.threads, x.independent ?? false, x.msPerStep === null ? x.note : 'timed']),
+    [
+      [1, false, 'timed'],
+      [2, false, 'timed'],
+      [3, false, "data-parallel: 'images' has 2 rows, it cannot be split over 3 threads (train.threads at most the batch size)"],
+      [2, true, 'timed'],
+      [3, true, 'a batch of 2 rows cannot be split over 3 threads'],
+    ],
+  );
+  const floor = rows[3]!;
+  assert.ok(floor.msPerStep! > 0 && floor.ratioToOneThread! > 0, JSON.stringify(floor));
+  assert.ok(floor.ratioToOneThreadRange![0] <= floor.ratioToOneThread! && floor.ratioToOneThread! <= floor.ratioToOneThreadRange![1]);
+});
+
+test('bench:step --floor with --isolate is refused (exit 2)', () => {
+  const r = bench('--floor', '--isolate');
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--floor times in one process: it cannot be combined with --isolate/);
 });
 
 test('bench:step --rounds below 1 is refused with the flag named (exit 2)', () => {
