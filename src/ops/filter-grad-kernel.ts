@@ -11,10 +11,18 @@
  * the image (padding contributes zeros: those pixels are left out, a rectangle of rows and columns). Every
  * element of dW is a float32 sum in the order (b, y, xo): the same bits on every run, thread count and
  * machine (separate multiply and add: no fused multiply-add).
+ *
+ * When the wasm backend runs more than one kernel thread (src/ops/wasm-threads.ts), its pool sits idle
+ * while this kernel runs, so the kernel takes as many threads too: helpers (filter-grad-helper.ts) on the
+ * same shared memory each run a share of the call's jobs (filter-grad-jobs.ts: disjoint parts of dW,
+ * each element's terms in the same order), the same bits as one thread.
  */
 import { readFileSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
 import type { ConvGeometry } from './conv.ts';
+import { CONTROL, ERROR_BYTES, jobCount, runJobs, shareStart, writeCall, type FilterGradCall, type KernelRun } from './filter-grad-jobs.ts';
+import type { HelperInit } from './filter-grad-helper.ts';
 import { hostTensor, hostView } from './host-memory.ts';
 
 /** What this file uses of the WebAssembly global (not in the project's ES-only `lib`). */
@@ -23,48 +31,148 @@ interface WasmMemory {
   grow(pages: number): number;
 }
 interface WasmApi {
-  Memory: new (d: { initial: number }) => WasmMemory;
+  Memory: new (d: { initial: number; maximum: number; shared: boolean }) => WasmMemory;
   Module: new (bytes: Uint8Array) => object;
   Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
 }
 const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
 interface Kernel {
-  run(
-    x: number,
-    dy: number,
-    out: number,
-    count: number,
-    xstride: number,
-    cn: number,
-    on: number,
-    cout: number,
-    rows: number,
-    xrow: number,
-    dyrow: number,
-  ): void;
+  run: KernelRun;
+  module: object;
   memory: WasmMemory;
 }
 
 const PAGE = 65_536;
-/**
- * A call covers at most CHANNELS input x CHANNELS output channels (a 64-byte line of x and of dy per
- * pixel) and PIXELS output pixels: its x and dy data, ~2-4 lines a pixel, stay in the first-level cache
- * while the kernel walks them once per register tile.
- */
-const CHANNELS = 16;
-const PIXELS = 192;
+/** The kernel memory's most pages (4 GiB: a shared memory declares its maximum). */
+const MAX_PAGES = 65_536;
 let kernel: Kernel | null = null;
 
-/** The module, instantiated once per thread with a memory of its own. */
+/** The module, instantiated once per thread on a shared memory (the helpers run on the same memory). */
 function instance(): Kernel {
   if (!kernel) {
     const bytes = readFileSync(new URL('./wasm/filter-grad.wasm', import.meta.url));
-    const memory = new wasm.Memory({ initial: 16 });
-    const { exports } = new wasm.Instance(new wasm.Module(bytes), { env: { memory } });
-    kernel = { run: exports.run as Kernel['run'], memory };
+    const memory = new wasm.Memory({ initial: 16, maximum: MAX_PAGES, shared: true });
+    const module = new wasm.Module(bytes);
+    const { exports } = new wasm.Instance(module, { env: { memory } });
+    kernel = { run: exports.run as KernelRun, module, memory };
   }
   return kernel;
+}
+
+/** The helper threads and their control words (`useFilterGradHelpers`). */
+interface Helpers {
+  workers: Worker[];
+  words: Int32Array;
+  errors: SharedArrayBuffer;
+  seq: number;
+}
+let helpers: Helpers | null = null;
+
+/** Multiply-adds below which a call runs on this thread alone (waking a helper costs tens of microseconds). */
+const HELP_FROM_MACS = 1_000_000;
+/** How long a call waits for a helper's share before it gives up on the helpers (they do not die silently). */
+const HELPER_TIMEOUT_MS = 60_000;
+
+/**
+ * Runs the kernel on `count` helper threads beside this one from the next call on (0: none; the threads
+ * end). Resolves when every helper is ready. The wasm backend calls it with its kernel threads - 1.
+ */
+export async function useFilterGradHelpers(count: number): Promise<void> {
+  if (!Number.isInteger(count) || count < 0 || count > 63)
+    throw new Error(`filter-grad kernel: helpers must be an integer in 0..63, got ${count}`);
+  if ((helpers?.workers.length ?? 0) === count) return;
+  await stopHelpers();
+  if (count === 0) return;
+  const k = instance();
+  const control = new SharedArrayBuffer(CONTROL.words(count) * 4);
+  const words = new Int32Array(control);
+  const errors = new SharedArrayBuffer(count * ERROR_BYTES);
+  const workers: Worker[] = [];
+  for (let rank = 1; rank <= count; rank++) {
+    const init: HelperInit = { rank, module: k.module, memory: k.memory, control, errors };
+    const worker = new Worker(new URL('./filter-grad-helper.ts', import.meta.url), { workerData: init });
+    worker.unref();
+    workers.push(worker);
+  }
+  const started = Date.now();
+  const ready = () => workers.every((_, i) => Atomics.load(words, CONTROL.helper(i + 1).ready) === 1);
+  const failed = new Promise<never>((_, reject) =>
+    workers.forEach((w, i) =>
+      w.once('error', (err) => reject(new Error(`filter-grad kernel: helper ${i + 1} failed to start: ${err.message}`))),
+    ),
+  );
+  failed.catch(() => {});
+  while (!ready()) {
+    if (Date.now() - started > HELPER_TIMEOUT_MS) {
+      await Promise.all(workers.map((w) => w.terminate()));
+      throw new Error(`filter-grad kernel: ${count} helper thread(s) not ready in ${HELPER_TIMEOUT_MS / 1000} s`);
+    }
+    await Promise.race([new Promise((r) => setTimeout(r, 5)), failed]);
+  }
+  helpers = { workers, words, errors, seq: 0 };
+}
+
+/** Helper threads the kernel runs on beside the caller's (0 when it runs alone). */
+export function filterGradHelpers(): number {
+  return helpers?.workers.length ?? 0;
+}
+
+/** Jobs each helper has run so far (rank 1 first): proof that the work was shared. */
+export function filterGradHelperJobs(): number[] {
+  const h = helpers;
+  return h ? h.workers.map((_, i) => Atomics.load(h.words, CONTROL.helper(i + 1).ran)) : [];
+}
+
+async function stopHelpers(): Promise<void> {
+  const h = helpers;
+  helpers = null;
+  if (!h) return;
+  Atomics.store(h.words, CONTROL.seq, -1);
+  Atomics.notify(h.words, CONTROL.seq);
+  await Promise.all(h.workers.map((w) => w.terminate()));
+}
+
+/** Runs call `c` on this thread and, when it is large enough, the helpers: its share each, all done on return. */
+function runCall(k: Kernel, c: FilterGradCall, macs: number): void {
+  const jobs = jobCount(c);
+  const h = helpers;
+  if (!h || macs < HELP_FROM_MACS || jobs < 2) {
+    runJobs(k.run, c, 0, jobs);
+    return;
+  }
+  const parties = h.workers.length + 1;
+  writeCall(h.words, c);
+  h.words[CONTROL.jobs] = jobs;
+  h.words[CONTROL.parties] = parties;
+  const seq = (h.seq = (h.seq % 0x7fff_fffe) + 1);
+  Atomics.store(h.words, CONTROL.seq, seq);
+  Atomics.notify(h.words, CONTROL.seq);
+  let own: unknown = null;
+  try {
+    runJobs(k.run, c, 0, shareStart(jobs, 1, parties));
+  } catch (err) {
+    own = err; // the helpers still finish their shares before this call ends
+  }
+  const failures: string[] = [];
+  for (let rank = 1; rank < parties; rank++) {
+    const at = CONTROL.helper(rank);
+    let done = Atomics.load(h.words, at.done);
+    while (done !== seq && Atomics.wait(h.words, at.done, done, HELPER_TIMEOUT_MS) !== 'timed-out') done = Atomics.load(h.words, at.done);
+    if (done !== seq) failures.push(`helper ${rank} did not finish its share in ${HELPER_TIMEOUT_MS / 1000} s`);
+    else if (Atomics.load(h.words, at.failed)) {
+      const slot = new Uint8Array(h.errors, (rank - 1) * ERROR_BYTES, ERROR_BYTES);
+      const end = slot.indexOf(0);
+      failures.push(`helper ${rank} failed in its share: ${new TextDecoder().decode(slot.slice(0, end < 0 ? ERROR_BYTES : end))}`);
+    }
+  }
+  if (failures.length) {
+    // later calls run on this thread alone
+    helpers = null;
+    void Promise.all(h.workers.map((w) => w.terminate()));
+    throw new Error(`filter-grad kernel: ${failures.join('; ')}`);
+  }
+  if (own) throw own;
 }
 
 /** Most floats of x and dy together the kernel copies into its memory (1 GiB; a wasm memory ends at 4). */
@@ -127,56 +235,8 @@ export function kernelFilterGrad(
   copyPadded(f, atX, hostView(x), c, cin);
   copyPadded(f, atDy, hostView(dy), o, cout);
   f.fill(0, atOut, atOut + size);
-  for (let i = 0; i < kh; i++) {
-    // the output rows whose input row for tap row i lies inside the image: y * sh + i * dh - top in [0, h)
-    const rowShift = i * dh - top;
-    const y0 = Math.max(0, Math.ceil(-rowShift / sh));
-    const y1 = Math.min(ho, Math.floor((h - 1 - rowShift) / sh) + 1);
-    if (y1 <= y0) continue;
-    for (let j = 0; j < kw; j++) {
-      // likewise the output columns for tap column j: xo * sw + j * dw - left in [0, w)
-      const colShift = j * dw - left;
-      const x0 = Math.max(0, Math.ceil(-colShift / sw));
-      const x1 = Math.min(wo, Math.floor((w - 1 - colShift) / sw) + 1);
-      if (x1 <= x0) continue;
-      const length = x1 - x0;
-      const slab = atOut + (i * kw + j) * cin * cout;
-      for (let b = 0; b < n; b++) {
-        for (let c0 = 0; c0 < cin; c0 += CHANNELS) {
-          const cn = Math.min(CHANNELS, cin - c0);
-          for (let o0 = 0; o0 < cout; o0 += CHANNELS) {
-            const on = Math.min(CHANNELS, cout - o0);
-            const out = (slab + c0 * cout + o0) * 4;
-            const xAt = (y: number, xo: number) => (atX + ((b * h + y * sh + rowShift) * w + xo * sw + colShift) * cin + c0) * 4;
-            const dyAt = (y: number, xo: number) => (atDy + ((b * ho + y) * wo + xo) * cout + o0) * 4;
-            if (length >= PIXELS) {
-              // long rows: each in pieces of PIXELS
-              for (let y = y0; y < y1; y++)
-                for (let xo = x0; xo < x1; xo += PIXELS)
-                  k.run(xAt(y, xo), dyAt(y, xo), out, Math.min(PIXELS, x1 - xo), sw * cin * 4, cn, on, cout, 1, 0, 0);
-            } else {
-              // short rows: as many whole rows a call as make at most PIXELS
-              const rows = Math.floor(PIXELS / length);
-              for (let y = y0; y < y1; y += rows)
-                k.run(
-                  xAt(y, x0),
-                  dyAt(y, x0),
-                  out,
-                  length,
-                  sw * cin * 4,
-                  cn,
-                  on,
-                  cout,
-                  Math.min(rows, y1 - y),
-                  sh * w * cin * 4,
-                  wo * cout * 4,
-                );
-            }
-          }
-        }
-      }
-    }
-  }
+  const call: FilterGradCall = { n, h, w, cin, ho, wo, cout, kh, kw, sh, sw, dh, dw, top, left, atX, atDy, atOut };
+  runCall(k, call, n * ho * wo * kh * kw * cin * cout);
   return hostTensor<tf.Rank.R4>([kh, kw, c, o], (out) => {
     if (c === cin && o === cout) {
       out.set(f.subarray(atOut, atOut + size));

@@ -12,7 +12,13 @@ import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
 import { convFilterGrad, setFilterGradKernel, type ConvGeometry } from '../../src/ops/conv.ts';
-import { kernelFilterGrad, kernelTakes } from '../../src/ops/filter-grad-kernel.ts';
+import {
+  filterGradHelperJobs,
+  filterGradHelpers,
+  kernelFilterGrad,
+  kernelTakes,
+  useFilterGradHelpers,
+} from '../../src/ops/filter-grad-kernel.ts';
 import { useBackend, seededValues } from '../helpers.ts';
 
 interface Case {
@@ -174,6 +180,78 @@ for (const backend of ['wasm', 'cpu'] as const) {
   });
 }
 
+/** Calls large enough (>= 1 M multiply-adds) for the helper threads, with their job counts worked out by hand. */
+const shared: { c: Case; jobs: number; shares: { 2: number[]; 4: number[] } }[] = [
+  // taps 9 x input blocks 2 (32 channels) x output blocks 3 (48): 54 jobs; 2 parties [0, 27) [27, 54),
+  // 4 parties at floor(54 r / 4) = 0, 13, 27, 40: the helpers run 14, 13, 14
+  {
+    c: { name: '3x3 s1 32 -> 48', x: [2, 32, 40, 32], k: [3, 3], cout: 48, strides: [1, 1], dilations: [1, 1], pad: [1, 1, 1, 1] },
+    jobs: 54,
+    shares: { 2: [27], 4: [14, 13, 14] },
+  },
+  // the discriminator's first layer: 19 channels padded to 20 (2 blocks), 16 out (1 block), 16 taps: 32 jobs
+  {
+    c: { name: '4x4 s2 19 -> 16', x: [2, 40, 64, 19], k: [4, 4], cout: 16, strides: [2, 2], dilations: [1, 1], pad: [1, 1, 1, 1] },
+    jobs: 32,
+    shares: { 2: [16], 4: [8, 8, 8] },
+  },
+  // the classifier: 1 tap, 128 in (8 blocks), 19 out padded to 24 (2 blocks): 16 jobs
+  {
+    c: { name: '1x1 128 -> 19', x: [4, 16, 32, 128], k: [1, 1], cout: 19, strides: [1, 1], dilations: [1, 1], pad: [0, 0, 0, 0] },
+    jobs: 16,
+    shares: { 2: [8], 4: [4, 4, 4] },
+  },
+];
+
+test('filter-gradient kernel with 1 and 3 helper threads: the same bits as alone, each helper running its share of the jobs; small calls stay on the caller', async () => {
+  await useBackend('wasm');
+  try {
+    const run = (c: Case, seed: number) =>
+      tf.tidy(() => {
+        const [n, h, w] = c.x;
+        const ho = outSize(h, c.k[0], c.strides[0], c.dilations[0], c.pad[0], c.pad[1]);
+        const wo = outSize(w, c.k[1], c.strides[1], c.dilations[1], c.pad[2], c.pad[3]);
+        const x = tf.tensor4d(seededValues(n * h * w * c.x[3], seed), c.x);
+        const dy = tf.tensor4d(seededValues(n * ho * wo * c.cout, seed + 1), [n, ho, wo, c.cout]);
+        const g: ConvGeometry = { strides: c.strides, dilations: c.dilations, pad: c.pad };
+        return kernelFilterGrad(x, dy, [...c.k, c.x[3], c.cout], g)
+          .dataSync()
+          .slice();
+      });
+    await useFilterGradHelpers(0);
+    const alone = shared.map(({ c }, i) => run(c, 100 + 2 * i));
+    for (const helpers of [1, 3] as const) {
+      await useFilterGradHelpers(helpers);
+      assert.equal(filterGradHelpers(), helpers);
+      for (const [i, { c, shares }] of shared.entries()) {
+        const before = filterGradHelperJobs();
+        const got = run(c, 100 + 2 * i);
+        assert.deepEqual(got, alone[i], `${c.name}, ${helpers} helper(s)`);
+        const ran = filterGradHelperJobs().map((v, r) => v - before[r]!);
+        assert.deepEqual(ran, shares[helpers === 1 ? 2 : 4], `${c.name}: jobs each helper ran`);
+      }
+      // below a million multiply-adds the caller runs the call alone
+      const before = filterGradHelperJobs();
+      run(cases[0]!, 7);
+      assert.deepEqual(filterGradHelperJobs(), before);
+    }
+    // and the shared result is the float32 sum in (image, row, column) order
+    const c = shared[1]!.c;
+    const [n, h, w] = c.x;
+    const ho = outSize(h, c.k[0], c.strides[0], c.dilations[0], c.pad[0], c.pad[1]);
+    const wo = outSize(w, c.k[1], c.strides[1], c.dilations[1], c.pad[2], c.pad[3]);
+    const want = reference(c, seededValues(n * h * w * c.x[3], 102), seededValues(n * ho * wo * c.cout, 103), ho, wo);
+    assert.ok(
+      alone[1]!.every((v, i) => Object.is(v, want[i])),
+      'the 4x4 layer against the float32 sum',
+    );
+  } finally {
+    await useFilterGradHelpers(0);
+  }
+  assert.equal(filterGradHelpers(), 0);
+  await assert.rejects(useFilterGradHelpers(-1), /^Error: filter-grad kernel: helpers must be an integer in 0\.\.63, got -1$/);
+});
+
 test('filter-gradient kernel agrees with the tensor-op path (transposes + forward conv) to float rounding, padded channels too; the switch brings that path back', async () => {
   await useBackend('wasm');
   const g: ConvGeometry = { strides: [2, 2], dilations: [1, 1], pad: [1, 1, 1, 1] };
@@ -211,7 +289,7 @@ test('the committed filter-grad.wasm is what wabt assembles from filter-grad.wat
   const dir = new URL('../../src/ops/wasm/', import.meta.url);
   const wabt = await wabtInit();
   const text = readFileSync(new URL('filter-grad.wat', dir), 'utf8');
-  const module = wabt.parseWat('filter-grad.wat', text);
+  const module = wabt.parseWat('filter-grad.wat', text, { threads: true });
   const { buffer } = module.toBinary({});
   module.destroy();
   assert.deepEqual(new Uint8Array(buffer), new Uint8Array(readFileSync(new URL('filter-grad.wasm', dir))));

@@ -20,6 +20,8 @@ interface ChildRun {
   log: string[];
   kernelThreads: number;
   workerKernelThreads: number[];
+  /** Jobs our filter-gradient kernel's helper threads ran in the main thread's backend (one entry per helper). */
+  helperJobs: number[];
   losses: number[];
   weights: Record<string, string>;
 }
@@ -43,6 +45,10 @@ test('2 kernel threads train bit-identically to 1, alone and in data-parallel re
   assert.equal(one.kernelThreads, 1);
   assert.equal(two.kernelThreads, 2);
   assert.equal(Object.keys(one.weights).length, 59);
+  // at 2 kernel threads our filter-gradient kernel shares its calls with a helper thread
+  assert.deepEqual(one.helperJobs, []);
+  assert.equal(two.helperJobs.length, 1);
+  assert.ok(two.helperJobs[0]! > 100, `helper jobs ${two.helperJobs}`);
   assert.deepEqual(two.losses, one.losses);
   assert.deepEqual(two.weights, one.weights);
   // the weights moved: the equality is not that of an idle model

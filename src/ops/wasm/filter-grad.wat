@@ -10,7 +10,7 @@
 ;; the same bits on every machine. `cn` must be a multiple of 4, `on` of 8 (`cout`: dy's channels, the
 ;; floats from one pixel of dy to the next and from one row of the slab to the next).
 (module
-  (import "env" "memory" (memory 1))
+  (import "env" "memory" (memory 1 65536 shared))
   (func (export "run") (param $x i32) (param $dy i32) (param $out i32) (param $count i32)
     (param $xstride i32) (param $cn i32) (param $on i32) (param $cout i32) (param $rows i32) (param $xrow i32) (param $dyrow i32)
     (local $cb i32) (local $ob i32) (local $i i32) (local $r i32) (local $xp i32) (local $dp i32) (local $ds i32) (local $op i32)
