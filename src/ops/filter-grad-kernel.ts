@@ -63,25 +63,37 @@ function instance(): Kernel {
 /** The helper threads and their control words (`useFilterGradHelpers`). */
 interface Helpers {
   workers: Worker[];
+  fromMacs: number;
   words: Int32Array;
   errors: SharedArrayBuffer;
   seq: number;
 }
 let helpers: Helpers | null = null;
 
-/** Multiply-adds below which a call runs on this thread alone (waking a helper costs tens of microseconds). */
-const HELP_FROM_MACS = 1_000_000;
+/**
+ * Multiply-adds (padded channels counted) below which a call runs on the caller alone by default. Beside
+ * the backend's pool, whose threads spin for a while after each of its kernels, a woken helper waits
+ * ~0.5-1 ms for a core: measured in 2-kernel-thread steps (64x128, batch 8), every DeepLab call (1-57 M,
+ * 0.1-4 ms) was as slow or slower with a helper, the plain net's 75 M and 151 M calls 0.70-0.75x.
+ */
+const HELP_FROM_MACS = 64_000_000;
 /** How long a call waits for a helper's share before it gives up on the helpers (they do not die silently). */
 const HELPER_TIMEOUT_MS = 60_000;
 
 /**
  * Runs the kernel on `count` helper threads beside this one from the next call on (0: none; the threads
- * end). Resolves when every helper is ready. The wasm backend calls it with its kernel threads - 1.
+ * end), for calls of at least `fromMacs` multiply-adds. Resolves when every helper is ready. The wasm
+ * backend calls it with its kernel threads - 1.
  */
-export async function useFilterGradHelpers(count: number): Promise<void> {
+export async function useFilterGradHelpers(count: number, fromMacs = HELP_FROM_MACS): Promise<void> {
   if (!Number.isInteger(count) || count < 0 || count > 63)
     throw new Error(`filter-grad kernel: helpers must be an integer in 0..63, got ${count}`);
-  if ((helpers?.workers.length ?? 0) === count) return;
+  if (!(fromMacs >= 0)) throw new Error(`filter-grad kernel: fromMacs must be a number >= 0, got ${fromMacs}`);
+  if (helpers && helpers.workers.length === count) {
+    helpers.fromMacs = fromMacs;
+    return;
+  }
+  if (!helpers && count === 0) return;
   await stopHelpers();
   if (count === 0) return;
   const k = instance();
@@ -110,7 +122,7 @@ export async function useFilterGradHelpers(count: number): Promise<void> {
     }
     await Promise.race([new Promise((r) => setTimeout(r, 5)), failed]);
   }
-  helpers = { workers, words, errors, seq: 0 };
+  helpers = { workers, fromMacs, words, errors, seq: 0 };
 }
 
 /** Helper threads the kernel runs on beside the caller's (0 when it runs alone). */
@@ -137,7 +149,7 @@ async function stopHelpers(): Promise<void> {
 function runCall(k: Kernel, c: FilterGradCall, macs: number): void {
   const jobs = jobCount(c);
   const h = helpers;
-  if (!h || macs < HELP_FROM_MACS || jobs < 2) {
+  if (!h || macs < h.fromMacs || jobs < 2) {
     runJobs(k.run, c, 0, jobs);
     return;
   }

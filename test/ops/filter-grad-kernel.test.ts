@@ -180,28 +180,39 @@ for (const backend of ['wasm', 'cpu'] as const) {
   });
 }
 
-/** Calls large enough (>= 1 M multiply-adds) for the helper threads, with their job counts worked out by hand. */
+/** Calls large enough (>= 64 M multiply-adds, padded channels counted) for the helper threads, with their job counts worked out by hand. */
 const shared: { c: Case; jobs: number; shares: { 2: number[]; 4: number[] } }[] = [
-  // taps 9 x input blocks 2 (32 channels) x output blocks 3 (48): 54 jobs; 2 parties [0, 27) [27, 54),
-  // 4 parties at floor(54 r / 4) = 0, 13, 27, 40: the helpers run 14, 13, 14
+  // 4 x 32 x 48 pixels x 9 taps x 32 x 48 = 84.9 M; taps 9 x input blocks 2 (32 channels) x output blocks 3 (48):
+  // 54 jobs; 2 parties [0, 27) [27, 54), 4 parties at floor(54 r / 4) = 0, 13, 27, 40: the helpers run 14, 13, 14
   {
-    c: { name: '3x3 s1 32 -> 48', x: [2, 32, 40, 32], k: [3, 3], cout: 48, strides: [1, 1], dilations: [1, 1], pad: [1, 1, 1, 1] },
+    c: { name: '3x3 s1 32 -> 48', x: [4, 32, 48, 32], k: [3, 3], cout: 48, strides: [1, 1], dilations: [1, 1], pad: [1, 1, 1, 1] },
     jobs: 54,
     shares: { 2: [27], 4: [14, 13, 14] },
   },
-  // the discriminator's first layer: 19 channels padded to 20 (2 blocks), 16 out (1 block), 16 taps: 32 jobs
+  // the discriminator's first layer: 8 x 40 x 64 pixels x 16 taps x 20 (19 padded) x 16 = 104.9 M;
+  // 2 input blocks, 1 output block, 16 taps: 32 jobs
   {
-    c: { name: '4x4 s2 19 -> 16', x: [2, 40, 64, 19], k: [4, 4], cout: 16, strides: [2, 2], dilations: [1, 1], pad: [1, 1, 1, 1] },
+    c: { name: '4x4 s2 19 -> 16', x: [8, 80, 128, 19], k: [4, 4], cout: 16, strides: [2, 2], dilations: [1, 1], pad: [1, 1, 1, 1] },
     jobs: 32,
     shares: { 2: [16], 4: [8, 8, 8] },
   },
-  // the classifier: 1 tap, 128 in (8 blocks), 19 out padded to 24 (2 blocks): 16 jobs
+  // a classifier: 8 x 32 x 96 pixels x 128 x 24 (19 padded) = 75.5 M; 1 tap, 8 input blocks, 2 output blocks: 16 jobs
   {
-    c: { name: '1x1 128 -> 19', x: [4, 16, 32, 128], k: [1, 1], cout: 19, strides: [1, 1], dilations: [1, 1], pad: [0, 0, 0, 0] },
+    c: { name: '1x1 128 -> 19', x: [8, 32, 96, 128], k: [1, 1], cout: 19, strides: [1, 1], dilations: [1, 1], pad: [0, 0, 0, 0] },
     jobs: 16,
     shares: { 2: [8], 4: [4, 4, 4] },
   },
 ];
+/** 2 x 32 x 40 x 9 x 32 x 48 = 35.4 M multiply-adds: under the helpers' threshold. */
+const unshared: Case = {
+  name: '3x3 s1 32 -> 48, small',
+  x: [2, 32, 40, 32],
+  k: [3, 3],
+  cout: 48,
+  strides: [1, 1],
+  dilations: [1, 1],
+  pad: [1, 1, 1, 1],
+};
 
 test('filter-gradient kernel with 1 and 3 helper threads: the same bits as alone, each helper running its share of the jobs; small calls stay on the caller', async () => {
   await useBackend('wasm');
@@ -230,26 +241,28 @@ test('filter-gradient kernel with 1 and 3 helper threads: the same bits as alone
         const ran = filterGradHelperJobs().map((v, r) => v - before[r]!);
         assert.deepEqual(ran, shares[helpers === 1 ? 2 : 4], `${c.name}: jobs each helper ran`);
       }
-      // below a million multiply-adds the caller runs the call alone
+      // below 64 M multiply-adds the caller runs the call alone (waking a helper beside the backend's
+      // spinning pool costs more than a few milliseconds of work saves)
       const before = filterGradHelperJobs();
-      run(cases[0]!, 7);
+      run(unshared, 7);
       assert.deepEqual(filterGradHelperJobs(), before);
     }
     // and the shared result is the float32 sum in (image, row, column) order
-    const c = shared[1]!.c;
+    const c = shared[2]!.c;
     const [n, h, w] = c.x;
     const ho = outSize(h, c.k[0], c.strides[0], c.dilations[0], c.pad[0], c.pad[1]);
     const wo = outSize(w, c.k[1], c.strides[1], c.dilations[1], c.pad[2], c.pad[3]);
-    const want = reference(c, seededValues(n * h * w * c.x[3], 102), seededValues(n * ho * wo * c.cout, 103), ho, wo);
+    const want = reference(c, seededValues(n * h * w * c.x[3], 104), seededValues(n * ho * wo * c.cout, 105), ho, wo);
     assert.ok(
-      alone[1]!.every((v, i) => Object.is(v, want[i])),
-      'the 4x4 layer against the float32 sum',
+      alone[2]!.every((v, i) => Object.is(v, want[i])),
+      'the 1x1 layer against the float32 sum',
     );
   } finally {
     await useFilterGradHelpers(0);
   }
   assert.equal(filterGradHelpers(), 0);
   await assert.rejects(useFilterGradHelpers(-1), /^Error: filter-grad kernel: helpers must be an integer in 0\.\.63, got -1$/);
+  await assert.rejects(useFilterGradHelpers(1, Number.NaN), /^Error: filter-grad kernel: fromMacs must be a number >= 0, got NaN$/);
 });
 
 test('filter-gradient kernel agrees with the tensor-op path (transposes + forward conv) to float rounding, padded channels too; the switch brings that path back', async () => {
