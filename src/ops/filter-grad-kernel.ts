@@ -115,12 +115,15 @@ export async function useFilterGradHelpers(count: number, fromMacs = HELP_FROM_M
     ),
   );
   failed.catch(() => {});
-  while (!ready()) {
-    if (Date.now() - started > HELPER_TIMEOUT_MS) {
-      await Promise.all(workers.map((w) => w.terminate()));
-      throw new Error(`filter-grad kernel: ${count} helper thread(s) not ready in ${HELPER_TIMEOUT_MS / 1000} s`);
+  try {
+    while (!ready()) {
+      if (Date.now() - started > HELPER_TIMEOUT_MS)
+        throw new Error(`filter-grad kernel: ${count} helper thread(s) not ready in ${HELPER_TIMEOUT_MS / 1000} s`);
+      await Promise.race([new Promise((r) => setTimeout(r, 5)), failed]);
     }
-    await Promise.race([new Promise((r) => setTimeout(r, 5)), failed]);
+  } catch (err) {
+    await Promise.all(workers.map((w) => w.terminate()));
+    throw err;
   }
   helpers = { workers, fromMacs, words, errors, seq: 0 };
 }
