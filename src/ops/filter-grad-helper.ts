@@ -5,14 +5,15 @@
  * so. It never returns to its event loop: it sleeps in `Atomics.wait` between calls (no spinning).
  */
 import { workerData } from 'node:worker_threads';
-import { CONTROL, ERROR_BYTES, readCall, runJobs, shareStart, type KernelRun } from './filter-grad-jobs.ts';
+import { writeErrorSlot } from './error-slots.ts';
+import { CONTROL, readCall, runJobs, shareStart, type KernelRun } from './filter-grad-jobs.ts';
 
 export interface HelperInit {
   rank: number;
   module: object;
   memory: object;
   control: SharedArrayBuffer;
-  /** ERROR_BYTES per helper (rank 1 first): the message of the error a share met, UTF-8, zero-terminated. */
+  /** An error slot per helper (rank 1 first, error-slots.ts): the message of the error a share met. */
   errors: SharedArrayBuffer;
 }
 
@@ -40,10 +41,7 @@ for (;;) {
     runJobs(run, readCall(words), from, to);
     Atomics.add(words, mine.ran, to - from);
   } catch (err) {
-    const text = new TextEncoder().encode(String((err as Error)?.message ?? err)).subarray(0, ERROR_BYTES - 1);
-    const slot = new Uint8Array(errors, (rank - 1) * ERROR_BYTES, ERROR_BYTES);
-    slot.fill(0);
-    slot.set(text);
+    writeErrorSlot(errors, rank - 1, err);
     Atomics.store(words, mine.failed, 1);
   }
   Atomics.store(words, mine.done, seq);

@@ -158,9 +158,6 @@ export const CONTROL = {
   words: (helpers: number) => 3 + CALL_FIELDS.length + helpers * 4,
 } as const;
 
-/** Bytes of a helper's error message. */
-export const ERROR_BYTES = 512;
-
 /** The call whose fields lie in `control` (written by `writeCall`). */
 export function readCall(control: Int32Array): FilterGradCall {
   return Object.fromEntries(CALL_FIELDS.map((f, i) => [f, control[CONTROL.fields + i]!])) as unknown as FilterGradCall;

@@ -21,7 +21,8 @@ import { readFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
 import type { ConvGeometry } from './conv.ts';
-import { CONTROL, ERROR_BYTES, jobCount, runJobs, shareStart, writeCall, type FilterGradCall, type KernelRun } from './filter-grad-jobs.ts';
+import { errorSlots, readErrorSlot } from './error-slots.ts';
+import { CONTROL, jobCount, runJobs, shareStart, writeCall, type FilterGradCall, type KernelRun } from './filter-grad-jobs.ts';
 import type { HelperInit } from './filter-grad-helper.ts';
 import { hostTensor, hostView } from './host-memory.ts';
 
@@ -99,7 +100,7 @@ export async function useFilterGradHelpers(count: number, fromMacs = HELP_FROM_M
   const k = instance();
   const control = new SharedArrayBuffer(CONTROL.words(count) * 4);
   const words = new Int32Array(control);
-  const errors = new SharedArrayBuffer(count * ERROR_BYTES);
+  const errors = errorSlots(count);
   const workers: Worker[] = [];
   for (let rank = 1; rank <= count; rank++) {
     const init: HelperInit = { rank, module: k.module, memory: k.memory, control, errors };
@@ -175,11 +176,7 @@ function runCall(k: Kernel, c: FilterGradCall, macs: number): void {
     let done = Atomics.load(h.words, at.done);
     while (done !== seq && Atomics.wait(h.words, at.done, done, HELPER_TIMEOUT_MS) !== 'timed-out') done = Atomics.load(h.words, at.done);
     if (done !== seq) failures.push(`helper ${rank} did not finish its share in ${HELPER_TIMEOUT_MS / 1000} s`);
-    else if (Atomics.load(h.words, at.failed)) {
-      const slot = new Uint8Array(h.errors, (rank - 1) * ERROR_BYTES, ERROR_BYTES);
-      const end = slot.indexOf(0);
-      failures.push(`helper ${rank} failed in its share: ${new TextDecoder().decode(slot.slice(0, end < 0 ? ERROR_BYTES : end))}`);
-    }
+    else if (Atomics.load(h.words, at.failed)) failures.push(`helper ${rank} failed in its share: ${readErrorSlot(h.errors, rank - 1)}`);
   }
   if (failures.length) {
     // later calls run on this thread alone

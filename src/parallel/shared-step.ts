@@ -4,6 +4,7 @@
  * replica's gradient slot (zeros where a parameter has none), its loss terms into its term slot.
  */
 import * as tf from '@tensorflow/tfjs';
+import { errorSlots, readErrorSlot, writeErrorSlot } from '../ops/error-slots.ts';
 import { floatValues } from '../ops/host-memory.ts';
 import { IGNORE_LABEL } from '../ops/masks.ts';
 import type { Layout } from './layout.ts';
@@ -12,8 +13,6 @@ import type { HostTensors, LabelledIn, Program, ProgramArgs, Replica, ShardConte
 
 /** Most loss terms a program may report. */
 export const MAX_TERMS = 16;
-/** Bytes of a replica's error text. */
-const ERROR_BYTES = 2048;
 
 /** Shared memory of a data-parallel group (SharedArrayBuffers travel to the workers by reference). */
 export interface SharedAreas {
@@ -41,7 +40,7 @@ export function sharedAreas(
     weights: new SharedArrayBuffer(total * 4),
     grads: new SharedArrayBuffer(parties * total * 4),
     terms: new SharedArrayBuffer(parties * (MAX_TERMS + 1) * 8),
-    errors: new SharedArrayBuffer(parties * ERROR_BYTES),
+    errors: errorSlots(parties),
     barrier,
     reduce,
     reduceCapacity,
@@ -200,14 +199,9 @@ export function shardContext(
 }
 
 export function writeError(areas: SharedAreas, rank: number, err: unknown): void {
-  const slot = new Uint8Array(areas.errors, rank * ERROR_BYTES, ERROR_BYTES);
-  const text = new TextEncoder().encode(String((err as Error)?.message ?? err).slice(0, ERROR_BYTES / 4));
-  slot.fill(0);
-  slot.set(text.subarray(0, ERROR_BYTES - 1));
+  writeErrorSlot(areas.errors, rank, err);
 }
 
 export function readError(areas: SharedAreas, rank: number): string {
-  const slot = new Uint8Array(areas.errors, rank * ERROR_BYTES, ERROR_BYTES);
-  const end = slot.indexOf(0);
-  return new TextDecoder().decode(slot.slice(0, end < 0 ? ERROR_BYTES : end));
+  return readErrorSlot(areas.errors, rank);
 }
