@@ -167,7 +167,7 @@ async function timeBackend(
   };
   const data = benchBatch(batch, size, classes);
   const groups: DataParallel[] = [];
-  const kernelWorkers: Worker[] = [];
+  const stepWorkers: Worker[] = [];
   const shardData: tf.Tensor[] = [];
   try {
     const steps = new Map<string, () => Promise<number>>();
@@ -177,16 +177,16 @@ async function timeBackend(
           out.set(key(v), `a batch of ${batch} rows cannot be split over ${v.replicas} threads`);
           continue;
         }
-        steps.set(key(v), await independentShards(name, net, size, v.replicas, models, kernelWorkers, shardData));
+        steps.set(key(v), await independentShards(name, net, size, v.replicas, model, stepWorkers, shardData));
         continue;
       }
       if (v.kernelThreads > 1) {
-        const init: KernelWorkerInit = { backend: name, kernelThreads: v.kernelThreads, net, classes, bn, batch, size };
-        const worker = new Worker(new URL('./step-kernel-worker.ts', import.meta.url), { workerData: init });
-        kernelWorkers.push(worker);
-        const started = (await once(worker, 'message'))[0] as { ready: number };
-        if (started.ready !== v.kernelThreads) {
-          out.set(key(v), `the backend started ${started.ready} kernel threads, not ${v.kernelThreads}`);
+        const { worker, ready } = await stepWorker(
+          { backend: name, kernelThreads: v.kernelThreads, net, classes, bn, batch, size },
+          stepWorkers,
+        );
+        if (ready !== v.kernelThreads) {
+          out.set(key(v), `the backend started ${ready} kernel threads, not ${v.kernelThreads}`);
           continue;
         }
         steps.set(key(v), async () => {
@@ -220,14 +220,22 @@ async function timeBackend(
     for (const [k, ms] of times) out.set(k, timing(ms, one));
     return out;
   } finally {
-    for (const worker of kernelWorkers) worker.postMessage('close');
-    await Promise.all([...groups.map((dp) => dp.close()), ...kernelWorkers.map((wk) => once(wk, 'exit'))]);
+    for (const worker of stepWorkers) worker.postMessage('close');
+    await Promise.all([...groups.map((dp) => dp.close()), ...stepWorkers.map((wk) => once(wk, 'exit'))]);
     tf.dispose([data.x, data.labels, ...shardData]);
     for (const { m, opt } of models) {
       opt.dispose();
       m.dispose();
     }
   }
+}
+
+/** A step worker (bench/step-kernel-worker.ts) added to `workers` once it is ready: it and the kernel threads its backend started. */
+async function stepWorker(init: KernelWorkerInit, workers: Worker[]): Promise<{ worker: Worker; ready: number }> {
+  const worker = new Worker(new URL('./step-kernel-worker.ts', import.meta.url), { workerData: init });
+  workers.push(worker);
+  const started = (await once(worker, 'message'))[0] as { ready: number };
+  return { worker, ready: started.ready };
 }
 
 /**
@@ -242,24 +250,17 @@ async function independentShards(
   net: string,
   size: [number, number],
   replicas: number,
-  models: { m: BenchNet; opt: SGD }[],
+  model: () => { m: BenchNet; opt: SGD },
   workers: Worker[],
   tensors: tf.Tensor[],
 ): Promise<() => Promise<number>> {
   const rows = shardRows(batch, replicas);
   const mine: Worker[] = [];
-  for (const r of rows.slice(1)) {
-    const init: KernelWorkerInit = { backend: name, kernelThreads: 1, net, classes, bn, batch: r, size };
-    const worker = new Worker(new URL('./step-kernel-worker.ts', import.meta.url), { workerData: init });
-    workers.push(worker);
-    mine.push(worker);
-    await once(worker, 'message');
-  }
-  const m = benchNet(net, classes, bn);
-  const opt = benchOptimizer(m);
+  for (const r of rows.slice(1))
+    mine.push((await stepWorker({ backend: name, kernelThreads: 1, net, classes, bn, batch: r, size }, workers)).worker);
+  const { m, opt } = model();
   const data = benchBatch(rows[0]!, size, classes);
   tensors.push(data.x, data.labels);
-  models.push({ m, opt });
   return async () => {
     const t0 = performance.now();
     const done = mine.map((w) => once(w, 'message'));
