@@ -258,7 +258,7 @@ test('1x1 filter gradient: the host rows (blocks of pixels, partial last block) 
 });
 
 for (const backend of ['wasm', 'cpu'] as const) {
-  test(`strided input gradient on ${backend}: one conv per phase (kernel not a multiple of the stride) gives the bits of the stacked conv, every position`, async () => {
+  test(`strided input gradient on ${backend}: one conv per phase (kernel not a multiple of the stride) and the stacked conv's host interleave (a multiple) give the bits of the stacked conv's transpose + crop, every position`, async () => {
     await useBackend(backend);
     // [x shape, filter shape, stride, padding]: the plain net's and ResNet's 3x3 and 1x1 stride 2, odd
     // sizes (rows no tap reaches), stride 3, a 5x5, a 2x3 kernel (one axis even), tfjs-'same'-style pads
@@ -272,6 +272,13 @@ for (const backend of ['wasm', 'cpu'] as const) {
       [[2, 8, 9, 4], [2, 3, 4, 3], 2, [0, 1, 1, 1]],
       [[1, 7, 8, 3], [3, 3, 3, 2], 2, [0, 1, 0, 1]],
       [[1, 10, 10, 2], [3, 3, 2, 2], 2, 0],
+      // kernels a multiple of the stride (one stacked conv, interleaved on the host): the discriminator's
+      // 4x4 stride 2 pad 1 on even and odd sizes, 2x2 stride 2, 6x6 stride 3, 4x2 with a one-sided pad
+      [[2, 8, 12, 5], [4, 4, 5, 7], 2, 1],
+      [[1, 9, 11, 3], [4, 4, 3, 4], 2, 1],
+      [[2, 8, 8, 3], [2, 2, 3, 4], 2, 0],
+      [[1, 10, 13, 2], [6, 6, 2, 3], 3, 2],
+      [[1, 7, 9, 3], [4, 2, 3, 2], 2, [0, 1, 1, 0]],
     ];
     cases.forEach(([xs, ws, stride, pad], k) => {
       const g = convGeometry({ stride, pad });
