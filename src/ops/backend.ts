@@ -8,6 +8,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { registerCpuKernelFixes } from './cpu-kernels.ts';
 import { registerWasmTrainingKernels } from './wasm-kernels.ts';
+import { prepareBatchNormWasm } from './model/batch-norm-wasm.ts';
 import { useFilterGradHelpers } from './filter-grad-kernel.ts';
 import { finishWasmThreads, prepareWasmThreads, wasmStarted, wasmThreadCount, type WasmThreadsSetup } from './wasm-threads.ts';
 
@@ -94,6 +95,7 @@ export async function selectBackend(request: BackendRequest = 'auto', opts: Sele
       // our filter-gradient kernel takes as many threads as the wasm backend's kernels (their pool
       // idles while it runs); none on the other backends
       await useFilterGradHelpers(name === 'wasm' ? (await wasmThreadCount()) - 1 : 0);
+      if (name === 'wasm') prepareBatchNormWasm();
       log(`backend: ${name}${request === 'auto' ? ' (auto)' : ''}${count}${why}`);
       return name;
     }

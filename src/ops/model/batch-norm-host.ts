@@ -17,10 +17,13 @@
  * Every loop walks the activations in tiles of rows (`rowTileLength`: ~16 KB of one tensor, so a tile
  * stays in the first-level cache) and, inside a tile, four channels at a time with their constants and
  * running sums in locals (`QUAD`), where a loop over every channel of a row kept them in memory: 1.5-2.5x
- * faster loops (the per-channel order of every sum is still row by row, so the same bits).
+ * faster loops (the per-channel order of every sum is still row by row, so the same bits). On the wasm
+ * backend, layers whose channels are a multiple of 4 run the same loops as wasm SIMD on the backend's
+ * memory (batch-norm-wasm.ts: two f64 lanes, the same operations in the same order, the same bits).
  */
 import * as tf from '@tensorflow/tfjs';
 import { hostTensor, hostView, rowTileLength } from '../host-memory.ts';
+import { wasmLoopsFor } from './batch-norm-wasm.ts';
 import type { CrossReplicaSum } from './layers.ts';
 
 export interface HostBatchStats {
@@ -119,6 +122,8 @@ const QUAD = 4;
 
 /** sums[k] += x[row, k] over the rows in order. */
 function channelSums(x: Float32Array, c: number, sums: Float64Array): void {
+  const simd = wasmLoopsFor(x, c);
+  if (simd) return simd.sums(x, sums);
   const tile = rowTileLength(c);
   for (let t0 = 0; t0 < x.length; t0 += tile) {
     const t1 = Math.min(x.length, t0 + tile);
@@ -149,6 +154,8 @@ function channelSums(x: Float32Array, c: number, sums: Float64Array): void {
 
 /** squares[k] += (x[row, k] - mean[k])^2 over the rows in order. */
 function squaredDeviations(x: Float32Array, c: number, mean: Float64Array, squares: Float64Array): void {
+  const simd = wasmLoopsFor(x, c);
+  if (simd) return simd.squares(x, mean, squares);
   const tile = rowTileLength(c);
   for (let t0 = 0; t0 < x.length; t0 += tile) {
     const t1 = Math.min(x.length, t0 + tile);
@@ -191,6 +198,8 @@ function squaredDeviations(x: Float32Array, c: number, mean: Float64Array, squar
 
 /** out[row, k] = x[row, k] * scale[k] + shift[k] (float64, rounded on the store). */
 function scaleShift(x: Float32Array, c: number, scale: Float64Array, shift: Float64Array, out: Float32Array): void {
+  const simd = wasmLoopsFor(x, c);
+  if (simd) return simd.scaleShift(x, scale, shift, out);
   const tile = rowTileLength(c);
   for (let t0 = 0; t0 < x.length; t0 += tile) {
     const t1 = Math.min(x.length, t0 + tile);
@@ -221,6 +230,8 @@ function scaleShift(x: Float32Array, c: number, scale: Float64Array, shift: Floa
 
 /** sumDy[k] += dy[row, k]; sumDyXc[k] += dy[row, k] * (x[row, k] - mean[k]), over the rows in order. */
 function gradientSums(dy: Float32Array, x: Float32Array, c: number, mean: Float64Array, sumDy: Float64Array, sumDyXc: Float64Array): void {
+  const simd = wasmLoopsFor(dy, c);
+  if (simd) return simd.gradSums(dy, x, mean, sumDy, sumDyXc);
   const tile = rowTileLength(c);
   for (let t0 = 0; t0 < dy.length; t0 += tile) {
     const t1 = Math.min(dy.length, t0 + tile);
@@ -286,6 +297,8 @@ interface InputGradientTerms {
 
 /** out[row, k] = a[k] dy[row, k] + bx[k] (x[row, k] - mean[k]) + c0[k] (float64, rounded on the store). */
 function inputGradient(dy: Float32Array, x: Float32Array, c: number, t: InputGradientTerms, out: Float32Array): void {
+  const simd = wasmLoopsFor(dy, c);
+  if (simd) return simd.inputGrad(dy, x, t, out);
   const { a, bx, c0, mean } = t;
   const tile = rowTileLength(c);
   for (let t0 = 0; t0 < dy.length; t0 += tile) {
