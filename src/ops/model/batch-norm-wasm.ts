@@ -6,27 +6,8 @@
  * same row order as the JS loops: the same bits (test/ops/batch-norm-host.test.ts compares every element).
  * Channel counts that are not a multiple of 4, and the cpu backend, keep the JS loops.
  */
-import { readFileSync } from 'node:fs';
-import * as tf from '@tensorflow/tfjs';
+import { instantiateOn, wasmBackendHeap, type WasmMemory } from '../backend-memory.ts';
 import { rowTileLength } from '../host-memory.ts';
-
-interface WasmMemory {
-  readonly buffer: ArrayBuffer | SharedArrayBuffer;
-}
-interface WasmApi {
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
-}
-const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
-
-/** What this file uses of tfjs-backend-wasm's Emscripten module. */
-interface EmscriptenModule {
-  /** The threaded build's memory (shared). */
-  wasmMemory?: WasmMemory;
-  /** The one-thread build's exports (its memory). */
-  asm?: { memory?: WasmMemory };
-  _malloc(bytes: number): number;
-}
 
 type I = number;
 interface Exports {
@@ -52,14 +33,6 @@ export function setBatchNormWasm(on: boolean): void {
   enabled = on;
 }
 
-function backendMemory(): { memory: WasmMemory; heap: EmscriptenModule; shared: boolean } | null {
-  if (tf.getBackend() !== 'wasm') return null;
-  const heap = (tf.backend() as unknown as { wasm?: EmscriptenModule }).wasm;
-  const memory = heap?.wasmMemory ?? heap?.asm?.memory;
-  if (!heap || !memory || typeof heap._malloc !== 'function') return null;
-  return { memory, heap, shared: typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer };
-}
-
 /** Most channels the scratch holds (per-channel terms: 4 arrays of f64); wider layers keep the JS loops. */
 const MAX_CHANNELS = 8192;
 
@@ -69,14 +42,12 @@ const MAX_CHANNELS = 8192;
  * which detaches the host views callers hold, so it never happens inside a layer's loops.
  */
 export function prepareBatchNormWasm(): void {
-  const found = backendMemory();
-  if (!found || instance?.memory === found.memory) return;
-  const file = found.shared ? 'batch-norm.wasm' : 'batch-norm-unshared.wasm';
-  const bytes = readFileSync(new URL(`../wasm/${file}`, import.meta.url));
-  const { exports } = new wasm.Instance(new wasm.Module(bytes), { env: { memory: found.memory } });
-  const scratch = found.heap._malloc(4 * MAX_CHANNELS * 8);
+  const heap = wasmBackendHeap();
+  if (!heap || instance?.memory === heap.memory) return;
+  const exports = instantiateOn(heap, 'batch-norm');
+  const scratch = heap.malloc(4 * MAX_CHANNELS * 8);
   if (!scratch) throw new Error(`batch norm (wasm): the backend's heap has no room for ${4 * MAX_CHANNELS * 8} bytes of scratch`);
-  instance = { memory: found.memory, run: exports as unknown as Exports, scratch };
+  instance = { memory: heap.memory, run: exports as unknown as Exports, scratch };
 }
 
 /**
