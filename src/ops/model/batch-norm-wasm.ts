@@ -45,9 +45,11 @@ export function prepareBatchNormWasm(): void {
   const heap = wasmBackendHeap();
   if (!heap || instance?.memory === heap.memory) return;
   const exports = instantiateOn(heap, 'batch-norm');
-  const scratch = heap.malloc(4 * MAX_CHANNELS * 8);
-  if (!scratch) throw new Error(`batch norm (wasm): the backend's heap has no room for ${4 * MAX_CHANNELS * 8} bytes of scratch`);
-  instance = { memory: heap.memory, run: exports as unknown as Exports, scratch };
+  const bytes = 4 * MAX_CHANNELS * 8;
+  const raw = heap.malloc(bytes + 16);
+  if (!raw) throw new Error(`batch norm (wasm): the backend's heap has no room for ${bytes} bytes of scratch`);
+  // 16-byte aligned: f64 arrays (Float64Array views need 8) read as f64x2 lanes
+  instance = { memory: heap.memory, run: exports as unknown as Exports, scratch: Math.ceil(raw / 16) * 16 };
 }
 
 /**
