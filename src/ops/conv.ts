@@ -321,8 +321,8 @@ function stridedInputGrad(
   const [, q, qw] = stacked.shape;
   const [pt, , pl] = g.pad;
   if (hostShuffle && onHostBackend()) {
-    // depth-to-space and the crop in one pass over host memory (on the discriminator's 4x4 stride-2 input
-    // gradients tfjs-wasm's Transpose + Slice took 0.6-0.7x the time of the conv before them)
+    // depth-to-space and the crop in one pass over host memory (on the discriminator's first two 4x4
+    // stride-2 input gradients tfjs-wasm's Transpose + Slice took 0.5-0.6x the time of the conv before them)
     return interleavePhases([n, h, w, cin], s, pt, pl, q, qw, (phase) => ({
       from: hostView(stacked),
       channels: s * s * cin,
