@@ -288,7 +288,7 @@ function gradientSums(dy: Float32Array, x: Float32Array, c: number, mean: Float6
 }
 
 /** Per-channel constants of dx = a dy + bx (x - mean) + c0. */
-interface InputGradientTerms {
+export interface InputGradientTerms {
   a: Float64Array;
   bx: Float64Array;
   c0: Float64Array;

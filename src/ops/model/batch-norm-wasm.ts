@@ -8,6 +8,7 @@
  */
 import { instantiateOn, wasmBackendHeap, type WasmMemory } from '../backend-memory.ts';
 import { rowTileLength } from '../host-memory.ts';
+import type { InputGradientTerms } from './batch-norm-host.ts';
 
 type I = number;
 interface Exports {
@@ -106,12 +107,7 @@ export class WasmLoops {
   }
 
   /** out[row, k] = a[k] dy[row, k] + bx[k] (x[row, k] - mean[k]) + c0[k]. */
-  inputGrad(
-    dy: Float32Array,
-    x: Float32Array,
-    t: { a: Float64Array; bx: Float64Array; c0: Float64Array; mean: Float64Array },
-    out: Float32Array,
-  ): void {
+  inputGrad(dy: Float32Array, x: Float32Array, t: InputGradientTerms, out: Float32Array): void {
     const [pd, px, po, rows] = [dy.byteOffset, x.byteOffset, out.byteOffset, dy.length / this.c];
     const s = this.scratch([t.a, t.bx, t.c0, t.mean]);
     this.k.run.input_grad(pd, px, rows, this.c, this.tile, s, po);
