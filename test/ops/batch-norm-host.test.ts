@@ -1,12 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { readFileSync } from 'node:fs';
-import wabtInit from 'wabt';
 import { hostBatchNorm, hostBatchStats } from '../../src/ops/model/batch-norm-host.ts';
 import { setBatchNormWasm, wasmLoopsFor } from '../../src/ops/model/batch-norm-wasm.ts';
 import { hostView } from '../../src/ops/host-memory.ts';
 import { randTensor, seededValues, useBackend } from '../helpers.ts';
+import { assertAssembled, wasmFile } from './wasm-assembly.ts';
 
 /**
  * The batch-norm loops written the plain way: every channel of a row, row after row, sums in float64
@@ -156,7 +155,6 @@ function referenceLoops(x: Float32Array, dy: Float32Array, c: number, terms: Flo
 }
 
 test('batch-norm.wasm (shared memory, the threaded build) and batch-norm-unshared.wasm (one-thread build) give the JS loops bits, and are what wabt assembles from batch-norm.wat', async () => {
-  const dir = new URL('../../src/ops/wasm/', import.meta.url);
   const wa = (globalThis as unknown as { WebAssembly: any }).WebAssembly;
   const [rows, c, tile] = [1105, 12, 341]; // a partial last tile
   const n = rows * c;
@@ -169,7 +167,7 @@ test('batch-norm.wasm (shared memory, the threaded build) and batch-norm-unshare
     ['batch-norm-unshared.wasm', false],
   ] as const) {
     const memory = new wa.Memory(shared ? { initial: 8, maximum: 65536, shared: true } : { initial: 8 });
-    const { exports: k } = new wa.Instance(new wa.Module(readFileSync(new URL(file, dir))), { env: { memory } });
+    const { exports: k } = new wa.Instance(new wa.Module(wasmFile(file)), { env: { memory } });
     // layout: x, dy, y, dx (float32), then mean, scale, shift, bx (the input gradient's a, b, e, mean order
     // differs: a = scale, b = bx, e = shift, mean), then the sums (f64)
     const [px, pd, py, pdx] = [0, 4 * n, 8 * n, 12 * n];
@@ -206,17 +204,5 @@ test('batch-norm.wasm (shared memory, the threaded build) and batch-norm-unshare
     sameBits(get(6), want.sdx, `${file}: grad_sums dy (x - mean)`);
     sameBits(f32.slice(pdx / 4, pdx / 4 + n), want.dx, `${file}: input_grad`);
   }
-  const wabt = await wabtInit();
-  const text = readFileSync(new URL('batch-norm.wat', dir), 'utf8');
-  const unshared = text.replace('(memory 1 65536 shared)', '(memory 1)');
-  assert.notEqual(unshared, text, 'the .wat declares the shared memory import that the unshared variant replaces');
-  for (const [file, source] of [
-    ['batch-norm.wasm', text],
-    ['batch-norm-unshared.wasm', unshared],
-  ] as const) {
-    const module = wabt.parseWat(file, source, { threads: true });
-    const { buffer } = module.toBinary({});
-    module.destroy();
-    assert.deepEqual(new Uint8Array(buffer), new Uint8Array(readFileSync(new URL(file, dir))), `${file}: the committed bytes`);
-  }
+  await assertAssembled('batch-norm', { unshared: true });
 });

@@ -8,9 +8,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import wabtInit from 'wabt';
 import { convFilterGrad, setFilterGradKernel, type ConvGeometry } from '../../src/ops/conv.ts';
 import {
   filterGradHelperJobs,
@@ -20,6 +18,7 @@ import {
   useFilterGradHelpers,
 } from '../../src/ops/filter-grad-kernel.ts';
 import { useBackend, seededValues } from '../helpers.ts';
+import { assertAssembled } from './wasm-assembly.ts';
 
 interface Case {
   name: string;
@@ -299,11 +298,5 @@ test('filter-gradient kernel: layers beyond its memory limit (2^28 floats of x a
 });
 
 test('the committed filter-grad.wasm is what wabt assembles from filter-grad.wat', async () => {
-  const dir = new URL('../../src/ops/wasm/', import.meta.url);
-  const wabt = await wabtInit();
-  const text = readFileSync(new URL('filter-grad.wat', dir), 'utf8');
-  const module = wabt.parseWat('filter-grad.wat', text, { threads: true });
-  const { buffer } = module.toBinary({});
-  module.destroy();
-  assert.deepEqual(new Uint8Array(buffer), new Uint8Array(readFileSync(new URL('filter-grad.wasm', dir))));
+  await assertAssembled('filter-grad', { unshared: false });
 });
