@@ -12,6 +12,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { convFilterGrad, convInputGrad, type ConvGeometry } from './conv.ts';
 import { rowTileLength, type WasmHeap } from './host-memory.ts';
+import { resizeBilinearGradWasm } from './resize-grad-wasm.ts';
 
 type Shape4 = [number, number, number, number];
 
@@ -225,7 +226,7 @@ function aliasIdentity(args: KernelArgs): tf.TensorInfo | null {
   return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
 }
 
-type StockKernel = 'Sum' | 'MaxPoolGrad' | 'Identity';
+type StockKernel = 'Sum' | 'MaxPoolGrad' | 'Identity' | 'ResizeBilinearGrad';
 
 let registered = false;
 /** The stock kernels this module replaced (the tests compare against them). */
@@ -255,6 +256,7 @@ export function registerWasmTrainingKernels(): void {
   overrideStock('Sum', sumLeadingAxes);
   overrideStock('MaxPoolGrad', maxPoolGrad);
   overrideStock('Identity', aliasIdentity);
+  overrideStock('ResizeBilinearGrad', resizeBilinearGradWasm);
   if (tf.getKernel('Conv2DBackpropInput', 'wasm')) tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
   if (tf.getKernel('Conv2DBackpropFilter', 'wasm')) tf.unregisterKernel('Conv2DBackpropFilter', 'wasm');
 
