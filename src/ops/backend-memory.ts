@@ -51,3 +51,25 @@ export function instantiateOn(heap: BackendHeap, name: string): Record<string, u
   const bytes = readFileSync(new URL(`./wasm/${file}`, import.meta.url));
   return new wasm.Instance(new wasm.Module(bytes), { env: { memory: heap.memory } }).exports;
 }
+
+export interface BackendModule {
+  memory: WasmMemory;
+  exports: Record<string, unknown>;
+}
+
+const modules = new Map<string, BackendModule>();
+
+/**
+ * src/ops/wasm/<name>.wasm instantiated on the current backend's heap (once per module and memory; nothing
+ * allocated, so callers' views stay valid), or null when the backend is not tfjs-wasm.
+ */
+export function backendModule(name: string): BackendModule | null {
+  const heap = wasmBackendHeap();
+  if (!heap) return null;
+  let m = modules.get(name);
+  if (m?.memory !== heap.memory) {
+    m = { memory: heap.memory, exports: instantiateOn(heap, name) };
+    modules.set(name, m);
+  }
+  return m;
+}

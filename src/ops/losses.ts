@@ -13,6 +13,7 @@
  * ignored; use `validateMask` where masks enter the system.
  */
 import * as tf from '@tensorflow/tfjs';
+import { crossEntropyGradWasm } from './cross-entropy-wasm.ts';
 import { hostTensor, hostView, onHostBackend } from './host-memory.ts';
 import { maskOneHot } from './masks.ts';
 import { shapeStr } from './shape.ts';
@@ -139,11 +140,12 @@ function hostMaskedCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D, weight
           const p = hostView(saved[0]!);
           const y = hostView<Int32Array>(saved[1]!);
           const w = weights ? hostView(saved[2]!) : undefined;
+          if (crossEntropyGradWasm(p, y, w, k, scale, g)) return;
           for (let i = 0; i < n; i++) {
             const c = y[i]!;
             const row = i * k;
             if (!(c >= 0 && c < k)) {
-              g.fill(0, row, row + k);
+              for (let j = row; j < row + k; j++) g[j] = 0;
               continue;
             }
             const s = w ? w[i]! * scale : scale;

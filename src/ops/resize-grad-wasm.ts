@@ -7,25 +7,16 @@
  * (test/ops/resize-grad-wasm.test.ts compares every element against the stock kernel).
  */
 import type * as tf from '@tensorflow/tfjs';
-import { instantiateOn, wasmBackendHeap, type WasmMemory } from './backend-memory.ts';
+import { backendModule } from './backend-memory.ts';
 import type { WasmHeap } from './host-memory.ts';
 
 type Run = (dy: number, dx: number, batch: number, H: number, W: number, h: number, w: number, c: number, align: number) => void;
 
-let instance: { memory: WasmMemory; run: Run } | null = null;
 let enabled = true;
 
 /** Tests and benchmarks only: false leaves the gradient to tfjs-wasm's own kernel. */
 export function setResizeGradWasm(on: boolean): void {
   enabled = on;
-}
-
-/** The module on the current wasm backend's memory (instantiated once per memory; allocates nothing). */
-function module(): Run | null {
-  const heap = wasmBackendHeap();
-  if (!heap) return null;
-  if (instance?.memory !== heap.memory) instance = { memory: heap.memory, run: instantiateOn(heap, 'resize-grad').run as Run };
-  return instance.run;
 }
 
 /**
@@ -40,7 +31,7 @@ export function resizeBilinearGradWasm(args: {
   const { images, dy } = args.inputs as { images: tf.TensorInfo; dy: tf.TensorInfo };
   if (!enabled || images.dtype !== 'float32' || dy.dtype !== 'float32') return null;
   if (images.shape.length !== 4 || dy.shape.length !== 4) return null;
-  const run = module();
+  const run = backendModule('resize-grad')?.exports.run as Run | undefined;
   if (!run) return null;
   const [batch, h, w, c] = images.shape as [number, number, number, number];
   const [, H, W] = dy.shape as [number, number, number, number];
