@@ -11,6 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { convFilterGrad, convInputGrad, type ConvGeometry } from './conv.ts';
+import { backendModule } from './backend-memory.ts';
 import { rowTileLength, type WasmHeap } from './host-memory.ts';
 import { resizeBilinearGradWasm } from './resize-grad-wasm.ts';
 
@@ -107,17 +108,28 @@ function sumLeadingAxes(args: KernelArgs): tf.TensorInfo | null {
   return out;
 }
 
+type MaxPoolGradWasm = (...offsetsAndGeometry: number[]) => void;
+
+let maxPoolGradSimd = true;
+
+/** Tests and benchmarks only: false runs maxPoolGrad's JS loop instead of its wasm SIMD (src/ops/wasm/max-pool-grad.wat). */
+export function setMaxPoolGradWasm(on: boolean): void {
+  maxPoolGradSimd = on;
+}
+
 /**
  * Max-pool gradient: each window's dy goes to the window's first maximum in row-major order (PyTorch's
  * choice; padding never counts), contributions to one input position added in output order. Replaces
  * tfjs-wasm's MaxPoolGrad, which is slow (3.5 ms of a 70 ms small-DeepLab step for the stem's 3x3
- * stride-2 pool of a [4,32,64,16] map; 1.4 ms here), takes the last of tied maxima, and is wrong where
+ * stride-2 pool of a [4,32,64,16] map; the JS loop below 1.3 ms, its SIMD 0.24), takes the last of tied maxima, and is wrong where
  * a window holds no positive value: it sends that window's gradient to the window's first element
  * whatever its value (tfjs 4.22; tested). Where maxima are unique and positive the bits are the stock
  * kernel's (tested). Ties are not rare in training: on the synthetic images' flat regions neighbouring
  * ReLU outputs are equal, so runs round differently from the stock kernel's from the first steps on.
- * Channels innermost, contiguous in NHWC. Returns null for what it does not cover (non-float32, NCHW,
- * dilation).
+ * Channels innermost, contiguous in NHWC. The loop below as wasm SIMD on the backend's memory
+ * (src/ops/wasm/max-pool-grad.wat: four channels a step, the same comparisons and float32 adds in the same
+ * order, the same bits; the JS loop runs where the module is unavailable). Returns null for what it does
+ * not cover (non-float32, NCHW, dilation).
  */
 function maxPoolGrad(args: KernelArgs): tf.TensorInfo | null {
   const { dy, input } = args.inputs as { dy: tf.TensorInfo; input: tf.TensorInfo };
@@ -139,6 +151,11 @@ function maxPoolGrad(args: KernelArgs): tf.TensorInfo | null {
   const x = backend.typedArrayFromHeap(input);
   const g = backend.typedArrayFromHeap(dy);
   const dx = backend.typedArrayFromHeap(out);
+  const simd = maxPoolGradSimd ? (backendModule('max-pool-grad')?.exports.grad as MaxPoolGradWasm | undefined) : undefined;
+  if (simd) {
+    simd(x.byteOffset, g.byteOffset, dx.byteOffset, n, h, w, c, oh, ow, fh, fw, sh, sw, top, left);
+    return out;
+  }
   dx.fill(0);
   for (let b = 0; b < n; b++) {
     for (let i = 0; i < oh; i++) {

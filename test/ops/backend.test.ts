@@ -2,8 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend, type BackendRequest } from '../../src/ops/backend.ts';
-import { stockWasmKernel } from '../../src/ops/wasm-kernels.ts';
-import { assertSameBits } from '../helpers.ts';
+import { setMaxPoolGradWasm, stockWasmKernel } from '../../src/ops/wasm-kernels.ts';
+import { assertSameBits, seededValues } from '../helpers.ts';
+import { assertAssembled } from './wasm-assembly.ts';
 
 async function tensorflowInstalled(): Promise<boolean> {
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
@@ -115,7 +116,10 @@ test("wasm MaxPoolGrad sends each window's gradient to its first maximum (a plai
     [[2, 8, 12, 5], 2, 2, 'valid'], // VGG
     [[1, 6, 5, 4], 3, 1, 'same'],
   ];
-  for (const [i, [shape, size, stride, pad]] of cases.entries()) {
+  for (const [i, [shape, size, stride, pad]] of [...cases, ...cases].entries()) {
+    // each case twice: wasm SIMD (the default), then the JS loop
+    const loop = i < cases.length ? 'SIMD' : 'JS loop';
+    setMaxPoolGradWasm(i < cases.length);
     tf.tidy(() => {
       // values on a coarse grid, negative ones too: windows with tied maxima and windows with no positive value
       const x = tf.round(tf.mul(tf.randomNormal(shape, 0, 1, 'float32', 40 + i), 2)) as tf.Tensor4D;
@@ -148,7 +152,7 @@ test("wasm MaxPoolGrad sends each window's gradient to its first maximum (a plai
                 }
               want[at]! += gv[((b * oh + r) * ow + q) * c + k]!;
             }
-      assertSameBits(ours, tf.tensor(want, shape), `[${shape}] pool ${size} stride ${stride} pad ${pad}: against a plain loop`);
+      assertSameBits(ours, tf.tensor(want, shape), `${loop} [${shape}] pool ${size} stride ${stride} pad ${pad}: against a plain loop`);
       // unique positive maxima (continuous values above 0): the stock kernel's bits, same choice, same sums
       const xp = tf.add(tf.abs(tf.randomNormal(shape, 0, 1, 'float32', 60 + i)), 0.1) as tf.Tensor4D;
       const yp = tf.maxPool(xp, size, stride, pad);
@@ -156,10 +160,11 @@ test("wasm MaxPoolGrad sends each window's gradient to its first maximum (a plai
       assertSameBits(
         oursP,
         stockGrad(xp, yp, dy, size, stride, pad),
-        `[${shape}] pool ${size} stride ${stride} pad ${pad}: against the stock kernel`,
+        `${loop} [${shape}] pool ${size} stride ${stride} pad ${pad}: against the stock kernel`,
       );
     });
   }
+  setMaxPoolGradWasm(true);
   // why it is replaced: a window of negative values [-3, -1; -2, -5], maximum -1 (the second element)
   tf.tidy(() => {
     const x = tf.tensor4d([-3, -1, -2, -5], [1, 2, 2, 1]);
@@ -178,6 +183,44 @@ test("wasm MaxPoolGrad sends each window's gradient to its first maximum (a plai
       'the stock kernel (tfjs 4.22) picks the first element',
     );
   });
+});
+
+test('wasm MaxPoolGrad: its SIMD loop (max-pool-grad.wasm) and its JS loop agree bit for bit with NaNs (a first NaN stays the maximum), -0, ties and empty windows; the .wasm is what wabt assembles', async () => {
+  await selectBackend('wasm', { log: () => {} });
+  const cases: [[number, number, number, number], number, number, number | 'same' | 'valid'][] = [
+    [[2, 11, 13, 21], 3, 2, 1], // five steps of four channels and one more
+    [[1, 7, 9, 3], 3, 2, 1], // fewer channels than a step
+    [[2, 6, 6, 8], 2, 2, 'valid'],
+    [[1, 5, 5, 4], 3, 1, 'same'],
+    [[1, 4, 4, 4], 1, 3, 'same'], // 1x1 windows, stride 3
+  ];
+  for (const [i, [shape, size, stride, pad]] of cases.entries()) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    // a coarse grid (ties), with NaN, -0 and -Infinity sprinkled in
+    const v = Float32Array.from(seededValues(n, 70 + i), (x, j) =>
+      j % 17 === 3 ? Number.NaN : j % 13 === 5 ? -0 : j % 29 === 7 ? Number.NEGATIVE_INFINITY : Math.round(2 * x),
+    );
+    const run = (simd: boolean) => {
+      setMaxPoolGradWasm(simd);
+      try {
+        return tf.tidy(() => {
+          const x = tf.tensor4d(v, shape);
+          const dy = tf.tensor4d(seededValues(tf.maxPool(x, size, stride, pad).size, 80 + i), tf.maxPool(x, size, stride, pad).shape);
+          return tf.grad((t: tf.Tensor) => tf.mul(tf.maxPool(t as tf.Tensor4D, size, stride, pad), dy))(x);
+        });
+      } finally {
+        setMaxPoolGradWasm(true);
+      }
+    };
+    const [simd, js] = [run(true), run(false)];
+    assertSameBits(simd, js, `[${shape}] pool ${size} stride ${stride} pad ${pad}: SIMD against the JS loop`);
+    assert.ok(
+      simd.dataSync().some((g) => g !== 0),
+      `[${shape}]: some gradient reaches x`,
+    );
+    tf.dispose([simd, js]);
+  }
+  await assertAssembled('max-pool-grad', { unshared: true });
 });
 
 test('wasm Identity (clone, and every tensor the engine saves for a backward pass) is a second reference, not a copy: no new bytes, the values outlive the original, freed with the last reference', async () => {
