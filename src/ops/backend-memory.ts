@@ -46,7 +46,7 @@ export function wasmBackendHeap(): BackendHeap | null {
 }
 
 /** Instantiates src/ops/wasm/<name>.wasm (or its unshared variant) on `heap`'s memory: its exports. */
-export function instantiateOn(heap: BackendHeap, name: string): Record<string, unknown> {
+function instantiateOn(heap: BackendHeap, name: string): Record<string, unknown> {
   const file = heap.shared ? `${name}.wasm` : `${name}-unshared.wasm`;
   const bytes = readFileSync(new URL(`./wasm/${file}`, import.meta.url));
   return new wasm.Instance(new wasm.Module(bytes), { env: { memory: heap.memory } }).exports;

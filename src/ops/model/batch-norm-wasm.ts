@@ -6,7 +6,7 @@
  * same row order as the JS loops: the same bits (test/ops/batch-norm-host.test.ts compares every element).
  * Channel counts that are not a multiple of 4, and the cpu backend, keep the JS loops.
  */
-import { instantiateOn, wasmBackendHeap, type WasmMemory } from '../backend-memory.ts';
+import { backendModule, wasmBackendHeap, type WasmMemory } from '../backend-memory.ts';
 import { rowTileLength } from '../host-memory.ts';
 import type { InputGradientTerms } from './batch-norm-host.ts';
 
@@ -45,7 +45,7 @@ const MAX_CHANNELS = 8192;
 export function prepareBatchNormWasm(): void {
   const heap = wasmBackendHeap();
   if (!heap || instance?.memory === heap.memory) return;
-  const exports = instantiateOn(heap, 'batch-norm');
+  const { exports } = backendModule('batch-norm')!;
   const bytes = 4 * MAX_CHANNELS * 8;
   const raw = heap.malloc(bytes + 16);
   if (!raw) throw new Error(`batch norm (wasm): the backend's heap has no room for ${bytes} bytes of scratch`);
