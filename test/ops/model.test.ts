@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { deeplabV2, type SegModel } from '../../src/ops/model/deeplab.ts';
 import { discriminator, disposeTrace } from '../../src/ops/model/discriminator.ts';
-import { batchNormLayer, setHostBatchNorm, type BatchNormState } from '../../src/ops/model/layers.ts';
+import { batchNormLayer, setHostBatchNorm, setHostRunningStats, type BatchNormState } from '../../src/ops/model/layers.ts';
 import { ParamStore } from '../../src/ops/model/params.ts';
 import { SGD, gradients } from '../../src/ops/optim.ts';
 import { segCrossEntropy } from '../../src/ops/losses.ts';
@@ -191,6 +191,48 @@ test('trainable BN in training mode: its one-formula gradient (dx, d gamma, d be
 });
 
 for (const backend of ['cpu', 'wasm'] as const) {
+  test(`trainable BN on ${backend}: the running statistics' host loop gives its six kernels' bits over four batches (257 channels, one far from zero)`, async () => {
+    await useBackend(backend);
+    const run = (host: boolean) => {
+      setHostRunningStats(host);
+      try {
+        const store = new ParamStore(0);
+        const state: BatchNormState = { mode: 'trainable', training: true, track: true };
+        const bn = batchNormLayer(store, 'bn', 'backbone', 257, state);
+        tf.tidy(() => {
+          store.get('bn.running_mean').assign(tf.tensor1d(seededValues(257, 5).map((v) => 3 * v)));
+          store.get('bn.running_var').assign(tf.tensor1d(seededValues(257, 6).map((v) => v * v + 0.5)));
+        });
+        for (const seed of [7, 8, 9, 10]) {
+          tf.tidy(() => {
+            const x = tf.tensor4d(
+              seededValues(2 * 3 * 5 * 257, seed).map((v, i) => 2.5 * v + (i % 257 === 4 ? 300 : 0.1)),
+              [2, 3, 5, 257],
+            );
+            bn(x);
+          });
+        }
+        const out = ['running_mean', 'running_var'].map((n) => store.get(`bn.${n}`).dataSync().slice());
+        store.dispose();
+        return out;
+      } finally {
+        setHostRunningStats(true);
+      }
+    };
+    const before = tf.memory().numTensors;
+    const host = run(true);
+    assert.equal(tf.memory().numTensors, before, 'the host loop leaks tensors');
+    const kernels = run(false);
+    for (const [i, name] of ['running mean', 'running var'].entries()) {
+      const k = host[i]!.findIndex((v, j) => !Object.is(v, kernels[i]![j]));
+      assert.equal(k, -1, `${name}[${k}]: ${host[i]![k]} from the loop, ${kernels[i]![k]} from the kernels`);
+    }
+    assert.ok(
+      Math.abs(host[0]![4]! - 0.6561 * 3 * seededValues(257, 5)[4]! - 0.3439 * 300) < 1,
+      `running mean of the offset channel: ${host[0]![4]}`,
+    );
+  });
+
   test(`trainable BN on ${backend}: the host loops equal the tensor formula (output, running statistics, dx, d gamma, d beta), an offset input and a replica sum included`, async () => {
     await useBackend(backend);
     const shape: [number, number, number, number] = [3, 5, 7, 6];

@@ -12,8 +12,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { conv2d, type ConvOptions } from '../conv.ts';
 import { ParamStore, type Initializer, type ParamGroup } from './params.ts';
-import { onHostBackend } from '../host-memory.ts';
-import { hostBatchNorm, hostBatchStats } from './batch-norm-host.ts';
+import { hostTensors, hostView, onHostBackend } from '../host-memory.ts';
+import { hostBatchNorm, hostBatchStats, type HostBatchStats } from './batch-norm-host.ts';
 
 export type BnMode = 'frozen' | 'trainable';
 export type Layer = (x: tf.Tensor4D) => tf.Tensor4D;
@@ -81,16 +81,19 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
     }
     if (hostBatchNormEnabled && onHostBackend()) {
       const stats = hostBatchStats(x, state.sum ?? null);
-      if (state.track)
-        tf.tidy(() =>
-          trackRunning(
-            mean,
-            variance,
-            tf.tensor1d(Float32Array.from(stats.mean)),
-            tf.tensor1d(Float32Array.from(stats.variance)),
-            stats.count,
-          ),
-        );
+      if (state.track) {
+        if (hostRunningStats) trackRunningHost(mean, variance, stats);
+        else
+          tf.tidy(() =>
+            trackRunning(
+              mean,
+              variance,
+              tf.tensor1d(Float32Array.from(stats.mean)),
+              tf.tensor1d(Float32Array.from(stats.variance)),
+              stats.count,
+            ),
+          );
+      }
       return hostBatchNorm(x, stats, gamma as tf.Tensor1D, beta as tf.Tensor1D, BN_EPS, state.sum ?? null);
     }
     const synced = state.sum ? syncedMoments(x, state.sum) : null;
@@ -110,6 +113,34 @@ function trackRunning(mean: tf.Variable, variance: tf.Variable, batchMean: tf.Te
   const unbiased = tf.mul(batchVariance, n / Math.max(1, n - 1));
   mean.assign(tf.add(tf.mul(mean, 1 - BN_MOMENTUM), tf.mul(batchMean, BN_MOMENTUM)));
   variance.assign(tf.add(tf.mul(variance, 1 - BN_MOMENTUM), tf.mul(unbiased, BN_MOMENTUM)));
+}
+
+let hostRunningStats = true;
+
+/** Tests only: false updates the running statistics with tensor ops on the host backends too. */
+export function setHostRunningStats(enabled: boolean): void {
+  hostRunningStats = enabled;
+}
+
+/**
+ * `trackRunning` on the host backends as one loop per layer: its six kernels cost their dispatch on
+ * vectors of a layer's channels (~3 ms a step over the small DeepLab's two passes). The same float32
+ * operations, each rounded as its kernel rounds it (the batch statistics rounded to float32 first, as
+ * `tf.tensor1d` does): the same bits.
+ */
+function trackRunningHost(mean: tf.Variable, variance: tf.Variable, stats: HostBatchStats): void {
+  const f32 = Math.fround;
+  const [keep, rate, unbias] = [f32(1 - BN_MOMENTUM), f32(BN_MOMENTUM), f32(stats.count / Math.max(1, stats.count - 1))];
+  const [m, v] = hostTensors([mean.shape, variance.shape], ([mOut, vOut]) => {
+    const [rm, rv] = [hostView(mean), hostView(variance)];
+    for (let k = 0; k < rm.length; k++) {
+      mOut![k] = f32(rm[k]! * keep) + f32(f32(stats.mean[k]!) * rate);
+      vOut![k] = f32(rv[k]! * keep) + f32(f32(f32(stats.variance[k]!) * unbias) * rate);
+    }
+  });
+  mean.assign(m as tf.Tensor1D);
+  variance.assign(v as tf.Tensor1D);
+  tf.dispose([m!, v!]);
 }
 
 interface SyncedMoments {
