@@ -64,10 +64,15 @@ export function finiteDiff(f: (x: Float32Array) => number, x: Float32Array, indi
 /** Same shape and the same float32 values, element for element (-0 and +0 differ); names the first that differs. */
 export function assertSameBits(actual: tf.Tensor, expected: tf.Tensor, what: string): void {
   assert.deepEqual(actual.shape, expected.shape, `${what}: shape`);
-  const a = actual.dataSync();
-  const e = expected.dataSync();
-  const i = a.findIndex((v, k) => !Object.is(v, e[k]));
-  assert.equal(i, -1, `${what}: element ${i} is ${a[i]}, expected ${e[i]}`);
+  assertSameValues(actual.dataSync(), expected.dataSync(), what);
+}
+
+/** The same length and values, element for element by Object.is (-0 and +0 differ, NaN equals NaN); names the first that differs. */
+export function assertSameValues(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void {
+  assert.equal(actual.length, expected.length, `${what}: length`);
+  for (let i = 0; i < expected.length; i++) {
+    if (!Object.is(actual[i], expected[i])) assert.fail(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]}`);
+  }
 }
 
 /**

@@ -4,8 +4,8 @@ import * as tf from '@tensorflow/tfjs';
 import { hostBatchNorm, hostBatchStats } from '../../src/ops/model/batch-norm-host.ts';
 import { setBatchNormWasm, wasmLoopsFor } from '../../src/ops/model/batch-norm-wasm.ts';
 import { hostView } from '../../src/ops/host-memory.ts';
-import { randTensor, seededValues, useBackend } from '../helpers.ts';
-import { assertAssembled, wasmFile } from './wasm-assembly.ts';
+import { assertSameValues, randTensor, seededValues, useBackend } from '../helpers.ts';
+import { assertAssembled, onFreshMemories } from './wasm-assembly.ts';
 
 /**
  * The batch-norm loops written the plain way: every channel of a row, row after row, sums in float64
@@ -52,13 +52,6 @@ function plainBatchNorm(x: Float32Array, c: number, gamma: Float32Array, beta: F
   return { mean, variance, y, dx, dGamma, dBeta };
 }
 
-function sameBits(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void {
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    if (!Object.is(actual[i], expected[i])) assert.fail(`${what}[${i}]: ${actual[i]} where the plain loop gives ${expected[i]}`);
-  }
-}
-
 for (const [backend, simd] of [
   ['wasm', true],
   ['wasm', false],
@@ -98,8 +91,8 @@ for (const [backend, simd] of [
         eps,
       );
       const stats = hostBatchStats(x, null);
-      sameBits(stats.mean, want.mean, `${what} mean`);
-      sameBits(stats.variance, want.variance, `${what} variance`);
+      assertSameValues(stats.mean, want.mean, `${what} mean`);
+      assertSameValues(stats.variance, want.variance, `${what} variance`);
       assert.equal(stats.count, x.size / c);
       const [y, dx, dGamma, dBeta] = tf.tidy(() => {
         const f = (a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) =>
@@ -108,10 +101,10 @@ for (const [backend, simd] of [
         const grads = tf.grads((a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => f(a, g, b).mul(dy).sum())([x, gamma, beta]);
         return [out, ...grads].map((t) => t.dataSync().slice());
       });
-      sameBits(y!, want.y, `${what} output`);
-      sameBits(dx!, want.dx, `${what} dx`);
-      sameBits(dGamma!, want.dGamma, `${what} d gamma`);
-      sameBits(dBeta!, want.dBeta, `${what} d beta`);
+      assertSameValues(y!, want.y, `${what} output`);
+      assertSameValues(dx!, want.dx, `${what} dx`);
+      assertSameValues(dGamma!, want.dGamma, `${what} d gamma`);
+      assertSameValues(dBeta!, want.dBeta, `${what} d beta`);
       tf.dispose([x, gamma, beta, dy]);
     }
     setBatchNormWasm(true);
@@ -155,19 +148,13 @@ function referenceLoops(x: Float32Array, dy: Float32Array, c: number, terms: Flo
 }
 
 test('batch-norm.wasm (shared memory, the threaded build) and batch-norm-unshared.wasm (one-thread build) give the JS loops bits, and are what wabt assembles from batch-norm.wat', async () => {
-  const wa = (globalThis as unknown as { WebAssembly: any }).WebAssembly;
   const [rows, c, tile] = [1105, 12, 341]; // a partial last tile
   const n = rows * c;
   const x = seededValues(n, 71).map((v) => 3 * v + 0.5);
   const dy = seededValues(n, 72);
   const terms = [73, 74, 75, 76].map((seed) => Float64Array.from(seededValues(c, seed), (v) => v * 1.7));
   const want = referenceLoops(x, dy, c, terms);
-  for (const [file, shared] of [
-    ['batch-norm.wasm', true],
-    ['batch-norm-unshared.wasm', false],
-  ] as const) {
-    const memory = new wa.Memory(shared ? { initial: 8, maximum: 65536, shared: true } : { initial: 8 });
-    const { exports: k } = new wa.Instance(new wa.Module(wasmFile(file)), { env: { memory } });
+  for (const { file, memory, exports: k } of onFreshMemories('batch-norm', 8)) {
     // layout: x, dy, y, dx (float32), then mean, scale, shift, bx (the input gradient's a, b, e, mean order
     // differs: a = scale, b = bx, e = shift, mean), then the sums (f64)
     const [px, pd, py, pdx] = [0, 4 * n, 8 * n, 12 * n];
@@ -197,12 +184,12 @@ test('batch-norm.wasm (shared memory, the threaded build) and batch-norm-unshare
     put(10, mean);
     k.input_grad(pd, px, rows, c, tile, at(7), pdx);
     const get = (i: number) => f64.slice(at(i) / 8, at(i) / 8 + c);
-    sameBits(get(1), want.sums, `${file}: sums`);
-    sameBits(get(2), want.squares, `${file}: squares`);
-    sameBits(f32.slice(py / 4, py / 4 + n), want.y, `${file}: scale_shift`);
-    sameBits(get(5), want.sdy, `${file}: grad_sums dy`);
-    sameBits(get(6), want.sdx, `${file}: grad_sums dy (x - mean)`);
-    sameBits(f32.slice(pdx / 4, pdx / 4 + n), want.dx, `${file}: input_grad`);
+    assertSameValues(get(1), want.sums, `${file}: sums`);
+    assertSameValues(get(2), want.squares, `${file}: squares`);
+    assertSameValues(f32.slice(py / 4, py / 4 + n), want.y, `${file}: scale_shift`);
+    assertSameValues(get(5), want.sdy, `${file}: grad_sums dy`);
+    assertSameValues(get(6), want.sdx, `${file}: grad_sums dy (x - mean)`);
+    assertSameValues(f32.slice(pdx / 4, pdx / 4 + n), want.dx, `${file}: input_grad`);
   }
   await assertAssembled('batch-norm', { unshared: true });
 });

@@ -8,8 +8,8 @@ import * as tf from '@tensorflow/tfjs';
 import { crossEntropyGradWasm, setCrossEntropyWasm } from '../../src/ops/cross-entropy-wasm.ts';
 import { hostView } from '../../src/ops/host-memory.ts';
 import { segCrossEntropy } from '../../src/ops/losses.ts';
-import { seededValues, useBackend } from '../helpers.ts';
-import { assertAssembled, wasmFile } from './wasm-assembly.ts';
+import { assertSameValues, seededValues, useBackend } from '../helpers.ts';
+import { assertAssembled, onFreshMemories } from './wasm-assembly.ts';
 
 /** Labels in 0..k-1 with every fifth pixel ignored (255) and a -1 and a k among them. */
 function labelsFor(n: number, k: number, seed: number): Int32Array {
@@ -29,13 +29,6 @@ function referenceGrad(p: Float32Array, y: Int32Array, w: Float32Array | undefin
     g[i * k + c] = g[i * k + c]! - s;
   }
   return g;
-}
-
-function sameBits(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void {
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    if (!Object.is(actual[i], expected[i])) assert.fail(`${what}[${i}]: ${actual[i]} where the JS loop gives ${expected[i]}`);
-  }
 }
 
 test('segCrossEntropy on wasm: the gradient from the wasm loop has the JS loop bits (19, 8 and 3 classes; temperature, weights, ignored rows)', async () => {
@@ -68,7 +61,7 @@ test('segCrossEntropy on wasm: the gradient from the wasm loop has the JS loop b
       };
       const what = `${k} classes ${JSON.stringify(Object.keys(opts))}`;
       const [js, simd] = [grad(false), grad(true)];
-      sameBits(simd, js, what);
+      assertSameValues(simd, js, what);
       assert.ok(
         js.some((v) => v !== 0),
         `${what}: a gradient that is not all zeros`,
@@ -87,7 +80,7 @@ test('crossEntropyGradWasm takes views of the wasm heap only (not JS arrays, not
     const g = tf.zeros([n, k]);
     const [pv, yv, gv] = [hostView(p), hostView<Int32Array>(y), hostView(g)];
     assert.equal(crossEntropyGradWasm(pv, yv, undefined, k, 0.5, gv), true);
-    sameBits(hostView(g), referenceGrad(hostView(p), hostView<Int32Array>(y), undefined, k, 0.5), 'written in place');
+    assertSameValues(hostView(g), referenceGrad(hostView(p), hostView<Int32Array>(y), undefined, k, 0.5), 'written in place');
     assert.equal(crossEntropyGradWasm(pv.slice(), yv, undefined, k, 0.5, gv), false, 'a copy of p');
     assert.equal(crossEntropyGradWasm(pv, yv, new Float32Array(n), k, 0.5, gv), false, 'weights off the heap');
     setCrossEntropyWasm(false);
@@ -105,13 +98,7 @@ test('crossEntropyGradWasm takes views of the wasm heap only (not JS arrays, not
 });
 
 test('cross-entropy.wasm (shared memory) and cross-entropy-unshared.wasm give the JS loop bits at unaligned offsets; both are what wabt assembles', async () => {
-  const wa = (globalThis as unknown as { WebAssembly: any }).WebAssembly;
-  for (const [file, shared] of [
-    ['cross-entropy.wasm', true],
-    ['cross-entropy-unshared.wasm', false],
-  ] as const) {
-    const memory = new wa.Memory(shared ? { initial: 4, maximum: 65536, shared: true } : { initial: 4 });
-    const { exports: m } = new wa.Instance(new wa.Module(wasmFile(file)), { env: { memory } });
+  for (const { file, memory, exports: m } of onFreshMemories('cross-entropy', 4)) {
     for (const [k, weighted] of [
       [19, false],
       [19, true],
@@ -133,8 +120,8 @@ test('cross-entropy.wasm (shared memory) and cross-entropy-unshared.wasm give th
       const scale = 3 / 1234.5;
       m.grad(pp, py, pw, weighted ? 1 : 0, n, k, scale, pg);
       const what = `${file}: ${k} classes${weighted ? ', weighted' : ''}`;
-      sameBits(f32.slice(pg / 4, pg / 4 + n * k), referenceGrad(p, y, weighted ? w : undefined, k, scale), what);
-      sameBits(f32.slice(pg / 4 + n * k, pg / 4 + n * k + 4), new Float32Array(4).fill(9.25), `${what}: past g`);
+      assertSameValues(f32.slice(pg / 4, pg / 4 + n * k), referenceGrad(p, y, weighted ? w : undefined, k, scale), what);
+      assertSameValues(f32.slice(pg / 4 + n * k, pg / 4 + n * k + 4), new Float32Array(4).fill(9.25), `${what}: past g`);
     }
   }
   await assertAssembled('cross-entropy', { unshared: true });

@@ -8,8 +8,8 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { resizeBilinearGradWasm, setResizeGradWasm } from '../../src/ops/resize-grad-wasm.ts';
 import { stockWasmKernel } from '../../src/ops/wasm-kernels.ts';
-import { seededValues, useBackend } from '../helpers.ts';
-import { assertAssembled, wasmFile } from './wasm-assembly.ts';
+import { assertSameValues, seededValues, useBackend } from '../helpers.ts';
+import { assertAssembled, onFreshMemories } from './wasm-assembly.ts';
 
 type Geometry = { batch: number; h: number; w: number; c: number; H: number; W: number; align: boolean };
 
@@ -71,13 +71,6 @@ function dyValues(g: Geometry, seed: number): Float32Array {
   return v;
 }
 
-function sameBits(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void {
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    if (!Object.is(actual[i], expected[i])) assert.fail(`${what}[${i}]: ${actual[i]} where the reference gives ${expected[i]}`);
-  }
-}
-
 const name = (g: Geometry) => `${g.batch}x${g.h}x${g.w}x${g.c} <- ${g.H}x${g.W}${g.align ? ' aligned' : ''}`;
 
 test("ResizeBilinearGrad on wasm: ours, tfjs-wasm's own kernel and the arithmetic written out agree bit for bit", async () => {
@@ -93,13 +86,13 @@ test("ResizeBilinearGrad on wasm: ours, tfjs-wasm's own kernel and the arithmeti
       const dy = tf.tensor4d(values, [g.batch, g.H, g.W, g.c]);
       const args = { inputs: { images, dy }, backend: tf.backend(), attrs: { alignCorners: g.align } };
       const info = stock.kernelFunc(args as unknown as Parameters<typeof stock.kernelFunc>[0]) as tf.TensorInfo;
-      sameBits(tf.engine().makeTensorFromTensorInfo(info).dataSync(), want, `stock kernel, ${name(g)}`);
+      assertSameValues(tf.engine().makeTensorFromTensorInfo(info).dataSync(), want, `stock kernel, ${name(g)}`);
       const ours = resizeBilinearGradWasm(args);
       assert.ok(ours, `ours takes float32 ${name(g)}`);
-      sameBits(tf.engine().makeTensorFromTensorInfo(ours).dataSync(), want, `ours, ${name(g)}`);
+      assertSameValues(tf.engine().makeTensorFromTensorInfo(ours).dataSync(), want, `ours, ${name(g)}`);
       // through the op's gradient, as training runs it
       const grad = tf.grad((x) => tf.mul(tf.image.resizeBilinear(x as tf.Tensor4D, [g.H, g.W], g.align), dy).sum())(images);
-      sameBits(grad.dataSync(), want, `tf.grad of resizeBilinear, ${name(g)}`);
+      assertSameValues(grad.dataSync(), want, `tf.grad of resizeBilinear, ${name(g)}`);
     });
   }
 });
@@ -132,13 +125,7 @@ test('ResizeBilinearGrad on wasm: int32 images, the switch off and the cpu backe
 });
 
 test('resize-grad.wasm (shared memory) and resize-grad-unshared.wasm zero dx, write nothing outside it (empty dx or dy included) and give the reference bits; both are what wabt assembles', async () => {
-  const wa = (globalThis as unknown as { WebAssembly: any }).WebAssembly;
-  for (const [file, shared] of [
-    ['resize-grad.wasm', true],
-    ['resize-grad-unshared.wasm', false],
-  ] as const) {
-    const memory = new wa.Memory(shared ? { initial: 64, maximum: 65536, shared: true } : { initial: 64 });
-    const { exports: k } = new wa.Instance(new wa.Module(wasmFile(file)), { env: { memory } });
+  for (const { file, memory, exports: k } of onFreshMemories('resize-grad', 64)) {
     // and empty ones (not given to tfjs-wasm's kernel: it would write outside dx for an empty dx)
     const empty: Geometry[] = [
       { batch: 1, h: 0, w: 4, c: 3, H: 5, W: 6, align: true },
@@ -154,9 +141,9 @@ test('resize-grad.wasm (shared memory) and resize-grad-unshared.wasm zero dx, wr
       f32.set(values, pdy / 4);
       f32.fill(7.5, pdx / 4, pdx / 4 + n + 8);
       k.run(pdy, pdx, g.batch, g.H, g.W, g.h, g.w, g.c, g.align ? 1 : 0);
-      sameBits(f32.slice(pdx / 4, pdx / 4 + n), referenceGrad(values, g), `${file}: ${name(g)}`);
-      sameBits(f32.slice(pdx / 4 + n, pdx / 4 + n + 8), new Float32Array(8).fill(7.5), `${file}: past dx, ${name(g)}`);
-      sameBits(f32.slice(pdy / 4, pdy / 4 + values.length), values, `${file}: dy unchanged, ${name(g)}`);
+      assertSameValues(f32.slice(pdx / 4, pdx / 4 + n), referenceGrad(values, g), `${file}: ${name(g)}`);
+      assertSameValues(f32.slice(pdx / 4 + n, pdx / 4 + n + 8), new Float32Array(8).fill(7.5), `${file}: past dx, ${name(g)}`);
+      assertSameValues(f32.slice(pdy / 4, pdy / 4 + values.length), values, `${file}: dy unchanged, ${name(g)}`);
     }
   }
   await assertAssembled('resize-grad', { unshared: true });
