@@ -3,7 +3,7 @@
  * tfjs-wasm's own memory: the softmax, labels and weights are read and the gradient written in place. The
  * JS loop spent ~3 ns an element on it (3.5 ms at 8 x 64 x 128 pixels x 19 classes, each training loss
  * once a step); the module takes four elements a step with the loop's float64 operations: the same bits
- * (test/ops/losses.test.ts compares every element).
+ * (test/ops/cross-entropy-wasm.test.ts compares every element).
  */
 import { backendModule } from './backend-memory.ts';
 

@@ -123,9 +123,10 @@ export function setMaxPoolGradWasm(on: boolean): void {
  * tfjs-wasm's MaxPoolGrad, which is slow (3.5 ms of a 70 ms small-DeepLab step for the stem's 3x3
  * stride-2 pool of a [4,32,64,16] map; the JS loop below 1.3 ms, its SIMD 0.24), takes the last of tied
  * maxima, and is wrong where a window holds no positive value: it sends that window's gradient to the
- * window's first element whatever its value (tfjs 4.22; tested). Where maxima are unique and positive the bits are the stock
- * kernel's (tested). Ties are not rare in training: on the synthetic images' flat regions neighbouring
- * ReLU outputs are equal, so runs round differently from the stock kernel's from the first steps on.
+ * window's first element whatever its value (tfjs 4.22; tested). Where maxima are unique and positive
+ * the bits are the stock kernel's (tested). Ties are not rare in training: on the synthetic images' flat
+ * regions neighbouring ReLU outputs are equal, so runs round differently from the stock kernel's from
+ * the first steps on.
  * Channels innermost, contiguous in NHWC. The loop below as wasm SIMD on the backend's memory
  * (src/ops/wasm/max-pool-grad.wat: four channels a step, the same comparisons and float32 adds in the same
  * order, the same bits; the JS loop runs where the module is unavailable). Returns null for what it does
