@@ -13,6 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 import { convFilterGrad, convInputGrad, type ConvGeometry } from './conv.ts';
 import { backendModule } from './backend-memory.ts';
 import { rowTileLength, type WasmHeap } from './host-memory.ts';
+import { registerReluGradient } from './relu-grad-wasm.ts';
 import { resizeBilinearGradWasm } from './resize-grad-wasm.ts';
 
 type Shape4 = [number, number, number, number];
@@ -275,6 +276,7 @@ export function registerWasmTrainingKernels(): void {
   overrideStock('MaxPoolGrad', maxPoolGrad);
   overrideStock('Identity', aliasIdentity);
   overrideStock('ResizeBilinearGrad', resizeBilinearGradWasm);
+  registerReluGradient();
   if (tf.getKernel('Conv2DBackpropInput', 'wasm')) tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
   if (tf.getKernel('Conv2DBackpropFilter', 'wasm')) tf.unregisterKernel('Conv2DBackpropFilter', 'wasm');
 
