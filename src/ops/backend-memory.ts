@@ -25,6 +25,8 @@ interface EmscriptenModule {
   /** The one-thread build's exports (its memory). */
   asm?: { memory?: WasmMemory };
   _malloc?: (bytes: number) => number;
+  /** The byte view tfjs-wasm's `typedArrayFromHeap` (our `hostView`) makes its views on. */
+  HEAPU8?: { buffer: ArrayBufferLike };
 }
 
 export interface BackendHeap {
@@ -32,6 +34,13 @@ export interface BackendHeap {
   shared: boolean;
   /** Allocates in the backend's heap (may grow it: views taken before are detached). Byte offset, 0 = none. */
   malloc(bytes: number): number;
+  /**
+   * Whether `buffer` is this memory's: `memory.buffer` or the buffer of tfjs-wasm's heap views. A shared
+   * memory hands out more than one SharedArrayBuffer object for itself: right after a kernel thread grew
+   * it, the main thread's heap views and `memory.buffer` were seen on different objects (2 of ~850 batch-norm
+   * calls in 10 steps at two kernel threads), so identity with one of them alone is not enough.
+   */
+  holds(buffer: ArrayBufferLike): boolean;
 }
 
 /** The current backend's heap when it is tfjs-wasm (and its memory can be found), else null. */
@@ -42,7 +51,12 @@ export function wasmBackendHeap(): BackendHeap | null {
   const malloc = module?._malloc;
   if (!memory || typeof malloc !== 'function') return null;
   const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
-  return { memory, shared, malloc: (bytes) => malloc(bytes) };
+  return {
+    memory,
+    shared,
+    malloc: (bytes) => malloc(bytes),
+    holds: (buffer) => buffer === memory.buffer || buffer === module?.HEAPU8?.buffer,
+  };
 }
 
 /** Instantiates src/ops/wasm/<name>.wasm (or its unshared variant) on `heap`'s memory: its exports. */
@@ -55,6 +69,8 @@ function instantiateOn(heap: BackendHeap, name: string): Record<string, unknown>
 export interface BackendModule {
   memory: WasmMemory;
   exports: Record<string, unknown>;
+  /** Whether `buffer` is the memory the module works on (`BackendHeap.holds`). */
+  holds(buffer: ArrayBufferLike): boolean;
 }
 
 const modules = new Map<string, BackendModule>();
@@ -68,7 +84,7 @@ export function backendModule(name: string): BackendModule | null {
   if (!heap) return null;
   let m = modules.get(name);
   if (m?.memory !== heap.memory) {
-    m = { memory: heap.memory, exports: instantiateOn(heap, name) };
+    m = { memory: heap.memory, exports: instantiateOn(heap, name), holds: heap.holds };
     modules.set(name, m);
   }
   return m;

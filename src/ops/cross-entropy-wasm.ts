@@ -32,8 +32,7 @@ export function crossEntropyGradWasm(
   if (!enabled) return false;
   const m = backendModule('cross-entropy');
   if (!m) return false;
-  const heap = m.memory.buffer;
-  if (p.buffer !== heap || y.buffer !== heap || g.buffer !== heap || (w && w.buffer !== heap)) return false;
+  if (!m.holds(p.buffer) || !m.holds(y.buffer) || !m.holds(g.buffer) || (w && !m.holds(w.buffer))) return false;
   (m.exports.grad as Grad)(p.byteOffset, y.byteOffset, w ? w.byteOffset : 0, w ? 1 : 0, y.length, k, scale, g.byteOffset);
   return true;
 }

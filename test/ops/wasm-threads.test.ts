@@ -26,9 +26,9 @@ interface ChildRun {
   weights: Record<string, string>;
 }
 
-function child(kernelThreads: number, replicas: number): ChildRun {
+function child(kernelThreads: number, replicas: number, bn = 'trainable'): ChildRun {
   // the timeout fails a child whose thread pool keeps it alive after its last line
-  const r = spawnSync(process.execPath, [CHILD, '--kernel-threads', String(kernelThreads), '--replicas', String(replicas)], {
+  const r = spawnSync(process.execPath, [CHILD, '--kernel-threads', String(kernelThreads), '--replicas', String(replicas), '--bn', bn], {
     encoding: 'utf8',
     timeout: 60_000,
   });
@@ -63,6 +63,30 @@ test('2 kernel threads train bit-identically to 1, alone and in data-parallel re
   assert.deepEqual(dp2.weights, dp1.weights);
   // data-parallel sums in another order: equal to one replica to float tolerance, not in bits
   for (let i = 0; i < 4; i++) assert.ok(Math.abs(dp1.losses[i]! - one.losses[i]!) < 1e-5 * one.losses[i]!, `step ${i + 1}`);
+});
+
+test("frozen BN: 2 kernel threads train bit-identically to 1 (frozen batch norm's wasm passes on the threaded build's shared memory)", () => {
+  const [one, two] = [child(1, 1, 'frozen'), child(2, 1, 'frozen')];
+  assert.equal(two.kernelThreads, 2);
+  assert.deepEqual(two.losses, one.losses);
+  assert.deepEqual(two.weights, one.weights);
+  assert.ok(one.losses[3]! < one.losses[0]! - 0.01, `losses ${one.losses}`);
+});
+
+test("a shared memory grown behind the heap views' back: the backend still owns their buffer (identity with memory.buffer does not hold), frozen BN's passes run with the formula's bits", () => {
+  const file = fileURLToPath(new URL('../fixtures/shared-heap-child.ts', import.meta.url));
+  const r = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').pop()!), {
+    grown: true,
+    shared: true,
+    identity: false,
+    holds: true,
+    foreign: false,
+    loopsTaken: true,
+    passesRan: true,
+    sameBits: true,
+  });
 });
 
 test('kernel threads: bad requests name what was expected; a backend already started keeps its threads and says so', async () => {

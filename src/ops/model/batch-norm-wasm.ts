@@ -4,7 +4,8 @@
  * unshared memory, the threaded build's shared one), so x, dy and the outputs are read and written in
  * place, no copies. Two f64 lanes, four channels a step, the same float64 operations per channel in the
  * same row order as the JS loops: the same bits (test/ops/batch-norm-host.test.ts compares every element).
- * Channel counts that are not a multiple of 4, and the cpu backend, keep the JS loops.
+ * Channel counts that are not a multiple of 4, and the cpu backend, keep the JS loops. Frozen batch norm's
+ * two float32 passes (frozen-batch-norm.ts: y = x * scale + shift, dx = dy * scale) are in the same module.
  */
 import { backendModule, wasmBackendHeap, type WasmMemory } from '../backend-memory.ts';
 import { rowTileLength } from '../host-memory.ts';
@@ -17,10 +18,14 @@ interface Exports {
   scale_shift(x: I, rows: I, c: I, tile: I, scale: I, shift: I, out: I): void;
   grad_sums(dy: I, x: I, rows: I, c: I, tile: I, mean: I, sdy: I, sdx: I): void;
   input_grad(dy: I, x: I, rows: I, c: I, tile: I, terms: I, out: I): void;
+  affine_f32(x: I, rows: I, c: I, scale: I, shift: I, out: I): void;
+  scale_f32(dy: I, rows: I, c: I, scale: I, out: I): void;
 }
 
 interface Instance {
   memory: WasmMemory;
+  /** Whether a buffer is that memory's (`BackendHeap.holds`). */
+  holds(buffer: ArrayBufferLike): boolean;
   run: Exports;
   /** Byte offset of the f64 scratch in the backend's heap for the per-channel terms (4 x MAX_CHANNELS). */
   scratch: number;
@@ -50,7 +55,7 @@ export function prepareBatchNormWasm(): void {
   const raw = heap.malloc(bytes + 16);
   if (!raw) throw new Error(`batch norm (wasm): the backend's heap has no room for ${bytes} bytes of scratch`);
   // 16-byte aligned: f64 arrays (Float64Array views need 8) read as f64x2 lanes
-  instance = { memory: heap.memory, run: exports as unknown as Exports, scratch: Math.ceil(raw / 16) * 16 };
+  instance = { memory: heap.memory, holds: heap.holds, run: exports as unknown as Exports, scratch: Math.ceil(raw / 16) * 16 };
 }
 
 /**
@@ -60,7 +65,7 @@ export function prepareBatchNormWasm(): void {
  */
 export function wasmLoopsFor(view: Float32Array, c: number): WasmLoops | null {
   if (!enabled || c % 4 !== 0 || c === 0 || c > MAX_CHANNELS || !instance) return null;
-  if (view.buffer !== instance.memory.buffer) return null;
+  if (!instance.holds(view.buffer)) return null;
   return new WasmLoops(instance, c);
 }
 
@@ -111,6 +116,25 @@ export class WasmLoops {
     const [pd, px, po, rows] = [dy.byteOffset, x.byteOffset, out.byteOffset, dy.length / this.c];
     const s = this.scratch([t.a, t.bx, t.c0, t.mean]);
     this.k.run.input_grad(pd, px, rows, this.c, this.tile, s, po);
+  }
+
+  /** Frozen batch norm: out[row, k] = x[row, k] * scale[k] + shift[k], float32 (the product rounded, then the sum). */
+  affine32(x: Float32Array, scale: Float32Array, shift: Float32Array, out: Float32Array): void {
+    const s = this.scratch32([scale, shift]);
+    this.k.run.affine_f32(x.byteOffset, x.length / this.c, this.c, s, s + 4 * this.c, out.byteOffset);
+  }
+
+  /** Frozen batch norm's input gradient: out[row, k] = dy[row, k] * scale[k], float32. */
+  scale32(dy: Float32Array, scale: Float32Array, out: Float32Array): void {
+    const s = this.scratch32([scale]);
+    this.k.run.scale_f32(dy.byteOffset, dy.length / this.c, this.c, s, out.byteOffset);
+  }
+
+  /** Writes float32 `arrays` (c floats each) one after the other into the scratch; its byte offset. */
+  private scratch32(arrays: Float32Array[]): number {
+    const f = new Float32Array(this.k.memory.buffer, this.k.scratch, arrays.length * this.c);
+    arrays.forEach((a, i) => f.set(a, i * this.c));
+    return this.k.scratch;
   }
 
   /** Writes `arrays` (c floats each) one after the other into the scratch; its byte offset. */

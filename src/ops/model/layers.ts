@@ -14,6 +14,7 @@ import { conv2d, type ConvOptions } from '../conv.ts';
 import { ParamStore, type Initializer, type ParamGroup } from './params.ts';
 import { hostTensors, hostView, onHostBackend } from '../host-memory.ts';
 import { hostBatchNorm, hostBatchStats, type HostBatchStats } from './batch-norm-host.ts';
+import { FrozenBatchNorm } from './frozen-batch-norm.ts';
 
 export type BnMode = 'frozen' | 'trainable';
 export type Layer = (x: tf.Tensor4D) => tf.Tensor4D;
@@ -69,13 +70,10 @@ export function batchNormLayer(store: ParamStore, name: string, group: ParamGrou
   const beta = store.add(`${name}.bias`, [channels], group, 'bn-affine', { kind: 'const', value: 0 });
   const mean = store.add(`${name}.running_mean`, [channels], group, 'bn-stat', { kind: 'const', value: 0 });
   const variance = store.add(`${name}.running_var`, [channels], group, 'bn-stat', { kind: 'const', value: 1 });
+  const frozen = new FrozenBatchNorm({ gamma, beta, mean, variance });
   return (x) => {
-    if (state.mode === 'frozen') {
-      // Frozen: an affine map from fixed buffers (gamma/beta are non-trainable in this mode).
-      const scale = tf.mul(gamma, tf.rsqrt(variance));
-      const shift = tf.sub(beta, tf.mul(mean, scale));
-      return tf.add(tf.mul(x, scale), shift) as tf.Tensor4D;
-    }
+    // Frozen: an affine map from fixed buffers (gamma/beta are non-trainable in this mode).
+    if (state.mode === 'frozen') return frozen.apply(x);
     if (!state.training) {
       return tf.batchNorm4d(x, mean as tf.Tensor1D, variance as tf.Tensor1D, beta as tf.Tensor1D, gamma as tf.Tensor1D, BN_EPS);
     }

@@ -10,6 +10,10 @@
 ;;   scale_shift: out[r, k] = x[r, k] * scale[k] + shift[k]
 ;;   grad_sums:   sdy[k] += dy[r, k]; sdx[k] += dy[r, k] * (x[r, k] - mean[k])
 ;;   input_grad:  out[r, k] = a[k] dy[r, k] + b[k] (x[r, k] - mean[k]) + e[k]
+;; and of frozen batch norm, in float32 as tfjs's Multiply and Add kernels round (the product rounded, then
+;; the sum), row by row, four channels a step (scale and shift float32 arrays of `c`; out may be x or dy):
+;;   affine_f32:  out[r, k] = x[r, k] * scale[k] + shift[k]
+;;   scale_f32:   out[r, k] = dy[r, k] * scale[k]
 ;; Offsets in bytes. The memory import is rewritten to an unshared one for tfjs-wasm's one-thread build
 ;; (`npm run build:wasm` assembles both).
 (module
@@ -223,4 +227,40 @@
           (local.set $k (i32.add (local.get $k) (i32.const 4)))
           (br_if $quads (i32.lt_u (local.get $k) (local.get $c))))
         (local.set $t0 (i32.add (local.get $t0) (local.get $n)))
-        (br $tiles)))))
+        (br $tiles))))
+  (func (export "affine_f32") (param $x i32) (param $rows i32) (param $c i32) (param $scale i32) (param $shift i32) (param $out i32)
+    (local $r i32) (local $k i32) (local $stride i32)
+    (local.set $stride (i32.shl (local.get $c) (i32.const 2)))
+    (block $done
+      (loop $rows_
+        (br_if $done (i32.ge_u (local.get $r) (local.get $rows)))
+        (local.set $k (i32.const 0))
+        (loop $quads
+          (v128.store (i32.add (local.get $out) (local.get $k))
+            (f32x4.add
+              (f32x4.mul (v128.load (i32.add (local.get $x) (local.get $k))) (v128.load (i32.add (local.get $scale) (local.get $k))))
+              (v128.load (i32.add (local.get $shift) (local.get $k)))))
+          (local.set $k (i32.add (local.get $k) (i32.const 16)))
+          (br_if $quads (i32.lt_u (local.get $k) (local.get $stride))))
+        (local.set $x (i32.add (local.get $x) (local.get $stride)))
+        (local.set $out (i32.add (local.get $out) (local.get $stride)))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $rows_))))
+
+  (func (export "scale_f32") (param $dy i32) (param $rows i32) (param $c i32) (param $scale i32) (param $out i32)
+    (local $r i32) (local $k i32) (local $stride i32)
+    (local.set $stride (i32.shl (local.get $c) (i32.const 2)))
+    (block $done
+      (loop $rows_
+        (br_if $done (i32.ge_u (local.get $r) (local.get $rows)))
+        (local.set $k (i32.const 0))
+        (loop $quads
+          (v128.store (i32.add (local.get $out) (local.get $k))
+            (f32x4.mul (v128.load (i32.add (local.get $dy) (local.get $k))) (v128.load (i32.add (local.get $scale) (local.get $k)))))
+          (local.set $k (i32.add (local.get $k) (i32.const 16)))
+          (br_if $quads (i32.lt_u (local.get $k) (local.get $stride))))
+        (local.set $dy (i32.add (local.get $dy) (local.get $stride)))
+        (local.set $out (i32.add (local.get $out) (local.get $stride)))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $rows_))))
+)
