@@ -13,6 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 import { convFilterGrad, convInputGrad, type ConvGeometry } from './conv.ts';
 import { backendModule } from './backend-memory.ts';
 import { rowTileLength, type WasmHeap } from './host-memory.ts';
+import { addBiasWasm, sumRowsWasm } from './channel-ops-wasm.ts';
 import { registerReluGradient } from './relu-grad-wasm.ts';
 import { resizeBilinearGradWasm } from './resize-grad-wasm.ts';
 
@@ -74,6 +75,9 @@ function sumLeadingAxes(args: KernelArgs): tf.TensorInfo | null {
   const out = backend.makeOutput(keepDims ? [...x.shape.slice(0, -1).map(() => 1), channels] : [channels], 'float32');
   // views after the allocation (it may grow the heap, which detaches older views)
   const values = backend.typedArrayFromHeap(x);
+  const sums = backend.typedArrayFromHeap(out) as Float32Array;
+  sums.fill(0);
+  if (sumRowsWasm(values as Float32Array, channels, sums)) return out;
   const acc = new Float32Array(channels);
   // a float32 add done in float64 and rounded back (Math.fround) is the float32 add: the stock kernel's
   // bits. Tiles of rows (`rowTileLength`) and four channels at a time with their sums in locals; each channel's
@@ -105,7 +109,7 @@ function sumLeadingAxes(args: KernelArgs): tf.TensorInfo | null {
       acc[c] = s0;
     }
   }
-  backend.typedArrayFromHeap(out).set(acc);
+  sums.set(acc);
   return out;
 }
 
@@ -245,7 +249,7 @@ function aliasIdentity(args: KernelArgs): tf.TensorInfo | null {
   return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
 }
 
-type StockKernel = 'Sum' | 'MaxPoolGrad' | 'Identity' | 'ResizeBilinearGrad';
+type StockKernel = 'Sum' | 'MaxPoolGrad' | 'Identity' | 'ResizeBilinearGrad' | 'Add';
 
 let registered = false;
 /** The stock kernels this module replaced (the tests compare against them). */
@@ -276,6 +280,7 @@ export function registerWasmTrainingKernels(): void {
   overrideStock('MaxPoolGrad', maxPoolGrad);
   overrideStock('Identity', aliasIdentity);
   overrideStock('ResizeBilinearGrad', resizeBilinearGradWasm);
+  overrideStock('Add', addBiasWasm);
   registerReluGradient();
   if (tf.getKernel('Conv2DBackpropInput', 'wasm')) tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
   if (tf.getKernel('Conv2DBackpropFilter', 'wasm')) tf.unregisterKernel('Conv2DBackpropFilter', 'wasm');

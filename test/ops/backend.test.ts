@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend, type BackendRequest } from '../../src/ops/backend.ts';
 import { setMaxPoolGradWasm, stockWasmKernel } from '../../src/ops/wasm-kernels.ts';
+import { setChannelOpsWasm } from '../../src/ops/channel-ops-wasm.ts';
 import { assertSameBits, seededValues } from '../helpers.ts';
 import { assertAssembled } from './wasm-assembly.ts';
 
@@ -56,8 +57,25 @@ test('explicit wasm and cpu switch the backend; an unknown name is rejected', as
   );
 });
 
-test('wasm Sum over the leading axes (batch-norm statistics, bias gradients) gives the bits of the stock kernel without its transpose', async () => {
+test('wasm Sum over the leading axes (batch-norm statistics, bias gradients) gives the bits of the stock kernel without its transpose (wasm SIMD and JS loop)', async () => {
   await selectBackend('wasm', { log: () => {} });
+  for (const simd of [true, false]) {
+    setChannelOpsWasm(simd);
+    try {
+      sumsAgainstStock(simd ? 'SIMD' : 'JS loop');
+    } finally {
+      setChannelOpsWasm(true);
+    }
+  }
+  // other sums keep the stock kernel: innermost, middle axes, int32
+  const x = tf.tensor3d([1, 2, 3, 4, 5, 6, 7, 8], [2, 2, 2]);
+  assert.deepEqual([...tf.sum(x, 2).dataSync()], [3, 7, 11, 15]);
+  assert.deepEqual([...tf.sum(x, 1).dataSync()], [4, 6, 12, 14]);
+  assert.deepEqual([...tf.sum(tf.cast(x, 'int32'), [0, 1]).dataSync()], [16, 20]);
+  x.dispose();
+});
+
+function sumsAgainstStock(how: string): void {
   for (const [i, shape] of [
     [2, 36, 64, 16],
     [4, 9, 16, 64],
@@ -75,7 +93,7 @@ test('wasm Sum over the leading axes (batch-norm statistics, bias gradients) giv
         leading.map((a) => a + 1),
       );
       const ours = tf.sum(x, leading);
-      assertSameBits(ours, stock, `[${shape}]: channel sums against the stock kernel's`);
+      assertSameBits(ours, stock, `${how} [${shape}]: channel sums against the stock kernel's`);
       // and it is the sum: within float32 rounding of a float64 one
       const values = x.dataSync();
       const channels = shape.at(-1)!;
@@ -90,13 +108,7 @@ test('wasm Sum over the leading axes (batch-norm statistics, bias gradients) giv
       assert.deepEqual(tf.sum(x, leading, true).shape, [...leading.map(() => 1), channels]);
     });
   }
-  // other sums keep the stock kernel: innermost, middle axes, int32
-  const x = tf.tensor3d([1, 2, 3, 4, 5, 6, 7, 8], [2, 2, 2]);
-  assert.deepEqual([...tf.sum(x, 2).dataSync()], [3, 7, 11, 15]);
-  assert.deepEqual([...tf.sum(x, 1).dataSync()], [4, 6, 12, 14]);
-  assert.deepEqual([...tf.sum(tf.cast(x, 'int32'), [0, 1]).dataSync()], [16, 20]);
-  x.dispose();
-});
+}
 
 test("wasm MaxPoolGrad sends each window's gradient to its first maximum (a plain loop, bit for bit); the stock kernel's bits where maxima are unique and positive", async () => {
   await selectBackend('wasm', { log: () => {} });
