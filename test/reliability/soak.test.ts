@@ -32,6 +32,11 @@ test('soak (reduced): arrivals are picked up and refreshed in, tfjs tensors flat
       // SIGTERM (a poll every 5 s between training steps; on a slow VM the 18 s it had before fell short)
       '--drain',
       '30',
+      // refreshes on arrivals only: the soak's default also refreshes every 200 steps, and a step-count refresh
+      // that comes first takes the pending images in (trigger 'steps'); how many steps fall between two arrivals
+      // depends on the machine's speed, so with faster steps no refresh was left to the arrivals' trigger
+      '--set',
+      'continuous.refreshEvery=100000',
       '--work',
       join(dir, 'work'),
       '--json',
