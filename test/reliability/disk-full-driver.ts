@@ -12,7 +12,7 @@
  * (`committedState` of the run folder). The test asserts on those lines.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { open, readdir, rm, stat } from 'node:fs/promises';
+import { open, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { freeBytes } from '../../src/io/atomic.ts';
 import { committedState, node, root } from './harness.ts';
@@ -64,6 +64,16 @@ async function files(dir: string): Promise<Record<string, number>> {
   return outFiles;
 }
 
+/** Resolves once process `pid` is stopped (state T in /proc/PID/stat) or has ended. */
+async function stoppedOrGone(pid: number): Promise<void> {
+  for (;;) {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
+    // the state follows the command name in parentheses (which may itself hold spaces or parentheses)
+    if (stat === null || stat.slice(stat.lastIndexOf(')') + 2).startsWith('T')) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 function run(step: Step): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string; filled: number | null }> {
   const child = spawn(node, step.run!, { cwd: root, env: { ...process.env, ...step.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
@@ -76,10 +86,14 @@ function run(step: Step): Promise<{ code: number | null; signal: string | null; 
     stderr += d.toString();
     if (step.fillOnStop && filled === null && /^crash-point: \S+: SIGSTOP$/m.test(stderr)) {
       filled = 0;
-      void fill().then((n) => {
-        filled = n;
-        child.kill('SIGCONT');
-      });
+      // the child prints the line, then stops itself: a SIGCONT sent before it has stopped is lost and the
+      // child stays stopped (seen once in CI under load: killed by the 240 s timer)
+      void stoppedOrGone(child.pid!)
+        .then(fill)
+        .then((n) => {
+          filled = n;
+          child.kill('SIGCONT');
+        });
     }
   });
   const timer = setTimeout(() => child.kill('SIGKILL'), 240_000);
