@@ -59,8 +59,9 @@ function asTensor(info: tf.TensorInfo): tf.Tensor4D {
  * tfjs-wasm's Sum reduces the innermost axes only: a sum over the leading axes of NHWC ([0, 1, 2]: every
  * batch-norm statistic and bias gradient of a training step) transposes the whole tensor first, then
  * adds each channel's values in order. This adds them in the same order (row by row, one float32
- * accumulator per channel) straight from the untransposed input: the same bits, without the copy.
- * Returns null for other sums (the stock kernel runs).
+ * accumulator per channel) straight from the untransposed input: the same bits, without the copy; as wasm
+ * SIMD where src/ops/channel-ops-wasm.ts runs, else the JS loop below. Returns null for other sums (the
+ * stock kernel runs).
  */
 function sumLeadingAxes(args: KernelArgs): tf.TensorInfo | null {
   const x = args.inputs.x!;
