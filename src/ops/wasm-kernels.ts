@@ -79,38 +79,36 @@ function sumLeadingAxes(args: KernelArgs): tf.TensorInfo | null {
   const sums = backend.typedArrayFromHeap(out) as Float32Array;
   sums.fill(0);
   if (sumRowsWasm(values as Float32Array, channels, sums)) return out;
-  const acc = new Float32Array(channels);
-  // a float32 add done in float64 and rounded back (Math.fround) is the float32 add: the stock kernel's
-  // bits. Tiles of rows (`rowTileLength`) and four channels at a time with their sums in locals; each channel's
-  // values still added row by row.
+  // the sums accumulate in the output; a float32 add done in float64 and rounded back (Math.fround) is the
+  // float32 add: the stock kernel's bits. Tiles of rows (`rowTileLength`) and four channels at a time with
+  // their sums in locals; each channel's values still added row by row.
   const tile = rowTileLength(channels);
   const length = rows * channels;
   for (let t0 = 0; t0 < length; t0 += tile) {
     const t1 = Math.min(length, t0 + tile);
     let c = 0;
     for (; c + 4 <= channels; c += 4) {
-      let s0 = acc[c]!;
-      let s1 = acc[c + 1]!;
-      let s2 = acc[c + 2]!;
-      let s3 = acc[c + 3]!;
+      let s0 = sums[c]!;
+      let s1 = sums[c + 1]!;
+      let s2 = sums[c + 2]!;
+      let s3 = sums[c + 3]!;
       for (let k = t0 + c; k < t1; k += channels) {
         s0 = Math.fround(s0 + values[k]!);
         s1 = Math.fround(s1 + values[k + 1]!);
         s2 = Math.fround(s2 + values[k + 2]!);
         s3 = Math.fround(s3 + values[k + 3]!);
       }
-      acc[c] = s0;
-      acc[c + 1] = s1;
-      acc[c + 2] = s2;
-      acc[c + 3] = s3;
+      sums[c] = s0;
+      sums[c + 1] = s1;
+      sums[c + 2] = s2;
+      sums[c + 3] = s3;
     }
     for (; c < channels; c++) {
-      let s0 = acc[c]!;
+      let s0 = sums[c]!;
       for (let k = t0 + c; k < t1; k += channels) s0 = Math.fround(s0 + values[k]!);
-      acc[c] = s0;
+      sums[c] = s0;
     }
   }
-  sums.set(acc);
   return out;
 }
 

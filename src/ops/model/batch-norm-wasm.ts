@@ -120,26 +120,20 @@ export class WasmLoops {
 
   /** Frozen batch norm: out[row, k] = x[row, k] * scale[k] + shift[k], float32 (the product rounded, then the sum). */
   affine32(x: Float32Array, scale: Float32Array, shift: Float32Array, out: Float32Array): void {
-    const s = this.scratch32([scale, shift]);
+    const s = this.scratch([scale, shift]);
     this.k.run.affine_f32(x.byteOffset, x.length / this.c, this.c, s, s + 4 * this.c, out.byteOffset);
   }
 
   /** Frozen batch norm's input gradient: out[row, k] = dy[row, k] * scale[k], float32. */
   scale32(dy: Float32Array, scale: Float32Array, out: Float32Array): void {
-    const s = this.scratch32([scale]);
+    const s = this.scratch([scale]);
     this.k.run.scale_f32(dy.byteOffset, dy.length / this.c, this.c, s, out.byteOffset);
   }
 
-  /** Writes float32 `arrays` (c floats each) one after the other into the scratch; its byte offset. */
-  private scratch32(arrays: Float32Array[]): number {
-    const f = new Float32Array(this.k.memory.buffer, this.k.scratch, arrays.length * this.c);
-    arrays.forEach((a, i) => f.set(a, i * this.c));
-    return this.k.scratch;
-  }
-
-  /** Writes `arrays` (c floats each) one after the other into the scratch; its byte offset. */
-  private scratch(arrays: Float64Array[]): number {
-    const f = new Float64Array(this.k.memory.buffer, this.k.scratch, arrays.length * this.c);
+  /** Writes `arrays` (c values each, all float64 or all float32) one after the other into the scratch; its byte offset. */
+  private scratch(arrays: Float64Array[] | Float32Array[]): number {
+    const [buffer, n] = [this.k.memory.buffer, arrays.length * this.c];
+    const f = arrays[0] instanceof Float32Array ? new Float32Array(buffer, this.k.scratch, n) : new Float64Array(buffer, this.k.scratch, n);
     arrays.forEach((a, i) => f.set(a, i * this.c));
     return this.k.scratch;
   }
