@@ -61,6 +61,24 @@ export function finiteDiff(f: (x: Float32Array) => number, x: Float32Array, indi
   });
 }
 
+/**
+ * `fn`'s result with a module's test switch (`set`, e.g. setReluGradWasm) at `on`; the switch is back on,
+ * every switch's default, once `fn` returns or throws or, for a promise, once it settles.
+ */
+export function withSwitch<T>(set: (on: boolean) => void, on: boolean, fn: () => T): T {
+  set(on);
+  let result: T;
+  try {
+    result = fn();
+  } catch (err) {
+    set(true);
+    throw err;
+  }
+  if (result instanceof Promise) return result.finally(() => set(true)) as T;
+  set(true);
+  return result;
+}
+
 /** Same shape and the same float32 values, element for element (-0 and +0 differ); names the first that differs. */
 export function assertSameBits(actual: tf.Tensor, expected: tf.Tensor, what: string): void {
   assert.deepEqual(actual.shape, expected.shape, `${what}: shape`);

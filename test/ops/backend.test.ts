@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import { selectBackend, type BackendRequest } from '../../src/ops/backend.ts';
 import { setMaxPoolGradWasm, stockWasmKernel } from '../../src/ops/wasm-kernels.ts';
 import { setChannelOpsWasm } from '../../src/ops/channel-ops-wasm.ts';
-import { assertSameBits, seededValues } from '../helpers.ts';
+import { assertSameBits, seededValues, withSwitch } from '../helpers.ts';
 import { assertAssembled } from './wasm-assembly.ts';
 
 async function tensorflowInstalled(): Promise<boolean> {
@@ -59,14 +59,7 @@ test('explicit wasm and cpu switch the backend; an unknown name is rejected', as
 
 test('wasm Sum over the leading axes (batch-norm statistics, bias gradients) gives the bits of the stock kernel without its transpose (wasm SIMD and JS loop)', async () => {
   await selectBackend('wasm', { log: () => {} });
-  for (const simd of [true, false]) {
-    setChannelOpsWasm(simd);
-    try {
-      sumsAgainstStock(simd ? 'SIMD' : 'JS loop');
-    } finally {
-      setChannelOpsWasm(true);
-    }
-  }
+  for (const simd of [true, false]) withSwitch(setChannelOpsWasm, simd, () => sumsAgainstStock(simd ? 'SIMD' : 'JS loop'));
   // other sums keep the stock kernel: innermost, middle axes, int32
   const x = tf.tensor3d([1, 2, 3, 4, 5, 6, 7, 8], [2, 2, 2]);
   assert.deepEqual([...tf.sum(x, 2).dataSync()], [3, 7, 11, 15]);
@@ -212,18 +205,14 @@ test('wasm MaxPoolGrad: its SIMD loop (max-pool-grad.wasm) and its JS loop agree
     const v = Float32Array.from(seededValues(n, 70 + i), (x, j) =>
       j % 17 === 3 ? Number.NaN : j % 13 === 5 ? -0 : j % 29 === 7 ? Number.NEGATIVE_INFINITY : Math.round(2 * x),
     );
-    const run = (simd: boolean) => {
-      setMaxPoolGradWasm(simd);
-      try {
-        return tf.tidy(() => {
+    const run = (simd: boolean) =>
+      withSwitch(setMaxPoolGradWasm, simd, () =>
+        tf.tidy(() => {
           const x = tf.tensor4d(v, shape);
           const dy = tf.tensor4d(seededValues(tf.maxPool(x, size, stride, pad).size, 80 + i), tf.maxPool(x, size, stride, pad).shape);
           return tf.grad((t: tf.Tensor) => tf.mul(tf.maxPool(t as tf.Tensor4D, size, stride, pad), dy))(x);
-        });
-      } finally {
-        setMaxPoolGradWasm(true);
-      }
-    };
+        }),
+      );
     const [simd, js] = [run(true), run(false)];
     assertSameBits(simd, js, `[${shape}] pool ${size} stride ${stride} pad ${pad}: SIMD against the JS loop`);
     assert.ok(

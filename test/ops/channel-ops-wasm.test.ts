@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { addBiasWasm, setChannelOpsWasm } from '../../src/ops/channel-ops-wasm.ts';
-import { assertSameValues, seededValues, useBackend } from '../helpers.ts';
+import { assertSameValues, seededValues, useBackend, withSwitch } from '../helpers.ts';
 import { assertAssembled, onFreshMemories } from './wasm-assembly.ts';
 
 const SPECIAL = [NaN, 0, -0, Infinity, -Infinity, 1e-45, 3e38, -3e38];
@@ -23,14 +23,7 @@ function values(n: number, seed: number): Float32Array {
 
 /** The values of `a + b` with the module on and off (the stock kernel). */
 function addBoth(a: tf.Tensor, b: tf.Tensor): [Float32Array, Float32Array] {
-  const run = (on: boolean) => {
-    setChannelOpsWasm(on);
-    try {
-      return tf.tidy(() => tf.add(a, b).dataSync() as Float32Array).slice();
-    } finally {
-      setChannelOpsWasm(true);
-    }
-  };
+  const run = (on: boolean) => withSwitch(setChannelOpsWasm, on, () => tf.tidy(() => tf.add(a, b).dataSync() as Float32Array).slice());
   return [run(true), run(false)];
 }
 
@@ -83,12 +76,11 @@ test('addBiasWasm takes float32 a + bias of its last dimension only; every other
     assert.equal(take(x, tf.ones([1, 1, 1, 4])), false, 'a bias of higher rank');
     assert.equal(take(x, tf.ones([1])), false, 'a scalar-like [1] over 4 channels');
     assert.equal(take(tf.ones([2, 4], 'int32'), tf.ones([4], 'int32')), false, 'int32');
-    setChannelOpsWasm(false);
-    try {
-      assert.equal(take(x, tf.ones([4])), false, 'switched off');
-    } finally {
-      setChannelOpsWasm(true);
-    }
+    assert.equal(
+      withSwitch(setChannelOpsWasm, false, () => take(x, tf.ones([4]))),
+      false,
+      'switched off',
+    );
     // and those Adds are still right
     assert.deepEqual(Array.from(tf.add(tf.tensor1d([1, 2]), tf.tensor2d([10, 20, 30, 40], [2, 2])).dataSync()), [11, 22, 31, 42]);
   });

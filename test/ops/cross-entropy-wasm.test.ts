@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { crossEntropyGradWasm, setCrossEntropyWasm } from '../../src/ops/cross-entropy-wasm.ts';
 import { hostView } from '../../src/ops/host-memory.ts';
 import { segCrossEntropy } from '../../src/ops/losses.ts';
-import { assertSameValues, seededValues, useBackend } from '../helpers.ts';
+import { assertSameValues, seededValues, useBackend, withSwitch } from '../helpers.ts';
 import { assertAssembled, onFreshMemories } from './wasm-assembly.ts';
 
 /** Labels in 0..k-1 with every fifth pixel ignored (255) and a -1 and a k among them. */
@@ -46,19 +46,15 @@ test('segCrossEntropy on wasm: the gradient from the wasm loop has the JS loop b
       [b, h, w],
     );
     for (const opts of [{}, { temperature: 1.8 }, { pixelWeights }]) {
-      const grad = (simd: boolean) => {
-        setCrossEntropyWasm(simd);
-        try {
-          return tf.tidy(() =>
+      const grad = (simd: boolean) =>
+        withSwitch(setCrossEntropyWasm, simd, () =>
+          tf.tidy(() =>
             tf
               .grad((x) => tf.mul(segCrossEntropy(x as tf.Tensor4D, labels, opts), 3) as tf.Scalar)(logits)
               .dataSync()
               .slice(),
-          );
-        } finally {
-          setCrossEntropyWasm(true);
-        }
-      };
+          ),
+        );
       const what = `${k} classes ${JSON.stringify(Object.keys(opts))}`;
       const [js, simd] = [grad(false), grad(true)];
       assertSameValues(simd, js, what);
@@ -83,12 +79,11 @@ test('crossEntropyGradWasm takes views of the wasm heap only (not JS arrays, not
     assertSameValues(hostView(g), referenceGrad(hostView(p), hostView<Int32Array>(y), undefined, k, 0.5), 'written in place');
     assert.equal(crossEntropyGradWasm(pv.slice(), yv, undefined, k, 0.5, gv), false, 'a copy of p');
     assert.equal(crossEntropyGradWasm(pv, yv, new Float32Array(n), k, 0.5, gv), false, 'weights off the heap');
-    setCrossEntropyWasm(false);
-    try {
-      assert.equal(crossEntropyGradWasm(pv, yv, undefined, k, 0.5, gv), false, 'switched off');
-    } finally {
-      setCrossEntropyWasm(true);
-    }
+    assert.equal(
+      withSwitch(setCrossEntropyWasm, false, () => crossEntropyGradWasm(pv, yv, undefined, k, 0.5, gv)),
+      false,
+      'switched off',
+    );
   });
   await useBackend('cpu');
   tf.tidy(() => {

@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { frozenAffineLoop, setFrozenBatchNormWasm } from '../../src/ops/model/frozen-batch-norm.ts';
 import { batchNormLayer, type BatchNormState } from '../../src/ops/model/layers.ts';
 import { ParamStore } from '../../src/ops/model/params.ts';
-import { assertSameValues, seededValues, useBackend } from '../helpers.ts';
+import { assertSameValues, seededValues, useBackend, withSwitch } from '../helpers.ts';
 import { onFreshMemories } from './wasm-assembly.ts';
 
 const SPECIAL = [NaN, 0, -0, Infinity, -Infinity, 1e-45, -3e38, 3e38];
@@ -45,9 +45,8 @@ function input(shape: number[], seed: number): tf.Tensor4D {
 }
 
 /** y and dL/dx for `dy`, with the switch as given, and the kernels the second of two calls ran. */
-async function run(layer: (x: tf.Tensor4D) => tf.Tensor4D, x: tf.Tensor4D, dy: tf.Tensor4D, wasmPasses: boolean) {
-  setFrozenBatchNormWasm(wasmPasses);
-  try {
+function run(layer: (x: tf.Tensor4D) => tf.Tensor4D, x: tf.Tensor4D, dy: tf.Tensor4D, wasmPasses: boolean) {
+  return withSwitch(setFrozenBatchNormWasm, wasmPasses, async () => {
     const once = () =>
       tf.tidy(() => {
         const y = layer(x).dataSync().slice();
@@ -63,9 +62,7 @@ async function run(layer: (x: tf.Tensor4D) => tf.Tensor4D, x: tf.Tensor4D, dy: t
       result = once();
     });
     return { ...result, kernels: info.kernels.map((k) => k.name) };
-  } finally {
-    setFrozenBatchNormWasm(true);
-  }
+  });
 }
 
 test('frozen batch norm on wasm: y and dL/dx from the wasm passes have the bits of tfjs Multiply and Add (4 to 2048 channels; NaN, infinities, signed zeros; zero and negative variance)', async () => {

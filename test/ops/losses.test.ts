@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { segCrossEntropy, contrastiveLoss, bceWithLogits, normalizeFeatures, setHostCrossEntropy } from '../../src/ops/losses.ts';
-import { useBackend, seededValues, assertClose, finiteDiff } from '../helpers.ts';
+import { assertClose, finiteDiff, seededValues, useBackend, withSwitch } from '../helpers.ts';
 
 type Shape4 = [number, number, number, number];
 
@@ -176,19 +176,15 @@ for (const backend of ['cpu', 'wasm'] as const) {
     );
     const logits = tf.tensor4d(z, shape);
     for (const opts of [{}, { temperature: 1.8 }, { pixelWeights }]) {
-      const run = (host: boolean) => {
-        setHostCrossEntropy(host);
-        try {
-          return tf.tidy(() => {
+      const run = (host: boolean) =>
+        withSwitch(setHostCrossEntropy, host, () =>
+          tf.tidy(() => {
             const { value, grad } = tf.valueAndGrad(
               (x: tf.Tensor) => tf.mul(segCrossEntropy(x as tf.Tensor4D, labels, opts), 3) as tf.Scalar,
             )(logits);
             return { value: value.dataSync()[0]!, grad: grad.dataSync().slice() as Float32Array };
-          });
-        } finally {
-          setHostCrossEntropy(true);
-        }
-      };
+          }),
+        );
       const before = tf.memory().numTensors;
       const host = run(true);
       assert.equal(tf.memory().numTensors, before, 'the host op leaks tensors');

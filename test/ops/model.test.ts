@@ -7,7 +7,7 @@ import { batchNormLayer, setHostBatchNorm, setHostRunningStats, type BatchNormSt
 import { ParamStore } from '../../src/ops/model/params.ts';
 import { SGD, gradients } from '../../src/ops/optim.ts';
 import { segCrossEntropy } from '../../src/ops/losses.ts';
-import { useBackend, seededValues, assertClose, assertSameBits } from '../helpers.ts';
+import { assertClose, assertSameBits, seededValues, useBackend, withSwitch } from '../helpers.ts';
 
 function countParams(m: SegModel, group: 'backbone' | 'classifier'): number {
   let n = 0;
@@ -193,9 +193,8 @@ test('trainable BN in training mode: its one-formula gradient (dx, d gamma, d be
 for (const backend of ['cpu', 'wasm'] as const) {
   test(`trainable BN on ${backend}: the running statistics' host loop gives its six kernels' bits over four batches (257 channels, one far from zero)`, async () => {
     await useBackend(backend);
-    const run = (host: boolean) => {
-      setHostRunningStats(host);
-      try {
+    const run = (host: boolean) =>
+      withSwitch(setHostRunningStats, host, () => {
         const store = new ParamStore(0);
         const state: BatchNormState = { mode: 'trainable', training: true, track: true };
         const bn = batchNormLayer(store, 'bn', 'backbone', 257, state);
@@ -215,10 +214,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
         const out = ['running_mean', 'running_var'].map((n) => store.get(`bn.${n}`).dataSync().slice());
         store.dispose();
         return out;
-      } finally {
-        setHostRunningStats(true);
-      }
-    };
+      });
     const before = tf.memory().numTensors;
     const host = run(true);
     assert.equal(tf.memory().numTensors, before, 'the host loop leaks tensors');

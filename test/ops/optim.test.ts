@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { Adam, SGD, polyLR, setHostUpdates } from '../../src/ops/optim.ts';
 import type { Param } from '../../src/ops/model/params.ts';
-import { useBackend, assertClose, seededValues } from '../helpers.ts';
+import { assertClose, seededValues, useBackend, withSwitch } from '../helpers.ts';
 
 test('poly LR: REFERENCE 2 numbers (final LR 9.97e-5 warm-up/CL, 1.99e-4 SSL) and bad input', () => {
   assert.equal(polyLR(2.5e-4, 0, 62_500), 2.5e-4);
@@ -165,8 +165,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
     };
     const runs = [true, false].map((hostLoop) => {
       const run = make(hostLoop);
-      setHostUpdates(hostLoop);
-      try {
+      withSwitch(setHostUpdates, hostLoop, () => {
         const before = tf.memory().numTensors;
         for (let step = 0; step < 20; step++) {
           run.optimisers.forEach((opt, o) => {
@@ -178,9 +177,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
           });
         }
         assert.equal(tf.memory().numTensors, before, `${hostLoop ? 'host loop' : 'kernels'}: tensors after 20 steps`);
-      } finally {
-        setHostUpdates(true);
-      }
+      });
       return run;
     });
     const [host, kernels] = runs;

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { reluGradWasm, setReluGradWasm } from '../../src/ops/relu-grad-wasm.ts';
-import { assertSameValues, seededValues, useBackend } from '../helpers.ts';
+import { assertSameValues, seededValues, useBackend, withSwitch } from '../helpers.ts';
 import { assertAssembled, onFreshMemories } from './wasm-assembly.ts';
 
 /** A NaN with the sign bit set (JS arithmetic makes only the positive quiet NaN). */
@@ -52,13 +52,7 @@ test('relu on wasm: the gradient from the module has the bits of tfjs Step, Cast
     const x = tf.tensor(valuesWithSpecials(n, 10 + s, 0), shape);
     // dy's specials shifted against x's: every pairing of the ten meets over the shapes
     const dy = tf.tensor(valuesWithSpecials(n, 20 + s, s), shape);
-    setReluGradWasm(false);
-    let stock: Awaited<ReturnType<typeof reluGrad>>;
-    try {
-      stock = await reluGrad(x, dy);
-    } finally {
-      setReluGradWasm(true);
-    }
+    const stock = await withSwitch(setReluGradWasm, false, () => reluGrad(x, dy));
     const ours = await reluGrad(x, dy);
     const what = `shape ${JSON.stringify(shape)}`;
     assert.ok(stock.kernels.includes('Step'), `${what}: switched off, tfjs's Step runs`);
@@ -79,12 +73,11 @@ test('reluGradWasm runs on float32 wasm tensors of one shape only (not int32, no
     assert.ok(reluGradWasm(tf.ones([4]), x) instanceof tf.Tensor);
     assert.equal(reluGradWasm(tf.ones([4], 'int32'), x), null, 'int32 dy');
     assert.equal(reluGradWasm(tf.ones([2, 2]), x), null, 'another shape');
-    setReluGradWasm(false);
-    try {
-      assert.equal(reluGradWasm(tf.ones([4]), x), null, 'switched off');
-    } finally {
-      setReluGradWasm(true);
-    }
+    assert.equal(
+      withSwitch(setReluGradWasm, false, () => reluGradWasm(tf.ones([4]), x)),
+      null,
+      'switched off',
+    );
   });
   await useBackend('cpu');
   tf.tidy(() => {

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { resizeBilinearGradWasm, setResizeGradWasm } from '../../src/ops/resize-grad-wasm.ts';
 import { stockWasmKernel } from '../../src/ops/wasm-kernels.ts';
-import { assertSameValues, seededValues, useBackend } from '../helpers.ts';
+import { assertSameValues, seededValues, useBackend, withSwitch } from '../helpers.ts';
 import { assertAssembled, onFreshMemories } from './wasm-assembly.ts';
 
 type Geometry = { batch: number; h: number; w: number; c: number; H: number; W: number; align: boolean };
@@ -105,12 +105,10 @@ test('ResizeBilinearGrad on wasm: int32 images, the switch off and the cpu backe
     const float = tf.zeros([g.batch, g.h, g.w, g.c]);
     const args = (images: tf.Tensor) => ({ inputs: { images, dy }, backend: tf.backend(), attrs: { alignCorners: true } });
     assert.equal(resizeBilinearGradWasm(args(tf.zeros([g.batch, g.h, g.w, g.c], 'int32'))), null);
-    setResizeGradWasm(false);
-    try {
-      assert.equal(resizeBilinearGradWasm(args(float)), null);
-    } finally {
-      setResizeGradWasm(true);
-    }
+    assert.equal(
+      withSwitch(setResizeGradWasm, false, () => resizeBilinearGradWasm(args(float))),
+      null,
+    );
     assert.notEqual(resizeBilinearGradWasm(args(float)), null);
   });
   await useBackend('cpu');
