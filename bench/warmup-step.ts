@@ -7,6 +7,11 @@
  * the discriminator's own update (a forward + backward pass on the source prediction, a backward pass on
  * the target's: its forward is the adversarial term's, kept).
  *
+ * And what no implementation on this core could beat: D's multiply-adds per step (counted from its
+ * layer shapes) at this core's wasm SIMD multiply-add peak, measured in the same run
+ * (bench/multiply-add-peak.ts), added to the step without D and the target's pass through the net:
+ * `boundRatio`, the lowest ratio a discriminator of this width and input size can have here.
+ *
  *   npm run bench:warmup -- [--batch 4] [--source 72x128] [--target 64x128] [--ndf 16] [--steps 10] [--json]
  */
 import * as tf from '@tensorflow/tfjs';
@@ -18,6 +23,8 @@ import { discriminator, disposeTrace } from '../src/ops/model/discriminator.ts';
 import { Adam, SGD, gradients } from '../src/ops/optim.ts';
 import { warmupStep, type WarmupNets, type WarmupStepOptions } from '../src/methods/warmup.ts';
 import { discriminatorLoss } from '../src/methods/warmup-adversarial-shard.ts';
+import { discriminatorStepMultiplyAdds } from './discriminator-cost.ts';
+import { multiplyAddPeak } from './multiply-add-peak.ts';
 
 const USAGE = `usage: npm run bench:warmup -- [options]
   --batch N        images per domain and step (default 4, the synthetic preset's)
@@ -30,7 +37,8 @@ const USAGE = `usage: npm run bench:warmup -- [options]
   --backend NAME   auto | tensorflow | wasm | cpu (default wasm)
   --json           print one JSON object instead of the table
   -h, --help       this text
-Prints ms per warm-up step without and with the discriminator, the parts of the difference, and the ratios.`;
+Prints ms per warm-up step without and with the discriminator, the parts of the difference, the ratios,
+and the lowest ratio D's arithmetic allows on this core (its multiply-adds at the measured wasm SIMD peak).`;
 
 const cli = parseCli('bench:warmup', USAGE, {
   batch: { type: 'string', default: '4' },
@@ -117,6 +125,10 @@ const trace = disc.trace(probsT);
 const discUpdate = time(() => gradients(() => discriminatorLoss(disc, { source: probsS, target: probsT, trace }), dParams).value);
 disposeTrace(trace);
 const noDisc = a.bn === 'trainable' ? targetStats : sourceOnly;
+const dMultiplyAdds = discriminatorStepMultiplyAdds(classes, ndf, batch, [sh, sw], [th, tw]);
+const peak = multiplyAddPeak();
+/** D's multiply-adds at the fused peak (the faster of the two), in ms. */
+const discAtPeak = dMultiplyAdds / peak.fused / 1e6;
 const result = {
   backend,
   batch,
@@ -130,6 +142,14 @@ const result = {
   ratio: adversarial / noDisc,
   /** The same ratio if the discriminator cost nothing: the source step plus the target's pass through the net. */
   floorRatio: (sourceOnly + targetPass) / noDisc,
+  /** D's multiply-adds in one warm-up step (`discriminatorStepMultiplyAdds`). */
+  discriminatorMultiplyAdds: dMultiplyAdds,
+  /** D's rate in this run: its multiply-adds over the time of its two parts, GMAC/s. */
+  discriminatorGmacPerS: dMultiplyAdds / (discInputGrad + discUpdate) / 1e6,
+  /** This core's wasm SIMD multiply-add peak, measured in this run, GMAC/s (multiply then add; fused). */
+  peakGmacPerS: peak,
+  /** The floor plus D's multiply-adds at the fused peak: no discriminator of this size runs below it here. */
+  boundRatio: (sourceOnly + targetPass + discAtPeak) / noDisc,
 };
 if (a.json) {
   console.log(JSON.stringify(result));
@@ -144,6 +164,10 @@ if (a.json) {
   console.log(`  part: D forward + gradient w.r.t. its input | ${f(discInputGrad)}`);
   console.log(`  part: D update (source forward + backward, target backward) | ${f(discUpdate)}`);
   console.log(`with / without the discriminator: ${result.ratio.toFixed(2)}x; floor if D were free: ${result.floorRatio.toFixed(2)}x`);
+  console.log(
+    `D: ${f(dMultiplyAdds / 1e6)} M multiply-adds a step, ${f(result.discriminatorGmacPerS)} GMAC/s here; this core's wasm SIMD peak ` +
+      `${f(peak.separate)} GMAC/s (multiply, add), ${f(peak.fused)} (fused): D >= ${f(discAtPeak)} ms, ratio >= ${result.boundRatio.toFixed(2)}x`,
+  );
 }
 tf.dispose([source, labels, target, probsS, probsT, weights]);
 opt.dispose();

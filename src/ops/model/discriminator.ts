@@ -11,6 +11,7 @@
  * serves both.
  */
 import * as tf from '@tensorflow/tfjs';
+import { convOutSize } from '../conv.ts';
 import { convLayer, type Layer } from './layers.ts';
 import { ParamStore, torchDefaultBound } from './params.ts';
 
@@ -65,10 +66,30 @@ function explicitPadding(p: number): tf.backend_util.ExplicitPadding {
   ];
 }
 
+/** Channels in and out of D's convs: K, ndf, 2 ndf, 4 ndf, 8 ndf, 1. */
+function discriminatorWidths(numClasses: number, ndf: number): number[] {
+  return [numClasses, ndf, ndf * 2, ndf * 4, ndf * 8, 1];
+}
+
+/**
+ * Multiply-adds of each of D's five convs in one forward pass over `n` softmax maps of h x w (the bias
+ * adds not counted): output pixels x output channels x 16 taps x input channels. Each conv's input
+ * gradient and weight gradient take as many again.
+ */
+export function discriminatorMultiplyAdds(numClasses: number, ndf: number, [n, h, w]: readonly [number, number, number]): number[] {
+  const widths = discriminatorWidths(numClasses, ndf);
+  let [ho, wo] = [h, w];
+  return widths.slice(1).map((cout, i) => {
+    ho = convOutSize(ho, KERNEL, STRIDE, 1, 2 * PAD);
+    wo = convOutSize(wo, KERNEL, STRIDE, 1, 2 * PAD);
+    return n * Math.max(ho, 0) * Math.max(wo, 0) * cout * KERNEL * KERNEL * widths[i]!;
+  });
+}
+
 export function discriminator(cfg: DiscriminatorConfig): Discriminator {
   const ndf = cfg.ndf ?? 64;
   const store = new ParamStore(cfg.seed ?? 0);
-  const widths = [cfg.numClasses, ndf, ndf * 2, ndf * 4, ndf * 8, 1];
+  const widths = discriminatorWidths(cfg.numClasses, ndf);
   const names = ['conv1', 'conv2', 'conv3', 'conv4', 'classifier'];
   const check = (probs: tf.Tensor4D) => {
     if (probs.rank !== 4 || probs.shape[3] !== cfg.numClasses) {
