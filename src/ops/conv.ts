@@ -189,6 +189,7 @@ export function convInputGrad(
       // A 1x1 conv by the transposed filter. (tfjs-wasm's matMul with transposeB is ~6x slower.)
       return tf.conv2d(dy, filter.transpose([0, 1, 3, 2]) as tf.Tensor4D, 1, 'valid');
     }
+    if (matmulColumns && onHostBackend() && takesMatmul(dy.shape, filter.shape)) return matmulInputGrad(dy, filter, inputShape, g);
     if (sh > 1 && sh === sw && dh === 1 && dw === 1) {
       // a kernel that is not a multiple of the stride leaves some phases fewer taps (zeros in the stacked filter)
       const uneven = kh % sh !== 0 || kw % sw !== 0;
@@ -225,6 +226,77 @@ export function convInputGrad(
 
 let hostShuffle = true;
 let filterKernel = true;
+let matmulColumns = true;
+
+/** Tests only: false keeps `convInputGrad` on its convolutions where `matmulInputGrad` would take the call. */
+export function setMatmulInputGrad(enabled: boolean): void {
+  matmulColumns = enabled;
+}
+
+/**
+ * Whether `matmulInputGrad` takes an input gradient on the host backends: a filter wider than 1x1 on a
+ * map of at most twice as many output pixels (all images) as the filter has output channels. Small maps
+ * under wide filters are where the convolutions lose: the filter is rearranged and packed anew on every
+ * call (it is the gradient's "input" there), and a stacked strided filter computes rows no phase keeps.
+ * Measured on wasm, one thread (ms, convolutions / matmul): the paper's discriminator's conv4 (4x4 stride
+ * 2, 256 -> 512 on 8x16, batch 4) 70 / 20, its conv3 30 / 25, the preset's conv4 (64 -> 128) 3.6 / 1.6; a
+ * 3x3 512 -> 512 on 4x8 54.7 / 23.1, 256 -> 256 on 2 x 8x16 17.0 / 11.5; past the line: a 3x3 128 -> 128
+ * on 8 x 8x16 (1024 pixels) 11.4 / 12.9, the discriminator's conv2 (2048 pixels, 128 out) 23 / 27.
+ */
+function takesMatmul(dyShape: readonly number[], filterShape: readonly number[]): boolean {
+  const [n, ho, wo] = dyShape as [number, number, number, number];
+  const [kh, kw, , cout] = filterShape as [number, number, number, number];
+  return (kh > 1 || kw > 1) && n * ho * wo <= 2 * cout;
+}
+
+/**
+ * dL/dx of a conv (any stride, dilation, padding) as one matmul and a scatter: the columns
+ * C[(i, j, ci), p] = sum over co of W[i, j, ci, co] * dy[p, co] (the filter as it lies, [kh*kw*cin, cout],
+ * times dy transposed, [cout, n*ho*wo]: no filter rearranged, only dy's few pixels packed), then each
+ * output pixel p = (b, oy, ox) adds its column of tap (i, j) into dx[b, oy*sh + i*dh - top, ox*sw + j*dw -
+ * left] where that lies inside x (padding drops the rest). Each element of dx is a float32 sum over the
+ * taps in the order (i, j) of matmul sums over the output channels: other roundings than the
+ * convolutions' (one sum over taps and channels), the same at every thread count. Host backends only.
+ */
+function matmulInputGrad(
+  dy: tf.Tensor4D,
+  filter: tf.Tensor4D,
+  [n, h, w, cin]: readonly [number, number, number, number],
+  g: ConvGeometry,
+): tf.Tensor4D {
+  return tf.tidy(() => {
+    const [kh, kw, , cout] = filter.shape;
+    const [, ho, wo] = dy.shape;
+    const pixels = n * ho * wo;
+    const [sh, sw] = g.strides;
+    const [dh, dw] = g.dilations;
+    const [pt, , pl] = g.pad;
+    const columns = tf.matMul(filter.reshape([kh * kw * cin, cout]), dy.reshape([pixels, cout]).transpose());
+    return hostTensor<tf.Rank.R4>([n, h, w, cin], (dx) => {
+      dx.fill(0);
+      const c = hostView(columns);
+      for (let i = 0; i < kh; i++) {
+        for (let j = 0; j < kw; j++) {
+          const tap = (i * kw + j) * cin * pixels;
+          for (let b = 0; b < n; b++) {
+            for (let oy = 0; oy < ho; oy++) {
+              const y = oy * sh + i * dh - pt;
+              if (y < 0 || y >= h) continue;
+              for (let ox = 0; ox < wo; ox++) {
+                const x = ox * sw + j * dw - pl;
+                if (x < 0 || x >= w) continue;
+                const p = (b * ho + oy) * wo + ox;
+                const at = ((b * h + y) * w + x) * cin;
+                // the float32 sum: the double sum of two float32s rounded to float32 by the store
+                for (let ci = 0; ci < cin; ci++) dx[at + ci] = dx[at + ci]! + c[tap + ci * pixels + p]!;
+              }
+            }
+          }
+        }
+      }
+    });
+  });
+}
 
 /** Tests only: false makes `convFilterGrad` use tensor ops on the host backends too, not our wasm kernel. */
 export function setFilterGradKernel(enabled: boolean): void {

@@ -1,8 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { conv2d, convGeometry, convInputGrad, convOutSize, setHostFilterShuffle, type ConvOptions } from '../../src/ops/conv.ts';
-import { useBackend, seededValues, assertClose, finiteDiff } from '../helpers.ts';
+import {
+  conv2d,
+  convGeometry,
+  convInputGrad,
+  convOutSize,
+  setHostFilterShuffle,
+  setMatmulInputGrad,
+  type ConvOptions,
+} from '../../src/ops/conv.ts';
+import { useBackend, seededValues, assertClose, finiteDiff, withSwitch } from '../helpers.ts';
 
 type Pad = 'same' | 'valid' | [[number, number], [number, number], [number, number], [number, number]];
 
@@ -346,3 +354,84 @@ test('conv2d rejects bad shapes and options with clear messages', async () => {
   assert.throws(() => conv2d(x, tf.zeros([3, 3, 3, 1]) as tf.Tensor4D, { pad: -1 }), /pad must be non-negative integers, got -1/);
   tf.dispose(x);
 });
+
+/** dL/dx of a conv in float64, term by term: dx[b, oy*sh + i*dh - top, ox*sw + j*dw - left, ci] += dy[b, oy, ox, co] W[i, j, ci, co]. */
+function inputGradReference(
+  dy: tf.Tensor4D,
+  filter: tf.Tensor4D,
+  [n, h, w, cin]: number[],
+  g: ReturnType<typeof convGeometry>,
+): Float64Array {
+  const [, ho, wo, cout] = dy.shape;
+  const [kh, kw] = filter.shape;
+  const [d, f] = [dy.dataSync(), filter.dataSync()];
+  const dx = new Float64Array(n! * h! * w! * cin!);
+  for (let b = 0; b < n!; b++)
+    for (let oy = 0; oy < ho; oy++)
+      for (let ox = 0; ox < wo; ox++)
+        for (let i = 0; i < kh; i++)
+          for (let j = 0; j < kw; j++) {
+            const y = oy * g.strides[0] + i * g.dilations[0] - g.pad[0];
+            const x = ox * g.strides[1] + j * g.dilations[1] - g.pad[2];
+            if (y < 0 || y >= h! || x < 0 || x >= w!) continue;
+            for (let ci = 0; ci < cin!; ci++)
+              for (let co = 0; co < cout; co++)
+                dx[((b * h! + y) * w! + x) * cin! + ci]! +=
+                  d[((b * ho + oy) * wo + ox) * cout + co]! * f[((i * kw + j) * cin! + ci) * cout + co]!;
+          }
+  return dx;
+}
+
+for (const backend of ['wasm', 'cpu'] as const) {
+  test(`input gradient as one matmul and a scatter on ${backend} (maps of at most 2x the filter's output channels in pixels): exact on integers, close to float64 on reals, convolutions past the line`, async () => {
+    await useBackend(backend);
+    // [x shape, filter shape, options]: the discriminator's 4x4 stride 2 pad 1 at the line (2*4*6 = 48 pixels,
+    // 24 out), 3x3 stride 1, 3x3 stride 2 with a one-sided pad, a dilated 3x3, a 2x3 kernel with strides (2, 1)
+    const cases: [number[], number[], ConvOptions][] = [
+      [[2, 8, 12, 5], [4, 4, 5, 24], { stride: 2, pad: 1 }],
+      [[1, 4, 5, 6], [3, 3, 6, 12], { pad: 1 }],
+      [[1, 7, 9, 3], [3, 3, 3, 10], { stride: 2, pad: [0, 1, 1, 0] }],
+      [[1, 6, 7, 4], [3, 3, 4, 24], { dilation: 2, pad: 2 }],
+      [[1, 6, 5, 3], [2, 3, 3, 8], { stride: [2, 1] }],
+    ];
+    for (const [k, [xs, ws, opts]] of cases.entries()) {
+      const g = convGeometry(opts);
+      const ho = convOutSize(xs[1]!, ws[0]!, g.strides[0], g.dilations[0], g.pad[0] + g.pad[1]);
+      const wo = convOutSize(xs[2]!, ws[1]!, g.strides[1], g.dilations[1], g.pad[2] + g.pad[3]);
+      assert.ok(xs[0]! * ho * wo <= 2 * ws[3]!, `case ${k} is on the matmul's side of the line`);
+      const shape = xs as [number, number, number, number];
+      const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
+      for (const integers of [true, false]) {
+        // small integers: every product and sum exact in float32, whatever the order: the scatter's indexing bit for bit
+        const values = (n: number, seed: number) =>
+          integers ? seededValues(n, seed).map((v) => Math.round(v * 2)) : seededValues(n, seed);
+        const dy = tf.tensor4d(values(xs[0]! * ho * wo * ws[3]!, 70 + k), [xs[0]!, ho, wo, ws[3]!]);
+        const filter = tf.tensor4d(values(size(ws), 90 + k), ws as [number, number, number, number]);
+        const before = tf.memory().numTensors;
+        let dx: tf.Tensor4D | null = null;
+        const { kernels } = await tf.profile(() => {
+          dx = convInputGrad(dy, filter, shape, g);
+        });
+        const names = kernels.map((x) => x.name);
+        assert.ok(names.includes('BatchMatMul') && !names.includes('Conv2D'), `case ${k}: ${names}`);
+        assert.equal(tf.memory().numTensors, before + 1, `case ${k}: only the gradient is left`);
+        const ref = inputGradReference(dy, filter, xs, g);
+        const got = dx!.dataSync();
+        if (integers) assert.deepEqual(Array.from(got), Array.from(ref), `case ${k}: integers`);
+        else assertClose(got, ref, 2e-6, `case ${k}`);
+        const conv = withSwitch(setMatmulInputGrad, false, () => convInputGrad(dy, filter, shape, g));
+        assertClose(conv.dataSync(), ref, 2e-6, `case ${k}: the convolutions`);
+        tf.dispose([dy, filter, dx!, conv]);
+      }
+    }
+    // one pixel past the line (2*4*6 = 48 pixels, 23 out channels): the convolutions
+    const dy = tf.tensor4d(seededValues(48 * 23, 5), [2, 4, 6, 23]);
+    const filter = tf.tensor4d(seededValues(4 * 4 * 5 * 23, 6), [4, 4, 5, 23]);
+    const { kernels } = await tf.profile(() => {
+      convInputGrad(dy, filter, [2, 8, 12, 5], convGeometry({ stride: 2, pad: 1 })).dispose();
+    });
+    const names = kernels.map((x) => x.name);
+    assert.ok(names.includes('Conv2D') && !names.includes('BatchMatMul'), `${names}`);
+    tf.dispose([dy, filter]);
+  });
+}
