@@ -235,18 +235,20 @@ export function setMatmulInputGrad(enabled: boolean): void {
 
 /**
  * Whether `matmulInputGrad` takes an input gradient on the host backends: a filter wider than 1x1 on a
- * map of at most twice as many output pixels (all images) as the filter has output channels. Small maps
- * under wide filters are where the convolutions lose: the filter is rearranged and packed anew on every
- * call (it is the gradient's "input" there), and a stacked strided filter computes rows no phase keeps.
- * Measured on wasm, one thread (ms, convolutions / matmul): the paper's discriminator's conv4 (4x4 stride
- * 2, 256 -> 512 on 8x16, batch 4) 70 / 20, its conv3 30 / 25, the preset's conv4 (64 -> 128) 3.6 / 1.6; a
- * 3x3 512 -> 512 on 4x8 54.7 / 23.1, 256 -> 256 on 2 x 8x16 17.0 / 11.5; past the line: a 3x3 128 -> 128
- * on 8 x 8x16 (1024 pixels) 11.4 / 12.9, the discriminator's conv2 (2048 pixels, 128 out) 23 / 27.
+ * map of at most three times as many output pixels (all images) as the filter has output channels. Small
+ * maps under wide filters are where the convolutions lose: the filter is rearranged and packed anew on
+ * every call (it is the gradient's "input" there), and a stacked strided filter computes rows no phase
+ * keeps. Measured on wasm, one thread (ms, convolutions / matmul; pixels / output channels): the paper's
+ * discriminator's conv4 (4x4 stride 2, 256 -> 512 on 8x16, batch 4; 0.25) 70 / 20, its conv3 on the
+ * target (1) 30 / 25 and on the source (2.25) 48-54 / 30-42, the preset's conv4 (64 -> 128; 1) 3.6 / 1.6;
+ * a 3x3 512 -> 512 on 4x8 (0.25) 54.7 / 23.1; at 4 about even (a 3x3 128 -> 128 on 4 x 8x16: 8.0-9.7 /
+ * 8.0-8.1, a 3x3 stride 2 64 -> 128: 4.8 / 4.3); past it the convolutions win: a 3x3 128 -> 128 on 8 x
+ * 8x16 (8) 11.4 / 12.9, the discriminator's conv2 (16) 23 / 27, a 3x3 64 -> 64 on 4 x 16x32 (32) 5.7 / 9.6.
  */
 function takesMatmul(dyShape: readonly number[], filterShape: readonly number[]): boolean {
   const [n, ho, wo] = dyShape as [number, number, number, number];
   const [kh, kw, , cout] = filterShape as [number, number, number, number];
-  return (kh > 1 || kw > 1) && n * ho * wo <= 2 * cout;
+  return (kh > 1 || kw > 1) && n * ho * wo <= 3 * cout;
 }
 
 /**

@@ -383,12 +383,12 @@ function inputGradReference(
 }
 
 for (const backend of ['wasm', 'cpu'] as const) {
-  test(`input gradient as one matmul and a scatter on ${backend} (maps of at most 2x the filter's output channels in pixels): exact on integers, close to float64 on reals, convolutions past the line`, async () => {
+  test(`input gradient as one matmul and a scatter on ${backend} (maps of at most 3x the filter's output channels in pixels): exact on integers, close to float64 on reals, convolutions past the line`, async () => {
     await useBackend(backend);
     // [x shape, filter shape, options]: the discriminator's 4x4 stride 2 pad 1 at the line (2*4*6 = 48 pixels,
-    // 24 out), 3x3 stride 1, 3x3 stride 2 with a one-sided pad, a dilated 3x3, a 2x3 kernel with strides (2, 1)
+    // 16 out), 3x3 stride 1, 3x3 stride 2 with a one-sided pad, a dilated 3x3, a 2x3 kernel with strides (2, 1)
     const cases: [number[], number[], ConvOptions][] = [
-      [[2, 8, 12, 5], [4, 4, 5, 24], { stride: 2, pad: 1 }],
+      [[2, 8, 12, 5], [4, 4, 5, 16], { stride: 2, pad: 1 }],
       [[1, 4, 5, 6], [3, 3, 6, 12], { pad: 1 }],
       [[1, 7, 9, 3], [3, 3, 3, 10], { stride: 2, pad: [0, 1, 1, 0] }],
       [[1, 6, 7, 4], [3, 3, 4, 24], { dilation: 2, pad: 2 }],
@@ -398,7 +398,7 @@ for (const backend of ['wasm', 'cpu'] as const) {
       const g = convGeometry(opts);
       const ho = convOutSize(xs[1]!, ws[0]!, g.strides[0], g.dilations[0], g.pad[0] + g.pad[1]);
       const wo = convOutSize(xs[2]!, ws[1]!, g.strides[1], g.dilations[1], g.pad[2] + g.pad[3]);
-      assert.ok(xs[0]! * ho * wo <= 2 * ws[3]!, `case ${k} is on the matmul's side of the line`);
+      assert.ok(xs[0]! * ho * wo <= 3 * ws[3]!, `case ${k} is on the matmul's side of the line`);
       const shape = xs as [number, number, number, number];
       const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
       for (const integers of [true, false]) {
@@ -424,9 +424,9 @@ for (const backend of ['wasm', 'cpu'] as const) {
         tf.dispose([dy, filter, dx!, conv]);
       }
     }
-    // one pixel past the line (2*4*6 = 48 pixels, 23 out channels): the convolutions
-    const dy = tf.tensor4d(seededValues(48 * 23, 5), [2, 4, 6, 23]);
-    const filter = tf.tensor4d(seededValues(4 * 4 * 5 * 23, 6), [4, 4, 5, 23]);
+    // past the line (2*4*6 = 48 pixels, 15 out channels: 48 > 45): the convolutions
+    const dy = tf.tensor4d(seededValues(48 * 15, 5), [2, 4, 6, 15]);
+    const filter = tf.tensor4d(seededValues(4 * 4 * 5 * 15, 6), [4, 4, 5, 15]);
     const { kernels } = await tf.profile(() => {
       convInputGrad(dy, filter, [2, 8, 12, 5], convGeometry({ stride: 2, pad: 1 })).dispose();
     });
