@@ -24,6 +24,8 @@ interface ChildRun {
   helperJobs: number[];
   losses: number[];
   weights: Record<string, string>;
+  /** sha256 of an input gradient on conv.ts's matmul path. */
+  wideInputGrad: string;
 }
 
 function child(kernelThreads: number, replicas: number, bn = 'trainable'): ChildRun {
@@ -53,6 +55,9 @@ test('2 kernel threads train bit-identically to 1, alone and in data-parallel re
   assert.deepEqual(two.weights, one.weights);
   // the weights moved: the equality is not that of an idle model
   assert.ok(one.losses[3]! < one.losses[0]! - 0.01, `losses ${one.losses}`);
+  // the matmul input gradient: the same bits with the matmul split over the pool
+  assert.match(one.wideInputGrad, /^[0-9a-f]{64}$/);
+  assert.equal(two.wideInputGrad, one.wideInputGrad);
 
   const dp1 = child(1, 2);
   const dp2 = child(2, 2);
