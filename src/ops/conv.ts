@@ -244,6 +244,7 @@ export function setMatmulInputGrad(enabled: boolean): void {
  * a 3x3 512 -> 512 on 4x8 (0.25) 54.7 / 23.1; at 4 about even (a 3x3 128 -> 128 on 4 x 8x16: 8.0-9.7 /
  * 8.0-8.1, a 3x3 stride 2 64 -> 128: 4.8 / 4.3); past it the convolutions win: a 3x3 128 -> 128 on 8 x
  * 8x16 (8) 11.4 / 12.9, the discriminator's conv2 (16) 23 / 27, a 3x3 64 -> 64 on 4 x 16x32 (32) 5.7 / 9.6.
+ * At two kernel threads (the pool splits both): conv4 65 / 14, conv3 24-29 / 17-18, at 4 and 16 even.
  */
 function takesMatmul(dyShape: readonly number[], filterShape: readonly number[]): boolean {
   const [n, ho, wo] = dyShape as [number, number, number, number];
