@@ -12,7 +12,7 @@
  * (bench/multiply-add-peak.ts), added to the step without D and the target's pass through the net:
  * `boundRatio`, the lowest ratio a discriminator of this width and input size can have here.
  *
- *   npm run bench:warmup -- [--batch 4] [--source 72x128] [--target 64x128] [--ndf 16] [--steps 10] [--json]
+ *   npm run bench:warmup -- [--batch 4] [--source 72x128] [--target 64x128] [--ndf 16] [--steps 10] [--kernel-threads 1] [--json]
  */
 import * as tf from '@tensorflow/tfjs';
 import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
@@ -23,6 +23,7 @@ import { discriminator, disposeTrace } from '../src/ops/model/discriminator.ts';
 import { Adam, SGD, gradients } from '../src/ops/optim.ts';
 import { warmupStep, type WarmupNets, type WarmupStepOptions } from '../src/methods/warmup.ts';
 import { discriminatorLoss } from '../src/methods/warmup-adversarial-shard.ts';
+import { wasmThreadCount } from '../src/ops/wasm-threads.ts';
 import { discriminatorStepMultiplyAdds } from './discriminator-cost.ts';
 import { multiplyAddPeak } from './multiply-add-peak.ts';
 
@@ -35,6 +36,8 @@ const USAGE = `usage: npm run bench:warmup -- [options]
   --bn MODE        trainable (the synthetic preset) | frozen (the paper) (default trainable)
   --steps N        timed steps per variant, median reported (default 10)
   --backend NAME   auto | tensorflow | wasm | cpu (default wasm)
+  --kernel-threads K  wasm kernel threads (tfjs-wasm's threaded build; default 1); the bound then
+                   counts K cores at the one-core peak
   --json           print one JSON object instead of the table
   -h, --help       this text
 Prints ms per warm-up step without and with the discriminator, the parts of the difference, the ratios,
@@ -49,6 +52,7 @@ const cli = parseCli('bench:warmup', USAGE, {
   bn: { type: 'string', default: 'trainable' },
   steps: { type: 'string', default: '10' },
   backend: { type: 'string', default: 'wasm' },
+  'kernel-threads': { type: 'string', default: '1' },
   json: { type: 'boolean', default: false },
 });
 const a = cli.values;
@@ -57,12 +61,15 @@ const batch = int('batch', a.batch);
 const classes = int('classes', a.classes, 2);
 const ndf = int('ndf', a.ndf);
 const steps = int('steps', a.steps);
+const kernelThreadsAsked = int('kernel-threads', a['kernel-threads']);
 const [sh, sw] = parseSize(a.source, 'source', '72x128', cli.fail);
 const [th, tw] = parseSize(a.target, 'target', '64x128', cli.fail);
 if (a.bn !== 'trainable' && a.bn !== 'frozen') cli.fail(`--bn must be trainable or frozen, got '${a.bn}'`);
 if (!BACKEND_REQUESTS.includes(a.backend as BackendRequest))
   cli.fail(`--backend must be one of ${BACKEND_REQUESTS.join(', ')}, got '${a.backend}'`);
-const backend = await selectBackend(a.backend as BackendRequest, { log: () => {} });
+const backend = await selectBackend(a.backend as BackendRequest, { log: () => {}, wasmThreads: kernelThreadsAsked });
+/** The kernel threads the backend runs (1 off wasm, or where the threaded build could not start). */
+const kernelThreads = backend === 'wasm' ? await wasmThreadCount() : 1;
 
 const model = deeplabV2({ backbone: 'small', numClasses: classes, seed: 0, bn: a.bn as 'trainable' | 'frozen' });
 const params = model.trainableParams();
@@ -127,8 +134,8 @@ disposeTrace(trace);
 const noDisc = a.bn === 'trainable' ? targetStats : sourceOnly;
 const dMultiplyAdds = discriminatorStepMultiplyAdds(classes, ndf, batch, [sh, sw], [th, tw]);
 const peak = multiplyAddPeak();
-/** D's multiply-adds at the fused peak (the faster of the two), in ms. */
-const discAtPeak = dMultiplyAdds / peak.fused / 1e6;
+/** D's multiply-adds at the fused peak (the faster of the two) on every kernel thread's core, in ms. */
+const discAtPeak = dMultiplyAdds / (peak.fused * kernelThreads) / 1e6;
 const result = {
   backend,
   batch,
@@ -136,6 +143,7 @@ const result = {
   target: [th, tw],
   ndf,
   bn: a.bn,
+  kernelThreads,
   msPerStep: { sourceOnly, targetStats, adversarial },
   parts: { targetPassThroughNet: targetPass, discriminatorForwardAndInputGradient: discInputGrad, discriminatorUpdate: discUpdate },
   /** The step with the discriminator over the step without it (the preset's: target BN statistics with trainable BN). */
@@ -146,16 +154,19 @@ const result = {
   discriminatorMultiplyAdds: dMultiplyAdds,
   /** D's rate in this run: its multiply-adds over the time of its two parts, GMAC/s. */
   discriminatorGmacPerS: dMultiplyAdds / (discInputGrad + discUpdate) / 1e6,
-  /** This core's wasm SIMD multiply-add peak, measured in this run, GMAC/s (multiply then add; fused). */
+  /** One core's wasm SIMD multiply-add peak, measured in this run, GMAC/s (multiply then add; fused). */
   peakGmacPerS: peak,
-  /** The floor plus D's multiply-adds at the fused peak: no discriminator of this size runs below it here. */
+  /** The floor plus D's multiply-adds at the fused peak of `kernelThreads` cores: no discriminator of this size runs below it here. */
   boundRatio: (sourceOnly + targetPass + discAtPeak) / noDisc,
 };
 if (a.json) {
   console.log(JSON.stringify(result));
 } else {
   const f = (x: number) => x.toFixed(1);
-  console.log(`warm-up step, small DeepLab-v2, ${a.bn} BN, batch ${batch}, source ${sh}x${sw}, target ${th}x${tw}, ndf ${ndf}, ${backend}`);
+  console.log(
+    `warm-up step, small DeepLab-v2, ${a.bn} BN, batch ${batch}, source ${sh}x${sw}, target ${th}x${tw}, ndf ${ndf}, ${backend}` +
+      (kernelThreads > 1 ? `, ${kernelThreads} kernel threads` : ''),
+  );
   console.log(`step | ms (median of ${steps})`);
   console.log(`source CE only (the paper's step without the term) | ${f(sourceOnly)}`);
   console.log(`+ target forward for BN statistics (the synthetic preset's) | ${f(targetStats)}`);
@@ -165,8 +176,8 @@ if (a.json) {
   console.log(`  part: D update (source forward + backward, target backward) | ${f(discUpdate)}`);
   console.log(`with / without the discriminator: ${result.ratio.toFixed(2)}x; floor if D were free: ${result.floorRatio.toFixed(2)}x`);
   console.log(
-    `D: ${f(dMultiplyAdds / 1e6)} M multiply-adds a step, ${f(result.discriminatorGmacPerS)} GMAC/s here; this core's wasm SIMD peak ` +
-      `${f(peak.separate)} GMAC/s (multiply, add), ${f(peak.fused)} (fused): D >= ${f(discAtPeak)} ms, ratio >= ${result.boundRatio.toFixed(2)}x`,
+    `D: ${f(dMultiplyAdds / 1e6)} M multiply-adds a step, ${f(result.discriminatorGmacPerS)} GMAC/s here; one core's wasm SIMD peak ` +
+      `${f(peak.separate)} GMAC/s (multiply, add), ${f(peak.fused)} (fused): D >= ${f(discAtPeak)} ms on ${kernelThreads} core(s), ratio >= ${result.boundRatio.toFixed(2)}x`,
   );
 }
 tf.dispose([source, labels, target, probsS, probsT, weights]);

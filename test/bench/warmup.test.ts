@@ -128,7 +128,7 @@ test('the multiply-add peak loops: 66 + 12 n c with m = 1 in both, the committed
   assert.ok(peak.separate > 0.1 && peak.fused > 0.1, JSON.stringify(peak));
 });
 
-test('bench:warmup --json: D counted for the sizes asked, its bound recomputed from the report', () => {
+test('bench:warmup --json at 2 kernel threads: D counted for the sizes asked, its bound recomputed from the report', () => {
   const r = spawnSync(
     process.execPath,
     [
@@ -145,6 +145,8 @@ test('bench:warmup --json: D counted for the sizes asked, its bound recomputed f
       '4',
       '--steps',
       '1',
+      '--kernel-threads',
+      '2',
       '--json',
     ],
     { cwd: root, encoding: 'utf8', timeout: 120_000 },
@@ -155,7 +157,9 @@ test('bench:warmup --json: D counted for the sizes asked, its bound recomputed f
   const { sourceOnly, targetStats } = out.msPerStep;
   const { targetPassThroughNet, discriminatorForwardAndInputGradient, discriminatorUpdate } = out.parts;
   assert.ok(out.peakGmacPerS.separate > 0 && out.peakGmacPerS.fused > 0);
-  const atPeak = out.discriminatorMultiplyAdds / out.peakGmacPerS.fused / 1e6;
+  assert.equal(out.kernelThreads, 2);
+  // D at the fused peak of one core, on each of the two kernel threads' cores
+  const atPeak = out.discriminatorMultiplyAdds / (out.peakGmacPerS.fused * 2) / 1e6;
   assert.ok(Math.abs(out.boundRatio - (sourceOnly + targetPassThroughNet + atPeak) / targetStats) < 1e-12);
   assert.ok(
     Math.abs(
