@@ -1,20 +1,23 @@
 /**
- * The gradient of ReLU on the wasm backend as one wasm SIMD pass (src/ops/wasm/relu-grad.wat) on
- * tfjs-wasm's own memory. tfjs-core's gradient, mul(dy, cast(step(x), 'float32')), is three kernels and
- * three passes over the activations (Step, a float32 Cast that copies, Multiply: ~3 ms of a 100 ms step of
- * the small DeepLab, batch 8, 64x128); the module computes the same products in one: the same bits
+ * The gradients of ReLU and LeakyReLU on the wasm backend as one wasm SIMD pass each
+ * (src/ops/wasm/relu-grad.wat) on tfjs-wasm's own memory. tfjs-core's ReLU gradient, mul(dy, cast(step(x),
+ * 'float32')), is three kernels and three passes over the activations (Step, a float32 Cast that copies,
+ * Multiply: ~3 ms of a 100 ms step of the small DeepLab, batch 8, 64x128); its LeakyReLU gradient,
+ * where(greater(x, 0), dy, mul(dy, alpha)), three more (Greater, Multiply, Select: the discriminator's, ~30
+ * ms of a 750 ms step at the paper's width). The module computes the same values in one pass: the same bits
  * (test/ops/relu-grad-wasm.test.ts compares every element, NaN, infinities and signed zeros included).
- * Other backends, other dtypes and the switch off keep tfjs's formula.
+ * Other backends, other dtypes and the switch off keep tfjs's formulas.
  */
 import * as tf from '@tensorflow/tfjs';
 import { backendModule } from './backend-memory.ts';
 import { hostTensor, hostView } from './host-memory.ts';
 
 type Run = (dy: number, x: number, n: number, out: number) => void;
+type Leaky = (dy: number, x: number, n: number, out: number, alpha: number) => void;
 
 let enabled = true;
 
-/** Tests and benchmarks only: false leaves the gradient to tfjs's three kernels. */
+/** Tests and benchmarks only: false leaves the gradients to tfjs's three kernels each. */
 export function setReluGradWasm(on: boolean): void {
   enabled = on;
 }
@@ -34,16 +37,43 @@ export function reluGradWasm(dy: tf.Tensor, x: tf.Tensor): tf.Tensor | null {
   });
 }
 
+/**
+ * dL/dx of leakyRelu(x, alpha) from `dy` by the module, or null (tfjs's formula applies): as `reluGradWasm`.
+ */
+export function leakyReluGradWasm(dy: tf.Tensor, x: tf.Tensor, alpha: number): tf.Tensor | null {
+  if (!enabled || dy.dtype !== 'float32' || x.dtype !== 'float32') return null;
+  if (!tf.util.arraysEqual(dy.shape, x.shape)) return null;
+  const leaky = backendModule('relu-grad')?.exports.leaky as Leaky | undefined;
+  if (!leaky) return null;
+  return hostTensor(x.shape, (out) => {
+    // alpha travels as f32: the float32 scalar tf.mul(dy, alpha) multiplies by
+    leaky(hostView(dy).byteOffset, hostView(x).byteOffset, x.size, out.byteOffset, alpha);
+  });
+}
+
+/** tfjs-core's gradient of LeakyRelu (its LeakyRelu_grad.js). */
+function stockLeakyReluGrad(dy: tf.Tensor, x: tf.Tensor, alpha: number): tf.Tensor {
+  return tf.where(tf.greater(x, 0), dy, tf.mul(dy, alpha));
+}
+
+/**
+ * dL/dx of leakyRelu(x, alpha) from `dy`: the module on wasm, tfjs's formula elsewhere. What the registered
+ * LeakyRelu gradient runs, for code that takes a backward pass by hand (the discriminator's trace).
+ */
+export function leakyReluGrad(dy: tf.Tensor, x: tf.Tensor, alpha: number): tf.Tensor {
+  return leakyReluGradWasm(dy, x, alpha) ?? stockLeakyReluGrad(dy, x, alpha);
+}
+
 /** tfjs-core's gradient of Relu (its Relu_grad.js). */
 function stockReluGrad(dy: tf.Tensor, x: tf.Tensor): tf.Tensor {
   return tf.mul(dy, tf.cast(tf.step(x), 'float32'));
 }
 
 /**
- * Registers Relu's gradient with the module on wasm and tfjs's formula elsewhere, over tfjs-core's (the
- * gradient registry is global; the formula is the same on every backend). Idempotent.
+ * Registers Relu's and LeakyRelu's gradients with the module on wasm and tfjs's formulas elsewhere, over
+ * tfjs-core's (the gradient registry is global; the formulas are the same on every backend). Idempotent.
  */
-export function registerReluGradient(): void {
+export function registerReluGradients(): void {
   tf.registerGradient({
     kernelName: 'Relu',
     inputsToSave: ['x'],
@@ -51,6 +81,16 @@ export function registerReluGradient(): void {
       const [x] = saved as [tf.Tensor];
       const g = dy as tf.Tensor;
       return { x: () => reluGradWasm(g, x) ?? stockReluGrad(g, x) };
+    },
+  });
+  tf.registerGradient({
+    kernelName: 'LeakyRelu',
+    inputsToSave: ['x'],
+    gradFunc: (dy, saved, attrs) => {
+      const [x] = saved as [tf.Tensor];
+      const { alpha } = attrs as unknown as { alpha: number };
+      const g = dy as tf.Tensor;
+      return { x: () => leakyReluGrad(g, x, alpha) };
     },
   });
 }

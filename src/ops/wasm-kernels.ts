@@ -14,7 +14,7 @@ import { convFilterGrad, convInputGrad, type ConvGeometry } from './conv.ts';
 import { backendModule } from './backend-memory.ts';
 import { rowTileLength, type WasmHeap } from './host-memory.ts';
 import { addBiasWasm, sumRowsWasm } from './channel-ops-wasm.ts';
-import { registerReluGradient } from './relu-grad-wasm.ts';
+import { registerReluGradients } from './relu-grad-wasm.ts';
 import { resizeBilinearGradWasm } from './resize-grad-wasm.ts';
 
 type Shape4 = [number, number, number, number];
@@ -280,7 +280,7 @@ export function registerWasmTrainingKernels(): void {
   overrideStock('Identity', aliasIdentity);
   overrideStock('ResizeBilinearGrad', resizeBilinearGradWasm);
   overrideStock('Add', addBiasWasm);
-  registerReluGradient();
+  registerReluGradients();
   if (tf.getKernel('Conv2DBackpropInput', 'wasm')) tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
   if (tf.getKernel('Conv2DBackpropFilter', 'wasm')) tf.unregisterKernel('Conv2DBackpropFilter', 'wasm');
 

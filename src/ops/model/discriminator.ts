@@ -12,6 +12,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { convOutSize } from '../conv.ts';
+import { leakyReluGrad } from '../relu-grad-wasm.ts';
 import { convLayer, type Layer } from './layers.ts';
 import { ParamStore, torchDefaultBound } from './params.ts';
 
@@ -113,7 +114,8 @@ export function discriminator(cfg: DiscriminatorConfig): Discriminator {
   /**
    * The backward of a traced forward, op for op what tfjs's gradients of conv2d (Conv2DBackpropInput /
    * Conv2DBackpropFilter kernels), the bias add (sum over the broadcast axes) and LeakyReLU
-   * (where(x > 0, dy, dy * slope)) compute. `weights`: collect the weights' gradients; `input`: carry
+   * (where(x > 0, dy, dy * slope): `leakyReluGrad`, the registered gradient's function) compute.
+   * `weights`: collect the weights' gradients; `input`: carry
    * the gradient down to D's input.
    */
   const backward = (t: DiscriminatorTrace, dLogits: tf.Tensor4D, weights: boolean, input: boolean) =>
@@ -131,7 +133,7 @@ export function discriminator(cfg: DiscriminatorConfig): Discriminator {
         }
         if (i === 0 && !input) break;
         const dx = tf.engine().runKernel('Conv2DBackpropInput', { dy, filter: w }, { ...GEOMETRY, inputShape: x.shape }) as tf.Tensor4D;
-        dy = i === 0 ? dx : (tf.where(tf.greater(t.pre[i - 1]!, 0), dx, tf.mul(dx, SLOPE)) as tf.Tensor4D);
+        dy = i === 0 ? dx : (leakyReluGrad(dx, t.pre[i - 1]!, SLOPE) as tf.Tensor4D);
       }
       return { grads, dx: input ? dy : undefined };
     });
