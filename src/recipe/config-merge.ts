@@ -4,6 +4,7 @@
  * constraints by `checkConfig`. Errors name the source, the key, the value and what was expected.
  */
 import type { SpclConfig } from './config.ts';
+import { discriminatorMaps } from '../ops/model/discriminator.ts';
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
@@ -198,5 +199,18 @@ export function checkConfig(cfg: SpclConfig): void {
   }
   if (cfg.checkpoint.select === 'best-val' && !cfg.data.targetVal) {
     throw new Error("config: checkpoint.select 'best-val' needs data.targetVal (a labelled target validation set)");
+  }
+  if (cfg.warmup.lambdaAdv > 0) {
+    // the warm-up's discriminator runs on the source and target predictions at their crop sizes
+    for (const key of ['source', 'target'] as const) {
+      const [h, w] = cfg.size[key];
+      const [ph, pw] = discriminatorMaps([h, w]).at(-1)!;
+      if (ph < 1 || pw < 1) {
+        throw new Error(
+          `config: size.${key} [${h}, ${w}] is too small for the warm-up's discriminator (warmup.lambdaAdv ${cfg.warmup.lambdaAdv} > 0): ` +
+            `its five 4x4 stride-2 convs leave a ${ph}x${pw} patch map; it needs at least 32 pixels a side (or warmup.lambdaAdv 0)`,
+        );
+      }
+    }
   }
 }

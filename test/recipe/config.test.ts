@@ -117,6 +117,22 @@ test('cross-field checks: poly horizon, required data folders, best-val needs a 
   checkConfig(quick(base()));
 });
 
+test('cross-field check: with the adversarial warm-up, both crop sizes must leave the discriminator a patch (32 pixels a side), naming the key', () => {
+  const adv = (size: Record<string, [number, number]>, lambdaAdv = 0.001) => mergeConfig(base(), { warmup: { lambdaAdv }, size }, 'f');
+  assert.throws(
+    () => checkConfig(adv({ target: [16, 32] })),
+    /^Error: config: size\.target \[16, 32\] is too small for the warm-up's discriminator \(warmup\.lambdaAdv 0\.001 > 0\): its five 4x4 stride-2 convs leave a 0x1 patch map; it needs at least 32 pixels a side \(or warmup\.lambdaAdv 0\)$/,
+  );
+  assert.throws(
+    () => checkConfig(adv({ source: [72, 31] })),
+    /^Error: config: size\.source \[72, 31\] is too small .* leave a 2x0 patch map;/,
+  );
+  // 32 pixels a side is the least: 16, 8, 4, 2, 1
+  checkConfig(adv({ source: [32, 32], target: [32, 33] }));
+  // no discriminator, no limit beyond the sizes' own rule
+  checkConfig(adv({ source: [16, 16], target: [16, 16] }, 0));
+});
+
 test('--set parses JSON values, falls back to strings, nests dotted keys; a valid merge changes only that key', () => {
   assert.deepEqual(parseSet('spcl.lambda=0.5'), { spcl: { lambda: 0.5 } });
   assert.deepEqual(parseSet('out=runs/x'), { out: 'runs/x' });

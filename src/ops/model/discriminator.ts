@@ -79,11 +79,19 @@ function discriminatorWidths(numClasses: number, ndf: number): number[] {
  */
 export function discriminatorMultiplyAdds(numClasses: number, ndf: number, [n, h, w]: readonly [number, number, number]): number[] {
   const widths = discriminatorWidths(numClasses, ndf);
+  return discriminatorMaps([h, w]).map(([ho, wo], i) => n * ho * wo * widths[i + 1]! * KERNEL * KERNEL * widths[i]!);
+}
+
+/**
+ * The output size of each of D's five convs on an h x w input (4x4, stride 2, pad 1: floor(side / 2) each
+ * time), 0 once a side is used up: the last is D's patch map, at least 1x1 only from 32x32 on.
+ */
+export function discriminatorMaps([h, w]: readonly [number, number]): [number, number][] {
   let [ho, wo] = [h, w];
-  return widths.slice(1).map((cout, i) => {
-    ho = convOutSize(ho, KERNEL, STRIDE, 1, 2 * PAD);
-    wo = convOutSize(wo, KERNEL, STRIDE, 1, 2 * PAD);
-    return n * Math.max(ho, 0) * Math.max(wo, 0) * cout * KERNEL * KERNEL * widths[i]!;
+  return Array.from({ length: 5 }, () => {
+    ho = Math.max(convOutSize(ho, KERNEL, STRIDE, 1, 2 * PAD), 0);
+    wo = Math.max(convOutSize(wo, KERNEL, STRIDE, 1, 2 * PAD), 0);
+    return [ho, wo] as [number, number];
   });
 }
 
