@@ -19,7 +19,7 @@ import { parseCli, parseIntFlag, parseSize } from '../src/cli.ts';
 import { selectBackend, BACKEND_REQUESTS, type BackendRequest } from '../src/ops/backend.ts';
 import { bceWithLogits } from '../src/ops/losses.ts';
 import { deeplabV2 } from '../src/ops/model/deeplab.ts';
-import { discriminator, disposeTrace } from '../src/ops/model/discriminator.ts';
+import { discriminator, discriminatorMaps, disposeTrace } from '../src/ops/model/discriminator.ts';
 import { Adam, SGD, gradients } from '../src/ops/optim.ts';
 import { warmupStep, type WarmupNets, type WarmupStepOptions } from '../src/methods/warmup.ts';
 import { discriminatorLoss } from '../src/methods/warmup-adversarial-shard.ts';
@@ -65,6 +65,14 @@ const kernelThreadsAsked = int('kernel-threads', a['kernel-threads']);
 const [sh, sw] = parseSize(a.source, 'source', '72x128', cli.fail);
 const [th, tw] = parseSize(a.target, 'target', '64x128', cli.fail);
 if (a.bn !== 'trainable' && a.bn !== 'frozen') cli.fail(`--bn must be trainable or frozen, got '${a.bn}'`);
+for (const [flag, size] of [
+  ['source', [sh, sw]],
+  ['target', [th, tw]],
+] as const) {
+  const [ph, pw] = discriminatorMaps(size).at(-1)!;
+  if (ph < 1 || pw < 1)
+    cli.fail(`--${flag} ${size[0]}x${size[1]} leaves the discriminator a ${ph}x${pw} patch map: at least 32 pixels a side`);
+}
 if (!BACKEND_REQUESTS.includes(a.backend as BackendRequest))
   cli.fail(`--backend must be one of ${BACKEND_REQUESTS.join(', ')}, got '${a.backend}'`);
 const backend = await selectBackend(a.backend as BackendRequest, { log: () => {}, wasmThreads: kernelThreadsAsked });

@@ -168,3 +168,14 @@ test('bench:warmup --json at 2 kernel threads: D counted for the sizes asked, it
   );
   assert.ok(out.boundRatio > out.floorRatio);
 });
+
+test('bench:warmup refuses a crop that leaves the discriminator no patch, naming the flag (exit 2, before any backend starts)', () => {
+  const r = spawnSync(process.execPath, [join(root, 'bench/warmup-step.ts'), '--target', '16x32', '--steps', '1'], {
+    cwd: root,
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  assert.equal(r.status, 2, r.stderr);
+  assert.equal(r.stderr.split('\n')[0], 'bench:warmup: --target 16x32 leaves the discriminator a 0x1 patch map: at least 32 pixels a side');
+  assert.equal(r.stdout, '');
+});
