@@ -8,7 +8,6 @@ import { discriminatorMaps } from '../ops/model/discriminator.ts';
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
-/** Value rules beyond the type of the default: [predicate, what is expected]. */
 /** A value rule: [predicate, what is expected (the error message's words)]. */
 export type Rule = [(v: unknown) => boolean, string];
 
@@ -71,6 +70,14 @@ for (const k of ['continuous.steps', 'continuous.refreshEvery', 'continuous.refr
 }
 RULES['continuous.pollSeconds'] = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number of seconds > 0'];
 RULES['continuous.settleSeconds'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number of seconds >= 0'];
+RULES['optimizer.momentum'] = [(v) => (v as number) >= 0 && (v as number) < 1, 'a number in [0, 1) (the paper: 0.9)'];
+RULES['optimizer.weightDecay'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (the paper: 5e-4)'];
+RULES['optimizer.classifierLrMult'] = POSITIVE;
+RULES['warmup.lambdaAdv'] = [
+  (v) => (v as number) >= 0 && Number.isFinite(v),
+  'a number >= 0 (0 = no discriminator, the synthetic preset; the paper: 0.001)',
+];
+RULES['spcl.lambda'] = [(v) => (v as number) >= 0 && Number.isFinite(v), "a number >= 0 (the contrastive terms' weight; the paper: 1)"];
 RULES['ssl.sourceWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (0 = no source batch, the paper)'];
 RULES['ssl.pseudoWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (1 = the paper; 0 = no pseudo-label term)'];
 RULES['continuous.teacherAlpha'] = [(v) => (v as number) >= 0 && (v as number) < 1, 'a number in [0, 1)'];

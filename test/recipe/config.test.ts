@@ -18,6 +18,27 @@ test('every config mistake names the key, the value and what was expected (table
     ['tiny size', { size: { eval: [8, 8] } }, /^Error: f: size\.eval must be \[height, width\], integers >= 16, got \[8,8\]$/],
     ['backend', { backend: 'gpu' }, /^Error: f: backend must be one of auto, tensorflow, wasm, cpu, got "gpu"$/],
     ['classes', { data: { numClasses: 21 } }, /^Error: f: data\.numClasses must be 19 or 16, got 21$/],
+    ['momentum', { optimizer: { momentum: 1 } }, /^Error: f: optimizer\.momentum must be a number in \[0, 1\) \(the paper: 0\.9\), got 1$/],
+    [
+      'weight decay',
+      { optimizer: { weightDecay: -1e-4 } },
+      /^Error: f: optimizer\.weightDecay must be a number >= 0 \(the paper: 5e-4\), got -0\.0001$/,
+    ],
+    [
+      'classifier LR multiple',
+      { optimizer: { classifierLrMult: 0 } },
+      /^Error: f: optimizer\.classifierLrMult must be a number > 0, got 0$/,
+    ],
+    [
+      'adversarial weight',
+      { warmup: { lambdaAdv: -1 } },
+      /^Error: f: warmup\.lambdaAdv must be a number >= 0 \(0 = no discriminator, the synthetic preset; the paper: 0\.001\), got -1$/,
+    ],
+    [
+      'contrastive weight',
+      { spcl: { lambda: -0.5 } },
+      /^Error: f: spcl\.lambda must be a number >= 0 \(the contrastive terms' weight; the paper: 1\), got -0\.5$/,
+    ],
     ['workers', { data: { workers: -1 } }, /^Error: f: data\.workers must be an integer >= 0 \(0 = cores\), got -1$/],
     [
       'kernel threads',
