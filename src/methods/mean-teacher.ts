@@ -43,7 +43,7 @@ import { drawStrongAugment, strongAugment } from '../ops/strong-augment.ts';
 import { batchTensors } from '../stages/collate.ts';
 import { applyIfFinite, parallelApplyIfFinite, parallelApplyWithPrototypes } from '../stages/train-step.ts';
 import { MEAN_TEACHER_SHARD, meanTeacherLoss, type MeanTeacherShardArgs, type StudentBatch } from './mean-teacher-shard.ts';
-import { POSITIVE, POSITIVE_INT } from '../recipe/config-merge.ts';
+import { POSITIVE, POSITIVE_INT, nonNegative } from '../recipe/config-merge.ts';
 import type { RunContext } from '../recipe/context.ts';
 import type { Method } from '../recipe/method.ts';
 import { Teacher } from '../recipe/teacher.ts';
@@ -317,7 +317,7 @@ export const meanTeacher: Method = {
       lr: POSITIVE,
       alpha: [(v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)'],
       threshold: [(v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)'],
-      contrastWeight: [(v) => typeof v === 'number' && v >= 0 && Number.isFinite(v), 'a number >= 0 (0 = off)'],
+      contrastWeight: nonNegative('a number >= 0 (0 = off)'),
       bn: [(v) => v === 'frozen' || v === 'trainable', "'frozen' or 'trainable'"],
       confidence: [(v) => v === 'image' || v === 'pixel' || v === 'class', "'image', 'pixel' or 'class'"],
     },

@@ -12,8 +12,8 @@ import * as tf from '@tensorflow/tfjs';
 import { backendModule } from './backend-memory.ts';
 import { hostTensor, hostView } from './host-memory.ts';
 
-type Run = (dy: number, x: number, n: number, out: number) => void;
-type Leaky = (dy: number, x: number, n: number, out: number, alpha: number) => void;
+/** An export of relu-grad.wat: (dy, x, n, out, ...its own parameters), offsets in bytes. */
+type Pass = (dy: number, x: number, n: number, out: number, ...more: number[]) => void;
 
 let enabled = true;
 
@@ -23,32 +23,31 @@ export function setReluGradWasm(on: boolean): void {
 }
 
 /**
- * dL/dx of relu(x) from its output gradient `dy` by the module, or null (tfjs's formula applies): not the
- * wasm backend, not float32, shapes that differ, or disabled.
+ * The module's export `name` over dy and x into a new tensor of x's shape, or null (tfjs's formula
+ * applies): not the wasm backend, not float32, shapes that differ, or disabled.
  */
-export function reluGradWasm(dy: tf.Tensor, x: tf.Tensor): tf.Tensor | null {
+function gradPass(name: 'run' | 'leaky', dy: tf.Tensor, x: tf.Tensor, ...more: number[]): tf.Tensor | null {
   if (!enabled || dy.dtype !== 'float32' || x.dtype !== 'float32') return null;
   if (!tf.util.arraysEqual(dy.shape, x.shape)) return null;
-  const run = backendModule('relu-grad')?.exports.run as Run | undefined;
-  if (!run) return null;
+  const pass = backendModule('relu-grad')?.exports[name] as Pass | undefined;
+  if (!pass) return null;
   return hostTensor(x.shape, (out) => {
     // views inside `fill`: the output exists, nothing allocates after it
-    run(hostView(dy).byteOffset, hostView(x).byteOffset, x.size, out.byteOffset);
+    pass(hostView(dy).byteOffset, hostView(x).byteOffset, x.size, out.byteOffset, ...more);
   });
 }
 
+/** dL/dx of relu(x) from its output gradient `dy` by the module, or null (`gradPass`). */
+export function reluGradWasm(dy: tf.Tensor, x: tf.Tensor): tf.Tensor | null {
+  return gradPass('run', dy, x);
+}
+
 /**
- * dL/dx of leakyRelu(x, alpha) from `dy` by the module, or null (tfjs's formula applies): as `reluGradWasm`.
+ * dL/dx of leakyRelu(x, alpha) from `dy` by the module, or null (`gradPass`). alpha travels as f32: the
+ * float32 scalar that tf.mul(dy, alpha) multiplies by.
  */
 export function leakyReluGradWasm(dy: tf.Tensor, x: tf.Tensor, alpha: number): tf.Tensor | null {
-  if (!enabled || dy.dtype !== 'float32' || x.dtype !== 'float32') return null;
-  if (!tf.util.arraysEqual(dy.shape, x.shape)) return null;
-  const leaky = backendModule('relu-grad')?.exports.leaky as Leaky | undefined;
-  if (!leaky) return null;
-  return hostTensor(x.shape, (out) => {
-    // alpha travels as f32: the float32 scalar tf.mul(dy, alpha) multiplies by
-    leaky(hostView(dy).byteOffset, hostView(x).byteOffset, x.size, out.byteOffset, alpha);
-  });
+  return gradPass('leaky', dy, x, alpha);
 }
 
 /** tfjs-core's gradient of LeakyRelu (its LeakyRelu_grad.js). */

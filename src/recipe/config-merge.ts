@@ -14,6 +14,10 @@ export type Rule = [(v: unknown) => boolean, string];
 /** Rules more than one key uses (plug-in methods' settings too). */
 export const POSITIVE_INT: Rule = [(v) => Number.isInteger(v) && (v as number) >= 1, 'an integer >= 1'];
 export const POSITIVE: Rule = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number > 0'];
+/** A finite number >= 0; `what`: the message's words for it (e.g. 'a number >= 0 (0 = off)'). */
+export function nonNegative(what: string): Rule {
+  return [(v) => (v as number) >= 0 && Number.isFinite(v), what];
+}
 
 const RULES: Record<string, Rule> = {
   backend: [(v) => ['auto', 'tensorflow', 'wasm', 'cpu'].includes(v as string), 'one of auto, tensorflow, wasm, cpu'],
@@ -31,7 +35,7 @@ const RULES: Record<string, Rule> = {
   'data.prefetch': [(v) => Number.isInteger(v) && (v as number) >= 1, 'an integer >= 1'],
   'data.unknownLabelIds': [(v) => v === 'ignore' || v === 'skip', "'ignore' or 'skip'"],
   'data.retries': [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0'],
-  'data.retryDelay': [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number of seconds >= 0'],
+  'data.retryDelay': nonNegative('a number of seconds >= 0'),
   'model.backbone': [(v) => ['resnet101', 'resnet50', 'vgg16', 'small'].includes(v as string), 'one of resnet101, resnet50, vgg16, small'],
   'prototypes.absent': [(v) => v === 'keep' || v === 'decay', "'keep' or 'decay'"],
   'prototypes.alpha': [(v) => (v as number) >= 0 && (v as number) <= 1, 'a number in 0..1'],
@@ -69,19 +73,16 @@ for (const k of ['continuous.steps', 'continuous.refreshEvery', 'continuous.refr
   RULES[k] = [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = off)'];
 }
 RULES['continuous.pollSeconds'] = [(v) => (v as number) > 0 && Number.isFinite(v), 'a number of seconds > 0'];
-RULES['continuous.settleSeconds'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number of seconds >= 0'];
+RULES['continuous.settleSeconds'] = nonNegative('a number of seconds >= 0');
 RULES['optimizer.momentum'] = [(v) => (v as number) >= 0 && (v as number) < 1, 'a number in [0, 1) (the paper: 0.9)'];
-RULES['optimizer.weightDecay'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (the paper: 5e-4)'];
+RULES['optimizer.weightDecay'] = nonNegative('a number >= 0 (the paper: 5e-4)');
 RULES['optimizer.classifierLrMult'] = POSITIVE;
-RULES['warmup.lambdaAdv'] = [
-  (v) => (v as number) >= 0 && Number.isFinite(v),
-  'a number >= 0 (0 = no discriminator, the synthetic preset; the paper: 0.001)',
-];
-RULES['spcl.lambda'] = [(v) => (v as number) >= 0 && Number.isFinite(v), "a number >= 0 (the contrastive terms' weight; the paper: 1)"];
-RULES['ssl.sourceWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (0 = no source batch, the paper)'];
-RULES['ssl.pseudoWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (1 = the paper; 0 = no pseudo-label term)'];
+RULES['warmup.lambdaAdv'] = nonNegative('a number >= 0 (0 = no discriminator, the synthetic preset; the paper: 0.001)');
+RULES['spcl.lambda'] = nonNegative("a number >= 0 (the contrastive terms' weight; the paper: 1)");
+RULES['ssl.sourceWeight'] = nonNegative('a number >= 0 (0 = no source batch, the paper)');
+RULES['ssl.pseudoWeight'] = nonNegative('a number >= 0 (1 = the paper; 0 = no pseudo-label term)');
 RULES['continuous.teacherAlpha'] = [(v) => (v as number) >= 0 && (v as number) < 1, 'a number in [0, 1)'];
-RULES['continuous.sourceWeight'] = [(v) => (v as number) >= 0 && Number.isFinite(v), 'a number >= 0 (0 = no source batch)'];
+RULES['continuous.sourceWeight'] = nonNegative('a number >= 0 (0 = no source batch)');
 for (const k of ['eval.every', 'checkpoint.every'])
   RULES[k] = [(v) => Number.isInteger(v) && (v as number) >= 0, 'an integer >= 0 (0 = at phase ends only)'];
 for (const k of [
